@@ -1,0 +1,101 @@
+//! A stub engine for network tests: answers with the prompt reversed, one
+//! "token" per character. Never the proof of a feature; real inference is
+//! tested with llama.cpp on a real model.
+
+use super::{Engine, Generation, InferenceError, Job};
+use cactus_protocol::{Digest, FinishReason, ModelId};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Reverses the prompt. Optionally holds every generation at a gate until
+/// [`StubEngine::open_gate`], so tests can fill a pool deterministically.
+#[derive(Debug)]
+pub struct StubEngine {
+    model: ModelId,
+    gate: Option<(Mutex<(bool, usize)>, Condvar)>,
+}
+
+impl StubEngine {
+    /// A stub serving a model called `name` (hash: sha256 of the name).
+    pub fn new(name: &str) -> Self {
+        Self {
+            model: ModelId {
+                name: name.to_owned(),
+                sha256: Digest::of(name.as_bytes()),
+            },
+            gate: None,
+        }
+    }
+
+    /// Makes generations wait for [`Self::open_gate`].
+    pub fn gated(mut self) -> Self {
+        self.gate = Some((Mutex::new((false, 0)), Condvar::new()));
+        self
+    }
+
+    /// The model served.
+    pub fn model(&self) -> ModelId {
+        self.model.clone()
+    }
+
+    /// Lets every waiting and future generation through.
+    pub fn open_gate(&self) {
+        if let Some((m, c)) = &self.gate {
+            if let Ok(mut g) = m.lock() {
+                g.0 = true;
+            }
+            c.notify_all();
+        }
+    }
+
+    /// Blocks until `n` generations have reached the gate.
+    pub fn wait_started(&self, n: usize) {
+        if let Some((m, c)) = &self.gate
+            && let Ok(g) = m.lock()
+        {
+            let _g = c.wait_while(g, |g| g.1 < n);
+        }
+    }
+}
+
+impl Engine for StubEngine {
+    fn models(&self) -> Vec<ModelId> {
+        vec![self.model.clone()]
+    }
+
+    fn generate(&self, job: &Job, cancelled: &dyn Fn() -> bool) -> Result<Generation, InferenceError> {
+        let started = Instant::now();
+        if job.model != self.model.sha256 {
+            return Err(InferenceError::UnknownModel(job.model));
+        }
+        if let Some((m, c)) = &self.gate
+            && let Ok(mut g) = m.lock()
+        {
+            g.1 += 1;
+            c.notify_all();
+            while !g.0 {
+                if cancelled() {
+                    return Err(InferenceError::Cancelled);
+                }
+                g = match c.wait_timeout(g, Duration::from_millis(20)) {
+                    Ok((g, _)) => g,
+                    Err(_) => return Err(InferenceError::Engine("poisoned".into())),
+                };
+            }
+        }
+        let reversed: String = job.prompt.chars().rev().collect();
+        let max = job.sampling.max_tokens as usize;
+        let (text, finish) = if reversed.chars().count() > max {
+            (reversed.chars().take(max).collect(), FinishReason::MaxTokens)
+        } else {
+            (reversed, FinishReason::EndOfGeneration)
+        };
+        Ok(Generation {
+            output_tokens: text.chars().count() as u32,
+            prompt_tokens: job.prompt.chars().count() as u32,
+            text,
+            finish,
+            compute: started.elapsed(),
+        })
+    }
+}

@@ -1,0 +1,105 @@
+//! The composed libp2p behaviour of a Cactus node.
+
+use super::codec::TaskCodec;
+use cactus_protocol::{CapabilityAdvert, KAD_PROTOCOL, TASK_PROTOCOL, Wire};
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{StreamProtocol, connection_limits, gossipsub, identify, identity::Keypair, kad, ping, request_response};
+use sha2::{Digest as _, Sha256};
+use std::time::Duration;
+
+/// Identify protocol version string: peers that do not speak it are not Cactus nodes.
+pub const IDENTIFY_PROTOCOL: &str = "/cactus/id/1";
+
+/// Limits of the behaviour; see [`super::NetworkConfig`].
+#[derive(Debug, Clone)]
+pub struct BehaviourLimits {
+    /// Established connections in all.
+    pub max_connections: u32,
+    /// How long a task request may take end to end.
+    pub request_timeout: Duration,
+    /// Task streams open at once per connection.
+    pub max_concurrent_streams: usize,
+}
+
+/// Every protocol a Cactus node speaks. Field order is poll order: limits first.
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    /// Caps connections, so no peer can exhaust us.
+    pub limits: connection_limits::Behaviour,
+    /// Exchanges listen addresses, protocols and agent versions.
+    pub identify: identify::Behaviour,
+    /// Liveness and round-trip time, used by the router as latency.
+    pub ping: ping::Behaviour,
+    /// Peer discovery on Cactus's own DHT (`/cactus/kad/1.0.0`).
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    /// Capability adverts (signed, strictly validated).
+    pub gossipsub: gossipsub::Behaviour,
+    /// Task hand-off, one frame each way.
+    pub tasks: request_response::Behaviour<TaskCodec>,
+}
+
+/// Why the behaviour could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("building the {part} behaviour failed: {message}")]
+pub struct BehaviourError {
+    part: &'static str,
+    message: String,
+}
+
+impl Behaviour {
+    /// Builds the behaviour for `key` with `limits`.
+    pub fn new(key: &Keypair, agent_version: String, limits: &BehaviourLimits) -> Result<Self, BehaviourError> {
+        let peer_id = key.public().to_peer_id();
+        let conn_limits = connection_limits::ConnectionLimits::default()
+            .with_max_established(Some(limits.max_connections))
+            .with_max_established_per_peer(Some(2))
+            .with_max_pending_incoming(Some(64))
+            .with_max_pending_outgoing(Some(64));
+
+        let identify = identify::Behaviour::new(
+            identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
+                .with_agent_version(agent_version)
+                .with_push_listen_addr_updates(true),
+        );
+
+        let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+        kad_config.set_query_timeout(Duration::from_secs(30));
+        kad_config.set_periodic_bootstrap_interval(Some(Duration::from_secs(300)));
+        let kad = kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
+
+        let gossip_config = gossipsub::ConfigBuilder::default()
+            .validation_mode(gossipsub::ValidationMode::Strict)
+            .validate_messages()
+            // Content addressing: the same advert bytes are one message.
+            .message_id_fn(|m: &gossipsub::Message| gossipsub::MessageId::from(&Sha256::digest(&m.data)[..20]))
+            .max_transmit_size(CapabilityAdvert::MAX_BYTES + 4096)
+            .heartbeat_interval(Duration::from_secs(1))
+            .build()
+            .map_err(|e| BehaviourError {
+                part: "gossipsub",
+                message: e.to_string(),
+            })?;
+        let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)
+            .map_err(|e| BehaviourError {
+                part: "gossipsub",
+                message: e.to_owned(),
+            })?;
+
+        let tasks = request_response::Behaviour::with_codec(
+            TaskCodec,
+            [(StreamProtocol::new(TASK_PROTOCOL), request_response::ProtocolSupport::Full)],
+            request_response::Config::default()
+                .with_request_timeout(limits.request_timeout)
+                .with_max_concurrent_streams(limits.max_concurrent_streams),
+        );
+
+        Ok(Self {
+            limits: connection_limits::Behaviour::new(conn_limits),
+            identify,
+            ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5))),
+            kad,
+            gossipsub,
+            tasks,
+        })
+    }
+}

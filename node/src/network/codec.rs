@@ -1,0 +1,90 @@
+//! The request-response codec of the task protocol.
+//!
+//! Each stream carries one frame (see [`cactus_protocol::wire`]) and is closed
+//! by the writer. Reads stop at the message type's byte cap: a peer cannot make
+//! us buffer more than [`TaskRequest::MAX_BYTES`] or [`TaskResponse::MAX_BYTES`].
+
+use cactus_protocol::{TaskRequest, TaskResponse, Wire};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::StreamProtocol;
+use std::io;
+
+/// Codec for [`cactus_protocol::TASK_PROTOCOL`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TaskCodec;
+
+async fn read_capped<T: Wire, R: AsyncRead + Unpin + Send>(io: &mut R) -> io::Result<T> {
+    let mut buf = Vec::new();
+    // One byte over the cap is enough to know the frame is too large.
+    io.take(T::MAX_BYTES as u64 + 1).read_to_end(&mut buf).await?;
+    T::decode(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+async fn write_frame<T: Wire, W: AsyncWrite + Unpin + Send>(io: &mut W, msg: &T) -> io::Result<()> {
+    let bytes = msg.encode().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    io.write_all(&bytes).await?;
+    io.close().await
+}
+
+impl libp2p::request_response::Codec for TaskCodec {
+    type Protocol = StreamProtocol;
+    type Request = TaskRequest;
+    type Response = TaskResponse;
+
+    async fn read_request<T>(&mut self, _: &Self::Protocol, io: &mut T) -> io::Result<Self::Request>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_capped(io).await
+    }
+
+    async fn read_response<T>(&mut self, _: &Self::Protocol, io: &mut T) -> io::Result<Self::Response>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_capped(io).await
+    }
+
+    async fn write_request<T>(&mut self, _: &Self::Protocol, io: &mut T, req: Self::Request) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &req).await
+    }
+
+    async fn write_response<T>(&mut self, _: &Self::Protocol, io: &mut T, res: Self::Response) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &res).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cactus_protocol::{PromptFormat, SamplingParams, TaskSpec};
+    use futures::io::Cursor;
+    use libp2p::request_response::Codec as _;
+
+    #[tokio::test]
+    async fn round_trip_and_cap() {
+        let proto = StreamProtocol::new(cactus_protocol::TASK_PROTOCOL);
+        let req = TaskRequest::Submit(TaskSpec {
+            model: Some("m".into()),
+            prompt: "hello".into(),
+            format: PromptFormat::Chat,
+            sampling: SamplingParams::default(),
+        });
+        let mut out = Cursor::new(Vec::new());
+        TaskCodec.write_request(&proto, &mut out, req.clone()).await.unwrap();
+        let mut input = Cursor::new(out.into_inner());
+        assert_eq!(TaskCodec.read_request(&proto, &mut input).await.unwrap(), req);
+
+        // A peer streaming garbage past the cap is cut off with InvalidData.
+        let mut huge = Cursor::new(vec![7u8; TaskRequest::MAX_BYTES * 2]);
+        let err = TaskCodec.read_request(&proto, &mut huge).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(huge.position() as usize, TaskRequest::MAX_BYTES + 1);
+    }
+}

@@ -1,0 +1,512 @@
+//! The event loop that owns the swarm, and the [`Network`] handle that talks
+//! to it.
+
+use super::behaviour::{Behaviour, BehaviourEvent};
+use super::{NetworkConfig, NetworkError};
+use cactus_protocol::{CAPABILITY_TOPIC, CapabilityAdvert, KAD_PROTOCOL, TaskRequest, TaskResponse, Wire};
+use futures::StreamExt;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, identify, kad, multiaddr::Protocol, ping};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+/// Commands queued from [`Network`] handles.
+const COMMAND_QUEUE: usize = 256;
+/// Events queued for the role logic; when full, inbound tasks are refused.
+const EVENT_QUEUE: usize = 1024;
+/// Replies awaited at once (requests, dials, queries), per kind.
+const MAX_PENDING: usize = 1024;
+
+/// Something the role logic must hear about.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum NetworkEvent {
+    /// A peer sent a task request; answer with [`Network::respond`].
+    InboundTask {
+        /// Who asked.
+        peer: PeerId,
+        /// The request.
+        request: TaskRequest,
+        /// Where the answer goes.
+        channel: ResponseChannel<TaskResponse>,
+    },
+    /// A valid capability advert, signed by the orchestrator it describes.
+    Advert(CapabilityAdvert),
+    /// A peer joined the capability topic.
+    PeerSubscribed(PeerId),
+    /// A round-trip time measured by ping.
+    Rtt {
+        /// The peer.
+        peer: PeerId,
+        /// The round trip.
+        rtt: Duration,
+    },
+    /// The last connection to a peer closed.
+    Disconnected(PeerId),
+}
+
+enum Command {
+    Dial {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<PeerId, NetworkError>>,
+    },
+    SendTask {
+        peer: PeerId,
+        request: Box<TaskRequest>,
+        reply: oneshot::Sender<Result<TaskResponse, NetworkError>>,
+    },
+    Respond {
+        channel: ResponseChannel<TaskResponse>,
+        response: Box<TaskResponse>,
+    },
+    Publish {
+        data: Vec<u8>,
+    },
+    StartProviding {
+        key: Vec<u8>,
+    },
+    FindProviders {
+        key: Vec<u8>,
+        reply: oneshot::Sender<Result<HashSet<PeerId>, NetworkError>>,
+    },
+    ConnectedPeers {
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
+}
+
+/// A cheap, cloneable handle to the event loop.
+#[derive(Debug, Clone)]
+pub struct Network {
+    local_peer_id: PeerId,
+    commands: mpsc::Sender<Command>,
+    listen_addrs: watch::Receiver<Vec<Multiaddr>>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Dial { .. } => "Dial",
+            Command::SendTask { .. } => "SendTask",
+            Command::Respond { .. } => "Respond",
+            Command::Publish { .. } => "Publish",
+            Command::StartProviding { .. } => "StartProviding",
+            Command::FindProviders { .. } => "FindProviders",
+            Command::ConnectedPeers { .. } => "ConnectedPeers",
+        })
+    }
+}
+
+impl Network {
+    /// This node's PeerId.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local_peer_id
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NetworkError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).await.map_err(|_| NetworkError::Shutdown)?;
+        rx.await.map_err(|_| NetworkError::Shutdown)
+    }
+
+    /// Dials `addr` and waits for the connection; returns the remote PeerId.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<PeerId, NetworkError> {
+        self.call(|reply| Command::Dial { addr, reply }).await?
+    }
+
+    /// Sends a task request and waits for the response (or the request timeout).
+    pub async fn send_task(&self, peer: PeerId, request: TaskRequest) -> Result<TaskResponse, NetworkError> {
+        self.call(|reply| Command::SendTask {
+            peer,
+            request: Box::new(request),
+            reply,
+        })
+        .await?
+    }
+
+    /// Answers an inbound task.
+    pub async fn respond(&self, channel: ResponseChannel<TaskResponse>, response: TaskResponse) -> Result<(), NetworkError> {
+        self.commands
+            .send(Command::Respond {
+                channel,
+                response: Box::new(response),
+            })
+            .await
+            .map_err(|_| NetworkError::Shutdown)
+    }
+
+    /// Publishes an encoded advert on the capability topic.
+    pub async fn publish_advert(&self, data: Vec<u8>) -> Result<(), NetworkError> {
+        self.commands.send(Command::Publish { data }).await.map_err(|_| NetworkError::Shutdown)
+    }
+
+    /// Announces this node as a provider of `key` on the DHT.
+    pub async fn start_providing(&self, key: Vec<u8>) -> Result<(), NetworkError> {
+        self.commands
+            .send(Command::StartProviding { key })
+            .await
+            .map_err(|_| NetworkError::Shutdown)
+    }
+
+    /// Looks up providers of `key` on the DHT.
+    pub async fn find_providers(&self, key: Vec<u8>) -> Result<HashSet<PeerId>, NetworkError> {
+        self.call(|reply| Command::FindProviders { key, reply }).await?
+    }
+
+    /// Peers with an open connection.
+    pub async fn connected_peers(&self) -> Result<Vec<PeerId>, NetworkError> {
+        self.call(|reply| Command::ConnectedPeers { reply }).await
+    }
+
+    /// Waits until the node listens on at least one address; returns them all,
+    /// each ending in `/p2p/<peer id>`.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NetworkError> {
+        let mut rx = self.listen_addrs.clone();
+        let addrs = rx.wait_for(|a| !a.is_empty()).await.map_err(|_| NetworkError::Shutdown)?;
+        Ok(addrs.clone())
+    }
+}
+
+struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<NetworkEvent>,
+    listen_addrs: watch::Sender<Vec<Multiaddr>>,
+    config: NetworkConfig,
+    topic: gossipsub::IdentTopic,
+    pending_dials: HashMap<ConnectionId, (Multiaddr, oneshot::Sender<Result<PeerId, NetworkError>>)>,
+    pending_requests: HashMap<OutboundRequestId, (PeerId, oneshot::Sender<Result<TaskResponse, NetworkError>>)>,
+    pending_providers: HashMap<kad::QueryId, oneshot::Sender<Result<HashSet<PeerId>, NetworkError>>>,
+    bootstrapped: bool,
+}
+
+pub(super) fn start(
+    mut swarm: Swarm<Behaviour>,
+    config: NetworkConfig,
+    shutdown: CancellationToken,
+) -> Result<(Network, mpsc::Receiver<NetworkEvent>, tokio::task::JoinHandle<()>), NetworkError> {
+    let local_peer_id = *swarm.local_peer_id();
+    let topic = gossipsub::IdentTopic::new(CAPABILITY_TOPIC);
+    swarm
+        .behaviour_mut()
+        .gossipsub
+        .subscribe(&topic)
+        .map_err(|e| NetworkError::Setup(e.to_string()))?;
+    swarm.behaviour_mut().kad.set_mode(Some(if config.kad_server {
+        kad::Mode::Server
+    } else {
+        kad::Mode::Client
+    }));
+    for addr in &config.bootstrap {
+        if let Some(peer) = peer_id_of(addr) {
+            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+        }
+        if let Err(e) = swarm.dial(addr.clone()) {
+            tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
+        }
+    }
+    let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
+    let (addr_tx, addr_rx) = watch::channel(Vec::new());
+    let event_loop = EventLoop {
+        swarm,
+        commands: cmd_rx,
+        events: ev_tx,
+        listen_addrs: addr_tx,
+        config,
+        topic,
+        pending_dials: HashMap::new(),
+        pending_requests: HashMap::new(),
+        pending_providers: HashMap::new(),
+        bootstrapped: false,
+    };
+    let handle = tokio::spawn(event_loop.run(shutdown));
+    Ok((
+        Network {
+            local_peer_id,
+            commands: cmd_tx,
+            listen_addrs: addr_rx,
+        },
+        ev_rx,
+        handle,
+    ))
+}
+
+/// The PeerId at the end of `addr`, if any.
+pub fn peer_id_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        Protocol::P2p(peer) => Some(peer),
+        _ => None,
+    })
+}
+
+impl EventLoop {
+    async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(c) => self.on_command(c),
+                    None => break,
+                },
+            }
+        }
+        tracing::debug!("network event loop stopped");
+    }
+
+    /// Hands an event to the role logic without ever waiting for it.
+    fn emit(&mut self, event: NetworkEvent) {
+        match self.events.try_send(event) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(NetworkEvent::InboundTask { peer, channel, .. })) => {
+                tracing::warn!(%peer, "role logic is not keeping up; refusing task");
+                let busy = TaskResponse::Failed(cactus_protocol::TaskError::new(
+                    cactus_protocol::TaskErrorKind::Busy,
+                    "node overloaded",
+                ));
+                // An error means the requester already went away.
+                let _ = self.swarm.behaviour_mut().tasks.send_response(channel, busy);
+            }
+            Err(mpsc::error::TrySendError::Full(e)) => tracing::debug!(?e, "event queue full; dropping"),
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Dial { addr, reply } => {
+                if self.pending_dials.len() >= MAX_PENDING {
+                    let _ = reply.send(Err(NetworkError::Overloaded));
+                    return;
+                }
+                let opts = DialOpts::unknown_peer_id().address(addr.clone()).build();
+                let id = opts.connection_id();
+                match self.swarm.dial(opts) {
+                    Ok(()) => {
+                        self.pending_dials.insert(id, (addr, reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(NetworkError::Dial {
+                            addr: addr.to_string(),
+                            message: e.to_string(),
+                        }));
+                    }
+                }
+            }
+            Command::SendTask { peer, request, reply } => {
+                if self.pending_requests.len() >= MAX_PENDING {
+                    let _ = reply.send(Err(NetworkError::Overloaded));
+                    return;
+                }
+                let id = self.swarm.behaviour_mut().tasks.send_request(&peer, *request);
+                self.pending_requests.insert(id, (peer, reply));
+            }
+            Command::Respond { channel, response } => {
+                if self.swarm.behaviour_mut().tasks.send_response(channel, *response).is_err() {
+                    tracing::debug!("response dropped: the requester went away");
+                }
+            }
+            Command::Publish { data } => {
+                if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), data) {
+                    // No subscribed peer yet is normal at start; the advert is
+                    // sent again when one subscribes.
+                    tracing::debug!(error = %e, "advert not published");
+                }
+            }
+            Command::StartProviding { key } => {
+                if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(kad::RecordKey::new(&key)) {
+                    tracing::warn!(error = %e, "cannot announce provider record");
+                }
+            }
+            Command::FindProviders { key, reply } => {
+                if self.pending_providers.len() >= MAX_PENDING {
+                    let _ = reply.send(Err(NetworkError::Overloaded));
+                    return;
+                }
+                let id = self.swarm.behaviour_mut().kad.get_providers(kad::RecordKey::new(&key));
+                self.pending_providers.insert(id, reply);
+            }
+            Command::ConnectedPeers { reply } => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Tasks(e)) => self.on_tasks(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.on_gossipsub(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.on_kad(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.on_identify(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => self.on_ping(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Limits(e)) => match e {},
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let full = address.with_p2p(*self.swarm.local_peer_id()).unwrap_or_else(|a| a);
+                tracing::info!(address = %full, "listening");
+                self.listen_addrs.send_modify(|a| a.push(full));
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                let full = address.with_p2p(*self.swarm.local_peer_id()).unwrap_or_else(|a| a);
+                self.listen_addrs.send_modify(|a| a.retain(|x| x != &full));
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                if let Some((_, reply)) = self.pending_dials.remove(&connection_id) {
+                    let _ = reply.send(Ok(peer_id));
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id, error, ..
+            } => {
+                if let Some((addr, reply)) = self.pending_dials.remove(&connection_id) {
+                    let _ = reply.send(Err(NetworkError::Dial {
+                        addr: addr.to_string(),
+                        message: error.to_string(),
+                    }));
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id, num_established, ..
+            } if num_established == 0 => {
+                tracing::debug!(peer = %peer_id, "disconnected");
+                self.emit(NetworkEvent::Disconnected(peer_id));
+            }
+            _ => {}
+        }
+    }
+
+    fn on_tasks(&mut self, event: request_response::Event<TaskRequest, TaskResponse>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    self.emit(NetworkEvent::InboundTask { peer, request, channel });
+                }
+                request_response::Message::Response { request_id, response } => {
+                    if let Some((_, reply)) = self.pending_requests.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                peer, request_id, error, ..
+            } => {
+                if let Some((_, reply)) = self.pending_requests.remove(&request_id) {
+                    let _ = reply.send(Err(NetworkError::Request {
+                        peer,
+                        message: error.to_string(),
+                    }));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "inbound task stream failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_gossipsub(&mut self, event: gossipsub::Event) {
+        match event {
+            gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            } => {
+                let verdict = match CapabilityAdvert::decode(&message.data) {
+                    Ok(advert) if advert.validate().is_ok() && Some(advert.peer) == message.source => Ok(advert),
+                    Ok(_) => Err("advert invalid or not signed by its subject"),
+                    Err(_) => Err("undecodable advert"),
+                };
+                let acceptance = match verdict {
+                    Ok(advert) => {
+                        self.emit(NetworkEvent::Advert(advert));
+                        gossipsub::MessageAcceptance::Accept
+                    }
+                    Err(why) => {
+                        tracing::debug!(peer = %propagation_source, why, "rejecting gossip message");
+                        gossipsub::MessageAcceptance::Reject
+                    }
+                };
+                self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                    &message_id,
+                    &propagation_source,
+                    acceptance,
+                );
+            }
+            gossipsub::Event::Subscribed { peer_id, topic, .. } if topic == self.topic.hash() => {
+                self.emit(NetworkEvent::PeerSubscribed(peer_id));
+            }
+            _ => {}
+        }
+    }
+
+    fn on_kad(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::RoutingUpdated {
+                peer, is_new_peer, ..
+            } => {
+                if is_new_peer
+                    && !self.swarm.is_connected(&peer)
+                    && self.swarm.connected_peers().count() < self.config.target_peers
+                    && peer != *self.swarm.local_peer_id()
+                {
+                    tracing::debug!(%peer, "dialing discovered peer");
+                    let _ = self.swarm.dial(peer);
+                }
+            }
+            kad::Event::OutboundQueryProgressed { id, result, step, .. } => match result {
+                kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders { providers, .. })) => {
+                    if let Some(reply) = self.pending_providers.remove(&id) {
+                        let _ = reply.send(Ok(providers));
+                    }
+                }
+                kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FinishedWithNoAdditionalRecord { .. })) => {
+                    if let Some(reply) = self.pending_providers.remove(&id) {
+                        let _ = reply.send(Ok(HashSet::new()));
+                    }
+                }
+                kad::QueryResult::GetProviders(Err(e)) => {
+                    if let Some(reply) = self.pending_providers.remove(&id) {
+                        let _ = reply.send(Err(NetworkError::Query(e.to_string())));
+                    }
+                }
+                kad::QueryResult::Bootstrap(r) if step.last => {
+                    tracing::debug!(ok = r.is_ok(), "kademlia bootstrap finished");
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+
+    fn on_identify(&mut self, event: identify::Event) {
+        if let identify::Event::Received { peer_id, info, .. } = event {
+            let kad_proto = StreamProtocol::new(KAD_PROTOCOL);
+            if info.protocols.contains(&kad_proto) {
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+                if !self.bootstrapped {
+                    self.bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
+                }
+            } else {
+                for addr in info.listen_addrs {
+                    self.swarm.add_peer_address(peer_id, addr);
+                }
+            }
+        }
+    }
+
+    fn on_ping(&mut self, event: ping::Event) {
+        if let Ok(rtt) = event.result {
+            self.emit(NetworkEvent::Rtt { peer: event.peer, rtt });
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! The libp2p layer: transports, the composed [`behaviour::Behaviour`], and the
+//! event loop that owns the swarm.
+//!
+//! Role logic never touches the swarm. It talks to the loop through a
+//! [`Network`] handle (a bounded command channel, one `oneshot` per reply) and
+//! receives [`NetworkEvent`]s on a bounded channel. The loop only translates:
+//! it never waits on role logic, and when the role cannot keep up it answers
+//! inbound tasks with `Busy` itself rather than block.
+
+pub mod behaviour;
+pub mod codec;
+mod event_loop;
+
+pub use event_loop::{Network, NetworkEvent};
+
+use libp2p::{Multiaddr, PeerId, identity::Keypair, noise, tcp, yamux};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Settings of the libp2p layer.
+#[derive(Debug, Clone)]
+pub struct NetworkConfig {
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to join through; each may end in `/p2p/<peer id>`.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Whether this node answers Kademlia queries (public nodes) or only asks.
+    pub kad_server: bool,
+    /// Established connections in all.
+    pub max_connections: u32,
+    /// Discovered peers are dialled until this many are connected.
+    pub target_peers: usize,
+    /// How long one task request may take end to end.
+    pub request_timeout: Duration,
+    /// Connections with no open stream are closed after this long.
+    pub idle_timeout: Duration,
+    /// Identify agent string, e.g. `cactus-node/0.1.0 (router)`.
+    pub agent_version: String,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/0".parse().unwrap_or_else(|_| Multiaddr::empty()),
+                "/ip4/0.0.0.0/udp/0/quic-v1".parse().unwrap_or_else(|_| Multiaddr::empty()),
+            ],
+            bootstrap: Vec::new(),
+            kad_server: true,
+            max_connections: 256,
+            target_peers: 16,
+            request_timeout: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(300),
+            agent_version: format!("cactus-node/{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+/// Errors of the libp2p layer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetworkError {
+    /// Building the transport or behaviour failed.
+    #[error("starting libp2p failed: {0}")]
+    Setup(String),
+    /// An address could not be listened on.
+    #[error("cannot listen on {addr}: {message} (check --listen)")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        message: String,
+    },
+    /// A dial failed.
+    #[error("dialing {addr} failed: {message}")]
+    Dial {
+        /// The address.
+        addr: String,
+        /// Why.
+        message: String,
+    },
+    /// A request failed in transit.
+    #[error("request to {peer} failed: {message}")]
+    Request {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        message: String,
+    },
+    /// A DHT query failed.
+    #[error("DHT query failed: {0}")]
+    Query(String),
+    /// Too many operations in flight.
+    #[error("too many operations in flight")]
+    Overloaded,
+    /// The event loop has stopped.
+    #[error("the network has shut down")]
+    Shutdown,
+}
+
+/// Builds the swarm and spawns its event loop on the current runtime.
+pub fn spawn(
+    key: Keypair,
+    config: NetworkConfig,
+    shutdown: CancellationToken,
+) -> Result<(Network, tokio::sync::mpsc::Receiver<NetworkEvent>, tokio::task::JoinHandle<()>), NetworkError> {
+    let limits = behaviour::BehaviourLimits {
+        max_connections: config.max_connections,
+        request_timeout: config.request_timeout,
+        max_concurrent_streams: 64,
+    };
+    let agent = config.agent_version.clone();
+    let setup = |e: &dyn std::fmt::Display| NetworkError::Setup(e.to_string());
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .map_err(|e| setup(&e))?
+        .with_quic()
+        .with_behaviour(|key| behaviour::Behaviour::new(key, agent, &limits))
+        .map_err(|e| setup(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
+        .build();
+    for addr in &config.listen {
+        swarm.listen_on(addr.clone()).map_err(|e| NetworkError::Listen {
+            addr: addr.clone(),
+            message: e.to_string(),
+        })?;
+    }
+    event_loop::start(swarm, config, shutdown)
+}

@@ -1,0 +1,268 @@
+//! The router's live table of orchestrators, fed by capability adverts and
+//! ping round-trip times.
+//!
+//! Bounded: at most [`MAX_ORCHESTRATORS`] entries; an entry whose newest advert
+//! is older than the stale timeout is dropped by [`OrchestratorTable::prune`].
+
+use cactus_protocol::{CapabilityAdvert, ModelHash, ModelId, PROTOCOL_VERSION};
+use libp2p::PeerId;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// Most orchestrators tracked at once.
+pub const MAX_ORCHESTRATORS: usize = 4096;
+
+#[derive(Debug, Clone)]
+struct Entry {
+    advert: CapabilityAdvert,
+    seen: Instant,
+    rtt: Option<Duration>,
+    /// Tasks this router has sent and not yet seen finish.
+    in_flight: u32,
+}
+
+/// A read-only view of one orchestrator.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrchestratorInfo {
+    /// The orchestrator.
+    pub peer: PeerId,
+    /// Models it serves.
+    pub models: Vec<ModelId>,
+    /// Free slots it last advertised.
+    pub free_slots: u32,
+    /// Slots in all.
+    pub total_slots: u32,
+    /// Tasks in flight from this router.
+    pub in_flight: u32,
+    /// Last measured round trip.
+    pub rtt: Option<Duration>,
+    /// Asked price per token.
+    pub price_per_token: u64,
+}
+
+/// What happened to the table on an advert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upsert {
+    /// A new orchestrator.
+    Joined,
+    /// A newer advert of a known one.
+    Updated,
+    /// An older or equal advert, or a foreign protocol version: ignored.
+    Ignored,
+}
+
+/// Orchestrators known from adverts.
+#[derive(Debug)]
+pub struct OrchestratorTable {
+    entries: HashMap<PeerId, Entry>,
+    stale_after: Duration,
+}
+
+impl OrchestratorTable {
+    /// An empty table dropping entries unseen for `stale_after`.
+    pub fn new(stale_after: Duration) -> Self {
+        Self {
+            entries: HashMap::new(),
+            stale_after,
+        }
+    }
+
+    /// Records an advert (already validated and authenticated).
+    pub fn upsert(&mut self, advert: CapabilityAdvert, now: Instant) -> Upsert {
+        if advert.protocol_version != PROTOCOL_VERSION {
+            return Upsert::Ignored;
+        }
+        if let Some(e) = self.entries.get_mut(&advert.peer) {
+            if advert.seq <= e.advert.seq {
+                return Upsert::Ignored;
+            }
+            e.advert = advert;
+            e.seen = now;
+            return Upsert::Updated;
+        }
+        if self.entries.len() >= MAX_ORCHESTRATORS {
+            self.prune(now);
+            if self.entries.len() >= MAX_ORCHESTRATORS {
+                // Make room by forgetting the one heard from longest ago.
+                if let Some(oldest) = self.entries.iter().min_by_key(|(_, e)| e.seen).map(|(p, _)| *p) {
+                    self.entries.remove(&oldest);
+                }
+            }
+        }
+        self.entries.insert(
+            advert.peer,
+            Entry {
+                advert,
+                seen: now,
+                rtt: None,
+                in_flight: 0,
+            },
+        );
+        Upsert::Joined
+    }
+
+    /// Records a ping round trip.
+    pub fn record_rtt(&mut self, peer: &PeerId, rtt: Duration) {
+        if let Some(e) = self.entries.get_mut(peer) {
+            e.rtt = Some(rtt);
+        }
+    }
+
+    /// Counts a task sent to (`+1`) or finished by (`-1`) `peer`.
+    pub fn adjust_in_flight(&mut self, peer: &PeerId, started: bool) {
+        if let Some(e) = self.entries.get_mut(peer) {
+            e.in_flight = if started {
+                e.in_flight.saturating_add(1)
+            } else {
+                e.in_flight.saturating_sub(1)
+            };
+        }
+    }
+
+    /// Drops entries not heard from for the stale timeout; returns them.
+    pub fn prune(&mut self, now: Instant) -> Vec<PeerId> {
+        let stale: Vec<PeerId> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| now.saturating_duration_since(e.seen) > self.stale_after)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in &stale {
+            self.entries.remove(p);
+        }
+        stale
+    }
+
+    /// Resolves what a client asked for: a model name, a hex sha256, or
+    /// nothing (the model served by the most orchestrators).
+    pub fn resolve_model(&self, wanted: Option<&str>) -> Option<ModelId> {
+        let mut counts: HashMap<&ModelId, usize> = HashMap::new();
+        for e in self.entries.values() {
+            for m in &e.advert.models {
+                *counts.entry(m).or_default() += 1;
+            }
+        }
+        let mut candidates: Vec<(&ModelId, usize)> = counts
+            .into_iter()
+            .filter(|(m, _)| match wanted {
+                None => true,
+                Some(w) => m.name == w || m.sha256.to_hex() == w.to_ascii_lowercase(),
+            })
+            .collect();
+        // Most served first; ties broken by hash so the answer is stable.
+        candidates.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.sha256.cmp(&b.0.sha256)));
+        candidates.first().map(|(m, _)| (*m).clone())
+    }
+
+    /// The orchestrator for a task on `model`, skipping `exclude`: most free
+    /// slots (advertised minus in flight from here) first, then lowest round
+    /// trip, then PeerId so that the choice is deterministic.
+    pub fn pick(&self, model: &ModelHash, exclude: &HashSet<PeerId>) -> Option<PeerId> {
+        self.entries
+            .iter()
+            .filter(|(p, e)| !exclude.contains(p) && e.advert.models.iter().any(|m| &m.sha256 == model))
+            .min_by(|(pa, a), (pb, b)| {
+                let free = |e: &Entry| i64::from(e.advert.free_slots) - i64::from(e.in_flight);
+                free(b)
+                    .cmp(&free(a))
+                    .then_with(|| a.rtt.unwrap_or(Duration::MAX).cmp(&b.rtt.unwrap_or(Duration::MAX)))
+                    .then_with(|| pa.cmp(pb))
+            })
+            .map(|(p, _)| *p)
+    }
+
+    /// Every known orchestrator.
+    pub fn snapshot(&self) -> Vec<OrchestratorInfo> {
+        let mut v: Vec<OrchestratorInfo> = self
+            .entries
+            .iter()
+            .map(|(p, e)| OrchestratorInfo {
+                peer: *p,
+                models: e.advert.models.clone(),
+                free_slots: e.advert.free_slots,
+                total_slots: e.advert.total_slots,
+                in_flight: e.in_flight,
+                rtt: e.rtt,
+                price_per_token: e.advert.price_per_token,
+            })
+            .collect();
+        v.sort_by_key(|i| i.peer);
+        v
+    }
+
+    /// Number of orchestrators known.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no orchestrator is known.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cactus_protocol::Digest;
+
+    fn advert(peer: PeerId, seq: u64, free: u32, models: &[&str]) -> CapabilityAdvert {
+        CapabilityAdvert {
+            peer,
+            protocol_version: PROTOCOL_VERSION,
+            node_version: "t".into(),
+            models: models
+                .iter()
+                .map(|n| ModelId {
+                    name: (*n).into(),
+                    sha256: Digest::of(n.as_bytes()),
+                })
+                .collect(),
+            free_slots: free,
+            total_slots: 4,
+            price_per_token: 1,
+            seq,
+            issued_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn newest_advert_wins_and_stale_entries_go() {
+        let t0 = Instant::now();
+        let mut t = OrchestratorTable::new(Duration::from_secs(30));
+        let p = PeerId::random();
+        assert_eq!(t.upsert(advert(p, 5, 1, &["a"]), t0), Upsert::Joined);
+        assert_eq!(t.upsert(advert(p, 4, 3, &["a"]), t0), Upsert::Ignored);
+        assert_eq!(t.upsert(advert(p, 6, 2, &["a"]), t0), Upsert::Updated);
+        assert_eq!(t.snapshot()[0].free_slots, 2);
+        let mut foreign = advert(PeerId::random(), 1, 1, &["a"]);
+        foreign.protocol_version += 1;
+        assert_eq!(t.upsert(foreign, t0), Upsert::Ignored);
+        assert!(t.prune(t0 + Duration::from_secs(10)).is_empty());
+        assert_eq!(t.prune(t0 + Duration::from_secs(31)), vec![p]);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn picks_free_slots_then_latency_and_resolves_models() {
+        let now = Instant::now();
+        let mut t = OrchestratorTable::new(Duration::from_secs(30));
+        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        t.upsert(advert(a, 1, 1, &["m"]), now);
+        t.upsert(advert(b, 1, 1, &["m", "n"]), now);
+        t.upsert(advert(c, 1, 3, &["n"]), now);
+        t.record_rtt(&a, Duration::from_millis(9));
+        t.record_rtt(&b, Duration::from_millis(2));
+        let m = t.resolve_model(Some("m")).unwrap();
+        assert_eq!(t.resolve_model(Some(&m.sha256.to_hex())), Some(m.clone()));
+        assert_eq!(t.resolve_model(Some("zzz")), None);
+        // Equal free slots: the faster one.
+        assert_eq!(t.pick(&m.sha256, &HashSet::new()), Some(b));
+        // b gets busy: a has more free slots now.
+        t.adjust_in_flight(&b, true);
+        assert_eq!(t.pick(&m.sha256, &HashSet::new()), Some(a));
+        assert_eq!(t.pick(&m.sha256, &HashSet::from([a, b])), None);
+        // "n" is served by two nodes, "m" by two: ties break by hash, stably.
+        assert!(t.resolve_model(None).is_some());
+    }
+}

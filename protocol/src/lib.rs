@@ -1,0 +1,44 @@
+//! The Cactus vocabulary.
+//!
+//! Everything two Cactus nodes must agree on lives here, and nothing else: the
+//! wire messages of the mesh, model identity, task ids, sampling parameters,
+//! signed receipts and the byte caps that bound every read. The crate does no
+//! I/O and knows nothing of swarms, runtimes, llama.cpp or chains, so that any
+//! implementation (or auditor) can reuse it as the reference.
+//!
+//! - [`wire`]: the framing every message travels in (version, kind, CBOR body,
+//!   CRC-32) and the typed errors for truncated, oversized or corrupted input.
+//! - [`messages`]: capability adverts (gossipsub) and task requests / responses
+//!   (request-response).
+//! - [`receipt`]: what a finished task proves, signed by the orchestrator and
+//!   countersigned by the router with their libp2p ed25519 identities.
+//! - [`ids`]: task ids, model hashes and digests.
+
+pub mod ids;
+pub mod messages;
+pub mod receipt;
+pub mod verify;
+pub mod wire;
+
+#[cfg(test)]
+mod proptests;
+
+pub use ids::{Digest, ModelHash, TaskId};
+pub use libp2p_identity::{Keypair, PeerId};
+pub use messages::{
+    Assignment, CapabilityAdvert, FinishReason, ModelId, PromptFormat, SamplingParams, TaskError,
+    TaskErrorKind, TaskRequest, TaskResponse, TaskResult, TaskSpec,
+};
+pub use receipt::{Receipt, ReceiptBody, ReceiptError};
+pub use wire::{DecodeError, EncodeError, Wire};
+
+/// Protocol id of the task request-response protocol.
+pub const TASK_PROTOCOL: &str = "/cactus/task/1";
+/// Protocol id of Cactus's private Kademlia DHT.
+pub const KAD_PROTOCOL: &str = "/cactus/kad/1.0.0";
+/// Gossipsub topic on which orchestrators publish their [`CapabilityAdvert`]s.
+pub const CAPABILITY_TOPIC: &str = "cactus/capabilities/1";
+/// Kademlia provider key under which routers announce themselves.
+pub const ROUTER_PROVIDER_KEY: &[u8] = b"/cactus/routers/1";
+/// Version of the messages in this crate; bumped on any incompatible change.
+pub const PROTOCOL_VERSION: u16 = 1;

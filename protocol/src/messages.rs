@@ -1,0 +1,365 @@
+//! The messages of the mesh.
+//!
+//! - [`CapabilityAdvert`]: published by orchestrators on the gossipsub topic
+//!   [`crate::CAPABILITY_TOPIC`].
+//! - [`TaskRequest`] / [`TaskResponse`]: the two halves of the request-response
+//!   protocol [`crate::TASK_PROTOCOL`]. A client *submits* a [`TaskSpec`] to a
+//!   router; the router *assigns* it to an orchestrator as an [`Assignment`]. The
+//!   answer to either is a [`TaskResult`] (text + receipt) or a [`TaskError`].
+//!
+//! Limits are constants next to the types; [`validate`](TaskSpec::validate)
+//! methods check them on receipt, before any work is done.
+
+use crate::ids::{ModelHash, TaskId};
+use crate::receipt::Receipt;
+use crate::wire::{Kind, Wire};
+use libp2p_identity::PeerId;
+use serde::{Deserialize, Serialize};
+
+/// Longest prompt accepted, in bytes.
+pub const MAX_PROMPT_BYTES: usize = 256 * 1024;
+/// Most tokens a task may ask to generate.
+pub const MAX_OUTPUT_TOKENS: u32 = 8192;
+/// Longest generated text returned, in bytes.
+pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
+/// Most models one advert may list.
+pub const MAX_MODELS_PER_ADVERT: usize = 64;
+/// Longest model name, in bytes.
+pub const MAX_MODEL_NAME_BYTES: usize = 128;
+/// Longest free-text field (error messages, version strings), in bytes.
+pub const MAX_TEXT_FIELD_BYTES: usize = 1024;
+
+/// A model an orchestrator serves: a name for people, a hash for machines.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ModelId {
+    /// Human-readable name, usually the GGUF file stem.
+    pub name: String,
+    /// SHA-256 of the GGUF file.
+    pub sha256: ModelHash,
+}
+
+/// How the orchestrator turns the prompt into tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum PromptFormat {
+    /// The prompt is one user turn, wrapped in the model's own chat template.
+    #[default]
+    Chat,
+    /// The prompt is tokenized as it is (plain completion).
+    Raw,
+}
+
+/// How tokens are sampled.
+///
+/// A temperature of zero means greedy decoding, which is deterministic for a
+/// given model and backend; otherwise top-p sampling at that temperature,
+/// seeded by `seed`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SamplingParams {
+    /// Most tokens to generate; generation also stops at end-of-generation.
+    pub max_tokens: u32,
+    /// Softmax temperature in `[0, 2]`; `0` is greedy.
+    pub temperature: f32,
+    /// Nucleus mass in `(0, 1]`.
+    pub top_p: f32,
+    /// Seed of the sampler's random draws.
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            max_tokens: 128,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+impl SamplingParams {
+    /// Whether decoding is greedy (deterministic).
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0
+    }
+
+    /// Checks the parameters' ranges.
+    pub fn validate(&self) -> Result<(), InvalidMessage> {
+        if self.max_tokens == 0 || self.max_tokens > MAX_OUTPUT_TOKENS {
+            return Err(InvalidMessage::MaxTokens(self.max_tokens));
+        }
+        if !(0.0..=2.0).contains(&self.temperature) {
+            return Err(InvalidMessage::Temperature(self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(InvalidMessage::TopP(self.top_p));
+        }
+        Ok(())
+    }
+}
+
+/// What a client asks a router for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// The model, by name or by hex sha256; `None` lets the router pick any
+    /// model it can serve.
+    pub model: Option<String>,
+    /// The prompt text.
+    pub prompt: String,
+    /// How the prompt is tokenized.
+    pub format: PromptFormat,
+    /// Sampling parameters.
+    pub sampling: SamplingParams,
+}
+
+impl TaskSpec {
+    /// Checks sizes and ranges.
+    pub fn validate(&self) -> Result<(), InvalidMessage> {
+        if self.prompt.is_empty() {
+            return Err(InvalidMessage::EmptyPrompt);
+        }
+        if self.prompt.len() > MAX_PROMPT_BYTES {
+            return Err(InvalidMessage::PromptTooLarge(self.prompt.len()));
+        }
+        if let Some(m) = &self.model {
+            check_len("model", m, MAX_MODEL_NAME_BYTES)?;
+        }
+        self.sampling.validate()
+    }
+}
+
+/// A task a router hands to an orchestrator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// Id chosen by the router.
+    pub task_id: TaskId,
+    /// The exact model to run.
+    pub model: ModelHash,
+    /// The prompt text.
+    pub prompt: String,
+    /// How the prompt is tokenized.
+    pub format: PromptFormat,
+    /// Sampling parameters.
+    pub sampling: SamplingParams,
+}
+
+impl Assignment {
+    /// Checks sizes and ranges.
+    pub fn validate(&self) -> Result<(), InvalidMessage> {
+        if self.prompt.is_empty() {
+            return Err(InvalidMessage::EmptyPrompt);
+        }
+        if self.prompt.len() > MAX_PROMPT_BYTES {
+            return Err(InvalidMessage::PromptTooLarge(self.prompt.len()));
+        }
+        self.sampling.validate()
+    }
+}
+
+/// A request of the task protocol.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TaskRequest {
+    /// Client to router: run this for me.
+    Submit(TaskSpec),
+    /// Router to orchestrator: run this task.
+    Execute(Assignment),
+}
+
+impl Wire for TaskRequest {
+    const KIND: Kind = Kind::TaskRequest;
+    /// The prompt cap plus room for the other fields.
+    const MAX_BYTES: usize = MAX_PROMPT_BYTES + 16 * 1024;
+}
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FinishReason {
+    /// The model produced an end-of-generation token.
+    EndOfGeneration,
+    /// `max_tokens` were generated.
+    MaxTokens,
+}
+
+/// A finished task: the text and its receipt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskResult {
+    /// Generated text.
+    pub text: String,
+    /// Why generation stopped.
+    pub finish: FinishReason,
+    /// Signed by the orchestrator; countersigned by the router on the way to
+    /// the client.
+    pub receipt: Receipt,
+}
+
+/// The kinds of task failure, for callers to act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum TaskErrorKind {
+    /// No known orchestrator serves the requested model.
+    NoSuchModel,
+    /// Every worker slot and queue place is taken.
+    Busy,
+    /// The prompt does not fit the model's context.
+    PromptTooLong,
+    /// The request breaks a limit or is malformed.
+    InvalidRequest,
+    /// The inference engine failed.
+    Inference,
+    /// The peer does not play the role the request needs.
+    WrongRole,
+    /// The orchestrator did not answer in time or went away.
+    Unavailable,
+    /// The orchestrator's result failed verification.
+    BadResult,
+}
+
+/// A failed task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{kind:?}: {message}")]
+pub struct TaskError {
+    /// What went wrong, for machines.
+    pub kind: TaskErrorKind,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
+impl TaskError {
+    /// A new error; the message is cut to [`MAX_TEXT_FIELD_BYTES`].
+    pub fn new(kind: TaskErrorKind, message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        truncate_utf8(&mut message, MAX_TEXT_FIELD_BYTES);
+        Self { kind, message }
+    }
+}
+
+/// A response of the task protocol.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TaskResponse {
+    /// The task ran.
+    Done(TaskResult),
+    /// The task failed.
+    Failed(TaskError),
+}
+
+impl Wire for TaskResponse {
+    const KIND: Kind = Kind::TaskResponse;
+    /// The output cap plus room for the receipt and error message.
+    const MAX_BYTES: usize = MAX_OUTPUT_BYTES + 16 * 1024;
+}
+
+/// What an orchestrator offers, published on [`crate::CAPABILITY_TOPIC`] at
+/// start, on change and periodically.
+///
+/// Gossipsub signs each message with the publisher's key; a receiver accepts an
+/// advert only when `peer` is that signer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CapabilityAdvert {
+    /// The orchestrator.
+    pub peer: PeerId,
+    /// [`crate::PROTOCOL_VERSION`] spoken by the orchestrator.
+    pub protocol_version: u16,
+    /// Software version, for operators.
+    pub node_version: String,
+    /// Models served.
+    pub models: Vec<ModelId>,
+    /// Worker slots free now.
+    pub free_slots: u32,
+    /// Worker slots in all.
+    pub total_slots: u32,
+    /// Asked price per generated token, in the ledger's smallest unit.
+    pub price_per_token: u64,
+    /// Increases with every advert the node publishes, so that receivers keep
+    /// the newest and gossipsub never sees two equal messages.
+    pub seq: u64,
+    /// Unix time of publication, milliseconds.
+    pub issued_at_ms: u64,
+}
+
+impl CapabilityAdvert {
+    /// Checks sizes and consistency.
+    pub fn validate(&self) -> Result<(), InvalidMessage> {
+        if self.models.len() > MAX_MODELS_PER_ADVERT {
+            return Err(InvalidMessage::TooManyModels(self.models.len()));
+        }
+        for m in &self.models {
+            check_len("model name", &m.name, MAX_MODEL_NAME_BYTES)?;
+        }
+        check_len("node version", &self.node_version, MAX_TEXT_FIELD_BYTES)?;
+        if self.free_slots > self.total_slots {
+            return Err(InvalidMessage::Slots {
+                free: self.free_slots,
+                total: self.total_slots,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Wire for CapabilityAdvert {
+    const KIND: Kind = Kind::CapabilityAdvert;
+    const MAX_BYTES: usize = 32 * 1024;
+}
+
+/// A message that decodes but breaks a limit or a rule.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidMessage {
+    /// Empty prompt.
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    /// Prompt over [`MAX_PROMPT_BYTES`].
+    #[error("prompt of {0} bytes is over the {MAX_PROMPT_BYTES}-byte cap")]
+    PromptTooLarge(usize),
+    /// `max_tokens` out of `1..=MAX_OUTPUT_TOKENS`.
+    #[error("max_tokens {0} is outside 1..={MAX_OUTPUT_TOKENS}")]
+    MaxTokens(u32),
+    /// Temperature out of `[0, 2]`.
+    #[error("temperature {0} is outside [0, 2]")]
+    Temperature(f32),
+    /// top-p out of `(0, 1]`.
+    #[error("top_p {0} is outside (0, 1]")]
+    TopP(f32),
+    /// Too many models in an advert.
+    #[error("{0} models is over the {MAX_MODELS_PER_ADVERT}-model cap")]
+    TooManyModels(usize),
+    /// A text field over its cap.
+    #[error("{field} of {len} bytes is over its {max}-byte cap")]
+    FieldTooLong {
+        /// Field name.
+        field: &'static str,
+        /// Its length.
+        len: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// More free slots than slots.
+    #[error("{free} free slots out of {total}")]
+    Slots {
+        /// Free slots claimed.
+        free: u32,
+        /// Total slots claimed.
+        total: u32,
+    },
+}
+
+fn check_len(field: &'static str, s: &str, max: usize) -> Result<(), InvalidMessage> {
+    if s.len() > max {
+        return Err(InvalidMessage::FieldTooLong {
+            field,
+            len: s.len(),
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+pub fn truncate_utf8(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}

@@ -1,0 +1,293 @@
+//! Property tests for every wire type: round trips, caps, truncation, bit
+//! flips, and receipt tamper-evidence.
+
+use crate::messages::*;
+use crate::receipt::*;
+use crate::wire::*;
+use crate::{Digest, TaskId};
+use libp2p_identity::{Keypair, PeerId};
+use proptest::prelude::*;
+
+fn keypair(seed: [u8; 32]) -> Keypair {
+    Keypair::ed25519_from_bytes(seed).unwrap()
+}
+
+fn arb_keypair() -> impl Strategy<Value = Keypair> {
+    any::<[u8; 32]>().prop_map(keypair)
+}
+
+fn arb_digest() -> impl Strategy<Value = Digest> {
+    any::<[u8; 32]>().prop_map(Digest)
+}
+
+fn arb_sampling() -> impl Strategy<Value = SamplingParams> {
+    (1..=MAX_OUTPUT_TOKENS, 0.0f32..=2.0, 0.01f32..=1.0, any::<u64>()).prop_map(
+        |(max_tokens, temperature, top_p, seed)| SamplingParams {
+            max_tokens,
+            temperature,
+            top_p,
+            seed,
+        },
+    )
+}
+
+fn arb_format() -> impl Strategy<Value = PromptFormat> {
+    prop_oneof![Just(PromptFormat::Chat), Just(PromptFormat::Raw)]
+}
+
+fn arb_spec() -> impl Strategy<Value = TaskSpec> {
+    (
+        proptest::option::of("[a-z0-9._-]{1,40}"),
+        "\\PC{1,200}",
+        arb_format(),
+        arb_sampling(),
+    )
+        .prop_map(|(model, prompt, format, sampling)| TaskSpec {
+            model,
+            prompt,
+            format,
+            sampling,
+        })
+}
+
+fn arb_assignment() -> impl Strategy<Value = Assignment> {
+    (any::<[u8; 16]>(), arb_digest(), "\\PC{1,200}", arb_format(), arb_sampling()).prop_map(
+        |(id, model, prompt, format, sampling)| Assignment {
+            task_id: TaskId(id),
+            model,
+            prompt,
+            format,
+            sampling,
+        },
+    )
+}
+
+fn arb_request() -> impl Strategy<Value = TaskRequest> {
+    prop_oneof![
+        arb_spec().prop_map(TaskRequest::Submit),
+        arb_assignment().prop_map(TaskRequest::Execute),
+    ]
+}
+
+prop_compose! {
+    fn arb_body()(
+        id in any::<[u8; 16]>(), model in arb_digest(), prompt_hash in arb_digest(),
+        output_hash in arb_digest(), sampling in arb_sampling(), prompt_tokens in any::<u32>(),
+        output_tokens in any::<u32>(), compute_ms in any::<u64>(), orch in arb_keypair(),
+        router in arb_keypair(), started in any::<u64>(), finished in any::<u64>(),
+    ) -> (ReceiptBody, Keypair, Keypair) {
+        let body = ReceiptBody {
+            version: RECEIPT_VERSION,
+            task_id: TaskId(id),
+            model,
+            prompt_hash,
+            output_hash,
+            sampling,
+            prompt_tokens,
+            output_tokens,
+            compute_ms,
+            orchestrator: orch.public().to_peer_id(),
+            router: router.public().to_peer_id(),
+            started_at_ms: started,
+            finished_at_ms: finished,
+        };
+        (body, orch, router)
+    }
+}
+
+fn arb_receipt() -> impl Strategy<Value = Receipt> {
+    arb_body().prop_map(|(body, orch, router)| {
+        let mut r = body.sign(&orch).unwrap();
+        r.countersign(&router).unwrap();
+        r
+    })
+}
+
+fn arb_response() -> impl Strategy<Value = TaskResponse> {
+    prop_oneof![
+        (
+            "\\PC{0,300}",
+            prop_oneof![Just(FinishReason::EndOfGeneration), Just(FinishReason::MaxTokens)],
+            arb_receipt()
+        )
+            .prop_map(|(text, finish, receipt)| TaskResponse::Done(TaskResult {
+                text,
+                finish,
+                receipt
+            })),
+        ("\\PC{0,100}").prop_map(|m| TaskResponse::Failed(TaskError::new(TaskErrorKind::Busy, m))),
+    ]
+}
+
+fn arb_advert() -> impl Strategy<Value = CapabilityAdvert> {
+    (
+        arb_keypair(),
+        proptest::collection::vec(("[a-z0-9._-]{1,40}", arb_digest()), 0..8),
+        0u32..16,
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+    )
+        .prop_map(|(k, models, slots, price, seq, at)| CapabilityAdvert {
+            peer: k.public().to_peer_id(),
+            protocol_version: crate::PROTOCOL_VERSION,
+            node_version: "0.1.0".into(),
+            models: models
+                .into_iter()
+                .map(|(name, sha256)| ModelId { name, sha256 })
+                .collect(),
+            free_slots: slots / 2,
+            total_slots: slots,
+            price_per_token: price,
+            seq,
+            issued_at_ms: at,
+        })
+}
+
+/// The checks every wire type must pass, given one value of it.
+fn check_frame<T: Wire + PartialEq + std::fmt::Debug>(
+    value: &T,
+    cut: prop::sample::Index,
+    flip: prop::sample::Index,
+    bit: u8,
+) -> Result<(), TestCaseError> {
+    let bytes = value.encode().unwrap();
+    prop_assert!(bytes.len() <= T::MAX_BYTES);
+    // Round trip.
+    prop_assert_eq!(&T::decode(&bytes).unwrap(), value);
+    // Any strict prefix is rejected.
+    let n = cut.index(bytes.len());
+    prop_assert!(T::decode(&bytes[..n]).is_err());
+    // Any single bit flip is rejected.
+    let mut flipped = bytes.clone();
+    flipped[flip.index(bytes.len())] ^= 1 << (bit % 8);
+    prop_assert!(T::decode(&flipped).is_err());
+    // Over the cap, whatever the content, is rejected before parsing.
+    let mut big = bytes;
+    big.resize(T::MAX_BYTES + 1, 0);
+    let too_large = matches!(T::decode(&big), Err(DecodeError::TooLarge { .. }));
+    prop_assert!(too_large);
+    Ok(())
+}
+
+proptest! {
+    #[test]
+    fn task_request_frames(v in arb_request(), c: prop::sample::Index, f: prop::sample::Index, b: u8) {
+        check_frame(&v, c, f, b)?;
+        match &v {
+            TaskRequest::Submit(s) => prop_assert!(s.validate().is_ok()),
+            TaskRequest::Execute(a) => prop_assert!(a.validate().is_ok()),
+        }
+    }
+
+    #[test]
+    fn task_response_frames(v in arb_response(), c: prop::sample::Index, f: prop::sample::Index, b: u8) {
+        check_frame(&v, c, f, b)?;
+    }
+
+    #[test]
+    fn advert_frames(v in arb_advert(), c: prop::sample::Index, f: prop::sample::Index, b: u8) {
+        check_frame(&v, c, f, b)?;
+        prop_assert!(v.validate().is_ok());
+    }
+
+    #[test]
+    fn receipt_frames(v in arb_receipt(), c: prop::sample::Index, f: prop::sample::Index, b: u8) {
+        check_frame(&v, c, f, b)?;
+        prop_assert!(v.verify().is_ok());
+    }
+
+    #[test]
+    fn receipt_any_field_change_breaks_verification(
+        r in arb_receipt(), field in 0usize..13, other in arb_keypair(), n in 1u64..1000,
+    ) {
+        let mut t = r.clone();
+        let b = &mut t.body;
+        match field {
+            0 => b.version = b.version.wrapping_add(1),
+            1 => b.task_id.0[0] ^= 1,
+            2 => b.model.0[31] ^= 0x80,
+            3 => b.prompt_hash.0[5] ^= 4,
+            4 => b.output_hash.0[17] ^= 2,
+            5 => b.sampling.seed = b.sampling.seed.wrapping_add(n),
+            6 => b.prompt_tokens = b.prompt_tokens.wrapping_add(n as u32),
+            7 => b.output_tokens = b.output_tokens.wrapping_sub(n as u32),
+            8 => b.compute_ms = b.compute_ms.wrapping_add(n),
+            9 => b.orchestrator = other.public().to_peer_id(),
+            10 => b.router = other.public().to_peer_id(),
+            11 => b.started_at_ms = b.started_at_ms.wrapping_add(n),
+            _ => b.finished_at_ms = b.finished_at_ms.wrapping_sub(n),
+        }
+        prop_assert!(t.verify().is_err());
+        // The signatures themselves are tamper-evident too.
+        let mut s = r.clone();
+        s.orchestrator_sig[(n as usize) % 64] ^= 1;
+        prop_assert!(s.verify().is_err());
+        let mut s = r;
+        if let Some(sig) = s.router_sig.as_mut() { sig[(n as usize) % 64] ^= 1; }
+        prop_assert!(s.verify().is_err());
+    }
+}
+
+#[test]
+fn oversized_messages_are_refused_when_encoding() {
+    let spec = TaskSpec {
+        model: None,
+        prompt: "x".repeat(MAX_PROMPT_BYTES + 20 * 1024),
+        format: PromptFormat::Raw,
+        sampling: SamplingParams::default(),
+    };
+    assert!(matches!(
+        TaskRequest::Submit(spec.clone()).encode(),
+        Err(EncodeError::TooLarge { .. })
+    ));
+    assert!(matches!(spec.validate(), Err(InvalidMessage::PromptTooLarge(_))));
+}
+
+#[test]
+fn one_type_is_not_decoded_as_another() {
+    let req = TaskRequest::Submit(TaskSpec {
+        model: None,
+        prompt: "hi".into(),
+        format: PromptFormat::Chat,
+        sampling: SamplingParams::default(),
+    });
+    let bytes = req.encode().unwrap();
+    assert!(matches!(
+        TaskResponse::decode(&bytes),
+        Err(DecodeError::WrongKind { .. })
+    ));
+}
+
+#[test]
+fn unsigned_or_hashed_peer_ids_do_not_verify() {
+    let orch = keypair([1; 32]);
+    let router = keypair([2; 32]);
+    let body = ReceiptBody {
+        version: RECEIPT_VERSION,
+        task_id: TaskId([7; 16]),
+        model: Digest::of(b"m"),
+        prompt_hash: Digest::of(b"p"),
+        output_hash: Digest::of(b"o"),
+        sampling: SamplingParams::default(),
+        prompt_tokens: 3,
+        output_tokens: 4,
+        compute_ms: 5,
+        orchestrator: orch.public().to_peer_id(),
+        router: router.public().to_peer_id(),
+        started_at_ms: 1,
+        finished_at_ms: 2,
+    };
+    // Only the named orchestrator can sign, only the named router countersign.
+    assert_eq!(body.clone().sign(&router).unwrap_err(), ReceiptError::WrongSigner);
+    let mut r = body.sign(&orch).unwrap();
+    assert_eq!(r.verify(), Err(ReceiptError::MissingRouterSignature));
+    assert_eq!(r.countersign(&orch), Err(ReceiptError::WrongSigner));
+    r.countersign(&router).unwrap();
+    r.verify().unwrap();
+    // A random (hash-style) PeerId carries no key.
+    let mut hashed = vec![0x12, 32];
+    hashed.extend_from_slice(&[9; 32]);
+    r.body.router = PeerId::from_bytes(&hashed).unwrap();
+    assert!(public_key_of(&r.body.router).is_none());
+}

@@ -1,0 +1,167 @@
+//! The checks a router makes on an orchestrator's result before it
+//! countersigns: the receipt is signed by the orchestrator it asked, names the
+//! task, model, prompt and sampling it was given, hashes the text it returned,
+//! and counts tokens consistently with the stop reason.
+
+use crate::ids::Digest;
+use crate::messages::{Assignment, FinishReason, MAX_OUTPUT_BYTES, TaskResult};
+use crate::receipt::ReceiptError;
+use libp2p_identity::PeerId;
+
+/// Why a result is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResultError {
+    /// The orchestrator's signature does not verify.
+    #[error(transparent)]
+    Signature(#[from] ReceiptError),
+    /// The receipt names another task, model, prompt, sampling or peer.
+    #[error("the receipt's {0} does not match the assignment")]
+    Mismatch(&'static str),
+    /// The output hash is not the hash of the returned text.
+    #[error("the receipt's output hash does not match the returned text")]
+    OutputHash,
+    /// Token counts are impossible for the request and stop reason.
+    #[error("implausible token counts: {0}")]
+    TokenCounts(&'static str),
+    /// Timestamps run backwards.
+    #[error("the receipt finishes before it starts")]
+    Timestamps,
+}
+
+/// Checks `result` against the `assignment` that `router` sent to `orchestrator`.
+pub fn check_result(
+    assignment: &Assignment,
+    router: &PeerId,
+    orchestrator: &PeerId,
+    result: &TaskResult,
+) -> Result<(), ResultError> {
+    let body = &result.receipt.body;
+    if &body.orchestrator != orchestrator {
+        return Err(ResultError::Mismatch("orchestrator"));
+    }
+    result.receipt.verify_orchestrator()?;
+    if &body.router != router {
+        return Err(ResultError::Mismatch("router"));
+    }
+    if body.task_id != assignment.task_id {
+        return Err(ResultError::Mismatch("task id"));
+    }
+    if body.model != assignment.model {
+        return Err(ResultError::Mismatch("model"));
+    }
+    if body.prompt_hash != Digest::of(assignment.prompt.as_bytes()) {
+        return Err(ResultError::Mismatch("prompt hash"));
+    }
+    if body.sampling != assignment.sampling {
+        return Err(ResultError::Mismatch("sampling parameters"));
+    }
+    if body.output_hash != Digest::of(result.text.as_bytes()) {
+        return Err(ResultError::OutputHash);
+    }
+    if body.prompt_tokens == 0 {
+        return Err(ResultError::TokenCounts("no prompt tokens"));
+    }
+    let max = assignment.sampling.max_tokens;
+    if body.output_tokens > max {
+        return Err(ResultError::TokenCounts("more output tokens than max_tokens"));
+    }
+    if body.output_tokens == 0 && !result.text.is_empty() {
+        return Err(ResultError::TokenCounts("text without tokens"));
+    }
+    if result.finish == FinishReason::MaxTokens && body.output_tokens < max && result.text.len() < MAX_OUTPUT_BYTES {
+        return Err(ResultError::TokenCounts("stopped at max_tokens before reaching it"));
+    }
+    if body.finished_at_ms < body.started_at_ms {
+        return Err(ResultError::Timestamps);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::TaskId;
+    use crate::messages::{PromptFormat, SamplingParams};
+    use crate::receipt::{RECEIPT_VERSION, ReceiptBody};
+    use libp2p_identity::Keypair;
+
+    fn setup() -> (Assignment, Keypair, PeerId, TaskResult) {
+        let orch = Keypair::generate_ed25519();
+        let router = Keypair::generate_ed25519().public().to_peer_id();
+        let a = Assignment {
+            task_id: TaskId([3; 16]),
+            model: Digest::of(b"model"),
+            prompt: "why?".into(),
+            format: PromptFormat::Chat,
+            sampling: SamplingParams {
+                max_tokens: 4,
+                ..SamplingParams::default()
+            },
+        };
+        let text = "because".to_owned();
+        let body = ReceiptBody {
+            version: RECEIPT_VERSION,
+            task_id: a.task_id,
+            model: a.model,
+            prompt_hash: Digest::of(a.prompt.as_bytes()),
+            output_hash: Digest::of(text.as_bytes()),
+            sampling: a.sampling,
+            prompt_tokens: 9,
+            output_tokens: 2,
+            compute_ms: 10,
+            orchestrator: orch.public().to_peer_id(),
+            router,
+            started_at_ms: 100,
+            finished_at_ms: 110,
+        };
+        let receipt = body.sign(&orch).unwrap();
+        let r = TaskResult {
+            text,
+            finish: FinishReason::EndOfGeneration,
+            receipt,
+        };
+        (a, orch, router, r)
+    }
+
+    #[test]
+    fn honest_result_passes_and_each_lie_is_caught() {
+        let (a, orch, router, r) = setup();
+        let o = orch.public().to_peer_id();
+        check_result(&a, &router, &o, &r).unwrap();
+
+        let mut bad = r.clone();
+        bad.text.push('!');
+        assert_eq!(check_result(&a, &router, &o, &bad), Err(ResultError::OutputHash));
+
+        let mut other = a.clone();
+        other.prompt = "how?".into();
+        assert_eq!(check_result(&other, &router, &o, &r), Err(ResultError::Mismatch("prompt hash")));
+
+        let stranger = Keypair::generate_ed25519().public().to_peer_id();
+        assert_eq!(check_result(&a, &stranger, &o, &r), Err(ResultError::Mismatch("router")));
+        assert_eq!(check_result(&a, &router, &stranger, &r), Err(ResultError::Mismatch("orchestrator")));
+
+        // Re-signed lies: the orchestrator cannot claim impossible counts.
+        let resign = |f: &dyn Fn(&mut ReceiptBody), finish| {
+            let mut body = r.receipt.body.clone();
+            f(&mut body);
+            TaskResult {
+                text: r.text.clone(),
+                finish,
+                receipt: body.sign(&orch).unwrap(),
+            }
+        };
+        let many = resign(&|b| b.output_tokens = 5, FinishReason::EndOfGeneration);
+        assert!(matches!(check_result(&a, &router, &o, &many), Err(ResultError::TokenCounts(_))));
+        let early = resign(&|b| b.output_tokens = 3, FinishReason::MaxTokens);
+        assert!(matches!(check_result(&a, &router, &o, &early), Err(ResultError::TokenCounts(_))));
+        let back = resign(&|b| b.finished_at_ms = 1, FinishReason::EndOfGeneration);
+        assert_eq!(check_result(&a, &router, &o, &back), Err(ResultError::Timestamps));
+
+        // A forged signature.
+        let mut forged = r;
+        forged.receipt.orchestrator_sig[0] ^= 1;
+        assert!(matches!(check_result(&a, &router, &o, &forged), Err(ResultError::Signature(_))));
+    }
+}
