@@ -1,1 +1,53 @@
-fn main(){}
+//! `cactus-bootstrap`: a public Cactus bootstrap node. It answers Kademlia
+//! queries, identify and ping so that new nodes can find the mesh, and relays
+//! capability gossip. It never runs inference and does not link llama.cpp.
+
+use cactus_node::cli::{self, DataDirArgs, MeshArgs, NodeArgs};
+use cactus_node::Role;
+use clap::Parser;
+use std::io::Write;
+use tokio_util::sync::CancellationToken;
+
+/// A Cactus bootstrap node.
+#[derive(Debug, Parser)]
+#[command(name = "cactus-bootstrap", version)]
+struct Cli {
+    #[command(flatten)]
+    mesh: MeshArgs,
+    #[command(flatten)]
+    data: DataDirArgs,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    cli::init_tracing("info");
+    let args = NodeArgs {
+        role: Role::Bootstrap,
+        mesh: cli.mesh,
+        data: cli.data,
+        models: Vec::new(),
+        threads: None,
+        slots: 1,
+        queue: 0,
+        ctx_size: 0,
+        gpu_layers: 0,
+        price_per_token: 0,
+        advert_interval: 10,
+        task_timeout: 300,
+    };
+    let result = tokio::runtime::Runtime::new().map_err(|e| e.to_string()).and_then(|rt| {
+        rt.block_on(async {
+            let shutdown = CancellationToken::new();
+            let trigger = shutdown.clone();
+            tokio::spawn(async move {
+                cli::shutdown_signal().await;
+                trigger.cancel();
+            });
+            cli::run(args, shutdown).await.map_err(|e| e.to_string())
+        })
+    });
+    if let Err(e) = result {
+        let _ = writeln!(std::io::stderr(), "error: {e}");
+        std::process::exit(1);
+    }
+}

@@ -133,14 +133,18 @@ impl LlamaEngine {
             PromptFormat::Raw => Ok((job.prompt.clone(), true)),
             PromptFormat::Chat => {
                 let engine_err = |e: &dyn std::fmt::Display| InferenceError::Engine(e.to_string());
+                // A model without a template (a base model, like the demo's
+                // Gemma 3 270M) is prompted as it is.
                 let Ok(tmpl) = model.chat_template(None) else {
-                    // A model without a template is prompted as it is.
                     return Ok((job.prompt.clone(), true));
                 };
                 let msg = LlamaChatMessage::new("user".into(), job.prompt.clone()).map_err(|e| engine_err(&e))?;
                 let text = model.apply_chat_template(&tmpl, &[msg], true).map_err(|e| engine_err(&e))?;
-                // The template already starts with the BOS text.
-                Ok((text, false))
+                // llama.cpp's templates leave BOS to the tokenizer, unless the
+                // rendered text already starts with it.
+                let bos = model.vocab().bos();
+                let bos_text = model.vocab().token_to_piece(bos, true, None);
+                Ok((text.clone(), !text.as_bytes().starts_with(&bos_text)))
             }
         }
     }

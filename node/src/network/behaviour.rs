@@ -22,6 +22,8 @@ pub struct BehaviourLimits {
 }
 
 /// Every protocol a Cactus node speaks. Field order is poll order: limits first.
+// Not Debug: gossipsub's behaviour is not, and nothing prints the whole stack.
+#[allow(missing_debug_implementations)]
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
     /// Caps connections, so no peer can exhaust us.

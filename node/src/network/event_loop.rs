@@ -359,7 +359,10 @@ impl EventLoop {
                 ..
             } => {
                 tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
-                if let Some((_, reply)) = self.pending_dials.remove(&connection_id) {
+                if let Some((addr, reply)) = self.pending_dials.remove(&connection_id) {
+                    // A peer we dialled on purpose is a way into the DHT; kad
+                    // drops it again if it turns out not to answer queries.
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                     let _ = reply.send(Ok(peer_id));
                 }
             }

@@ -116,7 +116,10 @@ pub fn spawn(
         .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
         .map_err(|e| setup(&e))?
         .with_quic()
-        .with_behaviour(|key| behaviour::Behaviour::new(key, agent, &limits))
+        .with_behaviour(|key| {
+            behaviour::Behaviour::new(key, agent, &limits)
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+        })
         .map_err(|e| setup(&e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
         .build();

@@ -1,0 +1,256 @@
+//! Command-line arguments shared by the `cactus-node` and `cactus-bootstrap`
+//! binaries, and [`run`], which runs a node until shutdown.
+
+use crate::identity::{self, IdentityError};
+use crate::inference::model_file::ModelSpec;
+use crate::network::NetworkConfig;
+use crate::node::{Node, NodeConfig, NodeError, Role};
+use clap::Args;
+use libp2p::Multiaddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Where a node keeps its identity and state.
+#[derive(Debug, Clone, Args)]
+pub struct DataDirArgs {
+    /// Directory for the node's identity key and ledger [default: the
+    /// platform's data dir, e.g. ~/.local/share/cactus-node].
+    #[arg(long, env = "CACTUS_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl DataDirArgs {
+    /// The data dir: the flag, or the platform default.
+    pub fn resolve(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| {
+            directories::ProjectDirs::from("org", "cactus", "cactus-node")
+                .map(|d| d.data_dir().to_path_buf())
+                .unwrap_or_else(|| PathBuf::from(".cactus-node"))
+        })
+    }
+}
+
+/// How a node joins the mesh.
+#[derive(Debug, Clone, Args)]
+pub struct MeshArgs {
+    /// A peer to join through, e.g. /ip4/1.2.3.4/tcp/4001/p2p/12D3Koo...
+    /// (repeatable; comma-separated in the environment variable).
+    #[arg(long = "bootstrap", env = "CACTUS_BOOTSTRAP", value_name = "MULTIADDR", value_delimiter = ',')]
+    pub bootstrap: Vec<Multiaddr>,
+    /// An address to listen on (repeatable) [default: /ip4/0.0.0.0/tcp/0 and
+    /// /ip4/0.0.0.0/udp/0/quic-v1].
+    #[arg(long = "listen", env = "CACTUS_LISTEN", value_name = "MULTIADDR", value_delimiter = ',')]
+    pub listen: Vec<Multiaddr>,
+    /// Most connections open at once.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub max_connections: u32,
+}
+
+impl MeshArgs {
+    /// The network settings these flags describe.
+    pub fn network_config(&self) -> NetworkConfig {
+        let mut c = NetworkConfig::default();
+        if !self.listen.is_empty() {
+            c.listen = self.listen.clone();
+        }
+        c.bootstrap = self.bootstrap.clone();
+        c.max_connections = self.max_connections;
+        c
+    }
+}
+
+/// Flags of a running node.
+#[derive(Debug, Clone, Args)]
+pub struct NodeArgs {
+    /// What this node does on the mesh.
+    #[arg(long, env = "CACTUS_ROLE", value_enum, default_value_t = Role::Orchestrator)]
+    pub role: Role,
+    #[command(flatten)]
+    pub mesh: MeshArgs,
+    #[command(flatten)]
+    pub data: DataDirArgs,
+    /// A GGUF model to serve, optionally with its expected sha256 as
+    /// FILE:SHA256 (repeatable; orchestrators).
+    #[arg(long = "model", env = "CACTUS_MODEL", value_name = "FILE[:SHA256]", value_delimiter = ',')]
+    pub models: Vec<ModelSpec>,
+    /// CPU threads per generation [default: all cores].
+    #[arg(long, env = "CACTUS_THREADS", value_name = "N")]
+    pub threads: Option<u32>,
+    /// Generations run at once (worker threads).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub slots: usize,
+    /// Tasks that may wait for a free slot before new ones are refused as busy.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub queue: usize,
+    /// Context size in tokens (prompt plus output).
+    #[arg(long, default_value_t = 4096, value_name = "TOKENS")]
+    pub ctx_size: u32,
+    /// Model layers to offload to the GPU (builds with a GPU backend only).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub gpu_layers: u32,
+    /// Price asked per generated token, in the ledger's smallest unit.
+    #[arg(long, default_value_t = 1, value_name = "UNITS")]
+    pub price_per_token: u64,
+    /// Seconds between full capability adverts.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub advert_interval: u64,
+    /// Seconds a router waits for one orchestrator to finish one task.
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    pub task_timeout: u64,
+}
+
+impl NodeArgs {
+    /// The node settings these flags describe.
+    pub fn node_config(&self) -> NodeConfig {
+        let advert = Duration::from_secs(self.advert_interval.max(1));
+        NodeConfig {
+            role: self.role,
+            data_dir: self.data.resolve(),
+            network: self.mesh.network_config(),
+            advert_interval: advert,
+            stale_after: advert * 3 + Duration::from_secs(5),
+            task_timeout: Duration::from_secs(self.task_timeout.max(1)),
+            price_per_token: self.price_per_token,
+            slots: self.slots.max(1),
+            queue: self.queue,
+            ..NodeConfig::default()
+        }
+    }
+}
+
+/// Why a node stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The identity could not be loaded.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The node could not start.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// A model could not be loaded.
+    #[error("{0}")]
+    Model(String),
+    /// Models were given to a binary built without inference.
+    #[error("this binary was built without the `inference` feature; it cannot serve models")]
+    NoInference,
+    /// The node stopped by itself.
+    #[error("the node stopped unexpectedly")]
+    Stopped,
+}
+
+#[cfg(feature = "inference")]
+async fn load_engine(args: &NodeArgs) -> Result<Option<std::sync::Arc<dyn crate::inference::Engine>>, RunError> {
+    use crate::inference::llama::{LlamaConfig, LlamaEngine};
+    if args.models.is_empty() {
+        return Ok(None);
+    }
+    let mut config = LlamaConfig {
+        ctx_size: args.ctx_size,
+        gpu_layers: args.gpu_layers,
+        ..LlamaConfig::default()
+    };
+    if let Some(t) = args.threads {
+        config.threads = t.max(1);
+    }
+    let specs = args.models.clone();
+    let engine = tokio::task::spawn_blocking(move || LlamaEngine::load(&specs, config))
+        .await
+        .map_err(|e| RunError::Model(e.to_string()))?
+        .map_err(|e| RunError::Model(e.to_string()))?;
+    Ok(Some(engine))
+}
+
+#[cfg(not(feature = "inference"))]
+async fn load_engine(args: &NodeArgs) -> Result<Option<std::sync::Arc<dyn crate::inference::Engine>>, RunError> {
+    if args.models.is_empty() { Ok(None) } else { Err(RunError::NoInference) }
+}
+
+/// Runs a node until `shutdown` is cancelled or the node fails.
+pub async fn run(args: NodeArgs, shutdown: CancellationToken) -> Result<(), RunError> {
+    let config = args.node_config();
+    let dir = config.data_dir.clone();
+    let key = tokio::task::spawn_blocking(move || identity::load_or_create(&dir))
+        .await
+        .map_err(|e| RunError::Model(e.to_string()))??;
+    let engine = if args.role == Role::Orchestrator {
+        load_engine(&args).await?
+    } else {
+        None
+    };
+    let mut node = Node::start(config, key, engine).await?;
+    tracing::info!(peer_id = %node.peer_id(), role = ?args.role, "node started");
+    let result = tokio::select! {
+        _ = shutdown.cancelled() => Ok(()),
+        _ = node.stopped() => Err(RunError::Stopped),
+    };
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    result
+}
+
+/// Installs the tracing subscriber: to stderr, filtered by `RUST_LOG` or
+/// `default` when unset.
+pub fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// A receipt as JSON: every body field, both signatures in hex, and the whole
+/// framed receipt in hex (`frame_hex`) for anyone to decode and re-verify.
+pub fn receipt_json(r: &cactus_protocol::Receipt) -> serde_json::Value {
+    use cactus_protocol::Wire;
+    let b = &r.body;
+    serde_json::json!({
+        "version": b.version,
+        "task_id": b.task_id.to_hex(),
+        "model_sha256": b.model.to_hex(),
+        "prompt_sha256": b.prompt_hash.to_hex(),
+        "output_sha256": b.output_hash.to_hex(),
+        "sampling": {
+            "max_tokens": b.sampling.max_tokens,
+            "temperature": b.sampling.temperature,
+            "top_p": b.sampling.top_p,
+            "seed": b.sampling.seed,
+        },
+        "prompt_tokens": b.prompt_tokens,
+        "output_tokens": b.output_tokens,
+        "compute_ms": b.compute_ms,
+        "orchestrator": b.orchestrator.to_string(),
+        "router": b.router.to_string(),
+        "started_at_ms": b.started_at_ms,
+        "finished_at_ms": b.finished_at_ms,
+        "orchestrator_sig": hex::encode(&r.orchestrator_sig),
+        "router_sig": r.router_sig.as_ref().map(|s| hex::encode(s.as_slice())),
+        "verified": r.verify().is_ok(),
+        "frame_hex": r.encode().map(hex::encode).unwrap_or_default(),
+    })
+}

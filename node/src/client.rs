@@ -1,0 +1,116 @@
+//! Submitting a task to the mesh as a client: join through bootstrap peers,
+//! find a router on the DHT, submit, and check the answer's receipt.
+
+use crate::network::{Network, NetworkConfig, NetworkError};
+use crate::node::{Node, NodeConfig, Role};
+use cactus_protocol::{Digest, ROUTER_PROVIDER_KEY, TaskError, TaskRequest, TaskResponse, TaskResult, TaskSpec};
+use libp2p::identity::Keypair;
+use libp2p::{Multiaddr, PeerId};
+use std::time::Duration;
+
+/// Why a submission failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// No bootstrap peer could be reached.
+    #[error("could not reach any bootstrap peer ({0}); check --bootstrap")]
+    NoBootstrap(String),
+    /// No router was found on the mesh.
+    #[error("no router found on the mesh (is a node running with --role router?)")]
+    NoRouter,
+    /// The network failed.
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    /// The router answered with an error.
+    #[error("task failed: {0}")]
+    Task(TaskError),
+    /// The answer's receipt does not hold.
+    #[error("the answer's receipt is invalid: {0}")]
+    BadReceipt(String),
+    /// No answer in time.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Finds a router: a DHT provider of [`ROUTER_PROVIDER_KEY`], preferring one
+/// we are already connected to.
+pub async fn find_router(network: &Network) -> Result<PeerId, ClientError> {
+    let providers = network.find_providers(ROUTER_PROVIDER_KEY.to_vec()).await?;
+    let connected = network.connected_peers().await?;
+    let mut providers: Vec<PeerId> = providers.into_iter().collect();
+    providers.sort_by_key(|p| (!connected.contains(p), *p));
+    providers.first().copied().ok_or(ClientError::NoRouter)
+}
+
+/// Submits `spec` to `router` and checks the answer: both receipt signatures,
+/// the prompt hash and the output hash.
+pub async fn submit_to(network: &Network, router: PeerId, spec: TaskSpec) -> Result<TaskResult, ClientError> {
+    let prompt_hash = Digest::of(spec.prompt.as_bytes());
+    match network.send_task(router, TaskRequest::Submit(spec)).await? {
+        TaskResponse::Done(result) => {
+            let body = &result.receipt.body;
+            result.receipt.verify().map_err(|e| ClientError::BadReceipt(e.to_string()))?;
+            if body.router != router {
+                return Err(ClientError::BadReceipt("countersigned by another router".into()));
+            }
+            if body.prompt_hash != prompt_hash {
+                return Err(ClientError::BadReceipt("prompt hash differs from the prompt sent".into()));
+            }
+            if body.output_hash != Digest::of(result.text.as_bytes()) {
+                return Err(ClientError::BadReceipt("output hash differs from the text".into()));
+            }
+            Ok(result)
+        }
+        TaskResponse::Failed(e) => Err(ClientError::Task(e)),
+    }
+}
+
+/// Joins the mesh with a throwaway identity, submits one task and leaves.
+/// With `router` set, that router is used instead of a DHT lookup.
+pub async fn submit(
+    bootstrap: Vec<Multiaddr>,
+    router: Option<Multiaddr>,
+    spec: TaskSpec,
+    timeout: Duration,
+) -> Result<TaskResult, ClientError> {
+    let config = NodeConfig {
+        role: Role::Client,
+        network: NetworkConfig {
+            listen: Vec::new(),
+            bootstrap: Vec::new(),
+            kad_server: false,
+            request_timeout: timeout,
+            ..NetworkConfig::default()
+        },
+        ..NodeConfig::default()
+    };
+    let node = Node::start(config, Keypair::generate_ed25519(), None)
+        .await
+        .map_err(|e| ClientError::Network(NetworkError::Setup(e.to_string())))?;
+    let run = async {
+        let mut reached = 0;
+        let mut last_err = String::from("none given");
+        for addr in &bootstrap {
+            match node.network().dial(addr.clone()).await {
+                Ok(_) => reached += 1,
+                Err(e) => last_err = e.to_string(),
+            }
+        }
+        let router = match router {
+            Some(addr) => node.network().dial(addr).await?,
+            None => {
+                if reached == 0 {
+                    return Err(ClientError::NoBootstrap(last_err));
+                }
+                find_router(node.network()).await?
+            }
+        };
+        tracing::debug!(%router, "submitting task");
+        submit_to(node.network(), router, spec).await
+    };
+    let result = tokio::time::timeout(timeout, run)
+        .await
+        .unwrap_or(Err(ClientError::Timeout(timeout)));
+    node.shutdown().await;
+    result
+}

@@ -1,0 +1,236 @@
+//! A running Cactus node: the network, the role and, for orchestrators, the
+//! worker pool, started together and stopped in order.
+
+use crate::inference::{Engine, WorkerPool};
+use crate::ledger::{Ledger, LedgerError};
+use crate::network::{self, Network, NetworkConfig, NetworkError};
+use crate::roles::orchestrator::OrchestratorCtx;
+use crate::roles::router::RouterCtx;
+use crate::roles::table::{OrchestratorInfo, OrchestratorTable};
+use crate::roles::{Dispatcher, RoleCtx, Timers};
+use libp2p::identity::Keypair;
+use libp2p::{Multiaddr, PeerId};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// What a node does on the mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Serves models: runs tasks and earns per task.
+    Orchestrator,
+    /// Takes clients' tasks, picks orchestrators, verifies, keeps the ledger.
+    Router,
+    /// Only helps peers find each other (no tasks).
+    Bootstrap,
+    /// Submits tasks; serves nothing.
+    Client,
+}
+
+/// Settings of a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The role.
+    pub role: Role,
+    /// Where the ledger and other state live (the identity is passed in).
+    pub data_dir: PathBuf,
+    /// The libp2p layer.
+    pub network: NetworkConfig,
+    /// Full advert refresh period (orchestrators).
+    pub advert_interval: Duration,
+    /// Orchestrators unheard of for this long are dropped (routers).
+    pub stale_after: Duration,
+    /// How long one orchestrator may take for one task (routers).
+    pub task_timeout: Duration,
+    /// Orchestrators tried per task (routers).
+    pub max_attempts: usize,
+    /// Asked price per generated token (orchestrators).
+    pub price_per_token: u64,
+    /// Inference worker threads (orchestrators).
+    pub slots: usize,
+    /// Jobs waiting for a worker at most (orchestrators).
+    pub queue: usize,
+    /// Task handlers in flight at most.
+    pub max_tasks: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            role: Role::Orchestrator,
+            data_dir: PathBuf::from("."),
+            network: NetworkConfig::default(),
+            advert_interval: Duration::from_secs(10),
+            stale_after: Duration::from_secs(35),
+            task_timeout: Duration::from_secs(300),
+            max_attempts: 3,
+            price_per_token: 1,
+            slots: 1,
+            queue: 4,
+            max_tasks: 256,
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The network failed to start.
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    /// The ledger failed to open.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// An orchestrator without models.
+    #[error("an orchestrator needs at least one model (--model <file.gguf>)")]
+    NoModels,
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct Node {
+    network: Network,
+    shutdown: CancellationToken,
+    net_task: JoinHandle<()>,
+    role_task: JoinHandle<()>,
+    table: Option<Arc<Mutex<OrchestratorTable>>>,
+    table_size: watch::Receiver<usize>,
+    pool: Option<Arc<WorkerPool>>,
+}
+
+impl Node {
+    /// Starts a node with identity `key`. Orchestrators need an `engine`.
+    pub async fn start(config: NodeConfig, key: Keypair, engine: Option<Arc<dyn Engine>>) -> Result<Self, NodeError> {
+        let shutdown = CancellationToken::new();
+        let mut net_config = config.network.clone();
+        net_config.agent_version = format!(
+            "cactus-node/{} ({})",
+            env!("CARGO_PKG_VERSION"),
+            format!("{:?}", config.role).to_lowercase()
+        );
+        if config.role == Role::Client {
+            net_config.kad_server = false;
+        }
+        let (network, events, net_task) = network::spawn(key.clone(), net_config, shutdown.child_token())?;
+        let (size_tx, size_rx) = watch::channel(0);
+        let mut table = None;
+        let mut pool = None;
+        let role = match config.role {
+            Role::Orchestrator => {
+                let engine = engine.ok_or(NodeError::NoModels)?;
+                let models = engine.models();
+                if models.is_empty() {
+                    return Err(NodeError::NoModels);
+                }
+                let p = Arc::new(WorkerPool::new(engine, config.slots, config.queue));
+                pool = Some(Arc::clone(&p));
+                RoleCtx::Orchestrator(Arc::new(OrchestratorCtx::new(
+                    network.clone(),
+                    key,
+                    models,
+                    p,
+                    config.price_per_token,
+                )))
+            }
+            Role::Router => {
+                let ledger = {
+                    let dir = config.data_dir.clone();
+                    tokio::task::spawn_blocking(move || {
+                        std::fs::create_dir_all(&dir).map_err(|e| LedgerError::Db {
+                            path: dir.clone(),
+                            message: e.to_string(),
+                        })?;
+                        Ledger::open(&dir)
+                    })
+                    .await
+                    .map_err(|e| NetworkError::Setup(e.to_string()))??
+                };
+                let t = Arc::new(Mutex::new(OrchestratorTable::new(config.stale_after)));
+                table = Some(Arc::clone(&t));
+                RoleCtx::Router(Arc::new(RouterCtx {
+                    network: network.clone(),
+                    key,
+                    table: t,
+                    ledger: Arc::new(ledger),
+                    task_timeout: config.task_timeout,
+                    max_attempts: config.max_attempts,
+                }))
+            }
+            Role::Bootstrap | Role::Client => RoleCtx::None,
+        };
+        let dispatcher = Dispatcher {
+            network: network.clone(),
+            events,
+            role,
+            max_tasks: config.max_tasks,
+            timers: Timers {
+                advert_interval: config.advert_interval,
+                provide_interval: Duration::from_secs(60),
+                prune_interval: Duration::from_secs(5),
+            },
+            table_size: size_tx,
+        };
+        let role_task = tokio::spawn(dispatcher.run(shutdown.child_token()));
+        Ok(Self {
+            network,
+            shutdown,
+            net_task,
+            role_task,
+            table,
+            table_size: size_rx,
+            pool,
+        })
+    }
+
+    /// This node's PeerId.
+    pub fn peer_id(&self) -> PeerId {
+        self.network.local_peer_id()
+    }
+
+    /// The handle to the mesh.
+    pub fn network(&self) -> &Network {
+        &self.network
+    }
+
+    /// Waits until the node listens; returns its addresses with `/p2p/<id>`.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NetworkError> {
+        self.network.listen_addrs().await
+    }
+
+    /// The orchestrators a router knows (empty for other roles).
+    pub fn orchestrators(&self) -> Vec<OrchestratorInfo> {
+        self.table
+            .as_ref()
+            .map(|t| t.lock().unwrap_or_else(|p| p.into_inner()).snapshot())
+            .unwrap_or_default()
+    }
+
+    /// Waits until a router knows at least `n` orchestrators.
+    pub async fn wait_for_orchestrators(&self, n: usize) -> Result<(), NetworkError> {
+        let mut rx = self.table_size.clone();
+        rx.wait_for(|k| *k >= n).await.map(|_| ()).map_err(|_| NetworkError::Shutdown)
+    }
+
+    /// Resolves when the node stops by itself (a critical task ended).
+    pub async fn stopped(&mut self) {
+        tokio::select! {
+            _ = &mut self.net_task => tracing::error!("network task ended"),
+            _ = &mut self.role_task => tracing::error!("role task ended"),
+        }
+    }
+
+    /// Stops the role, then the network, then the worker pool.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.role_task.await;
+        let _ = self.net_task.await;
+        if let Some(pool) = self.pool {
+            let _ = tokio::task::spawn_blocking(move || pool.shutdown()).await;
+        }
+    }
+}
