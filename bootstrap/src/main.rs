@@ -2,8 +2,8 @@
 //! queries, identify and ping so that new nodes can find the mesh, and relays
 //! capability gossip. It never runs inference and does not link llama.cpp.
 
-use cactus_node::cli::{self, DataDirArgs, MeshArgs, NodeArgs};
 use cactus_node::Role;
+use cactus_node::cli::{self, DataDirArgs, MeshArgs, NodeArgs};
 use clap::Parser;
 use std::io::Write;
 use tokio_util::sync::CancellationToken;
@@ -35,17 +35,19 @@ fn main() {
         advert_interval: 10,
         task_timeout: 300,
     };
-    let result = tokio::runtime::Runtime::new().map_err(|e| e.to_string()).and_then(|rt| {
-        rt.block_on(async {
-            let shutdown = CancellationToken::new();
-            let trigger = shutdown.clone();
-            tokio::spawn(async move {
-                cli::shutdown_signal().await;
-                trigger.cancel();
-            });
-            cli::run(args, shutdown).await.map_err(|e| e.to_string())
-        })
-    });
+    let result = tokio::runtime::Runtime::new()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(async {
+                let shutdown = CancellationToken::new();
+                let trigger = shutdown.clone();
+                tokio::spawn(async move {
+                    cli::shutdown_signal().await;
+                    trigger.cancel();
+                });
+                cli::run(args, shutdown).await.map_err(|e| e.to_string())
+            })
+        });
     if let Err(e) = result {
         let _ = writeln!(std::io::stderr(), "error: {e}");
         std::process::exit(1);

@@ -36,11 +36,21 @@ impl DataDirArgs {
 pub struct MeshArgs {
     /// A peer to join through, e.g. /ip4/1.2.3.4/tcp/4001/p2p/12D3Koo...
     /// (repeatable; comma-separated in the environment variable).
-    #[arg(long = "bootstrap", env = "CACTUS_BOOTSTRAP", value_name = "MULTIADDR", value_delimiter = ',')]
+    #[arg(
+        long = "bootstrap",
+        env = "CACTUS_BOOTSTRAP",
+        value_name = "MULTIADDR",
+        value_delimiter = ','
+    )]
     pub bootstrap: Vec<Multiaddr>,
     /// An address to listen on (repeatable) [default: /ip4/0.0.0.0/tcp/0 and
     /// /ip4/0.0.0.0/udp/0/quic-v1].
-    #[arg(long = "listen", env = "CACTUS_LISTEN", value_name = "MULTIADDR", value_delimiter = ',')]
+    #[arg(
+        long = "listen",
+        env = "CACTUS_LISTEN",
+        value_name = "MULTIADDR",
+        value_delimiter = ','
+    )]
     pub listen: Vec<Multiaddr>,
     /// Most connections open at once.
     #[arg(long, default_value_t = 256, value_name = "N")]
@@ -72,7 +82,12 @@ pub struct NodeArgs {
     pub data: DataDirArgs,
     /// A GGUF model to serve, optionally with its expected sha256 as
     /// FILE:SHA256 (repeatable; orchestrators).
-    #[arg(long = "model", env = "CACTUS_MODEL", value_name = "FILE[:SHA256]", value_delimiter = ',')]
+    #[arg(
+        long = "model",
+        env = "CACTUS_MODEL",
+        value_name = "FILE[:SHA256]",
+        value_delimiter = ','
+    )]
     pub models: Vec<ModelSpec>,
     /// CPU threads per generation [default: all cores].
     #[arg(long, env = "CACTUS_THREADS", value_name = "N")]
@@ -141,7 +156,9 @@ pub enum RunError {
 }
 
 #[cfg(feature = "inference")]
-async fn load_engine(args: &NodeArgs) -> Result<Option<std::sync::Arc<dyn crate::inference::Engine>>, RunError> {
+async fn load_engine(
+    args: &NodeArgs,
+) -> Result<Option<std::sync::Arc<dyn crate::inference::Engine>>, RunError> {
     use crate::inference::llama::{LlamaConfig, LlamaEngine};
     if args.models.is_empty() {
         return Ok(None);
@@ -163,8 +180,14 @@ async fn load_engine(args: &NodeArgs) -> Result<Option<std::sync::Arc<dyn crate:
 }
 
 #[cfg(not(feature = "inference"))]
-async fn load_engine(args: &NodeArgs) -> Result<Option<std::sync::Arc<dyn crate::inference::Engine>>, RunError> {
-    if args.models.is_empty() { Ok(None) } else { Err(RunError::NoInference) }
+async fn load_engine(
+    args: &NodeArgs,
+) -> Result<Option<std::sync::Arc<dyn crate::inference::Engine>>, RunError> {
+    if args.models.is_empty() {
+        Ok(None)
+    } else {
+        Err(RunError::NoInference)
+    }
 }
 
 /// Runs a node until `shutdown` is cancelled or the node fails.
@@ -195,8 +218,10 @@ pub async fn run(args: NodeArgs, shutdown: CancellationToken) -> Result<(), RunE
 pub fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -3,7 +3,9 @@
 
 use crate::network::{Network, NetworkConfig, NetworkError};
 use crate::node::{Node, NodeConfig, Role};
-use cactus_protocol::{Digest, ROUTER_PROVIDER_KEY, TaskError, TaskRequest, TaskResponse, TaskResult, TaskSpec};
+use cactus_protocol::{
+    Digest, ROUTER_PROVIDER_KEY, TaskError, TaskRequest, TaskResponse, TaskResult, TaskSpec,
+};
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
 use std::time::Duration;
@@ -44,20 +46,33 @@ pub async fn find_router(network: &Network) -> Result<PeerId, ClientError> {
 
 /// Submits `spec` to `router` and checks the answer: both receipt signatures,
 /// the prompt hash and the output hash.
-pub async fn submit_to(network: &Network, router: PeerId, spec: TaskSpec) -> Result<TaskResult, ClientError> {
+pub async fn submit_to(
+    network: &Network,
+    router: PeerId,
+    spec: TaskSpec,
+) -> Result<TaskResult, ClientError> {
     let prompt_hash = Digest::of(spec.prompt.as_bytes());
     match network.send_task(router, TaskRequest::Submit(spec)).await? {
         TaskResponse::Done(result) => {
             let body = &result.receipt.body;
-            result.receipt.verify().map_err(|e| ClientError::BadReceipt(e.to_string()))?;
+            result
+                .receipt
+                .verify()
+                .map_err(|e| ClientError::BadReceipt(e.to_string()))?;
             if body.router != router {
-                return Err(ClientError::BadReceipt("countersigned by another router".into()));
+                return Err(ClientError::BadReceipt(
+                    "countersigned by another router".into(),
+                ));
             }
             if body.prompt_hash != prompt_hash {
-                return Err(ClientError::BadReceipt("prompt hash differs from the prompt sent".into()));
+                return Err(ClientError::BadReceipt(
+                    "prompt hash differs from the prompt sent".into(),
+                ));
             }
             if body.output_hash != Digest::of(result.text.as_bytes()) {
-                return Err(ClientError::BadReceipt("output hash differs from the text".into()));
+                return Err(ClientError::BadReceipt(
+                    "output hash differs from the text".into(),
+                ));
             }
             Ok(result)
         }

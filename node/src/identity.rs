@@ -49,7 +49,9 @@ pub fn load_or_create(data_dir: &Path) -> Result<Keypair, IdentityError> {
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let key = Keypair::generate_ed25519();
-            let bytes = key.to_protobuf_encoding().map_err(|_| IdentityError::Corrupt(path.clone()))?;
+            let bytes = key
+                .to_protobuf_encoding()
+                .map_err(|_| IdentityError::Corrupt(path.clone()))?;
             let tmp = data_dir.join(format!("{IDENTITY_FILE}.tmp"));
             write_private(&tmp, &bytes).map_err(io_err(&tmp))?;
             fs::rename(&tmp, &path).map_err(io_err(&path))?;
@@ -64,7 +66,10 @@ fn create_private_dir(dir: &Path) -> io::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::DirBuilderExt;
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
     }
     #[cfg(not(unix))]
     {
@@ -99,10 +104,16 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(data.join(IDENTITY_FILE)).unwrap().permissions().mode();
+            let mode = fs::metadata(data.join(IDENTITY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         fs::write(data.join(IDENTITY_FILE), b"garbage").unwrap();
-        assert!(matches!(load_or_create(&data), Err(IdentityError::Corrupt(_))));
+        assert!(matches!(
+            load_or_create(&data),
+            Err(IdentityError::Corrupt(_))
+        ));
     }
 }

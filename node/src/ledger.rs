@@ -79,7 +79,9 @@ impl Ledger {
             if receipts.get(&id.0).map_err(|e| self.db_err(e))?.is_some() {
                 return Err(LedgerError::Duplicate(id));
             }
-            receipts.insert(&id.0, bytes.as_slice()).map_err(|e| self.db_err(e))?;
+            receipts
+                .insert(&id.0, bytes.as_slice())
+                .map_err(|e| self.db_err(e))?;
             let mut order = tx.open_table(ORDER).map_err(|e| self.db_err(e))?;
             let next = order.len().map_err(|e| self.db_err(e))?;
             order.insert(next, &id.0).map_err(|e| self.db_err(e))?;
@@ -94,7 +96,9 @@ impl Ledger {
         let Some(v) = receipts.get(&id.0).map_err(|e| self.db_err(e))? else {
             return Ok(None);
         };
-        Receipt::decode(v.value()).map(Some).map_err(|_| LedgerError::Corrupt(*id))
+        Receipt::decode(v.value())
+            .map(Some)
+            .map_err(|_| LedgerError::Corrupt(*id))
     }
 
     /// Number of receipts.

@@ -37,7 +37,12 @@ enum Command {
 #[derive(Debug, clap::Args)]
 struct InferArgs {
     /// A peer to join through (repeatable).
-    #[arg(long = "bootstrap", env = "CACTUS_BOOTSTRAP", value_name = "MULTIADDR", value_delimiter = ',')]
+    #[arg(
+        long = "bootstrap",
+        env = "CACTUS_BOOTSTRAP",
+        value_name = "MULTIADDR",
+        value_delimiter = ','
+    )]
     bootstrap: Vec<libp2p::Multiaddr>,
     /// Use this router instead of looking one up on the DHT.
     #[arg(long, value_name = "MULTIADDR")]
@@ -134,7 +139,11 @@ async fn infer(args: InferArgs) -> Result<()> {
     let spec = TaskSpec {
         model: args.model,
         prompt: args.prompt,
-        format: if args.raw { PromptFormat::Raw } else { PromptFormat::Chat },
+        format: if args.raw {
+            PromptFormat::Raw
+        } else {
+            PromptFormat::Chat
+        },
         sampling: SamplingParams {
             max_tokens: args.max_tokens,
             temperature: args.temperature,

@@ -18,7 +18,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// What a node does on the mesh.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Serves models: runs tasks and earns per task.
@@ -101,11 +103,16 @@ pub struct Node {
     table: Option<Arc<Mutex<OrchestratorTable>>>,
     table_size: watch::Receiver<usize>,
     pool: Option<Arc<WorkerPool>>,
+    ledger: Option<Arc<Ledger>>,
 }
 
 impl Node {
     /// Starts a node with identity `key`. Orchestrators need an `engine`.
-    pub async fn start(config: NodeConfig, key: Keypair, engine: Option<Arc<dyn Engine>>) -> Result<Self, NodeError> {
+    pub async fn start(
+        config: NodeConfig,
+        key: Keypair,
+        engine: Option<Arc<dyn Engine>>,
+    ) -> Result<Self, NodeError> {
         let shutdown = CancellationToken::new();
         let mut net_config = config.network.clone();
         net_config.agent_version = format!(
@@ -116,10 +123,12 @@ impl Node {
         if config.role == Role::Client {
             net_config.kad_server = false;
         }
-        let (network, events, net_task) = network::spawn(key.clone(), net_config, shutdown.child_token())?;
+        let (network, events, net_task) =
+            network::spawn(key.clone(), net_config, shutdown.child_token())?;
         let (size_tx, size_rx) = watch::channel(0);
         let mut table = None;
         let mut pool = None;
+        let mut ledger_handle = None;
         let role = match config.role {
             Role::Orchestrator => {
                 let engine = engine.ok_or(NodeError::NoModels)?;
@@ -150,13 +159,15 @@ impl Node {
                     .await
                     .map_err(|e| NetworkError::Setup(e.to_string()))??
                 };
+                let ledger = Arc::new(ledger);
+                ledger_handle = Some(Arc::clone(&ledger));
                 let t = Arc::new(Mutex::new(OrchestratorTable::new(config.stale_after)));
                 table = Some(Arc::clone(&t));
                 RoleCtx::Router(Arc::new(RouterCtx {
                     network: network.clone(),
                     key,
                     table: t,
-                    ledger: Arc::new(ledger),
+                    ledger,
                     task_timeout: config.task_timeout,
                     max_attempts: config.max_attempts,
                 }))
@@ -184,6 +195,7 @@ impl Node {
             table,
             table_size: size_rx,
             pool,
+            ledger: ledger_handle,
         })
     }
 
@@ -213,7 +225,26 @@ impl Node {
     /// Waits until a router knows at least `n` orchestrators.
     pub async fn wait_for_orchestrators(&self, n: usize) -> Result<(), NetworkError> {
         let mut rx = self.table_size.clone();
-        rx.wait_for(|k| *k >= n).await.map(|_| ()).map_err(|_| NetworkError::Shutdown)
+        rx.wait_for(|k| *k >= n)
+            .await
+            .map(|_| ())
+            .map_err(|_| NetworkError::Shutdown)
+    }
+
+    /// The receipt a router recorded for `task`, if any (`None` on other roles).
+    pub async fn receipt(
+        &self,
+        task: cactus_protocol::TaskId,
+    ) -> Result<Option<cactus_protocol::Receipt>, LedgerError> {
+        let Some(ledger) = self.ledger.clone() else {
+            return Ok(None);
+        };
+        tokio::task::spawn_blocking(move || ledger.get(&task))
+            .await
+            .map_err(|e| LedgerError::Db {
+                path: PathBuf::new(),
+                message: e.to_string(),
+            })?
     }
 
     /// Resolves when the node stops by itself (a critical task ended).

@@ -21,14 +21,18 @@ fn arb_digest() -> impl Strategy<Value = Digest> {
 }
 
 fn arb_sampling() -> impl Strategy<Value = SamplingParams> {
-    (1..=MAX_OUTPUT_TOKENS, 0.0f32..=2.0, 0.01f32..=1.0, any::<u64>()).prop_map(
-        |(max_tokens, temperature, top_p, seed)| SamplingParams {
+    (
+        1..=MAX_OUTPUT_TOKENS,
+        0.0f32..=2.0,
+        0.01f32..=1.0,
+        any::<u64>(),
+    )
+        .prop_map(|(max_tokens, temperature, top_p, seed)| SamplingParams {
             max_tokens,
             temperature,
             top_p,
             seed,
-        },
-    )
+        })
 }
 
 fn arb_format() -> impl Strategy<Value = PromptFormat> {
@@ -51,15 +55,20 @@ fn arb_spec() -> impl Strategy<Value = TaskSpec> {
 }
 
 fn arb_assignment() -> impl Strategy<Value = Assignment> {
-    (any::<[u8; 16]>(), arb_digest(), "\\PC{1,200}", arb_format(), arb_sampling()).prop_map(
-        |(id, model, prompt, format, sampling)| Assignment {
+    (
+        any::<[u8; 16]>(),
+        arb_digest(),
+        "\\PC{1,200}",
+        arb_format(),
+        arb_sampling(),
+    )
+        .prop_map(|(id, model, prompt, format, sampling)| Assignment {
             task_id: TaskId(id),
             model,
             prompt,
             format,
             sampling,
-        },
-    )
+        })
 }
 
 fn arb_request() -> impl Strategy<Value = TaskRequest> {
@@ -107,7 +116,10 @@ fn arb_response() -> impl Strategy<Value = TaskResponse> {
     prop_oneof![
         (
             "\\PC{0,300}",
-            prop_oneof![Just(FinishReason::EndOfGeneration), Just(FinishReason::MaxTokens)],
+            prop_oneof![
+                Just(FinishReason::EndOfGeneration),
+                Just(FinishReason::MaxTokens)
+            ],
             arb_receipt()
         )
             .prop_map(|(text, finish, receipt)| TaskResponse::Done(TaskResult {
@@ -241,7 +253,10 @@ fn oversized_messages_are_refused_when_encoding() {
         TaskRequest::Submit(spec.clone()).encode(),
         Err(EncodeError::TooLarge { .. })
     ));
-    assert!(matches!(spec.validate(), Err(InvalidMessage::PromptTooLarge(_))));
+    assert!(matches!(
+        spec.validate(),
+        Err(InvalidMessage::PromptTooLarge(_))
+    ));
 }
 
 #[test]
@@ -279,7 +294,10 @@ fn unsigned_or_hashed_peer_ids_do_not_verify() {
         finished_at_ms: 2,
     };
     // Only the named orchestrator can sign, only the named router countersign.
-    assert_eq!(body.clone().sign(&router).unwrap_err(), ReceiptError::WrongSigner);
+    assert_eq!(
+        body.clone().sign(&router).unwrap_err(),
+        ReceiptError::WrongSigner
+    );
     let mut r = body.sign(&orch).unwrap();
     assert_eq!(r.verify(), Err(ReceiptError::MissingRouterSignature));
     assert_eq!(r.countersign(&orch), Err(ReceiptError::WrongSigner));

@@ -57,7 +57,8 @@ pub struct ReceiptBody {
 impl ReceiptBody {
     fn signing_bytes(&self, domain: &[u8]) -> Result<Vec<u8>, ReceiptError> {
         let mut out = domain.to_vec();
-        cbor4ii::serde::to_writer(&mut out, self).map_err(|e| ReceiptError::Encode(e.to_string()))?;
+        cbor4ii::serde::to_writer(&mut out, self)
+            .map_err(|e| ReceiptError::Encode(e.to_string()))?;
         Ok(out)
     }
 
@@ -98,7 +99,10 @@ impl Receipt {
         }
         let key = public_key_of(&self.body.orchestrator).ok_or(ReceiptError::NoPublicKey)?;
         if self.orchestrator_sig.len() > MAX_SIGNATURE_BYTES
-            || !key.verify(&self.body.signing_bytes(ORCHESTRATOR_DOMAIN)?, &self.orchestrator_sig)
+            || !key.verify(
+                &self.body.signing_bytes(ORCHESTRATOR_DOMAIN)?,
+                &self.orchestrator_sig,
+            )
         {
             return Err(ReceiptError::BadOrchestratorSignature);
         }
@@ -128,7 +132,10 @@ impl Receipt {
     /// Checks both signatures: the receipt is complete and authentic.
     pub fn verify(&self) -> Result<(), ReceiptError> {
         self.verify_orchestrator()?;
-        let sig = self.router_sig.as_ref().ok_or(ReceiptError::MissingRouterSignature)?;
+        let sig = self
+            .router_sig
+            .as_ref()
+            .ok_or(ReceiptError::MissingRouterSignature)?;
         let key = public_key_of(&self.body.router).ok_or(ReceiptError::NoPublicKey)?;
         if sig.len() > MAX_SIGNATURE_BYTES || !key.verify(&self.router_signing_bytes()?, sig) {
             return Err(ReceiptError::BadRouterSignature);
@@ -138,7 +145,9 @@ impl Receipt {
 
     /// SHA-256 of the receipt's frame: its identity in ledgers and Merkle trees.
     pub fn hash(&self) -> Result<Digest, ReceiptError> {
-        let bytes = self.encode().map_err(|e| ReceiptError::Encode(e.to_string()))?;
+        let bytes = self
+            .encode()
+            .map_err(|e| ReceiptError::Encode(e.to_string()))?;
         Ok(Digest::of(&bytes))
     }
 }
@@ -155,7 +164,9 @@ pub fn public_key_of(peer: &PeerId) -> Option<PublicKey> {
     // Identity multihash: code 0x00, then the digest length as a one-byte
     // varint (inline keys are at most 42 bytes), then the key itself.
     match bytes.as_slice() {
-        [0x00, len, key @ ..] if usize::from(*len) == key.len() => PublicKey::try_decode_protobuf(key).ok(),
+        [0x00, len, key @ ..] if usize::from(*len) == key.len() => {
+            PublicKey::try_decode_protobuf(key).ok()
+        }
         _ => None,
     }
 }

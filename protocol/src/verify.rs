@@ -64,13 +64,20 @@ pub fn check_result(
     }
     let max = assignment.sampling.max_tokens;
     if body.output_tokens > max {
-        return Err(ResultError::TokenCounts("more output tokens than max_tokens"));
+        return Err(ResultError::TokenCounts(
+            "more output tokens than max_tokens",
+        ));
     }
     if body.output_tokens == 0 && !result.text.is_empty() {
         return Err(ResultError::TokenCounts("text without tokens"));
     }
-    if result.finish == FinishReason::MaxTokens && body.output_tokens < max && result.text.len() < MAX_OUTPUT_BYTES {
-        return Err(ResultError::TokenCounts("stopped at max_tokens before reaching it"));
+    if result.finish == FinishReason::MaxTokens
+        && body.output_tokens < max
+        && result.text.len() < MAX_OUTPUT_BYTES
+    {
+        return Err(ResultError::TokenCounts(
+            "stopped at max_tokens before reaching it",
+        ));
     }
     if body.finished_at_ms < body.started_at_ms {
         return Err(ResultError::Timestamps);
@@ -132,15 +139,27 @@ mod tests {
 
         let mut bad = r.clone();
         bad.text.push('!');
-        assert_eq!(check_result(&a, &router, &o, &bad), Err(ResultError::OutputHash));
+        assert_eq!(
+            check_result(&a, &router, &o, &bad),
+            Err(ResultError::OutputHash)
+        );
 
         let mut other = a.clone();
         other.prompt = "how?".into();
-        assert_eq!(check_result(&other, &router, &o, &r), Err(ResultError::Mismatch("prompt hash")));
+        assert_eq!(
+            check_result(&other, &router, &o, &r),
+            Err(ResultError::Mismatch("prompt hash"))
+        );
 
         let stranger = Keypair::generate_ed25519().public().to_peer_id();
-        assert_eq!(check_result(&a, &stranger, &o, &r), Err(ResultError::Mismatch("router")));
-        assert_eq!(check_result(&a, &router, &stranger, &r), Err(ResultError::Mismatch("orchestrator")));
+        assert_eq!(
+            check_result(&a, &stranger, &o, &r),
+            Err(ResultError::Mismatch("router"))
+        );
+        assert_eq!(
+            check_result(&a, &router, &stranger, &r),
+            Err(ResultError::Mismatch("orchestrator"))
+        );
 
         // Re-signed lies: the orchestrator cannot claim impossible counts.
         let resign = |f: &dyn Fn(&mut ReceiptBody), finish| {
@@ -153,15 +172,27 @@ mod tests {
             }
         };
         let many = resign(&|b| b.output_tokens = 5, FinishReason::EndOfGeneration);
-        assert!(matches!(check_result(&a, &router, &o, &many), Err(ResultError::TokenCounts(_))));
+        assert!(matches!(
+            check_result(&a, &router, &o, &many),
+            Err(ResultError::TokenCounts(_))
+        ));
         let early = resign(&|b| b.output_tokens = 3, FinishReason::MaxTokens);
-        assert!(matches!(check_result(&a, &router, &o, &early), Err(ResultError::TokenCounts(_))));
+        assert!(matches!(
+            check_result(&a, &router, &o, &early),
+            Err(ResultError::TokenCounts(_))
+        ));
         let back = resign(&|b| b.finished_at_ms = 1, FinishReason::EndOfGeneration);
-        assert_eq!(check_result(&a, &router, &o, &back), Err(ResultError::Timestamps));
+        assert_eq!(
+            check_result(&a, &router, &o, &back),
+            Err(ResultError::Timestamps)
+        );
 
         // A forged signature.
         let mut forged = r;
         forged.receipt.orchestrator_sig[0] ^= 1;
-        assert!(matches!(check_result(&a, &router, &o, &forged), Err(ResultError::Signature(_))));
+        assert!(matches!(
+            check_result(&a, &router, &o, &forged),
+            Err(ResultError::Signature(_))
+        ));
     }
 }

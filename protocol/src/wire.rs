@@ -43,8 +43,7 @@ pub trait Wire: Serialize + DeserializeOwned {
     /// Encodes `self` into a frame.
     fn encode(&self) -> Result<Vec<u8>, EncodeError> {
         let mut out = vec![FRAME_VERSION, Self::KIND as u8];
-        cbor4ii::serde::to_writer(&mut out, self)
-            .map_err(|e| EncodeError::Cbor(e.to_string()))?;
+        cbor4ii::serde::to_writer(&mut out, self).map_err(|e| EncodeError::Cbor(e.to_string()))?;
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         if out.len() > Self::MAX_BYTES {

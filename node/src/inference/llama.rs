@@ -38,7 +38,9 @@ pub struct LlamaConfig {
 impl Default for LlamaConfig {
     fn default() -> Self {
         Self {
-            threads: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(2),
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(2),
             ctx_size: 4096,
             gpu_layers: 0,
         }
@@ -81,7 +83,10 @@ pub struct LlamaEngine {
 impl std::fmt::Debug for LlamaEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LlamaEngine")
-            .field("models", &self.models.iter().map(|m| &m.id).collect::<Vec<_>>())
+            .field(
+                "models",
+                &self.models.iter().map(|m| &m.id).collect::<Vec<_>>(),
+            )
             .field("config", &self.config)
             .finish()
     }
@@ -114,9 +119,11 @@ impl LlamaEngine {
             }
             let started = Instant::now();
             let params = LlamaModelParams::default().with_n_gpu_layers(config.gpu_layers);
-            let model = LlamaModel::load_from_file(backend, &spec.path, &params).map_err(|e| LoadError::Llama {
-                path: spec.path.display().to_string(),
-                message: e.to_string(),
+            let model = LlamaModel::load_from_file(backend, &spec.path, &params).map_err(|e| {
+                LoadError::Llama {
+                    path: spec.path.display().to_string(),
+                    message: e.to_string(),
+                }
             })?;
             tracing::info!(model = %id.name, sha256 = %id.sha256, load_ms = started.elapsed().as_millis() as u64, "model loaded");
             models.push(Loaded {
@@ -138,8 +145,11 @@ impl LlamaEngine {
                 let Ok(tmpl) = model.chat_template(None) else {
                     return Ok((job.prompt.clone(), true));
                 };
-                let msg = LlamaChatMessage::new("user".into(), job.prompt.clone()).map_err(|e| engine_err(&e))?;
-                let text = model.apply_chat_template(&tmpl, &[msg], true).map_err(|e| engine_err(&e))?;
+                let msg = LlamaChatMessage::new("user".into(), job.prompt.clone())
+                    .map_err(|e| engine_err(&e))?;
+                let text = model
+                    .apply_chat_template(&tmpl, &[msg], true)
+                    .map_err(|e| engine_err(&e))?;
                 // llama.cpp's templates leave BOS to the tokenizer, unless the
                 // rendered text already starts with it.
                 let bos = model.vocab().bos();
@@ -155,7 +165,11 @@ impl Engine for LlamaEngine {
         self.models.iter().map(|m| m.id.clone()).collect()
     }
 
-    fn generate(&self, job: &Job, cancelled: &dyn Fn() -> bool) -> Result<Generation, InferenceError> {
+    fn generate(
+        &self,
+        job: &Job,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Generation, InferenceError> {
         let started = Instant::now();
         let loaded = self
             .models
@@ -198,7 +212,9 @@ impl Engine for LlamaEngine {
             batch.clear();
             for (i, &tok) in chunk.iter().enumerate() {
                 let pos = chunk_idx * PREFILL_BATCH + i;
-                batch.add(tok, pos as i32, &[0], pos == last).map_err(|e| err(&e))?;
+                batch
+                    .add(tok, pos as i32, &[0], pos == last)
+                    .map_err(|e| err(&e))?;
             }
             ctx.decode(&mut batch).map_err(|e| err(&e))?;
             if cancelled() {

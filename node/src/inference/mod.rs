@@ -7,9 +7,9 @@
 //! orchestrator says so instead of piling up work. A job whose caller has gone
 //! away (the reply receiver was dropped) is cancelled between two tokens.
 
-pub mod model_file;
 #[cfg(feature = "inference")]
 pub mod llama;
+pub mod model_file;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod stub;
 
@@ -56,7 +56,9 @@ pub enum InferenceError {
     #[error("model {0} is not loaded on this node")]
     UnknownModel(ModelHash),
     /// The prompt and the requested output do not fit in the context.
-    #[error("prompt of {prompt_tokens} tokens plus max_tokens {max_tokens} exceeds the context of {n_ctx} tokens (raise --ctx-size)")]
+    #[error(
+        "prompt of {prompt_tokens} tokens plus max_tokens {max_tokens} exceeds the context of {n_ctx} tokens (raise --ctx-size)"
+    )]
     PromptTooLong {
         /// Prompt tokens.
         prompt_tokens: u32,
@@ -81,7 +83,11 @@ pub trait Engine: Send + Sync + 'static {
     /// The models this engine serves.
     fn models(&self) -> Vec<ModelId>;
     /// Runs one generation.
-    fn generate(&self, job: &Job, cancelled: &dyn Fn() -> bool) -> Result<Generation, InferenceError>;
+    fn generate(
+        &self,
+        job: &Job,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Generation, InferenceError>;
 }
 
 /// Why the pool did not take a job.
@@ -160,12 +166,16 @@ impl WorkerPool {
 
     /// Slots not running or about to run a job.
     pub fn free_slots(&self) -> usize {
-        self.slots.saturating_sub(self.in_flight.load(Ordering::Acquire))
+        self.slots
+            .saturating_sub(self.in_flight.load(Ordering::Acquire))
     }
 
     /// Queues a job without waiting; the result arrives on the returned
     /// receiver. Dropping the receiver cancels the job.
-    pub fn try_submit(&self, job: Job) -> Result<oneshot::Receiver<Result<Generation, InferenceError>>, Rejected> {
+    pub fn try_submit(
+        &self,
+        job: Job,
+    ) -> Result<oneshot::Receiver<Result<Generation, InferenceError>>, Rejected> {
         let (reply, rx) = oneshot::channel();
         let guard = self.tx.lock().map_err(|_| Rejected::Stopped)?;
         let tx = guard.as_ref().ok_or(Rejected::Stopped)?;
@@ -187,7 +197,11 @@ impl WorkerPool {
         if let Ok(mut tx) = self.tx.lock() {
             tx.take();
         }
-        let threads = self.threads.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default();
+        let threads = self
+            .threads
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
         for t in threads {
             let _ = t.join();
         }
@@ -209,13 +223,19 @@ fn worker(engine: &dyn Engine, rx: &Mutex<mpsc::Receiver<Queued>>, in_flight: &A
             Ok(rx) => rx.recv(),
             Err(_) => return,
         };
-        let Ok(Queued { job, reply }) = next else { return };
+        let Ok(Queued { job, reply }) = next else {
+            return;
+        };
         let result = if reply.is_closed() {
             Err(InferenceError::Cancelled)
         } else {
             let started = Instant::now();
             let r = engine.generate(&job, &|| reply.is_closed());
-            tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, ok = r.is_ok(), "generation finished");
+            tracing::debug!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                ok = r.is_ok(),
+                "generation finished"
+            );
             r
         };
         in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -252,10 +272,20 @@ mod tests {
         engine.open_gate();
         let a = first.await.unwrap().unwrap();
         let b = second.await.unwrap().unwrap();
-        assert_eq!(a, Generation { compute: a.compute, ..b.clone() });
+        assert_eq!(
+            a,
+            Generation {
+                compute: a.compute,
+                ..b.clone()
+            }
+        );
         assert_eq!(a.text, "olleh");
         assert_eq!(pool.free_slots(), 1);
-        let unknown = pool.try_submit(job(Digest::of(b"other"))).unwrap().await.unwrap();
+        let unknown = pool
+            .try_submit(job(Digest::of(b"other")))
+            .unwrap()
+            .await
+            .unwrap();
         assert!(matches!(unknown, Err(InferenceError::UnknownModel(_))));
         pool.shutdown();
         assert_eq!(pool.try_submit(job(model)).unwrap_err(), Rejected::Stopped);

@@ -79,14 +79,18 @@ pub fn verify(spec: &ModelSpec) -> Result<ModelId, ModelFileError> {
     };
     let mut file = match File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ModelFileError::NotFound(path.into())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(ModelFileError::NotFound(path.into()));
+        }
         Err(e) => return Err(io_err(e)),
     };
     let mut magic = [0u8; 4];
     match file.read_exact(&mut magic) {
         Ok(()) if &magic == GGUF_MAGIC => {}
         Ok(()) => return Err(ModelFileError::NotGguf(path.into())),
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(ModelFileError::NotGguf(path.into())),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            return Err(ModelFileError::NotGguf(path.into()));
+        }
         Err(e) => return Err(io_err(e)),
     }
     let mut hasher = Sha256::new();
@@ -121,7 +125,9 @@ pub fn model_name(path: &Path) -> String {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".to_owned());
-    name.strip_suffix(".gguf").map(str::to_owned).unwrap_or(name)
+    name.strip_suffix(".gguf")
+        .map(str::to_owned)
+        .unwrap_or(name)
 }
 
 #[cfg(test)]
@@ -143,25 +149,44 @@ mod tests {
     #[test]
     fn typed_errors_for_bad_files() {
         let dir = tempfile::tempdir().unwrap();
-        let missing = ModelSpec { path: dir.path().join("nope.gguf"), expected_sha256: None };
+        let missing = ModelSpec {
+            path: dir.path().join("nope.gguf"),
+            expected_sha256: None,
+        };
         assert!(matches!(verify(&missing), Err(ModelFileError::NotFound(_))));
 
         let not_gguf = dir.path().join("x.gguf");
         std::fs::write(&not_gguf, b"PK\x03\x04 zip").unwrap();
-        let spec = ModelSpec { path: not_gguf, expected_sha256: None };
+        let spec = ModelSpec {
+            path: not_gguf,
+            expected_sha256: None,
+        };
         assert!(matches!(verify(&spec), Err(ModelFileError::NotGguf(_))));
 
         let tiny = dir.path().join("t.gguf");
-        std::fs::File::create(&tiny).unwrap().write_all(b"GG").unwrap();
-        let spec = ModelSpec { path: tiny, expected_sha256: None };
+        File::create(&tiny).unwrap().write_all(b"GG").unwrap();
+        let spec = ModelSpec {
+            path: tiny,
+            expected_sha256: None,
+        };
         assert!(matches!(verify(&spec), Err(ModelFileError::NotGguf(_))));
 
         let good = dir.path().join("good.gguf");
         std::fs::write(&good, b"GGUF rest of file").unwrap();
-        let id = verify(&ModelSpec { path: good.clone(), expected_sha256: None }).unwrap();
+        let id = verify(&ModelSpec {
+            path: good.clone(),
+            expected_sha256: None,
+        })
+        .unwrap();
         assert_eq!(id.name, "good");
         assert_eq!(id.sha256, Digest::of(b"GGUF rest of file"));
-        let wrong = ModelSpec { path: good, expected_sha256: Some(Digest::of(b"other")) };
-        assert!(matches!(verify(&wrong), Err(ModelFileError::HashMismatch { .. })));
+        let wrong = ModelSpec {
+            path: good,
+            expected_sha256: Some(Digest::of(b"other")),
+        };
+        assert!(matches!(
+            verify(&wrong),
+            Err(ModelFileError::HashMismatch { .. })
+        ));
     }
 }

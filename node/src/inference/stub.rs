@@ -63,7 +63,11 @@ impl Engine for StubEngine {
         vec![self.model.clone()]
     }
 
-    fn generate(&self, job: &Job, cancelled: &dyn Fn() -> bool) -> Result<Generation, InferenceError> {
+    fn generate(
+        &self,
+        job: &Job,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Generation, InferenceError> {
         let started = Instant::now();
         if job.model != self.model.sha256 {
             return Err(InferenceError::UnknownModel(job.model));
@@ -86,7 +90,10 @@ impl Engine for StubEngine {
         let reversed: String = job.prompt.chars().rev().collect();
         let max = job.sampling.max_tokens as usize;
         let (text, finish) = if reversed.chars().count() > max {
-            (reversed.chars().take(max).collect(), FinishReason::MaxTokens)
+            (
+                reversed.chars().take(max).collect(),
+                FinishReason::MaxTokens,
+            )
         } else {
             (reversed, FinishReason::EndOfGeneration)
         };

@@ -3,7 +3,10 @@
 use super::codec::TaskCodec;
 use cactus_protocol::{CapabilityAdvert, KAD_PROTOCOL, TASK_PROTOCOL, Wire};
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{StreamProtocol, connection_limits, gossipsub, identify, identity::Keypair, kad, ping, request_response};
+use libp2p::{
+    StreamProtocol, connection_limits, gossipsub, identify, identity::Keypair, kad, ping,
+    request_response,
+};
 use sha2::{Digest as _, Sha256};
 use std::time::Duration;
 
@@ -50,7 +53,11 @@ pub struct BehaviourError {
 
 impl Behaviour {
     /// Builds the behaviour for `key` with `limits`.
-    pub fn new(key: &Keypair, agent_version: String, limits: &BehaviourLimits) -> Result<Self, BehaviourError> {
+    pub fn new(
+        key: &Keypair,
+        agent_version: String,
+        limits: &BehaviourLimits,
+    ) -> Result<Self, BehaviourError> {
         let peer_id = key.public().to_peer_id();
         let conn_limits = connection_limits::ConnectionLimits::default()
             .with_max_established(Some(limits.max_connections))
@@ -67,13 +74,16 @@ impl Behaviour {
         let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
         kad_config.set_query_timeout(Duration::from_secs(30));
         kad_config.set_periodic_bootstrap_interval(Some(Duration::from_secs(300)));
-        let kad = kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
+        let kad =
+            kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
 
         let gossip_config = gossipsub::ConfigBuilder::default()
             .validation_mode(gossipsub::ValidationMode::Strict)
             .validate_messages()
             // Content addressing: the same advert bytes are one message.
-            .message_id_fn(|m: &gossipsub::Message| gossipsub::MessageId::from(&Sha256::digest(&m.data)[..20]))
+            .message_id_fn(|m: &gossipsub::Message| {
+                gossipsub::MessageId::from(&Sha256::digest(&m.data)[..20])
+            })
             .max_transmit_size(CapabilityAdvert::MAX_BYTES + 4096)
             .heartbeat_interval(Duration::from_secs(1))
             .build()
@@ -81,15 +91,21 @@ impl Behaviour {
                 part: "gossipsub",
                 message: e.to_string(),
             })?;
-        let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)
-            .map_err(|e| BehaviourError {
-                part: "gossipsub",
-                message: e.to_owned(),
-            })?;
+        let gossipsub = gossipsub::Behaviour::new(
+            gossipsub::MessageAuthenticity::Signed(key.clone()),
+            gossip_config,
+        )
+        .map_err(|e| BehaviourError {
+            part: "gossipsub",
+            message: e.to_owned(),
+        })?;
 
         let tasks = request_response::Behaviour::with_codec(
             TaskCodec,
-            [(StreamProtocol::new(TASK_PROTOCOL), request_response::ProtocolSupport::Full)],
+            [(
+                StreamProtocol::new(TASK_PROTOCOL),
+                request_response::ProtocolSupport::Full,
+            )],
             request_response::Config::default()
                 .with_request_timeout(limits.request_timeout)
                 .with_max_concurrent_streams(limits.max_concurrent_streams),

@@ -16,12 +16,16 @@ pub struct TaskCodec;
 async fn read_capped<T: Wire, R: AsyncRead + Unpin + Send>(io: &mut R) -> io::Result<T> {
     let mut buf = Vec::new();
     // One byte over the cap is enough to know the frame is too large.
-    io.take(T::MAX_BYTES as u64 + 1).read_to_end(&mut buf).await?;
+    io.take(T::MAX_BYTES as u64 + 1)
+        .read_to_end(&mut buf)
+        .await?;
     T::decode(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 async fn write_frame<T: Wire, W: AsyncWrite + Unpin + Send>(io: &mut W, msg: &T) -> io::Result<()> {
-    let bytes = msg.encode().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let bytes = msg
+        .encode()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     io.write_all(&bytes).await?;
     io.close().await
 }
@@ -38,21 +42,35 @@ impl libp2p::request_response::Codec for TaskCodec {
         read_capped(io).await
     }
 
-    async fn read_response<T>(&mut self, _: &Self::Protocol, io: &mut T) -> io::Result<Self::Response>
+    async fn read_response<T>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut T,
+    ) -> io::Result<Self::Response>
     where
         T: AsyncRead + Unpin + Send,
     {
         read_capped(io).await
     }
 
-    async fn write_request<T>(&mut self, _: &Self::Protocol, io: &mut T, req: Self::Request) -> io::Result<()>
+    async fn write_request<T>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut T,
+        req: Self::Request,
+    ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
         write_frame(io, &req).await
     }
 
-    async fn write_response<T>(&mut self, _: &Self::Protocol, io: &mut T, res: Self::Response) -> io::Result<()>
+    async fn write_response<T>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut T,
+        res: Self::Response,
+    ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
@@ -77,9 +95,15 @@ mod tests {
             sampling: SamplingParams::default(),
         });
         let mut out = Cursor::new(Vec::new());
-        TaskCodec.write_request(&proto, &mut out, req.clone()).await.unwrap();
+        TaskCodec
+            .write_request(&proto, &mut out, req.clone())
+            .await
+            .unwrap();
         let mut input = Cursor::new(out.into_inner());
-        assert_eq!(TaskCodec.read_request(&proto, &mut input).await.unwrap(), req);
+        assert_eq!(
+            TaskCodec.read_request(&proto, &mut input).await.unwrap(),
+            req
+        );
 
         // A peer streaming garbage past the cap is cut off with InvalidData.
         let mut huge = Cursor::new(vec![7u8; TaskRequest::MAX_BYTES * 2]);

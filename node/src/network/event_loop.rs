@@ -3,12 +3,16 @@
 
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::{NetworkConfig, NetworkError};
-use cactus_protocol::{CAPABILITY_TOPIC, CapabilityAdvert, KAD_PROTOCOL, TaskRequest, TaskResponse, Wire};
+use cactus_protocol::{
+    CAPABILITY_TOPIC, CapabilityAdvert, KAD_PROTOCOL, TaskRequest, TaskResponse, Wire,
+};
 use futures::StreamExt;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, identify, kad, multiaddr::Protocol, ping};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, identify, kad, multiaddr::Protocol, ping,
+};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -20,6 +24,8 @@ const COMMAND_QUEUE: usize = 256;
 const EVENT_QUEUE: usize = 1024;
 /// Replies awaited at once (requests, dials, queries), per kind.
 const MAX_PENDING: usize = 1024;
+/// DHT keys one node provides at most.
+const MAX_PROVIDED_KEYS: usize = 16;
 
 /// Something the role logic must hear about.
 #[derive(Debug)]
@@ -106,9 +112,15 @@ impl Network {
         self.local_peer_id
     }
 
-    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NetworkError> {
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NetworkError> {
         let (tx, rx) = oneshot::channel();
-        self.commands.send(make(tx)).await.map_err(|_| NetworkError::Shutdown)?;
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| NetworkError::Shutdown)?;
         rx.await.map_err(|_| NetworkError::Shutdown)
     }
 
@@ -118,7 +130,11 @@ impl Network {
     }
 
     /// Sends a task request and waits for the response (or the request timeout).
-    pub async fn send_task(&self, peer: PeerId, request: TaskRequest) -> Result<TaskResponse, NetworkError> {
+    pub async fn send_task(
+        &self,
+        peer: PeerId,
+        request: TaskRequest,
+    ) -> Result<TaskResponse, NetworkError> {
         self.call(|reply| Command::SendTask {
             peer,
             request: Box::new(request),
@@ -128,7 +144,11 @@ impl Network {
     }
 
     /// Answers an inbound task.
-    pub async fn respond(&self, channel: ResponseChannel<TaskResponse>, response: TaskResponse) -> Result<(), NetworkError> {
+    pub async fn respond(
+        &self,
+        channel: ResponseChannel<TaskResponse>,
+        response: TaskResponse,
+    ) -> Result<(), NetworkError> {
         self.commands
             .send(Command::Respond {
                 channel,
@@ -140,7 +160,10 @@ impl Network {
 
     /// Publishes an encoded advert on the capability topic.
     pub async fn publish_advert(&self, data: Vec<u8>) -> Result<(), NetworkError> {
-        self.commands.send(Command::Publish { data }).await.map_err(|_| NetworkError::Shutdown)
+        self.commands
+            .send(Command::Publish { data })
+            .await
+            .map_err(|_| NetworkError::Shutdown)
     }
 
     /// Announces this node as a provider of `key` on the DHT.
@@ -153,7 +176,8 @@ impl Network {
 
     /// Looks up providers of `key` on the DHT.
     pub async fn find_providers(&self, key: Vec<u8>) -> Result<HashSet<PeerId>, NetworkError> {
-        self.call(|reply| Command::FindProviders { key, reply }).await?
+        self.call(|reply| Command::FindProviders { key, reply })
+            .await?
     }
 
     /// Peers with an open connection.
@@ -165,7 +189,10 @@ impl Network {
     /// each ending in `/p2p/<peer id>`.
     pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NetworkError> {
         let mut rx = self.listen_addrs.clone();
-        let addrs = rx.wait_for(|a| !a.is_empty()).await.map_err(|_| NetworkError::Shutdown)?;
+        let addrs = rx
+            .wait_for(|a| !a.is_empty())
+            .await
+            .map_err(|_| NetworkError::Shutdown)?;
         Ok(addrs.clone())
     }
 }
@@ -177,17 +204,30 @@ struct EventLoop {
     listen_addrs: watch::Sender<Vec<Multiaddr>>,
     config: NetworkConfig,
     topic: gossipsub::IdentTopic,
-    pending_dials: HashMap<ConnectionId, (Multiaddr, oneshot::Sender<Result<PeerId, NetworkError>>)>,
-    pending_requests: HashMap<OutboundRequestId, (PeerId, oneshot::Sender<Result<TaskResponse, NetworkError>>)>,
-    pending_providers: HashMap<kad::QueryId, oneshot::Sender<Result<HashSet<PeerId>, NetworkError>>>,
+    pending_dials:
+        HashMap<ConnectionId, (Multiaddr, oneshot::Sender<Result<PeerId, NetworkError>>)>,
+    pending_requests:
+        HashMap<OutboundRequestId, (PeerId, oneshot::Sender<Result<TaskResponse, NetworkError>>)>,
+    pending_providers:
+        HashMap<kad::QueryId, oneshot::Sender<Result<HashSet<PeerId>, NetworkError>>>,
     bootstrapped: bool,
+    /// DHT keys this node provides, announced again after each bootstrap so
+    /// that a node that started alone still gets its records out.
+    provided: Vec<Vec<u8>>,
 }
 
 pub(super) fn start(
     mut swarm: Swarm<Behaviour>,
     config: NetworkConfig,
     shutdown: CancellationToken,
-) -> Result<(Network, mpsc::Receiver<NetworkEvent>, tokio::task::JoinHandle<()>), NetworkError> {
+) -> Result<
+    (
+        Network,
+        mpsc::Receiver<NetworkEvent>,
+        tokio::task::JoinHandle<()>,
+    ),
+    NetworkError,
+> {
     let local_peer_id = *swarm.local_peer_id();
     let topic = gossipsub::IdentTopic::new(CAPABILITY_TOPIC);
     swarm
@@ -195,11 +235,14 @@ pub(super) fn start(
         .gossipsub
         .subscribe(&topic)
         .map_err(|e| NetworkError::Setup(e.to_string()))?;
-    swarm.behaviour_mut().kad.set_mode(Some(if config.kad_server {
-        kad::Mode::Server
-    } else {
-        kad::Mode::Client
-    }));
+    swarm
+        .behaviour_mut()
+        .kad
+        .set_mode(Some(if config.kad_server {
+            kad::Mode::Server
+        } else {
+            kad::Mode::Client
+        }));
     for addr in &config.bootstrap {
         if let Some(peer) = peer_id_of(addr) {
             swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
@@ -222,6 +265,7 @@ pub(super) fn start(
         pending_requests: HashMap::new(),
         pending_providers: HashMap::new(),
         bootstrapped: false,
+        provided: Vec::new(),
     };
     let handle = tokio::spawn(event_loop.run(shutdown));
     Ok((
@@ -262,16 +306,26 @@ impl EventLoop {
     fn emit(&mut self, event: NetworkEvent) {
         match self.events.try_send(event) {
             Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
-            Err(mpsc::error::TrySendError::Full(NetworkEvent::InboundTask { peer, channel, .. })) => {
+            Err(mpsc::error::TrySendError::Full(NetworkEvent::InboundTask {
+                peer,
+                channel,
+                ..
+            })) => {
                 tracing::warn!(%peer, "role logic is not keeping up; refusing task");
                 let busy = TaskResponse::Failed(cactus_protocol::TaskError::new(
                     cactus_protocol::TaskErrorKind::Busy,
                     "node overloaded",
                 ));
                 // An error means the requester already went away.
-                let _ = self.swarm.behaviour_mut().tasks.send_response(channel, busy);
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .tasks
+                    .send_response(channel, busy);
             }
-            Err(mpsc::error::TrySendError::Full(e)) => tracing::debug!(?e, "event queue full; dropping"),
+            Err(mpsc::error::TrySendError::Full(e)) => {
+                tracing::debug!(?e, "event queue full; dropping")
+            }
         }
     }
 
@@ -296,29 +350,49 @@ impl EventLoop {
                     }
                 }
             }
-            Command::SendTask { peer, request, reply } => {
+            Command::SendTask {
+                peer,
+                request,
+                reply,
+            } => {
                 if self.pending_requests.len() >= MAX_PENDING {
                     let _ = reply.send(Err(NetworkError::Overloaded));
                     return;
                 }
-                let id = self.swarm.behaviour_mut().tasks.send_request(&peer, *request);
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .tasks
+                    .send_request(&peer, *request);
                 self.pending_requests.insert(id, (peer, reply));
             }
             Command::Respond { channel, response } => {
-                if self.swarm.behaviour_mut().tasks.send_response(channel, *response).is_err() {
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .tasks
+                    .send_response(channel, *response)
+                    .is_err()
+                {
                     tracing::debug!("response dropped: the requester went away");
                 }
             }
             Command::Publish { data } => {
-                if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), data) {
+                if let Err(e) = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(self.topic.clone(), data)
+                {
                     // No subscribed peer yet is normal at start; the advert is
                     // sent again when one subscribes.
                     tracing::debug!(error = %e, "advert not published");
                 }
             }
             Command::StartProviding { key } => {
-                if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(kad::RecordKey::new(&key)) {
-                    tracing::warn!(error = %e, "cannot announce provider record");
+                self.provide(&key);
+                if !self.provided.contains(&key) && self.provided.len() < MAX_PROVIDED_KEYS {
+                    self.provided.push(key);
                 }
             }
             Command::FindProviders { key, reply } => {
@@ -326,12 +400,27 @@ impl EventLoop {
                     let _ = reply.send(Err(NetworkError::Overloaded));
                     return;
                 }
-                let id = self.swarm.behaviour_mut().kad.get_providers(kad::RecordKey::new(&key));
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_providers(kad::RecordKey::new(&key));
                 self.pending_providers.insert(id, reply);
             }
             Command::ConnectedPeers { reply } => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
+        }
+    }
+
+    fn provide(&mut self, key: &[u8]) {
+        if let Err(e) = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .start_providing(kad::RecordKey::new(&key))
+        {
+            tracing::warn!(error = %e, "cannot announce provider record");
         }
     }
 
@@ -344,12 +433,16 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => self.on_ping(e),
             SwarmEvent::Behaviour(BehaviourEvent::Limits(e)) => match e {},
             SwarmEvent::NewListenAddr { address, .. } => {
-                let full = address.with_p2p(*self.swarm.local_peer_id()).unwrap_or_else(|a| a);
+                let full = address
+                    .with_p2p(*self.swarm.local_peer_id())
+                    .unwrap_or_else(|a| a);
                 tracing::info!(address = %full, "listening");
                 self.listen_addrs.send_modify(|a| a.push(full));
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
-                let full = address.with_p2p(*self.swarm.local_peer_id()).unwrap_or_else(|a| a);
+                let full = address
+                    .with_p2p(*self.swarm.local_peer_id())
+                    .unwrap_or_else(|a| a);
                 self.listen_addrs.send_modify(|a| a.retain(|x| x != &full));
             }
             SwarmEvent::ConnectionEstablished {
@@ -367,7 +460,9 @@ impl EventLoop {
                 }
             }
             SwarmEvent::OutgoingConnectionError {
-                connection_id, error, ..
+                connection_id,
+                error,
+                ..
             } => {
                 if let Some((addr, reply)) = self.pending_dials.remove(&connection_id) {
                     let _ = reply.send(Err(NetworkError::Dial {
@@ -377,7 +472,9 @@ impl EventLoop {
                 }
             }
             SwarmEvent::ConnectionClosed {
-                peer_id, num_established, ..
+                peer_id,
+                num_established,
+                ..
             } if num_established == 0 => {
                 tracing::debug!(peer = %peer_id, "disconnected");
                 self.emit(NetworkEvent::Disconnected(peer_id));
@@ -389,17 +486,29 @@ impl EventLoop {
     fn on_tasks(&mut self, event: request_response::Event<TaskRequest, TaskResponse>) {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request { request, channel, .. } => {
-                    self.emit(NetworkEvent::InboundTask { peer, request, channel });
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    self.emit(NetworkEvent::InboundTask {
+                        peer,
+                        request,
+                        channel,
+                    });
                 }
-                request_response::Message::Response { request_id, response } => {
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
                     if let Some((_, reply)) = self.pending_requests.remove(&request_id) {
                         let _ = reply.send(Ok(response));
                     }
                 }
             },
             request_response::Event::OutboundFailure {
-                peer, request_id, error, ..
+                peer,
+                request_id,
+                error,
+                ..
             } => {
                 if let Some((_, reply)) = self.pending_requests.remove(&request_id) {
                     let _ = reply.send(Err(NetworkError::Request {
@@ -423,7 +532,11 @@ impl EventLoop {
                 message,
             } => {
                 let verdict = match CapabilityAdvert::decode(&message.data) {
-                    Ok(advert) if advert.validate().is_ok() && Some(advert.peer) == message.source => Ok(advert),
+                    Ok(advert)
+                        if advert.validate().is_ok() && Some(advert.peer) == message.source =>
+                    {
+                        Ok(advert)
+                    }
                     Ok(_) => Err("advert invalid or not signed by its subject"),
                     Err(_) => Err("undecodable advert"),
                 };
@@ -437,11 +550,10 @@ impl EventLoop {
                         gossipsub::MessageAcceptance::Reject
                     }
                 };
-                self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
-                    &message_id,
-                    &propagation_source,
-                    acceptance,
-                );
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&message_id, &propagation_source, acceptance);
             }
             gossipsub::Event::Subscribed { peer_id, topic, .. } if topic == self.topic.hash() => {
                 self.emit(NetworkEvent::PeerSubscribed(peer_id));
@@ -464,13 +576,20 @@ impl EventLoop {
                     let _ = self.swarm.dial(peer);
                 }
             }
-            kad::Event::OutboundQueryProgressed { id, result, step, .. } => match result {
-                kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders { providers, .. })) => {
+            kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            } => match result {
+                kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
+                    providers,
+                    ..
+                })) => {
                     if let Some(reply) = self.pending_providers.remove(&id) {
                         let _ = reply.send(Ok(providers));
                     }
                 }
-                kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FinishedWithNoAdditionalRecord { .. })) => {
+                kad::QueryResult::GetProviders(Ok(
+                    kad::GetProvidersOk::FinishedWithNoAdditionalRecord { .. },
+                )) => {
                     if let Some(reply) = self.pending_providers.remove(&id) {
                         let _ = reply.send(Ok(HashSet::new()));
                     }
@@ -482,6 +601,9 @@ impl EventLoop {
                 }
                 kad::QueryResult::Bootstrap(r) if step.last => {
                     tracing::debug!(ok = r.is_ok(), "kademlia bootstrap finished");
+                    for key in self.provided.clone() {
+                        self.provide(&key);
+                    }
                 }
                 _ => {}
             },
@@ -509,7 +631,10 @@ impl EventLoop {
 
     fn on_ping(&mut self, event: ping::Event) {
         if let Ok(rtt) = event.result {
-            self.emit(NetworkEvent::Rtt { peer: event.peer, rtt });
+            self.emit(NetworkEvent::Rtt {
+                peer: event.peer,
+                rtt,
+            });
         }
     }
 }

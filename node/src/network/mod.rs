@@ -42,8 +42,12 @@ impl Default for NetworkConfig {
     fn default() -> Self {
         Self {
             listen: vec![
-                "/ip4/0.0.0.0/tcp/0".parse().unwrap_or_else(|_| Multiaddr::empty()),
-                "/ip4/0.0.0.0/udp/0/quic-v1".parse().unwrap_or_else(|_| Multiaddr::empty()),
+                "/ip4/0.0.0.0/tcp/0"
+                    .parse()
+                    .unwrap_or_else(|_| Multiaddr::empty()),
+                "/ip4/0.0.0.0/udp/0/quic-v1"
+                    .parse()
+                    .unwrap_or_else(|_| Multiaddr::empty()),
             ],
             bootstrap: Vec::new(),
             kad_server: true,
@@ -103,7 +107,14 @@ pub fn spawn(
     key: Keypair,
     config: NetworkConfig,
     shutdown: CancellationToken,
-) -> Result<(Network, tokio::sync::mpsc::Receiver<NetworkEvent>, tokio::task::JoinHandle<()>), NetworkError> {
+) -> Result<
+    (
+        Network,
+        tokio::sync::mpsc::Receiver<NetworkEvent>,
+        tokio::task::JoinHandle<()>,
+    ),
+    NetworkError,
+> {
     let limits = behaviour::BehaviourLimits {
         max_connections: config.max_connections,
         request_timeout: config.request_timeout,
@@ -113,7 +124,11 @@ pub fn spawn(
     let setup = |e: &dyn std::fmt::Display| NetworkError::Setup(e.to_string());
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
-        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
         .map_err(|e| setup(&e))?
         .with_quic()
         .with_behaviour(|key| {
@@ -124,10 +139,12 @@ pub fn spawn(
         .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
         .build();
     for addr in &config.listen {
-        swarm.listen_on(addr.clone()).map_err(|e| NetworkError::Listen {
-            addr: addr.clone(),
-            message: e.to_string(),
-        })?;
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NetworkError::Listen {
+                addr: addr.clone(),
+                message: e.to_string(),
+            })?;
     }
     event_loop::start(swarm, config, shutdown)
 }

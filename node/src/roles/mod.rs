@@ -126,9 +126,18 @@ impl Dispatcher {
     }
 
     /// Handles one event; returns whether the advert should be republished.
-    fn on_event(&mut self, event: NetworkEvent, tasks: &mut JoinSet<()>, dirty: &mpsc::Sender<()>) -> bool {
+    fn on_event(
+        &mut self,
+        event: NetworkEvent,
+        tasks: &mut JoinSet<()>,
+        dirty: &mpsc::Sender<()>,
+    ) -> bool {
         match event {
-            NetworkEvent::InboundTask { peer, request, channel } => {
+            NetworkEvent::InboundTask {
+                peer,
+                request,
+                channel,
+            } => {
                 let network = self.network.clone();
                 let refuse = |kind, msg: &str| TaskResponse::Failed(TaskError::new(kind, msg));
                 if tasks.len() >= self.max_tasks {
@@ -190,7 +199,10 @@ impl Dispatcher {
             NetworkEvent::PeerSubscribed(_) => matches!(self.role, RoleCtx::Orchestrator(_)),
             NetworkEvent::Rtt { peer, rtt } => {
                 if let RoleCtx::Router(r) = &self.role {
-                    r.table.lock().unwrap_or_else(|p| p.into_inner()).record_rtt(&peer, rtt);
+                    r.table
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .record_rtt(&peer, rtt);
                 }
                 false
             }

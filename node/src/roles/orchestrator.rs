@@ -5,8 +5,8 @@ use crate::inference::{InferenceError, Job, Rejected, WorkerPool};
 use crate::network::Network;
 use cactus_protocol::receipt::RECEIPT_VERSION;
 use cactus_protocol::{
-    Assignment, CapabilityAdvert, Digest, ModelId, PROTOCOL_VERSION, ReceiptBody, TaskError, TaskErrorKind, TaskResponse,
-    TaskResult, Wire,
+    Assignment, CapabilityAdvert, Digest, ModelId, PROTOCOL_VERSION, ReceiptBody, TaskError,
+    TaskErrorKind, TaskResponse, TaskResult, Wire,
 };
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
@@ -51,7 +51,13 @@ pub struct Accepted {
 
 impl OrchestratorCtx {
     /// A new context.
-    pub fn new(network: Network, key: Keypair, models: Vec<ModelId>, pool: Arc<WorkerPool>, price_per_token: u64) -> Self {
+    pub fn new(
+        network: Network,
+        key: Keypair,
+        models: Vec<ModelId>,
+        pool: Arc<WorkerPool>,
+        price_per_token: u64,
+    ) -> Self {
         Self {
             network,
             key,
@@ -113,7 +119,12 @@ impl OrchestratorCtx {
                 tracing::info!(error = %e, "task failed");
                 return TaskResponse::Failed(TaskError::new(kind, e.to_string()));
             }
-            Err(_) => return TaskResponse::Failed(TaskError::new(TaskErrorKind::Unavailable, "worker pool stopped")),
+            Err(_) => {
+                return TaskResponse::Failed(TaskError::new(
+                    TaskErrorKind::Unavailable,
+                    "worker pool stopped",
+                ));
+            }
         };
         let body = ReceiptBody {
             version: RECEIPT_VERSION,

@@ -6,7 +6,9 @@ use super::table::OrchestratorTable;
 use crate::ledger::Ledger;
 use crate::network::Network;
 use cactus_protocol::verify::check_result;
-use cactus_protocol::{Assignment, TaskError, TaskErrorKind, TaskId, TaskRequest, TaskResponse, TaskSpec};
+use cactus_protocol::{
+    Assignment, TaskError, TaskErrorKind, TaskId, TaskRequest, TaskResponse, TaskSpec,
+};
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
 use std::collections::HashSet;
@@ -53,10 +55,15 @@ impl RouterCtx {
     async fn try_serve(&self, spec: TaskSpec) -> Result<TaskResponse, TaskError> {
         spec.validate()
             .map_err(|e| TaskError::new(TaskErrorKind::InvalidRequest, e.to_string()))?;
-        let model = self.with_table(|t| t.resolve_model(spec.model.as_deref())).ok_or_else(|| {
-            let what = spec.model.as_deref().unwrap_or("any model");
-            TaskError::new(TaskErrorKind::NoSuchModel, format!("no orchestrator on the mesh serves {what}"))
-        })?;
+        let model = self
+            .with_table(|t| t.resolve_model(spec.model.as_deref()))
+            .ok_or_else(|| {
+                let what = spec.model.as_deref().unwrap_or("any model");
+                TaskError::new(
+                    TaskErrorKind::NoSuchModel,
+                    format!("no orchestrator on the mesh serves {what}"),
+                )
+            })?;
         let assignment = Assignment {
             task_id: TaskId(rand::random()),
             model: model.sha256,
@@ -66,7 +73,10 @@ impl RouterCtx {
         };
         let router = self.network.local_peer_id();
         let mut tried = HashSet::new();
-        let mut last = TaskError::new(TaskErrorKind::Unavailable, "no orchestrator could take the task");
+        let mut last = TaskError::new(
+            TaskErrorKind::Unavailable,
+            "no orchestrator could take the task",
+        );
         for attempt in 0..self.max_attempts {
             let Some(peer) = self.with_table(|t| t.pick(&assignment.model, &tried)) else {
                 break;
@@ -76,7 +86,8 @@ impl RouterCtx {
             self.with_table(|t| t.adjust_in_flight(&peer, true));
             let sent = tokio::time::timeout(
                 self.task_timeout,
-                self.network.send_task(peer, TaskRequest::Execute(assignment.clone())),
+                self.network
+                    .send_task(peer, TaskRequest::Execute(assignment.clone())),
             )
             .await;
             self.with_table(|t| t.adjust_in_flight(&peer, false));
@@ -84,7 +95,10 @@ impl RouterCtx {
                 Ok(Ok(TaskResponse::Done(mut result))) => {
                     if let Err(e) = check_result(&assignment, &router, &peer, &result) {
                         tracing::warn!(orchestrator = %peer, error = %e, "result failed verification");
-                        last = TaskError::new(TaskErrorKind::BadResult, format!("orchestrator {peer}: {e}"));
+                        last = TaskError::new(
+                            TaskErrorKind::BadResult,
+                            format!("orchestrator {peer}: {e}"),
+                        );
                         continue;
                     }
                     result
@@ -96,7 +110,9 @@ impl RouterCtx {
                     tokio::task::spawn_blocking(move || ledger.append(&receipt))
                         .await
                         .map_err(|e| TaskError::new(TaskErrorKind::Unavailable, e.to_string()))?
-                        .map_err(|e| TaskError::new(TaskErrorKind::Unavailable, format!("ledger: {e}")))?;
+                        .map_err(|e| {
+                            TaskError::new(TaskErrorKind::Unavailable, format!("ledger: {e}"))
+                        })?;
                     tracing::info!(
                         task_id = %assignment.task_id,
                         orchestrator = %peer,
@@ -108,7 +124,10 @@ impl RouterCtx {
                 }
                 Ok(Ok(TaskResponse::Failed(e))) => match e.kind {
                     // The orchestrator could not run it: another one may.
-                    TaskErrorKind::Busy | TaskErrorKind::Unavailable | TaskErrorKind::Inference | TaskErrorKind::NoSuchModel => {
+                    TaskErrorKind::Busy
+                    | TaskErrorKind::Unavailable
+                    | TaskErrorKind::Inference
+                    | TaskErrorKind::NoSuchModel => {
                         tracing::info!(orchestrator = %peer, kind = ?e.kind, "orchestrator declined; trying another");
                         last = e;
                     }
@@ -123,7 +142,10 @@ impl RouterCtx {
                     tracing::warn!(orchestrator = %peer, "orchestrator timed out");
                     last = TaskError::new(
                         TaskErrorKind::Unavailable,
-                        format!("orchestrator {peer} did not answer in {:?}", self.task_timeout),
+                        format!(
+                            "orchestrator {peer} did not answer in {:?}",
+                            self.task_timeout
+                        ),
                     );
                 }
             }

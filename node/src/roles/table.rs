@@ -84,7 +84,12 @@ impl OrchestratorTable {
             self.prune(now);
             if self.entries.len() >= MAX_ORCHESTRATORS {
                 // Make room by forgetting the one heard from longest ago.
-                if let Some(oldest) = self.entries.iter().min_by_key(|(_, e)| e.seen).map(|(p, _)| *p) {
+                if let Some(oldest) = self
+                    .entries
+                    .iter()
+                    .min_by_key(|(_, e)| e.seen)
+                    .map(|(p, _)| *p)
+                {
                     self.entries.remove(&oldest);
                 }
             }
@@ -160,12 +165,18 @@ impl OrchestratorTable {
     pub fn pick(&self, model: &ModelHash, exclude: &HashSet<PeerId>) -> Option<PeerId> {
         self.entries
             .iter()
-            .filter(|(p, e)| !exclude.contains(p) && e.advert.models.iter().any(|m| &m.sha256 == model))
+            .filter(|(p, e)| {
+                !exclude.contains(p) && e.advert.models.iter().any(|m| &m.sha256 == model)
+            })
             .min_by(|(pa, a), (pb, b)| {
                 let free = |e: &Entry| i64::from(e.advert.free_slots) - i64::from(e.in_flight);
                 free(b)
                     .cmp(&free(a))
-                    .then_with(|| a.rtt.unwrap_or(Duration::MAX).cmp(&b.rtt.unwrap_or(Duration::MAX)))
+                    .then_with(|| {
+                        a.rtt
+                            .unwrap_or(Duration::MAX)
+                            .cmp(&b.rtt.unwrap_or(Duration::MAX))
+                    })
                     .then_with(|| pa.cmp(pb))
             })
             .map(|(p, _)| *p)

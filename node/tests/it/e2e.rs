@@ -1,0 +1,230 @@
+//! Three `cactus-node` processes on loopback and `cactus-node infer` on the
+//! real demo model.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cactus-node");
+/// Bound on each wait for a log line.
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// A node process; killed when dropped. Its stderr lines arrive on `lines`.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Proc {
+    fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start cactus-node");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            log: Vec::new(),
+        }
+    }
+
+    /// Waits for a log line containing `needle`; returns it.
+    fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.log.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no log line with {needle:?}; log so far:\n{}",
+                    self.log.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    fn terminate(mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let code = self.child.wait().unwrap();
+        assert!(code.success(), "node exited with {code}");
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn id(dir: &Path) -> String {
+    let out = Command::new(BIN)
+        .args(["id", "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn infer_json(bootstrap: &str, prompt: &str) -> serde_json::Value {
+    let out = run(&[
+        "infer",
+        "--bootstrap",
+        bootstrap,
+        "--prompt",
+        prompt,
+        "--max-tokens",
+        "32",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "infer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn three_processes_answer_on_the_real_model_with_a_ledgered_receipt() {
+    let model = super::model_path();
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs: Vec<PathBuf> = ["router", "orch1", "orch2"]
+        .iter()
+        .map(|d| tmp.path().join(d))
+        .collect();
+
+    let mut router = Proc::spawn(&[
+        "--role",
+        "router",
+        "--data-dir",
+        path(&dirs[0]),
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+    ]);
+    let line = router.wait_for("listening");
+    let addr = line
+        .split("address=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(addr.contains("/p2p/"), "{line}");
+
+    let orch_ids: Vec<String> = dirs[1..].iter().map(|d| id(d)).collect();
+    let model_arg = format!("{}:{}", model.display(), super::DEMO_SHA256);
+    let _orchs: Vec<Proc> = dirs[1..]
+        .iter()
+        .map(|d| {
+            Proc::spawn(&[
+                "--data-dir",
+                path(d),
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--bootstrap",
+                &addr,
+                "--model",
+                &model_arg,
+                "--threads",
+                "1",
+            ])
+        })
+        .collect();
+    router.wait_for("known=2");
+
+    let prompt = "The capital of France is";
+    let a = infer_json(&addr, prompt);
+    let b = infer_json(&addr, prompt);
+    let text = a["text"].as_str().unwrap();
+    assert!(!text.trim().is_empty(), "{a}");
+    // Greedy decoding: the same answer, whichever orchestrator served it.
+    assert_eq!(a["text"], b["text"]);
+    for v in [&a, &b] {
+        let r = &v["receipt"];
+        assert_eq!(r["verified"], true, "{v}");
+        assert_eq!(r["model_sha256"], super::DEMO_SHA256);
+        assert!(
+            orch_ids.contains(&v["orchestrator"].as_str().unwrap().to_owned()),
+            "{v}"
+        );
+        assert_eq!(r["orchestrator"], v["orchestrator"]);
+        assert!(r["output_tokens"].as_u64().unwrap() > 0);
+    }
+
+    // A model nobody serves: a clear error, not a hang.
+    let out = run(&[
+        "infer",
+        "--bootstrap",
+        &addr,
+        "--prompt",
+        "hi",
+        "--model",
+        "no-such-model",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("NoSuchModel"), "{err}");
+
+    // The router's ledger holds both receipts, and they verify.
+    router.terminate();
+    let out = run(&["ledger", "--data-dir", path(&dirs[0]), "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let entries: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for v in [&a, &b] {
+        let task = &v["receipt"]["task_id"];
+        let entry = entries
+            .iter()
+            .find(|e| &e["task_id"] == task)
+            .expect("receipt in ledger");
+        assert_eq!(entry["verified"], true);
+        assert_eq!(entry["frame_hex"], v["receipt"]["frame_hex"]);
+    }
+}

@@ -1,0 +1,283 @@
+//! Nodes in one process on loopback, with the stub engine.
+
+use cactus_node::client::{self, ClientError};
+use cactus_node::inference::stub::StubEngine;
+use cactus_node::network::NetworkConfig;
+use cactus_node::{Node, NodeConfig, Role};
+use cactus_protocol::{PromptFormat, SamplingParams, TaskErrorKind, TaskSpec};
+use libp2p::Multiaddr;
+use libp2p::identity::Keypair;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Bound on every wait in these tests; they finish in well under a second
+/// each when things work.
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn loopback() -> Vec<Multiaddr> {
+    vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()]
+}
+
+fn config(role: Role, dir: &std::path::Path, bootstrap: Vec<Multiaddr>) -> NodeConfig {
+    NodeConfig {
+        role,
+        data_dir: dir.to_path_buf(),
+        network: NetworkConfig {
+            listen: loopback(),
+            bootstrap,
+            ..NetworkConfig::default()
+        },
+        ..NodeConfig::default()
+    }
+}
+
+async fn start(
+    role: Role,
+    dir: &std::path::Path,
+    bootstrap: Vec<Multiaddr>,
+    engine: Option<Arc<StubEngine>>,
+) -> Node {
+    let engine = engine.map(|e| e as Arc<dyn cactus_node::inference::Engine>);
+    Node::start(
+        config(role, dir, bootstrap),
+        Keypair::generate_ed25519(),
+        engine,
+    )
+    .await
+    .unwrap()
+}
+
+async fn first_addr(node: &Node) -> Multiaddr {
+    node.listen_addrs().await.unwrap()[0].clone()
+}
+
+fn spec(model: Option<&str>, prompt: &str) -> TaskSpec {
+    TaskSpec {
+        model: model.map(str::to_owned),
+        prompt: prompt.into(),
+        format: PromptFormat::Raw,
+        sampling: SamplingParams::default(),
+    }
+}
+
+async fn within<T>(f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(LIMIT, f).await.expect("timed out")
+}
+
+/// A router with `n` stub orchestrators joined to it, and a client connected
+/// to the router.
+struct Cluster {
+    _dir: tempfile::TempDir,
+    router: Node,
+    router_addr: Multiaddr,
+    orchestrators: Vec<Node>,
+    client: Node,
+}
+
+impl Cluster {
+    async fn new(engines: Vec<Arc<StubEngine>>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let router = start(Role::Router, dir.path(), vec![], None).await;
+        let router_addr = first_addr(&router).await;
+        let mut orchestrators = Vec::new();
+        for e in engines {
+            orchestrators.push(
+                start(
+                    Role::Orchestrator,
+                    dir.path(),
+                    vec![router_addr.clone()],
+                    Some(e),
+                )
+                .await,
+            );
+        }
+        within(router.wait_for_orchestrators(orchestrators.len()))
+            .await
+            .unwrap();
+        let client = start(Role::Client, dir.path(), vec![], None).await;
+        within(client.network().dial(router_addr.clone()))
+            .await
+            .unwrap();
+        Self {
+            _dir: dir,
+            router,
+            router_addr,
+            orchestrators,
+            client,
+        }
+    }
+
+    async fn submit(&self, spec: TaskSpec) -> Result<cactus_protocol::TaskResult, ClientError> {
+        within(client::submit_to(
+            self.client.network(),
+            self.router.peer_id(),
+            spec,
+        ))
+        .await
+    }
+
+    async fn stop(self) {
+        self.client.shutdown().await;
+        for o in self.orchestrators {
+            o.shutdown().await;
+        }
+        self.router.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn advert_reaches_router() {
+    let engine = Arc::new(StubEngine::new("stub-a"));
+    let c = Cluster::new(vec![engine.clone()]).await;
+    let known = c.router.orchestrators();
+    assert_eq!(known.len(), 1);
+    assert_eq!(known[0].peer, c.orchestrators[0].peer_id());
+    assert_eq!(known[0].models, vec![engine.model()]);
+    assert_eq!(known[0].total_slots, 1);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn stub_task_round_trips_with_verified_receipt_in_ledger() {
+    let c = Cluster::new(vec![
+        Arc::new(StubEngine::new("stub-a")),
+        Arc::new(StubEngine::new("stub-a")),
+    ])
+    .await;
+    let result = c.submit(spec(Some("stub-a"), "hello mesh")).await.unwrap();
+    assert_eq!(result.text, "hsem olleh");
+    result.receipt.verify().unwrap();
+    let served_by = result.receipt.body.orchestrator;
+    assert!(c.orchestrators.iter().any(|o| o.peer_id() == served_by));
+    assert_eq!(result.receipt.body.router, c.router.peer_id());
+    let recorded = c.router.receipt(result.receipt.body.task_id).await.unwrap();
+    assert_eq!(recorded, Some(result.receipt));
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn task_for_unserved_model_fails_fast() {
+    let c = Cluster::new(vec![Arc::new(StubEngine::new("stub-a"))]).await;
+    match c.submit(spec(Some("no-such-model"), "hi")).await {
+        Err(ClientError::Task(e)) => assert_eq!(e.kind, TaskErrorKind::NoSuchModel),
+        other => panic!("expected NoSuchModel, got {other:?}"),
+    }
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_requests_and_wrong_roles_get_typed_errors() {
+    let c = Cluster::new(vec![Arc::new(StubEngine::new("stub-a"))]).await;
+    let mut bad = spec(None, "hi");
+    bad.sampling.max_tokens = 0;
+    match c.submit(bad).await {
+        Err(ClientError::Task(e)) => assert_eq!(e.kind, TaskErrorKind::InvalidRequest),
+        other => panic!("expected InvalidRequest, got {other:?}"),
+    }
+    // An orchestrator does not take client submissions.
+    let orch = c.orchestrators[0].peer_id();
+    within(
+        c.client
+            .network()
+            .dial(c.orchestrators[0].listen_addrs().await.unwrap()[0].clone()),
+    )
+    .await
+    .unwrap();
+    match within(client::submit_to(
+        c.client.network(),
+        orch,
+        spec(None, "hi"),
+    ))
+    .await
+    {
+        Err(ClientError::Task(e)) => assert_eq!(e.kind, TaskErrorKind::WrongRole),
+        other => panic!("expected WrongRole, got {other:?}"),
+    }
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_orchestrator_is_skipped_for_a_free_one() {
+    let gated = Arc::new(StubEngine::new("stub-a").gated());
+    let free = Arc::new(StubEngine::new("stub-a"));
+    let c = Cluster::new(vec![gated.clone()]).await;
+    // Fill the gated orchestrator: one running, `queue` (4) waiting, then busy.
+    let mut held = Vec::new();
+    for i in 0..5 {
+        let network = c.client.network().clone();
+        let router = c.router.peer_id();
+        held.push(tokio::spawn(async move {
+            client::submit_to(&network, router, spec(None, &format!("held {i}"))).await
+        }));
+    }
+    let g = gated.clone();
+    within(tokio::task::spawn_blocking(move || g.wait_started(1)))
+        .await
+        .unwrap();
+    // With only the gated node, the sixth task is refused as busy.
+    let refused = c.submit(spec(None, "sixth")).await;
+    assert!(
+        matches!(&refused, Err(ClientError::Task(e)) if e.kind == TaskErrorKind::Busy),
+        "{refused:?}"
+    );
+    // A second orchestrator joins: the router now goes around the busy one.
+    let dir = tempfile::tempdir().unwrap();
+    let second = start(
+        Role::Orchestrator,
+        dir.path(),
+        vec![c.router_addr.clone()],
+        Some(free),
+    )
+    .await;
+    within(c.router.wait_for_orchestrators(2)).await.unwrap();
+    let served = c.submit(spec(None, "seventh")).await.unwrap();
+    assert_eq!(served.receipt.body.orchestrator, second.peer_id());
+    gated.open_gate();
+    for h in held {
+        within(h).await.unwrap().unwrap();
+    }
+    second.shutdown().await;
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn client_finds_router_on_the_dht_through_a_bootstrap_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let boot = start(Role::Bootstrap, dir.path(), vec![], None).await;
+    let boot_addr = first_addr(&boot).await;
+    let router = start(
+        Role::Router,
+        &dir.path().join("r"),
+        vec![boot_addr.clone()],
+        None,
+    )
+    .await;
+    let orch = start(
+        Role::Orchestrator,
+        dir.path(),
+        vec![boot_addr.clone()],
+        Some(Arc::new(StubEngine::new("stub-b"))),
+    )
+    .await;
+    // The orchestrator only knows the bootstrap node: its advert reaches the
+    // router through gossip and DHT discovery.
+    within(router.wait_for_orchestrators(1)).await.unwrap();
+    // The router announces itself on the DHT when it has peers; ask until the
+    // record is there (each lookup is a real DHT query, not a sleep).
+    let result = within(async {
+        loop {
+            match client::submit(vec![boot_addr.clone()], None, spec(None, "abc"), LIMIT).await {
+                Err(ClientError::NoRouter) => continue,
+                other => break other,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(result.text, "cba");
+    assert_eq!(result.receipt.body.router, router.peer_id());
+    assert_eq!(result.receipt.body.orchestrator, orch.peer_id());
+    orch.shutdown().await;
+    router.shutdown().await;
+    boot.shutdown().await;
+}
