@@ -37,14 +37,14 @@ async fn start(
     bootstrap: Vec<Multiaddr>,
     engine: Option<Arc<StubEngine>>,
 ) -> Node {
+    start_with(config(role, dir, bootstrap), engine).await
+}
+
+async fn start_with(config: NodeConfig, engine: Option<Arc<StubEngine>>) -> Node {
     let engine = engine.map(|e| e as Arc<dyn cactus_node::inference::Engine>);
-    Node::start(
-        config(role, dir, bootstrap),
-        Keypair::generate_ed25519(),
-        engine,
-    )
-    .await
-    .unwrap()
+    Node::start(config, Keypair::generate_ed25519(), engine)
+        .await
+        .unwrap()
 }
 
 async fn first_addr(node: &Node) -> Multiaddr {
@@ -76,20 +76,21 @@ struct Cluster {
 
 impl Cluster {
     async fn new(engines: Vec<Arc<StubEngine>>) -> Self {
+        Self::with_queue(engines, NodeConfig::default().queue).await
+    }
+
+    /// Orchestrators whose pools queue at most `queue` tasks.
+    async fn with_queue(engines: Vec<Arc<StubEngine>>, queue: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let router = start(Role::Router, dir.path(), vec![], None).await;
         let router_addr = first_addr(&router).await;
         let mut orchestrators = Vec::new();
         for e in engines {
-            orchestrators.push(
-                start(
-                    Role::Orchestrator,
-                    dir.path(),
-                    vec![router_addr.clone()],
-                    Some(e),
-                )
-                .await,
-            );
+            let config = NodeConfig {
+                queue,
+                ..config(Role::Orchestrator, dir.path(), vec![router_addr.clone()])
+            };
+            orchestrators.push(start_with(config, Some(e)).await);
         }
         within(router.wait_for_orchestrators(orchestrators.len()))
             .await
@@ -200,22 +201,17 @@ async fn invalid_requests_and_wrong_roles_get_typed_errors() {
 async fn busy_orchestrator_is_skipped_for_a_free_one() {
     let gated = Arc::new(StubEngine::new("stub-a").gated());
     let free = Arc::new(StubEngine::new("stub-a"));
-    let c = Cluster::new(vec![gated.clone()]).await;
-    // Fill the gated orchestrator: one running, `queue` (4) waiting, then busy.
-    let mut held = Vec::new();
-    for i in 0..5 {
+    // One slot, no queue: one task held at the gate fills the orchestrator.
+    let c = Cluster::with_queue(vec![gated.clone()], 0).await;
+    let held = {
         let network = c.client.network().clone();
         let router = c.router.peer_id();
-        held.push(tokio::spawn(async move {
-            client::submit_to(&network, router, spec(None, &format!("held {i}"))).await
-        }));
-    }
+        tokio::spawn(async move { client::submit_to(&network, router, spec(None, "held")).await })
+    };
     let g = gated.clone();
-    within(tokio::task::spawn_blocking(move || g.wait_started(1)))
-        .await
-        .unwrap();
-    // With only the gated node, the sixth task is refused as busy.
-    let refused = c.submit(spec(None, "sixth")).await;
+    within(tokio::task::spawn_blocking(move || g.wait_started(1))).await.unwrap();
+    // With only the gated node, the next task is refused as busy.
+    let refused = c.submit(spec(None, "second")).await;
     assert!(
         matches!(&refused, Err(ClientError::Task(e)) if e.kind == TaskErrorKind::Busy),
         "{refused:?}"
@@ -230,12 +226,10 @@ async fn busy_orchestrator_is_skipped_for_a_free_one() {
     )
     .await;
     within(c.router.wait_for_orchestrators(2)).await.unwrap();
-    let served = c.submit(spec(None, "seventh")).await.unwrap();
+    let served = c.submit(spec(None, "third")).await.unwrap();
     assert_eq!(served.receipt.body.orchestrator, second.peer_id());
     gated.open_gate();
-    for h in held {
-        within(h).await.unwrap().unwrap();
-    }
+    assert_eq!(within(held).await.unwrap().unwrap().text, "dleh");
     second.shutdown().await;
     c.stop().await;
 }
