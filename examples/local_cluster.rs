@@ -1,1 +1,139 @@
-fn main() {}
+//! A local Cactus cluster in one process: a router (which is also the
+//! bootstrap node) and two orchestrators serving the real demo model on
+//! loopback. It waits until the router has heard both orchestrators' adverts,
+//! sends a prompt through the mesh, and prints the answer, the orchestrator
+//! that served it and the verified receipt.
+//!
+//! ```text
+//! cargo run --release -p cactus-examples --example local_cluster -- <model.gguf> [prompt]
+//! ```
+//!
+//! `scripts/demo.sh` fetches the model and runs this.
+
+#![allow(clippy::print_stdout)] // An example prints its results.
+
+use anyhow::{Context, Result, bail};
+use cactus_node::inference::Engine;
+use cactus_node::inference::llama::{LlamaConfig, LlamaEngine};
+use cactus_node::inference::model_file::ModelSpec;
+use cactus_node::network::NetworkConfig;
+use cactus_node::{Node, NodeConfig, Role, cli, client};
+use cactus_protocol::{PromptFormat, SamplingParams, TaskSpec};
+use libp2p::identity::Keypair;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    cli::init_tracing("warn");
+    let mut args = std::env::args().skip(1);
+    let Some(model) = args.next() else {
+        bail!("usage: local_cluster <model.gguf[:sha256]> [prompt]");
+    };
+    let prompt = args
+        .next()
+        .unwrap_or_else(|| "The three largest cities in Europe are".to_owned());
+    let spec: ModelSpec = model.parse()?;
+    let data = tempfile_dir()?;
+
+    // One engine for both orchestrators: llama.cpp's backend is per process,
+    // and the weights are shared read-only.
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
+    let engine: Arc<dyn Engine> = {
+        let config = LlamaConfig {
+            threads,
+            ..LlamaConfig::default()
+        };
+        tokio::task::spawn_blocking(move || LlamaEngine::load(&[spec], config)).await??
+    };
+    let loopback = NetworkConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
+        ..NetworkConfig::default()
+    };
+
+    let router = Node::start(
+        NodeConfig {
+            role: Role::Router,
+            data_dir: data.join("router"),
+            network: loopback.clone(),
+            ..NodeConfig::default()
+        },
+        Keypair::generate_ed25519(),
+        None,
+    )
+    .await?;
+    let router_addr = router.listen_addrs().await?[0].clone();
+    println!("router + bootstrap  {router_addr}");
+
+    let mut orchestrators = Vec::new();
+    for _ in 0..2 {
+        let config = NodeConfig {
+            role: Role::Orchestrator,
+            network: NetworkConfig {
+                bootstrap: vec![router_addr.clone()],
+                ..loopback.clone()
+            },
+            ..NodeConfig::default()
+        };
+        let node = Node::start(
+            config,
+            Keypair::generate_ed25519(),
+            Some(Arc::clone(&engine)),
+        )
+        .await?;
+        println!("orchestrator        {}", node.listen_addrs().await?[0]);
+        orchestrators.push(node);
+    }
+
+    tokio::time::timeout(Duration::from_secs(60), router.wait_for_orchestrators(2))
+        .await
+        .context("the router did not hear both orchestrators within 60 s")??;
+    for o in router.orchestrators() {
+        let models: Vec<&str> = o.models.iter().map(|m| m.name.as_str()).collect();
+        println!("router sees         {} serving {models:?}", o.peer);
+    }
+
+    // A client joins through the bootstrap node and finds the router on the DHT.
+    let task = TaskSpec {
+        model: None,
+        prompt: prompt.clone(),
+        format: PromptFormat::Chat,
+        sampling: SamplingParams {
+            max_tokens: 64,
+            ..SamplingParams::default()
+        },
+    };
+    println!("\nprompt: {prompt}");
+    let started = Instant::now();
+    let result = client::submit(vec![router_addr], None, task, Duration::from_secs(300)).await?;
+    let elapsed = started.elapsed();
+    let body = &result.receipt.body;
+    println!("answer: {}", result.text.trim());
+    println!(
+        "\nserved by {} in {:.2} s ({} prompt + {} output tokens, {:.1} tokens/s)",
+        body.orchestrator,
+        elapsed.as_secs_f64(),
+        body.prompt_tokens,
+        body.output_tokens,
+        f64::from(body.output_tokens) / elapsed.as_secs_f64()
+    );
+    result.receipt.verify().context("receipt")?;
+    println!("receipt (orchestrator-signed, router-countersigned, verified):");
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&cli::receipt_json(&result.receipt))?
+    );
+
+    for o in orchestrators {
+        o.shutdown().await;
+    }
+    router.shutdown().await;
+    let _ = std::fs::remove_dir_all(&data);
+    Ok(())
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("cactus-local-cluster-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

@@ -233,6 +233,8 @@ impl TaskError {
 }
 
 /// A response of the task protocol.
+// Responses are built once and moved once; boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum TaskResponse {
     /// The task ran.

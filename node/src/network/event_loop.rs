@@ -473,9 +473,9 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established,
+                num_established: 0,
                 ..
-            } if num_established == 0 => {
+            } => {
                 tracing::debug!(peer = %peer_id, "disconnected");
                 self.emit(NetworkEvent::Disconnected(peer_id));
             }
@@ -565,16 +565,15 @@ impl EventLoop {
     fn on_kad(&mut self, event: kad::Event) {
         match event {
             kad::Event::RoutingUpdated {
-                peer, is_new_peer, ..
-            } => {
-                if is_new_peer
-                    && !self.swarm.is_connected(&peer)
-                    && self.swarm.connected_peers().count() < self.config.target_peers
-                    && peer != *self.swarm.local_peer_id()
-                {
-                    tracing::debug!(%peer, "dialing discovered peer");
-                    let _ = self.swarm.dial(peer);
-                }
+                peer,
+                is_new_peer: true,
+                ..
+            } if !self.swarm.is_connected(&peer)
+                && self.swarm.connected_peers().count() < self.config.target_peers
+                && peer != *self.swarm.local_peer_id() =>
+            {
+                tracing::debug!(%peer, "dialing discovered peer");
+                let _ = self.swarm.dial(peer);
             }
             kad::Event::OutboundQueryProgressed {
                 id, result, step, ..

@@ -28,10 +28,12 @@ impl Proc {
             .spawn()
             .expect("start cactus-node");
         let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
+        // Bounded: lines nobody waits for are dropped, but the pipe is always
+        // drained so that the node never blocks on its own logging.
+        let (tx, lines) = mpsc::sync_channel(4096);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
+                if let Err(mpsc::TrySendError::Disconnected(_)) = tx.try_send(line) {
                     break;
                 }
             }

@@ -209,7 +209,9 @@ async fn busy_orchestrator_is_skipped_for_a_free_one() {
         tokio::spawn(async move { client::submit_to(&network, router, spec(None, "held")).await })
     };
     let g = gated.clone();
-    within(tokio::task::spawn_blocking(move || g.wait_started(1))).await.unwrap();
+    within(tokio::task::spawn_blocking(move || g.wait_started(1)))
+        .await
+        .unwrap();
     // With only the gated node, the next task is refused as busy.
     let refused = c.submit(spec(None, "second")).await;
     assert!(
