@@ -15,6 +15,8 @@
 //! - [`ids`]: task ids, model hashes and digests.
 
 pub mod ids;
+pub mod ledger;
+pub mod merkle;
 pub mod messages;
 pub mod receipt;
 pub mod verify;
