@@ -2,8 +2,11 @@
 //! redb database under the data dir. redb commits are durable and atomic, so a
 //! kill -9 at any moment loses no committed receipt and leaves no torn one.
 //!
-//! This ledger is a receipt log; stake, escrow and payments build on it.
+//! Receipts wait in a pending list until they are anchored (see
+//! [`crate::roles::anchor`]); anchoring moves them, in one transaction, to the
+//! proofs table with their inclusion proofs.
 
+use cactus_protocol::merkle::AnchorProof;
 use cactus_protocol::{Receipt, TaskId, Wire};
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::path::{Path, PathBuf};
@@ -15,6 +18,12 @@ pub const LEDGER_FILE: &str = "ledger.redb";
 const RECEIPTS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("receipts");
 /// Task ids in the order their receipts were appended.
 const ORDER: TableDefinition<u64, &[u8; 16]> = TableDefinition::new("receipt_order");
+/// Receipts not anchored yet: append position → task id.
+const PENDING: TableDefinition<u64, &[u8; 16]> = TableDefinition::new("pending_anchor");
+/// Anchor proofs (CBOR `AnchorProof`) by task id.
+const PROOFS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("anchor_proofs");
+/// Largest stored proof read back.
+const MAX_PROOF_BYTES: usize = 8 * 1024;
 
 /// Why a ledger operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +66,8 @@ impl Ledger {
         {
             tx.open_table(RECEIPTS).map_err(|e| ledger.db_err(e))?;
             tx.open_table(ORDER).map_err(|e| ledger.db_err(e))?;
+            tx.open_table(PENDING).map_err(|e| ledger.db_err(e))?;
+            tx.open_table(PROOFS).map_err(|e| ledger.db_err(e))?;
         }
         tx.commit().map_err(|e| ledger.db_err(e))?;
         Ok(ledger)
@@ -85,6 +96,8 @@ impl Ledger {
             let mut order = tx.open_table(ORDER).map_err(|e| self.db_err(e))?;
             let next = order.len().map_err(|e| self.db_err(e))?;
             order.insert(next, &id.0).map_err(|e| self.db_err(e))?;
+            let mut pending = tx.open_table(PENDING).map_err(|e| self.db_err(e))?;
+            pending.insert(next, &id.0).map_err(|e| self.db_err(e))?;
         }
         tx.commit().map_err(|e| self.db_err(e))
     }
@@ -97,6 +110,75 @@ impl Ledger {
             return Ok(None);
         };
         Receipt::decode(v.value())
+            .map(Some)
+            .map_err(|_| LedgerError::Corrupt(*id))
+    }
+
+    /// Up to `limit` receipts waiting to be anchored, oldest first.
+    pub fn pending(&self, limit: usize) -> Result<Vec<Receipt>, LedgerError> {
+        let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let pending = tx.open_table(PENDING).map_err(|e| self.db_err(e))?;
+        let receipts = tx.open_table(RECEIPTS).map_err(|e| self.db_err(e))?;
+        let mut out = Vec::new();
+        for entry in pending.iter().map_err(|e| self.db_err(e))?.take(limit) {
+            let (_, id) = entry.map_err(|e| self.db_err(e))?;
+            let id = TaskId(*id.value());
+            let v = receipts
+                .get(&id.0)
+                .map_err(|e| self.db_err(e))?
+                .ok_or(LedgerError::Corrupt(id))?;
+            out.push(Receipt::decode(v.value()).map_err(|_| LedgerError::Corrupt(id))?);
+        }
+        Ok(out)
+    }
+
+    /// Number of receipts waiting to be anchored.
+    pub fn pending_len(&self) -> Result<u64, LedgerError> {
+        let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let pending = tx.open_table(PENDING).map_err(|e| self.db_err(e))?;
+        pending.len().map_err(|e| self.db_err(e))
+    }
+
+    /// Records that the receipts of `proofs` were anchored: they leave the
+    /// pending list and their proofs are stored, atomically.
+    pub fn record_anchor(&self, proofs: &[(TaskId, AnchorProof)]) -> Result<(), LedgerError> {
+        let done: std::collections::HashSet<[u8; 16]> = proofs.iter().map(|(id, _)| id.0).collect();
+        let tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        {
+            let mut pending = tx.open_table(PENDING).map_err(|e| self.db_err(e))?;
+            let keys: Vec<u64> = pending
+                .iter()
+                .map_err(|e| self.db_err(e))?
+                .filter_map(|e| e.ok())
+                .filter(|(_, id)| done.contains(id.value()))
+                .map(|(k, _)| k.value())
+                .collect();
+            for k in keys {
+                pending.remove(k).map_err(|e| self.db_err(e))?;
+            }
+            let mut table = tx.open_table(PROOFS).map_err(|e| self.db_err(e))?;
+            for (id, proof) in proofs {
+                let bytes =
+                    cbor4ii::serde::to_vec(Vec::new(), proof).map_err(|e| self.db_err(e))?;
+                table
+                    .insert(&id.0, bytes.as_slice())
+                    .map_err(|e| self.db_err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.db_err(e))
+    }
+
+    /// The anchor proof of a task's receipt, once anchored.
+    pub fn proof(&self, id: &TaskId) -> Result<Option<AnchorProof>, LedgerError> {
+        let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let table = tx.open_table(PROOFS).map_err(|e| self.db_err(e))?;
+        let Some(v) = table.get(&id.0).map_err(|e| self.db_err(e))? else {
+            return Ok(None);
+        };
+        if v.value().len() > MAX_PROOF_BYTES {
+            return Err(LedgerError::Corrupt(*id));
+        }
+        cbor4ii::serde::from_slice(v.value())
             .map(Some)
             .map_err(|_| LedgerError::Corrupt(*id))
     }
@@ -178,5 +260,42 @@ mod tests {
         assert_eq!(l.list(0, 10).unwrap(), vec![a, b.clone()]);
         assert_eq!(l.list(1, 10).unwrap(), vec![b]);
         assert_eq!(l.get(&TaskId([9; 16])).unwrap(), None);
+    }
+
+    #[test]
+    fn anchoring_moves_receipts_from_pending_to_proofs() {
+        use cactus_protocol::merkle;
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(dir.path()).unwrap();
+        let rs: Vec<Receipt> = (1..=3).map(receipt).collect();
+        for r in &rs {
+            l.append(r).unwrap();
+        }
+        assert_eq!(l.pending(10).unwrap(), rs);
+        let batch = &rs[..2];
+        let hashes: Vec<_> = batch.iter().map(|r| r.hash().unwrap()).collect();
+        let (root, proofs) = merkle::build(&hashes).unwrap();
+        let recorded: Vec<(TaskId, AnchorProof)> = batch
+            .iter()
+            .zip(proofs)
+            .map(|(r, proof)| {
+                (
+                    r.body.task_id,
+                    AnchorProof {
+                        anchor_index: 0,
+                        root,
+                        proof,
+                    },
+                )
+            })
+            .collect();
+        l.record_anchor(&recorded).unwrap();
+        drop(l);
+        let l = Ledger::open(dir.path()).unwrap();
+        assert_eq!(l.pending(10).unwrap(), vec![rs[2].clone()]);
+        assert_eq!(l.pending_len().unwrap(), 1);
+        let p = l.proof(&rs[0].body.task_id).unwrap().unwrap();
+        assert!(p.proof.verify(&hashes[0], &p.root));
+        assert_eq!(l.proof(&rs[2].body.task_id).unwrap(), None);
     }
 }

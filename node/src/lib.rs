@@ -14,6 +14,7 @@
 //! engine and the worker pool; [`ledger`] the receipt log; [`node`] starts and
 //! stops it all; [`client`] submits tasks; [`cli`] is the command line.
 
+pub mod chain;
 pub mod cli;
 pub mod client;
 pub mod identity;

@@ -1,9 +1,12 @@
 //! A running Cactus node: the network, the role and, for orchestrators, the
 //! worker pool, started together and stopped in order.
 
+use crate::chain::embedded::{Embedded, EmbeddedChain, LocalSettings};
+use crate::chain::{ChainBackend, ChainError};
 use crate::inference::{Engine, WorkerPool};
 use crate::ledger::{Ledger, LedgerError};
 use crate::network::{self, Network, NetworkConfig, NetworkError};
+use crate::roles::anchor::{self, AnchorPolicy};
 use crate::roles::orchestrator::OrchestratorCtx;
 use crate::roles::router::RouterCtx;
 use crate::roles::table::{OrchestratorInfo, OrchestratorTable};
@@ -58,6 +61,32 @@ pub struct NodeConfig {
     pub queue: usize,
     /// Task handlers in flight at most.
     pub max_tasks: usize,
+    /// Stake an orchestrator declares (registered with it on a local ledger).
+    pub stake: u64,
+    /// An orchestrator's ledger account [default: its PeerId's local address].
+    pub account: Option<cactus_protocol::ledger::Address>,
+    /// The ledger a router settles on.
+    pub chain: ChainChoice,
+    /// When a router anchors its receipts.
+    pub anchor: AnchorPolicy,
+}
+
+/// Which ledger a router uses.
+#[derive(Clone)]
+pub enum ChainChoice {
+    /// A local ledger in the data dir, created with these settings.
+    Embedded(LocalSettings),
+    /// A ledger backend built by the caller (e.g. Aptos).
+    Backend(Arc<dyn ChainBackend>),
+}
+
+impl std::fmt::Debug for ChainChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Embedded(s) => f.debug_tuple("Embedded").field(s).finish(),
+            Self::Backend(b) => write!(f, "Backend({})", b.account()),
+        }
+    }
 }
 
 impl Default for NodeConfig {
@@ -74,6 +103,10 @@ impl Default for NodeConfig {
             slots: 1,
             queue: 4,
             max_tasks: 256,
+            stake: 10_000,
+            account: None,
+            chain: ChainChoice::Embedded(LocalSettings::default()),
+            anchor: AnchorPolicy::default(),
         }
     }
 }
@@ -88,6 +121,9 @@ pub enum NodeError {
     /// The ledger failed to open.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// The ledger failed to open or answer.
+    #[error(transparent)]
+    Chain(#[from] ChainError),
     /// An orchestrator without models.
     #[error("an orchestrator needs at least one model (--model <file.gguf>)")]
     NoModels,
@@ -104,6 +140,8 @@ pub struct Node {
     table_size: watch::Receiver<usize>,
     pool: Option<Arc<WorkerPool>>,
     ledger: Option<Arc<Ledger>>,
+    chain: Option<Arc<dyn ChainBackend>>,
+    anchor_task: Option<JoinHandle<()>>,
 }
 
 impl Node {
@@ -129,6 +167,9 @@ impl Node {
         let mut table = None;
         let mut pool = None;
         let mut ledger_handle = None;
+        let mut chain_handle: Option<Arc<dyn ChainBackend>> = None;
+        let mut anchor_task = None;
+        let local_peer = key.public().to_peer_id();
         let role = match config.role {
             Role::Orchestrator => {
                 let engine = engine.ok_or(NodeError::NoModels)?;
@@ -144,6 +185,10 @@ impl Node {
                     models,
                     p,
                     config.price_per_token,
+                    config
+                        .account
+                        .unwrap_or_else(|| crate::chain::default_account(&local_peer)),
+                    config.stake,
                 )))
             }
             Role::Router => {
@@ -161,6 +206,34 @@ impl Node {
                 };
                 let ledger = Arc::new(ledger);
                 ledger_handle = Some(Arc::clone(&ledger));
+                let chain: Arc<dyn ChainBackend> = match &config.chain {
+                    ChainChoice::Backend(b) => Arc::clone(b),
+                    ChainChoice::Embedded(settings) => {
+                        let (dir, settings) = (config.data_dir.clone(), settings.clone());
+                        let account = crate::chain::default_account(&local_peer);
+                        let c = tokio::task::spawn_blocking(move || {
+                            EmbeddedChain::open(&dir, account, &settings)
+                        })
+                        .await
+                        .map_err(|e| NetworkError::Setup(e.to_string()))??;
+                        Arc::new(Embedded(c))
+                    }
+                };
+                let contract = chain.config().await?.ok_or_else(|| {
+                    ChainError::Backend("the cactus_payment contract is not initialized".into())
+                })?;
+                if !chain.is_server(chain.account()).await? {
+                    tracing::warn!(account = %chain.account(), "this router is not an authorized server on the ledger: tasks will be refused");
+                }
+                chain_handle = Some(Arc::clone(&chain));
+                let appended = Arc::new(tokio::sync::Notify::new());
+                anchor_task = Some(tokio::spawn(anchor::run(
+                    Arc::clone(&ledger),
+                    Arc::clone(&chain),
+                    config.anchor,
+                    Arc::clone(&appended),
+                    shutdown.child_token(),
+                )));
                 let t = Arc::new(Mutex::new(OrchestratorTable::new(config.stale_after)));
                 table = Some(Arc::clone(&t));
                 RoleCtx::Router(Arc::new(RouterCtx {
@@ -168,6 +241,9 @@ impl Node {
                     key,
                     table: t,
                     ledger,
+                    chain,
+                    contract,
+                    appended,
                     task_timeout: config.task_timeout,
                     max_attempts: config.max_attempts,
                 }))
@@ -184,7 +260,7 @@ impl Node {
                 provide_interval: Duration::from_secs(60),
                 prune_interval: Duration::from_secs(5),
             },
-            table_size: size_tx,
+            table_size: Arc::new(size_tx),
         };
         let role_task = tokio::spawn(dispatcher.run(shutdown.child_token()));
         Ok(Self {
@@ -196,6 +272,8 @@ impl Node {
             table_size: size_rx,
             pool,
             ledger: ledger_handle,
+            chain: chain_handle,
+            anchor_task,
         })
     }
 
@@ -255,10 +333,35 @@ impl Node {
         }
     }
 
-    /// Stops the role, then the network, then the worker pool.
+    /// The ledger a router settles on (`None` on other roles).
+    pub fn chain(&self) -> Option<&Arc<dyn ChainBackend>> {
+        self.chain.as_ref()
+    }
+
+    /// The anchor proof of a task's receipt, once anchored (routers).
+    pub async fn receipt_proof(
+        &self,
+        task: cactus_protocol::TaskId,
+    ) -> Result<Option<cactus_protocol::merkle::AnchorProof>, LedgerError> {
+        let Some(ledger) = self.ledger.clone() else {
+            return Ok(None);
+        };
+        tokio::task::spawn_blocking(move || ledger.proof(&task))
+            .await
+            .map_err(|e| LedgerError::Db {
+                path: PathBuf::new(),
+                message: e.to_string(),
+            })?
+    }
+
+    /// Stops the role, then the anchorer (which anchors what is pending one
+    /// last time), then the network, then the worker pool.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         let _ = self.role_task.await;
+        if let Some(t) = self.anchor_task {
+            let _ = t.await;
+        }
         let _ = self.net_task.await;
         if let Some(pool) = self.pool {
             let _ = tokio::task::spawn_blocking(move || pool.shutdown()).await;

@@ -25,6 +25,22 @@ pub const MAX_DELEGATES: usize = 2;
 /// Longest PeerId accepted at registration.
 pub const MAX_PEER_ID_BYTES: usize = 64;
 
+/// Reason codes of `fail_task`, as routers use them.
+pub mod reason {
+    /// The orchestrator did not answer in time.
+    pub const TIMEOUT: u8 = 1;
+    /// Its result failed verification.
+    pub const BAD_RESULT: u8 = 2;
+    /// It refused the task (busy, model missing).
+    pub const REFUSED: u8 = 3;
+    /// It could not be reached or went away.
+    pub const UNREACHABLE: u8 = 4;
+    /// Its engine failed.
+    pub const INFERENCE: u8 = 5;
+    /// The request was invalid for it (prompt too long...).
+    pub const INVALID: u8 = 6;
+}
+
 /// An account address (32 bytes, as on Aptos).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]

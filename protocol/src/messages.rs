@@ -268,8 +268,13 @@ pub struct CapabilityAdvert {
     pub free_slots: u32,
     /// Worker slots in all.
     pub total_slots: u32,
-    /// Asked price per generated token, in the ledger's smallest unit.
+    /// Asked price per work unit (see `contracts/SPEC.md`), in the ledger's
+    /// smallest unit.
     pub price_per_token: u64,
+    /// The orchestrator's ledger account.
+    pub account: crate::ledger::Address,
+    /// The stake it declares; a router checks it against the ledger.
+    pub stake: u64,
     /// Increases with every advert the node publishes, so that receivers keep
     /// the newest and gossipsub never sees two equal messages.
     pub seq: u64,

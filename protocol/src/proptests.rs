@@ -151,6 +151,8 @@ fn arb_advert() -> impl Strategy<Value = CapabilityAdvert> {
             free_slots: slots / 2,
             total_slots: slots,
             price_per_token: price,
+            account: crate::ledger::Address([7; 32]),
+            stake: price / 3,
             seq,
             issued_at_ms: at,
         })

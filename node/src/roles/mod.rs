@@ -4,6 +4,7 @@
 //! the role that serves it, on a bounded set of tasks; it never runs inference
 //! or blocking work itself.
 
+pub mod anchor;
 pub mod orchestrator;
 pub mod router;
 pub mod table;
@@ -53,8 +54,8 @@ pub struct Dispatcher {
     pub max_tasks: usize,
     /// Timers.
     pub timers: Timers,
-    /// Publishes the number of known orchestrators (routers).
-    pub table_size: watch::Sender<usize>,
+    /// Publishes the number of admitted orchestrators (routers).
+    pub table_size: Arc<watch::Sender<usize>>,
 }
 
 /// Soonest two adverts follow each other.
@@ -117,7 +118,7 @@ impl Dispatcher {
                         for peer in t.prune(Instant::now()) {
                             tracing::info!(orchestrator = %peer, "orchestrator left (no advert)");
                         }
-                        self.table_size.send_replace(t.len());
+                        self.table_size.send_replace(t.eligible_len());
                     }
                 }
             }
@@ -187,12 +188,34 @@ impl Dispatcher {
             }
             NetworkEvent::Advert(advert) => {
                 if let RoleCtx::Router(r) = &self.role {
-                    let peer = advert.peer;
-                    let mut t = r.table.lock().unwrap_or_else(|p| p.into_inner());
-                    if t.upsert(advert, Instant::now()) == table::Upsert::Joined {
-                        tracing::info!(orchestrator = %peer, known = t.len(), "orchestrator joined");
+                    let (peer, account, stake) = (advert.peer, advert.account, advert.stake);
+                    let joined = {
+                        let mut t = r.table.lock().unwrap_or_else(|p| p.into_inner());
+                        t.upsert(advert, Instant::now()) == table::Upsert::Joined
+                    };
+                    // A new orchestrator is admitted by the ledger (stake,
+                    // identity) before it gets any task; that may be I/O.
+                    if joined && tasks.len() < self.max_tasks {
+                        let r = Arc::clone(r);
+                        let sizes = Arc::clone(&self.table_size);
+                        tasks.spawn(async move {
+                            let admitted = match r.chain.admit(peer, account, stake).await {
+                                Ok(ok) => ok,
+                                Err(e) => {
+                                    tracing::warn!(orchestrator = %peer, error = %e, "ledger check failed");
+                                    false
+                                }
+                            };
+                            let mut t = r.table.lock().unwrap_or_else(|p| p.into_inner());
+                            t.set_eligible(&peer, admitted);
+                            if admitted {
+                                tracing::info!(orchestrator = %peer, %account, stake, known = t.eligible_len(), "orchestrator joined");
+                            } else {
+                                tracing::warn!(orchestrator = %peer, %account, stake, "orchestrator refused: not registered with the minimum stake");
+                            }
+                            sizes.send_replace(t.eligible_len());
+                        });
                     }
-                    self.table_size.send_replace(t.len());
                 }
                 false
             }

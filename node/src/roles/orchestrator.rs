@@ -3,6 +3,7 @@
 
 use crate::inference::{InferenceError, Job, Rejected, WorkerPool};
 use crate::network::Network;
+use cactus_protocol::ledger::Address;
 use cactus_protocol::receipt::RECEIPT_VERSION;
 use cactus_protocol::{
     Assignment, CapabilityAdvert, Digest, ModelId, PROTOCOL_VERSION, ReceiptBody, TaskError,
@@ -34,8 +35,12 @@ pub struct OrchestratorCtx {
     pub models: Vec<ModelId>,
     /// Where inference runs.
     pub pool: Arc<WorkerPool>,
-    /// Asked price per generated token.
+    /// Asked price per work unit.
     pub price_per_token: u64,
+    /// Its ledger account.
+    pub account: Address,
+    /// The stake it declares.
+    pub stake: u64,
     /// Last advert sequence number.
     seq: AtomicU64,
 }
@@ -57,6 +62,8 @@ impl OrchestratorCtx {
         models: Vec<ModelId>,
         pool: Arc<WorkerPool>,
         price_per_token: u64,
+        account: Address,
+        stake: u64,
     ) -> Self {
         Self {
             network,
@@ -64,6 +71,8 @@ impl OrchestratorCtx {
             models,
             pool,
             price_per_token,
+            account,
+            stake,
             seq: AtomicU64::new(0),
         }
     }
@@ -173,6 +182,8 @@ impl OrchestratorCtx {
             free_slots: self.pool.free_slots() as u32,
             total_slots: self.pool.slots() as u32,
             price_per_token: self.price_per_token,
+            account: self.account,
+            stake: self.stake,
             seq,
             issued_at_ms: now,
         }

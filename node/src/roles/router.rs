@@ -1,22 +1,29 @@
 //! The router role: accepts tasks from clients, picks an orchestrator from
-//! the live table, hands the task over, checks the result, countersigns the
-//! receipt, records it in the ledger and answers the client.
+//! the live table, escrows the task on the ledger, hands it over, checks the
+//! result, countersigns the receipt, records it, settles the payment and
+//! answers the client.
+//!
+//! Every dispatch attempt is its own ledger task: created (escrow) before the
+//! hand-off, then completed (payment) or failed (refund). A client's task that
+//! is retried on another orchestrator therefore never pays twice.
 
 use super::table::OrchestratorTable;
+use crate::chain::ChainBackend;
 use crate::ledger::Ledger;
 use crate::network::Network;
+use cactus_protocol::ledger::{Config, Op, reason};
 use cactus_protocol::verify::check_result;
 use cactus_protocol::{
-    Assignment, TaskError, TaskErrorKind, TaskId, TaskRequest, TaskResponse, TaskSpec,
+    Assignment, TaskError, TaskErrorKind, TaskId, TaskRequest, TaskResponse, TaskResult, TaskSpec,
 };
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::Notify;
 
 /// What the router's task handlers share.
-#[derive(Debug)]
 pub struct RouterCtx {
     /// The mesh.
     pub network: Network,
@@ -26,10 +33,34 @@ pub struct RouterCtx {
     pub table: Arc<Mutex<OrchestratorTable>>,
     /// Receipt log.
     pub ledger: Arc<Ledger>,
+    /// Where tasks are escrowed and paid.
+    pub chain: Arc<dyn ChainBackend>,
+    /// The contract's configuration when the router started.
+    pub contract: Config,
+    /// Told after each recorded receipt (the anchorer listens).
+    pub appended: Arc<Notify>,
     /// How long one orchestrator may take for one task.
     pub task_timeout: Duration,
     /// Orchestrators tried per task before giving up.
     pub max_attempts: usize,
+}
+
+impl std::fmt::Debug for RouterCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouterCtx")
+            .field("peer", &self.network.local_peer_id())
+            .field("account", &self.chain.account())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How one attempt ended.
+enum Attempt {
+    Done(Box<TaskResult>),
+    /// Try another orchestrator.
+    Retry(TaskError),
+    /// The request itself is at fault: stop.
+    Stop(TaskError),
 }
 
 impl RouterCtx {
@@ -40,11 +71,24 @@ impl RouterCtx {
         f(&mut guard)
     }
 
+    /// The most a task can cost under the contract's formula (100 %
+    /// reputation): what the router escrows. A prompt has at most one token per
+    /// byte, plus a few special tokens.
+    pub fn escrow_for(&self, assignment: &Assignment, price_per_unit: u64) -> u64 {
+        let c = &self.contract;
+        let prompt_tokens = assignment.prompt.len() as u128 + 16;
+        let units = prompt_tokens * u128::from(c.prompt_weight)
+            + u128::from(assignment.sampling.max_tokens) * u128::from(c.output_weight);
+        let most = units * u128::from(price_per_unit)
+            + units * u128::from(c.ms_cap_per_unit) * u128::from(c.price_per_ms);
+        u64::try_from(most).unwrap_or(u64::MAX).max(1)
+    }
+
     /// Serves one client submission end to end.
     #[tracing::instrument(skip_all, fields(client = %client))]
     pub async fn serve(&self, client: PeerId, spec: TaskSpec) -> TaskResponse {
         match self.try_serve(spec).await {
-            Ok(r) => r,
+            Ok(r) => TaskResponse::Done(r),
             Err(e) => {
                 tracing::info!(kind = ?e.kind, message = %e.message, "task failed");
                 TaskResponse::Failed(e)
@@ -52,7 +96,7 @@ impl RouterCtx {
         }
     }
 
-    async fn try_serve(&self, spec: TaskSpec) -> Result<TaskResponse, TaskError> {
+    async fn try_serve(&self, spec: TaskSpec) -> Result<TaskResult, TaskError> {
         spec.validate()
             .map_err(|e| TaskError::new(TaskErrorKind::InvalidRequest, e.to_string()))?;
         let model = self
@@ -64,14 +108,13 @@ impl RouterCtx {
                     format!("no orchestrator on the mesh serves {what}"),
                 )
             })?;
-        let assignment = Assignment {
-            task_id: TaskId(rand::random()),
+        let mut assignment = Assignment {
+            task_id: TaskId([0; 16]),
             model: model.sha256,
             prompt: spec.prompt,
             format: spec.format,
             sampling: spec.sampling,
         };
-        let router = self.network.local_peer_id();
         let mut tried = HashSet::new();
         let mut last = TaskError::new(
             TaskErrorKind::Unavailable,
@@ -82,74 +125,142 @@ impl RouterCtx {
                 break;
             };
             tried.insert(peer);
+            assignment.task_id = TaskId(rand::random());
             tracing::info!(task_id = %assignment.task_id, orchestrator = %peer, attempt, "dispatching task");
-            self.with_table(|t| t.adjust_in_flight(&peer, true));
-            let sent = tokio::time::timeout(
-                self.task_timeout,
-                self.network
-                    .send_task(peer, TaskRequest::Execute(assignment.clone())),
-            )
-            .await;
-            self.with_table(|t| t.adjust_in_flight(&peer, false));
-            match sent {
-                Ok(Ok(TaskResponse::Done(mut result))) => {
-                    if let Err(e) = check_result(&assignment, &router, &peer, &result) {
-                        tracing::warn!(orchestrator = %peer, error = %e, "result failed verification");
-                        last = TaskError::new(
-                            TaskErrorKind::BadResult,
-                            format!("orchestrator {peer}: {e}"),
-                        );
-                        continue;
-                    }
-                    result
-                        .receipt
-                        .countersign(&self.key)
-                        .map_err(|e| TaskError::new(TaskErrorKind::BadResult, e.to_string()))?;
-                    let ledger = Arc::clone(&self.ledger);
-                    let receipt = result.receipt.clone();
-                    tokio::task::spawn_blocking(move || ledger.append(&receipt))
-                        .await
-                        .map_err(|e| TaskError::new(TaskErrorKind::Unavailable, e.to_string()))?
-                        .map_err(|e| {
-                            TaskError::new(TaskErrorKind::Unavailable, format!("ledger: {e}"))
-                        })?;
-                    tracing::info!(
-                        task_id = %assignment.task_id,
-                        orchestrator = %peer,
-                        output_tokens = result.receipt.body.output_tokens,
-                        compute_ms = result.receipt.body.compute_ms,
-                        "task done; receipt recorded"
-                    );
-                    return Ok(TaskResponse::Done(result));
-                }
-                Ok(Ok(TaskResponse::Failed(e))) => match e.kind {
-                    // The orchestrator could not run it: another one may.
-                    TaskErrorKind::Busy
-                    | TaskErrorKind::Unavailable
-                    | TaskErrorKind::Inference
-                    | TaskErrorKind::NoSuchModel => {
-                        tracing::info!(orchestrator = %peer, kind = ?e.kind, "orchestrator declined; trying another");
-                        last = e;
-                    }
-                    // The request itself is at fault: no point retrying.
-                    _ => return Err(e),
-                },
-                Ok(Err(e)) => {
-                    tracing::warn!(orchestrator = %peer, error = %e, "orchestrator unreachable");
-                    last = TaskError::new(TaskErrorKind::Unavailable, e.to_string());
-                }
-                Err(_) => {
-                    tracing::warn!(orchestrator = %peer, "orchestrator timed out");
-                    last = TaskError::new(
-                        TaskErrorKind::Unavailable,
-                        format!(
-                            "orchestrator {peer} did not answer in {:?}",
-                            self.task_timeout
-                        ),
-                    );
-                }
+            match self.attempt(peer, &assignment).await {
+                Attempt::Done(result) => return Ok(*result),
+                Attempt::Retry(e) => last = e,
+                Attempt::Stop(e) => return Err(e),
             }
         }
         Err(last)
+    }
+
+    /// One hand-off to one orchestrator, settled on the ledger.
+    async fn attempt(&self, peer: PeerId, assignment: &Assignment) -> Attempt {
+        let Some((account, price)) = self.with_table(|t| t.terms(&peer)) else {
+            return Attempt::Retry(TaskError::new(
+                TaskErrorKind::Unavailable,
+                "orchestrator left",
+            ));
+        };
+        let task_id = assignment.task_id.0.to_vec();
+        let create = Op::CreateTask {
+            task_id: task_id.clone(),
+            orchestrator: account,
+            price_per_unit: price,
+            max_payment: self.escrow_for(assignment, price),
+        };
+        if let Err(e) = self.chain.submit(create).await {
+            tracing::warn!(orchestrator = %peer, error = %e, "ledger refused to escrow the task");
+            return Attempt::Retry(TaskError::new(
+                TaskErrorKind::Unavailable,
+                format!("ledger: {e}"),
+            ));
+        }
+
+        self.with_table(|t| t.adjust_in_flight(&peer, true));
+        let sent = tokio::time::timeout(
+            self.task_timeout,
+            self.network
+                .send_task(peer, TaskRequest::Execute(assignment.clone())),
+        )
+        .await;
+        self.with_table(|t| t.adjust_in_flight(&peer, false));
+
+        let (outcome, fail_reason) = match sent {
+            Ok(Ok(TaskResponse::Done(result))) => match self.accept(peer, assignment, result).await
+            {
+                Ok(result) => return Attempt::Done(Box::new(result)),
+                Err(e) => (Attempt::Retry(e), reason::BAD_RESULT),
+            },
+            Ok(Ok(TaskResponse::Failed(e))) => match e.kind {
+                TaskErrorKind::Busy | TaskErrorKind::NoSuchModel | TaskErrorKind::Unavailable => {
+                    tracing::info!(orchestrator = %peer, kind = ?e.kind, "orchestrator declined; trying another");
+                    (Attempt::Retry(e), reason::REFUSED)
+                }
+                TaskErrorKind::Inference => (Attempt::Retry(e), reason::INFERENCE),
+                _ => (Attempt::Stop(e), reason::INVALID),
+            },
+            Ok(Err(e)) => {
+                tracing::warn!(orchestrator = %peer, error = %e, "orchestrator unreachable");
+                (
+                    Attempt::Retry(TaskError::new(TaskErrorKind::Unavailable, e.to_string())),
+                    reason::UNREACHABLE,
+                )
+            }
+            Err(_) => {
+                tracing::warn!(orchestrator = %peer, "orchestrator timed out");
+                let e = TaskError::new(
+                    TaskErrorKind::Unavailable,
+                    format!(
+                        "orchestrator {peer} did not answer in {:?}",
+                        self.task_timeout
+                    ),
+                );
+                (Attempt::Retry(e), reason::TIMEOUT)
+            }
+        };
+        if let Err(e) = self
+            .chain
+            .submit(Op::FailTask {
+                task_id,
+                reason: fail_reason,
+            })
+            .await
+        {
+            tracing::error!(task_id = %assignment.task_id, error = %e, "could not refund a failed task on the ledger");
+        }
+        outcome
+    }
+
+    /// Checks, countersigns, records and pays for a result.
+    async fn accept(
+        &self,
+        peer: PeerId,
+        assignment: &Assignment,
+        mut result: TaskResult,
+    ) -> Result<TaskResult, TaskError> {
+        let router = self.network.local_peer_id();
+        if let Err(e) = check_result(assignment, &router, &peer, &result) {
+            tracing::warn!(orchestrator = %peer, error = %e, "result failed verification");
+            return Err(TaskError::new(
+                TaskErrorKind::BadResult,
+                format!("orchestrator {peer}: {e}"),
+            ));
+        }
+        let bad =
+            |e: &dyn std::fmt::Display| TaskError::new(TaskErrorKind::BadResult, e.to_string());
+        result.receipt.countersign(&self.key).map_err(|e| bad(&e))?;
+        let receipt_hash = result.receipt.hash().map_err(|e| bad(&e))?;
+        let ledger = Arc::clone(&self.ledger);
+        let receipt = result.receipt.clone();
+        tokio::task::spawn_blocking(move || ledger.append(&receipt))
+            .await
+            .map_err(|e| TaskError::new(TaskErrorKind::Unavailable, e.to_string()))?
+            .map_err(|e| TaskError::new(TaskErrorKind::Unavailable, format!("receipt log: {e}")))?;
+        self.appended.notify_one();
+        let body = &result.receipt.body;
+        let complete = Op::CompleteTask {
+            task_id: assignment.task_id.0.to_vec(),
+            prompt_tokens: u64::from(body.prompt_tokens),
+            output_tokens: u64::from(body.output_tokens),
+            compute_ms: body.compute_ms,
+            delegates: Vec::new(),
+            receipt_hash: receipt_hash.0.to_vec(),
+        };
+        // The work is done and the receipt recorded: the client gets its
+        // answer even if settlement must be retried by the operator.
+        if let Err(e) = self.chain.submit(complete).await {
+            tracing::error!(task_id = %assignment.task_id, error = %e, "could not settle a completed task on the ledger");
+        }
+        tracing::info!(
+            task_id = %assignment.task_id,
+            orchestrator = %peer,
+            output_tokens = body.output_tokens,
+            compute_ms = body.compute_ms,
+            "task done; receipt recorded and paid"
+        );
+        Ok(result)
     }
 }

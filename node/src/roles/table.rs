@@ -19,6 +19,8 @@ struct Entry {
     rtt: Option<Duration>,
     /// Tasks this router has sent and not yet seen finish.
     in_flight: u32,
+    /// The ledger's verdict on its stake: `None` while being checked.
+    eligible: Option<bool>,
 }
 
 /// A read-only view of one orchestrator.
@@ -36,8 +38,14 @@ pub struct OrchestratorInfo {
     pub in_flight: u32,
     /// Last measured round trip.
     pub rtt: Option<Duration>,
-    /// Asked price per token.
+    /// Asked price per work unit.
     pub price_per_token: u64,
+    /// Its ledger account.
+    pub account: cactus_protocol::ledger::Address,
+    /// Declared stake.
+    pub stake: u64,
+    /// The ledger's verdict (`None` while being checked).
+    pub eligible: Option<bool>,
 }
 
 /// What happened to the table on an advert.
@@ -101,9 +109,37 @@ impl OrchestratorTable {
                 seen: now,
                 rtt: None,
                 in_flight: 0,
+                eligible: None,
             },
         );
         Upsert::Joined
+    }
+
+    /// Records the ledger's verdict on an orchestrator; returns whether the
+    /// verdict changed.
+    pub fn set_eligible(&mut self, peer: &PeerId, eligible: bool) -> bool {
+        match self.entries.get_mut(peer) {
+            Some(e) if e.eligible != Some(eligible) => {
+                e.eligible = Some(eligible);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Orchestrators the ledger admitted.
+    pub fn eligible_len(&self) -> usize {
+        self.entries
+            .values()
+            .filter(|e| e.eligible == Some(true))
+            .count()
+    }
+
+    /// An orchestrator's ledger account and asked price.
+    pub fn terms(&self, peer: &PeerId) -> Option<(cactus_protocol::ledger::Address, u64)> {
+        self.entries
+            .get(peer)
+            .map(|e| (e.advert.account, e.advert.price_per_token))
     }
 
     /// Records a ping round trip.
@@ -142,7 +178,7 @@ impl OrchestratorTable {
     /// nothing (the model served by the most orchestrators).
     pub fn resolve_model(&self, wanted: Option<&str>) -> Option<ModelId> {
         let mut counts: HashMap<&ModelId, usize> = HashMap::new();
-        for e in self.entries.values() {
+        for e in self.entries.values().filter(|e| e.eligible == Some(true)) {
             for m in &e.advert.models {
                 *counts.entry(m).or_default() += 1;
             }
@@ -166,7 +202,9 @@ impl OrchestratorTable {
         self.entries
             .iter()
             .filter(|(p, e)| {
-                !exclude.contains(p) && e.advert.models.iter().any(|m| &m.sha256 == model)
+                e.eligible == Some(true)
+                    && !exclude.contains(p)
+                    && e.advert.models.iter().any(|m| &m.sha256 == model)
             })
             .min_by(|(pa, a), (pb, b)| {
                 let free = |e: &Entry| i64::from(e.advert.free_slots) - i64::from(e.in_flight);
@@ -195,6 +233,9 @@ impl OrchestratorTable {
                 in_flight: e.in_flight,
                 rtt: e.rtt,
                 price_per_token: e.advert.price_per_token,
+                account: e.advert.account,
+                stake: e.advert.stake,
+                eligible: e.eligible,
             })
             .collect();
         v.sort_by_key(|i| i.peer);
@@ -232,6 +273,8 @@ mod tests {
             free_slots: free,
             total_slots: 4,
             price_per_token: 1,
+            account: cactus_protocol::ledger::Address([1; 32]),
+            stake: 1_000,
             seq,
             issued_at_ms: 0,
         }
@@ -262,6 +305,9 @@ mod tests {
         t.upsert(advert(a, 1, 1, &["m"]), now);
         t.upsert(advert(b, 1, 1, &["m", "n"]), now);
         t.upsert(advert(c, 1, 3, &["n"]), now);
+        for p in [a, b, c] {
+            assert!(t.set_eligible(&p, true));
+        }
         t.record_rtt(&a, Duration::from_millis(9));
         t.record_rtt(&b, Duration::from_millis(2));
         let m = t.resolve_model(Some("m")).unwrap();
@@ -275,5 +321,9 @@ mod tests {
         assert_eq!(t.pick(&m.sha256, &HashSet::from([a, b])), None);
         // "n" is served by two nodes, "m" by two: ties break by hash, stably.
         assert!(t.resolve_model(None).is_some());
+        // An orchestrator the ledger refused is never picked.
+        t.set_eligible(&a, false);
+        assert_eq!(t.pick(&m.sha256, &HashSet::from([b])), None);
+        assert_eq!(t.eligible_len(), 2);
     }
 }

@@ -1,0 +1,829 @@
+/// Cactus payments on Aptos: orchestrator stake, authorized servers (routers),
+/// per-task escrow and payment, delegation split, slashing and receipt anchoring.
+///
+/// `contracts/SPEC.md` is the specification; the Rust reference model
+/// `cactus_protocol::ledger` implements the same rules. All funds the module
+/// holds (stake, unbonding stake, escrow of pending tasks) sit in the primary
+/// fungible store of one vault object created at `initialize`.
+module cactus::cactus_payment {
+    use std::signer;
+    use std::vector;
+    use aptos_std::table::{Self, Table};
+    use aptos_framework::event;
+    use aptos_framework::fungible_asset::Metadata;
+    use aptos_framework::object::{Self, ExtendRef, Object};
+    use aptos_framework::primary_fungible_store;
+    use aptos_framework::timestamp;
+
+    // ------------------------------------------------------------------ errors
+
+    /// An admin-only call by someone else.
+    const E_NOT_ADMIN: u64 = 1;
+    /// `initialize` was called twice.
+    const E_ALREADY_INITIALIZED: u64 = 2;
+    /// A call before `initialize`.
+    const E_NOT_INITIALIZED: u64 = 3;
+    /// An amount, `max_payment` or anchor `count` of 0.
+    const E_ZERO_AMOUNT: u64 = 4;
+    /// A task id not 16 bytes, a hash not 32 bytes, or a PeerId not 1..=64 bytes.
+    const E_INVALID_ARGUMENT: u64 = 5;
+    /// Register below `min_stake`, or unstake leaving 0 < stake < `min_stake`.
+    const E_STAKE_TOO_LOW: u64 = 6;
+    /// The orchestrator is already registered.
+    const E_ALREADY_REGISTERED: u64 = 7;
+    /// The orchestrator (caller or target) is not registered.
+    const E_NOT_REGISTERED: u64 = 8;
+    /// Unstake more than the active stake.
+    const E_INSUFFICIENT_STAKE: u64 = 9;
+    /// Withdraw with nothing unbonding.
+    const E_NOTHING_UNBONDING: u64 = 10;
+    /// Withdraw before `unlock_at`.
+    const E_STILL_UNBONDING: u64 = 11;
+    /// The server is already authorized.
+    const E_SERVER_ALREADY_AUTHORIZED: u64 = 12;
+    /// The server to revoke is not authorized.
+    const E_SERVER_NOT_FOUND: u64 = 13;
+    /// A server-only call by an address that is not an authorized server.
+    const E_NOT_AUTHORIZED_SERVER: u64 = 14;
+    /// The task id is already used.
+    const E_TASK_EXISTS: u64 = 15;
+    /// The task id is unknown.
+    const E_TASK_NOT_FOUND: u64 = 16;
+    /// The task is not pending.
+    const E_TASK_NOT_PENDING: u64 = 17;
+    /// The task was created by another server.
+    const E_WRONG_SERVER: u64 = 18;
+    /// The orchestrator's active stake is below `min_stake`.
+    const E_ORCHESTRATOR_INELIGIBLE: u64 = 19;
+    /// More than 2 delegates, a duplicate, the orchestrator itself, or an unregistered delegate.
+    const E_INVALID_DELEGATION: u64 = 20;
+    /// A slash ratio of 0 or above `max_slash_bps`.
+    const E_INVALID_RATIO: u64 = 21;
+    /// The payer's balance is below the amount it must pay in.
+    const E_INSUFFICIENT_BALANCE: u64 = 22;
+    /// A bps field above 10 000, or `prompt_weight + output_weight == 0`.
+    const E_INVALID_CONFIG: u64 = 23;
+
+    // --------------------------------------------------------------- constants
+
+    /// 100 % in basis points.
+    const BPS: u128 = 10000;
+    const TASK_ID_LEN: u64 = 16;
+    const HASH_LEN: u64 = 32;
+    const MAX_PEER_ID_LEN: u64 = 64;
+    const MAX_DELEGATES: u64 = 2;
+    const STATUS_PENDING: u8 = 0;
+    const STATUS_COMPLETED: u8 = 1;
+    const STATUS_FAILED: u8 = 2;
+    const VAULT_SEED: vector<u8> = b"cactus_payment_vault";
+
+    // ------------------------------------------------------------------- state
+
+    /// Configuration, the payment asset and the vault, stored under `@cactus`.
+    struct Config has key {
+        admin: address,
+        asset: Object<Metadata>,
+        vault: ExtendRef,
+        min_stake: u64,
+        unbonding_secs: u64,
+        max_slash_bps: u64,
+        reporter_bps: u64,
+        treasury: address,
+        prompt_weight: u64,
+        output_weight: u64,
+        price_per_ms: u64,
+        ms_cap_per_unit: u64,
+        delegation_fee_bps: u64,
+    }
+
+    /// One registered orchestrator.
+    struct Orchestrator has store, drop {
+        peer_id: vector<u8>,
+        stake: u64,
+        unbonding: u64,
+        unlock_at: u64,
+        successes: u64,
+        failures: u64,
+        compute_ms: u64,
+    }
+
+    /// One task; `status` is 0 pending, 1 completed, 2 failed.
+    struct Task has store, drop {
+        server: address,
+        orchestrator: address,
+        price_per_unit: u64,
+        escrow: u64,
+        status: u8,
+        payment: u64,
+        reason: u8,
+    }
+
+    /// One anchored batch of receipts.
+    struct Anchor has store, drop {
+        server: address,
+        root: vector<u8>,
+        count: u64,
+        first_task: vector<u8>,
+        last_task: vector<u8>,
+        anchored_at: u64,
+    }
+
+    /// Orchestrators, servers, tasks, anchors and the totals held in the vault,
+    /// stored under `@cactus`.
+    struct Ledger has key {
+        orchestrators: Table<address, Orchestrator>,
+        servers: Table<address, bool>,
+        tasks: Table<vector<u8>, Task>,
+        anchors: Table<u64, Anchor>,
+        anchor_count: u64,
+        /// Sum of stake + unbonding over all orchestrators.
+        stake_held: u64,
+        /// Sum of escrow over all pending tasks.
+        escrow_held: u64,
+    }
+
+    // ------------------------------------------------------------------ events
+
+    #[event]
+    /// An orchestrator registered with an initial stake.
+    struct OrchestratorRegistered has drop, store {
+        orchestrator: address,
+        peer_id: vector<u8>,
+        amount: u64,
+    }
+
+    #[event]
+    /// An orchestrator added stake.
+    struct StakeAdded has drop, store {
+        orchestrator: address,
+        amount: u64,
+    }
+
+    #[event]
+    /// An orchestrator moved stake to unbonding.
+    struct UnstakeRequested has drop, store {
+        orchestrator: address,
+        amount: u64,
+        unlock_at: u64,
+    }
+
+    #[event]
+    /// An orchestrator withdrew its unbonded stake.
+    struct Withdrawn has drop, store {
+        orchestrator: address,
+        amount: u64,
+    }
+
+    #[event]
+    /// The admin authorized a server.
+    struct ServerAuthorized has drop, store {
+        server: address,
+    }
+
+    #[event]
+    /// The admin revoked a server.
+    struct ServerRevoked has drop, store {
+        server: address,
+    }
+
+    #[event]
+    /// A server created a task and escrowed `max_payment`.
+    struct TaskCreated has drop, store {
+        task_id: vector<u8>,
+        server: address,
+        orchestrator: address,
+        price_per_unit: u64,
+        max_payment: u64,
+    }
+
+    #[event]
+    /// A server completed a task: `payment` was split along the chain, `refund` went back.
+    struct TaskCompleted has drop, store {
+        task_id: vector<u8>,
+        server: address,
+        orchestrator: address,
+        delegates: vector<address>,
+        prompt_tokens: u64,
+        output_tokens: u64,
+        compute_ms: u64,
+        payment: u64,
+        refund: u64,
+        receipt_hash: vector<u8>,
+    }
+
+    #[event]
+    /// A server failed a task; the whole escrow was refunded.
+    struct TaskFailed has drop, store {
+        task_id: vector<u8>,
+        server: address,
+        orchestrator: address,
+        reason: u8,
+        refund: u64,
+    }
+
+    #[event]
+    /// A server slashed an orchestrator.
+    struct Slashed has drop, store {
+        orchestrator: address,
+        server: address,
+        ratio_bps: u64,
+        amount: u64,
+        reporter_cut: u64,
+        evidence_hash: vector<u8>,
+    }
+
+    #[event]
+    /// A server anchored a Merkle root of receipts.
+    struct ReceiptsAnchored has drop, store {
+        index: u64,
+        server: address,
+        merkle_root: vector<u8>,
+        count: u64,
+        first_task: vector<u8>,
+        last_task: vector<u8>,
+        anchored_at: u64,
+    }
+
+    // ------------------------------------------------------------------- admin
+
+    /// Initializes the module: stores the config, creates the vault object that
+    /// holds every staked and escrowed unit of `asset`. Only `@cactus`, once.
+    public entry fun initialize(
+        admin: &signer,
+        asset: Object<Metadata>,
+        min_stake: u64,
+        unbonding_secs: u64,
+        max_slash_bps: u64,
+        reporter_bps: u64,
+        treasury: address,
+        prompt_weight: u64,
+        output_weight: u64,
+        price_per_ms: u64,
+        ms_cap_per_unit: u64,
+        delegation_fee_bps: u64,
+    ) {
+        let admin_addr = signer::address_of(admin);
+        assert!(admin_addr == @cactus, E_NOT_ADMIN);
+        assert!(!exists<Config>(@cactus), E_ALREADY_INITIALIZED);
+        assert_valid_config(max_slash_bps, reporter_bps, prompt_weight, output_weight, delegation_fee_bps);
+
+        let vault_ref = object::create_named_object(admin, VAULT_SEED);
+        // The vault stays owned by `@cactus`; it cannot be transferred away.
+        object::disable_ungated_transfer(&object::generate_transfer_ref(&vault_ref));
+        move_to(admin, Config {
+            admin: admin_addr,
+            asset,
+            vault: object::generate_extend_ref(&vault_ref),
+            min_stake,
+            unbonding_secs,
+            max_slash_bps,
+            reporter_bps,
+            treasury,
+            prompt_weight,
+            output_weight,
+            price_per_ms,
+            ms_cap_per_unit,
+            delegation_fee_bps,
+        });
+        move_to(admin, Ledger {
+            orchestrators: table::new(),
+            servers: table::new(),
+            tasks: table::new(),
+            anchors: table::new(),
+            anchor_count: 0,
+            stake_held: 0,
+            escrow_held: 0,
+        });
+    }
+
+    /// Replaces the ten config fields (the asset and the vault stay). Admin only.
+    public entry fun set_config(
+        admin: &signer,
+        min_stake: u64,
+        unbonding_secs: u64,
+        max_slash_bps: u64,
+        reporter_bps: u64,
+        treasury: address,
+        prompt_weight: u64,
+        output_weight: u64,
+        price_per_ms: u64,
+        ms_cap_per_unit: u64,
+        delegation_fee_bps: u64,
+    ) acquires Config {
+        assert_initialized();
+        let config = borrow_global_mut<Config>(@cactus);
+        assert!(signer::address_of(admin) == config.admin, E_NOT_ADMIN);
+        assert_valid_config(max_slash_bps, reporter_bps, prompt_weight, output_weight, delegation_fee_bps);
+        config.min_stake = min_stake;
+        config.unbonding_secs = unbonding_secs;
+        config.max_slash_bps = max_slash_bps;
+        config.reporter_bps = reporter_bps;
+        config.treasury = treasury;
+        config.prompt_weight = prompt_weight;
+        config.output_weight = output_weight;
+        config.price_per_ms = price_per_ms;
+        config.ms_cap_per_unit = ms_cap_per_unit;
+        config.delegation_fee_bps = delegation_fee_bps;
+    }
+
+    // ------------------------------------------------------------ orchestrators
+
+    /// Registers the caller as an orchestrator with `peer_id` and an initial
+    /// stake of `amount` (at least `min_stake`), moved into the vault.
+    public entry fun register_orchestrator(
+        account: &signer,
+        peer_id: vector<u8>,
+        amount: u64,
+    ) acquires Config, Ledger {
+        assert_initialized();
+        let config = borrow_global<Config>(@cactus);
+        let ledger = borrow_global_mut<Ledger>(@cactus);
+        let addr = signer::address_of(account);
+        assert!(amount > 0, E_ZERO_AMOUNT);
+        let peer_len = vector::length(&peer_id);
+        assert!(peer_len >= 1 && peer_len <= MAX_PEER_ID_LEN, E_INVALID_ARGUMENT);
+        assert!(!table::contains(&ledger.orchestrators, addr), E_ALREADY_REGISTERED);
+        assert!(amount >= config.min_stake, E_STAKE_TOO_LOW);
+        pay_in(config, account, amount);
+
+        table::add(&mut ledger.orchestrators, addr, Orchestrator {
+            peer_id,
+            stake: amount,
+            unbonding: 0,
+            unlock_at: 0,
+            successes: 0,
+            failures: 0,
+            compute_ms: 0,
+        });
+        ledger.stake_held = ledger.stake_held + amount;
+        event::emit(OrchestratorRegistered { orchestrator: addr, peer_id, amount });
+    }
+
+    /// Adds `amount` to the caller's active stake.
+    public entry fun add_stake(account: &signer, amount: u64) acquires Config, Ledger {
+        assert_initialized();
+        let config = borrow_global<Config>(@cactus);
+        let ledger = borrow_global_mut<Ledger>(@cactus);
+        let addr = signer::address_of(account);
+        assert!(amount > 0, E_ZERO_AMOUNT);
+        assert!(table::contains(&ledger.orchestrators, addr), E_NOT_REGISTERED);
+        pay_in(config, account, amount);
+
+        let orch = table::borrow_mut(&mut ledger.orchestrators, addr);
+        orch.stake = orch.stake + amount;
+        ledger.stake_held = ledger.stake_held + amount;
+        event::emit(StakeAdded { orchestrator: addr, amount });
+    }
+
+    /// Moves `amount` of the caller's stake to unbonding; all unbonding stake
+    /// unlocks `unbonding_secs` from now. The remaining stake must be 0 or at
+    /// least `min_stake`.
+    public entry fun request_unstake(account: &signer, amount: u64) acquires Config, Ledger {
+        assert_initialized();
+        let config = borrow_global<Config>(@cactus);
+        let ledger = borrow_global_mut<Ledger>(@cactus);
+        let addr = signer::address_of(account);
+        assert!(amount > 0, E_ZERO_AMOUNT);
+        assert!(table::contains(&ledger.orchestrators, addr), E_NOT_REGISTERED);
+        let orch = table::borrow_mut(&mut ledger.orchestrators, addr);
+        assert!(amount <= orch.stake, E_INSUFFICIENT_STAKE);
+        let left = orch.stake - amount;
+        assert!(left == 0 || left >= config.min_stake, E_STAKE_TOO_LOW);
+
+        let unlock_at = timestamp::now_seconds() + config.unbonding_secs;
+        orch.stake = left;
+        orch.unbonding = orch.unbonding + amount;
+        orch.unlock_at = unlock_at;
+        event::emit(UnstakeRequested { orchestrator: addr, amount, unlock_at });
+    }
+
+    /// Pays the caller's unbonded stake out of the vault once `unlock_at` is reached.
+    public entry fun withdraw(account: &signer) acquires Config, Ledger {
+        assert_initialized();
+        let config = borrow_global<Config>(@cactus);
+        let ledger = borrow_global_mut<Ledger>(@cactus);
+        let addr = signer::address_of(account);
+        assert!(table::contains(&ledger.orchestrators, addr), E_NOT_REGISTERED);
+        let orch = table::borrow_mut(&mut ledger.orchestrators, addr);
+        let amount = orch.unbonding;
+        assert!(amount > 0, E_NOTHING_UNBONDING);
+        assert!(timestamp::now_seconds() >= orch.unlock_at, E_STILL_UNBONDING);
+
+        orch.unbonding = 0;
+        ledger.stake_held = ledger.stake_held - amount;
+        pay_out(config, addr, amount);
+        event::emit(Withdrawn { orchestrator: addr, amount });
+    }
+
+    // ------------------------------------------------------------------ servers
+
+    /// Authorizes `server` to create, complete and fail tasks, slash and anchor. Admin only.
+    public entry fun authorize_server(admin: &signer, server: address) acquires Config, Ledger {
+        assert_initialized();
+        let config = borrow_global<Config>(@cactus);
+        assert!(signer::address_of(admin) == config.admin, E_NOT_ADMIN);
+        let ledger = borrow_global_mut<Ledger>(@cactus);
+        assert!(!table::contains(&ledger.servers, server), E_SERVER_ALREADY_AUTHORIZED);
+        table::add(&mut ledger.servers, server, true);
+        event::emit(ServerAuthorized { server });
+    }
+
+    /// Revokes an authorized server. Admin only.
+    public entry fun revoke_server(admin: &signer, server: address) acquires Config, Ledger {
+        assert_initialized();
+        let config = borrow_global<Config>(@cactus);
+        assert!(signer::address_of(admin) == config.admin, E_NOT_ADMIN);
+        let ledger = borrow_global_mut<Ledger>(@cactus);
+        assert!(table::contains(&ledger.servers, server), E_SERVER_NOT_FOUND);
+        table::remove(&mut ledger.servers, server);
+        event::emit(ServerRevoked { server });
+    }
+
+    // -------------------------------------------------------------------- tasks
+
+    /// An authorized server opens a task for `orchestrator`, escrowing
+    /// `max_payment` from its own balance into the vault.
+    public entry fun create_task(
+        server: &signer,
+        task_id: vector<u8>,
+        orchestrator: address,
+        price_per_unit: u64,
+        max_payment: u64,
+    ) acquires Config, Ledger {
+        assert_initialized();
+        let config = borrow_global<Config>(@cactus);
+        let ledger = borrow_global_mut<Ledger>(@cactus);
+        let server_addr = signer::address_of(server);
+        assert!(table::contains(&ledger.servers, server_addr), E_NOT_AUTHORIZED_SERVER);
+        assert!(vector::length(&task_id) == TASK_ID_LEN, E_INVALID_ARGUMENT);
+        assert!(max_payment > 0, E_ZERO_AMOUNT);
+        assert!(!table::contains(&ledger.tasks, task_id), E_TASK_EXISTS);
+        assert!(table::contains(&ledger.orchestrators, orchestrator), E_NOT_REGISTERED);
+        let orch = table::borrow(&ledger.orchestrators, orchestrator);
+        assert!(orch.stake >= config.min_stake, E_ORCHESTRATOR_INELIGIBLE);
+        pay_in(config, server, max_payment);
+
+        table::add(&mut ledger.tasks, task_id, Task {
+            server: server_addr,
+            orchestrator,
+            price_per_unit,
+            escrow: max_payment,
+            status: STATUS_PENDING,
+            payment: 0,
+            reason: 0,
+        });
+        ledger.escrow_held = ledger.escrow_held + max_payment;
+        event::emit(TaskCreated { task_id, server: server_addr, orchestrator, price_per_unit, max_payment });
+    }
+
+    /// The task's server completes it: the payment (see `quote_payment`) is
+    /// split along `[orchestrator] ++ delegates`, the rest of the escrow is
+    /// refunded to the server.
+    public entry fun complete_task(
+        server: &signer,
+        task_id: vector<u8>,
+        prompt_tokens: u64,
+        output_tokens: u64,
+        compute_ms: u64,
+        delegates: vector<address>,
+        receipt_hash: vector<u8>,
+    ) acquires Config, Ledger {
+        assert_initialized();
+        let config = borrow_global<Config>(@cactus);
+        let ledger = borrow_global_mut<Ledger>(@cactus);
+        let server_addr = signer::address_of(server);
+        assert!(table::contains(&ledger.servers, server_addr), E_NOT_AUTHORIZED_SERVER);
+        assert!(vector::length(&task_id) == TASK_ID_LEN, E_INVALID_ARGUMENT);
+        assert!(vector::length(&receipt_hash) == HASH_LEN, E_INVALID_ARGUMENT);
+        assert!(table::contains(&ledger.tasks, task_id), E_TASK_NOT_FOUND);
+        let task = table::borrow(&ledger.tasks, task_id);
+        assert!(task.server == server_addr, E_WRONG_SERVER);
+        assert!(task.status == STATUS_PENDING, E_TASK_NOT_PENDING);
+        let orchestrator = task.orchestrator;
+        let escrow = task.escrow;
+        let price_per_unit = task.price_per_unit;
+        assert_valid_delegates(ledger, orchestrator, &delegates);
+
+        let orch = table::borrow(&ledger.orchestrators, orchestrator);
+        let payment = compute_payment(
+            config, orch.successes, orch.failures, price_per_unit,
+            prompt_tokens, output_tokens, compute_ms, escrow,
+        );
+
+        // Split: every member but the last takes `delegation_fee_bps` of what
+        // remains; the last member (the executor) takes the rest.
+        let chain = vector[orchestrator];
+        vector::append(&mut chain, copy delegates);
+        let last = vector::length(&chain) - 1;
+        let remaining = payment;
+        let i = 0;
+        while (i < last) {
+            let cut = bps_of(remaining, config.delegation_fee_bps);
+            pay_out(config, *vector::borrow(&chain, i), cut);
+            remaining = remaining - cut;
+            i = i + 1;
+        };
+        let executor = *vector::borrow(&chain, last);
+        pay_out(config, executor, remaining);
+        let refund = escrow - payment;
+        pay_out(config, server_addr, refund);
+
+        let task = table::borrow_mut(&mut ledger.tasks, task_id);
+        task.status = STATUS_COMPLETED;
+        task.payment = payment;
+        let orch = table::borrow_mut(&mut ledger.orchestrators, orchestrator);
+        orch.successes = orch.successes + 1;
+        let exec = table::borrow_mut(&mut ledger.orchestrators, executor);
+        exec.compute_ms = exec.compute_ms + compute_ms;
+        ledger.escrow_held = ledger.escrow_held - escrow;
+
+        event::emit(TaskCompleted {
+            task_id,
+            server: server_addr,
+            orchestrator,
+            delegates,
+            prompt_tokens,
+            output_tokens,
+            compute_ms,
+            payment,
+            refund,
+            receipt_hash,
+        });
+    }
+
+    /// The task's server fails it: the whole escrow is refunded to the server
+    /// and the orchestrator's failure count grows.
+    public entry fun fail_task(server: &signer, task_id: vector<u8>, reason: u8) acquires Config, Ledger {
+        assert_initialized();
+        let config = borrow_global<Config>(@cactus);
+        let ledger = borrow_global_mut<Ledger>(@cactus);
+        let server_addr = signer::address_of(server);
+        assert!(table::contains(&ledger.servers, server_addr), E_NOT_AUTHORIZED_SERVER);
+        assert!(vector::length(&task_id) == TASK_ID_LEN, E_INVALID_ARGUMENT);
+        assert!(table::contains(&ledger.tasks, task_id), E_TASK_NOT_FOUND);
+        let task = table::borrow_mut(&mut ledger.tasks, task_id);
+        assert!(task.server == server_addr, E_WRONG_SERVER);
+        assert!(task.status == STATUS_PENDING, E_TASK_NOT_PENDING);
+
+        let orchestrator = task.orchestrator;
+        let refund = task.escrow;
+        task.status = STATUS_FAILED;
+        task.reason = reason;
+        let orch = table::borrow_mut(&mut ledger.orchestrators, orchestrator);
+        orch.failures = orch.failures + 1;
+        ledger.escrow_held = ledger.escrow_held - refund;
+        pay_out(config, server_addr, refund);
+        event::emit(TaskFailed { task_id, server: server_addr, orchestrator, reason, refund });
+    }
+
+    // ---------------------------------------------------- slashing and anchors
+
+    /// An authorized server slashes `ratio_bps` of an orchestrator's stake +
+    /// unbonding (stake first): `reporter_bps` of it to the server, the rest to
+    /// the treasury.
+    public entry fun slash(
+        server: &signer,
+        orchestrator: address,
+        ratio_bps: u64,
+        evidence_hash: vector<u8>,
+    ) acquires Config, Ledger {
+        assert_initialized();
+        let config = borrow_global<Config>(@cactus);
+        let ledger = borrow_global_mut<Ledger>(@cactus);
+        let server_addr = signer::address_of(server);
+        assert!(table::contains(&ledger.servers, server_addr), E_NOT_AUTHORIZED_SERVER);
+        assert!(vector::length(&evidence_hash) == HASH_LEN, E_INVALID_ARGUMENT);
+        assert!(table::contains(&ledger.orchestrators, orchestrator), E_NOT_REGISTERED);
+        assert!(ratio_bps > 0 && ratio_bps <= config.max_slash_bps, E_INVALID_RATIO);
+
+        let orch = table::borrow_mut(&mut ledger.orchestrators, orchestrator);
+        let held = (orch.stake as u128) + (orch.unbonding as u128);
+        let amount = ((held * (ratio_bps as u128) / BPS) as u64);
+        let from_stake = if (amount <= orch.stake) { amount } else { orch.stake };
+        orch.stake = orch.stake - from_stake;
+        orch.unbonding = orch.unbonding - (amount - from_stake);
+        ledger.stake_held = ledger.stake_held - amount;
+
+        let reporter_cut = bps_of(amount, config.reporter_bps);
+        pay_out(config, server_addr, reporter_cut);
+        pay_out(config, config.treasury, amount - reporter_cut);
+        event::emit(Slashed { orchestrator, server: server_addr, ratio_bps, amount, reporter_cut, evidence_hash });
+    }
+
+    /// An authorized server appends a Merkle root over `count` receipts,
+    /// from task `first_task` to task `last_task`, stamped with the current time.
+    public entry fun anchor_receipts(
+        server: &signer,
+        merkle_root: vector<u8>,
+        count: u64,
+        first_task: vector<u8>,
+        last_task: vector<u8>,
+    ) acquires Ledger {
+        assert_initialized();
+        let ledger = borrow_global_mut<Ledger>(@cactus);
+        let server_addr = signer::address_of(server);
+        assert!(table::contains(&ledger.servers, server_addr), E_NOT_AUTHORIZED_SERVER);
+        assert!(vector::length(&merkle_root) == HASH_LEN, E_INVALID_ARGUMENT);
+        assert!(vector::length(&first_task) == TASK_ID_LEN, E_INVALID_ARGUMENT);
+        assert!(vector::length(&last_task) == TASK_ID_LEN, E_INVALID_ARGUMENT);
+        assert!(count > 0, E_ZERO_AMOUNT);
+
+        let index = ledger.anchor_count;
+        let anchored_at = timestamp::now_seconds();
+        table::add(&mut ledger.anchors, index, Anchor {
+            server: server_addr,
+            root: merkle_root,
+            count,
+            first_task,
+            last_task,
+            anchored_at,
+        });
+        ledger.anchor_count = index + 1;
+        event::emit(ReceiptsAnchored {
+            index, server: server_addr, merkle_root, count, first_task, last_task, anchored_at,
+        });
+    }
+
+    // -------------------------------------------------------------------- views
+
+    #[view]
+    /// `(min_stake, unbonding_secs, max_slash_bps, reporter_bps, treasury,
+    /// prompt_weight, output_weight, price_per_ms, ms_cap_per_unit, delegation_fee_bps)`.
+    public fun get_config(): (u64, u64, u64, u64, address, u64, u64, u64, u64, u64) acquires Config {
+        assert_initialized();
+        let c = borrow_global<Config>(@cactus);
+        (
+            c.min_stake, c.unbonding_secs, c.max_slash_bps, c.reporter_bps, c.treasury,
+            c.prompt_weight, c.output_weight, c.price_per_ms, c.ms_cap_per_unit, c.delegation_fee_bps
+        )
+    }
+
+    #[view]
+    /// `(peer_id, stake, unbonding, unlock_at, successes, failures, compute_ms)`;
+    /// aborts with `E_NOT_REGISTERED` for an unknown address.
+    public fun get_orchestrator(addr: address): (vector<u8>, u64, u64, u64, u64, u64, u64) acquires Ledger {
+        assert_initialized();
+        let ledger = borrow_global<Ledger>(@cactus);
+        assert!(table::contains(&ledger.orchestrators, addr), E_NOT_REGISTERED);
+        let o = table::borrow(&ledger.orchestrators, addr);
+        (o.peer_id, o.stake, o.unbonding, o.unlock_at, o.successes, o.failures, o.compute_ms)
+    }
+
+    #[view]
+    /// Whether `addr` is an authorized server.
+    public fun is_server(addr: address): bool acquires Ledger {
+        assert_initialized();
+        table::contains(&borrow_global<Ledger>(@cactus).servers, addr)
+    }
+
+    #[view]
+    /// `(server, orchestrator, price_per_unit, escrow, status, payment)`;
+    /// aborts with `E_TASK_NOT_FOUND` for an unknown task id.
+    public fun get_task(task_id: vector<u8>): (address, address, u64, u64, u8, u64) acquires Ledger {
+        assert_initialized();
+        let ledger = borrow_global<Ledger>(@cactus);
+        assert!(table::contains(&ledger.tasks, task_id), E_TASK_NOT_FOUND);
+        let t = table::borrow(&ledger.tasks, task_id);
+        (t.server, t.orchestrator, t.price_per_unit, t.escrow, t.status, t.payment)
+    }
+
+    #[view]
+    /// The payment `complete_task` would make now for a task of `orchestrator`
+    /// with this price and escrow `max_payment`; aborts with `E_NOT_REGISTERED`
+    /// for an unknown orchestrator.
+    public fun quote_payment(
+        orchestrator: address,
+        price_per_unit: u64,
+        prompt_tokens: u64,
+        output_tokens: u64,
+        compute_ms: u64,
+        max_payment: u64,
+    ): u64 acquires Config, Ledger {
+        assert_initialized();
+        let config = borrow_global<Config>(@cactus);
+        let ledger = borrow_global<Ledger>(@cactus);
+        assert!(table::contains(&ledger.orchestrators, orchestrator), E_NOT_REGISTERED);
+        let o = table::borrow(&ledger.orchestrators, orchestrator);
+        compute_payment(
+            config, o.successes, o.failures, price_per_unit,
+            prompt_tokens, output_tokens, compute_ms, max_payment,
+        )
+    }
+
+    #[view]
+    /// `(stake_held, escrow_held, vault_balance)`; stake_held includes unbonding.
+    /// The module keeps `stake_held + escrow_held == vault_balance`.
+    public fun totals(): (u64, u64, u64) acquires Config, Ledger {
+        assert_initialized();
+        let config = borrow_global<Config>(@cactus);
+        let ledger = borrow_global<Ledger>(@cactus);
+        let vault_balance = primary_fungible_store::balance(vault_address(config), config.asset);
+        (ledger.stake_held, ledger.escrow_held, vault_balance)
+    }
+
+    #[view]
+    /// The number of anchors appended so far.
+    public fun anchor_count(): u64 acquires Ledger {
+        assert_initialized();
+        borrow_global<Ledger>(@cactus).anchor_count
+    }
+
+    #[view]
+    /// `(server, root, count, first_task, last_task, anchored_at)` of anchor
+    /// `index`; aborts with `E_INVALID_ARGUMENT` when `index >= anchor_count()`.
+    public fun get_anchor(index: u64): (address, vector<u8>, u64, vector<u8>, vector<u8>, u64) acquires Ledger {
+        assert_initialized();
+        let ledger = borrow_global<Ledger>(@cactus);
+        assert!(index < ledger.anchor_count, E_INVALID_ARGUMENT);
+        let a = table::borrow(&ledger.anchors, index);
+        (a.server, a.root, a.count, a.first_task, a.last_task, a.anchored_at)
+    }
+
+    // ----------------------------------------------------------------- helpers
+
+    fun assert_initialized() {
+        assert!(exists<Config>(@cactus), E_NOT_INITIALIZED);
+    }
+
+    fun assert_valid_config(
+        max_slash_bps: u64,
+        reporter_bps: u64,
+        prompt_weight: u64,
+        output_weight: u64,
+        delegation_fee_bps: u64,
+    ) {
+        let full = (BPS as u64);
+        assert!(
+            max_slash_bps <= full && reporter_bps <= full && delegation_fee_bps <= full,
+            E_INVALID_CONFIG
+        );
+        assert!(prompt_weight > 0 || output_weight > 0, E_INVALID_CONFIG);
+    }
+
+    /// At most 2 delegates, no duplicates, not the orchestrator, all registered.
+    fun assert_valid_delegates(ledger: &Ledger, orchestrator: address, delegates: &vector<address>) {
+        let n = vector::length(delegates);
+        assert!(n <= MAX_DELEGATES, E_INVALID_DELEGATION);
+        let i = 0;
+        while (i < n) {
+            let d = *vector::borrow(delegates, i);
+            assert!(d != orchestrator, E_INVALID_DELEGATION);
+            assert!(table::contains(&ledger.orchestrators, d), E_INVALID_DELEGATION);
+            let j = i + 1;
+            while (j < n) {
+                assert!(*vector::borrow(delegates, j) != d, E_INVALID_DELEGATION);
+                j = j + 1;
+            };
+            i = i + 1;
+        };
+    }
+
+    /// `min(escrow, (base + time_credit) * rep_bps / 10000)`, see SPEC.md.
+    fun compute_payment(
+        config: &Config,
+        successes: u64,
+        failures: u64,
+        price_per_unit: u64,
+        prompt_tokens: u64,
+        output_tokens: u64,
+        compute_ms: u64,
+        escrow: u64,
+    ): u64 {
+        let units = (prompt_tokens as u128) * (config.prompt_weight as u128)
+            + (output_tokens as u128) * (config.output_weight as u128);
+        let base = units * (price_per_unit as u128);
+        let ms_cap = units * (config.ms_cap_per_unit as u128);
+        let credited_ms = if ((compute_ms as u128) < ms_cap) { (compute_ms as u128) } else { ms_cap };
+        let time_credit = credited_ms * (config.price_per_ms as u128);
+        let s = (successes as u128);
+        let f = (failures as u128);
+        let rep_bps = 5000 + 5000 * (s + 1) / (s + f + 1);
+        let gross = (base + time_credit) * rep_bps / BPS;
+        if (gross < (escrow as u128)) { (gross as u64) } else { escrow }
+    }
+
+    /// `amount * bps / 10000`, computed in u128.
+    fun bps_of(amount: u64, bps: u64): u64 {
+        (((amount as u128) * (bps as u128) / BPS) as u64)
+    }
+
+    fun vault_address(config: &Config): address {
+        object::address_from_extend_ref(&config.vault)
+    }
+
+    /// Moves `amount` from `payer`'s primary store into the vault, after
+    /// checking the balance covers it.
+    fun pay_in(config: &Config, payer: &signer, amount: u64) {
+        let balance = primary_fungible_store::balance(signer::address_of(payer), config.asset);
+        assert!(balance >= amount, E_INSUFFICIENT_BALANCE);
+        primary_fungible_store::transfer(payer, config.asset, vault_address(config), amount);
+    }
+
+    /// Pays `amount` out of the vault to `to`'s primary store (nothing if 0).
+    fun pay_out(config: &Config, to: address, amount: u64) {
+        if (amount > 0) {
+            let vault = object::generate_signer_for_extending(&config.vault);
+            primary_fungible_store::transfer(&vault, config.asset, to, amount);
+        }
+    }
+}

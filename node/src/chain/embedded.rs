@@ -1,0 +1,471 @@
+//! The embedded ledger: `cactus_protocol::ledger::State` with its operation
+//! log in redb.
+//!
+//! Every applied operation is appended to the log in its own redb transaction
+//! (durable on commit), together with a snapshot of the whole state every
+//! [`SNAPSHOT_EVERY`] operations. Opening replays the operations after the
+//! newest snapshot. A kill -9 at any point therefore loses no committed
+//! operation and never leaves half of one.
+//!
+//! A local cluster has one operator, so the embedded ledger also plays the
+//! chain's other parties: the router is the module admin and an authorized
+//! server, and it registers each orchestrator it hears from with the stake the
+//! orchestrator declares (`--stake`), minted from a local faucet.
+
+use super::{ChainBackend, ChainError};
+use cactus_protocol::TaskId;
+use cactus_protocol::ledger::{
+    Abort, Address, Anchor, Config, Op, Orchestrator, State, Task, Totals,
+};
+use futures::future::{BoxFuture, FutureExt};
+use libp2p::PeerId;
+use redb::{Database, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// File name of the ledger database in the data dir.
+pub const CHAIN_FILE: &str = "chain.redb";
+/// A state snapshot is written every this many operations.
+pub const SNAPSHOT_EVERY: u64 = 256;
+/// Largest stored operation or snapshot accepted when reading the log back.
+const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
+
+/// Applied operations by sequence number.
+const OPS: TableDefinition<u64, &[u8]> = TableDefinition::new("ops");
+/// `0` → the newest snapshot: the state after the operations before `next_seq`.
+const SNAPSHOT: TableDefinition<u8, &[u8]> = TableDefinition::new("snapshot");
+
+/// Settings of a local ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalSettings {
+    /// The contract configuration set at initialization.
+    pub config: Config,
+    /// What the router's account is credited at initialization, to escrow tasks with.
+    pub server_funds: u64,
+}
+
+impl Default for LocalSettings {
+    fn default() -> Self {
+        Self {
+            config: Config {
+                min_stake: 1_000,
+                unbonding_secs: 7 * 24 * 3600,
+                max_slash_bps: 5_000,
+                reporter_bps: 1_000,
+                treasury: Address([0xee; 32]),
+                prompt_weight: 1,
+                output_weight: 4,
+                price_per_ms: 0,
+                ms_cap_per_unit: 0,
+                delegation_fee_bps: 1_000,
+            },
+            server_funds: 1_000_000_000,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Record {
+    signer: Address,
+    now: u64,
+    op: Op,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    next_seq: u64,
+    state: State,
+}
+
+struct Inner {
+    db: Database,
+    state: State,
+    next_seq: u64,
+}
+
+/// The embedded ledger.
+pub struct EmbeddedChain {
+    inner: Mutex<Inner>,
+    account: Address,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for EmbeddedChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedChain")
+            .field("path", &self.path)
+            .field("account", &self.account)
+            .finish()
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl EmbeddedChain {
+    /// Opens (or creates) the ledger in `data_dir`, operated by `account` (the
+    /// router): on first open it initializes the contract with `settings`,
+    /// authorizes `account` as a server and funds it.
+    pub fn open(
+        data_dir: &Path,
+        account: Address,
+        settings: &LocalSettings,
+    ) -> Result<Arc<Self>, ChainError> {
+        let path = data_dir.join(CHAIN_FILE);
+        let err =
+            |e: &dyn std::fmt::Display| ChainError::Backend(format!("{}: {e}", path.display()));
+        let db = Database::create(&path).map_err(|e| err(&e))?;
+        let (state, next_seq) = Self::load(&db, account).map_err(|e| err(&e))?;
+        let chain = Arc::new(Self {
+            inner: Mutex::new(Inner {
+                db,
+                state,
+                next_seq,
+            }),
+            account,
+            path: path.clone(),
+        });
+        if chain.with_state(|s| s.config.is_none()) {
+            chain.apply(account, Op::Initialize(settings.config.clone()))?;
+            chain.apply(account, Op::AuthorizeServer { server: account })?;
+            chain.apply(
+                account,
+                Op::Mint {
+                    to: account,
+                    amount: settings.server_funds,
+                },
+            )?;
+        }
+        Ok(chain)
+    }
+
+    /// Opens an existing ledger read-only in spirit: nothing is initialized.
+    pub fn open_existing(data_dir: &Path) -> Result<Arc<Self>, ChainError> {
+        let path = data_dir.join(CHAIN_FILE);
+        if !path.exists() {
+            return Err(ChainError::Backend(format!(
+                "no ledger at {} (check --data-dir)",
+                path.display()
+            )));
+        }
+        let err =
+            |e: &dyn std::fmt::Display| ChainError::Backend(format!("{}: {e}", path.display()));
+        let db = Database::create(&path).map_err(|e| err(&e))?;
+        let (state, next_seq) = Self::load(&db, Address([0; 32])).map_err(|e| err(&e))?;
+        let account = state.admin;
+        Ok(Arc::new(Self {
+            inner: Mutex::new(Inner {
+                db,
+                state,
+                next_seq,
+            }),
+            account,
+            path,
+        }))
+    }
+
+    fn load(db: &Database, admin: Address) -> Result<(State, u64), String> {
+        let tx = db.begin_write().map_err(|e| e.to_string())?;
+        {
+            tx.open_table(OPS).map_err(|e| e.to_string())?;
+            tx.open_table(SNAPSHOT).map_err(|e| e.to_string())?;
+        }
+        tx.commit().map_err(|e| e.to_string())?;
+        let tx = db.begin_read().map_err(|e| e.to_string())?;
+        let snaps = tx.open_table(SNAPSHOT).map_err(|e| e.to_string())?;
+        let (mut state, mut next_seq) = match snaps.get(0).map_err(|e| e.to_string())? {
+            Some(v) => {
+                let snap: Snapshot = decode(v.value())?;
+                (snap.state, snap.next_seq)
+            }
+            None => (State::new(admin), 0),
+        };
+        let ops = tx.open_table(OPS).map_err(|e| e.to_string())?;
+        for entry in ops.range(next_seq..).map_err(|e| e.to_string())? {
+            let (seq, v) = entry.map_err(|e| e.to_string())?;
+            let r: Record = decode(v.value())?;
+            // Logged operations succeeded when they were applied; replaying
+            // them must succeed again, or the log is not ours.
+            state
+                .apply(r.signer, &r.op, r.now)
+                .map_err(|a| format!("replaying operation {}: {a}", seq.value()))?;
+            next_seq = seq.value() + 1;
+        }
+        Ok((state, next_seq))
+    }
+
+    fn with_state<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        f(&inner.state)
+    }
+
+    /// Applies `op` signed by `signer` now, and logs it durably. Blocking.
+    pub fn apply(&self, signer: Address, op: Op) -> Result<(), ChainError> {
+        let now = now_secs();
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = inner.state.clone();
+        next.apply(signer, &op, now)?;
+        let seq = inner.next_seq;
+        let record = encode(&Record { signer, now, op })?;
+        let snapshot = if (seq + 1) % SNAPSHOT_EVERY == 0 {
+            Some(encode(&Snapshot {
+                next_seq: seq + 1,
+                state: next.clone(),
+            })?)
+        } else {
+            None
+        };
+        let err = |e: &dyn std::fmt::Display| {
+            ChainError::Backend(format!("{}: {e}", self.path.display()))
+        };
+        let tx = inner.db.begin_write().map_err(|e| err(&e))?;
+        {
+            let mut ops = tx.open_table(OPS).map_err(|e| err(&e))?;
+            ops.insert(seq, record.as_slice()).map_err(|e| err(&e))?;
+            if let Some(snap) = &snapshot {
+                let mut snaps = tx.open_table(SNAPSHOT).map_err(|e| err(&e))?;
+                snaps.insert(0, snap.as_slice()).map_err(|e| err(&e))?;
+                // Operations before the snapshot are no longer needed to
+                // rebuild the state; they stay as the audit log.
+            }
+        }
+        tx.commit().map_err(|e| err(&e))?;
+        inner.state = next;
+        inner.next_seq = seq + 1;
+        Ok(())
+    }
+
+    /// A copy of the whole state.
+    pub fn state(&self) -> State {
+        self.with_state(Clone::clone)
+    }
+
+    /// Operations applied so far.
+    pub fn len(&self) -> Result<u64, ChainError> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = inner
+            .db
+            .begin_read()
+            .map_err(|e| ChainError::Backend(e.to_string()))?;
+        let ops = tx
+            .open_table(OPS)
+            .map_err(|e| ChainError::Backend(e.to_string()))?;
+        ops.len().map_err(|e| ChainError::Backend(e.to_string()))
+    }
+
+    /// Whether no operation was applied.
+    pub fn is_empty(&self) -> Result<bool, ChainError> {
+        Ok(self.len()? == 0)
+    }
+
+    fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Self) -> Result<T, ChainError> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, ChainError>> {
+        let me = Arc::clone(self);
+        async move {
+            tokio::task::spawn_blocking(move || f(&me))
+                .await
+                .map_err(|e| ChainError::Backend(e.to_string()))?
+        }
+        .boxed()
+    }
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, ChainError> {
+    cbor4ii::serde::to_vec(Vec::new(), v).map_err(|e| ChainError::Backend(e.to_string()))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+    if b.len() > MAX_RECORD_BYTES {
+        return Err(format!(
+            "stored record of {} bytes is over the cap",
+            b.len()
+        ));
+    }
+    cbor4ii::serde::from_slice(b).map_err(|e| format!("corrupt ledger record: {e}"))
+}
+
+/// Embedded chains are shared as `Arc`s; the trait is implemented on a
+/// wrapper so that blocking work runs on tokio's blocking pool.
+#[derive(Debug, Clone)]
+pub struct Embedded(pub Arc<EmbeddedChain>);
+
+impl ChainBackend for Embedded {
+    fn account(&self) -> Address {
+        self.0.account
+    }
+
+    fn submit(&self, op: Op) -> BoxFuture<'_, Result<(), ChainError>> {
+        let account = self.0.account;
+        self.0.blocking(move |c| c.apply(account, op))
+    }
+
+    fn config(&self) -> BoxFuture<'_, Result<Option<Config>, ChainError>> {
+        let c = self.0.with_state(|s| s.config.clone());
+        async move { Ok(c) }.boxed()
+    }
+
+    fn orchestrator(
+        &self,
+        who: Address,
+    ) -> BoxFuture<'_, Result<Option<Orchestrator>, ChainError>> {
+        let o = self.0.with_state(|s| s.orchestrators.get(&who).cloned());
+        async move { Ok(o) }.boxed()
+    }
+
+    fn is_server(&self, who: Address) -> BoxFuture<'_, Result<bool, ChainError>> {
+        let b = self.0.with_state(|s| s.is_server(&who));
+        async move { Ok(b) }.boxed()
+    }
+
+    fn task(&self, id: TaskId) -> BoxFuture<'_, Result<Option<Task>, ChainError>> {
+        let t = self.0.with_state(|s| s.tasks.get(&id.0).cloned());
+        async move { Ok(t) }.boxed()
+    }
+
+    fn totals(&self) -> BoxFuture<'_, Result<Totals, ChainError>> {
+        let t = self.0.with_state(State::totals);
+        async move { Ok(t) }.boxed()
+    }
+
+    fn anchor_count(&self) -> BoxFuture<'_, Result<u64, ChainError>> {
+        let n = self.0.with_state(|s| s.anchors.len() as u64);
+        async move { Ok(n) }.boxed()
+    }
+
+    fn anchor(&self, index: u64) -> BoxFuture<'_, Result<Option<Anchor>, ChainError>> {
+        let a = self.0.with_state(|s| {
+            usize::try_from(index)
+                .ok()
+                .and_then(|i| s.anchors.get(i).cloned())
+        });
+        async move { Ok(a) }.boxed()
+    }
+
+    fn admit(
+        &self,
+        peer: PeerId,
+        account: Address,
+        declared_stake: u64,
+    ) -> BoxFuture<'_, Result<bool, ChainError>> {
+        self.0.blocking(move |c| {
+            let known = c.with_state(|s| s.orchestrators.get(&account).map(|o| o.peer_id.clone()));
+            match known {
+                Some(peer_id) if peer_id != peer.to_bytes() => return Ok(false),
+                Some(_) => {}
+                None if declared_stake == 0 => return Ok(false),
+                None => {
+                    // Local faucet, then registration on the orchestrator's behalf.
+                    c.apply(
+                        c.account,
+                        Op::Mint {
+                            to: account,
+                            amount: declared_stake,
+                        },
+                    )?;
+                    match c.apply(
+                        account,
+                        Op::RegisterOrchestrator {
+                            peer_id: peer.to_bytes(),
+                            amount: declared_stake,
+                        },
+                    ) {
+                        Ok(()) => {}
+                        Err(ChainError::Abort(Abort::StakeTooLow)) => return Ok(false),
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Ok(c.with_state(|s| s.is_eligible(&account)))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operations_survive_reopen_and_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let router = Address([1; 32]);
+        let settings = LocalSettings::default();
+        let expected = {
+            let c = EmbeddedChain::open(dir.path(), router, &settings).unwrap();
+            let orch = Address([2; 32]);
+            c.apply(
+                router,
+                Op::Mint {
+                    to: orch,
+                    amount: 5_000,
+                },
+            )
+            .unwrap();
+            c.apply(
+                orch,
+                Op::RegisterOrchestrator {
+                    peer_id: vec![9; 38],
+                    amount: 2_000,
+                },
+            )
+            .unwrap();
+            // Enough operations to cross a snapshot.
+            for i in 0..SNAPSHOT_EVERY + 3 {
+                let mut id = vec![0; 16];
+                id[..8].copy_from_slice(&i.to_le_bytes());
+                let create = Op::CreateTask {
+                    task_id: id.clone(),
+                    orchestrator: orch,
+                    price_per_unit: 1,
+                    max_payment: 10,
+                };
+                c.apply(router, create).unwrap();
+            }
+            // A refused operation is not logged and changes nothing.
+            let before = c.state();
+            let err = c.apply(orch, Op::Withdraw).unwrap_err();
+            assert_eq!(err, ChainError::Abort(Abort::NothingUnbonding));
+            assert_eq!(c.state(), before);
+            c.state()
+        };
+        let c = EmbeddedChain::open(dir.path(), router, &settings).unwrap();
+        assert_eq!(c.state(), expected);
+        assert_eq!(c.len().unwrap(), 3 + 2 + SNAPSHOT_EVERY + 3);
+        let (stake, escrow, vault) = c.state().totals();
+        assert_eq!(stake + escrow, vault);
+    }
+
+    #[tokio::test]
+    async fn admits_by_declared_stake_and_checks_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let router = Address([1; 32]);
+        let chain =
+            Embedded(EmbeddedChain::open(dir.path(), router, &LocalSettings::default()).unwrap());
+        let key = libp2p::identity::Keypair::generate_ed25519();
+        let peer = key.public().to_peer_id();
+        let account = super::super::default_account(&peer);
+        assert!(
+            !chain.admit(peer, account, 999).await.unwrap(),
+            "below the minimum"
+        );
+        let other = Address([3; 32]);
+        assert!(chain.admit(peer, other, 5_000).await.unwrap());
+        assert_eq!(
+            chain.orchestrator(other).await.unwrap().unwrap().stake,
+            5_000
+        );
+        // Same account, another PeerId: refused.
+        let stranger = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        assert!(!chain.admit(stranger, other, 5_000).await.unwrap());
+        assert!(chain.is_server(router).await.unwrap());
+    }
+}
