@@ -34,6 +34,10 @@ fn main() {
         price_per_token: 0,
         advert_interval: 10,
         task_timeout: 300,
+        stake: 0,
+        account: None,
+        anchor_batch: 1,
+        anchor_interval: 30,
     };
     let result = tokio::runtime::Runtime::new()
         .map_err(|e| e.to_string())

@@ -113,6 +113,34 @@ pub struct NodeArgs {
     /// Seconds a router waits for one orchestrator to finish one task.
     #[arg(long, default_value_t = 300, value_name = "SECS")]
     pub task_timeout: u64,
+    /// Stake an orchestrator declares; on a local (embedded) ledger the router
+    /// registers it with this stake.
+    #[arg(
+        long,
+        env = "CACTUS_STAKE",
+        default_value_t = 10_000,
+        value_name = "UNITS"
+    )]
+    pub stake: u64,
+    /// An orchestrator's ledger account, 0x-prefixed hex [default: derived
+    /// from its PeerId, as local ledgers use].
+    #[arg(long, env = "CACTUS_ACCOUNT", value_name = "ADDRESS", value_parser = parse_address)]
+    pub account: Option<cactus_protocol::ledger::Address>,
+    /// A router anchors its receipts once this many wait.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub anchor_batch: usize,
+    /// ... or once the oldest has waited this many seconds.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub anchor_interval: u64,
+}
+
+/// Parses a 0x-prefixed (or bare) 64-hex-digit account address.
+pub fn parse_address(s: &str) -> Result<cactus_protocol::ledger::Address, String> {
+    let hex_part = s.strip_prefix("0x").unwrap_or(s);
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_part, &mut out)
+        .map_err(|_| format!("expected a 32-byte hex address, got {s:?}"))?;
+    Ok(cactus_protocol::ledger::Address(out))
 }
 
 impl NodeArgs {
@@ -129,6 +157,12 @@ impl NodeArgs {
             price_per_token: self.price_per_token,
             slots: self.slots.max(1),
             queue: self.queue,
+            stake: self.stake,
+            account: self.account,
+            anchor: crate::roles::anchor::AnchorPolicy {
+                batch: self.anchor_batch.max(1),
+                max_age: Duration::from_secs(self.anchor_interval.max(1)),
+            },
             ..NodeConfig::default()
         }
     }
@@ -278,4 +312,84 @@ pub fn receipt_json(r: &cactus_protocol::Receipt) -> serde_json::Value {
         "verified": r.verify().is_ok(),
         "frame_hex": r.encode().map(hex::encode).unwrap_or_default(),
     })
+}
+
+/// A receipt bundle as JSON: the receipt's frame in hex and, once anchored,
+/// the batch index, root and inclusion path.
+pub fn bundle_json(b: &cactus_protocol::merkle::ReceiptBundle) -> serde_json::Value {
+    use cactus_protocol::Wire;
+    serde_json::json!({
+        "task_id": b.receipt.body.task_id.to_hex(),
+        "receipt": b.receipt.encode().map(hex::encode).unwrap_or_default(),
+        "anchor": b.anchor.as_ref().map(|a| serde_json::json!({
+            "index": a.anchor_index,
+            "root": a.root.to_hex(),
+            "leaf_index": a.proof.index,
+            "leaves": a.proof.leaves,
+            "path": a.proof.path.iter().map(|s| serde_json::json!({
+                "sibling": s.sibling.to_hex(),
+                "left": s.left,
+            })).collect::<Vec<_>>(),
+        })),
+    })
+}
+
+/// Reads a receipt bundle written by [`bundle_json`].
+pub fn bundle_from_json(
+    v: &serde_json::Value,
+) -> Result<cactus_protocol::merkle::ReceiptBundle, String> {
+    use cactus_protocol::merkle::{AnchorProof, Proof, ReceiptBundle, Step};
+    use cactus_protocol::{Digest, Receipt, Wire};
+    let hex_field = |v: &serde_json::Value, k: &str| -> Result<Vec<u8>, String> {
+        let s = v
+            .get(k)
+            .and_then(|x| x.as_str())
+            .ok_or_else(|| format!("missing field {k:?}"))?;
+        hex::decode(s).map_err(|_| format!("field {k:?} is not hex"))
+    };
+    let digest = |v: &serde_json::Value, k: &str| -> Result<Digest, String> {
+        let b = hex_field(v, k)?;
+        Ok(Digest(
+            b.try_into()
+                .map_err(|_| format!("field {k:?} is not 32 bytes"))?,
+        ))
+    };
+    let receipt =
+        Receipt::decode(&hex_field(v, "receipt")?).map_err(|e| format!("receipt: {e}"))?;
+    let anchor = match v.get("anchor") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(a) => {
+            let num = |k: &str| {
+                a.get(k)
+                    .and_then(|x| x.as_u64())
+                    .ok_or_else(|| format!("missing anchor field {k:?}"))
+            };
+            let path = a
+                .get("path")
+                .and_then(|p| p.as_array())
+                .ok_or("missing anchor path")?
+                .iter()
+                .take(64)
+                .map(|s| {
+                    Ok(Step {
+                        sibling: digest(s, "sibling")?,
+                        left: s
+                            .get("left")
+                            .and_then(|x| x.as_bool())
+                            .ok_or("missing path side")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            Some(AnchorProof {
+                anchor_index: num("index")?,
+                root: digest(a, "root")?,
+                proof: Proof {
+                    index: num("leaf_index")?,
+                    leaves: num("leaves")?,
+                    path,
+                },
+            })
+        }
+    };
+    Ok(ReceiptBundle { receipt, anchor })
 }

@@ -3,6 +3,7 @@
 
 use crate::network::{Network, NetworkConfig, NetworkError};
 use crate::node::{Node, NodeConfig, Role};
+use cactus_protocol::messages::{Query, QueryAnswer};
 use cactus_protocol::{
     Digest, ROUTER_PROVIDER_KEY, TaskError, TaskRequest, TaskResponse, TaskResult, TaskSpec,
 };
@@ -29,6 +30,9 @@ pub enum ClientError {
     /// The answer's receipt does not hold.
     #[error("the answer's receipt is invalid: {0}")]
     BadReceipt(String),
+    /// The peer answered with something that does not fit the request.
+    #[error("unexpected answer from the router")]
+    Unexpected,
     /// No answer in time.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
@@ -77,17 +81,31 @@ pub async fn submit_to(
             Ok(result)
         }
         TaskResponse::Failed(e) => Err(ClientError::Task(e)),
+        TaskResponse::Answer(_) => Err(ClientError::Unexpected),
     }
 }
 
-/// Joins the mesh with a throwaway identity, submits one task and leaves.
-/// With `router` set, that router is used instead of a DHT lookup.
-pub async fn submit(
-    bootstrap: Vec<Multiaddr>,
+/// Asks `router` a question about its ledger.
+pub async fn query(
+    network: &Network,
+    router: PeerId,
+    query: Query,
+) -> Result<QueryAnswer, ClientError> {
+    match network.send_task(router, TaskRequest::Query(query)).await? {
+        TaskResponse::Answer(a) => Ok(a),
+        TaskResponse::Failed(e) => Err(ClientError::Task(e)),
+        TaskResponse::Done(_) => Err(ClientError::Unexpected),
+    }
+}
+
+/// Joins the mesh with a throwaway identity and returns the node and the
+/// router to talk to (`router` if given, else one found on the DHT). Shut the
+/// node down when done.
+pub async fn connect(
+    bootstrap: &[Multiaddr],
     router: Option<Multiaddr>,
-    spec: TaskSpec,
     timeout: Duration,
-) -> Result<TaskResult, ClientError> {
+) -> Result<(Node, PeerId), ClientError> {
     let config = NodeConfig {
         role: Role::Client,
         network: NetworkConfig {
@@ -102,28 +120,43 @@ pub async fn submit(
     let node = Node::start(config, Keypair::generate_ed25519(), None)
         .await
         .map_err(|e| ClientError::Network(NetworkError::Setup(e.to_string())))?;
-    let run = async {
+    let found = tokio::time::timeout(timeout, async {
         let mut reached = 0;
         let mut last_err = String::from("none given");
-        for addr in &bootstrap {
+        for addr in bootstrap {
             match node.network().dial(addr.clone()).await {
                 Ok(_) => reached += 1,
                 Err(e) => last_err = e.to_string(),
             }
         }
-        let router = match router {
-            Some(addr) => node.network().dial(addr).await?,
-            None => {
-                if reached == 0 {
-                    return Err(ClientError::NoBootstrap(last_err));
-                }
-                find_router(node.network()).await?
-            }
-        };
-        tracing::debug!(%router, "submitting task");
-        submit_to(node.network(), router, spec).await
-    };
-    let result = tokio::time::timeout(timeout, run)
+        match router {
+            Some(addr) => Ok(node.network().dial(addr).await?),
+            None if reached == 0 => Err(ClientError::NoBootstrap(last_err)),
+            None => find_router(node.network()).await,
+        }
+    })
+    .await
+    .unwrap_or(Err(ClientError::Timeout(timeout)));
+    match found {
+        Ok(router) => Ok((node, router)),
+        Err(e) => {
+            node.shutdown().await;
+            Err(e)
+        }
+    }
+}
+
+/// Joins the mesh with a throwaway identity, submits one task and leaves.
+/// With `router` set, that router is used instead of a DHT lookup.
+pub async fn submit(
+    bootstrap: Vec<Multiaddr>,
+    router: Option<Multiaddr>,
+    spec: TaskSpec,
+    timeout: Duration,
+) -> Result<TaskResult, ClientError> {
+    let (node, router) = connect(&bootstrap, router, timeout).await?;
+    tracing::debug!(%router, "submitting task");
+    let result = tokio::time::timeout(timeout, submit_to(node.network(), router, spec))
         .await
         .unwrap_or(Err(ClientError::Timeout(timeout)));
     node.shutdown().await;

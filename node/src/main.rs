@@ -2,9 +2,16 @@
 //! ledger. The work is all in the library; this only parses and reports.
 
 use anyhow::{Context, Result, bail};
+use cactus_node::chain::embedded::EmbeddedChain;
 use cactus_node::cli::{self, DataDirArgs, NodeArgs};
-use cactus_node::protocol::{PromptFormat, SamplingParams, TaskSpec};
+use cactus_node::client;
+use cactus_node::protocol::merkle::ReceiptBundle;
+use cactus_node::protocol::messages::{
+    LedgerStatus, MAX_STATUS_ORCHESTRATORS, OrchestratorStatus, Query, QueryAnswer,
+};
+use cactus_node::protocol::{PromptFormat, SamplingParams, TaskId, TaskSpec};
 use clap::{Parser, Subcommand};
+use libp2p::PeerId;
 use std::io::Write;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +39,66 @@ enum Command {
     Infer(InferArgs),
     /// Lists the receipts in a router's ledger (stop the router first).
     Ledger(LedgerArgs),
+    /// Shows a router's ledger: stake and counters per orchestrator, pending
+    /// payments (escrow), receipts and anchors.
+    Status(StatusArgs),
+    /// Exports or verifies receipts with their anchor proofs.
+    #[command(subcommand)]
+    Receipt(ReceiptCmd),
+}
+
+/// Where to read a router's ledger: over the mesh from a running router, or
+/// from the data dir of a stopped one.
+#[derive(Debug, clap::Args)]
+struct SourceArgs {
+    /// Join through this peer and ask a router found on the DHT (repeatable).
+    #[arg(
+        long = "bootstrap",
+        env = "CACTUS_BOOTSTRAP",
+        value_name = "MULTIADDR",
+        value_delimiter = ','
+    )]
+    bootstrap: Vec<libp2p::Multiaddr>,
+    /// Ask this router.
+    #[arg(long, value_name = "MULTIADDR")]
+    router: Option<libp2p::Multiaddr>,
+    /// Read the ledger files of a stopped router in this data dir instead.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["bootstrap", "router"])]
+    data_dir: Option<std::path::PathBuf>,
+    /// Seconds to wait for the router.
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
+}
+
+#[derive(Debug, clap::Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum ReceiptCmd {
+    /// Writes a task's receipt and anchor proof as JSON.
+    Get {
+        /// The task id (hex).
+        task_id: String,
+        #[command(flatten)]
+        source: SourceArgs,
+        /// Write to this file instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<std::path::PathBuf>,
+    },
+    /// Checks a receipt file: both signatures, the Merkle proof, and that its
+    /// root is the one anchored on the ledger. Says which check failed.
+    Verify {
+        /// A file written by `cactus-node receipt get`.
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        source: SourceArgs,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -117,6 +184,284 @@ async fn dispatch(cli: Cli) -> Result<()> {
         }
         Some(Command::Infer(args)) => infer(args).await,
         Some(Command::Ledger(args)) => ledger(args),
+        Some(Command::Status(args)) => status(args).await,
+        Some(Command::Receipt(cmd)) => receipt(cmd).await,
+    }
+}
+
+/// Asks a running router (`--bootstrap` / `--router`) one question.
+async fn ask(source: &SourceArgs, q: Query) -> Result<QueryAnswer> {
+    if source.bootstrap.is_empty() && source.router.is_none() {
+        bail!("give --bootstrap <multiaddr>, --router <multiaddr> or --data-dir <dir>");
+    }
+    let timeout = Duration::from_secs(source.timeout.max(1));
+    let (node, router) = client::connect(&source.bootstrap, source.router.clone(), timeout).await?;
+    let answer = tokio::time::timeout(timeout, client::query(node.network(), router, q)).await;
+    node.shutdown().await;
+    Ok(answer.map_err(|_| anyhow::anyhow!("no answer within {timeout:?}"))??)
+}
+
+/// The status of a stopped router's ledger, read from its data dir.
+fn offline_status(dir: &std::path::Path) -> Result<LedgerStatus> {
+    let chain = EmbeddedChain::open_existing(dir)?;
+    let state = chain.state();
+    let receipts = cactus_node::ledger::Ledger::open(dir)?;
+    let router_account = state.servers.iter().next().copied().unwrap_or(state.admin);
+    Ok(LedgerStatus {
+        router_account,
+        authorized: state.is_server(&router_account),
+        config: state.config.clone(),
+        orchestrators: state
+            .orchestrators
+            .iter()
+            .take(MAX_STATUS_ORCHESTRATORS)
+            .map(|(a, o)| OrchestratorStatus {
+                peer: PeerId::from_bytes(&o.peer_id).ok(),
+                account: *a,
+                record: Some(o.clone()),
+            })
+            .collect(),
+        totals: state.totals(),
+        receipts: receipts.len()?,
+        pending_anchor: receipts.pending_len()?,
+        anchors: state.anchors.len() as u64,
+    })
+}
+
+async fn status(args: StatusArgs) -> Result<()> {
+    cli::init_tracing("warn");
+    let s = match &args.source.data_dir {
+        Some(dir) => offline_status(dir)?,
+        None => match ask(&args.source, Query::Status).await? {
+            QueryAnswer::Status(s) => *s,
+            _ => bail!("unexpected answer from the router"),
+        },
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string(&status_json(&s))?)?;
+        return Ok(());
+    }
+    let (stake, escrow, vault) = s.totals;
+    writeln!(
+        out,
+        "router account   {} (authorized server: {})",
+        s.router_account, s.authorized
+    )?;
+    if let Some(c) = &s.config {
+        writeln!(
+            out,
+            "minimum stake    {}   unbonding {} s   price per ms {}   delegation fee {} bps",
+            c.min_stake, c.unbonding_secs, c.price_per_ms, c.delegation_fee_bps
+        )?;
+    }
+    writeln!(out, "stake held       {stake}")?;
+    writeln!(
+        out,
+        "pending payments {escrow} (escrow of tasks not yet settled)"
+    )?;
+    writeln!(out, "vault balance    {vault}")?;
+    writeln!(
+        out,
+        "receipts         {} recorded, {} waiting to be anchored, {} batches anchored",
+        s.receipts, s.pending_anchor, s.anchors
+    )?;
+    writeln!(out, "orchestrators    {}", s.orchestrators.len())?;
+    for o in &s.orchestrators {
+        let peer = o.peer.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+        match &o.record {
+            Some(r) => writeln!(
+                out,
+                "  {peer}  account {}  stake {}  unbonding {}  tasks ok {}  failed {}  compute {} ms",
+                o.account, r.stake, r.unbonding, r.successes, r.failures, r.compute_ms
+            )?,
+            None => writeln!(out, "  {peer}  account {}  not registered", o.account)?,
+        }
+    }
+    Ok(())
+}
+
+fn status_json(s: &LedgerStatus) -> serde_json::Value {
+    let (stake, escrow, vault) = s.totals;
+    serde_json::json!({
+        "router_account": s.router_account.to_hex(),
+        "authorized": s.authorized,
+        "min_stake": s.config.as_ref().map(|c| c.min_stake),
+        "stake_held": stake,
+        "pending_payments": escrow,
+        "vault_balance": vault,
+        "receipts": s.receipts,
+        "pending_anchor": s.pending_anchor,
+        "anchors": s.anchors,
+        "orchestrators": s.orchestrators.iter().map(|o| serde_json::json!({
+            "peer": o.peer.map(|p| p.to_string()),
+            "account": o.account.to_hex(),
+            "stake": o.record.as_ref().map(|r| r.stake),
+            "unbonding": o.record.as_ref().map(|r| r.unbonding),
+            "successes": o.record.as_ref().map(|r| r.successes),
+            "failures": o.record.as_ref().map(|r| r.failures),
+            "compute_ms": o.record.as_ref().map(|r| r.compute_ms),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+async fn receipt(cmd: ReceiptCmd) -> Result<()> {
+    cli::init_tracing("warn");
+    match cmd {
+        ReceiptCmd::Get {
+            task_id,
+            source,
+            output,
+        } => {
+            let mut id = [0u8; 16];
+            hex::decode_to_slice(task_id.trim(), &mut id)
+                .context("the task id is 32 hex characters")?;
+            let id = TaskId(id);
+            let bundle = match &source.data_dir {
+                Some(dir) => {
+                    let l = cactus_node::ledger::Ledger::open(dir)?;
+                    l.get(&id)?
+                        .map(|receipt| {
+                            Ok::<_, anyhow::Error>(ReceiptBundle {
+                                receipt,
+                                anchor: l.proof(&id)?,
+                            })
+                        })
+                        .transpose()?
+                }
+                None => match ask(&source, Query::Receipt(id)).await? {
+                    QueryAnswer::Receipt(b) => b.map(|b| *b),
+                    _ => bail!("unexpected answer from the router"),
+                },
+            };
+            let Some(bundle) = bundle else {
+                bail!("no receipt for task {id}")
+            };
+            let text = serde_json::to_string_pretty(&cli::bundle_json(&bundle))?;
+            match output {
+                Some(path) => std::fs::write(&path, text + "\n")
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => writeln!(std::io::stdout().lock(), "{text}")?,
+            }
+            Ok(())
+        }
+        ReceiptCmd::Verify { file, source } => {
+            const MAX_FILE: u64 = 1 << 20;
+            let meta =
+                std::fs::metadata(&file).with_context(|| format!("reading {}", file.display()))?;
+            if meta.len() > MAX_FILE {
+                bail!(
+                    "{} is over {MAX_FILE} bytes: not a receipt file",
+                    file.display()
+                );
+            }
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let mut out = std::io::stdout().lock();
+            let mut failed = false;
+            let mut report = |ok: bool, what: &str, detail: String| -> std::io::Result<()> {
+                failed |= !ok;
+                writeln!(
+                    out,
+                    "{} {what}{}",
+                    if ok { "ok  " } else { "FAIL" },
+                    if detail.is_empty() {
+                        detail
+                    } else {
+                        format!(": {detail}")
+                    }
+                )
+            };
+            let parsed = serde_json::from_str::<serde_json::Value>(&text)
+                .map_err(|e| e.to_string())
+                .and_then(|v| cli::bundle_from_json(&v));
+            let bundle = match parsed {
+                Ok(b) => {
+                    report(true, "receipt file decodes", String::new())?;
+                    b
+                }
+                Err(e) => {
+                    report(false, "receipt file decodes", e)?;
+                    bail!("receipt verification failed");
+                }
+            };
+            let r = &bundle.receipt;
+            let orch = r.verify_orchestrator();
+            report(
+                orch.is_ok(),
+                "orchestrator signature",
+                orch.err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| r.body.orchestrator.to_string()),
+            )?;
+            let full = r.verify();
+            report(
+                full.is_ok(),
+                "router countersignature",
+                full.err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| r.body.router.to_string()),
+            )?;
+            match &bundle.anchor {
+                None => report(
+                    false,
+                    "anchor proof",
+                    "the receipt is not anchored yet (fetch it again later)".into(),
+                )?,
+                Some(a) => {
+                    let hash = r.hash().map_err(|e| anyhow::anyhow!("{e}"))?;
+                    let in_tree = a.proof.verify(&hash, &a.root);
+                    report(
+                        in_tree,
+                        "Merkle proof leads to the batch root",
+                        format!("root {}", a.root),
+                    )?;
+                    let anchored = match &source.data_dir {
+                        Some(dir) => Ok(EmbeddedChain::open_existing(dir)?
+                            .state()
+                            .anchors
+                            .get(a.anchor_index as usize)
+                            .cloned()),
+                        None if source.bootstrap.is_empty() && source.router.is_none() => Err(
+                            "no ledger to check against: give --bootstrap, --router or --data-dir"
+                                .to_owned(),
+                        ),
+                        None => match ask(&source, Query::Anchor(a.anchor_index)).await? {
+                            QueryAnswer::Anchor(x) => Ok(x),
+                            _ => Err("unexpected answer from the router".to_owned()),
+                        },
+                    };
+                    match anchored {
+                        Ok(Some(x)) if x.root == a.root => report(
+                            true,
+                            "root is anchored on the ledger",
+                            format!(
+                                "batch {} of {} receipts by {}",
+                                a.anchor_index, x.count, x.server
+                            ),
+                        )?,
+                        Ok(Some(x)) => report(
+                            false,
+                            "root is anchored on the ledger",
+                            format!(
+                                "batch {} has root {}, not {}",
+                                a.anchor_index, x.root, a.root
+                            ),
+                        )?,
+                        Ok(None) => report(
+                            false,
+                            "root is anchored on the ledger",
+                            format!("the ledger has no batch {}", a.anchor_index),
+                        )?,
+                        Err(e) => report(false, "root is anchored on the ledger", e)?,
+                    }
+                }
+            }
+            if failed {
+                bail!("receipt verification failed");
+            }
+            Ok(())
+        }
     }
 }
 
@@ -153,7 +498,7 @@ async fn infer(args: InferArgs) -> Result<()> {
     };
     spec.validate().context("invalid request")?;
     let timeout = Duration::from_secs(args.timeout.max(1));
-    let result = cactus_node::client::submit(args.bootstrap, args.router, spec, timeout).await?;
+    let result = client::submit(args.bootstrap, args.router, spec, timeout).await?;
     let mut out = std::io::stdout().lock();
     if args.json {
         let v = serde_json::json!({

@@ -152,3 +152,12 @@ pub struct AnchorProof {
     /// Inclusion proof of the receipt's hash.
     pub proof: Proof,
 }
+
+/// A receipt with its anchor proof, as exported for anyone to verify.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReceiptBundle {
+    /// The countersigned receipt.
+    pub receipt: crate::Receipt,
+    /// Where it is anchored (`None` until its batch is anchored).
+    pub anchor: Option<AnchorProof>,
+}

@@ -155,6 +155,63 @@ impl Assignment {
     }
 }
 
+/// A question to a router about its ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Query {
+    /// Stake, counters and pending payments.
+    Status,
+    /// A receipt and, once anchored, its proof.
+    Receipt(TaskId),
+    /// An anchored batch, by index.
+    Anchor(u64),
+}
+
+/// Most orchestrators one status answer lists.
+pub const MAX_STATUS_ORCHESTRATORS: usize = 1024;
+
+/// One orchestrator in a status answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrchestratorStatus {
+    /// Its PeerId, when the router knows it from adverts.
+    pub peer: Option<PeerId>,
+    /// Its ledger account.
+    pub account: crate::ledger::Address,
+    /// Its record on the ledger (`None` if unregistered).
+    pub record: Option<crate::ledger::Orchestrator>,
+}
+
+/// A router's view of its ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerStatus {
+    /// The router's ledger account.
+    pub router_account: crate::ledger::Address,
+    /// Whether the router is an authorized server.
+    pub authorized: bool,
+    /// The contract's configuration.
+    pub config: Option<crate::ledger::Config>,
+    /// Orchestrators the router knows, with their ledger records.
+    pub orchestrators: Vec<OrchestratorStatus>,
+    /// Stake held (active + unbonding), escrow of pending tasks, vault balance.
+    pub totals: crate::ledger::Totals,
+    /// Receipts recorded by this router.
+    pub receipts: u64,
+    /// Receipts waiting to be anchored.
+    pub pending_anchor: u64,
+    /// Batches anchored on the ledger (all servers).
+    pub anchors: u64,
+}
+
+/// A router's answer to a [`Query`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum QueryAnswer {
+    /// Answer to [`Query::Status`].
+    Status(Box<LedgerStatus>),
+    /// Answer to [`Query::Receipt`].
+    Receipt(Option<Box<crate::merkle::ReceiptBundle>>),
+    /// Answer to [`Query::Anchor`].
+    Anchor(Option<crate::ledger::Anchor>),
+}
+
 /// A request of the task protocol.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum TaskRequest {
@@ -162,6 +219,8 @@ pub enum TaskRequest {
     Submit(TaskSpec),
     /// Router to orchestrator: run this task.
     Execute(Assignment),
+    /// Anyone to router: a question about its ledger.
+    Query(Query),
 }
 
 impl Wire for TaskRequest {
@@ -239,8 +298,10 @@ impl TaskError {
 pub enum TaskResponse {
     /// The task ran.
     Done(TaskResult),
-    /// The task failed.
+    /// The task failed (or the query could not be answered).
     Failed(TaskError),
+    /// The answer to a query.
+    Answer(QueryAnswer),
 }
 
 impl Wire for TaskResponse {

@@ -1,6 +1,8 @@
 //! Property tests for every wire type: round trips, caps, truncation, bit
 //! flips, and receipt tamper-evidence.
 
+use crate::ledger::{Address, Anchor, Orchestrator};
+use crate::merkle::{AnchorProof, ReceiptBundle};
 use crate::messages::*;
 use crate::receipt::*;
 use crate::wire::*;
@@ -71,10 +73,86 @@ fn arb_assignment() -> impl Strategy<Value = Assignment> {
         })
 }
 
+fn arb_query() -> impl Strategy<Value = Query> {
+    prop_oneof![
+        Just(Query::Status),
+        any::<[u8; 16]>().prop_map(|id| Query::Receipt(TaskId(id))),
+        any::<u64>().prop_map(Query::Anchor),
+    ]
+}
+
 fn arb_request() -> impl Strategy<Value = TaskRequest> {
     prop_oneof![
         arb_spec().prop_map(TaskRequest::Submit),
         arb_assignment().prop_map(TaskRequest::Execute),
+        arb_query().prop_map(TaskRequest::Query),
+    ]
+}
+
+fn arb_address() -> impl Strategy<Value = Address> {
+    any::<[u8; 32]>().prop_map(Address)
+}
+
+fn arb_answer() -> impl Strategy<Value = QueryAnswer> {
+    let anchor = (
+        arb_address(),
+        arb_digest(),
+        any::<u64>(),
+        any::<[u8; 16]>(),
+        any::<u64>(),
+    )
+        .prop_map(|(server, root, count, id, at)| Anchor {
+            server,
+            root,
+            count,
+            first_task: TaskId(id),
+            last_task: TaskId(id),
+            anchored_at: at,
+        });
+    let bundle = (arb_receipt(), 1usize..9).prop_map(|(receipt, n)| {
+        let mut leaves: Vec<Digest> = (0..n).map(|i| Digest::of(&[i as u8])).collect();
+        leaves[0] = receipt.hash().unwrap();
+        let (root, proofs) = crate::merkle::build(&leaves).unwrap();
+        ReceiptBundle {
+            receipt,
+            anchor: Some(AnchorProof {
+                anchor_index: n as u64,
+                root,
+                proof: proofs[0].clone(),
+            }),
+        }
+    });
+    let status = (
+        arb_address(),
+        proptest::collection::vec((arb_address(), any::<u64>()), 0..5),
+        any::<u64>(),
+    )
+        .prop_map(|(router_account, orchs, n)| LedgerStatus {
+            router_account,
+            authorized: n % 2 == 0,
+            config: None,
+            orchestrators: orchs
+                .into_iter()
+                .map(|(account, stake)| OrchestratorStatus {
+                    peer: None,
+                    account,
+                    record: Some(Orchestrator {
+                        peer_id: vec![1; 38],
+                        stake,
+                        ..Orchestrator::default()
+                    }),
+                })
+                .collect(),
+            totals: (n, n / 2, n / 2 + n),
+            receipts: n,
+            pending_anchor: n / 3,
+            anchors: n / 5,
+        });
+    prop_oneof![
+        anchor.prop_map(|a| QueryAnswer::Anchor(Some(a))),
+        Just(QueryAnswer::Anchor(None)),
+        bundle.prop_map(|b| QueryAnswer::Receipt(Some(Box::new(b)))),
+        status.prop_map(|s| QueryAnswer::Status(Box::new(s))),
     ]
 }
 
@@ -128,6 +206,7 @@ fn arb_response() -> impl Strategy<Value = TaskResponse> {
                 receipt
             })),
         ("\\PC{0,100}").prop_map(|m| TaskResponse::Failed(TaskError::new(TaskErrorKind::Busy, m))),
+        arb_answer().prop_map(TaskResponse::Answer),
     ]
 }
 
@@ -151,7 +230,7 @@ fn arb_advert() -> impl Strategy<Value = CapabilityAdvert> {
             free_slots: slots / 2,
             total_slots: slots,
             price_per_token: price,
-            account: crate::ledger::Address([7; 32]),
+            account: Address([7; 32]),
             stake: price / 3,
             seq,
             issued_at_ms: at,
@@ -191,6 +270,7 @@ proptest! {
         match &v {
             TaskRequest::Submit(s) => prop_assert!(s.validate().is_ok()),
             TaskRequest::Execute(a) => prop_assert!(a.validate().is_ok()),
+            TaskRequest::Query(_) => {}
         }
     }
 

@@ -157,6 +157,14 @@ impl Dispatcher {
                         });
                         false
                     }
+                    (RoleCtx::Router(r), TaskRequest::Query(q)) => {
+                        let r = Arc::clone(r);
+                        tasks.spawn(async move {
+                            let response = r.answer(q).await;
+                            let _ = network.respond(channel, response).await;
+                        });
+                        false
+                    }
                     (RoleCtx::Orchestrator(o), TaskRequest::Execute(assignment)) => {
                         let accepted = o.accept(peer, assignment);
                         let o = Arc::clone(o);
@@ -177,6 +185,7 @@ impl Dispatcher {
                         let what = match request {
                             TaskRequest::Submit(_) => "this node is not a router",
                             TaskRequest::Execute(_) => "this node is not an orchestrator",
+                            TaskRequest::Query(_) => "this node keeps no ledger (not a router)",
                         };
                         let response = refuse(TaskErrorKind::WrongRole, what);
                         tasks.spawn(async move {

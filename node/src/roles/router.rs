@@ -11,7 +11,11 @@ use super::table::OrchestratorTable;
 use crate::chain::ChainBackend;
 use crate::ledger::Ledger;
 use crate::network::Network;
-use cactus_protocol::ledger::{Config, Op, reason};
+use cactus_protocol::ledger::{Address, Config, Op, reason};
+use cactus_protocol::merkle::ReceiptBundle;
+use cactus_protocol::messages::{
+    LedgerStatus, MAX_STATUS_ORCHESTRATORS, OrchestratorStatus, Query, QueryAnswer,
+};
 use cactus_protocol::verify::check_result;
 use cactus_protocol::{
     Assignment, TaskError, TaskErrorKind, TaskId, TaskRequest, TaskResponse, TaskResult, TaskSpec,
@@ -82,6 +86,88 @@ impl RouterCtx {
         let most = units * u128::from(price_per_unit)
             + units * u128::from(c.ms_cap_per_unit) * u128::from(c.price_per_ms);
         u64::try_from(most).unwrap_or(u64::MAX).max(1)
+    }
+
+    /// Answers a question about the ledger.
+    pub async fn answer(&self, query: Query) -> TaskResponse {
+        match self.try_answer(query).await {
+            Ok(a) => TaskResponse::Answer(a),
+            Err(e) => TaskResponse::Failed(TaskError::new(TaskErrorKind::Unavailable, e)),
+        }
+    }
+
+    async fn try_answer(&self, query: Query) -> Result<QueryAnswer, String> {
+        let blocking = |f: Box<dyn FnOnce(&Ledger) -> Result<QueryAnswer, String> + Send>| {
+            let ledger = Arc::clone(&self.ledger);
+            async move {
+                tokio::task::spawn_blocking(move || f(&ledger))
+                    .await
+                    .map_err(|e| e.to_string())?
+            }
+        };
+        match query {
+            Query::Receipt(id) => {
+                blocking(Box::new(move |l| {
+                    let Some(receipt) = l.get(&id).map_err(|e| e.to_string())? else {
+                        return Ok(QueryAnswer::Receipt(None));
+                    };
+                    let anchor = l.proof(&id).map_err(|e| e.to_string())?;
+                    Ok(QueryAnswer::Receipt(Some(Box::new(ReceiptBundle {
+                        receipt,
+                        anchor,
+                    }))))
+                }))
+                .await
+            }
+            Query::Anchor(i) => Ok(QueryAnswer::Anchor(
+                self.chain.anchor(i).await.map_err(|e| e.to_string())?,
+            )),
+            Query::Status => {
+                let known: Vec<(PeerId, Address)> = self.with_table(|t| {
+                    t.snapshot()
+                        .into_iter()
+                        .map(|o| (o.peer, o.account))
+                        .take(MAX_STATUS_ORCHESTRATORS)
+                        .collect()
+                });
+                let mut orchestrators = Vec::with_capacity(known.len());
+                for (peer, account) in known {
+                    let record = self
+                        .chain
+                        .orchestrator(account)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    orchestrators.push(OrchestratorStatus {
+                        peer: Some(peer),
+                        account,
+                        record,
+                    });
+                }
+                let (receipts, pending_anchor) = {
+                    let ledger = Arc::clone(&self.ledger);
+                    tokio::task::spawn_blocking(move || {
+                        Ok::<_, String>((
+                            ledger.len().map_err(|e| e.to_string())?,
+                            ledger.pending_len().map_err(|e| e.to_string())?,
+                        ))
+                    })
+                    .await
+                    .map_err(|e| e.to_string())??
+                };
+                let c = &self.chain;
+                let err = |e: crate::chain::ChainError| e.to_string();
+                Ok(QueryAnswer::Status(Box::new(LedgerStatus {
+                    router_account: c.account(),
+                    authorized: c.is_server(c.account()).await.map_err(err)?,
+                    config: c.config().await.map_err(err)?,
+                    orchestrators,
+                    totals: c.totals().await.map_err(err)?,
+                    receipts,
+                    pending_anchor,
+                    anchors: c.anchor_count().await.map_err(err)?,
+                })))
+            }
+        }
     }
 
     /// Serves one client submission end to end.
@@ -182,6 +268,13 @@ impl RouterCtx {
                 TaskErrorKind::Inference => (Attempt::Retry(e), reason::INFERENCE),
                 _ => (Attempt::Stop(e), reason::INVALID),
             },
+            Ok(Ok(TaskResponse::Answer(_))) => (
+                Attempt::Retry(TaskError::new(
+                    TaskErrorKind::BadResult,
+                    "answered a task with a query answer",
+                )),
+                reason::BAD_RESULT,
+            ),
             Ok(Err(e)) => {
                 tracing::warn!(orchestrator = %peer, error = %e, "orchestrator unreachable");
                 (
