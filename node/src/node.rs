@@ -137,7 +137,7 @@ pub struct Node {
     net_task: JoinHandle<()>,
     role_task: JoinHandle<()>,
     table: Option<Arc<Mutex<OrchestratorTable>>>,
-    table_size: watch::Receiver<usize>,
+    table_size: watch::Receiver<(usize, usize)>,
     pool: Option<Arc<WorkerPool>>,
     ledger: Option<Arc<Ledger>>,
     chain: Option<Arc<dyn ChainBackend>>,
@@ -163,7 +163,7 @@ impl Node {
         }
         let (network, events, net_task) =
             network::spawn(key.clone(), net_config, shutdown.child_token())?;
-        let (size_tx, size_rx) = watch::channel(0);
+        let (size_tx, size_rx) = watch::channel((0, 0));
         let mut table = None;
         let mut pool = None;
         let mut ledger_handle = None;
@@ -300,13 +300,26 @@ impl Node {
             .unwrap_or_default()
     }
 
-    /// Waits until a router knows at least `n` orchestrators.
+    /// Waits until a router has admitted at least `n` orchestrators.
     pub async fn wait_for_orchestrators(&self, n: usize) -> Result<(), NetworkError> {
         let mut rx = self.table_size.clone();
-        rx.wait_for(|k| *k >= n)
-            .await
-            .map(|_| ())
-            .map_err(|_| NetworkError::Shutdown)
+        rx.wait_for(|k| k.0 >= n).await.map(|_| ()).map_err(|_| NetworkError::Shutdown)
+    }
+
+    /// Waits until the ledger has ruled on at least `n` orchestrators a router
+    /// heard from, admitted or refused.
+    pub async fn wait_for_verdicts(&self, n: usize) -> Result<(), NetworkError> {
+        let mut rx = self.table_size.clone();
+        rx.wait_for(|k| k.1 >= n).await.map(|_| ()).map_err(|_| NetworkError::Shutdown)
+    }
+
+    /// Anchors up to `batch` pending receipts now instead of waiting for the
+    /// anchoring policy (routers); returns how many were anchored.
+    pub async fn anchor_now(&self, batch: usize) -> Result<usize, anchor::AnchorError> {
+        match (&self.ledger, &self.chain) {
+            (Some(l), Some(c)) => anchor::anchor_once(l, c.as_ref(), batch).await,
+            _ => Ok(0),
+        }
     }
 
     /// The receipt a router recorded for `task`, if any (`None` on other roles).

@@ -54,8 +54,8 @@ pub struct Dispatcher {
     pub max_tasks: usize,
     /// Timers.
     pub timers: Timers,
-    /// Publishes the number of admitted orchestrators (routers).
-    pub table_size: Arc<watch::Sender<usize>>,
+    /// Publishes `(admitted, judged)` orchestrator counts (routers).
+    pub table_size: Arc<watch::Sender<(usize, usize)>>,
 }
 
 /// Soonest two adverts follow each other.
@@ -118,7 +118,7 @@ impl Dispatcher {
                         for peer in t.prune(Instant::now()) {
                             tracing::info!(orchestrator = %peer, "orchestrator left (no advert)");
                         }
-                        self.table_size.send_replace(t.eligible_len());
+                        self.table_size.send_replace(t.counts());
                     }
                 }
             }
@@ -222,7 +222,7 @@ impl Dispatcher {
                             } else {
                                 tracing::warn!(orchestrator = %peer, %account, stake, "orchestrator refused: not registered with the minimum stake");
                             }
-                            sizes.send_replace(t.eligible_len());
+                            sizes.send_replace(t.counts());
                         });
                     }
                 }

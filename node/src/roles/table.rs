@@ -135,6 +135,13 @@ impl OrchestratorTable {
             .count()
     }
 
+    /// `(admitted, judged)`: orchestrators the ledger admitted, and those it
+    /// has ruled on either way.
+    pub fn counts(&self) -> (usize, usize) {
+        let judged = self.entries.values().filter(|e| e.eligible.is_some()).count();
+        (self.eligible_len(), judged)
+    }
+
     /// An orchestrator's ledger account and asked price.
     pub fn terms(&self, peer: &PeerId) -> Option<(cactus_protocol::ledger::Address, u64)> {
         self.entries

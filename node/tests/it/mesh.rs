@@ -4,6 +4,8 @@ use cactus_node::client::{self, ClientError};
 use cactus_node::inference::stub::StubEngine;
 use cactus_node::network::NetworkConfig;
 use cactus_node::{Node, NodeConfig, Role};
+use cactus_protocol::ledger::TaskStatus;
+use cactus_protocol::messages::{Query, QueryAnswer};
 use cactus_protocol::{PromptFormat, SamplingParams, TaskErrorKind, TaskSpec};
 use libp2p::Multiaddr;
 use libp2p::identity::Keypair;
@@ -232,6 +234,12 @@ async fn busy_orchestrator_is_skipped_for_a_free_one() {
     assert_eq!(served.receipt.body.orchestrator, second.peer_id());
     gated.open_gate();
     assert_eq!(within(held).await.unwrap().unwrap().text, "dleh");
+    // The refusal was a ledger task too: failed, refunded, counted.
+    let chain = c.router.chain().unwrap();
+    let gated_account = cactus_node::chain::default_account(&c.orchestrators[0].peer_id());
+    let record = chain.orchestrator(gated_account).await.unwrap().unwrap();
+    assert_eq!((record.successes, record.failures), (1, 1));
+    assert_eq!(chain.totals().await.unwrap().1, 0, "no escrow left behind");
     second.shutdown().await;
     c.stop().await;
 }
@@ -276,4 +284,69 @@ async fn client_finds_router_on_the_dht_through_a_bootstrap_node() {
     orch.shutdown().await;
     router.shutdown().await;
     boot.shutdown().await;
+}
+
+#[tokio::test]
+async fn orchestrator_below_minimum_stake_gets_no_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = start(Role::Router, dir.path(), vec![], None).await;
+    let router_addr = first_addr(&router).await;
+    let low = NodeConfig {
+        stake: 10,
+        ..config(Role::Orchestrator, dir.path(), vec![router_addr.clone()])
+    };
+    let orch = start_with(low, Some(Arc::new(StubEngine::new("stub-a")))).await;
+    within(router.wait_for_verdicts(1)).await.unwrap();
+    let known = router.orchestrators();
+    assert_eq!(known.len(), 1);
+    assert_eq!(known[0].eligible, Some(false));
+    let client_node = start(Role::Client, dir.path(), vec![], None).await;
+    within(client_node.network().dial(router_addr)).await.unwrap();
+    match within(client::submit_to(client_node.network(), router.peer_id(), spec(Some("stub-a"), "hi"))).await {
+        Err(ClientError::Task(e)) => assert_eq!(e.kind, TaskErrorKind::NoSuchModel),
+        other => panic!("expected NoSuchModel, got {other:?}"),
+    }
+    client_node.shutdown().await;
+    orch.shutdown().await;
+    router.shutdown().await;
+}
+
+#[tokio::test]
+async fn tasks_are_escrowed_paid_and_anchored() {
+    let c = Cluster::new(vec![Arc::new(StubEngine::new("stub-a"))]).await;
+    let result = c.submit(spec(None, "pay me")).await.unwrap();
+    let body = &result.receipt.body;
+    let chain = c.router.chain().unwrap();
+    let account = cactus_node::chain::default_account(&c.orchestrators[0].peer_id());
+
+    // Paid by the contract's formula: (prompt + 4 x output tokens) x price 1,
+    // full reputation, no time credit on the default local ledger.
+    let task = chain.task(body.task_id).await.unwrap().unwrap();
+    assert_eq!(task.status, TaskStatus::Completed);
+    assert_eq!(task.payment, u64::from(body.prompt_tokens + 4 * body.output_tokens));
+    let record = chain.orchestrator(account).await.unwrap().unwrap();
+    assert_eq!((record.stake, record.successes, record.failures), (10_000, 1, 0));
+    assert_eq!(chain.totals().await.unwrap(), (10_000, 0, 10_000));
+
+    // Anchored by its Merkle root; the proof leads to the anchored root.
+    assert_eq!(c.router.anchor_now(64).await.unwrap(), 1);
+    let proof = c.router.receipt_proof(body.task_id).await.unwrap().unwrap();
+    assert!(proof.proof.verify(&result.receipt.hash().unwrap(), &proof.root));
+    let anchor = chain.anchor(proof.anchor_index).await.unwrap().unwrap();
+    assert_eq!((anchor.root, anchor.count), (proof.root, 1));
+
+    // The same, asked over the mesh.
+    let answer = within(client::query(c.client.network(), c.router.peer_id(), Query::Status)).await;
+    let Ok(QueryAnswer::Status(status)) = answer else {
+        panic!("{answer:?}")
+    };
+    assert_eq!((status.receipts, status.pending_anchor, status.anchors), (1, 0, 1));
+    assert_eq!(status.orchestrators[0].record.as_ref().unwrap().successes, 1);
+    let answer = within(client::query(c.client.network(), c.router.peer_id(), Query::Receipt(body.task_id))).await;
+    let Ok(QueryAnswer::Receipt(Some(bundle))) = answer else {
+        panic!("{answer:?}")
+    };
+    assert_eq!(bundle.receipt, result.receipt);
+    assert_eq!(bundle.anchor, Some(proof));
+    c.stop().await;
 }
