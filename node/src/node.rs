@@ -303,14 +303,20 @@ impl Node {
     /// Waits until a router has admitted at least `n` orchestrators.
     pub async fn wait_for_orchestrators(&self, n: usize) -> Result<(), NetworkError> {
         let mut rx = self.table_size.clone();
-        rx.wait_for(|k| k.0 >= n).await.map(|_| ()).map_err(|_| NetworkError::Shutdown)
+        rx.wait_for(|k| k.0 >= n)
+            .await
+            .map(|_| ())
+            .map_err(|_| NetworkError::Shutdown)
     }
 
     /// Waits until the ledger has ruled on at least `n` orchestrators a router
     /// heard from, admitted or refused.
     pub async fn wait_for_verdicts(&self, n: usize) -> Result<(), NetworkError> {
         let mut rx = self.table_size.clone();
-        rx.wait_for(|k| k.1 >= n).await.map(|_| ()).map_err(|_| NetworkError::Shutdown)
+        rx.wait_for(|k| k.1 >= n)
+            .await
+            .map(|_| ())
+            .map_err(|_| NetworkError::Shutdown)
     }
 
     /// Anchors up to `batch` pending receipts now instead of waiting for the

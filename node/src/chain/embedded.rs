@@ -121,7 +121,7 @@ impl EmbeddedChain {
         let err =
             |e: &dyn std::fmt::Display| ChainError::Backend(format!("{}: {e}", path.display()));
         let db = Database::create(&path).map_err(|e| err(&e))?;
-        let (state, next_seq) = Self::load(&db, account).map_err(|e| err(&e))?;
+        let (state, next_seq) = Self::load(&db, Some(account)).map_err(|e| err(&e))?;
         let chain = Arc::new(Self {
             inner: Mutex::new(Inner {
                 db,
@@ -157,7 +157,7 @@ impl EmbeddedChain {
         let err =
             |e: &dyn std::fmt::Display| ChainError::Backend(format!("{}: {e}", path.display()));
         let db = Database::create(&path).map_err(|e| err(&e))?;
-        let (state, next_seq) = Self::load(&db, Address([0; 32])).map_err(|e| err(&e))?;
+        let (state, next_seq) = Self::load(&db, None).map_err(|e| err(&e))?;
         let account = state.admin;
         Ok(Arc::new(Self {
             inner: Mutex::new(Inner {
@@ -170,7 +170,10 @@ impl EmbeddedChain {
         }))
     }
 
-    fn load(db: &Database, admin: Address) -> Result<(State, u64), String> {
+    /// Rebuilds the state: the newest snapshot, then the operations after it.
+    /// Without a snapshot the log starts with `initialize`, whose signer is
+    /// the admin; `admin` is used for a log that is still empty.
+    fn load(db: &Database, admin: Option<Address>) -> Result<(State, u64), String> {
         let tx = db.begin_write().map_err(|e| e.to_string())?;
         {
             tx.open_table(OPS).map_err(|e| e.to_string())?;
@@ -184,9 +187,15 @@ impl EmbeddedChain {
                 let snap: Snapshot = decode(v.value())?;
                 (snap.state, snap.next_seq)
             }
-            None => (State::new(admin), 0),
+            None => (State::new(admin.unwrap_or(Address([0; 32]))), 0),
         };
         let ops = tx.open_table(OPS).map_err(|e| e.to_string())?;
+        if next_seq == 0
+            && let Some(first) = ops.get(0).map_err(|e| e.to_string())?
+        {
+            let r: Record = decode(first.value())?;
+            state = State::new(r.signer);
+        }
         for entry in ops.range(next_seq..).map_err(|e| e.to_string())? {
             let (seq, v) = entry.map_err(|e| e.to_string())?;
             let r: Record = decode(v.value())?;
@@ -436,6 +445,9 @@ mod tests {
             c.state()
         };
         let c = EmbeddedChain::open(dir.path(), router, &settings).unwrap();
+        assert_eq!(c.state(), expected);
+        drop(c);
+        let c = EmbeddedChain::open_existing(dir.path()).unwrap();
         assert_eq!(c.state(), expected);
         assert_eq!(c.len().unwrap(), 3 + 2 + SNAPSHOT_EVERY + 3);
         let (stake, escrow, vault) = c.state().totals();

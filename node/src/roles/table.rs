@@ -138,7 +138,11 @@ impl OrchestratorTable {
     /// `(admitted, judged)`: orchestrators the ledger admitted, and those it
     /// has ruled on either way.
     pub fn counts(&self) -> (usize, usize) {
-        let judged = self.entries.values().filter(|e| e.eligible.is_some()).count();
+        let judged = self
+            .entries
+            .values()
+            .filter(|e| e.eligible.is_some())
+            .count();
         (self.eligible_len(), judged)
     }
 

@@ -77,6 +77,14 @@ impl Proc {
     }
 }
 
+impl Proc {
+    /// SIGKILL: no chance to flush or clean up.
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -141,6 +149,8 @@ fn three_processes_answer_on_the_real_model_with_a_ledgered_receipt() {
         path(&dirs[0]),
         "--listen",
         "/ip4/127.0.0.1/tcp/0",
+        "--anchor-batch",
+        "1",
     ]);
     let line = router.wait_for("listening");
     let addr = line
@@ -155,7 +165,7 @@ fn three_processes_answer_on_the_real_model_with_a_ledgered_receipt() {
 
     let orch_ids: Vec<String> = dirs[1..].iter().map(|d| id(d)).collect();
     let model_arg = format!("{}:{}", model.display(), super::DEMO_SHA256);
-    let _orchs: Vec<Proc> = dirs[1..]
+    let orchs: Vec<Proc> = dirs[1..]
         .iter()
         .map(|d| {
             Proc::spawn(&[
@@ -207,8 +217,53 @@ fn three_processes_answer_on_the_real_model_with_a_ledgered_receipt() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("NoSuchModel"), "{err}");
 
-    // The router's ledger holds both receipts, and they verify.
-    router.terminate();
+    // Online: the router's ledger shows the stake, the paid tasks, the
+    // anchored receipts, and a receipt exported from it verifies end to end.
+    router.wait_for("receipts anchored");
+    router.wait_for("receipts anchored");
+    let out = run(&["status", "--bootstrap", &addr, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["receipts"], 2, "{status}");
+    assert_eq!(status["anchors"], 2, "{status}");
+    assert_eq!(status["pending_payments"], 0, "{status}");
+    assert_eq!(status["stake_held"], 20_000, "{status}");
+    let done: u64 = status["orchestrators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["successes"].as_u64().unwrap())
+        .sum();
+    assert_eq!(done, 2, "{status}");
+    let bundle = tmp.path().join("receipt.json");
+    let task = a["receipt"]["task_id"].as_str().unwrap();
+    let out = run(&[
+        "receipt",
+        "get",
+        task,
+        "--bootstrap",
+        &addr,
+        "--output",
+        path(&bundle),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["receipt", "verify", path(&bundle), "--bootstrap", &addr]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // kill -9: nothing the router committed is lost.
+    router.kill9();
     let out = run(&["ledger", "--data-dir", path(&dirs[0]), "--json"]);
     assert!(
         out.status.success(),
@@ -228,5 +283,57 @@ fn three_processes_answer_on_the_real_model_with_a_ledgered_receipt() {
             .expect("receipt in ledger");
         assert_eq!(entry["verified"], true);
         assert_eq!(entry["frame_hex"], v["receipt"]["frame_hex"]);
+    }
+    let out = run(&["status", "--data-dir", path(&dirs[0]), "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let offline: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(offline["receipts"], status["receipts"]);
+    assert_eq!(offline["stake_held"], status["stake_held"]);
+    assert_eq!(offline["anchors"], status["anchors"]);
+    let out = run(&[
+        "receipt",
+        "verify",
+        path(&bundle),
+        "--data-dir",
+        path(&dirs[0]),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // A tampered receipt file says which check failed.
+    let text = std::fs::read_to_string(&bundle).unwrap();
+    let root = serde_json::from_str::<serde_json::Value>(&text).unwrap()["anchor"]["root"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let flipped = format!(
+        "{}{}",
+        if root.starts_with('0') { '1' } else { '0' },
+        &root[1..]
+    );
+    std::fs::write(&bundle, text.replace(&root, &flipped)).unwrap();
+    let out = run(&[
+        "receipt",
+        "verify",
+        path(&bundle),
+        "--data-dir",
+        path(&dirs[0]),
+    ]);
+    assert!(!out.status.success());
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("FAIL Merkle proof"), "{report}");
+    assert!(report.contains("FAIL root is anchored"), "{report}");
+    assert!(report.contains("ok   router countersignature"), "{report}");
+
+    // Orchestrators stop cleanly on SIGTERM.
+    for o in orchs {
+        o.terminate();
     }
 }

@@ -301,8 +301,16 @@ async fn orchestrator_below_minimum_stake_gets_no_task() {
     assert_eq!(known.len(), 1);
     assert_eq!(known[0].eligible, Some(false));
     let client_node = start(Role::Client, dir.path(), vec![], None).await;
-    within(client_node.network().dial(router_addr)).await.unwrap();
-    match within(client::submit_to(client_node.network(), router.peer_id(), spec(Some("stub-a"), "hi"))).await {
+    within(client_node.network().dial(router_addr))
+        .await
+        .unwrap();
+    match within(client::submit_to(
+        client_node.network(),
+        router.peer_id(),
+        spec(Some("stub-a"), "hi"),
+    ))
+    .await
+    {
         Err(ClientError::Task(e)) => assert_eq!(e.kind, TaskErrorKind::NoSuchModel),
         other => panic!("expected NoSuchModel, got {other:?}"),
     }
@@ -323,26 +331,52 @@ async fn tasks_are_escrowed_paid_and_anchored() {
     // full reputation, no time credit on the default local ledger.
     let task = chain.task(body.task_id).await.unwrap().unwrap();
     assert_eq!(task.status, TaskStatus::Completed);
-    assert_eq!(task.payment, u64::from(body.prompt_tokens + 4 * body.output_tokens));
+    assert_eq!(
+        task.payment,
+        u64::from(body.prompt_tokens + 4 * body.output_tokens)
+    );
     let record = chain.orchestrator(account).await.unwrap().unwrap();
-    assert_eq!((record.stake, record.successes, record.failures), (10_000, 1, 0));
+    assert_eq!(
+        (record.stake, record.successes, record.failures),
+        (10_000, 1, 0)
+    );
     assert_eq!(chain.totals().await.unwrap(), (10_000, 0, 10_000));
 
     // Anchored by its Merkle root; the proof leads to the anchored root.
     assert_eq!(c.router.anchor_now(64).await.unwrap(), 1);
     let proof = c.router.receipt_proof(body.task_id).await.unwrap().unwrap();
-    assert!(proof.proof.verify(&result.receipt.hash().unwrap(), &proof.root));
+    assert!(
+        proof
+            .proof
+            .verify(&result.receipt.hash().unwrap(), &proof.root)
+    );
     let anchor = chain.anchor(proof.anchor_index).await.unwrap().unwrap();
     assert_eq!((anchor.root, anchor.count), (proof.root, 1));
 
     // The same, asked over the mesh.
-    let answer = within(client::query(c.client.network(), c.router.peer_id(), Query::Status)).await;
+    let answer = within(client::query(
+        c.client.network(),
+        c.router.peer_id(),
+        Query::Status,
+    ))
+    .await;
     let Ok(QueryAnswer::Status(status)) = answer else {
         panic!("{answer:?}")
     };
-    assert_eq!((status.receipts, status.pending_anchor, status.anchors), (1, 0, 1));
-    assert_eq!(status.orchestrators[0].record.as_ref().unwrap().successes, 1);
-    let answer = within(client::query(c.client.network(), c.router.peer_id(), Query::Receipt(body.task_id))).await;
+    assert_eq!(
+        (status.receipts, status.pending_anchor, status.anchors),
+        (1, 0, 1)
+    );
+    assert_eq!(
+        status.orchestrators[0].record.as_ref().unwrap().successes,
+        1
+    );
+    let answer = within(client::query(
+        c.client.network(),
+        c.router.peer_id(),
+        Query::Receipt(body.task_id),
+    ))
+    .await;
     let Ok(QueryAnswer::Receipt(Some(bundle))) = answer else {
         panic!("{answer:?}")
     };
