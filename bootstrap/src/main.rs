@@ -19,8 +19,11 @@ struct Cli {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     cli::init_tracing("info");
+    // A bootstrap node is public infrastructure: it relays for nodes behind
+    // NATs (with the limits given on the command line).
+    cli.mesh.relay = true;
     let args = NodeArgs {
         role: Role::Bootstrap,
         mesh: cli.mesh,

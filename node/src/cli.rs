@@ -55,6 +55,19 @@ pub struct MeshArgs {
     /// Most connections open at once.
     #[arg(long, default_value_t = 256, value_name = "N")]
     pub max_connections: u32,
+    /// Serve as a circuit relay (and AutoNAT dial-back server) for nodes
+    /// behind NATs; for nodes with a public address. Bootstrap nodes always do.
+    #[arg(long)]
+    pub relay: bool,
+    /// Longest life of one relayed circuit, in seconds (relay servers).
+    #[arg(long, default_value_t = 1800, value_name = "SECS")]
+    pub relay_max_circuit_secs: u64,
+    /// Most bytes one relayed circuit may carry (relay servers).
+    #[arg(long, default_value_t = 64 * 1024 * 1024, value_name = "BYTES")]
+    pub relay_max_circuit_bytes: u64,
+    /// Do not listen through a relay even when no public address is confirmed.
+    #[arg(long)]
+    pub no_relay_client: bool,
 }
 
 impl MeshArgs {
@@ -66,6 +79,14 @@ impl MeshArgs {
         }
         c.bootstrap = self.bootstrap.clone();
         c.max_connections = self.max_connections;
+        c.relay_client = !self.no_relay_client;
+        if self.relay {
+            c.relay_server = Some(crate::network::behaviour::RelayLimits {
+                max_circuit_duration: Duration::from_secs(self.relay_max_circuit_secs.max(1)),
+                max_circuit_bytes: self.relay_max_circuit_bytes.max(1),
+                ..Default::default()
+            });
+        }
         c
     }
 }

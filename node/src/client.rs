@@ -111,7 +111,8 @@ pub async fn connect(
         network: NetworkConfig {
             listen: Vec::new(),
             bootstrap: Vec::new(),
-            kad_server: false,
+            kad_server: Some(false),
+            relay_client: false,
             request_timeout: timeout,
             ..NetworkConfig::default()
         },

@@ -45,6 +45,23 @@ enum Command {
     /// Exports or verifies receipts with their anchor proofs.
     #[command(subcommand)]
     Receipt(ReceiptCmd),
+    /// Checks this machine's reachability: listen and observed addresses,
+    /// the AutoNAT verdict, relay reservations, a hole punch to a given peer,
+    /// and what to do about it, in plain words.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DoctorArgs {
+    #[command(flatten)]
+    mesh: cli::MeshArgs,
+    /// Also try to connect to this peer (e.g. another node's /p2p-circuit
+    /// address) and report whether hole punching made the connection direct.
+    #[arg(long, value_name = "MULTIADDR")]
+    peer: Option<libp2p::Multiaddr>,
+    /// Seconds to observe at most.
+    #[arg(long, default_value_t = 20)]
+    wait: u64,
 }
 
 /// Where to read a router's ledger: over the mesh from a running router, or
@@ -186,7 +203,148 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Some(Command::Ledger(args)) => ledger(args),
         Some(Command::Status(args)) => status(args).await,
         Some(Command::Receipt(cmd)) => receipt(cmd).await,
+        Some(Command::Doctor(args)) => doctor(args).await,
     }
+}
+
+async fn doctor(args: DoctorArgs) -> Result<()> {
+    use cactus_node::network::ConnectionKind;
+    cli::init_tracing("warn");
+    if args.mesh.bootstrap.is_empty() {
+        bail!("give --bootstrap <multiaddr>: the doctor checks reachability with the mesh's help");
+    }
+    let mut network = args.mesh.network_config();
+    network.bootstrap = Vec::new();
+    let config = cactus_node::NodeConfig {
+        role: cactus_node::Role::Client,
+        network,
+        ..Default::default()
+    };
+    let node =
+        cactus_node::Node::start(config, libp2p::identity::Keypair::generate_ed25519(), None)
+            .await?;
+    let mut out = std::io::stdout().lock();
+    let mut reached = Vec::new();
+    for addr in &args.mesh.bootstrap {
+        match tokio::time::timeout(Duration::from_secs(10), node.network().dial(addr.clone())).await
+        {
+            Ok(Ok(peer)) => {
+                writeln!(out, "bootstrap {addr}: reachable")?;
+                reached.push(peer);
+            }
+            Ok(Err(e)) => writeln!(out, "bootstrap {addr}: NOT reachable ({e})")?,
+            Err(_) => writeln!(out, "bootstrap {addr}: NOT reachable (no answer in 10 s)")?,
+        }
+    }
+    let peer = match &args.peer {
+        Some(addr) => {
+            match tokio::time::timeout(Duration::from_secs(15), node.network().dial(addr.clone()))
+                .await
+            {
+                Ok(Ok(p)) => Some(p),
+                Ok(Err(e)) => {
+                    writeln!(out, "peer {addr}: cannot connect ({e})")?;
+                    None
+                }
+                Err(_) => {
+                    writeln!(out, "peer {addr}: no answer in 15 s")?;
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    // Observe until the picture is complete or the time is up: a reservation
+    // or a confirmed public address, an AutoNAT probe, and the hole punch.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.wait.max(1));
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let d = loop {
+        tick.tick().await;
+        let d = node.network().diagnostics().await?;
+        let reachable = !d.confirmed_addrs.is_empty() || !d.reservations.is_empty();
+        let probed = !d.autonat.is_empty() || !d.confirmed_addrs.is_empty();
+        let punched = match peer {
+            None => true,
+            Some(p) => {
+                d.hole_punches.iter().any(|(q, _)| *q == p)
+                    || d.connections
+                        .iter()
+                        .any(|(q, k)| *q == p && *k == ConnectionKind::Direct)
+            }
+        };
+        if (reachable && probed && punched) || tokio::time::Instant::now() >= deadline {
+            break d;
+        }
+    };
+    let list = |v: &[libp2p::Multiaddr]| {
+        if v.is_empty() {
+            "none".to_owned()
+        } else {
+            v.iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join("\n    ")
+        }
+    };
+    writeln!(out, "listen addresses:\n    {}", list(&d.listen_addrs))?;
+    writeln!(
+        out,
+        "addresses peers see for this machine:\n    {}",
+        list(&d.observed_addrs)
+    )?;
+    writeln!(
+        out,
+        "publicly reachable addresses (AutoNAT):\n    {}",
+        list(&d.confirmed_addrs)
+    )?;
+    let (ok, failed) = d.autonat.iter().fold(
+        (0, 0),
+        |(o, f), (_, _, r)| if *r { (o + 1, f) } else { (o, f + 1) },
+    );
+    writeln!(out, "AutoNAT probes: {ok} reachable, {failed} unreachable")?;
+    if d.reservations.is_empty() {
+        writeln!(out, "relay reservations: none")?;
+    } else {
+        for r in &d.reservations {
+            writeln!(out, "relay reservation: via {r}")?;
+        }
+    }
+    if let Some(p) = peer {
+        let kind = d.connections.iter().find(|(q, _)| *q == p).map(|(_, k)| *k);
+        match d.hole_punches.iter().rev().find(|(q, _)| *q == p) {
+            Some((_, Ok(()))) => writeln!(
+                out,
+                "hole punch to {p}: succeeded, the connection is direct"
+            )?,
+            Some((_, Err(e))) => writeln!(
+                out,
+                "hole punch to {p}: failed ({e}); the connection stays relayed"
+            )?,
+            None => match kind {
+                Some(ConnectionKind::Direct) => {
+                    writeln!(out, "connection to {p}: direct (no hole punch needed)")?
+                }
+                Some(ConnectionKind::Relayed) => {
+                    writeln!(out, "connection to {p}: relayed; no hole punch result yet")?
+                }
+                None => writeln!(out, "connection to {p}: none")?,
+            },
+        }
+    }
+    writeln!(out)?;
+    let advice = if reached.is_empty() {
+        "No bootstrap peer answered. Check the --bootstrap address (it must end in /p2p/<peer id>) and that this machine may open outbound TCP/UDP connections.".to_owned()
+    } else if !d.confirmed_addrs.is_empty() {
+        "This node is publicly reachable: nothing to do. Consider running it with --relay to help nodes behind NATs.".to_owned()
+    } else if !d.reservations.is_empty() {
+        "This node is behind a NAT or firewall and is reachable through a relay: it works as it is. Direct connections are set up by hole punching where the NATs allow; to be dialled directly everywhere, forward a TCP port to this machine and pass it with --listen /ip4/0.0.0.0/tcp/<port>.".to_owned()
+    } else {
+        "This node is not publicly reachable and holds no relay reservation, so nobody can dial it. Make sure a bootstrap peer runs a relay (cactus-bootstrap does), or forward a TCP port to this machine.".to_owned()
+    };
+    writeln!(out, "what to do: {advice}")?;
+    drop(out);
+    node.shutdown().await;
+    Ok(())
 }
 
 /// Asks a running router (`--bootstrap` / `--router`) one question.

@@ -158,8 +158,23 @@ impl Node {
             env!("CARGO_PKG_VERSION"),
             format!("{:?}", config.role).to_lowercase()
         );
-        if config.role == Role::Client {
-            net_config.kad_server = false;
+        match config.role {
+            // Public infrastructure: answers the DHT, relays for nodes behind
+            // NATs and dials back their AutoNAT probes.
+            Role::Bootstrap => {
+                net_config.kad_server.get_or_insert(true);
+                net_config.relay_server.get_or_insert_with(Default::default);
+            }
+            Role::Router => {
+                net_config.kad_server.get_or_insert(true);
+            }
+            // Orchestrators let AutoNAT decide whether they are public.
+            Role::Orchestrator => {}
+            // A client only asks the DHT; whether it listens through a relay
+            // is the caller's choice (`doctor` does, `infer` does not).
+            Role::Client => {
+                net_config.kad_server = Some(false);
+            }
         }
         let (network, events, net_task) =
             network::spawn(key.clone(), net_config, shutdown.child_token())?;

@@ -26,6 +26,10 @@ pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
 pub const MAX_MODELS_PER_ADVERT: usize = 64;
 /// Longest model name, in bytes.
 pub const MAX_MODEL_NAME_BYTES: usize = 128;
+/// Most addresses one advert may list.
+pub const MAX_ADVERT_ADDRS: usize = 16;
+/// Longest address in an advert, in bytes.
+pub const MAX_ADDR_BYTES: usize = 256;
 /// Longest free-text field (error messages, version strings), in bytes.
 pub const MAX_TEXT_FIELD_BYTES: usize = 1024;
 
@@ -336,6 +340,8 @@ pub struct CapabilityAdvert {
     pub account: crate::ledger::Address,
     /// The stake it declares; a router checks it against the ledger.
     pub stake: u64,
+    /// Multiaddrs it can be dialled on, relayed (`/p2p-circuit`) ones included.
+    pub addrs: Vec<String>,
     /// Increases with every advert the node publishes, so that receivers keep
     /// the newest and gossipsub never sees two equal messages.
     pub seq: u64,
@@ -353,6 +359,12 @@ impl CapabilityAdvert {
             check_len("model name", &m.name, MAX_MODEL_NAME_BYTES)?;
         }
         check_len("node version", &self.node_version, MAX_TEXT_FIELD_BYTES)?;
+        if self.addrs.len() > MAX_ADVERT_ADDRS {
+            return Err(InvalidMessage::TooManyAddrs(self.addrs.len()));
+        }
+        for a in &self.addrs {
+            check_len("address", a, MAX_ADDR_BYTES)?;
+        }
         if self.free_slots > self.total_slots {
             return Err(InvalidMessage::Slots {
                 free: self.free_slots,
@@ -387,6 +399,9 @@ pub enum InvalidMessage {
     /// top-p out of `(0, 1]`.
     #[error("top_p {0} is outside (0, 1]")]
     TopP(f32),
+    /// Too many addresses in an advert.
+    #[error("{0} addresses is over the {MAX_ADVERT_ADDRS}-address cap")]
+    TooManyAddrs(usize),
     /// Too many models in an advert.
     #[error("{0} models is over the {MAX_MODELS_PER_ADVERT}-model cap")]
     TooManyModels(usize),

@@ -232,6 +232,7 @@ fn arb_advert() -> impl Strategy<Value = CapabilityAdvert> {
             price_per_token: price,
             account: Address([7; 32]),
             stake: price / 3,
+            addrs: vec![format!("/ip4/127.0.0.1/tcp/{}", seq % 65536)],
             seq,
             issued_at_ms: at,
         })

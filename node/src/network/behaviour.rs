@@ -3,9 +3,10 @@
 use super::codec::TaskCodec;
 use cactus_protocol::{CapabilityAdvert, KAD_PROTOCOL, TASK_PROTOCOL, Wire};
 use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    StreamProtocol, connection_limits, gossipsub, identify, identity::Keypair, kad, ping,
-    request_response,
+    StreamProtocol, autonat, connection_limits, dcutr, gossipsub, identify, identity::Keypair, kad,
+    ping, relay, request_response,
 };
 use sha2::{Digest as _, Sha256};
 use std::time::Duration;
@@ -22,6 +23,39 @@ pub struct BehaviourLimits {
     pub request_timeout: Duration,
     /// Task streams open at once per connection.
     pub max_concurrent_streams: usize,
+    /// Run a circuit relay server with these limits (public nodes only).
+    pub relay_server: Option<RelayLimits>,
+    /// Answer AutoNAT dial-back requests (public nodes only).
+    pub autonat_server: bool,
+}
+
+/// Limits of the circuit relay server.
+///
+/// rust-libp2p's defaults (2 minutes and 128 KiB per circuit) would cut a
+/// long generation off mid-answer; a task's request and response fit easily
+/// in these, and a circuit only carries traffic until hole punching replaces
+/// it with a direct connection.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayLimits {
+    /// Longest life of one circuit.
+    pub max_circuit_duration: Duration,
+    /// Most bytes one circuit carries.
+    pub max_circuit_bytes: u64,
+    /// Reservations held at once.
+    pub max_reservations: usize,
+    /// Circuits open at once.
+    pub max_circuits: usize,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        Self {
+            max_circuit_duration: Duration::from_secs(30 * 60),
+            max_circuit_bytes: 64 * 1024 * 1024,
+            max_reservations: 1024,
+            max_circuits: 256,
+        }
+    }
 }
 
 /// Every protocol a Cactus node speaks. Field order is poll order: limits first.
@@ -41,6 +75,16 @@ pub struct Behaviour {
     pub gossipsub: gossipsub::Behaviour,
     /// Task hand-off, one frame each way.
     pub tasks: request_response::Behaviour<TaskCodec>,
+    /// Circuit relay v2 client: reservations on relays, relayed dials.
+    pub relay_client: relay::client::Behaviour,
+    /// Circuit relay v2 server, on public nodes that opt in.
+    pub relay_server: Toggle<relay::Behaviour>,
+    /// Direct connection upgrade through relay: hole punching.
+    pub dcutr: dcutr::Behaviour,
+    /// AutoNAT v2 client: are our addresses reachable from outside?
+    pub autonat: autonat::v2::client::Behaviour,
+    /// AutoNAT v2 server: dial back other nodes' candidate addresses.
+    pub autonat_server: Toggle<autonat::v2::server::Behaviour>,
 }
 
 /// Why the behaviour could not be built.
@@ -55,6 +99,7 @@ impl Behaviour {
     /// Builds the behaviour for `key` with `limits`.
     pub fn new(
         key: &Keypair,
+        relay_client: relay::client::Behaviour,
         agent_version: String,
         limits: &BehaviourLimits,
     ) -> Result<Self, BehaviourError> {
@@ -111,7 +156,28 @@ impl Behaviour {
                 .with_max_concurrent_streams(limits.max_concurrent_streams),
         );
 
+        let relay_server = limits.relay_server.map(|l| {
+            relay::Behaviour::new(
+                peer_id,
+                relay::Config {
+                    max_reservations: l.max_reservations,
+                    max_circuits: l.max_circuits,
+                    max_circuit_duration: l.max_circuit_duration,
+                    max_circuit_bytes: l.max_circuit_bytes,
+                    ..relay::Config::default()
+                },
+            )
+        });
+
         Ok(Self {
+            relay_client,
+            relay_server: relay_server.into(),
+            dcutr: dcutr::Behaviour::new(peer_id),
+            autonat: autonat::v2::client::Behaviour::default(),
+            autonat_server: limits
+                .autonat_server
+                .then(autonat::v2::server::Behaviour::default)
+                .into(),
             limits: connection_limits::Behaviour::new(conn_limits),
             identify,
             ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5))),

@@ -11,7 +11,8 @@ use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, identify, kad, multiaddr::Protocol, ping,
+    Multiaddr, PeerId, StreamProtocol, Swarm, autonat, dcutr, gossipsub, identify, kad,
+    multiaddr::Protocol, ping, relay,
 };
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -82,6 +83,67 @@ enum Command {
     ConnectedPeers {
         reply: oneshot::Sender<Vec<PeerId>>,
     },
+    Diagnostics {
+        reply: oneshot::Sender<Diagnostics>,
+    },
+    ConnectionKind {
+        peer: PeerId,
+        reply: oneshot::Sender<Option<ConnectionKind>>,
+    },
+    AddAddresses {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    },
+}
+
+/// How we are connected to a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionKind {
+    /// At least one direct connection.
+    Direct,
+    /// Only connections through a relay.
+    Relayed,
+}
+
+impl std::fmt::Display for ConnectionKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Direct => "direct",
+            Self::Relayed => "relayed",
+        })
+    }
+}
+
+/// Most entries kept in each diagnostics list.
+const DIAG_KEEP: usize = 16;
+
+/// What the node knows about its own reachability, for `cactus-node doctor`.
+#[derive(Debug, Clone, Default)]
+pub struct Diagnostics {
+    /// Addresses we listen on (relayed ones included).
+    pub listen_addrs: Vec<Multiaddr>,
+    /// Our addresses as peers reported seeing them (identify).
+    pub observed_addrs: Vec<Multiaddr>,
+    /// Addresses AutoNAT confirmed reachable from outside.
+    pub confirmed_addrs: Vec<Multiaddr>,
+    /// AutoNAT probes: address, server, whether it was reachable.
+    pub autonat: Vec<(Multiaddr, PeerId, bool)>,
+    /// Relays holding a reservation for us.
+    pub reservations: Vec<PeerId>,
+    /// Hole-punch attempts: peer, outcome.
+    pub hole_punches: Vec<(PeerId, Result<(), String>)>,
+    /// Connected peers and how.
+    pub connections: Vec<(PeerId, ConnectionKind)>,
+}
+
+fn keep<T: PartialEq>(list: &mut Vec<T>, item: T) {
+    if list.contains(&item) {
+        return;
+    }
+    if list.len() >= DIAG_KEEP {
+        list.remove(0);
+    }
+    list.push(item);
 }
 
 /// A cheap, cloneable handle to the event loop.
@@ -102,6 +164,9 @@ impl std::fmt::Debug for Command {
             Command::StartProviding { .. } => "StartProviding",
             Command::FindProviders { .. } => "FindProviders",
             Command::ConnectedPeers { .. } => "ConnectedPeers",
+            Command::Diagnostics { .. } => "Diagnostics",
+            Command::ConnectionKind { .. } => "ConnectionKind",
+            Command::AddAddresses { .. } => "AddAddresses",
         })
     }
 }
@@ -185,6 +250,37 @@ impl Network {
         self.call(|reply| Command::ConnectedPeers { reply }).await
     }
 
+    /// The addresses the node listens on now (may be empty at start).
+    pub fn current_listen_addrs(&self) -> Vec<Multiaddr> {
+        self.listen_addrs.borrow().clone()
+    }
+
+    /// What the node knows about its reachability.
+    pub async fn diagnostics(&self) -> Result<Diagnostics, NetworkError> {
+        self.call(|reply| Command::Diagnostics { reply }).await
+    }
+
+    /// How we are connected to `peer`, if at all.
+    pub async fn connection_kind(
+        &self,
+        peer: PeerId,
+    ) -> Result<Option<ConnectionKind>, NetworkError> {
+        self.call(|reply| Command::ConnectionKind { peer, reply })
+            .await
+    }
+
+    /// Tells the swarm where `peer` can be dialled (e.g. from its advert).
+    pub async fn add_addresses(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    ) -> Result<(), NetworkError> {
+        self.commands
+            .send(Command::AddAddresses { peer, addrs })
+            .await
+            .map_err(|_| NetworkError::Shutdown)
+    }
+
     /// Waits until the node listens on at least one address; returns them all,
     /// each ending in `/p2p/<peer id>`.
     pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NetworkError> {
@@ -214,7 +310,19 @@ struct EventLoop {
     /// DHT keys this node provides, announced again after each bootstrap so
     /// that a node that started alone still gets its records out.
     provided: Vec<Vec<u8>>,
+    /// Relays we listen through (at most [`MAX_RELAYS`]).
+    relays: HashSet<PeerId>,
+    /// Open connections per peer: id and whether it is relayed.
+    connections: HashMap<PeerId, Vec<(ConnectionId, bool)>>,
+    /// The address we dialled each peer on, for building relay addresses.
+    dialed: HashMap<PeerId, Multiaddr>,
+    diag: Diagnostics,
 }
+
+/// Relays a node listens through at once.
+const MAX_RELAYS: usize = 2;
+/// The circuit relay v2 hop protocol: peers that speak it can relay for us.
+const RELAY_HOP_PROTOCOL: &str = "/libp2p/circuit/relay/0.2.0/hop";
 
 pub(super) fn start(
     mut swarm: Swarm<Behaviour>,
@@ -238,10 +346,12 @@ pub(super) fn start(
     swarm
         .behaviour_mut()
         .kad
-        .set_mode(Some(if config.kad_server {
-            kad::Mode::Server
-        } else {
-            kad::Mode::Client
+        .set_mode(config.kad_server.map(|server| {
+            if server {
+                kad::Mode::Server
+            } else {
+                kad::Mode::Client
+            }
         }));
     for addr in &config.bootstrap {
         if let Some(peer) = peer_id_of(addr) {
@@ -266,6 +376,10 @@ pub(super) fn start(
         pending_providers: HashMap::new(),
         bootstrapped: false,
         provided: Vec::new(),
+        relays: HashSet::new(),
+        connections: HashMap::new(),
+        dialed: HashMap::new(),
+        diag: Diagnostics::default(),
     };
     let handle = tokio::spawn(event_loop.run(shutdown));
     Ok((
@@ -277,6 +391,19 @@ pub(super) fn start(
         ev_rx,
         handle,
     ))
+}
+
+/// The relay's PeerId in a `/p2p/<relay>/p2p-circuit` address.
+fn relay_of(addr: &Multiaddr) -> Option<PeerId> {
+    let mut last = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::P2p(peer) => last = Some(peer),
+            Protocol::P2pCircuit => return last,
+            _ => {}
+        }
+    }
+    None
 }
 
 /// The PeerId at the end of `addr`, if any.
@@ -410,6 +537,35 @@ impl EventLoop {
             Command::ConnectedPeers { reply } => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
+            Command::Diagnostics { reply } => {
+                let mut d = self.diag.clone();
+                d.listen_addrs = self.listen_addrs.borrow().clone();
+                d.connections = self
+                    .connections
+                    .keys()
+                    .filter_map(|p| self.kind(p).map(|k| (*p, k)))
+                    .collect();
+                let _ = reply.send(d);
+            }
+            Command::ConnectionKind { peer, reply } => {
+                let _ = reply.send(self.kind(&peer));
+            }
+            Command::AddAddresses { peer, addrs } => {
+                for addr in addrs.into_iter().take(DIAG_KEEP) {
+                    self.swarm.add_peer_address(peer, addr);
+                }
+            }
+        }
+    }
+
+    fn kind(&self, peer: &PeerId) -> Option<ConnectionKind> {
+        let conns = self.connections.get(peer)?;
+        if conns.iter().any(|(_, relayed)| !relayed) {
+            Some(ConnectionKind::Direct)
+        } else if conns.is_empty() {
+            None
+        } else {
+            Some(ConnectionKind::Relayed)
         }
     }
 
@@ -432,6 +588,35 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.on_identify(e),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => self.on_ping(e),
             SwarmEvent::Behaviour(BehaviourEvent::Limits(e)) => match e {},
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(e)) => self.on_relay_client(e),
+            SwarmEvent::Behaviour(BehaviourEvent::RelayServer(e)) => {
+                tracing::debug!(event = ?e, "relay server");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(e)) => self.on_dcutr(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(e)) => self.on_autonat(e),
+            SwarmEvent::Behaviour(BehaviourEvent::AutonatServer(e)) => {
+                tracing::debug!(client = %e.client, addr = %e.tested_addr, ok = e.result.is_ok(), "autonat dial-back");
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                tracing::info!(%address, "public address confirmed by AutoNAT");
+                keep(&mut self.diag.confirmed_addrs, address);
+            }
+            SwarmEvent::ExternalAddrExpired { address } => {
+                self.diag.confirmed_addrs.retain(|a| a != &address);
+            }
+            SwarmEvent::ListenerClosed {
+                addresses, reason, ..
+            } => {
+                for addr in addresses {
+                    if addr.iter().any(|p| matches!(p, Protocol::P2pCircuit)) {
+                        if let Some(relay) = relay_of(&addr) {
+                            self.relays.remove(&relay);
+                            self.diag.reservations.retain(|r| r != &relay);
+                        }
+                        tracing::warn!(%addr, ?reason, "relay listener closed");
+                    }
+                }
+            }
             SwarmEvent::NewListenAddr { address, .. } => {
                 let full = address
                     .with_p2p(*self.swarm.local_peer_id())
@@ -451,7 +636,29 @@ impl EventLoop {
                 endpoint,
                 ..
             } => {
-                tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                let relayed = endpoint.is_relayed();
+                tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), relayed, "connected");
+                if endpoint.is_dialer()
+                    && !relayed
+                    && self.dialed.len() < self.config.max_connections as usize
+                {
+                    self.dialed
+                        .insert(peer_id, endpoint.get_remote_address().clone());
+                }
+                let conns = self.connections.entry(peer_id).or_default();
+                conns.push((connection_id, relayed));
+                if !relayed {
+                    // Prefer the direct path: once one exists, relayed
+                    // connections to the same peer only cost relay capacity.
+                    let relayed_ids: Vec<ConnectionId> = conns
+                        .iter()
+                        .filter(|(_, r)| *r)
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for id in relayed_ids {
+                        self.swarm.close_connection(id);
+                    }
+                }
                 if let Some((addr, reply)) = self.pending_dials.remove(&connection_id) {
                     // A peer we dialled on purpose is a way into the DHT; kad
                     // drops it again if it turns out not to answer queries.
@@ -473,11 +680,19 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
             } => {
-                tracing::debug!(peer = %peer_id, "disconnected");
-                self.emit(NetworkEvent::Disconnected(peer_id));
+                if let Some(conns) = self.connections.get_mut(&peer_id) {
+                    conns.retain(|(id, _)| *id != connection_id);
+                }
+                if num_established == 0 {
+                    tracing::debug!(peer = %peer_id, "disconnected");
+                    self.connections.remove(&peer_id);
+                    self.dialed.remove(&peer_id);
+                    self.emit(NetworkEvent::Disconnected(peer_id));
+                }
             }
             _ => {}
         }
@@ -610,8 +825,91 @@ impl EventLoop {
         }
     }
 
+    fn on_relay_client(&mut self, event: relay::client::Event) {
+        match event {
+            relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal,
+                ..
+            } => {
+                if !renewal {
+                    tracing::info!(relay = %relay_peer_id, "relay reservation accepted");
+                }
+                keep(&mut self.diag.reservations, relay_peer_id);
+            }
+            relay::client::Event::InboundCircuitEstablished { src_peer_id, .. } => {
+                tracing::debug!(peer = %src_peer_id, "inbound relayed connection");
+            }
+            relay::client::Event::OutboundCircuitEstablished { relay_peer_id, .. } => {
+                tracing::debug!(relay = %relay_peer_id, "outbound relayed connection");
+            }
+        }
+    }
+
+    fn on_dcutr(&mut self, event: dcutr::Event) {
+        match &event.result {
+            Ok(_) => {
+                tracing::info!(peer = %event.remote_peer_id, "hole punch succeeded: direct connection")
+            }
+            Err(e) => {
+                tracing::info!(peer = %event.remote_peer_id, error = %e, "hole punch failed; staying relayed")
+            }
+        }
+        keep(
+            &mut self.diag.hole_punches,
+            (
+                event.remote_peer_id,
+                event.result.map(|_| ()).map_err(|e| e.to_string()),
+            ),
+        );
+    }
+
+    fn on_autonat(&mut self, event: autonat::v2::client::Event) {
+        let ok = event.result.is_ok();
+        tracing::debug!(addr = %event.tested_addr, server = %event.server, reachable = ok, "autonat probe");
+        keep(
+            &mut self.diag.autonat,
+            (event.tested_addr, event.server, ok),
+        );
+    }
+
+    /// Listens through `relay` (reached at the address we dialled) so that
+    /// peers can dial us through it while we have no public address.
+    fn maybe_listen_via_relay(&mut self, relay: PeerId) {
+        if !self.config.relay_client
+            || self.relays.len() >= MAX_RELAYS
+            || self.relays.contains(&relay)
+            || !self.diag.confirmed_addrs.is_empty()
+        {
+            return;
+        }
+        let Some(addr) = self.dialed.get(&relay).cloned() else {
+            return;
+        };
+        let base = if peer_id_of(&addr).is_some() {
+            addr
+        } else {
+            addr.with(Protocol::P2p(relay))
+        };
+        let circuit = base.with(Protocol::P2pCircuit);
+        match self.swarm.listen_on(circuit.clone()) {
+            Ok(_) => {
+                tracing::info!(relay = %relay, address = %circuit, "requesting a relay reservation");
+                self.relays.insert(relay);
+            }
+            Err(e) => tracing::warn!(relay = %relay, error = %e, "cannot listen through relay"),
+        }
+    }
+
     fn on_identify(&mut self, event: identify::Event) {
         if let identify::Event::Received { peer_id, info, .. } = event {
+            keep(&mut self.diag.observed_addrs, info.observed_addr.clone());
+            if info
+                .protocols
+                .contains(&StreamProtocol::new(RELAY_HOP_PROTOCOL))
+            {
+                self.maybe_listen_via_relay(peer_id);
+            }
             let kad_proto = StreamProtocol::new(KAD_PROTOCOL);
             if info.protocols.contains(&kad_proto) {
                 for addr in info.listen_addrs {

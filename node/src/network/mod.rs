@@ -11,7 +11,7 @@ pub mod behaviour;
 pub mod codec;
 mod event_loop;
 
-pub use event_loop::{Network, NetworkEvent};
+pub use event_loop::{ConnectionKind, Diagnostics, Network, NetworkEvent};
 
 use libp2p::{Multiaddr, PeerId, identity::Keypair, noise, tcp, yamux};
 use std::time::Duration;
@@ -24,8 +24,10 @@ pub struct NetworkConfig {
     pub listen: Vec<Multiaddr>,
     /// Peers to join through; each may end in `/p2p/<peer id>`.
     pub bootstrap: Vec<Multiaddr>,
-    /// Whether this node answers Kademlia queries (public nodes) or only asks.
-    pub kad_server: bool,
+    /// Whether this node answers Kademlia queries (`Some(true)`: public
+    /// nodes), only asks (`Some(false)`), or decides by whether AutoNAT
+    /// confirms a public address (`None`).
+    pub kad_server: Option<bool>,
     /// Established connections in all.
     pub max_connections: u32,
     /// Discovered peers are dialled until this many are connected.
@@ -36,6 +38,12 @@ pub struct NetworkConfig {
     pub idle_timeout: Duration,
     /// Identify agent string, e.g. `cactus-node/0.1.0 (router)`.
     pub agent_version: String,
+    /// Serve as a circuit relay (and AutoNAT dial-back server) for nodes
+    /// behind NATs. Public nodes only.
+    pub relay_server: Option<behaviour::RelayLimits>,
+    /// Reserve a slot on a relay learned from bootstrap peers and listen
+    /// through it, so that nodes behind a NAT can be dialled.
+    pub relay_client: bool,
 }
 
 impl Default for NetworkConfig {
@@ -50,12 +58,14 @@ impl Default for NetworkConfig {
                     .unwrap_or_else(|_| Multiaddr::empty()),
             ],
             bootstrap: Vec::new(),
-            kad_server: true,
+            kad_server: None,
             max_connections: 256,
             target_peers: 16,
             request_timeout: Duration::from_secs(600),
             idle_timeout: Duration::from_secs(300),
             agent_version: format!("cactus-node/{}", env!("CARGO_PKG_VERSION")),
+            relay_server: None,
+            relay_client: true,
         }
     }
 }
@@ -119,6 +129,8 @@ pub fn spawn(
         max_connections: config.max_connections,
         request_timeout: config.request_timeout,
         max_concurrent_streams: 64,
+        relay_server: config.relay_server,
+        autonat_server: config.relay_server.is_some(),
     };
     let agent = config.agent_version.clone();
     let setup = |e: &dyn std::fmt::Display| NetworkError::Setup(e.to_string());
@@ -131,8 +143,10 @@ pub fn spawn(
         )
         .map_err(|e| setup(&e))?
         .with_quic()
-        .with_behaviour(|key| {
-            behaviour::Behaviour::new(key, agent, &limits)
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| setup(&e))?
+        .with_behaviour(|key, relay_client| {
+            behaviour::Behaviour::new(key, relay_client, agent, &limits)
                 .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
         })
         .map_err(|e| setup(&e))?

@@ -198,6 +198,8 @@ impl Dispatcher {
             NetworkEvent::Advert(advert) => {
                 if let RoleCtx::Router(r) = &self.role {
                     let (peer, account, stake) = (advert.peer, advert.account, advert.stake);
+                    let addrs: Vec<libp2p::Multiaddr> =
+                        advert.addrs.iter().filter_map(|a| a.parse().ok()).collect();
                     let joined = {
                         let mut t = r.table.lock().unwrap_or_else(|p| p.into_inner());
                         t.upsert(advert, Instant::now()) == table::Upsert::Joined
@@ -208,6 +210,9 @@ impl Dispatcher {
                         let r = Arc::clone(r);
                         let sizes = Arc::clone(&self.table_size);
                         tasks.spawn(async move {
+                            // Its advertised addresses (relayed ones included)
+                            // let us dial it when no connection is open.
+                            let _ = r.network.add_addresses(peer, addrs).await;
                             let admitted = match r.chain.admit(peer, account, stake).await {
                                 Ok(ok) => ok,
                                 Err(e) => {

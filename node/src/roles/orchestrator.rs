@@ -16,6 +16,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
+/// Whether an address is useless to others: an unspecified (0.0.0.0) one.
+fn is_unspecified_or_loopback_only(a: &libp2p::Multiaddr) -> bool {
+    a.iter()
+        .any(|p| matches!(p, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_unspecified()))
+}
+
 /// Unix time in milliseconds.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -184,6 +190,15 @@ impl OrchestratorCtx {
             price_per_token: self.price_per_token,
             account: self.account,
             stake: self.stake,
+            addrs: self
+                .network
+                .current_listen_addrs()
+                .iter()
+                .filter(|a| !is_unspecified_or_loopback_only(a))
+                .take(cactus_protocol::messages::MAX_ADVERT_ADDRS)
+                .map(|a| a.to_string())
+                .filter(|a| a.len() <= cactus_protocol::messages::MAX_ADDR_BYTES)
+                .collect(),
             seq,
             issued_at_ms: now,
         }

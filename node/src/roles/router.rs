@@ -245,6 +245,13 @@ impl RouterCtx {
             ));
         }
 
+        // Which path the task takes: direct, or through a relay when the
+        // orchestrator is behind a NAT and hole punching has not (yet) worked.
+        let connection = match self.network.connection_kind(peer).await {
+            Ok(Some(kind)) => kind.to_string(),
+            _ => "new".to_owned(),
+        };
+        tracing::info!(task_id = %assignment.task_id, orchestrator = %peer, %connection, "handing task over");
         self.with_table(|t| t.adjust_in_flight(&peer, true));
         let sent = tokio::time::timeout(
             self.task_timeout,
@@ -255,11 +262,12 @@ impl RouterCtx {
         self.with_table(|t| t.adjust_in_flight(&peer, false));
 
         let (outcome, fail_reason) = match sent {
-            Ok(Ok(TaskResponse::Done(result))) => match self.accept(peer, assignment, result).await
-            {
-                Ok(result) => return Attempt::Done(Box::new(result)),
-                Err(e) => (Attempt::Retry(e), reason::BAD_RESULT),
-            },
+            Ok(Ok(TaskResponse::Done(result))) => {
+                match self.accept(peer, assignment, result, &connection).await {
+                    Ok(result) => return Attempt::Done(Box::new(result)),
+                    Err(e) => (Attempt::Retry(e), reason::BAD_RESULT),
+                }
+            }
             Ok(Ok(TaskResponse::Failed(e))) => match e.kind {
                 TaskErrorKind::Busy | TaskErrorKind::NoSuchModel | TaskErrorKind::Unavailable => {
                     tracing::info!(orchestrator = %peer, kind = ?e.kind, "orchestrator declined; trying another");
@@ -313,6 +321,7 @@ impl RouterCtx {
         peer: PeerId,
         assignment: &Assignment,
         mut result: TaskResult,
+        connection: &str,
     ) -> Result<TaskResult, TaskError> {
         let router = self.network.local_peer_id();
         if let Err(e) = check_result(assignment, &router, &peer, &result) {
@@ -352,6 +361,7 @@ impl RouterCtx {
             orchestrator = %peer,
             output_tokens = body.output_tokens,
             compute_ms = body.compute_ms,
+            connection,
             "task done; receipt recorded and paid"
         );
         Ok(result)

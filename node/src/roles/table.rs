@@ -286,6 +286,7 @@ mod tests {
             price_per_token: 1,
             account: cactus_protocol::ledger::Address([1; 32]),
             stake: 1_000,
+            addrs: Vec::new(),
             seq,
             issued_at_ms: 0,
         }
