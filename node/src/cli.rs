@@ -68,6 +68,15 @@ pub struct MeshArgs {
     /// Do not listen through a relay even when no public address is confirmed.
     #[arg(long)]
     pub no_relay_client: bool,
+    /// An address others can dial this node on, when it cannot be seen from
+    /// --listen (e.g. a forwarded port on a public IP; repeatable).
+    #[arg(
+        long = "external",
+        env = "CACTUS_EXTERNAL",
+        value_name = "MULTIADDR",
+        value_delimiter = ','
+    )]
+    pub external: Vec<Multiaddr>,
 }
 
 impl MeshArgs {
@@ -80,6 +89,7 @@ impl MeshArgs {
         c.bootstrap = self.bootstrap.clone();
         c.max_connections = self.max_connections;
         c.relay_client = !self.no_relay_client;
+        c.external = self.external.clone();
         if self.relay {
             c.relay_server = Some(crate::network::behaviour::RelayLimits {
                 max_circuit_duration: Duration::from_secs(self.relay_max_circuit_secs.max(1)),

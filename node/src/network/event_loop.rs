@@ -597,8 +597,12 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::AutonatServer(e)) => {
                 tracing::debug!(client = %e.client, addr = %e.tested_addr, ok = e.result.is_ok(), "autonat dial-back");
             }
-            SwarmEvent::ExternalAddrConfirmed { address } => {
-                tracing::info!(%address, "public address confirmed by AutoNAT");
+            // The relay client confirms its circuit addresses too: those say
+            // "reachable through a relay", not "publicly reachable".
+            SwarmEvent::ExternalAddrConfirmed { address }
+                if !address.iter().any(|p| matches!(p, Protocol::P2pCircuit)) =>
+            {
+                tracing::info!(%address, "public address confirmed");
                 keep(&mut self.diag.confirmed_addrs, address);
             }
             SwarmEvent::ExternalAddrExpired { address } => {
@@ -618,6 +622,20 @@ impl EventLoop {
                 }
             }
             SwarmEvent::NewListenAddr { address, .. } => {
+                // A public node's specific listen addresses are its external
+                // ones; a relay server only offers reservations once it has
+                // one, since reservations hand out its addresses.
+                let public =
+                    self.config.relay_server.is_some() || self.config.kad_server == Some(true);
+                let specific = address.iter().any(|p| match p {
+                    Protocol::Ip4(ip) => !ip.is_unspecified(),
+                    Protocol::Ip6(ip) => !ip.is_unspecified(),
+                    _ => false,
+                });
+                if public && specific && !address.iter().any(|p| matches!(p, Protocol::P2pCircuit))
+                {
+                    self.swarm.add_external_address(address.clone());
+                }
                 let full = address
                     .with_p2p(*self.swarm.local_peer_id())
                     .unwrap_or_else(|a| a);
@@ -903,6 +921,7 @@ impl EventLoop {
 
     fn on_identify(&mut self, event: identify::Event) {
         if let identify::Event::Received { peer_id, info, .. } = event {
+            tracing::debug!(peer = %peer_id, agent = %info.agent_version, protocols = ?info.protocols, "identified");
             keep(&mut self.diag.observed_addrs, info.observed_addr.clone());
             if info
                 .protocols

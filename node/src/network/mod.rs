@@ -44,6 +44,10 @@ pub struct NetworkConfig {
     /// Reserve a slot on a relay learned from bootstrap peers and listen
     /// through it, so that nodes behind a NAT can be dialled.
     pub relay_client: bool,
+    /// Addresses others can dial this node on, known up front (a public IP,
+    /// a forwarded port). Public nodes (relay servers, DHT servers) also take
+    /// every specific address they listen on as external.
+    pub external: Vec<Multiaddr>,
 }
 
 impl Default for NetworkConfig {
@@ -66,6 +70,7 @@ impl Default for NetworkConfig {
             agent_version: format!("cactus-node/{}", env!("CARGO_PKG_VERSION")),
             relay_server: None,
             relay_client: true,
+            external: Vec::new(),
         }
     }
 }
@@ -152,6 +157,9 @@ pub fn spawn(
         .map_err(|e| setup(&e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
         .build();
+    for addr in &config.external {
+        swarm.add_external_address(addr.clone());
+    }
     for addr in &config.listen {
         swarm
             .listen_on(addr.clone())
