@@ -222,7 +222,7 @@ impl EmbeddedChain {
         next.apply(signer, &op, now)?;
         let seq = inner.next_seq;
         let record = encode(&Record { signer, now, op })?;
-        let snapshot = if (seq + 1) % SNAPSHOT_EVERY == 0 {
+        let snapshot = if (seq + 1).is_multiple_of(SNAPSHOT_EVERY) {
             Some(encode(&Snapshot {
                 next_seq: seq + 1,
                 state: next.clone(),

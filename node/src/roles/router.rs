@@ -97,27 +97,19 @@ impl RouterCtx {
     }
 
     async fn try_answer(&self, query: Query) -> Result<QueryAnswer, String> {
-        let blocking = |f: Box<dyn FnOnce(&Ledger) -> Result<QueryAnswer, String> + Send>| {
-            let ledger = Arc::clone(&self.ledger);
-            async move {
-                tokio::task::spawn_blocking(move || f(&ledger))
-                    .await
-                    .map_err(|e| e.to_string())?
-            }
-        };
         match query {
             Query::Receipt(id) => {
-                blocking(Box::new(move |l| {
+                let l = Arc::clone(&self.ledger);
+                let found = tokio::task::spawn_blocking(move || -> Result<_, String> {
                     let Some(receipt) = l.get(&id).map_err(|e| e.to_string())? else {
-                        return Ok(QueryAnswer::Receipt(None));
+                        return Ok(None);
                     };
                     let anchor = l.proof(&id).map_err(|e| e.to_string())?;
-                    Ok(QueryAnswer::Receipt(Some(Box::new(ReceiptBundle {
-                        receipt,
-                        anchor,
-                    }))))
-                }))
+                    Ok(Some(Box::new(ReceiptBundle { receipt, anchor })))
+                })
                 .await
+                .map_err(|e| e.to_string())??;
+                Ok(QueryAnswer::Receipt(found))
             }
             Query::Anchor(i) => Ok(QueryAnswer::Anchor(
                 self.chain.anchor(i).await.map_err(|e| e.to_string())?,
