@@ -384,3 +384,54 @@ async fn tasks_are_escrowed_paid_and_anchored() {
     assert_eq!(bundle.anchor, Some(proof));
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orchestrator_without_listen_address_serves_through_a_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    // A bootstrap node is a relay; the router joins through it.
+    let boot = start(Role::Bootstrap, dir.path(), vec![], None).await;
+    let boot_addr = first_addr(&boot).await;
+    let router = start(
+        Role::Router,
+        &dir.path().join("r"),
+        vec![boot_addr.clone()],
+        None,
+    )
+    .await;
+    // The orchestrator listens on nothing and talks only to the bootstrap
+    // node: the only way in is its relay reservation.
+    let hidden = NodeConfig {
+        network: NetworkConfig {
+            listen: vec![],
+            bootstrap: vec![boot_addr.clone()],
+            target_peers: 1,
+            ..NetworkConfig::default()
+        },
+        ..config(Role::Orchestrator, dir.path(), vec![])
+    };
+    let orch = start_with(hidden, Some(Arc::new(StubEngine::new("stub-r")))).await;
+    let mut rx_addrs = within(orch.listen_addrs()).await.unwrap();
+    rx_addrs.retain(|a| a.to_string().contains("/p2p-circuit"));
+    assert_eq!(rx_addrs.len(), 1, "listens only through the relay");
+    within(router.wait_for_orchestrators(1)).await.unwrap();
+
+    let client_node = start(Role::Client, dir.path(), vec![], None).await;
+    within(client_node.network().dial(first_addr(&router).await))
+        .await
+        .unwrap();
+    let result = within(client::submit_to(
+        client_node.network(),
+        router.peer_id(),
+        spec(None, "relay me"),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(result.text, "em yaler");
+    assert_eq!(result.receipt.body.orchestrator, orch.peer_id());
+    let d = orch.network().diagnostics().await.unwrap();
+    assert_eq!(d.reservations, vec![boot.peer_id()]);
+    client_node.shutdown().await;
+    orch.shutdown().await;
+    router.shutdown().await;
+    boot.shutdown().await;
+}
