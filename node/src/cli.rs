@@ -65,6 +65,9 @@ pub struct MeshArgs {
     /// Most bytes one relayed circuit may carry (relay servers).
     #[arg(long, default_value_t = 64 * 1024 * 1024, value_name = "BYTES")]
     pub relay_max_circuit_bytes: u64,
+    /// Peers learned from the DHT are dialled until this many are connected.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub target_peers: usize,
     /// Do not listen through a relay even when no public address is confirmed.
     #[arg(long)]
     pub no_relay_client: bool,
@@ -89,6 +92,7 @@ impl MeshArgs {
         c.bootstrap = self.bootstrap.clone();
         c.max_connections = self.max_connections;
         c.relay_client = !self.no_relay_client;
+        c.target_peers = self.target_peers;
         c.external = self.external.clone();
         if self.relay {
             c.relay_server = Some(crate::network::behaviour::RelayLimits {

@@ -113,6 +113,8 @@ pub async fn connect(
             bootstrap: Vec::new(),
             kad_server: Some(false),
             relay_client: false,
+            // A one-shot client talks to its bootstrap peers and its router only.
+            target_peers: 0,
             request_timeout: timeout,
             ..NetworkConfig::default()
         },

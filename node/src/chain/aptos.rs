@@ -26,7 +26,7 @@
 
 use super::abi::{self, Call, MoveValue, View};
 use super::{ChainBackend, ChainError};
-use aptos_sdk::account::{Account as _, Ed25519Account};
+use aptos_sdk::account::Ed25519Account;
 use aptos_sdk::config::{AptosConfig as SdkConfig, PoolConfig};
 use aptos_sdk::transaction::{
     EntryFunction, TransactionBuilder, TransactionPayload, sign_transaction,
@@ -357,18 +357,14 @@ impl AptosChain {
         let args = call.args.iter().map(json_arg).collect();
         match self.client.view(&function, vec![], args).await {
             Ok(values) => Ok(values),
-            Err(SdkError::Api { ref message, .. })
-                if abort_in_module(message, &self.contract).is_some() =>
-            {
-                Err(abort_in_module(message, &self.contract).map_or_else(
-                    || AptosError::BadView {
-                        function: call.name(),
-                        reason: message.clone(),
-                    },
-                    AptosError::Abort,
-                ))
+            Err(e) => {
+                if let SdkError::Api { message, .. } = &e
+                    && let Some(abort) = abort_in_module(message, &self.contract)
+                {
+                    return Err(AptosError::Abort(abort));
+                }
+                Err(node_err(format!("calling view {function}"))(e))
             }
-            Err(e) => Err(node_err(format!("calling view {function}"))(e)),
         }
     }
 
@@ -1394,8 +1390,12 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         use tokio::net::TcpListener;
 
+        /// The transaction that aborts (anything but `add_stake`).
         pub const TX_HASH: &str =
             "0x1111111111111111111111111111111111111111111111111111111111111111";
+        /// The transaction that succeeds (an `add_stake`).
+        pub const OK_HASH: &str =
+            "0x2222222222222222222222222222222222222222222222222222222222222222";
 
         /// Requests the node saw: (method and path, body).
         pub type Log = Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
@@ -1538,10 +1538,17 @@ mod tests {
                 );
             }
             if head.starts_with("POST /v1/transactions") {
+                let ok = body.windows(9).any(|w| w == b"add_stake");
                 return (
                     "202 Accepted",
-                    json!({"hash": TX_HASH, "sender": "0x1", "sequence_number": "7", "max_gas_amount": "200000",
+                    json!({"hash": if ok { OK_HASH } else { TX_HASH }, "sender": "0x1", "sequence_number": "7", "max_gas_amount": "200000",
                         "gas_unit_price": "100", "expiration_timestamp_secs": "1"}),
+                );
+            }
+            if head.starts_with(&format!("GET /v1/transactions/by_hash/{OK_HASH}")) {
+                return (
+                    "200 OK",
+                    json!({"version": "12", "hash": OK_HASH, "success": true, "vm_status": "Executed successfully"}),
                 );
             }
             if head.starts_with("GET /v1/transactions/by_hash/") {
@@ -1629,6 +1636,18 @@ mod tests {
         let payload =
             aptos_sdk::aptos_bcs::to_bytes(&TransactionPayload::from(payload(&op))).unwrap();
         assert_eq!(&submitted[40..40 + payload.len()], payload.as_slice());
+
+        // A transaction that succeeds takes the next sequence number: the
+        // aborted one used 7.
+        chain.submit(Op::AddStake { amount: 5 }).await.unwrap();
+        let seqs: Vec<u64> = log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(head, _)| head.starts_with("POST /v1/transactions"))
+            .map(|(_, body)| u64::from_le_bytes(body[32..40].try_into().unwrap()))
+            .collect();
+        assert_eq!(seqs, vec![7, 8]);
 
         // Mint has no entry function; initialize needs the asset.
         let err = chain

@@ -894,10 +894,16 @@ impl EventLoop {
     /// Listens through `relay` (reached at the address we dialled) so that
     /// peers can dial us through it while we have no public address.
     fn maybe_listen_via_relay(&mut self, relay: PeerId) {
+        let public = self.config.relay_server.is_some()
+            || self.config.kad_server == Some(true)
+            || self
+                .swarm
+                .external_addresses()
+                .any(|a| !a.iter().any(|p| matches!(p, Protocol::P2pCircuit)));
         if !self.config.relay_client
+            || public
             || self.relays.len() >= MAX_RELAYS
             || self.relays.contains(&relay)
-            || !self.diag.confirmed_addrs.is_empty()
         {
             return;
         }

@@ -353,7 +353,7 @@ impl RouterCtx {
             orchestrator = %peer,
             output_tokens = body.output_tokens,
             compute_ms = body.compute_ms,
-            connection,
+            %connection,
             "task done; receipt recorded and paid"
         );
         Ok(result)

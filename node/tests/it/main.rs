@@ -11,9 +11,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+#[cfg(feature = "aptos")]
+mod aptos_live;
 mod e2e;
 mod engine;
 mod mesh;
+mod move_pin;
 
 use std::path::PathBuf;
 
