@@ -41,6 +41,10 @@ fn main() {
         account: None,
         anchor_batch: 1,
         anchor_interval: 30,
+        chain: cli::ChainKind::Embedded,
+        aptos_url: None,
+        aptos_key_file: None,
+        contract_address: None,
     };
     let result = tokio::runtime::Runtime::new()
         .map_err(|e| e.to_string())

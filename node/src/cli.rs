@@ -161,12 +161,36 @@ pub struct NodeArgs {
     /// from its PeerId, as local ledgers use].
     #[arg(long, env = "CACTUS_ACCOUNT", value_name = "ADDRESS", value_parser = parse_address)]
     pub account: Option<cactus_protocol::ledger::Address>,
+    /// The ledger: `embedded` (a local ledger in the data dir, for local
+    /// clusters) or `aptos` (a deployed cactus_payment contract; needs a
+    /// build with the `aptos` feature).
+    #[arg(long, env = "CACTUS_CHAIN", value_enum, default_value_t = ChainKind::Embedded)]
+    pub chain: ChainKind,
+    /// Aptos fullnode REST URL (with --chain aptos).
+    #[arg(long, env = "CACTUS_APTOS_URL", value_name = "URL")]
+    pub aptos_url: Option<String>,
+    /// File holding this node's Aptos ed25519 private key in hex, mode 0600
+    /// (with --chain aptos).
+    #[arg(long, env = "CACTUS_APTOS_KEY_FILE", value_name = "FILE")]
+    pub aptos_key_file: Option<PathBuf>,
+    /// Address the cactus_payment module is published at (with --chain aptos).
+    #[arg(long, env = "CACTUS_CONTRACT_ADDRESS", value_name = "ADDRESS", value_parser = parse_address)]
+    pub contract_address: Option<cactus_protocol::ledger::Address>,
     /// A router anchors its receipts once this many wait.
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub anchor_batch: usize,
     /// ... or once the oldest has waited this many seconds.
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     pub anchor_interval: u64,
+}
+
+/// Which ledger a node uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ChainKind {
+    /// A local ledger under the router's data dir.
+    Embedded,
+    /// A deployed `cactus_payment` contract on Aptos.
+    Aptos,
 }
 
 /// Parses a 0x-prefixed (or bare) 64-hex-digit account address.
@@ -216,6 +240,9 @@ pub enum RunError {
     /// A model could not be loaded.
     #[error("{0}")]
     Model(String),
+    /// The ledger could not be reached or refused the node.
+    #[error("ledger: {0}")]
+    Chain(String),
     /// Models were given to a binary built without inference.
     #[error("this binary was built without the `inference` feature; it cannot serve models")]
     NoInference,
@@ -271,6 +298,14 @@ pub async fn run(args: NodeArgs, shutdown: CancellationToken) -> Result<(), RunE
     } else {
         None
     };
+    let mut config = config;
+    if let Some(chain) = connect_chain(&args)? {
+        if args.role == Role::Orchestrator {
+            confirm_stake(chain.as_ref(), &key, args.stake).await?;
+            config.account = Some(chain.account());
+        }
+        config.chain = crate::node::ChainChoice::Backend(chain);
+    }
     let mut node = Node::start(config, key, engine).await?;
     tracing::info!(peer_id = %node.peer_id(), role = ?args.role, "node started");
     let result = tokio::select! {
@@ -280,6 +315,75 @@ pub async fn run(args: NodeArgs, shutdown: CancellationToken) -> Result<(), RunE
     tracing::info!("shutting down");
     node.shutdown().await;
     result
+}
+
+/// The chain backend the flags name, if not the embedded ledger.
+#[cfg(feature = "aptos")]
+fn connect_chain(
+    args: &NodeArgs,
+) -> Result<Option<std::sync::Arc<dyn crate::chain::ChainBackend>>, RunError> {
+    if args.chain == ChainKind::Embedded {
+        return Ok(None);
+    }
+    let missing = |flag: &str| RunError::Chain(format!("--chain aptos needs {flag}"));
+    let config = crate::chain::aptos::AptosConfig {
+        url: args
+            .aptos_url
+            .clone()
+            .ok_or_else(|| missing("--aptos-url"))?,
+        key_file: args
+            .aptos_key_file
+            .clone()
+            .ok_or_else(|| missing("--aptos-key-file"))?,
+        contract: args
+            .contract_address
+            .ok_or_else(|| missing("--contract-address"))?,
+    };
+    let chain = crate::chain::aptos::AptosChain::connect(config)
+        .map_err(|e| RunError::Chain(e.to_string()))?;
+    Ok(Some(chain))
+}
+
+#[cfg(not(feature = "aptos"))]
+fn connect_chain(
+    args: &NodeArgs,
+) -> Result<Option<std::sync::Arc<dyn crate::chain::ChainBackend>>, RunError> {
+    match args.chain {
+        ChainKind::Embedded => Ok(None),
+        ChainKind::Aptos => Err(RunError::Chain(
+            "this binary was built without the `aptos` feature: cargo build --release --features aptos".into(),
+        )),
+    }
+}
+
+/// An orchestrator on a chain registers with `stake` if it is not registered
+/// yet, and otherwise confirms its stake, at start-up.
+async fn confirm_stake(
+    chain: &dyn crate::chain::ChainBackend,
+    key: &libp2p::identity::Keypair,
+    stake: u64,
+) -> Result<(), RunError> {
+    let err = |e: crate::chain::ChainError| RunError::Chain(e.to_string());
+    let account = chain.account();
+    let peer = key.public().to_peer_id();
+    match chain.orchestrator(account).await.map_err(err)? {
+        Some(o) if o.peer_id != peer.to_bytes() => Err(RunError::Chain(format!(
+            "ledger account {account} is registered for another PeerId; use that node's identity or another account"
+        ))),
+        Some(o) => {
+            tracing::info!(%account, stake = o.stake, successes = o.successes, failures = o.failures, "stake confirmed on the ledger");
+            Ok(())
+        }
+        None => {
+            let op = cactus_protocol::ledger::Op::RegisterOrchestrator {
+                peer_id: peer.to_bytes(),
+                amount: stake,
+            };
+            chain.submit(op).await.map_err(err)?;
+            tracing::info!(%account, stake, "registered on the ledger");
+            Ok(())
+        }
+    }
 }
 
 /// Installs the tracing subscriber: to stderr, filtered by `RUST_LOG` or
