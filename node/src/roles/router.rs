@@ -162,6 +162,16 @@ impl RouterCtx {
         }
     }
 
+    /// The seed of this hour's draws: anyone with the router's PeerId, the
+    /// hour and the candidate table can recompute each pick.
+    pub fn epoch_seed(&self) -> cactus_protocol::Digest {
+        let hour = super::orchestrator::now_ms() / 3_600_000;
+        let mut b = b"cactus/epoch/v1\0".to_vec();
+        b.extend_from_slice(&self.network.local_peer_id().to_bytes());
+        b.extend_from_slice(&hour.to_le_bytes());
+        cactus_protocol::Digest::of(&b)
+    }
+
     /// Serves one client submission end to end.
     #[tracing::instrument(skip_all, fields(client = %client))]
     pub async fn serve(&self, client: PeerId, spec: TaskSpec) -> TaskResponse {
@@ -199,11 +209,14 @@ impl RouterCtx {
             "no orchestrator could take the task",
         );
         for attempt in 0..self.max_attempts {
-            let Some(peer) = self.with_table(|t| t.pick(&assignment.model, &tried)) else {
+            assignment.task_id = TaskId(rand::random());
+            let seed = self.epoch_seed();
+            let Some(peer) =
+                self.with_table(|t| t.pick(&assignment.model, &tried, &seed, &assignment.task_id))
+            else {
                 break;
             };
             tried.insert(peer);
-            assignment.task_id = TaskId(rand::random());
             tracing::info!(task_id = %assignment.task_id, orchestrator = %peer, attempt, "dispatching task");
             match self.attempt(peer, &assignment).await {
                 Attempt::Done(result) => return Ok(*result),
@@ -294,6 +307,7 @@ impl RouterCtx {
                 (Attempt::Retry(e), reason::TIMEOUT)
             }
         };
+        self.with_table(|t| t.record_outcome(&peer, false, None));
         if let Err(e) = self
             .chain
             .submit(Op::FailTask {
@@ -335,6 +349,8 @@ impl RouterCtx {
             .map_err(|e| TaskError::new(TaskErrorKind::Unavailable, format!("receipt log: {e}")))?;
         self.appended.notify_one();
         let body = &result.receipt.body;
+        let per_token = body.compute_ms.checked_div(u64::from(body.output_tokens));
+        self.with_table(|t| t.record_outcome(&peer, true, per_token));
         let complete = Op::CompleteTask {
             task_id: assignment.task_id.0.to_vec(),
             prompt_tokens: u64::from(body.prompt_tokens),

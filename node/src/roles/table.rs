@@ -4,6 +4,7 @@
 //! Bounded: at most [`MAX_ORCHESTRATORS`] entries; an entry whose newest advert
 //! is older than the stale timeout is dropped by [`OrchestratorTable::prune`].
 
+use cactus_protocol::schedule;
 use cactus_protocol::{CapabilityAdvert, ModelHash, ModelId, PROTOCOL_VERSION};
 use libp2p::PeerId;
 use std::collections::{HashMap, HashSet};
@@ -21,6 +22,19 @@ struct Entry {
     in_flight: u32,
     /// The ledger's verdict on its stake: `None` while being checked.
     eligible: Option<bool>,
+    /// Tasks it completed / failed for this router.
+    successes: u64,
+    failures: u64,
+    /// Moving average of compute milliseconds per output token.
+    ms_per_token: Option<u64>,
+}
+
+/// Weight of a new sample in the moving averages: 1/4.
+fn ewma(old: Option<u64>, sample: u64) -> u64 {
+    match old {
+        None => sample,
+        Some(o) => (3 * o + sample) / 4,
+    }
 }
 
 /// A read-only view of one orchestrator.
@@ -110,6 +124,9 @@ impl OrchestratorTable {
                 rtt: None,
                 in_flight: 0,
                 eligible: None,
+                successes: 0,
+                failures: 0,
+                ms_per_token: None,
             },
         );
         Upsert::Joined
@@ -156,7 +173,26 @@ impl OrchestratorTable {
     /// Records a ping round trip.
     pub fn record_rtt(&mut self, peer: &PeerId, rtt: Duration) {
         if let Some(e) = self.entries.get_mut(peer) {
-            e.rtt = Some(rtt);
+            let ms = u64::try_from(rtt.as_millis()).unwrap_or(u64::MAX);
+            e.rtt = Some(Duration::from_millis(ewma(
+                e.rtt.map(|r| r.as_millis() as u64),
+                ms,
+            )));
+        }
+    }
+
+    /// Records how a task handed to `peer` ended: on success, with its compute
+    /// time per output token.
+    pub fn record_outcome(&mut self, peer: &PeerId, ok: bool, ms_per_token: Option<u64>) {
+        if let Some(e) = self.entries.get_mut(peer) {
+            if ok {
+                e.successes += 1;
+            } else {
+                e.failures += 1;
+            }
+            if let Some(m) = ms_per_token {
+                e.ms_per_token = Some(ewma(e.ms_per_token, m));
+            }
         }
     }
 
@@ -206,29 +242,47 @@ impl OrchestratorTable {
         candidates.first().map(|(m, _)| (*m).clone())
     }
 
-    /// The orchestrator for a task on `model`, skipping `exclude`: most free
-    /// slots (advertised minus in flight from here) first, then lowest round
-    /// trip, then PeerId so that the choice is deterministic.
-    pub fn pick(&self, model: &ModelHash, exclude: &HashSet<PeerId>) -> Option<PeerId> {
-        self.entries
+    /// The orchestrator for task `task` on `model`, skipping `exclude`: a
+    /// seeded weighted draw over the admitted orchestrators serving it, by the
+    /// score of [`cactus_protocol::schedule`] (stake, success rate, compute
+    /// time per token, latency, free slots, price) with an exploration share.
+    /// Candidates are ordered by PeerId so that the draw is reproducible.
+    pub fn pick(
+        &self,
+        model: &ModelHash,
+        exclude: &HashSet<PeerId>,
+        epoch_seed: &cactus_protocol::Digest,
+        task: &cactus_protocol::TaskId,
+    ) -> Option<PeerId> {
+        let mut eligible: Vec<(&PeerId, &Entry)> = self
+            .entries
             .iter()
             .filter(|(p, e)| {
                 e.eligible == Some(true)
                     && !exclude.contains(p)
                     && e.advert.models.iter().any(|m| &m.sha256 == model)
             })
-            .min_by(|(pa, a), (pb, b)| {
-                let free = |e: &Entry| i64::from(e.advert.free_slots) - i64::from(e.in_flight);
-                free(b)
-                    .cmp(&free(a))
-                    .then_with(|| {
-                        a.rtt
-                            .unwrap_or(Duration::MAX)
-                            .cmp(&b.rtt.unwrap_or(Duration::MAX))
-                    })
-                    .then_with(|| pa.cmp(pb))
+            .collect();
+        eligible.sort_by_key(|(p, _)| **p);
+        let candidates: Vec<schedule::Candidate> = eligible
+            .iter()
+            .map(|(_, e)| schedule::Candidate {
+                stake: e.advert.stake,
+                successes: e.successes,
+                failures: e.failures,
+                ms_per_token: e.ms_per_token,
+                rtt_ms: e.rtt.map(|r| r.as_millis() as u64),
+                free_slots: i64::from(e.advert.free_slots) - i64::from(e.in_flight),
+                price: e.advert.price_per_token,
             })
-            .map(|(p, _)| *p)
+            .collect();
+        schedule::pick(
+            &candidates,
+            epoch_seed,
+            task,
+            schedule::DEFAULT_EXPLORATION_PPM,
+        )
+        .map(|i| *eligible[i].0)
     }
 
     /// Every known orchestrator.
@@ -310,7 +364,7 @@ mod tests {
     }
 
     #[test]
-    fn picks_free_slots_then_latency_and_resolves_models() {
+    fn picks_admitted_servers_of_the_model_by_score_and_resolves_models() {
         let now = Instant::now();
         let mut t = OrchestratorTable::new(Duration::from_secs(30));
         let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
@@ -320,22 +374,40 @@ mod tests {
         for p in [a, b, c] {
             assert!(t.set_eligible(&p, true));
         }
-        t.record_rtt(&a, Duration::from_millis(9));
+        t.record_rtt(&a, Duration::from_millis(400));
         t.record_rtt(&b, Duration::from_millis(2));
+        t.record_outcome(&a, false, None);
+        t.record_outcome(&b, true, Some(10));
         let m = t.resolve_model(Some("m")).unwrap();
         assert_eq!(t.resolve_model(Some(&m.sha256.to_hex())), Some(m.clone()));
         assert_eq!(t.resolve_model(Some("zzz")), None);
-        // Equal free slots: the faster one.
-        assert_eq!(t.pick(&m.sha256, &HashSet::new()), Some(b));
-        // b gets busy: a has more free slots now.
-        t.adjust_in_flight(&b, true);
-        assert_eq!(t.pick(&m.sha256, &HashSet::new()), Some(a));
-        assert_eq!(t.pick(&m.sha256, &HashSet::from([a, b])), None);
-        // "n" is served by two nodes, "m" by two: ties break by hash, stably.
+        let seed = Digest([9; 32]);
+        let task = |i: u64| {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&i.to_le_bytes());
+            cactus_protocol::TaskId(id)
+        };
+        // Only a and b serve "m"; the faster, more reliable b wins most draws,
+        // and the same task always gets the same pick.
+        let mut wins = HashMap::new();
+        for i in 0..500 {
+            let p = t.pick(&m.sha256, &HashSet::new(), &seed, &task(i)).unwrap();
+            assert_eq!(Some(p), t.pick(&m.sha256, &HashSet::new(), &seed, &task(i)));
+            *wins.entry(p).or_insert(0) += 1;
+        }
+        assert!(!wins.contains_key(&c));
+        assert!(wins[&b] > 5 * wins[&a], "{wins:?}");
+        assert_eq!(
+            t.pick(&m.sha256, &HashSet::from([a, b]), &seed, &task(0)),
+            None
+        );
         assert!(t.resolve_model(None).is_some());
         // An orchestrator the ledger refused is never picked.
         t.set_eligible(&a, false);
-        assert_eq!(t.pick(&m.sha256, &HashSet::from([b])), None);
+        assert_eq!(
+            t.pick(&m.sha256, &HashSet::from([b]), &seed, &task(0)),
+            None
+        );
         assert_eq!(t.eligible_len(), 2);
     }
 }

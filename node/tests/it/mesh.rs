@@ -238,7 +238,9 @@ async fn busy_orchestrator_is_skipped_for_a_free_one() {
     let chain = c.router.chain().unwrap();
     let gated_account = cactus_node::chain::default_account(&c.orchestrators[0].peer_id());
     let record = chain.orchestrator(gated_account).await.unwrap().unwrap();
-    assert_eq!((record.successes, record.failures), (1, 1));
+    // Its success and its refusal (or refusals: the draw may try it first again).
+    assert_eq!(record.successes, 1);
+    assert!(record.failures >= 1);
     assert_eq!(chain.totals().await.unwrap().1, 0, "no escrow left behind");
     second.shutdown().await;
     c.stop().await;
