@@ -116,20 +116,7 @@ impl Ledger {
 
     /// Up to `limit` receipts waiting to be anchored, oldest first.
     pub fn pending(&self, limit: usize) -> Result<Vec<Receipt>, LedgerError> {
-        let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
-        let pending = tx.open_table(PENDING).map_err(|e| self.db_err(e))?;
-        let receipts = tx.open_table(RECEIPTS).map_err(|e| self.db_err(e))?;
-        let mut out = Vec::new();
-        for entry in pending.iter().map_err(|e| self.db_err(e))?.take(limit) {
-            let (_, id) = entry.map_err(|e| self.db_err(e))?;
-            let id = TaskId(*id.value());
-            let v = receipts
-                .get(&id.0)
-                .map_err(|e| self.db_err(e))?
-                .ok_or(LedgerError::Corrupt(id))?;
-            out.push(Receipt::decode(v.value()).map_err(|_| LedgerError::Corrupt(id))?);
-        }
-        Ok(out)
+        self.resolve(PENDING, 0, limit)
     }
 
     /// Number of receipts waiting to be anchored.
@@ -197,11 +184,21 @@ impl Ledger {
 
     /// Up to `limit` receipts in append order, starting at position `from`.
     pub fn list(&self, from: u64, limit: usize) -> Result<Vec<Receipt>, LedgerError> {
+        self.resolve(ORDER, from, limit)
+    }
+
+    /// The receipts an index table (position → task id) points at, from `from`.
+    fn resolve(
+        &self,
+        index: TableDefinition<u64, &[u8; 16]>,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Receipt>, LedgerError> {
         let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
-        let order = tx.open_table(ORDER).map_err(|e| self.db_err(e))?;
+        let index = tx.open_table(index).map_err(|e| self.db_err(e))?;
         let receipts = tx.open_table(RECEIPTS).map_err(|e| self.db_err(e))?;
         let mut out = Vec::new();
-        for entry in order.range(from..).map_err(|e| self.db_err(e))?.take(limit) {
+        for entry in index.range(from..).map_err(|e| self.db_err(e))?.take(limit) {
             let (_, id) = entry.map_err(|e| self.db_err(e))?;
             let id = TaskId(*id.value());
             let v = receipts
