@@ -337,3 +337,118 @@ fn three_processes_answer_on_the_real_model_with_a_ledgered_receipt() {
         o.terminate();
     }
 }
+
+#[test]
+fn killing_the_serving_orchestrator_fails_over_without_double_payment() {
+    let model = super::model_path();
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs: Vec<PathBuf> = ["router", "orch1", "orch2"]
+        .iter()
+        .map(|d| tmp.path().join(d))
+        .collect();
+    let mut router = Proc::spawn(&[
+        "--role",
+        "router",
+        "--data-dir",
+        path(&dirs[0]),
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+    ]);
+    let line = router.wait_for("listening");
+    let addr = line
+        .split("address=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let ids: Vec<String> = dirs[1..].iter().map(|d| id(d)).collect();
+    let model_arg = format!("{}:{}", model.display(), super::DEMO_SHA256);
+    let mut orchs: Vec<Option<Proc>> = dirs[1..]
+        .iter()
+        .map(|d| {
+            Some(Proc::spawn(&[
+                "--data-dir",
+                path(d),
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--bootstrap",
+                &addr,
+                "--model",
+                &model_arg,
+                "--threads",
+                "1",
+            ]))
+        })
+        .collect();
+    router.wait_for("known=2");
+
+    // A long generation, so that the orchestrator is still generating when
+    // it is killed.
+    let client = Command::new(BIN)
+        .args([
+            "infer",
+            "--bootstrap",
+            &addr,
+            "--prompt",
+            "Once upon a time",
+            "--max-tokens",
+            "400",
+            "--json",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let handed = router.wait_for("handing task over");
+    let victim = ids
+        .iter()
+        .position(|i| handed.contains(&format!("orchestrator={i}")))
+        .expect("a known orchestrator");
+    orchs[victim].take().unwrap().kill9();
+
+    let out = client.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let survivor = &ids[1 - victim];
+    assert_eq!(
+        answer["orchestrator"].as_str(),
+        Some(survivor.as_str()),
+        "the other orchestrator delivered"
+    );
+    assert_eq!(answer["receipt"]["verified"], true);
+    assert!(answer["receipt"]["output_tokens"].as_u64().unwrap() > 0);
+    assert!(!answer["text"].as_str().unwrap().is_empty());
+
+    // One payment, to the one that delivered; the killed attempt refunded.
+    let out = run(&["status", "--bootstrap", &addr, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["pending_payments"], 0, "{status}");
+    assert_eq!(status["receipts"], 1, "{status}");
+    for o in status["orchestrators"].as_array().unwrap() {
+        let expected = if o["peer"].as_str() == Some(survivor.as_str()) {
+            (1, 0)
+        } else {
+            (0, 1)
+        };
+        assert_eq!(
+            (
+                o["successes"].as_u64().unwrap(),
+                o["failures"].as_u64().unwrap()
+            ),
+            expected,
+            "{status}"
+        );
+    }
+}
