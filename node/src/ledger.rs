@@ -7,6 +7,7 @@
 //! proofs table with their inclusion proofs.
 
 use cactus_protocol::merkle::AnchorProof;
+use cactus_protocol::reputation::Reputation;
 use cactus_protocol::{Receipt, TaskId, Wire};
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::path::{Path, PathBuf};
@@ -24,6 +25,10 @@ const PENDING: TableDefinition<u64, &[u8; 16]> = TableDefinition::new("pending_a
 const PROOFS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("anchor_proofs");
 /// Largest stored proof read back.
 const MAX_PROOF_BYTES: usize = 8 * 1024;
+/// Reputation records (CBOR) by orchestrator PeerId bytes.
+const REPUTATION: TableDefinition<&[u8], &[u8]> = TableDefinition::new("reputation");
+/// Largest stored reputation record read back.
+const MAX_REPUTATION_BYTES: usize = 1024;
 
 /// Why a ledger operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +73,7 @@ impl Ledger {
             tx.open_table(ORDER).map_err(|e| ledger.db_err(e))?;
             tx.open_table(PENDING).map_err(|e| ledger.db_err(e))?;
             tx.open_table(PROOFS).map_err(|e| ledger.db_err(e))?;
+            tx.open_table(REPUTATION).map_err(|e| ledger.db_err(e))?;
         }
         tx.commit().map_err(|e| ledger.db_err(e))?;
         Ok(ledger)
@@ -170,6 +176,67 @@ impl Ledger {
             .map_err(|_| LedgerError::Corrupt(*id))
     }
 
+    /// The router's stored record of an orchestrator.
+    pub fn reputation(&self, peer: &libp2p::PeerId) -> Result<Option<Reputation>, LedgerError> {
+        let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let table = tx.open_table(REPUTATION).map_err(|e| self.db_err(e))?;
+        let key = peer.to_bytes();
+        let Some(v) = table.get(key.as_slice()).map_err(|e| self.db_err(e))? else {
+            return Ok(None);
+        };
+        if v.value().len() > MAX_REPUTATION_BYTES {
+            return Err(self.db_err("oversized reputation record"));
+        }
+        cbor4ii::serde::from_slice(v.value())
+            .map(Some)
+            .map_err(|e| self.db_err(e))
+    }
+
+    /// Stores the router's record of an orchestrator.
+    pub fn save_reputation(
+        &self,
+        peer: &libp2p::PeerId,
+        rep: &Reputation,
+    ) -> Result<(), LedgerError> {
+        let bytes = cbor4ii::serde::to_vec(Vec::new(), rep).map_err(|e| self.db_err(e))?;
+        let tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        {
+            let mut table = tx.open_table(REPUTATION).map_err(|e| self.db_err(e))?;
+            let key = peer.to_bytes();
+            table
+                .insert(key.as_slice(), bytes.as_slice())
+                .map_err(|e| self.db_err(e))?;
+        }
+        tx.commit().map_err(|e| self.db_err(e))
+    }
+
+    /// Up to `limit` stored records, by PeerId.
+    pub fn reputations(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(libp2p::PeerId, Reputation)>, LedgerError> {
+        let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let table = tx.open_table(REPUTATION).map_err(|e| self.db_err(e))?;
+        let mut out = Vec::new();
+        for entry in table
+            .range::<&[u8]>(..)
+            .map_err(|e| self.db_err(e))?
+            .take(limit)
+        {
+            let (k, v) = entry.map_err(|e| self.db_err(e))?;
+            let (Ok(peer), true) = (
+                libp2p::PeerId::from_bytes(k.value()),
+                v.value().len() <= MAX_REPUTATION_BYTES,
+            ) else {
+                continue;
+            };
+            if let Ok(rep) = cbor4ii::serde::from_slice(v.value()) {
+                out.push((peer, rep));
+            }
+        }
+        Ok(out)
+    }
+
     /// Number of receipts.
     pub fn len(&self) -> Result<u64, LedgerError> {
         let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
@@ -257,6 +324,24 @@ mod tests {
         assert_eq!(l.list(0, 10).unwrap(), vec![a, b.clone()]);
         assert_eq!(l.list(1, 10).unwrap(), vec![b]);
         assert_eq!(l.get(&TaskId([9; 16])).unwrap(), None);
+    }
+
+    #[test]
+    fn reputation_survives_reopen() {
+        use cactus_protocol::reputation::FailureKind;
+        let dir = tempfile::tempdir().unwrap();
+        let peer = Keypair::generate_ed25519().public().to_peer_id();
+        let mut rep = Reputation::default();
+        rep.record_success(1_000, 10_000, Some(12));
+        rep.record_failure(1_000, 10_000, FailureKind::Disconnected);
+        {
+            let l = Ledger::open(dir.path()).unwrap();
+            assert_eq!(l.reputation(&peer).unwrap(), None);
+            l.save_reputation(&peer, &rep).unwrap();
+        }
+        let l = Ledger::open(dir.path()).unwrap();
+        assert_eq!(l.reputation(&peer).unwrap(), Some(rep.clone()));
+        assert_eq!(l.reputations(10).unwrap(), vec![(peer, rep)]);
     }
 
     #[test]

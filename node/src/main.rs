@@ -367,6 +367,10 @@ fn offline_status(dir: &std::path::Path) -> Result<LedgerStatus> {
     let state = chain.state();
     let receipts = cactus_node::ledger::Ledger::open(dir)?;
     let router_account = state.servers.iter().next().copied().unwrap_or(state.admin);
+    let reputations: std::collections::HashMap<PeerId, _> = receipts
+        .reputations(MAX_STATUS_ORCHESTRATORS)?
+        .into_iter()
+        .collect();
     Ok(LedgerStatus {
         router_account,
         authorized: state.is_server(&router_account),
@@ -375,10 +379,14 @@ fn offline_status(dir: &std::path::Path) -> Result<LedgerStatus> {
             .orchestrators
             .iter()
             .take(MAX_STATUS_ORCHESTRATORS)
-            .map(|(a, o)| OrchestratorStatus {
-                peer: PeerId::from_bytes(&o.peer_id).ok(),
-                account: *a,
-                record: Some(o.clone()),
+            .map(|(a, o)| {
+                let peer = PeerId::from_bytes(&o.peer_id).ok();
+                OrchestratorStatus {
+                    peer,
+                    account: *a,
+                    record: Some(o.clone()),
+                    reputation: peer.and_then(|p| reputations.get(&p).cloned()),
+                }
             })
             .collect(),
         totals: state.totals(),
@@ -437,6 +445,21 @@ async fn status(args: StatusArgs) -> Result<()> {
             )?,
             None => writeln!(out, "  {peer}  account {}  not registered", o.account)?,
         }
+        if let Some(r) = &o.reputation {
+            let n = |x: u64| x as f64 / 1000.0;
+            let ms = |x: Option<u64>| x.map(|v| format!("{v} ms")).unwrap_or_else(|| "-".into());
+            writeln!(
+                out,
+                "      router's record: ok {:.1}  timeouts {:.1}  bad results {:.1}  refused {:.1}  disconnected {:.1}  per token {}  rtt {}",
+                n(r.successes),
+                n(r.timeouts),
+                n(r.bad_results),
+                n(r.refusals),
+                n(r.disconnects),
+                ms(r.ms_per_token),
+                ms(r.rtt_ms)
+            )?;
+        }
     }
     Ok(())
 }
@@ -461,6 +484,15 @@ fn status_json(s: &LedgerStatus) -> serde_json::Value {
             "successes": o.record.as_ref().map(|r| r.successes),
             "failures": o.record.as_ref().map(|r| r.failures),
             "compute_ms": o.record.as_ref().map(|r| r.compute_ms),
+            "reputation": o.reputation.as_ref().map(|r| serde_json::json!({
+                "successes": r.successes as f64 / 1000.0,
+                "timeouts": r.timeouts as f64 / 1000.0,
+                "bad_results": r.bad_results as f64 / 1000.0,
+                "refusals": r.refusals as f64 / 1000.0,
+                "disconnects": r.disconnects as f64 / 1000.0,
+                "ms_per_token": r.ms_per_token,
+                "rtt_ms": r.rtt_ms,
+            })),
         })).collect::<Vec<_>>(),
     })
 }

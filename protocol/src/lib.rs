@@ -19,6 +19,7 @@ pub mod ledger;
 pub mod merkle;
 pub mod messages;
 pub mod receipt;
+pub mod reputation;
 pub mod schedule;
 pub mod verify;
 pub mod wire;

@@ -182,6 +182,9 @@ pub struct OrchestratorStatus {
     pub account: crate::ledger::Address,
     /// Its record on the ledger (`None` if unregistered).
     pub record: Option<crate::ledger::Orchestrator>,
+    /// The router's own record of it (successes, failures by kind, speed,
+    /// latency), when the router has one.
+    pub reputation: Option<crate::reputation::Reputation>,
 }
 
 /// A router's view of its ledger.

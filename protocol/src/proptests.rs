@@ -141,6 +141,11 @@ fn arb_answer() -> impl Strategy<Value = QueryAnswer> {
                         stake,
                         ..Orchestrator::default()
                     }),
+                    reputation: Some(crate::reputation::Reputation {
+                        successes: stake % 7_000,
+                        ms_per_token: Some(stake % 90),
+                        ..Default::default()
+                    }),
                 })
                 .collect(),
             totals: (n, n / 2, n / 2 + n),

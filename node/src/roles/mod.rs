@@ -213,6 +213,11 @@ impl Dispatcher {
                             // Its advertised addresses (relayed ones included)
                             // let us dial it when no connection is open.
                             let _ = r.network.add_addresses(peer, addrs).await;
+                            // What this router remembers of it survives restarts.
+                            let ledger = Arc::clone(&r.ledger);
+                            if let Ok(Ok(Some(rep))) = tokio::task::spawn_blocking(move || ledger.reputation(&peer)).await {
+                                r.table.lock().unwrap_or_else(|p| p.into_inner()).set_reputation(&peer, rep);
+                            }
                             let admitted = match r.chain.admit(peer, account, stake).await {
                                 Ok(ok) => ok,
                                 Err(e) => {

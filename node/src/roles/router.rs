@@ -16,6 +16,7 @@ use cactus_protocol::merkle::ReceiptBundle;
 use cactus_protocol::messages::{
     LedgerStatus, MAX_STATUS_ORCHESTRATORS, OrchestratorStatus, Query, QueryAnswer,
 };
+use cactus_protocol::reputation::FailureKind;
 use cactus_protocol::verify::check_result;
 use cactus_protocol::{
     Assignment, TaskError, TaskErrorKind, TaskId, TaskRequest, TaskResponse, TaskResult, TaskSpec,
@@ -115,15 +116,16 @@ impl RouterCtx {
                 self.chain.anchor(i).await.map_err(|e| e.to_string())?,
             )),
             Query::Status => {
-                let known: Vec<(PeerId, Address)> = self.with_table(|t| {
-                    t.snapshot()
-                        .into_iter()
-                        .map(|o| (o.peer, o.account))
-                        .take(MAX_STATUS_ORCHESTRATORS)
-                        .collect()
-                });
+                let known: Vec<(PeerId, Address, cactus_protocol::reputation::Reputation)> = self
+                    .with_table(|t| {
+                        t.snapshot()
+                            .into_iter()
+                            .map(|o| (o.peer, o.account, o.reputation))
+                            .take(MAX_STATUS_ORCHESTRATORS)
+                            .collect()
+                    });
                 let mut orchestrators = Vec::with_capacity(known.len());
-                for (peer, account) in known {
+                for (peer, account, reputation) in known {
                     let record = self
                         .chain
                         .orchestrator(account)
@@ -133,6 +135,7 @@ impl RouterCtx {
                         peer: Some(peer),
                         account,
                         record,
+                        reputation: Some(reputation),
                     });
                 }
                 let (receipts, pending_anchor) = {
@@ -158,6 +161,24 @@ impl RouterCtx {
                     pending_anchor,
                     anchors: c.anchor_count().await.map_err(err)?,
                 })))
+            }
+        }
+    }
+
+    /// Records how a task ended in the table and persists the record.
+    async fn record_outcome(&self, peer: PeerId, outcome: Result<Option<u64>, FailureKind>) {
+        let now = super::orchestrator::now_ms();
+        let Some(rep) = self.with_table(|t| t.record_outcome(&peer, outcome, now)) else {
+            return;
+        };
+        let ledger = Arc::clone(&self.ledger);
+        match tokio::task::spawn_blocking(move || ledger.save_reputation(&peer, &rep)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(orchestrator = %peer, error = %e, "could not store reputation")
+            }
+            Err(e) => {
+                tracing::warn!(orchestrator = %peer, error = %e, "could not store reputation")
             }
         }
     }
@@ -307,7 +328,13 @@ impl RouterCtx {
                 (Attempt::Retry(e), reason::TIMEOUT)
             }
         };
-        self.with_table(|t| t.record_outcome(&peer, false, None));
+        let kind = match fail_reason {
+            reason::TIMEOUT => FailureKind::Timeout,
+            reason::BAD_RESULT => FailureKind::BadResult,
+            reason::UNREACHABLE => FailureKind::Disconnected,
+            _ => FailureKind::Refused,
+        };
+        self.record_outcome(peer, Err(kind)).await;
         if let Err(e) = self
             .chain
             .submit(Op::FailTask {
@@ -350,7 +377,7 @@ impl RouterCtx {
         self.appended.notify_one();
         let body = &result.receipt.body;
         let per_token = body.compute_ms.checked_div(u64::from(body.output_tokens));
-        self.with_table(|t| t.record_outcome(&peer, true, per_token));
+        self.record_outcome(peer, Ok(per_token)).await;
         let complete = Op::CompleteTask {
             task_id: assignment.task_id.0.to_vec(),
             prompt_tokens: u64::from(body.prompt_tokens),

@@ -4,6 +4,7 @@
 //! Bounded: at most [`MAX_ORCHESTRATORS`] entries; an entry whose newest advert
 //! is older than the stale timeout is dropped by [`OrchestratorTable::prune`].
 
+use cactus_protocol::reputation::{DEFAULT_HALF_LIFE_MS, FailureKind, Reputation};
 use cactus_protocol::schedule;
 use cactus_protocol::{CapabilityAdvert, ModelHash, ModelId, PROTOCOL_VERSION};
 use libp2p::PeerId;
@@ -17,24 +18,12 @@ pub const MAX_ORCHESTRATORS: usize = 4096;
 struct Entry {
     advert: CapabilityAdvert,
     seen: Instant,
-    rtt: Option<Duration>,
     /// Tasks this router has sent and not yet seen finish.
     in_flight: u32,
     /// The ledger's verdict on its stake: `None` while being checked.
     eligible: Option<bool>,
-    /// Tasks it completed / failed for this router.
-    successes: u64,
-    failures: u64,
-    /// Moving average of compute milliseconds per output token.
-    ms_per_token: Option<u64>,
-}
-
-/// Weight of a new sample in the moving averages: 1/4.
-fn ewma(old: Option<u64>, sample: u64) -> u64 {
-    match old {
-        None => sample,
-        Some(o) => (3 * o + sample) / 4,
-    }
+    /// This router's record of it (persisted in the router's ledger).
+    rep: Reputation,
 }
 
 /// A read-only view of one orchestrator.
@@ -50,8 +39,10 @@ pub struct OrchestratorInfo {
     pub total_slots: u32,
     /// Tasks in flight from this router.
     pub in_flight: u32,
-    /// Last measured round trip.
+    /// Moving average of round trips.
     pub rtt: Option<Duration>,
+    /// This router's record of it.
+    pub reputation: Reputation,
     /// Asked price per work unit.
     pub price_per_token: u64,
     /// Its ledger account.
@@ -78,6 +69,8 @@ pub enum Upsert {
 pub struct OrchestratorTable {
     entries: HashMap<PeerId, Entry>,
     stale_after: Duration,
+    /// Half-life of reputation counts.
+    half_life_ms: u64,
 }
 
 impl OrchestratorTable {
@@ -86,6 +79,7 @@ impl OrchestratorTable {
         Self {
             entries: HashMap::new(),
             stale_after,
+            half_life_ms: DEFAULT_HALF_LIFE_MS,
         }
     }
 
@@ -121,12 +115,9 @@ impl OrchestratorTable {
             Entry {
                 advert,
                 seen: now,
-                rtt: None,
                 in_flight: 0,
                 eligible: None,
-                successes: 0,
-                failures: 0,
-                ms_per_token: None,
+                rep: Reputation::default(),
             },
         );
         Upsert::Joined
@@ -173,27 +164,34 @@ impl OrchestratorTable {
     /// Records a ping round trip.
     pub fn record_rtt(&mut self, peer: &PeerId, rtt: Duration) {
         if let Some(e) = self.entries.get_mut(peer) {
-            let ms = u64::try_from(rtt.as_millis()).unwrap_or(u64::MAX);
-            e.rtt = Some(Duration::from_millis(ewma(
-                e.rtt.map(|r| r.as_millis() as u64),
-                ms,
-            )));
+            e.rep
+                .record_rtt(u64::try_from(rtt.as_millis()).unwrap_or(u64::MAX));
         }
     }
 
-    /// Records how a task handed to `peer` ended: on success, with its compute
-    /// time per output token.
-    pub fn record_outcome(&mut self, peer: &PeerId, ok: bool, ms_per_token: Option<u64>) {
+    /// Restores an orchestrator's record (from the router's ledger).
+    pub fn set_reputation(&mut self, peer: &PeerId, rep: Reputation) {
         if let Some(e) = self.entries.get_mut(peer) {
-            if ok {
-                e.successes += 1;
-            } else {
-                e.failures += 1;
-            }
-            if let Some(m) = ms_per_token {
-                e.ms_per_token = Some(ewma(e.ms_per_token, m));
-            }
+            e.rep = rep;
         }
+    }
+
+    /// Records how a task handed to `peer` ended (on success, its compute time
+    /// per output token); returns the updated record to persist.
+    pub fn record_outcome(
+        &mut self,
+        peer: &PeerId,
+        outcome: Result<Option<u64>, FailureKind>,
+        now_ms: u64,
+    ) -> Option<Reputation> {
+        let e = self.entries.get_mut(peer)?;
+        match outcome {
+            Ok(ms_per_token) => e
+                .rep
+                .record_success(now_ms, self.half_life_ms, ms_per_token),
+            Err(kind) => e.rep.record_failure(now_ms, self.half_life_ms, kind),
+        }
+        Some(e.rep.clone())
     }
 
     /// Counts a task sent to (`+1`) or finished by (`-1`) `peer`.
@@ -268,10 +266,10 @@ impl OrchestratorTable {
             .iter()
             .map(|(_, e)| schedule::Candidate {
                 stake: e.advert.stake,
-                successes: e.successes,
-                failures: e.failures,
-                ms_per_token: e.ms_per_token,
-                rtt_ms: e.rtt.map(|r| r.as_millis() as u64),
+                successes: e.rep.success_count(),
+                failures: e.rep.failure_count(),
+                ms_per_token: e.rep.ms_per_token,
+                rtt_ms: e.rep.rtt_ms,
                 free_slots: i64::from(e.advert.free_slots) - i64::from(e.in_flight),
                 price: e.advert.price_per_token,
             })
@@ -296,7 +294,8 @@ impl OrchestratorTable {
                 free_slots: e.advert.free_slots,
                 total_slots: e.advert.total_slots,
                 in_flight: e.in_flight,
-                rtt: e.rtt,
+                rtt: e.rep.rtt_ms.map(Duration::from_millis),
+                reputation: e.rep.clone(),
                 price_per_token: e.advert.price_per_token,
                 account: e.advert.account,
                 stake: e.advert.stake,
@@ -376,8 +375,9 @@ mod tests {
         }
         t.record_rtt(&a, Duration::from_millis(400));
         t.record_rtt(&b, Duration::from_millis(2));
-        t.record_outcome(&a, false, None);
-        t.record_outcome(&b, true, Some(10));
+        t.record_outcome(&a, Err(FailureKind::Timeout), 1);
+        let rep = t.record_outcome(&b, Ok(Some(10)), 1).unwrap();
+        assert_eq!((rep.success_count(), rep.ms_per_token), (1, Some(10)));
         let m = t.resolve_model(Some("m")).unwrap();
         assert_eq!(t.resolve_model(Some(&m.sha256.to_hex())), Some(m.clone()));
         assert_eq!(t.resolve_model(Some("zzz")), None);

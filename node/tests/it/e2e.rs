@@ -450,5 +450,34 @@ fn killing_the_serving_orchestrator_fails_over_without_double_payment() {
             expected,
             "{status}"
         );
+        // The router's own record: the killed one counts as disconnected.
+        let rep = &o["reputation"];
+        let expected = if o["peer"].as_str() == Some(survivor.as_str()) {
+            (1.0, 0.0)
+        } else {
+            (0.0, 1.0)
+        };
+        let got = (
+            rep["successes"].as_f64().unwrap(),
+            rep["disconnects"].as_f64().unwrap(),
+        );
+        assert_eq!(got, expected, "{status}");
     }
+
+    // The router's records outlive it: read back from its data dir.
+    router.terminate();
+    let out = run(&["status", "--data-dir", path(&dirs[0]), "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let offline: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let survivor_successes = offline["orchestrators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["peer"].as_str() == Some(survivor.as_str()))
+        .and_then(|o| o["reputation"]["successes"].as_f64());
+    assert_eq!(survivor_successes, Some(1.0), "{offline}");
 }
