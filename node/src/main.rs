@@ -27,6 +27,62 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     node: NodeArgs,
+    /// A config file of `CACTUS_*=value` lines (the environment variables of
+    /// the flags, e.g. CACTUS_CHAIN=aptos); the environment and flags win.
+    #[arg(long, global = true, env = "CACTUS_CONFIG", value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+}
+
+/// Largest config file read.
+const MAX_CONFIG_BYTES: u64 = 64 * 1024;
+
+/// The `--config` file named on the command line or in `CACTUS_CONFIG`.
+fn config_path() -> Option<std::path::PathBuf> {
+    let mut args = std::env::args_os().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--config" {
+            return args.next().map(Into::into);
+        }
+        if let Some(v) = a.to_str().and_then(|s| s.strip_prefix("--config=")) {
+            return Some(v.into());
+        }
+    }
+    std::env::var_os("CACTUS_CONFIG").map(Into::into)
+}
+
+/// Reads the config file's `CACTUS_*=value` lines (blank lines and `#`
+/// comments skipped).
+fn read_config(path: &std::path::Path) -> Result<Vec<(String, String)>> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("config file {}", path.display()))?;
+    if meta.len() > MAX_CONFIG_BYTES {
+        bail!(
+            "config file {} is over {MAX_CONFIG_BYTES} bytes",
+            path.display()
+        );
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("config file {}", path.display()))?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            bail!("{}:{}: expected CACTUS_NAME=value", path.display(), n + 1);
+        };
+        let (k, v) = (k.trim(), v.trim().trim_matches('"'));
+        if !k.starts_with("CACTUS_") || k == "CACTUS_CONFIG" {
+            bail!(
+                "{}:{}: {k} is not a Cactus setting (CACTUS_ROLE, CACTUS_CHAIN, ...)",
+                path.display(),
+                n + 1
+            );
+        }
+        out.push((k.to_owned(), v.to_owned()));
+    }
+    Ok(out)
 }
 
 // Parsed once at start-up; boxing the large variant would buy nothing.
@@ -175,6 +231,25 @@ struct LedgerArgs {
 }
 
 fn main() {
+    // Settings precedence: config file, then environment, then flags. The file
+    // only fills variables the environment does not set, before clap reads them.
+    if let Some(path) = config_path() {
+        match read_config(&path) {
+            Ok(vars) => {
+                for (k, v) in vars {
+                    if std::env::var_os(&k).is_none() {
+                        // SAFETY: single-threaded here: no runtime, no other
+                        // thread has been started yet to read the environment.
+                        #[allow(unsafe_code)]
+                        unsafe {
+                            std::env::set_var(&k, v)
+                        };
+                    }
+                }
+            }
+            Err(e) => fail(e),
+        }
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
