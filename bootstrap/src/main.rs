@@ -37,6 +37,8 @@ fn main() {
         price_per_token: 0,
         advert_interval: 10,
         task_timeout: 300,
+        task_deadline: 600,
+        no_delegation: true,
         stake: 0,
         account: None,
         anchor_batch: 1,
@@ -45,6 +47,9 @@ fn main() {
         aptos_url: None,
         aptos_key_file: None,
         contract_address: None,
+        spot_check: 0.0,
+        verify_tolerance: 0.0,
+        fraud_slash_bps: 0,
     };
     let result = tokio::runtime::Runtime::new()
         .map_err(|e| e.to_string())

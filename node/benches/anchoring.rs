@@ -42,6 +42,7 @@ fn receipts(n: usize) -> Vec<Receipt> {
                 model: Digest::of(b"model"),
                 prompt_hash: Digest::of(&id),
                 output_hash: Digest::of(&id[..8]),
+                output_tokens_hash: Digest::of_tokens(&[]),
                 sampling: SamplingParams::default(),
                 prompt_tokens: 12,
                 output_tokens: 128,
@@ -50,6 +51,7 @@ fn receipts(n: usize) -> Vec<Receipt> {
                 router: router.public().to_peer_id(),
                 started_at_ms: 1,
                 finished_at_ms: 2,
+                delegation: None,
             };
             let mut r = body.sign(&orch).unwrap();
             r.countersign(&router).unwrap();

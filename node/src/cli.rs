@@ -148,6 +148,14 @@ pub struct NodeArgs {
     /// Seconds a router waits for one orchestrator to finish one task.
     #[arg(long, default_value_t = 300, value_name = "SECS")]
     pub task_timeout: u64,
+    /// Seconds a router spends on one client task in all, retries on other
+    /// orchestrators included.
+    #[arg(long, default_value_t = 600, value_name = "SECS")]
+    pub task_deadline: u64,
+    /// An orchestrator runs only the tasks it can take itself, instead of
+    /// delegating the others to orchestrators it knows from their adverts.
+    #[arg(long)]
+    pub no_delegation: bool,
     /// Stake an orchestrator declares; on a local (embedded) ledger the router
     /// registers it with this stake.
     #[arg(
@@ -182,6 +190,28 @@ pub struct NodeArgs {
     /// ... or once the oldest has waited this many seconds.
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     pub anchor_interval: u64,
+    /// Percentage of results a router spot-checks by replaying them on
+    /// another orchestrator (0 turns spot checks off).
+    #[arg(
+        long,
+        env = "CACTUS_SPOT_CHECK",
+        default_value_t = 5.0,
+        value_name = "PERCENT"
+    )]
+    pub spot_check: f64,
+    /// Largest logit gap between a returned token and the model's pick that a
+    /// replay accepts; measure it for a model with `cargo bench --bench replay`.
+    #[arg(
+        long,
+        env = "CACTUS_VERIFY_TOLERANCE",
+        default_value_t = 1.0,
+        value_name = "LOGITS"
+    )]
+    pub verify_tolerance: f32,
+    /// Share of stake slashed for fraud confirmed by two verifiers, in basis
+    /// points (capped by the contract's maximum).
+    #[arg(long, default_value_t = 1_000, value_name = "BPS")]
+    pub fraud_slash_bps: u64,
 }
 
 /// Which ledger a node uses.
@@ -213,6 +243,8 @@ impl NodeArgs {
             advert_interval: advert,
             stale_after: advert * 3 + Duration::from_secs(5),
             task_timeout: Duration::from_secs(self.task_timeout.max(1)),
+            task_deadline: Duration::from_secs(self.task_deadline.max(1)),
+            delegation: !self.no_delegation,
             price_per_token: self.price_per_token,
             slots: self.slots.max(1),
             queue: self.queue,
@@ -221,6 +253,11 @@ impl NodeArgs {
             anchor: crate::roles::anchor::AnchorPolicy {
                 batch: self.anchor_batch.max(1),
                 max_age: Duration::from_secs(self.anchor_interval.max(1)),
+            },
+            verification: crate::roles::router::Verification {
+                share_ppm: (self.spot_check.clamp(0.0, 100.0) * 10_000.0).round() as u32,
+                tolerance: self.verify_tolerance,
+                slash_bps: self.fraud_slash_bps,
             },
             ..NodeConfig::default()
         }

@@ -6,6 +6,7 @@
 //! [`crate::roles::anchor`]); anchoring moves them, in one transaction, to the
 //! proofs table with their inclusion proofs.
 
+use cactus_protocol::fraud::FraudEvidence;
 use cactus_protocol::merkle::AnchorProof;
 use cactus_protocol::reputation::Reputation;
 use cactus_protocol::{Receipt, TaskId, Wire};
@@ -29,6 +30,10 @@ const MAX_PROOF_BYTES: usize = 8 * 1024;
 const REPUTATION: TableDefinition<&[u8], &[u8]> = TableDefinition::new("reputation");
 /// Largest stored reputation record read back.
 const MAX_REPUTATION_BYTES: usize = 1024;
+/// Fraud evidence (CBOR `FraudEvidence`) by the accused task's id.
+const FRAUD: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("fraud_evidence");
+/// Largest stored piece of evidence read back.
+const MAX_EVIDENCE_BYTES: usize = 64 * 1024;
 
 /// Why a ledger operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +79,7 @@ impl Ledger {
             tx.open_table(PENDING).map_err(|e| ledger.db_err(e))?;
             tx.open_table(PROOFS).map_err(|e| ledger.db_err(e))?;
             tx.open_table(REPUTATION).map_err(|e| ledger.db_err(e))?;
+            tx.open_table(FRAUD).map_err(|e| ledger.db_err(e))?;
         }
         tx.commit().map_err(|e| ledger.db_err(e))?;
         Ok(ledger)
@@ -237,6 +243,45 @@ impl Ledger {
         Ok(out)
     }
 
+    /// Stores signed fraud evidence against the result of a task.
+    pub fn save_fraud(&self, evidence: &FraudEvidence) -> Result<(), LedgerError> {
+        let bytes = evidence.to_cbor().map_err(|e| self.db_err(e))?;
+        if bytes.len() > MAX_EVIDENCE_BYTES {
+            return Err(self.db_err("oversized fraud evidence"));
+        }
+        let id = evidence.body.receipt.body.task_id;
+        let tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        {
+            let mut table = tx.open_table(FRAUD).map_err(|e| self.db_err(e))?;
+            table
+                .insert(&id.0, bytes.as_slice())
+                .map_err(|e| self.db_err(e))?;
+        }
+        tx.commit().map_err(|e| self.db_err(e))
+    }
+
+    /// Up to `limit` stored pieces of fraud evidence, by task id.
+    pub fn frauds(&self, limit: usize) -> Result<Vec<FraudEvidence>, LedgerError> {
+        let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
+        let table = tx.open_table(FRAUD).map_err(|e| self.db_err(e))?;
+        let mut out = Vec::new();
+        for entry in table
+            .range::<&[u8; 16]>(..)
+            .map_err(|e| self.db_err(e))?
+            .take(limit)
+        {
+            let (k, v) = entry.map_err(|e| self.db_err(e))?;
+            if v.value().len() > MAX_EVIDENCE_BYTES {
+                return Err(LedgerError::Corrupt(TaskId(*k.value())));
+            }
+            out.push(
+                FraudEvidence::from_cbor(v.value())
+                    .map_err(|_| LedgerError::Corrupt(TaskId(*k.value())))?,
+            );
+        }
+        Ok(out)
+    }
+
     /// Number of receipts.
     pub fn len(&self) -> Result<u64, LedgerError> {
         let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
@@ -293,6 +338,7 @@ mod tests {
             model: Digest::of(b"m"),
             prompt_hash: Digest::of(b"p"),
             output_hash: Digest::of(b"o"),
+            output_tokens_hash: Digest::of_tokens(&[]),
             sampling: SamplingParams::default(),
             prompt_tokens: 1,
             output_tokens: 2,
@@ -301,6 +347,7 @@ mod tests {
             router: router.public().to_peer_id(),
             started_at_ms: 4,
             finished_at_ms: 5,
+            delegation: None,
         };
         let mut r = body.sign(&orch).unwrap();
         r.countersign(&router).unwrap();

@@ -8,7 +8,7 @@ use crate::ledger::{Ledger, LedgerError};
 use crate::network::{self, Network, NetworkConfig, NetworkError};
 use crate::roles::anchor::{self, AnchorPolicy};
 use crate::roles::orchestrator::OrchestratorCtx;
-use crate::roles::router::RouterCtx;
+use crate::roles::router::{RouterCtx, Verification};
 use crate::roles::table::{OrchestratorInfo, OrchestratorTable};
 use crate::roles::{Dispatcher, RoleCtx, Timers};
 use libp2p::identity::Keypair;
@@ -51,6 +51,10 @@ pub struct NodeConfig {
     pub stale_after: Duration,
     /// How long one orchestrator may take for one task (routers).
     pub task_timeout: Duration,
+    /// How long a client's task may take in all, retries included (routers).
+    pub task_deadline: Duration,
+    /// Whether an orchestrator delegates tasks it cannot take.
+    pub delegation: bool,
     /// Orchestrators tried per task (routers).
     pub max_attempts: usize,
     /// Asked price per generated token (orchestrators).
@@ -69,6 +73,8 @@ pub struct NodeConfig {
     pub chain: ChainChoice,
     /// When a router anchors its receipts.
     pub anchor: AnchorPolicy,
+    /// How a router spot-checks results.
+    pub verification: Verification,
 }
 
 /// Which ledger a router uses.
@@ -98,6 +104,8 @@ impl Default for NodeConfig {
             advert_interval: Duration::from_secs(10),
             stale_after: Duration::from_secs(35),
             task_timeout: Duration::from_secs(300),
+            task_deadline: Duration::from_secs(600),
+            delegation: true,
             max_attempts: 3,
             price_per_token: 1,
             slots: 1,
@@ -107,6 +115,7 @@ impl Default for NodeConfig {
             account: None,
             chain: ChainChoice::Embedded(LocalSettings::default()),
             anchor: AnchorPolicy::default(),
+            verification: Verification::default(),
         }
     }
 }
@@ -194,7 +203,7 @@ impl Node {
                 }
                 let p = Arc::new(WorkerPool::new(engine, config.slots, config.queue));
                 pool = Some(Arc::clone(&p));
-                RoleCtx::Orchestrator(Arc::new(OrchestratorCtx::new(
+                let mut ctx = OrchestratorCtx::new(
                     network.clone(),
                     key,
                     models,
@@ -204,7 +213,9 @@ impl Node {
                         .account
                         .unwrap_or_else(|| crate::chain::default_account(&local_peer)),
                     config.stake,
-                )))
+                );
+                ctx.delegation = config.delegation;
+                RoleCtx::Orchestrator(Arc::new(ctx))
             }
             Role::Router => {
                 let ledger = {
@@ -260,7 +271,9 @@ impl Node {
                     contract,
                     appended,
                     task_timeout: config.task_timeout,
+                    task_deadline: config.task_deadline,
                     max_attempts: config.max_attempts,
+                    verification: config.verification,
                 }))
             }
             Role::Bootstrap | Role::Client => RoleCtx::None,
@@ -370,6 +383,22 @@ impl Node {
     /// The ledger a router settles on (`None` on other roles).
     pub fn chain(&self) -> Option<&Arc<dyn ChainBackend>> {
         self.chain.as_ref()
+    }
+
+    /// Fraud evidence a router has signed, up to `limit` pieces.
+    pub async fn fraud_evidence(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<cactus_protocol::fraud::FraudEvidence>, LedgerError> {
+        let Some(ledger) = self.ledger.clone() else {
+            return Ok(Vec::new());
+        };
+        tokio::task::spawn_blocking(move || ledger.frauds(limit))
+            .await
+            .map_err(|e| LedgerError::Db {
+                path: PathBuf::new(),
+                message: e.to_string(),
+            })?
     }
 
     /// The anchor proof of a task's receipt, once anchored (routers).

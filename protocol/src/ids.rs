@@ -16,6 +16,18 @@ impl Digest {
         Self(Sha256::digest(data).into())
     }
 
+    /// The digest of a token sequence: SHA-256 over a domain tag and each
+    /// token id as a little-endian `u32`. Receipts commit to the generated
+    /// tokens with it, so that a replay can check exactly what was generated.
+    pub fn of_tokens(tokens: &[u32]) -> Self {
+        let mut h = Sha256::new();
+        h.update(b"cactus/tokens/v1\0");
+        for t in tokens {
+            h.update(t.to_le_bytes());
+        }
+        Self(h.finalize().into())
+    }
+
     /// The digest as lowercase hex.
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)

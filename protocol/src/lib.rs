@@ -13,9 +13,16 @@
 //! - [`receipt`]: what a finished task proves, signed by the orchestrator and
 //!   countersigned by the router with their libp2p ed25519 identities.
 //! - [`ids`]: task ids, model hashes and digests.
+//! - [`market`]: task adverts (gossipsub, [`TASK_TOPIC`]) for tasks no known
+//!   orchestrator can take, and the signed bids that answer them.
+//! - [`delegation`]: signed delegation links by which an orchestrator hands a
+//!   task on, and the rules a router checks a chain of them against.
 
+pub mod delegation;
+pub mod fraud;
 pub mod ids;
 pub mod ledger;
+pub mod market;
 pub mod merkle;
 pub mod messages;
 pub mod receipt;
@@ -27,8 +34,10 @@ pub mod wire;
 #[cfg(test)]
 mod proptests;
 
+pub use delegation::{Delegation, DelegationBody, DelegationError};
 pub use ids::{Digest, ModelHash, TaskId};
 pub use libp2p_identity::{Keypair, PeerId};
+pub use market::{Bid, BidBody, MarketError, TaskAdvert, TaskAdvertBody};
 pub use messages::{
     Assignment, CapabilityAdvert, FinishReason, ModelId, PromptFormat, SamplingParams, TaskError,
     TaskErrorKind, TaskRequest, TaskResponse, TaskResult, TaskSpec,
@@ -42,6 +51,9 @@ pub const TASK_PROTOCOL: &str = "/cactus/task/1";
 pub const KAD_PROTOCOL: &str = "/cactus/kad/1.0.0";
 /// Gossipsub topic on which orchestrators publish their [`CapabilityAdvert`]s.
 pub const CAPABILITY_TOPIC: &str = "cactus/capabilities/1";
+/// Gossipsub topic on which routers publish [`TaskAdvert`]s for tasks no
+/// orchestrator in their live table can take.
+pub const TASK_TOPIC: &str = "cactus/tasks/1";
 /// Kademlia provider key under which routers announce themselves.
 pub const ROUTER_PROVIDER_KEY: &[u8] = b"/cactus/routers/1";
 /// Version of the messages in this crate; bumped on any incompatible change.

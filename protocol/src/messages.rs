@@ -144,6 +144,21 @@ pub struct Assignment {
     pub format: PromptFormat,
     /// Sampling parameters.
     pub sampling: SamplingParams,
+    /// Unix time by which the router needs the result, milliseconds; past it
+    /// the router has moved on. Delegations may not outlive it.
+    pub deadline_ms: u64,
+}
+
+/// A task an orchestrator hands on to another (see [`crate::delegation`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DelegatedTask {
+    /// The router's assignment, unchanged.
+    pub assignment: Assignment,
+    /// The router that assigned it.
+    pub router: PeerId,
+    /// The links from the assigned orchestrator to the receiver, each signed
+    /// by its parent; the last one names the receiver as its child.
+    pub chain: Vec<crate::delegation::Delegation>,
 }
 
 impl Assignment {
@@ -228,12 +243,20 @@ pub enum TaskRequest {
     Execute(Assignment),
     /// Anyone to router: a question about its ledger.
     Query(Query),
+    /// Router to orchestrator: replay this result as a spot check.
+    Replay(Box<crate::fraud::ReplayRequest>),
+    /// Orchestrator to orchestrator: run (or hand on) a delegated task.
+    Delegate(Box<DelegatedTask>),
 }
+
+/// Most bytes a list of [`MAX_OUTPUT_TOKENS`] token ids takes in CBOR.
+pub const MAX_TOKEN_LIST_BYTES: usize = MAX_OUTPUT_TOKENS as usize * 5 + 16;
 
 impl Wire for TaskRequest {
     const KIND: Kind = Kind::TaskRequest;
-    /// The prompt cap plus room for the other fields.
-    const MAX_BYTES: usize = MAX_PROMPT_BYTES + 16 * 1024;
+    /// A replay request is the largest: prompt, output and its tokens, plus
+    /// room for the other fields.
+    const MAX_BYTES: usize = MAX_PROMPT_BYTES + MAX_OUTPUT_BYTES + MAX_TOKEN_LIST_BYTES + 16 * 1024;
 }
 
 /// Why generation stopped.
@@ -250,11 +273,16 @@ pub enum FinishReason {
 pub struct TaskResult {
     /// Generated text.
     pub text: String,
+    /// The generated token ids (the receipt commits to them).
+    pub tokens: Vec<u32>,
     /// Why generation stopped.
     pub finish: FinishReason,
     /// Signed by the orchestrator; countersigned by the router on the way to
     /// the client.
     pub receipt: Receipt,
+    /// When the task was delegated: the chain from the assigned orchestrator
+    /// to the one that ran it (whose receipt commits to it); empty otherwise.
+    pub delegation: Vec<crate::delegation::Delegation>,
 }
 
 /// The kinds of task failure, for callers to act on.
@@ -309,12 +337,15 @@ pub enum TaskResponse {
     Failed(TaskError),
     /// The answer to a query.
     Answer(QueryAnswer),
+    /// A verifier's signed findings on a replayed result.
+    Replayed(Box<crate::fraud::ReplayReport>),
 }
 
 impl Wire for TaskResponse {
     const KIND: Kind = Kind::TaskResponse;
-    /// The output cap plus room for the receipt and error message.
-    const MAX_BYTES: usize = MAX_OUTPUT_BYTES + 16 * 1024;
+    /// The output and its tokens, plus room for the receipt, a delegation
+    /// chain and error messages.
+    const MAX_BYTES: usize = MAX_OUTPUT_BYTES + MAX_TOKEN_LIST_BYTES + 16 * 1024;
 }
 
 /// What an orchestrator offers, published on [`crate::CAPABILITY_TOPIC`] at
@@ -418,6 +449,10 @@ pub enum InvalidMessage {
         /// The cap.
         max: usize,
     },
+    /// A replay request whose prompt, text or tokens are not the ones its
+    /// receipt commits to.
+    #[error("the replay request does not match its receipt")]
+    ReplayMismatch,
     /// More free slots than slots.
     #[error("{free} free slots out of {total}")]
     Slots {

@@ -63,13 +63,48 @@ fn arb_assignment() -> impl Strategy<Value = Assignment> {
         "\\PC{1,200}",
         arb_format(),
         arb_sampling(),
+        any::<u64>(),
     )
-        .prop_map(|(id, model, prompt, format, sampling)| Assignment {
-            task_id: TaskId(id),
-            model,
-            prompt,
-            format,
-            sampling,
+        .prop_map(
+            |(id, model, prompt, format, sampling, deadline_ms)| Assignment {
+                task_id: TaskId(id),
+                model,
+                prompt,
+                format,
+                sampling,
+                deadline_ms,
+            },
+        )
+}
+
+/// A signed one- or two-link delegation chain for `task`.
+fn arb_chain(task: TaskId) -> impl Strategy<Value = Vec<crate::delegation::Delegation>> {
+    (
+        arb_keypair(),
+        arb_keypair(),
+        arb_keypair(),
+        1u64..u64::MAX,
+        any::<bool>(),
+    )
+        .prop_map(move |(a, b, c, deadline, two)| {
+            let router = c.public().to_peer_id();
+            let first =
+                crate::delegation::extend(&[], &a, task, router, b.public().to_peer_id(), deadline)
+                    .unwrap();
+            let mut chain = vec![first];
+            if two {
+                let second = crate::delegation::extend(
+                    &chain,
+                    &b,
+                    task,
+                    router,
+                    c.public().to_peer_id(),
+                    deadline,
+                )
+                .unwrap();
+                chain.push(second);
+            }
+            chain
         })
 }
 
@@ -86,7 +121,42 @@ fn arb_request() -> impl Strategy<Value = TaskRequest> {
         arb_spec().prop_map(TaskRequest::Submit),
         arb_assignment().prop_map(TaskRequest::Execute),
         arb_query().prop_map(TaskRequest::Query),
+        arb_replay().prop_map(|r| TaskRequest::Replay(Box::new(r))),
+        (arb_assignment(), arb_keypair()).prop_flat_map(|(assignment, router)| {
+            arb_chain(assignment.task_id).prop_map(move |chain| {
+                TaskRequest::Delegate(Box::new(DelegatedTask {
+                    assignment: assignment.clone(),
+                    router: router.public().to_peer_id(),
+                    chain,
+                }))
+            })
+        }),
     ]
+}
+
+/// A replay request consistent with its receipt.
+fn arb_replay() -> impl Strategy<Value = crate::fraud::ReplayRequest> {
+    (
+        arb_body(),
+        "\\PC{1,200}",
+        "\\PC{0,200}",
+        proptest::collection::vec(any::<u32>(), 0..64),
+    )
+        .prop_map(|((mut receipt, _, _), prompt, text, tokens)| {
+            receipt.sampling = SamplingParams::default();
+            receipt.prompt_hash = Digest::of(prompt.as_bytes());
+            receipt.output_hash = Digest::of(text.as_bytes());
+            receipt.output_tokens_hash = Digest::of_tokens(&tokens);
+            receipt.output_tokens = tokens.len() as u32;
+            crate::fraud::ReplayRequest {
+                receipt,
+                prompt,
+                format: PromptFormat::Raw,
+                tokens,
+                text,
+                finish: FinishReason::MaxTokens,
+            }
+        })
 }
 
 fn arb_address() -> impl Strategy<Value = Address> {
@@ -167,6 +237,8 @@ prop_compose! {
         output_hash in arb_digest(), sampling in arb_sampling(), prompt_tokens in any::<u32>(),
         output_tokens in any::<u32>(), compute_ms in any::<u64>(), orch in arb_keypair(),
         router in arb_keypair(), started in any::<u64>(), finished in any::<u64>(),
+        tokens in proptest::collection::vec(any::<u32>(), 0..64),
+        delegation in proptest::option::of(arb_digest()),
     ) -> (ReceiptBody, Keypair, Keypair) {
         let body = ReceiptBody {
             version: RECEIPT_VERSION,
@@ -174,6 +246,7 @@ prop_compose! {
             model,
             prompt_hash,
             output_hash,
+            output_tokens_hash: Digest::of_tokens(&tokens),
             sampling,
             prompt_tokens,
             output_tokens,
@@ -182,6 +255,7 @@ prop_compose! {
             router: router.public().to_peer_id(),
             started_at_ms: started,
             finished_at_ms: finished,
+            delegation,
         };
         (body, orch, router)
     }
@@ -203,13 +277,18 @@ fn arb_response() -> impl Strategy<Value = TaskResponse> {
                 Just(FinishReason::EndOfGeneration),
                 Just(FinishReason::MaxTokens)
             ],
-            arb_receipt()
+            arb_receipt(),
+            proptest::option::of(arb_chain(TaskId([5; 16]))),
         )
-            .prop_map(|(text, finish, receipt)| TaskResponse::Done(TaskResult {
-                text,
-                finish,
-                receipt
-            })),
+            .prop_map(
+                |(text, finish, receipt, chain)| TaskResponse::Done(TaskResult {
+                    text,
+                    tokens: vec![1, 2, 3],
+                    finish,
+                    receipt,
+                    delegation: chain.unwrap_or_default(),
+                })
+            ),
         ("\\PC{0,100}").prop_map(|m| TaskResponse::Failed(TaskError::new(TaskErrorKind::Busy, m))),
         arb_answer().prop_map(TaskResponse::Answer),
     ]
@@ -277,6 +356,8 @@ proptest! {
             TaskRequest::Submit(s) => prop_assert!(s.validate().is_ok()),
             TaskRequest::Execute(a) => prop_assert!(a.validate().is_ok()),
             TaskRequest::Query(_) => {}
+            TaskRequest::Replay(r) => prop_assert!(r.validate().is_ok()),
+            TaskRequest::Delegate(d) => prop_assert!(d.assignment.validate().is_ok()),
         }
     }
 
@@ -299,7 +380,7 @@ proptest! {
 
     #[test]
     fn receipt_any_field_change_breaks_verification(
-        r in arb_receipt(), field in 0usize..13, other in arb_keypair(), n in 1u64..1000,
+        r in arb_receipt(), field in 0usize..15, other in arb_keypair(), n in 1u64..1000,
     ) {
         let mut t = r.clone();
         let b = &mut t.body;
@@ -316,6 +397,8 @@ proptest! {
             9 => b.orchestrator = other.public().to_peer_id(),
             10 => b.router = other.public().to_peer_id(),
             11 => b.started_at_ms = b.started_at_ms.wrapping_add(n),
+            12 => b.output_tokens_hash.0[9] ^= 1,
+            13 => b.delegation = match b.delegation { Some(_) => None, None => Some(Digest::of(&n.to_le_bytes())) },
             _ => b.finished_at_ms = b.finished_at_ms.wrapping_sub(n),
         }
         prop_assert!(t.verify().is_err());
@@ -333,7 +416,7 @@ proptest! {
 fn oversized_messages_are_refused_when_encoding() {
     let spec = TaskSpec {
         model: None,
-        prompt: "x".repeat(MAX_PROMPT_BYTES + 20 * 1024),
+        prompt: "x".repeat(TaskRequest::MAX_BYTES),
         format: PromptFormat::Raw,
         sampling: SamplingParams::default(),
     };
@@ -372,6 +455,7 @@ fn unsigned_or_hashed_peer_ids_do_not_verify() {
         model: Digest::of(b"m"),
         prompt_hash: Digest::of(b"p"),
         output_hash: Digest::of(b"o"),
+        output_tokens_hash: Digest::of_tokens(&[]),
         sampling: SamplingParams::default(),
         prompt_tokens: 3,
         output_tokens: 4,
@@ -380,6 +464,7 @@ fn unsigned_or_hashed_peer_ids_do_not_verify() {
         router: router.public().to_peer_id(),
         started_at_ms: 1,
         finished_at_ms: 2,
+        delegation: None,
     };
     // Only the named orchestrator can sign, only the named router countersign.
     assert_eq!(

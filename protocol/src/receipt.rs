@@ -36,6 +36,8 @@ pub struct ReceiptBody {
     pub prompt_hash: Digest,
     /// SHA-256 of the generated text.
     pub output_hash: Digest,
+    /// [`Digest::of_tokens`] of the generated token ids (what a replay checks).
+    pub output_tokens_hash: Digest,
     /// The sampling parameters the output was generated with.
     pub sampling: SamplingParams,
     /// Tokens in the prompt, after the chat template.
@@ -52,6 +54,9 @@ pub struct ReceiptBody {
     pub started_at_ms: u64,
     /// Unix time inference finished, milliseconds.
     pub finished_at_ms: u64,
+    /// When the task was delegated: the hash of the delegation chain that
+    /// handed it from the assigned orchestrator to this one.
+    pub delegation: Option<Digest>,
 }
 
 impl ReceiptBody {
@@ -60,6 +65,14 @@ impl ReceiptBody {
         cbor4ii::serde::to_writer(&mut out, self)
             .map_err(|e| ReceiptError::Encode(e.to_string()))?;
         Ok(out)
+    }
+
+    /// SHA-256 of the body's canonical encoding: names one receipt's facts
+    /// independently of its signatures.
+    pub fn digest(&self) -> Result<Digest, ReceiptError> {
+        Ok(Digest::of(
+            &self.signing_bytes(b"cactus/receipt/v1/body\0")?,
+        ))
     }
 
     /// Signs the body as its orchestrator, which `key` must be.

@@ -3,6 +3,7 @@
 //! task, model, prompt and sampling it was given, hashes the text it returned,
 //! and counts tokens consistently with the stop reason.
 
+use crate::delegation::{DelegationError, MAX_DELEGATION_DEPTH, chain_hash, verify_chain};
 use crate::ids::Digest;
 use crate::messages::{Assignment, FinishReason, MAX_OUTPUT_BYTES, TaskResult};
 use crate::receipt::ReceiptError;
@@ -21,9 +22,15 @@ pub enum ResultError {
     /// The output hash is not the hash of the returned text.
     #[error("the receipt's output hash does not match the returned text")]
     OutputHash,
+    /// The token ids are not the ones the receipt commits to.
+    #[error("the receipt's token hash or count does not match the returned tokens")]
+    TokensHash,
     /// Token counts are impossible for the request and stop reason.
     #[error("implausible token counts: {0}")]
     TokenCounts(&'static str),
+    /// The delegation chain is invalid.
+    #[error("delegation: {0}")]
+    Delegation(#[from] DelegationError),
     /// Timestamps run backwards.
     #[error("the receipt finishes before it starts")]
     Timestamps,
@@ -37,8 +44,34 @@ pub fn check_result(
     result: &TaskResult,
 ) -> Result<(), ResultError> {
     let body = &result.receipt.body;
-    if &body.orchestrator != orchestrator {
-        return Err(ResultError::Mismatch("orchestrator"));
+    // Run by the orchestrator asked, or by one it delegated to along a valid
+    // chain that the receipt commits to.
+    if result.delegation.is_empty() {
+        if &body.orchestrator != orchestrator {
+            return Err(ResultError::Mismatch("orchestrator"));
+        }
+        if body.delegation.is_some() {
+            return Err(ResultError::Mismatch("delegation"));
+        }
+    } else {
+        if result.delegation.len() > MAX_DELEGATION_DEPTH {
+            return Err(ResultError::Delegation(DelegationError::TooDeep {
+                len: result.delegation.len(),
+                max: MAX_DELEGATION_DEPTH,
+            }));
+        }
+        if body.delegation != Some(chain_hash(&result.delegation)?) {
+            return Err(ResultError::Mismatch("delegation"));
+        }
+        verify_chain(
+            &result.delegation,
+            &assignment.task_id,
+            router,
+            orchestrator,
+            &body.orchestrator,
+            MAX_DELEGATION_DEPTH,
+            body.finished_at_ms,
+        )?;
     }
     result.receipt.verify_orchestrator()?;
     if &body.router != router {
@@ -58,6 +91,11 @@ pub fn check_result(
     }
     if body.output_hash != Digest::of(result.text.as_bytes()) {
         return Err(ResultError::OutputHash);
+    }
+    if body.output_tokens as usize != result.tokens.len()
+        || body.output_tokens_hash != Digest::of_tokens(&result.tokens)
+    {
+        return Err(ResultError::TokensHash);
     }
     if body.prompt_tokens == 0 {
         return Err(ResultError::TokenCounts("no prompt tokens"));
@@ -105,6 +143,7 @@ mod tests {
                 max_tokens: 4,
                 ..SamplingParams::default()
             },
+            deadline_ms: 1_000,
         };
         let text = "because".to_owned();
         let body = ReceiptBody {
@@ -113,6 +152,7 @@ mod tests {
             model: a.model,
             prompt_hash: Digest::of(a.prompt.as_bytes()),
             output_hash: Digest::of(text.as_bytes()),
+            output_tokens_hash: Digest::of_tokens(&[10, 11]),
             sampling: a.sampling,
             prompt_tokens: 9,
             output_tokens: 2,
@@ -121,12 +161,15 @@ mod tests {
             router,
             started_at_ms: 100,
             finished_at_ms: 110,
+            delegation: None,
         };
         let receipt = body.sign(&orch).unwrap();
         let r = TaskResult {
             text,
+            tokens: vec![10, 11],
             finish: FinishReason::EndOfGeneration,
             receipt,
+            delegation: Vec::new(),
         };
         (a, orch, router, r)
     }
@@ -142,6 +185,13 @@ mod tests {
         assert_eq!(
             check_result(&a, &router, &o, &bad),
             Err(ResultError::OutputHash)
+        );
+
+        let mut bad = r.clone();
+        bad.tokens[1] = 12;
+        assert_eq!(
+            check_result(&a, &router, &o, &bad),
+            Err(ResultError::TokensHash)
         );
 
         let mut other = a.clone();
@@ -165,10 +215,15 @@ mod tests {
         let resign = |f: &dyn Fn(&mut ReceiptBody), finish| {
             let mut body = r.receipt.body.clone();
             f(&mut body);
+            // Consistent tokens, so that only the counts are wrong.
+            let tokens: Vec<u32> = (0..body.output_tokens).collect();
+            body.output_tokens_hash = Digest::of_tokens(&tokens);
             TaskResult {
                 text: r.text.clone(),
+                tokens,
                 finish,
                 receipt: body.sign(&orch).unwrap(),
+                delegation: Vec::new(),
             }
         };
         let many = resign(&|b| b.output_tokens = 5, FinishReason::EndOfGeneration);
@@ -193,6 +248,64 @@ mod tests {
         assert!(matches!(
             check_result(&a, &router, &o, &forged),
             Err(ResultError::Signature(_))
+        ));
+    }
+
+    #[test]
+    fn delegated_results_need_the_chain_their_receipt_commits_to() {
+        let (a, assigned, router, r) = setup();
+        let assigned_peer = assigned.public().to_peer_id();
+        let child = Keypair::generate_ed25519();
+        let child_peer = child.public().to_peer_id();
+        let chain = crate::delegation::extend(&[], &assigned, a.task_id, router, child_peer, 1_000)
+            .unwrap();
+        let chain = vec![chain];
+        let mut body = r.receipt.body.clone();
+        body.orchestrator = child_peer;
+        body.delegation = Some(chain_hash(&chain).unwrap());
+        let delegated = TaskResult {
+            receipt: body.clone().sign(&child).unwrap(),
+            delegation: chain.clone(),
+            ..r.clone()
+        };
+        check_result(&a, &router, &assigned_peer, &delegated).unwrap();
+
+        // Without its chain, the child's receipt is not the assigned one's.
+        let bare = TaskResult {
+            delegation: Vec::new(),
+            ..delegated.clone()
+        };
+        assert!(matches!(
+            check_result(&a, &router, &assigned_peer, &bare),
+            Err(ResultError::Mismatch(_))
+        ));
+        // A chain the receipt does not commit to.
+        let mut other = body.clone();
+        other.delegation = None;
+        let uncommitted = TaskResult {
+            receipt: other.sign(&child).unwrap(),
+            ..delegated.clone()
+        };
+        assert_eq!(
+            check_result(&a, &router, &assigned_peer, &uncommitted),
+            Err(ResultError::Mismatch("delegation"))
+        );
+        // A chain that starts at someone the router did not assign.
+        let stranger = Keypair::generate_ed25519().public().to_peer_id();
+        assert!(matches!(
+            check_result(&a, &router, &stranger, &delegated),
+            Err(ResultError::Delegation(_))
+        ));
+        // Finished after the delegation's deadline.
+        let mut late = body;
+        late.finished_at_ms = 2_000;
+        let late = TaskResult {
+            receipt: late.sign(&child).unwrap(),
+            ..delegated
+        };
+        assert!(matches!(
+            check_result(&a, &router, &assigned_peer, &late),
+            Err(ResultError::Delegation(DelegationError::Late { .. }))
         ));
     }
 }

@@ -31,6 +31,10 @@ pub enum Kind {
     TaskResponse = 3,
     /// [`crate::Receipt`].
     Receipt = 4,
+    /// [`crate::TaskAdvert`].
+    TaskAdvert = 5,
+    /// [`crate::Bid`].
+    Bid = 6,
 }
 
 /// A message that travels in a Cactus frame.

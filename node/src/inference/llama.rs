@@ -9,6 +9,7 @@
 
 use super::model_file::{self, ModelFileError, ModelSpec};
 use super::{Engine, Generation, InferenceError, Job};
+use cactus_protocol::fraud::{PositionGap, ReplayFindings, ReplayRequest};
 use cactus_protocol::messages::MAX_OUTPUT_BYTES;
 use cactus_protocol::{FinishReason, ModelId, PromptFormat};
 use llama_cpp_2::context::params::LlamaContextParams;
@@ -17,6 +18,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
@@ -160,7 +162,231 @@ impl LlamaEngine {
     }
 }
 
+/// The sampler a task's parameters ask for: greedy, or top-p then
+/// temperature then a seeded draw. Generation and replay use the same one.
+fn sampler_for(sampling: &cactus_protocol::SamplingParams) -> LlamaSampler {
+    if sampling.is_greedy() {
+        LlamaSampler::greedy()
+    } else {
+        // llama.cpp seeds are 32-bit: fold the task's 64-bit seed.
+        let seed = (sampling.seed ^ (sampling.seed >> 32)) as u32;
+        LlamaSampler::chain_simple([
+            LlamaSampler::top_p(sampling.top_p, 1),
+            LlamaSampler::temp(sampling.temperature),
+            LlamaSampler::dist(seed),
+        ])
+    }
+}
+
+/// How far `token` is from acceptable at one position, in logits: for greedy
+/// decoding the top logit minus the token's; for top-p sampling how far the
+/// token's logit falls below the smallest logit inside the nucleus (0 when
+/// the token is inside it). The nucleus is computed on the untempered
+/// distribution, as the sampler chain's top-p stage sees it.
+fn gap(logits: &[f32], token: usize, sampling: &cactus_protocol::SamplingParams) -> f32 {
+    let Some(&own) = logits.get(token) else {
+        return f32::INFINITY;
+    };
+    let top = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if sampling.is_greedy() || sampling.top_p >= 1.0 {
+        return if sampling.is_greedy() { top - own } else { 0.0 };
+    }
+    // Nucleus: the most likely tokens whose probabilities sum to top_p.
+    let mut sorted: Vec<f32> = logits.to_vec();
+    sorted.sort_unstable_by(|a, b| b.total_cmp(a));
+    let z: f64 = sorted.iter().map(|&l| f64::from(l - top).exp()).sum();
+    let mut mass = 0.0f64;
+    let mut floor = top;
+    for &l in &sorted {
+        floor = l;
+        mass += f64::from(l - top).exp() / z;
+        if mass >= f64::from(sampling.top_p) {
+            break;
+        }
+    }
+    (floor - own).max(0.0)
+}
+
+/// Output positions whose logits one replay decode computes: the output
+/// layer over a 262k vocabulary makes logits the large buffer.
+const REPLAY_CHUNK: usize = 64;
+
+impl LlamaEngine {
+    fn replay_inner(
+        &self,
+        req: &ReplayRequest,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<ReplayFindings, InferenceError> {
+        let started = Instant::now();
+        let sampling = req.sampling();
+        let loaded = self
+            .models
+            .iter()
+            .find(|m| m.id.sha256 == req.model())
+            .ok_or(InferenceError::UnknownModel(req.model()))?;
+        let model = &loaded.model;
+        let backend = backend().map_err(InferenceError::Engine)?;
+        let err = |e: &dyn std::fmt::Display| InferenceError::Engine(e.to_string());
+        let job = Job {
+            model: req.model(),
+            prompt: req.prompt.clone(),
+            format: req.format,
+            sampling,
+        };
+        let (text, add_bos) = Self::prompt_text(model, &job)?;
+        let vocab = model.vocab();
+        let prompt = vocab.tokenize(text.as_bytes(), add_bos, true);
+        let n_vocab = model.n_vocab().max(0) as usize;
+        let n_ctx = self.config.ctx_size.min(model.n_ctx_train()).max(16);
+        let (n_p, n_o) = (prompt.len(), req.tokens.len());
+        let stop = req.finish == FinishReason::EndOfGeneration;
+        if n_p == 0 || (n_p + n_o + 1) as u64 > u64::from(n_ctx) {
+            return Err(InferenceError::PromptTooLong {
+                prompt_tokens: n_p as u32,
+                max_tokens: n_o as u32,
+                n_ctx,
+            });
+        }
+        // The whole sequence; an id outside the vocabulary is fed as token 0
+        // and can never pass (its gap is infinite).
+        let seq: Vec<LlamaToken> = prompt
+            .iter()
+            .copied()
+            .chain(
+                req.tokens
+                    .iter()
+                    .map(|&t| LlamaToken::new(if (t as usize) < n_vocab { t as i32 } else { 0 })),
+            )
+            .collect();
+        // Logits at position p predict the token at p + 1: from the last
+        // prompt token to the last output token (which predicts the stop).
+        let first = n_p - 1;
+        let last = if stop {
+            n_p + n_o - 1
+        } else {
+            n_p + n_o - 1 - usize::from(n_o > 0)
+        };
+        let wants_logits = |p: usize| p >= first && p <= last && (n_o > 0 || stop);
+
+        let threads = self.config.threads.max(1) as i32;
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(n_ctx))
+            .with_n_batch(PREFILL_BATCH as u32)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads);
+        let mut ctx = {
+            let _serial = loaded.new_context.lock().map_err(|e| err(&e))?;
+            model.new_context(backend, params).map_err(|e| err(&e))?
+        };
+        let mut sampler = sampler_for(&sampling);
+        let eog: Vec<usize> = (0..n_vocab)
+            .filter(|&t| vocab.is_eog(LlamaToken::new(t as i32)))
+            .collect();
+
+        let mut positions = 0u32;
+        let mut mismatches = 0u32;
+        let mut max_gap = 0.0f32;
+        let mut worst: Vec<PositionGap> = Vec::new();
+        let mut stop_gap = None;
+        let mut batch = LlamaBatch::new(PREFILL_BATCH, 1);
+        let mut p = 0usize;
+        while p < seq.len() {
+            // Big chunks for the prompt, small ones where logits are kept.
+            let size = if p < first {
+                (first - p).min(PREFILL_BATCH)
+            } else {
+                REPLAY_CHUNK
+            };
+            let end = (p + size).min(seq.len());
+            batch.clear();
+            for (q, &tok) in seq.iter().enumerate().take(end).skip(p) {
+                batch
+                    .add(tok, q as i32, &[0], wants_logits(q))
+                    .map_err(|e| err(&e))?;
+            }
+            ctx.decode(&mut batch).map_err(|e| err(&e))?;
+            if cancelled() {
+                return Err(InferenceError::Cancelled);
+            }
+            for q in p..end {
+                if !wants_logits(q) {
+                    continue;
+                }
+                let i = (q - p) as i32;
+                let k = q - first;
+                let logits = ctx.get_logits_ith(i);
+                if k < n_o {
+                    let token = req.tokens[k];
+                    let pick = sampler.sample(&ctx, i);
+                    sampler.accept(seq[q + 1]);
+                    positions += 1;
+                    if pick.0 as u32 == token && (token as usize) < n_vocab {
+                        continue;
+                    }
+                    mismatches += 1;
+                    let g = if (token as usize) < n_vocab {
+                        gap(logits, token as usize, &sampling)
+                    } else {
+                        f32::INFINITY
+                    };
+                    if g > max_gap || g.is_nan() {
+                        max_gap = if g.is_nan() { f32::INFINITY } else { g };
+                    }
+                    worst.push(PositionGap {
+                        position: k as u32,
+                        token,
+                        expected: pick.0 as u32,
+                        gap: g,
+                    });
+                    worst.sort_by(|a, b| b.gap.total_cmp(&a.gap));
+                    worst.truncate(cactus_protocol::fraud::MAX_WORST);
+                } else if stop {
+                    // The best end-of-generation token.
+                    let g = eog
+                        .iter()
+                        .map(|&t| gap(logits, t, &sampling))
+                        .fold(f32::INFINITY, f32::min);
+                    stop_gap = Some(g);
+                }
+            }
+            p = end;
+        }
+
+        // The tokens must decode to the text, exactly as generation builds it.
+        let mut out: Vec<u8> = Vec::new();
+        for &t in &req.tokens {
+            if (t as usize) >= n_vocab {
+                break;
+            }
+            out.extend_from_slice(&vocab.token_to_piece(LlamaToken::new(t as i32), false, None));
+            if out.len() >= MAX_OUTPUT_BYTES {
+                break;
+            }
+        }
+        let mut decoded = String::from_utf8_lossy(&out).into_owned();
+        cactus_protocol::messages::truncate_utf8(&mut decoded, MAX_OUTPUT_BYTES);
+        Ok(ReplayFindings {
+            prompt_tokens: n_p as u32,
+            positions,
+            mismatches,
+            max_gap,
+            worst,
+            text_matches: decoded == req.text,
+            stop_gap,
+            compute_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+}
+
 impl Engine for LlamaEngine {
+    fn replay(
+        &self,
+        request: &ReplayRequest,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<ReplayFindings, InferenceError> {
+        self.replay_inner(request, cancelled)
+    }
+
     fn models(&self) -> Vec<ModelId> {
         self.models.iter().map(|m| m.id.clone()).collect()
     }
@@ -222,19 +448,10 @@ impl Engine for LlamaEngine {
             }
         }
 
-        let mut sampler = if job.sampling.is_greedy() {
-            LlamaSampler::greedy()
-        } else {
-            // llama.cpp seeds are 32-bit: fold the task's 64-bit seed.
-            let seed = (job.sampling.seed ^ (job.sampling.seed >> 32)) as u32;
-            LlamaSampler::chain_simple([
-                LlamaSampler::top_p(job.sampling.top_p, 1),
-                LlamaSampler::temp(job.sampling.temperature),
-                LlamaSampler::dist(seed),
-            ])
-        };
+        let mut sampler = sampler_for(&job.sampling);
 
         let mut out: Vec<u8> = Vec::new();
+        let mut ids: Vec<u32> = Vec::new();
         let mut pos = tokens.len() as i32;
         let mut logits_idx = batch.n_tokens() - 1;
         let mut output_tokens = 0u32;
@@ -250,6 +467,7 @@ impl Engine for LlamaEngine {
                 break;
             }
             output_tokens += 1;
+            ids.push(token.0 as u32);
             out.extend_from_slice(&vocab.token_to_piece(token, false, None));
             if out.len() >= MAX_OUTPUT_BYTES || output_tokens == max_tokens {
                 break;
@@ -264,10 +482,46 @@ impl Engine for LlamaEngine {
         cactus_protocol::messages::truncate_utf8(&mut text, MAX_OUTPUT_BYTES);
         Ok(Generation {
             text,
+            tokens: ids,
             prompt_tokens,
             output_tokens,
             finish,
             compute: started.elapsed(),
         })
+    }
+}
+
+/// Re-quantizes a GGUF model with llama.cpp's own quantizer to Q2_K: a
+/// smaller, cheaper and worse model. An orchestrator that serves such a file
+/// while advertising the original is the fraud that spot checks catch; tests
+/// and `cargo bench --bench replay` build one with this. Blocking.
+pub fn quantize_q2k(
+    input: &std::path::Path,
+    output: &std::path::Path,
+    threads: u32,
+) -> Result<(), String> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    backend()?;
+    let inp = CString::new(input.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    let out = CString::new(output.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    #[allow(unsafe_code)]
+    // SAFETY: llama.cpp's C API: default parameters by value, then two
+    // NUL-terminated paths and a pointer to those parameters, all alive for
+    // the duration of the call, which neither keeps nor frees.
+    let rc = unsafe {
+        let mut params = llama_cpp_sys_2::llama_model_quantize_default_params();
+        params.nthread = threads.max(1) as i32;
+        params.ftype = llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_Q2_K;
+        params.allow_requantize = true;
+        llama_cpp_sys_2::llama_model_quantize(inp.as_ptr(), out.as_ptr(), &params)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "llama.cpp could not quantize {} (code {rc})",
+            input.display()
+        ))
     }
 }

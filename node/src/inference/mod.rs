@@ -13,6 +13,7 @@ pub mod model_file;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod stub;
 
+use cactus_protocol::fraud::{ReplayFindings, ReplayRequest};
 use cactus_protocol::{FinishReason, ModelHash, ModelId, PromptFormat, SamplingParams};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
@@ -38,6 +39,8 @@ pub struct Job {
 pub struct Generation {
     /// The generated text.
     pub text: String,
+    /// The generated token ids (end-of-generation excluded).
+    pub tokens: Vec<u32>,
     /// Tokens in the prompt, after templating.
     pub prompt_tokens: u32,
     /// Tokens generated.
@@ -88,6 +91,19 @@ pub trait Engine: Send + Sync + 'static {
         job: &Job,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Generation, InferenceError>;
+    /// Replays a result as one teacher-forced prefill and reports how far
+    /// each returned token is from the model's pick (see
+    /// [`cactus_protocol::fraud`]). Engines that cannot replay say so.
+    fn replay(
+        &self,
+        request: &ReplayRequest,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<ReplayFindings, InferenceError> {
+        let _ = (request, cancelled);
+        Err(InferenceError::Engine(
+            "this engine cannot replay results".into(),
+        ))
+    }
 }
 
 /// Why the pool did not take a job.
@@ -101,11 +117,13 @@ pub enum Rejected {
     Stopped,
 }
 
-type Reply = oneshot::Sender<Result<Generation, InferenceError>>;
-
-struct Queued {
-    job: Job,
-    reply: Reply,
+/// A queued piece of work and where its result goes.
+enum Queued {
+    Generate(Job, oneshot::Sender<Result<Generation, InferenceError>>),
+    Replay(
+        Box<ReplayRequest>,
+        oneshot::Sender<Result<ReplayFindings, InferenceError>>,
+    ),
 }
 
 /// A fixed set of worker threads fed by a fixed-length queue.
@@ -177,11 +195,26 @@ impl WorkerPool {
         job: Job,
     ) -> Result<oneshot::Receiver<Result<Generation, InferenceError>>, Rejected> {
         let (reply, rx) = oneshot::channel();
+        self.enqueue(Queued::Generate(job, reply))?;
+        Ok(rx)
+    }
+
+    /// Queues a replay (a spot check of another node's result) like a job.
+    pub fn try_replay(
+        &self,
+        request: Box<ReplayRequest>,
+    ) -> Result<oneshot::Receiver<Result<ReplayFindings, InferenceError>>, Rejected> {
+        let (reply, rx) = oneshot::channel();
+        self.enqueue(Queued::Replay(request, reply))?;
+        Ok(rx)
+    }
+
+    fn enqueue(&self, work: Queued) -> Result<(), Rejected> {
         let guard = self.tx.lock().map_err(|_| Rejected::Stopped)?;
         let tx = guard.as_ref().ok_or(Rejected::Stopped)?;
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        match tx.try_send(Queued { job, reply }) {
-            Ok(()) => Ok(rx),
+        match tx.try_send(work) {
+            Ok(()) => Ok(()),
             Err(e) => {
                 self.in_flight.fetch_sub(1, Ordering::AcqRel);
                 Err(match e {
@@ -223,23 +256,40 @@ fn worker(engine: &dyn Engine, rx: &Mutex<mpsc::Receiver<Queued>>, in_flight: &A
             Ok(rx) => rx.recv(),
             Err(_) => return,
         };
-        let Ok(Queued { job, reply }) = next else {
+        let Ok(work) = next else {
             return;
         };
-        let result = if reply.is_closed() {
-            Err(InferenceError::Cancelled)
-        } else {
-            let started = Instant::now();
-            let r = engine.generate(&job, &|| reply.is_closed());
-            tracing::debug!(
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                ok = r.is_ok(),
-                "generation finished"
-            );
-            r
-        };
-        in_flight.fetch_sub(1, Ordering::AcqRel);
-        let _ = reply.send(result);
+        let started = Instant::now();
+        match work {
+            Queued::Generate(job, reply) => {
+                let result = if reply.is_closed() {
+                    Err(InferenceError::Cancelled)
+                } else {
+                    engine.generate(&job, &|| reply.is_closed())
+                };
+                tracing::debug!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    ok = result.is_ok(),
+                    "generation finished"
+                );
+                in_flight.fetch_sub(1, Ordering::AcqRel);
+                let _ = reply.send(result);
+            }
+            Queued::Replay(request, reply) => {
+                let result = if reply.is_closed() {
+                    Err(InferenceError::Cancelled)
+                } else {
+                    engine.replay(&request, &|| reply.is_closed())
+                };
+                tracing::debug!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    ok = result.is_ok(),
+                    "replay finished"
+                );
+                in_flight.fetch_sub(1, Ordering::AcqRel);
+                let _ = reply.send(result);
+            }
+        }
     }
 }
 

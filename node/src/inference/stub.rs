@@ -3,6 +3,7 @@
 //! tested with llama.cpp on a real model.
 
 use super::{Engine, Generation, InferenceError, Job};
+use cactus_protocol::fraud::{PositionGap, ReplayFindings, ReplayRequest};
 use cactus_protocol::{Digest, FinishReason, ModelId};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -13,6 +14,10 @@ use std::time::{Duration, Instant};
 pub struct StubEngine {
     model: ModelId,
     gate: Option<(Mutex<(bool, usize)>, Condvar)>,
+    /// Answers something other than its "model" would (upper-cased), and
+    /// replays as if its model did so: a cheating orchestrator and, as a
+    /// verifier, a lying one.
+    lying: bool,
 }
 
 impl StubEngine {
@@ -24,6 +29,22 @@ impl StubEngine {
                 sha256: Digest::of(name.as_bytes()),
             },
             gate: None,
+            lying: false,
+        }
+    }
+
+    /// Makes the stub cheat (see the field's docs).
+    pub fn lying(mut self) -> Self {
+        self.lying = true;
+        self
+    }
+
+    fn answer(&self, prompt: &str) -> String {
+        let reversed: String = prompt.chars().rev().collect();
+        if self.lying {
+            reversed.to_uppercase()
+        } else {
+            reversed
         }
     }
 
@@ -87,7 +108,7 @@ impl Engine for StubEngine {
                 };
             }
         }
-        let reversed: String = job.prompt.chars().rev().collect();
+        let reversed = self.answer(&job.prompt);
         let max = job.sampling.max_tokens as usize;
         let (text, finish) = if reversed.chars().count() > max {
             (
@@ -100,9 +121,55 @@ impl Engine for StubEngine {
         Ok(Generation {
             output_tokens: text.chars().count() as u32,
             prompt_tokens: job.prompt.chars().count() as u32,
+            tokens: text.chars().map(u32::from).collect(),
             text,
             finish,
             compute: started.elapsed(),
+        })
+    }
+
+    /// The stub's "model" answers the reversed prompt: a returned token that
+    /// differs from it is 10 logits off, a matching one 0.
+    fn replay(
+        &self,
+        request: &ReplayRequest,
+        _cancelled: &dyn Fn() -> bool,
+    ) -> Result<ReplayFindings, InferenceError> {
+        let started = Instant::now();
+        if request.model() != self.model.sha256 {
+            return Err(InferenceError::UnknownModel(request.model()));
+        }
+        let expected: Vec<u32> = self
+            .answer(&request.prompt)
+            .chars()
+            .map(u32::from)
+            .collect();
+        let mut worst = Vec::new();
+        for (i, &t) in request.tokens.iter().enumerate() {
+            let e = expected.get(i).copied().unwrap_or(0);
+            if t != e && worst.len() < cactus_protocol::fraud::MAX_WORST {
+                worst.push(PositionGap {
+                    position: i as u32,
+                    token: t,
+                    expected: e,
+                    gap: 10.0,
+                });
+            }
+        }
+        let text: String = request
+            .tokens
+            .iter()
+            .filter_map(|&t| char::from_u32(t))
+            .collect();
+        Ok(ReplayFindings {
+            prompt_tokens: request.prompt.chars().count() as u32,
+            positions: request.tokens.len() as u32,
+            mismatches: worst.len() as u32,
+            max_gap: if worst.is_empty() { 0.0 } else { 10.0 },
+            worst,
+            text_matches: text == request.text,
+            stop_gap: None,
+            compute_ms: started.elapsed().as_millis() as u64,
         })
     }
 }

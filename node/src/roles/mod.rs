@@ -126,6 +126,35 @@ impl Dispatcher {
         tasks.shutdown().await;
     }
 
+    /// Runs a task here, or, when this node cannot take it, delegates it;
+    /// returns whether a slot was taken (the advert changes).
+    #[allow(clippy::too_many_arguments)]
+    fn run_or_delegate(
+        o: &Arc<OrchestratorCtx>,
+        router: libp2p::PeerId,
+        assignment: cactus_protocol::Assignment,
+        chain: Vec<cactus_protocol::delegation::Delegation>,
+        channel: libp2p::request_response::ResponseChannel<TaskResponse>,
+        network: Network,
+        tasks: &mut JoinSet<()>,
+        dirty: &mpsc::Sender<()>,
+    ) -> bool {
+        let accepted = o.accept(router, assignment, chain);
+        let o = Arc::clone(o);
+        let dirty = dirty.clone();
+        let took = accepted.is_ok();
+        tasks.spawn(async move {
+            let response = match accepted {
+                Ok(a) => o.finish(a).await,
+                Err(refused) => o.delegate(router, refused).await,
+            };
+            let _ = network.respond(channel, response).await;
+            // A slot is free again.
+            let _ = dirty.try_send(());
+        });
+        took
+    }
+
     /// Handles one event; returns whether the advert should be republished.
     fn on_event(
         &mut self,
@@ -166,17 +195,49 @@ impl Dispatcher {
                         false
                     }
                     (RoleCtx::Orchestrator(o), TaskRequest::Execute(assignment)) => {
-                        let accepted = o.accept(peer, assignment);
+                        // The sender is the router that assigned the task.
+                        Self::run_or_delegate(
+                            o,
+                            peer,
+                            assignment,
+                            Vec::new(),
+                            channel,
+                            network,
+                            tasks,
+                            dirty,
+                        )
+                    }
+                    (RoleCtx::Orchestrator(o), TaskRequest::Delegate(task)) => {
+                        if let Err(e) = o.check_delegated(&peer, &task) {
+                            tracing::info!(from = %peer, error = %e.message, "refused a delegated task");
+                            tasks.spawn(async move {
+                                let _ = network.respond(channel, TaskResponse::Failed(e)).await;
+                            });
+                            return false;
+                        }
+                        let task = *task;
+                        Self::run_or_delegate(
+                            o,
+                            task.router,
+                            task.assignment,
+                            task.chain,
+                            channel,
+                            network,
+                            tasks,
+                            dirty,
+                        )
+                    }
+                    (RoleCtx::Orchestrator(o), TaskRequest::Replay(request)) => {
+                        let accepted = o.accept_replay(peer, request);
                         let o = Arc::clone(o);
                         let dirty = dirty.clone();
                         let took = accepted.is_ok();
                         tasks.spawn(async move {
                             let response = match accepted {
-                                Ok(a) => o.finish(a).await,
+                                Ok(a) => o.finish_replay(a).await,
                                 Err(e) => TaskResponse::Failed(e),
                             };
                             let _ = network.respond(channel, response).await;
-                            // A slot is free again.
                             let _ = dirty.try_send(());
                         });
                         took
@@ -184,7 +245,9 @@ impl Dispatcher {
                     (_, request) => {
                         let what = match request {
                             TaskRequest::Submit(_) => "this node is not a router",
-                            TaskRequest::Execute(_) => "this node is not an orchestrator",
+                            TaskRequest::Execute(_)
+                            | TaskRequest::Replay(_)
+                            | TaskRequest::Delegate(_) => "this node is not an orchestrator",
                             TaskRequest::Query(_) => "this node keeps no ledger (not a router)",
                         };
                         let response = refuse(TaskErrorKind::WrongRole, what);
@@ -196,6 +259,20 @@ impl Dispatcher {
                 }
             }
             NetworkEvent::Advert(advert) => {
+                if let RoleCtx::Orchestrator(o) = &self.role
+                    && o.note_peer(&advert)
+                    && tasks.len() < self.max_tasks
+                {
+                    // Its advertised addresses let this node dial it to
+                    // delegate a task.
+                    let addrs: Vec<libp2p::Multiaddr> =
+                        advert.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+                    let network = self.network.clone();
+                    let peer = advert.peer;
+                    tasks.spawn(async move {
+                        let _ = network.add_addresses(peer, addrs).await;
+                    });
+                }
                 if let RoleCtx::Router(r) = &self.role {
                     let (peer, account, stake) = (advert.peer, advert.account, advert.stake);
                     let addrs: Vec<libp2p::Multiaddr> =

@@ -3,16 +3,24 @@
 
 use crate::inference::{InferenceError, Job, Rejected, WorkerPool};
 use crate::network::Network;
+use cactus_protocol::TaskRequest;
+use cactus_protocol::delegation::{self, Delegation, MAX_DELEGATION_DEPTH};
+use cactus_protocol::fraud::{ReplayFindings, ReplayReportBody, ReplayRequest};
 use cactus_protocol::ledger::Address;
+use cactus_protocol::messages::DelegatedTask;
 use cactus_protocol::receipt::RECEIPT_VERSION;
+use cactus_protocol::verify::check_result;
 use cactus_protocol::{
     Assignment, CapabilityAdvert, Digest, ModelId, PROTOCOL_VERSION, ReceiptBody, TaskError,
     TaskErrorKind, TaskResponse, TaskResult, Wire,
 };
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
@@ -28,6 +36,38 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// A task this node could not take, handed back with why (see
+/// [`OrchestratorCtx::delegate`]).
+#[derive(Debug)]
+pub struct Refused {
+    /// Why.
+    pub error: TaskError,
+    assignment: Assignment,
+    chain: Vec<Delegation>,
+}
+
+/// What an orchestrator knows of another from its adverts.
+#[derive(Debug)]
+struct KnownPeer {
+    models: Vec<cactus_protocol::ModelHash>,
+    free_slots: u32,
+    seen: std::time::Instant,
+}
+
+/// Most other orchestrators remembered for delegation.
+const MAX_KNOWN_PEERS: usize = 1024;
+/// Adverts older than this are not trusted for delegation.
+const PEER_STALE_AFTER: Duration = Duration::from_secs(60);
+
+/// A replay accepted by the pool, waiting for its findings.
+#[derive(Debug)]
+pub struct AcceptedReplay {
+    task_id: cactus_protocol::TaskId,
+    receipt: Digest,
+    router: PeerId,
+    result: oneshot::Receiver<Result<ReplayFindings, InferenceError>>,
 }
 
 /// What the orchestrator's task handlers share.
@@ -47,6 +87,10 @@ pub struct OrchestratorCtx {
     pub account: Address,
     /// The stake it declares.
     pub stake: u64,
+    /// Whether tasks this node cannot take are delegated to others.
+    pub delegation: bool,
+    /// Other orchestrators, from their adverts.
+    peers: Mutex<HashMap<PeerId, KnownPeer>>,
     /// Last advert sequence number.
     seq: AtomicU64,
 }
@@ -56,6 +100,7 @@ pub struct OrchestratorCtx {
 pub struct Accepted {
     assignment: Assignment,
     router: PeerId,
+    chain: Vec<Delegation>,
     started_at_ms: u64,
     result: oneshot::Receiver<Result<crate::inference::Generation, InferenceError>>,
 }
@@ -79,21 +124,38 @@ impl OrchestratorCtx {
             price_per_token,
             account,
             stake,
+            delegation: true,
+            peers: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
         }
     }
 
     /// Checks an assignment and queues it without waiting; refusals are
-    /// answered at once.
-    pub fn accept(&self, router: PeerId, assignment: Assignment) -> Result<Accepted, TaskError> {
-        assignment
-            .validate()
-            .map_err(|e| TaskError::new(TaskErrorKind::InvalidRequest, e.to_string()))?;
+    /// answered at once. `chain` is how the task reached this node when it was
+    /// delegated (empty when the router assigned it here).
+    pub fn accept(
+        &self,
+        router: PeerId,
+        assignment: Assignment,
+        chain: Vec<Delegation>,
+    ) -> Result<Accepted, Box<Refused>> {
+        let refuse = |error, assignment, chain| {
+            Box::new(Refused {
+                error,
+                assignment,
+                chain,
+            })
+        };
+        if let Err(e) = assignment.validate() {
+            let e = TaskError::new(TaskErrorKind::InvalidRequest, e.to_string());
+            return Err(refuse(e, assignment, chain));
+        }
         if !self.models.iter().any(|m| m.sha256 == assignment.model) {
-            return Err(TaskError::new(
+            let e = TaskError::new(
                 TaskErrorKind::NoSuchModel,
                 format!("model {} is not served here", assignment.model),
-            ));
+            );
+            return Err(refuse(e, assignment, chain));
         }
         let job = Job {
             model: assignment.model,
@@ -101,16 +163,192 @@ impl OrchestratorCtx {
             format: assignment.format,
             sampling: assignment.sampling,
         };
-        let result = self.pool.try_submit(job).map_err(|e| match e {
-            Rejected::Busy => TaskError::new(TaskErrorKind::Busy, e.to_string()),
-            Rejected::Stopped => TaskError::new(TaskErrorKind::Unavailable, e.to_string()),
-        })?;
-        Ok(Accepted {
+        match self.pool.try_submit(job) {
+            Ok(result) => Ok(Accepted {
+                assignment,
+                router,
+                chain,
+                started_at_ms: now_ms(),
+                result,
+            }),
+            Err(e) => {
+                let kind = match e {
+                    Rejected::Busy => TaskErrorKind::Busy,
+                    Rejected::Stopped => TaskErrorKind::Unavailable,
+                };
+                Err(refuse(
+                    TaskError::new(kind, e.to_string()),
+                    assignment,
+                    chain,
+                ))
+            }
+        }
+    }
+
+    /// Checks a task another orchestrator (`sender`) delegated here: the chain
+    /// ends with `sender` handing it to this node, every link is signed and
+    /// in order, and its deadline has not passed.
+    pub fn check_delegated(&self, sender: &PeerId, task: &DelegatedTask) -> Result<(), TaskError> {
+        let me = self.network.local_peer_id();
+        let bad = |m: String| TaskError::new(TaskErrorKind::InvalidRequest, m);
+        let (Some(first), Some(last)) = (task.chain.first(), task.chain.last()) else {
+            return Err(bad("a delegated task without its delegation chain".into()));
+        };
+        if &last.body.parent != sender {
+            return Err(bad(
+                "the delegation's last link was not signed by its sender".into(),
+            ));
+        }
+        delegation::verify_chain(
+            &task.chain,
+            &task.assignment.task_id,
+            &task.router,
+            &first.body.parent,
+            &me,
+            MAX_DELEGATION_DEPTH,
+            now_ms(),
+        )
+        .map_err(|e| bad(format!("delegation: {e}")))
+    }
+
+    /// Remembers another orchestrator's advert, to delegate to it; returns
+    /// whether it is new (its addresses are then worth adding).
+    pub fn note_peer(&self, advert: &CapabilityAdvert) -> bool {
+        if advert.peer == self.network.local_peer_id() {
+            return false;
+        }
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        peers.retain(|_, p| now.duration_since(p.seen) < PEER_STALE_AFTER);
+        if peers.len() >= MAX_KNOWN_PEERS && !peers.contains_key(&advert.peer) {
+            return false;
+        }
+        peers
+            .insert(
+                advert.peer,
+                KnownPeer {
+                    models: advert.models.iter().map(|m| m.sha256).collect(),
+                    free_slots: advert.free_slots,
+                    seen: now,
+                },
+            )
+            .is_none()
+    }
+
+    /// An orchestrator to delegate a task for `model` to: one with free slots
+    /// that is not in `exclude`, the freest first.
+    fn delegate_to(
+        &self,
+        model: &cactus_protocol::ModelHash,
+        exclude: &HashSet<PeerId>,
+    ) -> Option<PeerId> {
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        peers
+            .iter()
+            .filter(|(id, p)| {
+                p.free_slots > 0
+                    && now.duration_since(p.seen) < PEER_STALE_AFTER
+                    && p.models.contains(model)
+                    && !exclude.contains(id)
+            })
+            .max_by_key(|(id, p)| (p.free_slots, std::cmp::Reverse(**id)))
+            .map(|(id, _)| *id)
+    }
+
+    /// Hands a task this node cannot take on to another orchestrator, signing
+    /// the next link of its delegation chain, and checks the child's result
+    /// before passing it on: this node stays responsible for it. Without a
+    /// suitable child (or past the depth limit) the original refusal stands.
+    #[tracing::instrument(skip_all, fields(task_id = %refused.assignment.task_id))]
+    pub async fn delegate(&self, router: PeerId, refused: Box<Refused>) -> TaskResponse {
+        let Refused {
+            error,
             assignment,
+            chain,
+        } = *refused;
+        if !self.delegation
+            || chain.len() >= MAX_DELEGATION_DEPTH
+            || !matches!(error.kind, TaskErrorKind::Busy | TaskErrorKind::NoSuchModel)
+        {
+            return TaskResponse::Failed(error);
+        }
+        let me = self.network.local_peer_id();
+        let mut exclude: HashSet<PeerId> = chain
+            .iter()
+            .flat_map(|l| [l.body.parent, l.body.child])
+            .collect();
+        exclude.extend([me, router]);
+        let Some(child) = self.delegate_to(&assignment.model, &exclude) else {
+            return TaskResponse::Failed(error);
+        };
+        let now = now_ms();
+        let deadline = chain.last().map_or(assignment.deadline_ms, |l| {
+            l.body.deadline_ms.min(assignment.deadline_ms)
+        });
+        if deadline <= now {
+            return TaskResponse::Failed(error);
+        }
+        let link = match delegation::extend(
+            &chain,
+            &self.key,
+            assignment.task_id,
             router,
-            started_at_ms: now_ms(),
-            result,
-        })
+            child,
+            deadline,
+        ) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not sign a delegation");
+                return TaskResponse::Failed(error);
+            }
+        };
+        let assigned = chain.first().map_or(me, |l| l.body.parent);
+        let mut next = chain;
+        next.push(link);
+        tracing::info!(%child, depth = next.len(), reason = ?error.kind, "delegating task");
+        let sent = tokio::time::timeout(
+            Duration::from_millis(deadline - now),
+            self.network.send_task(
+                child,
+                TaskRequest::Delegate(Box::new(DelegatedTask {
+                    assignment: assignment.clone(),
+                    router,
+                    chain: next,
+                })),
+            ),
+        )
+        .await;
+        match sent {
+            Ok(Ok(TaskResponse::Done(result))) => {
+                match check_result(&assignment, &router, &assigned, &result) {
+                    Ok(()) => {
+                        tracing::info!(%child, executor = %result.receipt.body.orchestrator, "delegated task done");
+                        TaskResponse::Done(result)
+                    }
+                    Err(e) => {
+                        tracing::warn!(%child, error = %e, "delegate returned a bad result");
+                        TaskResponse::Failed(TaskError::new(
+                            TaskErrorKind::BadResult,
+                            format!("delegate {child}: {e}"),
+                        ))
+                    }
+                }
+            }
+            Ok(Ok(TaskResponse::Failed(e))) => TaskResponse::Failed(e),
+            Ok(Ok(_)) => TaskResponse::Failed(TaskError::new(
+                TaskErrorKind::BadResult,
+                format!("delegate {child} answered with something else"),
+            )),
+            Ok(Err(e)) => TaskResponse::Failed(TaskError::new(
+                TaskErrorKind::Unavailable,
+                format!("delegate {child}: {e}"),
+            )),
+            Err(_) => TaskResponse::Failed(TaskError::new(
+                TaskErrorKind::Unavailable,
+                format!("delegate {child} missed the deadline"),
+            )),
+        }
     }
 
     /// Waits for an accepted job and turns it into a signed result.
@@ -119,9 +357,23 @@ impl OrchestratorCtx {
         let Accepted {
             assignment,
             router,
+            chain,
             started_at_ms,
             result,
         } = accepted;
+        let delegation = if chain.is_empty() {
+            None
+        } else {
+            match delegation::chain_hash(&chain) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    return TaskResponse::Failed(TaskError::new(
+                        TaskErrorKind::Inference,
+                        e.to_string(),
+                    ));
+                }
+            }
+        };
         let generation = match result.await {
             Ok(Ok(g)) => g,
             Ok(Err(e)) => {
@@ -147,6 +399,7 @@ impl OrchestratorCtx {
             model: assignment.model,
             prompt_hash: Digest::of(assignment.prompt.as_bytes()),
             output_hash: Digest::of(generation.text.as_bytes()),
+            output_tokens_hash: Digest::of_tokens(&generation.tokens),
             sampling: assignment.sampling,
             prompt_tokens: generation.prompt_tokens,
             output_tokens: generation.output_tokens,
@@ -155,6 +408,7 @@ impl OrchestratorCtx {
             router,
             started_at_ms,
             finished_at_ms: now_ms().max(started_at_ms),
+            delegation,
         };
         match body.sign(&self.key) {
             Ok(receipt) => {
@@ -165,10 +419,94 @@ impl OrchestratorCtx {
                 );
                 TaskResponse::Done(TaskResult {
                     text: generation.text,
+                    tokens: generation.tokens,
                     finish: generation.finish,
                     receipt,
+                    delegation: chain,
                 })
             }
+            Err(e) => TaskResponse::Failed(TaskError::new(TaskErrorKind::Inference, e.to_string())),
+        }
+    }
+
+    /// Checks a replay request (a spot check of another orchestrator's result,
+    /// asked by the router that assigned it) and queues it like a task.
+    pub fn accept_replay(
+        &self,
+        router: PeerId,
+        request: Box<ReplayRequest>,
+    ) -> Result<AcceptedReplay, TaskError> {
+        request
+            .validate()
+            .map_err(|e| TaskError::new(TaskErrorKind::InvalidRequest, e.to_string()))?;
+        if request.receipt.router != router {
+            return Err(TaskError::new(
+                TaskErrorKind::InvalidRequest,
+                "only the router named in a receipt may ask for its replay",
+            ));
+        }
+        if !self.models.iter().any(|m| m.sha256 == request.model()) {
+            return Err(TaskError::new(
+                TaskErrorKind::NoSuchModel,
+                format!("model {} is not served here", request.model()),
+            ));
+        }
+        let receipt = request
+            .receipt
+            .digest()
+            .map_err(|e| TaskError::new(TaskErrorKind::InvalidRequest, e.to_string()))?;
+        let task_id = request.receipt.task_id;
+        let result = self.pool.try_replay(request).map_err(|e| match e {
+            Rejected::Busy => TaskError::new(TaskErrorKind::Busy, e.to_string()),
+            Rejected::Stopped => TaskError::new(TaskErrorKind::Unavailable, e.to_string()),
+        })?;
+        Ok(AcceptedReplay {
+            task_id,
+            receipt,
+            router,
+            result,
+        })
+    }
+
+    /// Waits for a replay and signs its findings.
+    #[tracing::instrument(skip_all, fields(task_id = %accepted.task_id, router = %accepted.router))]
+    pub async fn finish_replay(&self, accepted: AcceptedReplay) -> TaskResponse {
+        let findings = match accepted.result.await {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => {
+                tracing::info!(error = %e, "replay failed");
+                let kind = match e {
+                    InferenceError::UnknownModel(_) => TaskErrorKind::NoSuchModel,
+                    InferenceError::PromptTooLong { .. } => TaskErrorKind::PromptTooLong,
+                    InferenceError::Cancelled => TaskErrorKind::Unavailable,
+                    _ => TaskErrorKind::Inference,
+                };
+                return TaskResponse::Failed(TaskError::new(kind, e.to_string()));
+            }
+            Err(_) => {
+                return TaskResponse::Failed(TaskError::new(
+                    TaskErrorKind::Unavailable,
+                    "worker pool stopped",
+                ));
+            }
+        };
+        tracing::info!(
+            positions = findings.positions,
+            mismatches = findings.mismatches,
+            max_gap = findings.max_gap,
+            compute_ms = findings.compute_ms,
+            "replay done"
+        );
+        match (ReplayReportBody {
+            task_id: accepted.task_id,
+            receipt: accepted.receipt,
+            verifier: self.network.local_peer_id(),
+            router: accepted.router,
+            findings,
+        })
+        .sign(&self.key)
+        {
+            Ok(report) => TaskResponse::Replayed(Box::new(report)),
             Err(e) => TaskResponse::Failed(TaskError::new(TaskErrorKind::Inference, e.to_string())),
         }
     }

@@ -11,6 +11,7 @@ use super::table::OrchestratorTable;
 use crate::chain::ChainBackend;
 use crate::ledger::Ledger;
 use crate::network::Network;
+use cactus_protocol::fraud::{FraudEvidence, FraudEvidenceBody, ReplayReport, ReplayRequest};
 use cactus_protocol::ledger::{Address, Config, Op, reason};
 use cactus_protocol::merkle::ReceiptBundle;
 use cactus_protocol::messages::{
@@ -46,8 +47,53 @@ pub struct RouterCtx {
     pub appended: Arc<Notify>,
     /// How long one orchestrator may take for one task.
     pub task_timeout: Duration,
+    /// How long a client's task may take in all, retries included.
+    pub task_deadline: Duration,
     /// Orchestrators tried per task before giving up.
     pub max_attempts: usize,
+    /// How results are spot-checked.
+    pub verification: Verification,
+}
+
+/// Spot checks by replay (see [`cactus_protocol::fraud`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Verification {
+    /// Share of results replayed, in parts per million (50 000 = 5 %).
+    pub share_ppm: u32,
+    /// Largest logit gap an honest replay may show.
+    pub tolerance: f32,
+    /// Share of stake slashed for confirmed fraud, in basis points (capped by
+    /// the contract's `max_slash_bps`).
+    pub slash_bps: u64,
+}
+
+impl Verification {
+    /// The default logit-gap tolerance. Measured on the demo model (Q4_K_M,
+    /// CPU): honest replays stay under 0.6, substituted quantizations go past
+    /// 1.0 on 18-19 of 20 tasks. `cargo bench --bench replay` measures it for
+    /// a model.
+    pub const DEFAULT_TOLERANCE: f32 = 1.0;
+}
+
+impl Default for Verification {
+    fn default() -> Self {
+        Self {
+            share_ppm: 50_000,
+            tolerance: Self::DEFAULT_TOLERANCE,
+            slash_bps: 1_000,
+        }
+    }
+}
+
+/// How a spot check ended.
+enum Check {
+    /// Not selected, or no verifier could replay it: accepted unchecked.
+    Skipped,
+    /// The replay agrees with the result.
+    Passed,
+    /// The result is refused; `confirmed` when two verifiers agree (then the
+    /// orchestrator is slashed).
+    Fraud { confirmed: bool },
 }
 
 impl std::fmt::Debug for RouterCtx {
@@ -217,12 +263,15 @@ impl RouterCtx {
                     format!("no orchestrator on the mesh serves {what}"),
                 )
             })?;
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.task_deadline;
         let mut assignment = Assignment {
             task_id: TaskId([0; 16]),
             model: model.sha256,
             prompt: spec.prompt,
             format: spec.format,
             sampling: spec.sampling,
+            deadline_ms: 0,
         };
         let mut tried = HashSet::new();
         let mut last = TaskError::new(
@@ -230,6 +279,21 @@ impl RouterCtx {
             "no orchestrator could take the task",
         );
         for attempt in 0..self.max_attempts {
+            // Every attempt gets the task timeout, cut to what is left of the
+            // client's deadline.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                last = TaskError::new(
+                    TaskErrorKind::Unavailable,
+                    format!(
+                        "the task's deadline of {:?} passed after {attempt} attempts",
+                        self.task_deadline
+                    ),
+                );
+                break;
+            }
+            let timeout = self.task_timeout.min(left);
+            assignment.deadline_ms = super::orchestrator::now_ms() + timeout.as_millis() as u64;
             assignment.task_id = TaskId(rand::random());
             let seed = self.epoch_seed();
             let Some(peer) =
@@ -239,7 +303,7 @@ impl RouterCtx {
             };
             tried.insert(peer);
             tracing::info!(task_id = %assignment.task_id, orchestrator = %peer, attempt, "dispatching task");
-            match self.attempt(peer, &assignment).await {
+            match self.attempt(peer, &assignment, timeout).await {
                 Attempt::Done(result) => return Ok(*result),
                 Attempt::Retry(e) => last = e,
                 Attempt::Stop(e) => return Err(e),
@@ -249,7 +313,7 @@ impl RouterCtx {
     }
 
     /// One hand-off to one orchestrator, settled on the ledger.
-    async fn attempt(&self, peer: PeerId, assignment: &Assignment) -> Attempt {
+    async fn attempt(&self, peer: PeerId, assignment: &Assignment, timeout: Duration) -> Attempt {
         let Some((account, price)) = self.with_table(|t| t.terms(&peer)) else {
             return Attempt::Retry(TaskError::new(
                 TaskErrorKind::Unavailable,
@@ -280,7 +344,7 @@ impl RouterCtx {
         tracing::info!(task_id = %assignment.task_id, orchestrator = %peer, %connection, "handing task over");
         self.with_table(|t| t.adjust_in_flight(&peer, true));
         let sent = tokio::time::timeout(
-            self.task_timeout,
+            timeout,
             self.network
                 .send_task(peer, TaskRequest::Execute(assignment.clone())),
         )
@@ -302,7 +366,7 @@ impl RouterCtx {
                 TaskErrorKind::Inference => (Attempt::Retry(e), reason::INFERENCE),
                 _ => (Attempt::Stop(e), reason::INVALID),
             },
-            Ok(Ok(TaskResponse::Answer(_))) => (
+            Ok(Ok(TaskResponse::Answer(_) | TaskResponse::Replayed(_))) => (
                 Attempt::Retry(TaskError::new(
                     TaskErrorKind::BadResult,
                     "answered a task with a query answer",
@@ -320,10 +384,7 @@ impl RouterCtx {
                 tracing::warn!(orchestrator = %peer, "orchestrator timed out");
                 let e = TaskError::new(
                     TaskErrorKind::Unavailable,
-                    format!(
-                        "orchestrator {peer} did not answer in {:?}",
-                        self.task_timeout
-                    ),
+                    format!("orchestrator {peer} did not answer in {timeout:?}"),
                 );
                 (Attempt::Retry(e), reason::TIMEOUT)
             }
@@ -348,6 +409,171 @@ impl RouterCtx {
         outcome
     }
 
+    /// Whether the result of `task` is replayed: a draw seeded by the epoch
+    /// seed and the task id, so that anyone can audit which tasks were due.
+    pub fn selected_for_check(&self, task: &TaskId) -> bool {
+        let share = self.verification.share_ppm;
+        if share == 0 {
+            return false;
+        }
+        let mut b = b"cactus/spot-check/v1\0".to_vec();
+        b.extend_from_slice(&self.epoch_seed().0);
+        b.extend_from_slice(&task.0);
+        let d = cactus_protocol::Digest::of(&b);
+        let draw = u32::from_le_bytes([d.0[0], d.0[1], d.0[2], d.0[3]]) % 1_000_000;
+        draw < share
+    }
+
+    /// Asks one verifier to replay; `None` if it could not.
+    async fn replay_on(&self, verifier: PeerId, request: &ReplayRequest) -> Option<ReplayReport> {
+        let sent = tokio::time::timeout(
+            self.task_timeout,
+            self.network
+                .send_task(verifier, TaskRequest::Replay(Box::new(request.clone()))),
+        )
+        .await;
+        let report = match sent {
+            Ok(Ok(TaskResponse::Replayed(r))) => *r,
+            Ok(Ok(TaskResponse::Failed(e))) => {
+                tracing::info!(%verifier, kind = ?e.kind, message = %e.message, "verifier declined the replay");
+                return None;
+            }
+            other => {
+                tracing::info!(%verifier, answer = ?other.map(|r| r.map(|_| ())), "verifier gave no replay");
+                return None;
+            }
+        };
+        if report.body.verifier != verifier
+            || report.body.router != self.network.local_peer_id()
+            || report.verify(&request.receipt).is_err()
+        {
+            tracing::warn!(%verifier, "verifier sent an invalid replay report");
+            self.record_outcome(verifier, Err(FailureKind::BadResult))
+                .await;
+            return None;
+        }
+        Some(report)
+    }
+
+    /// Replays a result on other orchestrators serving the model. A failed
+    /// replay is confirmed by a second verifier before anyone is slashed; if
+    /// the second one disagrees, the first is the one that misbehaved.
+    async fn spot_check(
+        &self,
+        peer: PeerId,
+        assignment: &Assignment,
+        result: &TaskResult,
+    ) -> Check {
+        let request = ReplayRequest {
+            receipt: result.receipt.body.clone(),
+            prompt: assignment.prompt.clone(),
+            format: assignment.format,
+            tokens: result.tokens.clone(),
+            text: result.text.clone(),
+            finish: result.finish,
+        };
+        let tolerance = self.verification.tolerance;
+        let seed = self.epoch_seed();
+        let mut exclude = HashSet::from([peer]);
+        let mut reports: Vec<ReplayReport> = Vec::new();
+        // At most two verifiers give a verdict; a few more may be asked when
+        // some cannot answer.
+        for _ in 0..4 {
+            let Some(verifier) = self
+                .with_table(|t| t.pick(&assignment.model, &exclude, &seed, &assignment.task_id))
+            else {
+                break;
+            };
+            exclude.insert(verifier);
+            let Some(report) = self.replay_on(verifier, &request).await else {
+                continue;
+            };
+            let verdict = report.body.findings.judge(&request.receipt, tolerance);
+            tracing::info!(
+                task_id = %assignment.task_id, orchestrator = %peer, %verifier,
+                max_gap = report.body.findings.max_gap,
+                mismatches = report.body.findings.mismatches,
+                positions = report.body.findings.positions,
+                verdict = ?verdict,
+                "spot check"
+            );
+            match (verdict, reports.is_empty()) {
+                (Ok(()), true) => return Check::Passed,
+                (Ok(()), false) => {
+                    // The second verifier clears the result: the first one
+                    // reported falsely (or runs another model).
+                    let liar = reports[0].body.verifier;
+                    tracing::warn!(verifier = %liar, orchestrator = %peer, "a failed spot check was not confirmed: the first verifier is penalised");
+                    self.record_outcome(liar, Err(FailureKind::BadResult)).await;
+                    return Check::Passed;
+                }
+                (Err(_), _) => {
+                    reports.push(report);
+                    if reports.len() == 2 {
+                        break;
+                    }
+                }
+            }
+        }
+        if reports.is_empty() {
+            tracing::info!(task_id = %assignment.task_id, "no verifier could replay the result; accepted unchecked");
+            return Check::Skipped;
+        }
+        let confirmed = reports.len() >= 2;
+        let evidence = FraudEvidenceBody {
+            receipt: result.receipt.clone(),
+            reports,
+            tolerance,
+            router: self.network.local_peer_id(),
+            issued_at_ms: super::orchestrator::now_ms(),
+        }
+        .sign(&self.key);
+        let evidence = match evidence {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "could not sign fraud evidence");
+                return Check::Fraud { confirmed: false };
+            }
+        };
+        let ledger = Arc::clone(&self.ledger);
+        let stored = evidence.clone();
+        match tokio::task::spawn_blocking(move || ledger.save_fraud(&stored)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "could not store fraud evidence"),
+            Err(e) => tracing::error!(error = %e, "could not store fraud evidence"),
+        }
+        if confirmed {
+            self.slash(peer, &evidence).await;
+        }
+        tracing::warn!(task_id = %assignment.task_id, orchestrator = %peer, confirmed, "result failed its spot check");
+        Check::Fraud { confirmed }
+    }
+
+    /// Slashes a confirmed fraud on the ledger and stops using the node.
+    async fn slash(&self, peer: PeerId, evidence: &FraudEvidence) {
+        let Some((account, _)) = self.with_table(|t| t.terms(&peer)) else {
+            return;
+        };
+        self.with_table(|t| t.set_eligible(&peer, false));
+        let Ok(hash) = evidence.hash() else {
+            return;
+        };
+        let op = Op::Slash {
+            orchestrator: account,
+            ratio_bps: self
+                .verification
+                .slash_bps
+                .clamp(1, self.contract.max_slash_bps.max(1)),
+            evidence_hash: hash.0.to_vec(),
+        };
+        match self.chain.submit(op).await {
+            Ok(()) => {
+                tracing::warn!(orchestrator = %peer, %account, evidence = %hash, "slashed for fraud")
+            }
+            Err(e) => tracing::error!(orchestrator = %peer, error = %e, "could not slash"),
+        }
+    }
+
     /// Checks, countersigns, records and pays for a result.
     async fn accept(
         &self,
@@ -364,8 +590,38 @@ impl RouterCtx {
                 format!("orchestrator {peer}: {e}"),
             ));
         }
+        if self.selected_for_check(&assignment.task_id)
+            && let Check::Fraud { confirmed } = self.spot_check(peer, assignment, &result).await
+        {
+            return Err(TaskError::new(
+                TaskErrorKind::BadResult,
+                format!(
+                    "orchestrator {peer}: the result failed its replay check{}",
+                    if confirmed {
+                        " (confirmed; stake slashed)"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
         let bad =
             |e: &dyn std::fmt::Display| TaskError::new(TaskErrorKind::BadResult, e.to_string());
+        // Delegates are paid their share along the chain: they must be
+        // orchestrators this router knows.
+        let mut delegates = Vec::with_capacity(result.delegation.len());
+        for link in &result.delegation {
+            let child = link.body.child;
+            let Some((account, _)) = self.with_table(|t| t.terms(&child)) else {
+                return Err(bad(&format!(
+                    "delegate {child} is not a known orchestrator"
+                )));
+            };
+            delegates.push(account);
+        }
+        if !result.delegation.is_empty() {
+            tracing::info!(task_id = %assignment.task_id, orchestrator = %peer, executor = %result.receipt.body.orchestrator, depth = delegates.len(), "delegated result");
+        }
         result.receipt.countersign(&self.key).map_err(|e| bad(&e))?;
         let receipt_hash = result.receipt.hash().map_err(|e| bad(&e))?;
         let ledger = Arc::clone(&self.ledger);
@@ -376,6 +632,8 @@ impl RouterCtx {
             .map_err(|e| TaskError::new(TaskErrorKind::Unavailable, format!("receipt log: {e}")))?;
         self.appended.notify_one();
         let body = &result.receipt.body;
+        // The assigned orchestrator answers for the task, delegated or not:
+        // the outcome is its record.
         let per_token = body.compute_ms.checked_div(u64::from(body.output_tokens));
         self.record_outcome(peer, Ok(per_token)).await;
         let complete = Op::CompleteTask {
@@ -383,7 +641,7 @@ impl RouterCtx {
             prompt_tokens: u64::from(body.prompt_tokens),
             output_tokens: u64::from(body.output_tokens),
             compute_ms: body.compute_ms,
-            delegates: Vec::new(),
+            delegates,
             receipt_hash: receipt_hash.0.to_vec(),
         };
         // The work is done and the receipt recorded: the client gets its

@@ -151,6 +151,9 @@ fn three_processes_answer_on_the_real_model_with_a_ledgered_receipt() {
         "/ip4/127.0.0.1/tcp/0",
         "--anchor-batch",
         "1",
+        // Every result is replayed by the other orchestrator.
+        "--spot-check",
+        "100",
     ]);
     let line = router.wait_for("listening");
     let addr = line
@@ -186,6 +189,9 @@ fn three_processes_answer_on_the_real_model_with_a_ledgered_receipt() {
 
     let prompt = "The capital of France is";
     let a = infer_json(&addr, prompt);
+    // The honest result passed its replay on the other process's model.
+    let check = router.wait_for("spot check");
+    assert!(check.contains("verdict=Ok"), "{check}");
     let b = infer_json(&addr, prompt);
     let text = a["text"].as_str().unwrap();
     assert!(!text.trim().is_empty(), "{a}");

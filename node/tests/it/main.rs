@@ -17,6 +17,7 @@ mod e2e;
 mod engine;
 mod mesh;
 mod move_pin;
+mod replay;
 
 use std::path::PathBuf;
 

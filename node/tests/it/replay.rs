@@ -1,0 +1,304 @@
+//! Spot checks by replay on the real demo model: honest results pass the
+//! tolerance, results of a substituted model (the demo model re-quantized to
+//! Q2_K by llama.cpp's own quantizer) fail it, in the engine and across a
+//! mesh of real nodes on loopback.
+
+use cactus_node::inference::llama::{LlamaConfig, LlamaEngine, quantize_q2k};
+use cactus_node::inference::model_file::ModelSpec;
+use cactus_node::inference::{Engine, Generation, InferenceError, Job};
+use cactus_node::network::NetworkConfig;
+use cactus_node::roles::router::Verification;
+use cactus_node::{Node, NodeConfig, Role};
+use cactus_protocol::fraud::{FraudReason, ReplayRequest};
+use cactus_protocol::receipt::RECEIPT_VERSION;
+use cactus_protocol::{
+    Digest, ModelId, PromptFormat, ReceiptBody, SamplingParams, TaskId, TaskSpec,
+};
+use libp2p::identity::Keypair;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+const TOLERANCE: f32 = Verification::DEFAULT_TOLERANCE;
+
+const PROMPTS: [&str; 4] = [
+    "The capital of France is",
+    "Water boils at a temperature of",
+    "The largest planet in the solar system is",
+    "A recipe for pancakes needs",
+];
+
+fn load(path: &Path, sha: Option<&str>) -> Arc<LlamaEngine> {
+    LlamaEngine::load(
+        &[ModelSpec {
+            path: path.to_path_buf(),
+            expected_sha256: sha.map(|s| s.parse().unwrap()),
+        }],
+        LlamaConfig {
+            threads: 2,
+            ctx_size: 512,
+            gpu_layers: 0,
+        },
+    )
+    .unwrap()
+}
+
+/// The demo model re-quantized to Q2_K, in `dir`.
+fn substitute(dir: &Path) -> Arc<LlamaEngine> {
+    let out = dir.join("substitute-q2_k.gguf");
+    quantize_q2k(&super::model_path(), &out, 2).unwrap();
+    load(&out, None)
+}
+
+/// An orchestrator that serves the substitute while advertising the real
+/// model: the fraud spot checks exist for.
+struct Substituted {
+    inner: Arc<LlamaEngine>,
+    claims: ModelId,
+}
+
+impl Engine for Substituted {
+    fn models(&self) -> Vec<ModelId> {
+        vec![self.claims.clone()]
+    }
+    fn generate(&self, job: &Job, c: &dyn Fn() -> bool) -> Result<Generation, InferenceError> {
+        let job = Job {
+            model: self.inner.models()[0].sha256,
+            ..job.clone()
+        };
+        self.inner.generate(&job, c)
+    }
+}
+
+fn request(
+    model: &ModelId,
+    prompt: &str,
+    sampling: SamplingParams,
+    g: &Generation,
+) -> ReplayRequest {
+    let peer = Keypair::generate_ed25519().public().to_peer_id();
+    ReplayRequest {
+        receipt: ReceiptBody {
+            version: RECEIPT_VERSION,
+            task_id: TaskId([1; 16]),
+            model: model.sha256,
+            prompt_hash: Digest::of(prompt.as_bytes()),
+            output_hash: Digest::of(g.text.as_bytes()),
+            output_tokens_hash: Digest::of_tokens(&g.tokens),
+            sampling,
+            prompt_tokens: g.prompt_tokens,
+            output_tokens: g.output_tokens,
+            compute_ms: 1,
+            orchestrator: peer,
+            router: peer,
+            started_at_ms: 1,
+            finished_at_ms: 2,
+            delegation: None,
+        },
+        prompt: prompt.into(),
+        format: PromptFormat::Chat,
+        tokens: g.tokens.clone(),
+        text: g.text.clone(),
+        finish: g.finish,
+    }
+}
+
+#[test]
+fn honest_results_pass_the_replay_and_a_substituted_model_fails_it() {
+    let honest = load(&super::model_path(), Some(super::DEMO_SHA256));
+    let real = honest.models()[0].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let cheat = substitute(dir.path());
+    let greedy = SamplingParams {
+        max_tokens: 64,
+        ..SamplingParams::default()
+    };
+    let sampled = SamplingParams {
+        temperature: 0.8,
+        top_p: 0.9,
+        seed: 7,
+        ..greedy
+    };
+    let mut caught = 0;
+    for prompt in PROMPTS {
+        for sampling in [greedy, sampled] {
+            let job = Job {
+                model: real.sha256,
+                prompt: prompt.into(),
+                format: PromptFormat::Chat,
+                sampling,
+            };
+            let g = honest.generate(&job, &|| false).unwrap();
+            let req = request(&real, prompt, sampling, &g);
+            req.validate().unwrap();
+            let f = honest.replay(&req, &|| false).unwrap();
+            println!(
+                "honest  {prompt:?} t={}: max gap {:.3}, {} of {} differ",
+                sampling.temperature, f.max_gap, f.mismatches, f.positions
+            );
+            assert_eq!(f.judge(&req.receipt, TOLERANCE), Ok(()), "{f:?}");
+            assert_eq!(f.positions, g.output_tokens);
+
+            if sampling.is_greedy() {
+                let c = Substituted {
+                    inner: Arc::clone(&cheat),
+                    claims: real.clone(),
+                }
+                .generate(&job, &|| false)
+                .unwrap();
+                let req = request(&real, prompt, sampling, &c);
+                let f = honest.replay(&req, &|| false).unwrap();
+                println!(
+                    "cheater {prompt:?}: max gap {:.3}, {} of {} differ",
+                    f.max_gap, f.mismatches, f.positions
+                );
+                if matches!(
+                    f.judge(&req.receipt, TOLERANCE),
+                    Err(FraudReason::OffModel { .. } | FraudReason::Stop { .. })
+                ) {
+                    caught += 1;
+                }
+            }
+        }
+    }
+    // FACTS.md: 19 of 20 substituted 128-token answers go past 1.0.
+    assert!(caught >= 3, "only {caught} of 4 substituted answers caught");
+
+    // Tampered tokens (decoding to other text) and a wrong prompt count are
+    // caught whatever the logits say.
+    let job = Job {
+        model: real.sha256,
+        prompt: PROMPTS[0].into(),
+        format: PromptFormat::Chat,
+        sampling: greedy,
+    };
+    let g = honest.generate(&job, &|| false).unwrap();
+    let mut req = request(&real, PROMPTS[0], greedy, &g);
+    req.text.push('!');
+    let f = honest.replay(&req, &|| false).unwrap();
+    assert_eq!(
+        f.judge(&req.receipt, TOLERANCE),
+        Err(FraudReason::TextMismatch)
+    );
+    let mut req = request(&real, PROMPTS[0], greedy, &g);
+    req.receipt.prompt_tokens += 1;
+    let f = honest.replay(&req, &|| false).unwrap();
+    assert!(matches!(
+        f.judge(&req.receipt, TOLERANCE),
+        Err(FraudReason::PromptTokens { .. })
+    ));
+}
+
+/// Real nodes on loopback: a router replaying every result, two honest
+/// orchestrators and one serving the substitute under the real model's hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_catches_and_slashes_a_substituted_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let honest = load(&super::model_path(), Some(super::DEMO_SHA256));
+    let real = honest.models()[0].clone();
+    let cheat: Arc<dyn Engine> = Arc::new(Substituted {
+        inner: substitute(dir.path()),
+        claims: real.clone(),
+    });
+    let net = |bootstrap| NetworkConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        bootstrap,
+        ..NetworkConfig::default()
+    };
+    let router = Node::start(
+        NodeConfig {
+            role: Role::Router,
+            data_dir: dir.path().join("router"),
+            network: net(vec![]),
+            verification: Verification {
+                share_ppm: 1_000_000,
+                ..Verification::default()
+            },
+            ..NodeConfig::default()
+        },
+        Keypair::generate_ed25519(),
+        None,
+    )
+    .await
+    .unwrap();
+    let addr = router.listen_addrs().await.unwrap()[0].clone();
+    let mut orchestrators = Vec::new();
+    for engine in [honest.clone() as Arc<dyn Engine>, honest.clone(), cheat] {
+        let node = Node::start(
+            NodeConfig {
+                network: net(vec![addr.clone()]),
+                data_dir: dir.path().join(format!("o{}", orchestrators.len())),
+                ..NodeConfig::default()
+            },
+            Keypair::generate_ed25519(),
+            Some(engine),
+        )
+        .await
+        .unwrap();
+        orchestrators.push(node);
+    }
+    let limit = Duration::from_secs(120);
+    tokio::time::timeout(limit, router.wait_for_orchestrators(3))
+        .await
+        .unwrap()
+        .unwrap();
+    let cheater = orchestrators[2].peer_id();
+    let client = Node::start(
+        NodeConfig {
+            role: Role::Client,
+            data_dir: dir.path().join("client"),
+            network: net(vec![]),
+            ..NodeConfig::default()
+        },
+        Keypair::generate_ed25519(),
+        None,
+    )
+    .await
+    .unwrap();
+    client.network().dial(addr).await.unwrap();
+
+    let mut evidence = Vec::new();
+    for i in 0..24 {
+        let spec = TaskSpec {
+            model: Some(real.sha256.to_hex()),
+            prompt: PROMPTS[i % PROMPTS.len()].into(),
+            format: PromptFormat::Chat,
+            sampling: SamplingParams {
+                max_tokens: 64,
+                ..SamplingParams::default()
+            },
+        };
+        let result = tokio::time::timeout(
+            limit,
+            cactus_node::client::submit_to(client.network(), router.peer_id(), spec),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        // A substitute's answer close enough to the model's passes (the
+        // tolerance is for the whole result, not for each token); the
+        // cheater is caught on the first one that is not.
+        result.receipt.verify().unwrap();
+        evidence = router.fraud_evidence(8).await.unwrap();
+        if !evidence.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(evidence.len(), 1, "the cheater was never picked");
+    let e = &evidence[0];
+    e.verify().unwrap();
+    assert_eq!(e.accused(), cheater);
+    assert_eq!(e.body.reports.len(), 2);
+    let chain = router.chain().unwrap();
+    let record = chain
+        .orchestrator(cactus_node::chain::default_account(&cheater))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.stake, 9_000);
+    client.shutdown().await;
+    for o in orchestrators {
+        o.shutdown().await;
+    }
+    router.shutdown().await;
+}
