@@ -39,6 +39,8 @@ fn main() {
         task_timeout: 300,
         task_deadline: 600,
         no_delegation: true,
+        bid_window: 500,
+        max_price: 0,
         stake: 0,
         account: None,
         anchor_batch: 1,

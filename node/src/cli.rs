@@ -152,6 +152,13 @@ pub struct NodeArgs {
     /// orchestrators included.
     #[arg(long, default_value_t = 600, value_name = "SECS")]
     pub task_deadline: u64,
+    /// Milliseconds a router's call for bids stays open when no orchestrator
+    /// in its table can take a task.
+    #[arg(long, default_value_t = 500, value_name = "MS")]
+    pub bid_window: u64,
+    /// The highest price per work unit a router accepts in a bid.
+    #[arg(long, default_value_t = 1_000, value_name = "UNITS")]
+    pub max_price: u64,
     /// An orchestrator runs only the tasks it can take itself, instead of
     /// delegating the others to orchestrators it knows from their adverts.
     #[arg(long)]
@@ -245,6 +252,8 @@ impl NodeArgs {
             task_timeout: Duration::from_secs(self.task_timeout.max(1)),
             task_deadline: Duration::from_secs(self.task_deadline.max(1)),
             delegation: !self.no_delegation,
+            bid_window: Duration::from_millis(self.bid_window.max(1)),
+            max_price_per_unit: self.max_price,
             price_per_token: self.price_per_token,
             slots: self.slots.max(1),
             queue: self.queue,

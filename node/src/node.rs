@@ -55,6 +55,10 @@ pub struct NodeConfig {
     pub task_deadline: Duration,
     /// Whether an orchestrator delegates tasks it cannot take.
     pub delegation: bool,
+    /// How long a router's call for bids stays open.
+    pub bid_window: Duration,
+    /// The highest price per work unit a router accepts in a bid.
+    pub max_price_per_unit: u64,
     /// Orchestrators tried per task (routers).
     pub max_attempts: usize,
     /// Asked price per generated token (orchestrators).
@@ -106,6 +110,8 @@ impl Default for NodeConfig {
             task_timeout: Duration::from_secs(300),
             task_deadline: Duration::from_secs(600),
             delegation: true,
+            bid_window: Duration::from_millis(500),
+            max_price_per_unit: 1_000,
             max_attempts: 3,
             price_per_token: 1,
             slots: 1,
@@ -151,6 +157,7 @@ pub struct Node {
     ledger: Option<Arc<Ledger>>,
     chain: Option<Arc<dyn ChainBackend>>,
     anchor_task: Option<JoinHandle<()>>,
+    router: Option<Arc<RouterCtx>>,
 }
 
 impl Node {
@@ -193,6 +200,7 @@ impl Node {
         let mut ledger_handle = None;
         let mut chain_handle: Option<Arc<dyn ChainBackend>> = None;
         let mut anchor_task = None;
+        let mut router_handle = None;
         let local_peer = key.public().to_peer_id();
         let role = match config.role {
             Role::Orchestrator => {
@@ -262,7 +270,7 @@ impl Node {
                 )));
                 let t = Arc::new(Mutex::new(OrchestratorTable::new(config.stale_after)));
                 table = Some(Arc::clone(&t));
-                RoleCtx::Router(Arc::new(RouterCtx {
+                let ctx = Arc::new(RouterCtx {
                     network: network.clone(),
                     key,
                     table: t,
@@ -274,7 +282,13 @@ impl Node {
                     task_deadline: config.task_deadline,
                     max_attempts: config.max_attempts,
                     verification: config.verification,
-                }))
+                    market: crate::roles::router::Market::new(
+                        config.bid_window,
+                        config.max_price_per_unit,
+                    ),
+                });
+                router_handle = Some(Arc::clone(&ctx));
+                RoleCtx::Router(ctx)
             }
             Role::Bootstrap | Role::Client => RoleCtx::None,
         };
@@ -302,6 +316,7 @@ impl Node {
             ledger: ledger_handle,
             chain: chain_handle,
             anchor_task,
+            router: router_handle,
         })
     }
 
@@ -383,6 +398,12 @@ impl Node {
     /// The ledger a router settles on (`None` on other roles).
     pub fn chain(&self) -> Option<&Arc<dyn ChainBackend>> {
         self.chain.as_ref()
+    }
+
+    /// A router's market: open calls for bids and tasks awarded by bid
+    /// (`None` on other roles).
+    pub fn market(&self) -> Option<&crate::roles::router::Market> {
+        self.router.as_ref().map(|r| &r.market)
     }
 
     /// Fraud evidence a router has signed, up to `limit` pieces.

@@ -247,6 +247,8 @@ pub enum TaskRequest {
     Replay(Box<crate::fraud::ReplayRequest>),
     /// Orchestrator to orchestrator: run (or hand on) a delegated task.
     Delegate(Box<DelegatedTask>),
+    /// Orchestrator to router: a bid answering a task advert.
+    Bid(Box<crate::market::Bid>),
 }
 
 /// Most bytes a list of [`MAX_OUTPUT_TOKENS`] token ids takes in CBOR.
@@ -339,6 +341,9 @@ pub enum TaskResponse {
     Answer(QueryAnswer),
     /// A verifier's signed findings on a replayed result.
     Replayed(Box<crate::fraud::ReplayReport>),
+    /// A bid was taken into the auction (the award, if any, is an
+    /// [`TaskRequest::Execute`]).
+    BidReceived,
 }
 
 impl Wire for TaskResponse {

@@ -118,6 +118,28 @@ fn arb_query() -> impl Strategy<Value = Query> {
 
 fn arb_request() -> impl Strategy<Value = TaskRequest> {
     prop_oneof![
+        (
+            arb_keypair(),
+            arb_keypair(),
+            any::<[u8; 16]>(),
+            arb_digest(),
+            any::<u64>(),
+            any::<u32>()
+        )
+            .prop_map(|(o, r, id, model, price, free)| {
+                let body = crate::market::BidBody {
+                    advert_id: TaskId(id),
+                    router: r.public().to_peer_id(),
+                    orchestrator: o.public().to_peer_id(),
+                    model,
+                    price_per_unit: price,
+                    free_slots: free,
+                    account: Address([7; 32]),
+                    issued_at_ms: 1,
+                    expires_at_ms: 2,
+                };
+                TaskRequest::Bid(Box::new(body.sign(&o).unwrap()))
+            }),
         arb_spec().prop_map(TaskRequest::Submit),
         arb_assignment().prop_map(TaskRequest::Execute),
         arb_query().prop_map(TaskRequest::Query),
@@ -291,6 +313,7 @@ fn arb_response() -> impl Strategy<Value = TaskResponse> {
             ),
         ("\\PC{0,100}").prop_map(|m| TaskResponse::Failed(TaskError::new(TaskErrorKind::Busy, m))),
         arb_answer().prop_map(TaskResponse::Answer),
+        Just(TaskResponse::BidReceived),
     ]
 }
 
@@ -358,6 +381,7 @@ proptest! {
             TaskRequest::Query(_) => {}
             TaskRequest::Replay(r) => prop_assert!(r.validate().is_ok()),
             TaskRequest::Delegate(d) => prop_assert!(d.assignment.validate().is_ok()),
+            TaskRequest::Bid(_) => {}
         }
     }
 

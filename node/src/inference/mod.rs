@@ -130,6 +130,8 @@ enum Queued {
 pub struct WorkerPool {
     tx: Mutex<Option<SyncSender<Queued>>>,
     slots: usize,
+    /// Jobs running or waiting at most.
+    capacity: usize,
     /// Jobs queued or running.
     in_flight: Arc<AtomicUsize>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -172,6 +174,7 @@ impl WorkerPool {
         Self {
             tx: Mutex::new(Some(tx)),
             slots,
+            capacity: slots + queue,
             in_flight,
             threads: Mutex::new(threads),
         }
@@ -180,6 +183,11 @@ impl WorkerPool {
     /// Worker threads.
     pub fn slots(&self) -> usize {
         self.slots
+    }
+
+    /// Whether one more job would be taken now (a free slot or queue place).
+    pub fn has_room(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) < self.capacity
     }
 
     /// Slots not running or about to run a job.

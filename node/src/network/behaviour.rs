@@ -1,7 +1,9 @@
 //! The composed libp2p behaviour of a Cactus node.
 
 use super::codec::TaskCodec;
-use cactus_protocol::{CapabilityAdvert, KAD_PROTOCOL, TASK_PROTOCOL, Wire};
+use cactus_protocol::{
+    CAPABILITY_TOPIC, CapabilityAdvert, KAD_PROTOCOL, TASK_PROTOCOL, TASK_TOPIC, Wire,
+};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
@@ -136,7 +138,7 @@ impl Behaviour {
                 part: "gossipsub",
                 message: e.to_string(),
             })?;
-        let gossipsub = gossipsub::Behaviour::new(
+        let mut gossipsub = gossipsub::Behaviour::new(
             gossipsub::MessageAuthenticity::Signed(key.clone()),
             gossip_config,
         )
@@ -144,6 +146,13 @@ impl Behaviour {
             part: "gossipsub",
             message: e.to_owned(),
         })?;
+        let (params, thresholds) = peer_scoring();
+        gossipsub
+            .with_peer_score(params, thresholds)
+            .map_err(|message| BehaviourError {
+                part: "gossipsub peer scoring",
+                message,
+            })?;
 
         let tasks = request_response::Behaviour::with_codec(
             TaskCodec,
@@ -186,4 +195,37 @@ impl Behaviour {
             tasks,
         })
     }
+}
+
+/// Gossipsub peer scoring for Cactus's two low-traffic topics. A message that
+/// fails validation (a forged, oversized or expired advert) costs its
+/// sender heavily (P4); invalid bids and other misbehaviour seen outside
+/// gossipsub cost it through the application score. The mesh-delivery
+/// penalties (P3, P3b) are off: adverts come every few seconds, far below any
+/// delivery rate they could demand of an honest peer.
+fn peer_scoring() -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
+    let topic = gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.01,
+        time_in_mesh_quantum: Duration::from_secs(1),
+        time_in_mesh_cap: 100.0,
+        first_message_deliveries_weight: 0.5,
+        first_message_deliveries_decay: 0.9,
+        first_message_deliveries_cap: 20.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -10.0,
+        invalid_message_deliveries_decay: 0.9,
+        ..gossipsub::TopicScoreParams::default()
+    };
+    let mut params = gossipsub::PeerScoreParams {
+        app_specific_weight: 10.0,
+        ..gossipsub::PeerScoreParams::default()
+    };
+    for t in [CAPABILITY_TOPIC, TASK_TOPIC] {
+        params
+            .topics
+            .insert(gossipsub::IdentTopic::new(t).hash(), topic.clone());
+    }
+    (params, gossipsub::PeerScoreThresholds::default())
 }

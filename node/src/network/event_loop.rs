@@ -4,7 +4,8 @@
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::{NetworkConfig, NetworkError};
 use cactus_protocol::{
-    CAPABILITY_TOPIC, CapabilityAdvert, KAD_PROTOCOL, TaskRequest, TaskResponse, Wire,
+    CAPABILITY_TOPIC, CapabilityAdvert, KAD_PROTOCOL, TASK_TOPIC, TaskAdvert, TaskRequest,
+    TaskResponse, Wire,
 };
 use futures::StreamExt;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
@@ -43,6 +44,8 @@ pub enum NetworkEvent {
     },
     /// A valid capability advert, signed by the orchestrator it describes.
     Advert(CapabilityAdvert),
+    /// A valid task advert (a router asking for bids), signed by its router.
+    TaskAdvert(TaskAdvert),
     /// A peer joined the capability topic.
     PeerSubscribed(PeerId),
     /// A round-trip time measured by ping.
@@ -93,6 +96,17 @@ enum Command {
     AddAddresses {
         peer: PeerId,
         addrs: Vec<Multiaddr>,
+    },
+    PublishTaskAdvert {
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<(), NetworkError>>,
+    },
+    Penalise {
+        peer: PeerId,
+    },
+    PeerScore {
+        peer: PeerId,
+        reply: oneshot::Sender<Option<f64>>,
     },
 }
 
@@ -167,6 +181,9 @@ impl std::fmt::Debug for Command {
             Command::Diagnostics { .. } => "Diagnostics",
             Command::ConnectionKind { .. } => "ConnectionKind",
             Command::AddAddresses { .. } => "AddAddresses",
+            Command::PublishTaskAdvert { .. } => "PublishTaskAdvert",
+            Command::Penalise { .. } => "Penalise",
+            Command::PeerScore { .. } => "PeerScore",
         })
     }
 }
@@ -229,6 +246,27 @@ impl Network {
             .send(Command::Publish { data })
             .await
             .map_err(|_| NetworkError::Shutdown)
+    }
+
+    /// Publishes an encoded task advert on the task topic; fails when no peer
+    /// would receive it.
+    pub async fn publish_task_advert(&self, data: Vec<u8>) -> Result<(), NetworkError> {
+        self.call(|reply| Command::PublishTaskAdvert { data, reply })
+            .await?
+    }
+
+    /// Lowers a misbehaving peer's gossipsub score (an invalid bid, say):
+    /// each call costs it one unit of application score.
+    pub async fn penalise(&self, peer: PeerId) -> Result<(), NetworkError> {
+        self.commands
+            .send(Command::Penalise { peer })
+            .await
+            .map_err(|_| NetworkError::Shutdown)
+    }
+
+    /// The gossipsub score this node gives `peer` (`None` if unknown).
+    pub async fn peer_score(&self, peer: PeerId) -> Result<Option<f64>, NetworkError> {
+        self.call(|reply| Command::PeerScore { peer, reply }).await
     }
 
     /// Announces this node as a provider of `key` on the DHT.
@@ -300,6 +338,10 @@ struct EventLoop {
     listen_addrs: watch::Sender<Vec<Multiaddr>>,
     config: NetworkConfig,
     topic: gossipsub::IdentTopic,
+    task_topic: gossipsub::IdentTopic,
+    /// Application scores given to misbehaving peers (at most
+    /// [`MAX_PENALISED`]).
+    penalties: HashMap<PeerId, f64>,
     pending_dials:
         HashMap<ConnectionId, (Multiaddr, oneshot::Sender<Result<PeerId, NetworkError>>)>,
     pending_requests:
@@ -318,6 +360,9 @@ struct EventLoop {
     dialed: HashMap<PeerId, Multiaddr>,
     diag: Diagnostics,
 }
+
+/// Peers whose penalties are remembered at once.
+const MAX_PENALISED: usize = 4096;
 
 /// Relays a node listens through at once.
 const MAX_RELAYS: usize = 2;
@@ -338,11 +383,14 @@ pub(super) fn start(
 > {
     let local_peer_id = *swarm.local_peer_id();
     let topic = gossipsub::IdentTopic::new(CAPABILITY_TOPIC);
-    swarm
-        .behaviour_mut()
-        .gossipsub
-        .subscribe(&topic)
-        .map_err(|e| NetworkError::Setup(e.to_string()))?;
+    let task_topic = gossipsub::IdentTopic::new(TASK_TOPIC);
+    for t in [&topic, &task_topic] {
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(t)
+            .map_err(|e| NetworkError::Setup(e.to_string()))?;
+    }
     swarm
         .behaviour_mut()
         .kad
@@ -371,6 +419,8 @@ pub(super) fn start(
         listen_addrs: addr_tx,
         config,
         topic,
+        task_topic,
+        penalties: HashMap::new(),
         pending_dials: HashMap::new(),
         pending_requests: HashMap::new(),
         pending_providers: HashMap::new(),
@@ -515,6 +565,31 @@ impl EventLoop {
                     // sent again when one subscribes.
                     tracing::debug!(error = %e, "advert not published");
                 }
+            }
+            Command::PublishTaskAdvert { data, reply } => {
+                let r = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(self.task_topic.clone(), data)
+                    .map(|_| ())
+                    .map_err(|e| NetworkError::Setup(format!("task advert not published: {e}")));
+                let _ = reply.send(r);
+            }
+            Command::Penalise { peer } => {
+                if self.penalties.len() < MAX_PENALISED || self.penalties.contains_key(&peer) {
+                    let score = self.penalties.entry(peer).or_insert(0.0);
+                    *score -= 1.0;
+                    let score = *score;
+                    self.swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .set_application_score(&peer, score);
+                    tracing::info!(%peer, application_score = score, "penalised a misbehaving peer");
+                }
+            }
+            Command::PeerScore { peer, reply } => {
+                let _ = reply.send(self.swarm.behaviour().gossipsub.peer_score(&peer));
             }
             Command::StartProviding { key } => {
                 self.provide(&key);
@@ -764,18 +839,33 @@ impl EventLoop {
                 message_id,
                 message,
             } => {
-                let verdict = match CapabilityAdvert::decode(&message.data) {
-                    Ok(advert)
-                        if advert.validate().is_ok() && Some(advert.peer) == message.source =>
-                    {
+                let verdict = if message.topic == self.task_topic.hash() {
+                    // A router's call for bids: signed by the router that
+                    // published it, not expired, within its limits.
+                    match TaskAdvert::decode(&message.data) {
                         Ok(advert)
+                            if Some(advert.body.router) == message.source
+                                && advert.verify(crate::roles::orchestrator::now_ms()).is_ok() =>
+                        {
+                            Ok(NetworkEvent::TaskAdvert(advert))
+                        }
+                        Ok(_) => Err("task advert invalid, expired or not signed by its router"),
+                        Err(_) => Err("undecodable task advert"),
                     }
-                    Ok(_) => Err("advert invalid or not signed by its subject"),
-                    Err(_) => Err("undecodable advert"),
+                } else {
+                    match CapabilityAdvert::decode(&message.data) {
+                        Ok(advert)
+                            if advert.validate().is_ok() && Some(advert.peer) == message.source =>
+                        {
+                            Ok(NetworkEvent::Advert(advert))
+                        }
+                        Ok(_) => Err("advert invalid or not signed by its subject"),
+                        Err(_) => Err("undecodable advert"),
+                    }
                 };
                 let acceptance = match verdict {
-                    Ok(advert) => {
-                        self.emit(NetworkEvent::Advert(advert));
+                    Ok(event) => {
+                        self.emit(event);
                         gossipsub::MessageAcceptance::Accept
                     }
                     Err(why) => {

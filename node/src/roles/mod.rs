@@ -186,6 +186,14 @@ impl Dispatcher {
                         });
                         false
                     }
+                    (RoleCtx::Router(r), TaskRequest::Bid(bid)) => {
+                        let r = Arc::clone(r);
+                        tasks.spawn(async move {
+                            let response = r.on_bid(peer, *bid).await;
+                            let _ = network.respond(channel, response).await;
+                        });
+                        false
+                    }
                     (RoleCtx::Router(r), TaskRequest::Query(q)) => {
                         let r = Arc::clone(r);
                         tasks.spawn(async move {
@@ -244,7 +252,9 @@ impl Dispatcher {
                     }
                     (_, request) => {
                         let what = match request {
-                            TaskRequest::Submit(_) => "this node is not a router",
+                            TaskRequest::Submit(_) | TaskRequest::Bid(_) => {
+                                "this node is not a router"
+                            }
                             TaskRequest::Execute(_)
                             | TaskRequest::Replay(_)
                             | TaskRequest::Delegate(_) => "this node is not an orchestrator",
@@ -312,6 +322,24 @@ impl Dispatcher {
                             sizes.send_replace(t.counts());
                         });
                     }
+                }
+                false
+            }
+            NetworkEvent::TaskAdvert(advert) => {
+                if let RoleCtx::Orchestrator(o) = &self.role
+                    && tasks.len() < self.max_tasks
+                    && let Some(bid) = o.bid_for(&advert)
+                {
+                    let network = self.network.clone();
+                    let router = advert.body.router;
+                    tasks.spawn(async move {
+                        match network.send_task(router, TaskRequest::Bid(Box::new(bid))).await {
+                            Ok(TaskResponse::BidReceived) => {
+                                tracing::debug!(%router, "bid taken")
+                            }
+                            other => tracing::debug!(%router, answer = ?other.map(|_| ()), "bid not taken"),
+                        }
+                    });
                 }
                 false
             }

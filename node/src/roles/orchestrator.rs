@@ -7,6 +7,7 @@ use cactus_protocol::TaskRequest;
 use cactus_protocol::delegation::{self, Delegation, MAX_DELEGATION_DEPTH};
 use cactus_protocol::fraud::{ReplayFindings, ReplayReportBody, ReplayRequest};
 use cactus_protocol::ledger::Address;
+use cactus_protocol::market::{Bid, BidBody, TaskAdvert};
 use cactus_protocol::messages::DelegatedTask;
 use cactus_protocol::receipt::RECEIPT_VERSION;
 use cactus_protocol::verify::check_result;
@@ -55,6 +56,9 @@ struct KnownPeer {
     free_slots: u32,
     seen: std::time::Instant,
 }
+
+/// How long a bid stays valid after its call for bids closes.
+const BID_VALIDITY_MS: u64 = 30_000;
 
 /// Most other orchestrators remembered for delegation.
 const MAX_KNOWN_PEERS: usize = 1024;
@@ -209,6 +213,35 @@ impl OrchestratorCtx {
             now_ms(),
         )
         .map_err(|e| bad(format!("delegation: {e}")))
+    }
+
+    /// A bid for a router's task advert, when this node serves the model, has
+    /// room for one more job and asks no more than the advert's price cap.
+    pub fn bid_for(&self, advert: &TaskAdvert) -> Option<Bid> {
+        let a = &advert.body;
+        let now = now_ms();
+        if !self.models.iter().any(|m| m.sha256 == a.model)
+            || !self.pool.has_room()
+            || self.price_per_token > a.max_price_per_unit
+            || a.deadline_ms <= now
+        {
+            return None;
+        }
+        BidBody {
+            advert_id: a.advert_id,
+            router: a.router,
+            orchestrator: self.network.local_peer_id(),
+            model: a.model,
+            price_per_unit: self.price_per_token,
+            free_slots: self.pool.free_slots() as u32,
+            account: self.account,
+            issued_at_ms: now,
+            // Good for as long as the router may take to award it.
+            expires_at_ms: a.deadline_ms + BID_VALIDITY_MS,
+        }
+        .sign(&self.key)
+        .map_err(|e| tracing::warn!(error = %e, "could not sign a bid"))
+        .ok()
     }
 
     /// Remembers another orchestrator's advert, to delegate to it; returns

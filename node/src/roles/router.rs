@@ -11,8 +11,10 @@ use super::table::OrchestratorTable;
 use crate::chain::ChainBackend;
 use crate::ledger::Ledger;
 use crate::network::Network;
+use cactus_protocol::Wire;
 use cactus_protocol::fraud::{FraudEvidence, FraudEvidenceBody, ReplayReport, ReplayRequest};
 use cactus_protocol::ledger::{Address, Config, Op, reason};
+use cactus_protocol::market::{self, Bid, TaskAdvertBody};
 use cactus_protocol::merkle::ReceiptBundle;
 use cactus_protocol::messages::{
     LedgerStatus, MAX_STATUS_ORCHESTRATORS, OrchestratorStatus, Query, QueryAnswer,
@@ -24,7 +26,7 @@ use cactus_protocol::{
 };
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -53,6 +55,54 @@ pub struct RouterCtx {
     pub max_attempts: usize,
     /// How results are spot-checked.
     pub verification: Verification,
+    /// Calls for bids.
+    pub market: Market,
+}
+
+/// Most calls for bids open at once.
+const MAX_AUCTIONS: usize = 64;
+/// Most bids one call takes.
+const MAX_BIDS: usize = 32;
+
+/// Calls for bids: when no orchestrator in the live table can take a task.
+#[derive(Debug)]
+pub struct Market {
+    /// How long a call for bids stays open.
+    pub bid_window: Duration,
+    /// The highest price per work unit the router accepts in a bid.
+    pub max_price_per_unit: u64,
+    open: Mutex<HashMap<TaskId, Auction>>,
+    awarded: std::sync::atomic::AtomicU64,
+}
+
+impl Market {
+    /// A market with these settings and no open call.
+    pub fn new(bid_window: Duration, max_price_per_unit: u64) -> Self {
+        Self {
+            bid_window,
+            max_price_per_unit,
+            open: Mutex::new(HashMap::new()),
+            awarded: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Tasks awarded to a bid so far.
+    pub fn awarded(&self) -> u64 {
+        self.awarded.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The calls for bids open now.
+    pub fn open_calls(&self) -> Vec<TaskAdvertBody> {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.values().map(|a| a.advert.clone()).collect()
+    }
+}
+
+/// One open call for bids.
+#[derive(Debug)]
+struct Auction {
+    advert: TaskAdvertBody,
+    bids: Vec<Bid>,
 }
 
 /// Spot checks by replay (see [`cactus_protocol::fraud`]).
@@ -254,30 +304,47 @@ impl RouterCtx {
     async fn try_serve(&self, spec: TaskSpec) -> Result<TaskResult, TaskError> {
         spec.validate()
             .map_err(|e| TaskError::new(TaskErrorKind::InvalidRequest, e.to_string()))?;
-        let model = self
-            .with_table(|t| t.resolve_model(spec.model.as_deref()))
-            .ok_or_else(|| {
-                let what = spec.model.as_deref().unwrap_or("any model");
-                TaskError::new(
-                    TaskErrorKind::NoSuchModel,
-                    format!("no orchestrator on the mesh serves {what}"),
-                )
-            })?;
+        let what = spec.model.as_deref().unwrap_or("any model").to_owned();
+        let unserved = || {
+            TaskError::new(
+                TaskErrorKind::NoSuchModel,
+                format!("no orchestrator on the mesh serves {what}"),
+            )
+        };
+        // A model some admitted orchestrator advertises, or one asked for by
+        // its hash, which only a call for bids can find.
+        let (model, advertised) = match self.with_table(|t| t.resolve_model(spec.model.as_deref()))
+        {
+            Some(m) => (m.sha256, true),
+            None => match spec
+                .model
+                .as_deref()
+                .and_then(|m| m.parse::<cactus_protocol::Digest>().ok())
+            {
+                Some(hash) => (hash, false),
+                None => return Err(unserved()),
+            },
+        };
         let started = tokio::time::Instant::now();
         let deadline = started + self.task_deadline;
         let mut assignment = Assignment {
             task_id: TaskId([0; 16]),
-            model: model.sha256,
+            model,
             prompt: spec.prompt,
             format: spec.format,
             sampling: spec.sampling,
             deadline_ms: 0,
         };
         let mut tried = HashSet::new();
-        let mut last = TaskError::new(
-            TaskErrorKind::Unavailable,
-            "no orchestrator could take the task",
-        );
+        let mut last = if advertised {
+            TaskError::new(
+                TaskErrorKind::Busy,
+                format!("every orchestrator serving {what} is busy, and none bid for the task"),
+            )
+        } else {
+            unserved()
+        };
+        let mut auctioned = false;
         for attempt in 0..self.max_attempts {
             // Every attempt gets the task timeout, cut to what is left of the
             // client's deadline.
@@ -296,14 +363,27 @@ impl RouterCtx {
             assignment.deadline_ms = super::orchestrator::now_ms() + timeout.as_millis() as u64;
             assignment.task_id = TaskId(rand::random());
             let seed = self.epoch_seed();
-            let Some(peer) =
-                self.with_table(|t| t.pick(&assignment.model, &tried, &seed, &assignment.task_id))
-            else {
+            // An orchestrator with a free slot from the live table; when none
+            // has one (or none advertises the model), a call for bids, once.
+            let picked = self
+                .with_table(|t| t.pick_free(&assignment.model, &tried, &seed, &assignment.task_id))
+                .map(|p| (p, None));
+            let choice = match picked {
+                Some(c) => Some(c),
+                None if !auctioned => {
+                    auctioned = true;
+                    self.auction(&assignment, &tried)
+                        .await
+                        .map(|(p, account, price)| (p, Some((account, price))))
+                }
+                None => None,
+            };
+            let Some((peer, terms)) = choice else {
                 break;
             };
             tried.insert(peer);
-            tracing::info!(task_id = %assignment.task_id, orchestrator = %peer, attempt, "dispatching task");
-            match self.attempt(peer, &assignment, timeout).await {
+            tracing::info!(task_id = %assignment.task_id, orchestrator = %peer, attempt, by_bid = terms.is_some(), "dispatching task");
+            match self.attempt(peer, terms, &assignment, timeout).await {
                 Attempt::Done(result) => return Ok(*result),
                 Attempt::Retry(e) => last = e,
                 Attempt::Stop(e) => return Err(e),
@@ -313,8 +393,14 @@ impl RouterCtx {
     }
 
     /// One hand-off to one orchestrator, settled on the ledger.
-    async fn attempt(&self, peer: PeerId, assignment: &Assignment, timeout: Duration) -> Attempt {
-        let Some((account, price)) = self.with_table(|t| t.terms(&peer)) else {
+    async fn attempt(
+        &self,
+        peer: PeerId,
+        terms: Option<(Address, u64)>,
+        assignment: &Assignment,
+        timeout: Duration,
+    ) -> Attempt {
+        let Some((account, price)) = terms.or_else(|| self.with_table(|t| t.terms(&peer))) else {
             return Attempt::Retry(TaskError::new(
                 TaskErrorKind::Unavailable,
                 "orchestrator left",
@@ -366,7 +452,9 @@ impl RouterCtx {
                 TaskErrorKind::Inference => (Attempt::Retry(e), reason::INFERENCE),
                 _ => (Attempt::Stop(e), reason::INVALID),
             },
-            Ok(Ok(TaskResponse::Answer(_) | TaskResponse::Replayed(_))) => (
+            Ok(Ok(
+                TaskResponse::Answer(_) | TaskResponse::Replayed(_) | TaskResponse::BidReceived,
+            )) => (
                 Attempt::Retry(TaskError::new(
                     TaskErrorKind::BadResult,
                     "answered a task with a query answer",
@@ -407,6 +495,140 @@ impl RouterCtx {
             tracing::error!(task_id = %assignment.task_id, error = %e, "could not refund a failed task on the ledger");
         }
         outcome
+    }
+
+    /// Publishes a call for bids for `assignment` on the task topic, gathers
+    /// bids for the bid window and returns the best by the scheduler's score:
+    /// `(orchestrator, account, price)`. Only orchestrators this router has
+    /// admitted (stake checked) can win.
+    async fn auction(
+        &self,
+        assignment: &Assignment,
+        exclude: &HashSet<PeerId>,
+    ) -> Option<(PeerId, Address, u64)> {
+        let now = super::orchestrator::now_ms();
+        let window = self.market.bid_window;
+        let body = TaskAdvertBody {
+            advert_id: TaskId(rand::random()),
+            router: self.network.local_peer_id(),
+            model: assignment.model,
+            prompt_bytes: assignment.prompt.len() as u32,
+            max_tokens: assignment.sampling.max_tokens,
+            max_price_per_unit: self.market.max_price_per_unit,
+            issued_at_ms: now,
+            deadline_ms: now + window.as_millis() as u64,
+        };
+        let id = body.advert_id;
+        let bytes = match body.clone().sign(&self.key).map(|a| a.encode()) {
+            Ok(Ok(b)) => b,
+            other => {
+                tracing::error!(error = ?other.err(), "could not build a task advert");
+                return None;
+            }
+        };
+        {
+            let mut open = self.market.open.lock().unwrap_or_else(|p| p.into_inner());
+            if open.len() >= MAX_AUCTIONS {
+                tracing::warn!("too many calls for bids open; not starting another");
+                return None;
+            }
+            open.insert(
+                id,
+                Auction {
+                    advert: body,
+                    bids: Vec::new(),
+                },
+            );
+        }
+        let published = self.network.publish_task_advert(bytes).await;
+        if let Err(e) = &published {
+            tracing::info!(error = %e, "call for bids reached nobody");
+        } else {
+            tracing::info!(task_id = %assignment.task_id, advert = %id, "call for bids published");
+            // The auction's own duration: bids are taken until it closes.
+            tokio::time::sleep(window).await;
+        }
+        let bids = self
+            .market
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)
+            .map(|a| a.bids)
+            .unwrap_or_default();
+        let bids: Vec<Bid> = bids
+            .into_iter()
+            .filter(|b| !exclude.contains(&b.body.orchestrator))
+            .collect();
+        let keys: Vec<(PeerId, u64, u32)> = bids
+            .iter()
+            .map(|b| {
+                (
+                    b.body.orchestrator,
+                    b.body.price_per_unit,
+                    b.body.free_slots,
+                )
+            })
+            .collect();
+        let scores = self.with_table(|t| t.bid_scores(&keys));
+        let scored: Vec<Bid> = bids
+            .into_iter()
+            .zip(&scores)
+            .filter(|(_, s)| s.is_some())
+            .map(|(b, _)| b)
+            .collect();
+        let score_of = |b: &Bid| {
+            keys.iter()
+                .position(|k| k.0 == b.body.orchestrator)
+                .and_then(|i| scores[i])
+                .unwrap_or(0)
+        };
+        let best = market::best_bid(&scored, score_of)?;
+        self.market
+            .awarded
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(advert = %id, bids = scored.len(), winner = %best.body.orchestrator, price = best.body.price_per_unit, "task awarded to the best bid");
+        Some((
+            best.body.orchestrator,
+            best.body.account,
+            best.body.price_per_unit,
+        ))
+    }
+
+    /// Takes a bid into its open auction. An invalid bid (forged, expired,
+    /// over the price cap, for another model) costs its sender gossipsub
+    /// score; a bid for an auction that has closed is only refused.
+    pub async fn on_bid(&self, sender: PeerId, bid: Bid) -> TaskResponse {
+        let now = super::orchestrator::now_ms();
+        let verdict = {
+            let mut open = self.market.open.lock().unwrap_or_else(|p| p.into_inner());
+            match open.get_mut(&bid.body.advert_id) {
+                None => Err((false, "no open call for bids has this id".to_owned())),
+                Some(auction) => match bid.verify(&auction.advert, &sender, now) {
+                    Err(e) => Err((true, e.to_string())),
+                    Ok(()) if auction.bids.iter().any(|b| b.body.orchestrator == sender) => {
+                        Err((false, "one bid per orchestrator".to_owned()))
+                    }
+                    Ok(()) if auction.bids.len() >= MAX_BIDS => {
+                        Err((false, "the auction is full".to_owned()))
+                    }
+                    Ok(()) => {
+                        auction.bids.push(bid);
+                        Ok(())
+                    }
+                },
+            }
+        };
+        match verdict {
+            Ok(()) => TaskResponse::BidReceived,
+            Err((penalise, message)) => {
+                if penalise {
+                    tracing::warn!(peer = %sender, %message, "invalid bid");
+                    let _ = self.network.penalise(sender).await;
+                }
+                TaskResponse::Failed(TaskError::new(TaskErrorKind::InvalidRequest, message))
+            }
+        }
     }
 
     /// Whether the result of `task` is replayed: a draw seeded by the epoch

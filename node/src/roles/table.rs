@@ -252,6 +252,63 @@ impl OrchestratorTable {
         epoch_seed: &cactus_protocol::Digest,
         task: &cactus_protocol::TaskId,
     ) -> Option<PeerId> {
+        self.pick_where(model, exclude, epoch_seed, task, false)
+    }
+
+    /// [`pick`](Self::pick) among the orchestrators with a free slot only.
+    pub fn pick_free(
+        &self,
+        model: &ModelHash,
+        exclude: &HashSet<PeerId>,
+        epoch_seed: &cactus_protocol::Digest,
+        task: &cactus_protocol::TaskId,
+    ) -> Option<PeerId> {
+        self.pick_where(model, exclude, epoch_seed, task, true)
+    }
+
+    /// Scores bids by the scheduler's formula, each bidder's record and stake
+    /// from this table and price and free slots from its bid; `None` for a
+    /// bidder this router has not admitted.
+    pub fn bid_scores(&self, bids: &[(PeerId, u64, u32)]) -> Vec<Option<u64>> {
+        let known: Vec<(usize, schedule::Candidate)> = bids
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (peer, price, free))| {
+                let e = self
+                    .entries
+                    .get(peer)
+                    .filter(|e| e.eligible == Some(true))?;
+                Some((
+                    i,
+                    schedule::Candidate {
+                        stake: e.advert.stake,
+                        successes: e.rep.success_count(),
+                        failures: e.rep.failure_count(),
+                        ms_per_token: e.rep.ms_per_token,
+                        rtt_ms: e.rep.rtt_ms,
+                        free_slots: i64::from(*free) - i64::from(e.in_flight),
+                        price: *price,
+                    },
+                ))
+            })
+            .collect();
+        let candidates: Vec<schedule::Candidate> = known.iter().map(|(_, c)| c.clone()).collect();
+        let scores = schedule::scores(&candidates);
+        let mut out = vec![None; bids.len()];
+        for ((i, _), s) in known.iter().zip(scores) {
+            out[*i] = Some(u64::try_from(s).unwrap_or(u64::MAX));
+        }
+        out
+    }
+
+    fn pick_where(
+        &self,
+        model: &ModelHash,
+        exclude: &HashSet<PeerId>,
+        epoch_seed: &cactus_protocol::Digest,
+        task: &cactus_protocol::TaskId,
+        free_only: bool,
+    ) -> Option<PeerId> {
         let mut eligible: Vec<(&PeerId, &Entry)> = self
             .entries
             .iter()
@@ -259,6 +316,7 @@ impl OrchestratorTable {
                 e.eligible == Some(true)
                     && !exclude.contains(p)
                     && e.advert.models.iter().any(|m| &m.sha256 == model)
+                    && (!free_only || i64::from(e.advert.free_slots) > i64::from(e.in_flight))
             })
             .collect();
         eligible.sort_by_key(|(p, _)| **p);
