@@ -37,7 +37,7 @@ fn main() {
         price_per_token: 0,
         advert_interval: 10,
         task_timeout: 300,
-        task_deadline: 600,
+        task_deadline: 540,
         no_delegation: true,
         bid_window: 500,
         max_price: 0,
@@ -50,7 +50,7 @@ fn main() {
         aptos_key_file: None,
         contract_address: None,
         spot_check: 0.0,
-        verify_tolerance: 0.0,
+        verify_tolerance: 1.0,
         fraud_slash_bps: 0,
     };
     let result = tokio::runtime::Runtime::new()

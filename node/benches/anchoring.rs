@@ -44,6 +44,8 @@ fn receipts(n: usize) -> Vec<Receipt> {
                 output_hash: Digest::of(&id[..8]),
                 output_tokens_hash: Digest::of_tokens(&[]),
                 sampling: SamplingParams::default(),
+                format: cactus_protocol::PromptFormat::Chat,
+                finish: cactus_protocol::FinishReason::MaxTokens,
                 prompt_tokens: 12,
                 output_tokens: 128,
                 compute_ms: 2_000,

@@ -81,31 +81,34 @@ fn load(path: &Path, threads: u32) -> Arc<LlamaEngine> {
     .unwrap()
 }
 
+/// A replay request for `g`, its receipt signed by a fresh orchestrator key.
 fn request(model: Digest, prompt: &str, sampling: SamplingParams, g: &Generation) -> ReplayRequest {
-    let peer = Keypair::generate_ed25519().public().to_peer_id();
-    ReplayRequest {
-        receipt: ReceiptBody {
-            version: RECEIPT_VERSION,
-            task_id: TaskId([0; 16]),
-            model,
-            prompt_hash: Digest::of(prompt.as_bytes()),
-            output_hash: Digest::of(g.text.as_bytes()),
-            output_tokens_hash: Digest::of_tokens(&g.tokens),
-            sampling,
-            prompt_tokens: g.prompt_tokens,
-            output_tokens: g.output_tokens,
-            compute_ms: 0,
-            orchestrator: peer,
-            router: peer,
-            started_at_ms: 0,
-            finished_at_ms: 0,
-            delegation: None,
-        },
-        prompt: prompt.into(),
+    let key = Keypair::generate_ed25519();
+    let peer = key.public().to_peer_id();
+    let body = ReceiptBody {
+        version: RECEIPT_VERSION,
+        task_id: TaskId([1; 16]),
+        model,
+        prompt_hash: Digest::of(prompt.as_bytes()),
+        output_hash: Digest::of(g.text.as_bytes()),
+        output_tokens_hash: Digest::of_tokens(&g.tokens),
+        sampling,
         format: PromptFormat::Chat,
+        finish: g.finish,
+        prompt_tokens: g.prompt_tokens,
+        output_tokens: g.output_tokens,
+        compute_ms: 1,
+        orchestrator: peer,
+        router: peer,
+        started_at_ms: 1,
+        finished_at_ms: 2,
+        delegation: None,
+    };
+    ReplayRequest {
+        receipt: body.sign(&key).unwrap(),
+        prompt: prompt.into(),
         tokens: g.tokens.clone(),
         text: g.text.clone(),
-        finish: g.finish,
     }
 }
 

@@ -149,8 +149,8 @@ pub struct NodeArgs {
     #[arg(long, default_value_t = 300, value_name = "SECS")]
     pub task_timeout: u64,
     /// Seconds a router spends on one client task in all, retries on other
-    /// orchestrators included.
-    #[arg(long, default_value_t = 600, value_name = "SECS")]
+    /// orchestrators and spot checks included (clients wait 660 s at most).
+    #[arg(long, default_value_t = 540, value_name = "SECS")]
     pub task_deadline: u64,
     /// Milliseconds a router's call for bids stays open when no orchestrator
     /// in its table can take a task.
@@ -212,7 +212,8 @@ pub struct NodeArgs {
         long,
         env = "CACTUS_VERIFY_TOLERANCE",
         default_value_t = 1.0,
-        value_name = "LOGITS"
+        value_name = "LOGITS",
+        value_parser = parse_tolerance
     )]
     pub verify_tolerance: f32,
     /// Share of stake slashed for fraud confirmed by two verifiers, in basis
@@ -228,6 +229,15 @@ pub enum ChainKind {
     Embedded,
     /// A deployed `cactus_payment` contract on Aptos.
     Aptos,
+}
+
+/// Parses a replay tolerance: a number no smaller than the protocol's floor.
+pub fn parse_tolerance(s: &str) -> Result<f32, String> {
+    let min = cactus_protocol::fraud::MIN_TOLERANCE;
+    match s.parse::<f32>() {
+        Ok(t) if t.is_finite() && t >= min => Ok(t),
+        _ => Err(format!("expected a number of logits >= {min}, got {s:?}")),
+    }
 }
 
 /// Parses a 0x-prefixed (or bare) 64-hex-digit account address.

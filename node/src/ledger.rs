@@ -340,6 +340,8 @@ mod tests {
             output_hash: Digest::of(b"o"),
             output_tokens_hash: Digest::of_tokens(&[]),
             sampling: SamplingParams::default(),
+            format: cactus_protocol::PromptFormat::Chat,
+            finish: cactus_protocol::FinishReason::MaxTokens,
             prompt_tokens: 1,
             output_tokens: 2,
             compute_ms: 3,

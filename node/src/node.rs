@@ -108,7 +108,7 @@ impl Default for NodeConfig {
             advert_interval: Duration::from_secs(10),
             stale_after: Duration::from_secs(35),
             task_timeout: Duration::from_secs(300),
-            task_deadline: Duration::from_secs(600),
+            task_deadline: Duration::from_secs(540),
             delegation: true,
             bid_window: Duration::from_millis(500),
             max_price_per_unit: 1_000,

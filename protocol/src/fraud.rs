@@ -32,22 +32,26 @@ const EVIDENCE_DOMAIN: &[u8] = b"cactus/fraud/v1\0";
 pub const MAX_WORST: usize = 8;
 /// Most verifier reports one piece of evidence carries.
 pub const MAX_REPORTS: usize = 3;
+/// Fewest agreeing verifier reports that make evidence: one verifier's word
+/// is never enough.
+pub const MIN_REPORTS: usize = 2;
+/// The smallest tolerance evidence may apply, in logits: below it honest
+/// floating-point noise would read as fraud (honest replays of the demo model
+/// reach 0.5; see BENCHMARKS.md).
+pub const MIN_TOLERANCE: f32 = 0.5;
 
 /// A router's request to replay a result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReplayRequest {
-    /// The receipt body under check (orchestrator-signed facts of the task).
-    pub receipt: ReceiptBody,
+    /// The receipt under check, with the orchestrator's signature: it fixes
+    /// the model, the prompt format, the sampling and the stop reason.
+    pub receipt: Receipt,
     /// The prompt text.
     pub prompt: String,
-    /// How the prompt was tokenized.
-    pub format: PromptFormat,
     /// The generated token ids, as returned.
     pub tokens: Vec<u32>,
     /// The generated text, as returned.
     pub text: String,
-    /// Why generation stopped, as returned.
-    pub finish: FinishReason,
 }
 
 impl ReplayRequest {
@@ -70,8 +74,11 @@ impl ReplayRequest {
                 max: MAX_OUTPUT_BYTES,
             });
         }
-        self.receipt.sampling.validate()?;
-        let b = &self.receipt;
+        if self.receipt.verify_orchestrator().is_err() {
+            return Err(InvalidMessage::ReplayMismatch);
+        }
+        let b = &self.receipt.body;
+        b.sampling.validate()?;
         if b.prompt_hash != Digest::of(self.prompt.as_bytes())
             || b.output_hash != Digest::of(self.text.as_bytes())
             || b.output_tokens_hash != Digest::of_tokens(&self.tokens)
@@ -84,12 +91,22 @@ impl ReplayRequest {
 
     /// The model to replay with.
     pub fn model(&self) -> ModelHash {
-        self.receipt.model
+        self.receipt.body.model
     }
 
     /// The task's sampling parameters.
     pub fn sampling(&self) -> SamplingParams {
-        self.receipt.sampling
+        self.receipt.body.sampling
+    }
+
+    /// How the prompt was tokenized.
+    pub fn format(&self) -> PromptFormat {
+        self.receipt.body.format
+    }
+
+    /// Why generation stopped, as the orchestrator signed it.
+    pub fn finish(&self) -> FinishReason {
+        self.receipt.body.finish
     }
 }
 
@@ -246,11 +263,17 @@ pub enum EvidenceError {
     /// A report is about another task or receipt.
     #[error("a report is about another receipt")]
     WrongReceipt,
-    /// No report, too many, or two from the same verifier.
+    /// Too few or too many reports, or two from the same verifier.
     #[error(
-        "the evidence needs 1..={MAX_REPORTS} reports from distinct verifiers other than the accused"
+        "the evidence needs {MIN_REPORTS}..={MAX_REPORTS} reports from distinct verifiers other than the accused"
     )]
     Reports,
+    /// A tolerance below [`MIN_TOLERANCE`] (or not a number).
+    #[error("tolerance {0} is below the protocol's minimum {MIN_TOLERANCE}")]
+    Tolerance(f32),
+    /// The receipt or a report names another router than the evidence.
+    #[error("the receipt or a report belongs to another router")]
+    WrongRouter,
     /// A report's findings pass the tolerance: no fraud shown.
     #[error("a report shows no fraud at tolerance {0}")]
     NotFraud(f32),
@@ -351,8 +374,14 @@ impl FraudEvidenceBody {
 
     fn check(&self) -> Result<(), EvidenceError> {
         self.receipt.verify_orchestrator()?;
+        if !(self.tolerance.is_finite() && self.tolerance >= MIN_TOLERANCE) {
+            return Err(EvidenceError::Tolerance(self.tolerance));
+        }
+        if self.receipt.body.router != self.router {
+            return Err(EvidenceError::WrongRouter);
+        }
         let accused = &self.receipt.body.orchestrator;
-        if self.reports.is_empty() || self.reports.len() > MAX_REPORTS {
+        if self.reports.len() < MIN_REPORTS || self.reports.len() > MAX_REPORTS {
             return Err(EvidenceError::Reports);
         }
         for (i, r) in self.reports.iter().enumerate() {
@@ -362,6 +391,9 @@ impl FraudEvidenceBody {
                     .any(|o| o.body.verifier == r.body.verifier)
             {
                 return Err(EvidenceError::Reports);
+            }
+            if r.body.router != self.router {
+                return Err(EvidenceError::WrongRouter);
             }
             r.verify(&self.receipt.body)?;
             if r.body
@@ -426,6 +458,8 @@ mod tests {
             output_hash: Digest::of(b"o"),
             output_tokens_hash: Digest::of_tokens(&[5, 6, 7]),
             sampling: SamplingParams::default(),
+            format: PromptFormat::Chat,
+            finish: FinishReason::MaxTokens,
             prompt_tokens: 4,
             output_tokens: 3,
             compute_ms: 9,
@@ -533,6 +567,21 @@ mod tests {
         assert_ne!(t.hash().unwrap(), h);
         // Only the named router signs.
         assert!(body.clone().sign(&v1).is_err());
+        // One report, or a tolerance under the floor, is no evidence.
+        let mut b = body.clone();
+        b.reports.pop();
+        assert_eq!(b.sign(&router).unwrap_err(), EvidenceError::Reports);
+        let mut b = body.clone();
+        b.tolerance = 0.1;
+        assert_eq!(b.sign(&router).unwrap_err(), EvidenceError::Tolerance(0.1));
+        let mut b = body.clone();
+        b.tolerance = f32::NAN;
+        assert!(matches!(b.sign(&router), Err(EvidenceError::Tolerance(_))));
+        // Reports made for another router.
+        let other_router = Keypair::generate_ed25519().public().to_peer_id();
+        let mut b = body.clone();
+        b.reports[0] = report(&v1, &other_router, &r, 4.0);
+        assert_eq!(b.sign(&router).unwrap_err(), EvidenceError::WrongRouter);
         // A report that shows no fraud is no evidence.
         let mut b = body.clone();
         b.reports[1] = report(&v2, &rp, &r, 0.3);

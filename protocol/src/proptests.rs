@@ -164,19 +164,17 @@ fn arb_replay() -> impl Strategy<Value = crate::fraud::ReplayRequest> {
         "\\PC{0,200}",
         proptest::collection::vec(any::<u32>(), 0..64),
     )
-        .prop_map(|((mut receipt, _, _), prompt, text, tokens)| {
-            receipt.sampling = SamplingParams::default();
-            receipt.prompt_hash = Digest::of(prompt.as_bytes());
-            receipt.output_hash = Digest::of(text.as_bytes());
-            receipt.output_tokens_hash = Digest::of_tokens(&tokens);
-            receipt.output_tokens = tokens.len() as u32;
+        .prop_map(|((mut body, orch, _), prompt, text, tokens)| {
+            body.sampling = SamplingParams::default();
+            body.prompt_hash = Digest::of(prompt.as_bytes());
+            body.output_hash = Digest::of(text.as_bytes());
+            body.output_tokens_hash = Digest::of_tokens(&tokens);
+            body.output_tokens = tokens.len() as u32;
             crate::fraud::ReplayRequest {
-                receipt,
+                receipt: body.sign(&orch).unwrap(),
                 prompt,
-                format: PromptFormat::Raw,
                 tokens,
                 text,
-                finish: FinishReason::MaxTokens,
             }
         })
 }
@@ -270,6 +268,8 @@ prop_compose! {
             output_hash,
             output_tokens_hash: Digest::of_tokens(&tokens),
             sampling,
+            format: PromptFormat::Chat,
+            finish: FinishReason::MaxTokens,
             prompt_tokens,
             output_tokens,
             compute_ms,
@@ -404,7 +404,7 @@ proptest! {
 
     #[test]
     fn receipt_any_field_change_breaks_verification(
-        r in arb_receipt(), field in 0usize..15, other in arb_keypair(), n in 1u64..1000,
+        r in arb_receipt(), field in 0usize..17, other in arb_keypair(), n in 1u64..1000,
     ) {
         let mut t = r.clone();
         let b = &mut t.body;
@@ -422,6 +422,8 @@ proptest! {
             10 => b.router = other.public().to_peer_id(),
             11 => b.started_at_ms = b.started_at_ms.wrapping_add(n),
             12 => b.output_tokens_hash.0[9] ^= 1,
+            14 => b.format = match b.format { PromptFormat::Chat => PromptFormat::Raw, PromptFormat::Raw => PromptFormat::Chat },
+            15 => b.finish = match b.finish { FinishReason::MaxTokens => FinishReason::EndOfGeneration, FinishReason::EndOfGeneration => FinishReason::MaxTokens },
             13 => b.delegation = match b.delegation { Some(_) => None, None => Some(Digest::of(&n.to_le_bytes())) },
             _ => b.finished_at_ms = b.finished_at_ms.wrapping_sub(n),
         }
@@ -481,6 +483,8 @@ fn unsigned_or_hashed_peer_ids_do_not_verify() {
         output_hash: Digest::of(b"o"),
         output_tokens_hash: Digest::of_tokens(&[]),
         sampling: SamplingParams::default(),
+        format: PromptFormat::Chat,
+        finish: FinishReason::MaxTokens,
         prompt_tokens: 3,
         output_tokens: 4,
         compute_ms: 5,

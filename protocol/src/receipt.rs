@@ -11,7 +11,7 @@
 //! never be replayed as a signature over anything else.
 
 use crate::ids::{Digest, ModelHash, TaskId};
-use crate::messages::SamplingParams;
+use crate::messages::{FinishReason, PromptFormat, SamplingParams};
 use crate::wire::{Kind, Wire};
 use libp2p_identity::{Keypair, PeerId, PublicKey};
 use serde::{Deserialize, Serialize};
@@ -38,8 +38,12 @@ pub struct ReceiptBody {
     pub output_hash: Digest,
     /// [`Digest::of_tokens`] of the generated token ids (what a replay checks).
     pub output_tokens_hash: Digest,
+    /// How the prompt was tokenized.
+    pub format: PromptFormat,
     /// The sampling parameters the output was generated with.
     pub sampling: SamplingParams,
+    /// Why generation stopped.
+    pub finish: FinishReason,
     /// Tokens in the prompt, after the chat template.
     pub prompt_tokens: u32,
     /// Tokens generated.

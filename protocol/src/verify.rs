@@ -89,6 +89,12 @@ pub fn check_result(
     if body.sampling != assignment.sampling {
         return Err(ResultError::Mismatch("sampling parameters"));
     }
+    if body.format != assignment.format {
+        return Err(ResultError::Mismatch("prompt format"));
+    }
+    if body.finish != result.finish {
+        return Err(ResultError::Mismatch("stop reason"));
+    }
     if body.output_hash != Digest::of(result.text.as_bytes()) {
         return Err(ResultError::OutputHash);
     }
@@ -154,6 +160,8 @@ mod tests {
             output_hash: Digest::of(text.as_bytes()),
             output_tokens_hash: Digest::of_tokens(&[10, 11]),
             sampling: a.sampling,
+            format: PromptFormat::Chat,
+            finish: FinishReason::EndOfGeneration,
             prompt_tokens: 9,
             output_tokens: 2,
             compute_ms: 10,
@@ -215,6 +223,7 @@ mod tests {
         let resign = |f: &dyn Fn(&mut ReceiptBody), finish| {
             let mut body = r.receipt.body.clone();
             f(&mut body);
+            body.finish = finish;
             // Consistent tokens, so that only the counts are wrong.
             let tokens: Vec<u32> = (0..body.output_tokens).collect();
             body.output_tokens_hash = Digest::of_tokens(&tokens);

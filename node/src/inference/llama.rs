@@ -230,7 +230,7 @@ impl LlamaEngine {
         let job = Job {
             model: req.model(),
             prompt: req.prompt.clone(),
-            format: req.format,
+            format: req.format(),
             sampling,
         };
         let (text, add_bos) = Self::prompt_text(model, &job)?;
@@ -239,8 +239,10 @@ impl LlamaEngine {
         let n_vocab = model.n_vocab().max(0) as usize;
         let n_ctx = self.config.ctx_size.min(model.n_ctx_train()).max(16);
         let (n_p, n_o) = (prompt.len(), req.tokens.len());
-        let stop = req.finish == FinishReason::EndOfGeneration;
-        if n_p == 0 || (n_p + n_o + 1) as u64 > u64::from(n_ctx) {
+        let stop = req.finish() == FinishReason::EndOfGeneration;
+        // Generation fits prompt + max_tokens in the context; the replay
+        // feeds prompt + output tokens, no more.
+        if n_p == 0 || (n_p + n_o) as u64 > u64::from(n_ctx) {
             return Err(InferenceError::PromptTooLong {
                 prompt_tokens: n_p as u32,
                 max_tokens: n_o as u32,

@@ -220,6 +220,10 @@ fn peer_scoring() -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds
     };
     let mut params = gossipsub::PeerScoreParams {
         app_specific_weight: 10.0,
+        // Many honest nodes share an address: a GPU farm behind one NAT, or
+        // every node reached through one relay. Identity costs stake here,
+        // not addresses.
+        ip_colocation_factor_weight: 0.0,
         ..gossipsub::PeerScoreParams::default()
     };
     for t in [CAPABILITY_TOPIC, TASK_TOPIC] {

@@ -839,40 +839,42 @@ impl EventLoop {
                 message_id,
                 message,
             } => {
-                let verdict = if message.topic == self.task_topic.hash() {
+                use gossipsub::MessageAcceptance::{Accept, Ignore, Reject};
+                let (acceptance, event, why) = if message.topic == self.task_topic.hash() {
                     // A router's call for bids: signed by the router that
-                    // published it, not expired, within its limits.
+                    // published it, within its limits, not expired. Expiry
+                    // and clock skew are ignored rather than rejected: the
+                    // peer that forwarded it in time is not at fault.
                     match TaskAdvert::decode(&message.data) {
-                        Ok(advert)
-                            if Some(advert.body.router) == message.source
-                                && advert.verify(crate::roles::orchestrator::now_ms()).is_ok() =>
-                        {
-                            Ok(NetworkEvent::TaskAdvert(advert))
+                        Ok(advert) if Some(advert.body.router) == message.source => {
+                            match advert.verify(crate::roles::orchestrator::now_ms()) {
+                                Ok(()) => (Accept, Some(NetworkEvent::TaskAdvert(advert)), ""),
+                                Err(
+                                    cactus_protocol::market::MarketError::Expired
+                                    | cactus_protocol::market::MarketError::Future { .. },
+                                ) => (Ignore, None, "task advert expired or from the future"),
+                                Err(_) => (Reject, None, "task advert invalid"),
+                            }
                         }
-                        Ok(_) => Err("task advert invalid, expired or not signed by its router"),
-                        Err(_) => Err("undecodable task advert"),
+                        Ok(_) => (Reject, None, "task advert not signed by its router"),
+                        Err(_) => (Reject, None, "undecodable task advert"),
                     }
                 } else {
                     match CapabilityAdvert::decode(&message.data) {
                         Ok(advert)
                             if advert.validate().is_ok() && Some(advert.peer) == message.source =>
                         {
-                            Ok(NetworkEvent::Advert(advert))
+                            (Accept, Some(NetworkEvent::Advert(advert)), "")
                         }
-                        Ok(_) => Err("advert invalid or not signed by its subject"),
-                        Err(_) => Err("undecodable advert"),
+                        Ok(_) => (Reject, None, "advert invalid or not signed by its subject"),
+                        Err(_) => (Reject, None, "undecodable advert"),
                     }
                 };
-                let acceptance = match verdict {
-                    Ok(event) => {
-                        self.emit(event);
-                        gossipsub::MessageAcceptance::Accept
-                    }
-                    Err(why) => {
-                        tracing::debug!(peer = %propagation_source, why, "rejecting gossip message");
-                        gossipsub::MessageAcceptance::Reject
-                    }
-                };
+                if let Some(event) = event {
+                    self.emit(event);
+                } else {
+                    tracing::debug!(peer = %propagation_source, why, "not accepting a gossip message");
+                }
                 self.swarm
                     .behaviour_mut()
                     .gossipsub

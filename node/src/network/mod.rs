@@ -65,7 +65,9 @@ impl Default for NetworkConfig {
             kad_server: None,
             max_connections: 256,
             target_peers: 16,
-            request_timeout: Duration::from_secs(600),
+            // Longer than a router's whole task deadline (540 s), so that a
+            // client never gives up on a task the router still settles.
+            request_timeout: Duration::from_secs(660),
             idle_timeout: Duration::from_secs(300),
             agent_version: format!("cactus-node/{}", env!("CARGO_PKG_VERSION")),
             relay_server: None,

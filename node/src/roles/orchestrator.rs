@@ -434,6 +434,8 @@ impl OrchestratorCtx {
             output_hash: Digest::of(generation.text.as_bytes()),
             output_tokens_hash: Digest::of_tokens(&generation.tokens),
             sampling: assignment.sampling,
+            format: assignment.format,
+            finish: generation.finish,
             prompt_tokens: generation.prompt_tokens,
             output_tokens: generation.output_tokens,
             compute_ms: generation.compute.as_millis() as u64,
@@ -472,7 +474,7 @@ impl OrchestratorCtx {
         request
             .validate()
             .map_err(|e| TaskError::new(TaskErrorKind::InvalidRequest, e.to_string()))?;
-        if request.receipt.router != router {
+        if request.receipt.body.router != router {
             return Err(TaskError::new(
                 TaskErrorKind::InvalidRequest,
                 "only the router named in a receipt may ask for its replay",
@@ -486,9 +488,10 @@ impl OrchestratorCtx {
         }
         let receipt = request
             .receipt
+            .body
             .digest()
             .map_err(|e| TaskError::new(TaskErrorKind::InvalidRequest, e.to_string()))?;
-        let task_id = request.receipt.task_id;
+        let task_id = request.receipt.body.task_id;
         let result = self.pool.try_replay(request).map_err(|e| match e {
             Rejected::Busy => TaskError::new(TaskErrorKind::Busy, e.to_string()),
             Rejected::Stopped => TaskError::new(TaskErrorKind::Unavailable, e.to_string()),

@@ -14,7 +14,7 @@ use crate::network::Network;
 use cactus_protocol::Wire;
 use cactus_protocol::fraud::{FraudEvidence, FraudEvidenceBody, ReplayReport, ReplayRequest};
 use cactus_protocol::ledger::{Address, Config, Op, reason};
-use cactus_protocol::market::{self, Bid, TaskAdvertBody};
+use cactus_protocol::market::{self, Bid, MarketError, TaskAdvertBody};
 use cactus_protocol::merkle::ReceiptBundle;
 use cactus_protocol::messages::{
     LedgerStatus, MAX_STATUS_ORCHESTRATORS, OrchestratorStatus, Query, QueryAnswer,
@@ -141,9 +141,10 @@ enum Check {
     Skipped,
     /// The replay agrees with the result.
     Passed,
-    /// The result is refused; `confirmed` when two verifiers agree (then the
-    /// orchestrator is slashed).
-    Fraud { confirmed: bool },
+    /// Two verifiers found the result off the model: it is refused, and the
+    /// orchestrator that signed it slashed (`slashed` says whether the ledger
+    /// took it).
+    Fraud { slashed: bool },
 }
 
 impl std::fmt::Debug for RouterCtx {
@@ -346,21 +347,19 @@ impl RouterCtx {
         };
         let mut auctioned = false;
         for attempt in 0..self.max_attempts {
-            // Every attempt gets the task timeout, cut to what is left of the
-            // client's deadline.
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                last = TaskError::new(
+            let passed = |attempt| {
+                TaskError::new(
                     TaskErrorKind::Unavailable,
                     format!(
                         "the task's deadline of {:?} passed after {attempt} attempts",
                         self.task_deadline
                     ),
-                );
+                )
+            };
+            if deadline <= tokio::time::Instant::now() {
+                last = passed(attempt);
                 break;
             }
-            let timeout = self.task_timeout.min(left);
-            assignment.deadline_ms = super::orchestrator::now_ms() + timeout.as_millis() as u64;
             assignment.task_id = TaskId(rand::random());
             let seed = self.epoch_seed();
             // An orchestrator with a free slot from the live table; when none
@@ -381,9 +380,21 @@ impl RouterCtx {
             let Some((peer, terms)) = choice else {
                 break;
             };
+            // Every attempt gets the task timeout, cut to what is left of the
+            // client's deadline (a call for bids took some of it).
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                last = passed(attempt);
+                break;
+            }
+            let timeout = self.task_timeout.min(left);
+            assignment.deadline_ms = super::orchestrator::now_ms() + timeout.as_millis() as u64;
             tried.insert(peer);
             tracing::info!(task_id = %assignment.task_id, orchestrator = %peer, attempt, by_bid = terms.is_some(), "dispatching task");
-            match self.attempt(peer, terms, &assignment, timeout).await {
+            match self
+                .attempt(peer, terms, &assignment, timeout, deadline)
+                .await
+            {
                 Attempt::Done(result) => return Ok(*result),
                 Attempt::Retry(e) => last = e,
                 Attempt::Stop(e) => return Err(e),
@@ -399,6 +410,7 @@ impl RouterCtx {
         terms: Option<(Address, u64)>,
         assignment: &Assignment,
         timeout: Duration,
+        deadline: tokio::time::Instant,
     ) -> Attempt {
         let Some((account, price)) = terms.or_else(|| self.with_table(|t| t.terms(&peer))) else {
             return Attempt::Retry(TaskError::new(
@@ -439,7 +451,10 @@ impl RouterCtx {
 
         let (outcome, fail_reason) = match sent {
             Ok(Ok(TaskResponse::Done(result))) => {
-                match self.accept(peer, assignment, result, &connection).await {
+                match self
+                    .accept(peer, assignment, result, &connection, deadline)
+                    .await
+                {
                     Ok(result) => return Attempt::Done(Box::new(result)),
                     Err(e) => (Attempt::Retry(e), reason::BAD_RESULT),
                 }
@@ -584,15 +599,13 @@ impl RouterCtx {
                 .unwrap_or(0)
         };
         let best = market::best_bid(&scored, score_of)?;
+        // Paid to the account it was admitted with, whatever the bid says.
+        let (account, _) = self.with_table(|t| t.admitted_terms(&best.body.orchestrator))?;
         self.market
             .awarded
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(advert = %id, bids = scored.len(), winner = %best.body.orchestrator, price = best.body.price_per_unit, "task awarded to the best bid");
-        Some((
-            best.body.orchestrator,
-            best.body.account,
-            best.body.price_per_unit,
-        ))
+        Some((best.body.orchestrator, account, best.body.price_per_unit))
     }
 
     /// Takes a bid into its open auction. An invalid bid (forged, expired,
@@ -605,6 +618,10 @@ impl RouterCtx {
             match open.get_mut(&bid.body.advert_id) {
                 None => Err((false, "no open call for bids has this id".to_owned())),
                 Some(auction) => match bid.verify(&auction.advert, &sender, now) {
+                    // Late or clock-skewed: refused, but honest enough.
+                    Err(e @ (MarketError::Expired | MarketError::Future { .. })) => {
+                        Err((false, e.to_string()))
+                    }
                     Err(e) => Err((true, e.to_string())),
                     Ok(()) if auction.bids.iter().any(|b| b.body.orchestrator == sender) => {
                         Err((false, "one bid per orchestrator".to_owned()))
@@ -631,25 +648,39 @@ impl RouterCtx {
         }
     }
 
-    /// Whether the result of `task` is replayed: a draw seeded by the epoch
-    /// seed and the task id, so that anyone can audit which tasks were due.
-    pub fn selected_for_check(&self, task: &TaskId) -> bool {
+    /// The router's signature over a result's identity: the seed of the
+    /// spot-check draw and of the verifier pick. ed25519 signatures are
+    /// deterministic, so the draw is fixed by the result, yet nobody without
+    /// the router's key can tell in advance which results will be replayed;
+    /// afterwards anyone can check it against the router's PeerId.
+    fn check_seed(&self, task: &TaskId, receipt: &cactus_protocol::Digest) -> Option<Vec<u8>> {
+        let mut msg = b"cactus/spot-check/v1\0".to_vec();
+        msg.extend_from_slice(&task.0);
+        msg.extend_from_slice(&receipt.0);
+        self.key.sign(&msg).ok()
+    }
+
+    /// Whether a result is replayed, by the draw [`Self::check_seed`] seeds.
+    fn selected_for_check(&self, seed: &[u8]) -> bool {
         let share = self.verification.share_ppm;
         if share == 0 {
             return false;
         }
-        let mut b = b"cactus/spot-check/v1\0".to_vec();
-        b.extend_from_slice(&self.epoch_seed().0);
-        b.extend_from_slice(&task.0);
-        let d = cactus_protocol::Digest::of(&b);
+        let d = cactus_protocol::Digest::of(seed);
         let draw = u32::from_le_bytes([d.0[0], d.0[1], d.0[2], d.0[3]]) % 1_000_000;
         draw < share
     }
 
     /// Asks one verifier to replay; `None` if it could not.
-    async fn replay_on(&self, verifier: PeerId, request: &ReplayRequest) -> Option<ReplayReport> {
+    async fn replay_on(
+        &self,
+        verifier: PeerId,
+        request: &ReplayRequest,
+        deadline: tokio::time::Instant,
+    ) -> Option<ReplayReport> {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let sent = tokio::time::timeout(
-            self.task_timeout,
+            self.task_timeout.min(left),
             self.network
                 .send_task(verifier, TaskRequest::Replay(Box::new(request.clone()))),
         )
@@ -667,7 +698,8 @@ impl RouterCtx {
         };
         if report.body.verifier != verifier
             || report.body.router != self.network.local_peer_id()
-            || report.verify(&request.receipt).is_err()
+            || report.body.findings.worst.len() > cactus_protocol::fraud::MAX_WORST
+            || report.verify(&request.receipt.body).is_err()
         {
             tracing::warn!(%verifier, "verifier sent an invalid replay report");
             self.record_outcome(verifier, Err(FailureKind::BadResult))
@@ -677,40 +709,52 @@ impl RouterCtx {
         Some(report)
     }
 
-    /// Replays a result on other orchestrators serving the model. A failed
-    /// replay is confirmed by a second verifier before anyone is slashed; if
-    /// the second one disagrees, the first is the one that misbehaved.
+    /// Replays a result on other admitted orchestrators serving the model
+    /// (never the one assigned, nor any node of its delegation chain) and
+    /// decides by majority: the result is fraud when two verifiers find it
+    /// off the model, cleared when the verifiers that clear it outnumber
+    /// those that do not. A verifier outvoted is recorded as a bad result.
+    /// Without a majority (too few verifiers answer) the result is accepted
+    /// and nobody is blamed: one verifier's word is never enough.
     async fn spot_check(
         &self,
         peer: PeerId,
         assignment: &Assignment,
         result: &TaskResult,
+        seed: &[u8],
+        deadline: tokio::time::Instant,
     ) -> Check {
         let request = ReplayRequest {
-            receipt: result.receipt.body.clone(),
+            receipt: result.receipt.clone(),
             prompt: assignment.prompt.clone(),
-            format: assignment.format,
             tokens: result.tokens.clone(),
             text: result.text.clone(),
-            finish: result.finish,
         };
         let tolerance = self.verification.tolerance;
-        let seed = self.epoch_seed();
-        let mut exclude = HashSet::from([peer]);
-        let mut reports: Vec<ReplayReport> = Vec::new();
-        // At most two verifiers give a verdict; a few more may be asked when
-        // some cannot answer.
-        for _ in 0..4 {
+        let seed = cactus_protocol::Digest::of(seed);
+        let mut exclude = HashSet::from([peer, result.receipt.body.orchestrator]);
+        exclude.extend(
+            result
+                .delegation
+                .iter()
+                .flat_map(|l| [l.body.parent, l.body.child]),
+        );
+        let (mut guilty, mut cleared): (Vec<ReplayReport>, Vec<PeerId>) = (Vec::new(), Vec::new());
+        // A few more verifiers may be asked when some cannot answer.
+        for _ in 0..6 {
+            if guilty.len() >= 2 || cleared.len() > guilty.len() {
+                break;
+            }
             let Some(verifier) = self
                 .with_table(|t| t.pick(&assignment.model, &exclude, &seed, &assignment.task_id))
             else {
                 break;
             };
             exclude.insert(verifier);
-            let Some(report) = self.replay_on(verifier, &request).await else {
+            let Some(report) = self.replay_on(verifier, &request, deadline).await else {
                 continue;
             };
-            let verdict = report.body.findings.judge(&request.receipt, tolerance);
+            let verdict = report.body.findings.judge(&request.receipt.body, tolerance);
             tracing::info!(
                 task_id = %assignment.task_id, orchestrator = %peer, %verifier,
                 max_gap = report.body.findings.max_gap,
@@ -719,32 +763,31 @@ impl RouterCtx {
                 verdict = ?verdict,
                 "spot check"
             );
-            match (verdict, reports.is_empty()) {
-                (Ok(()), true) => return Check::Passed,
-                (Ok(()), false) => {
-                    // The second verifier clears the result: the first one
-                    // reported falsely (or runs another model).
-                    let liar = reports[0].body.verifier;
-                    tracing::warn!(verifier = %liar, orchestrator = %peer, "a failed spot check was not confirmed: the first verifier is penalised");
-                    self.record_outcome(liar, Err(FailureKind::BadResult)).await;
-                    return Check::Passed;
-                }
-                (Err(_), _) => {
-                    reports.push(report);
-                    if reports.len() == 2 {
-                        break;
-                    }
-                }
+            match verdict {
+                Ok(()) => cleared.push(verifier),
+                Err(_) => guilty.push(report),
             }
         }
-        if reports.is_empty() {
-            tracing::info!(task_id = %assignment.task_id, "no verifier could replay the result; accepted unchecked");
+        if guilty.len() < 2 {
+            if cleared.len() > guilty.len() {
+                // Outvoted verifiers reported falsely (or run another model).
+                for r in &guilty {
+                    tracing::warn!(verifier = %r.body.verifier, orchestrator = %peer, "a failed replay was outvoted: the verifier is recorded as a bad result");
+                    self.record_outcome(r.body.verifier, Err(FailureKind::BadResult))
+                        .await;
+                }
+                return Check::Passed;
+            }
+            tracing::info!(task_id = %assignment.task_id, failed = guilty.len(), cleared = cleared.len(), "no majority of verifiers; accepted unchecked");
             return Check::Skipped;
         }
-        let confirmed = reports.len() >= 2;
+        for v in &cleared {
+            tracing::warn!(verifier = %v, orchestrator = %peer, "a verifier cleared a result the majority found off the model: recorded as a bad result");
+            self.record_outcome(*v, Err(FailureKind::BadResult)).await;
+        }
         let evidence = FraudEvidenceBody {
             receipt: result.receipt.clone(),
-            reports,
+            reports: guilty,
             tolerance,
             router: self.network.local_peer_id(),
             issued_at_ms: super::orchestrator::now_ms(),
@@ -754,31 +797,40 @@ impl RouterCtx {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(error = %e, "could not sign fraud evidence");
-                return Check::Fraud { confirmed: false };
+                return Check::Fraud { slashed: false };
             }
         };
+        // Evidence first: a slash always points at evidence kept here.
         let ledger = Arc::clone(&self.ledger);
         let stored = evidence.clone();
-        match tokio::task::spawn_blocking(move || ledger.save_fraud(&stored)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "could not store fraud evidence"),
-            Err(e) => tracing::error!(error = %e, "could not store fraud evidence"),
-        }
-        if confirmed {
-            self.slash(peer, &evidence).await;
-        }
-        tracing::warn!(task_id = %assignment.task_id, orchestrator = %peer, confirmed, "result failed its spot check");
-        Check::Fraud { confirmed }
+        let saved = match tokio::task::spawn_blocking(move || ledger.save_fraud(&stored)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "could not store fraud evidence");
+                false
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not store fraud evidence");
+                false
+            }
+        };
+        let slashed = saved && self.slash(&evidence).await;
+        tracing::warn!(task_id = %assignment.task_id, orchestrator = %peer, executor = %evidence.accused(), slashed, "result failed its spot check");
+        Check::Fraud { slashed }
     }
 
-    /// Slashes a confirmed fraud on the ledger and stops using the node.
-    async fn slash(&self, peer: PeerId, evidence: &FraudEvidence) {
-        let Some((account, _)) = self.with_table(|t| t.terms(&peer)) else {
-            return;
+    /// Slashes the orchestrator that signed a fraudulent receipt (the
+    /// evidence's accused) and stops using it; returns whether the ledger
+    /// took the slash.
+    async fn slash(&self, evidence: &FraudEvidence) -> bool {
+        let accused = evidence.accused();
+        let Some((account, _)) = self.with_table(|t| t.admitted_terms(&accused)) else {
+            tracing::warn!(orchestrator = %accused, "the accused is not an admitted orchestrator here: not slashed");
+            return false;
         };
-        self.with_table(|t| t.set_eligible(&peer, false));
+        self.with_table(|t| t.set_eligible(&accused, false));
         let Ok(hash) = evidence.hash() else {
-            return;
+            return false;
         };
         let op = Op::Slash {
             orchestrator: account,
@@ -790,9 +842,13 @@ impl RouterCtx {
         };
         match self.chain.submit(op).await {
             Ok(()) => {
-                tracing::warn!(orchestrator = %peer, %account, evidence = %hash, "slashed for fraud")
+                tracing::warn!(orchestrator = %accused, %account, evidence = %hash, "slashed for fraud");
+                true
             }
-            Err(e) => tracing::error!(orchestrator = %peer, error = %e, "could not slash"),
+            Err(e) => {
+                tracing::error!(orchestrator = %accused, error = %e, "could not slash");
+                false
+            }
         }
     }
 
@@ -803,6 +859,7 @@ impl RouterCtx {
         assignment: &Assignment,
         mut result: TaskResult,
         connection: &str,
+        deadline: tokio::time::Instant,
     ) -> Result<TaskResult, TaskError> {
         let router = self.network.local_peer_id();
         if let Err(e) = check_result(assignment, &router, &peer, &result) {
@@ -812,18 +869,23 @@ impl RouterCtx {
                 format!("orchestrator {peer}: {e}"),
             ));
         }
-        if self.selected_for_check(&assignment.task_id)
-            && let Check::Fraud { confirmed } = self.spot_check(peer, assignment, &result).await
+        let seed = result
+            .receipt
+            .body
+            .digest()
+            .ok()
+            .and_then(|d| self.check_seed(&assignment.task_id, &d));
+        if let Some(seed) = seed
+            && self.selected_for_check(&seed)
+            && let Check::Fraud { slashed } = self
+                .spot_check(peer, assignment, &result, &seed, deadline)
+                .await
         {
             return Err(TaskError::new(
                 TaskErrorKind::BadResult,
                 format!(
                     "orchestrator {peer}: the result failed its replay check{}",
-                    if confirmed {
-                        " (confirmed; stake slashed)"
-                    } else {
-                        ""
-                    }
+                    if slashed { "; stake slashed" } else { "" }
                 ),
             ));
         }
@@ -832,13 +894,21 @@ impl RouterCtx {
         // Delegates are paid their share along the chain: they must be
         // orchestrators this router knows.
         let mut delegates = Vec::with_capacity(result.delegation.len());
+        let assigned_account = self.with_table(|t| t.terms(&peer)).map(|(a, _)| a);
         for link in &result.delegation {
             let child = link.body.child;
-            let Some((account, _)) = self.with_table(|t| t.terms(&child)) else {
+            let Some((account, _)) = self.with_table(|t| t.admitted_terms(&child)) else {
                 return Err(bad(&format!(
-                    "delegate {child} is not a known orchestrator"
+                    "delegate {child} is not an orchestrator admitted here"
                 )));
             };
+            // What the ledger's complete_task checks, checked before the
+            // receipt is countersigned.
+            if Some(account) == assigned_account || delegates.contains(&account) {
+                return Err(bad(&format!(
+                    "delegate {child} repeats an account of the chain"
+                )));
+            }
             delegates.push(account);
         }
         if !result.delegation.is_empty() {
@@ -869,7 +939,14 @@ impl RouterCtx {
         // The work is done and the receipt recorded: the client gets its
         // answer even if settlement must be retried by the operator.
         if let Err(e) = self.chain.submit(complete).await {
-            tracing::error!(task_id = %assignment.task_id, error = %e, "could not settle a completed task on the ledger");
+            tracing::error!(task_id = %assignment.task_id, error = %e, "could not settle a completed task on the ledger; refunding its escrow");
+            let refund = Op::FailTask {
+                task_id: assignment.task_id.0.to_vec(),
+                reason: reason::INVALID,
+            };
+            if let Err(e) = self.chain.submit(refund).await {
+                tracing::error!(task_id = %assignment.task_id, error = %e, "could not refund the escrow either");
+            }
         }
         tracing::info!(
             task_id = %assignment.task_id,

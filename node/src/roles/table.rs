@@ -161,6 +161,14 @@ impl OrchestratorTable {
             .map(|e| (e.advert.account, e.advert.price_per_token))
     }
 
+    /// [`terms`](Self::terms) of an orchestrator the ledger admitted.
+    pub fn admitted_terms(&self, peer: &PeerId) -> Option<(cactus_protocol::ledger::Address, u64)> {
+        self.entries
+            .get(peer)
+            .filter(|e| e.eligible == Some(true))
+            .map(|e| (e.advert.account, e.advert.price_per_token))
+    }
+
     /// Records a ping round trip.
     pub fn record_rtt(&mut self, peer: &PeerId, rtt: Duration) {
         if let Some(e) = self.entries.get_mut(peer) {

@@ -487,3 +487,86 @@ fn killing_the_serving_orchestrator_fails_over_without_double_payment() {
         .and_then(|o| o["reputation"]["successes"].as_f64());
     assert_eq!(survivor_successes, Some(1.0), "{offline}");
 }
+
+#[test]
+fn a_call_for_bids_places_a_task_when_every_orchestrator_is_busy() {
+    let model = super::model_path();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut router = Proc::spawn(&[
+        "--role",
+        "router",
+        "--data-dir",
+        path(&tmp.path().join("router")),
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+    ]);
+    let line = router.wait_for("listening");
+    let addr = line
+        .split("address=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let orch_id = id(&tmp.path().join("orch"));
+    let model_arg = format!("{}:{}", model.display(), super::DEMO_SHA256);
+    // One worker slot and a queue: busy by its advert while it generates,
+    // yet able to take one more task.
+    let orch = Proc::spawn(&[
+        "--data-dir",
+        path(&tmp.path().join("orch")),
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--bootstrap",
+        &addr,
+        "--model",
+        &model_arg,
+        "--threads",
+        "1",
+        "--slots",
+        "1",
+        "--queue",
+        "2",
+    ]);
+    router.wait_for("known=1");
+    // Two clients at once: the first task takes the only slot; for the
+    // second the router's table has no free slot, so it calls for bids and
+    // the orchestrator bids with its queue place.
+    let clients: Vec<_> = ["Once upon a time", "The history of the bicycle"]
+        .iter()
+        .map(|prompt| {
+            Command::new(BIN)
+                .args([
+                    "infer",
+                    "--bootstrap",
+                    &addr,
+                    "--prompt",
+                    prompt,
+                    "--max-tokens",
+                    "256",
+                    "--json",
+                ])
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let award = router.wait_for("task awarded to the best bid");
+    assert!(award.contains(&format!("winner={orch_id}")), "{award}");
+    for c in clients {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "infer failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["orchestrator"], orch_id.as_str(), "{v}");
+        assert_eq!(v["receipt"]["verified"], true, "{v}");
+    }
+    orch.terminate();
+    router.terminate();
+}

@@ -76,30 +76,45 @@ fn request(
     sampling: SamplingParams,
     g: &Generation,
 ) -> ReplayRequest {
-    let peer = Keypair::generate_ed25519().public().to_peer_id();
-    ReplayRequest {
-        receipt: ReceiptBody {
-            version: RECEIPT_VERSION,
-            task_id: TaskId([1; 16]),
-            model: model.sha256,
-            prompt_hash: Digest::of(prompt.as_bytes()),
-            output_hash: Digest::of(g.text.as_bytes()),
-            output_tokens_hash: Digest::of_tokens(&g.tokens),
-            sampling,
-            prompt_tokens: g.prompt_tokens,
-            output_tokens: g.output_tokens,
-            compute_ms: 1,
-            orchestrator: peer,
-            router: peer,
-            started_at_ms: 1,
-            finished_at_ms: 2,
-            delegation: None,
-        },
-        prompt: prompt.into(),
+    signed_request(model, prompt, sampling, g, |_| {})
+}
+
+/// A replay request for `g`, whose receipt (changed by `edit`) is signed by
+/// a fresh orchestrator key.
+fn signed_request(
+    model: &ModelId,
+    prompt: &str,
+    sampling: SamplingParams,
+    g: &Generation,
+    edit: impl FnOnce(&mut ReceiptBody),
+) -> ReplayRequest {
+    let key = Keypair::generate_ed25519();
+    let peer = key.public().to_peer_id();
+    let mut body = ReceiptBody {
+        version: RECEIPT_VERSION,
+        task_id: TaskId([1; 16]),
+        model: model.sha256,
+        prompt_hash: Digest::of(prompt.as_bytes()),
+        output_hash: Digest::of(g.text.as_bytes()),
+        output_tokens_hash: Digest::of_tokens(&g.tokens),
+        sampling,
         format: PromptFormat::Chat,
+        finish: g.finish,
+        prompt_tokens: g.prompt_tokens,
+        output_tokens: g.output_tokens,
+        compute_ms: 1,
+        orchestrator: peer,
+        router: peer,
+        started_at_ms: 1,
+        finished_at_ms: 2,
+        delegation: None,
+    };
+    edit(&mut body);
+    ReplayRequest {
+        receipt: body.sign(&key).unwrap(),
+        prompt: prompt.into(),
         tokens: g.tokens.clone(),
         text: g.text.clone(),
-        finish: g.finish,
     }
 }
 
@@ -136,7 +151,7 @@ fn honest_results_pass_the_replay_and_a_substituted_model_fails_it() {
                 "honest  {prompt:?} t={}: max gap {:.3}, {} of {} differ",
                 sampling.temperature, f.max_gap, f.mismatches, f.positions
             );
-            assert_eq!(f.judge(&req.receipt, TOLERANCE), Ok(()), "{f:?}");
+            assert_eq!(f.judge(&req.receipt.body, TOLERANCE), Ok(()), "{f:?}");
             assert_eq!(f.positions, g.output_tokens);
 
             if sampling.is_greedy() {
@@ -153,7 +168,7 @@ fn honest_results_pass_the_replay_and_a_substituted_model_fails_it() {
                     f.max_gap, f.mismatches, f.positions
                 );
                 if matches!(
-                    f.judge(&req.receipt, TOLERANCE),
+                    f.judge(&req.receipt.body, TOLERANCE),
                     Err(FraudReason::OffModel { .. } | FraudReason::Stop { .. })
                 ) {
                     caught += 1;
@@ -164,8 +179,8 @@ fn honest_results_pass_the_replay_and_a_substituted_model_fails_it() {
     // FACTS.md: 19 of 20 substituted 128-token answers go past 1.0.
     assert!(caught >= 3, "only {caught} of 4 substituted answers caught");
 
-    // Tampered tokens (decoding to other text) and a wrong prompt count are
-    // caught whatever the logits say.
+    // Tampered text, tampered tokens and a wrong prompt count are caught
+    // whatever the logits say.
     let job = Job {
         model: real.sha256,
         prompt: PROMPTS[0].into(),
@@ -177,14 +192,23 @@ fn honest_results_pass_the_replay_and_a_substituted_model_fails_it() {
     req.text.push('!');
     let f = honest.replay(&req, &|| false).unwrap();
     assert_eq!(
-        f.judge(&req.receipt, TOLERANCE),
+        f.judge(&req.receipt.body, TOLERANCE),
         Err(FraudReason::TextMismatch)
     );
-    let mut req = request(&real, PROMPTS[0], greedy, &g);
-    req.receipt.prompt_tokens += 1;
+    // Two tokens swapped for others: the text no longer decodes from them,
+    // and the model would not have picked them.
+    let mut swapped = g.clone();
+    swapped.tokens[2] = swapped.tokens[2].wrapping_add(7);
+    swapped.tokens[5] = 9_999_999; // not even in the vocabulary
+    let req = request(&real, PROMPTS[0], greedy, &swapped);
+    let f = honest.replay(&req, &|| false).unwrap();
+    assert!(!f.text_matches);
+    assert!(f.max_gap > TOLERANCE, "{f:?}");
+    assert!(f.judge(&req.receipt.body, TOLERANCE).is_err());
+    let req = signed_request(&real, PROMPTS[0], greedy, &g, |b| b.prompt_tokens += 1);
     let f = honest.replay(&req, &|| false).unwrap();
     assert!(matches!(
-        f.judge(&req.receipt, TOLERANCE),
+        f.judge(&req.receipt.body, TOLERANCE),
         Err(FraudReason::PromptTokens { .. })
     ));
 }
