@@ -173,3 +173,48 @@ impl Engine for StubEngine {
         })
     }
 }
+
+/// An engine that serves another engine's model under a claimed identity:
+/// an orchestrator advertising (and signing receipts for) one model while
+/// running a cheaper one. Test support for spot checks, with real engines
+/// inside.
+pub struct Substitute {
+    inner: std::sync::Arc<dyn Engine>,
+    claims: ModelId,
+}
+
+impl std::fmt::Debug for Substitute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Substitute")
+            .field("claims", &self.claims)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Substitute {
+    /// Runs `inner`'s first model, claiming to be `claims`.
+    pub fn new(inner: std::sync::Arc<dyn Engine>, claims: ModelId) -> Self {
+        Self { inner, claims }
+    }
+}
+
+impl Engine for Substitute {
+    fn models(&self) -> Vec<ModelId> {
+        vec![self.claims.clone()]
+    }
+
+    fn generate(
+        &self,
+        job: &Job,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Generation, InferenceError> {
+        let Some(real) = self.inner.models().first().map(|m| m.sha256) else {
+            return Err(InferenceError::UnknownModel(job.model));
+        };
+        let job = Job {
+            model: real,
+            ..job.clone()
+        };
+        self.inner.generate(&job, cancelled)
+    }
+}

@@ -20,7 +20,11 @@ struct Proc {
 
 impl Proc {
     fn spawn(args: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
+        Self::spawn_bin(BIN, args)
+    }
+
+    fn spawn_bin(bin: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(bin)
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -63,6 +67,15 @@ impl Proc {
                 ),
             }
         }
+    }
+
+    /// Whether a line containing `needle` has been logged so far (reads
+    /// what is there without waiting).
+    fn seen(&mut self, needle: &str) -> bool {
+        while let Ok(line) = self.lines.try_recv() {
+            self.log.push(line);
+        }
+        self.log.iter().any(|l| l.contains(needle))
     }
 
     /// Sends SIGTERM and waits for a clean exit.
@@ -568,5 +581,131 @@ fn a_call_for_bids_places_a_task_when_every_orchestrator_is_busy() {
         assert_eq!(v["receipt"]["verified"], true, "{v}");
     }
     orch.terminate();
+    router.terminate();
+}
+
+#[test]
+fn a_process_serving_a_substituted_model_is_caught_and_slashed() {
+    let model = super::model_path();
+    let tmp = tempfile::tempdir().unwrap();
+    // The cheat: the demo model re-quantized to Q2_K by llama.cpp's own
+    // quantizer, served under the demo model's hash, at a price that makes
+    // the scheduler favour it.
+    let substitute = tmp.path().join("substitute-q2_k.gguf");
+    cactus_node::inference::llama::quantize_q2k(&model, &substitute, 2).unwrap();
+    let mut router = Proc::spawn(&[
+        "--role",
+        "router",
+        "--data-dir",
+        path(&tmp.path().join("router")),
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--spot-check",
+        "100",
+    ]);
+    let line = router.wait_for("listening");
+    let addr = line
+        .split("address=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let model_arg = format!("{}:{}", model.display(), super::DEMO_SHA256);
+    let honest: Vec<Proc> = ["h1", "h2"]
+        .iter()
+        .map(|d| {
+            Proc::spawn(&[
+                "--data-dir",
+                path(&tmp.path().join(d)),
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--bootstrap",
+                &addr,
+                "--model",
+                &model_arg,
+                "--threads",
+                "1",
+                "--price-per-token",
+                "10",
+            ])
+        })
+        .collect();
+    let cheater_dir = tmp.path().join("cheater");
+    let cheater_id = id(&cheater_dir);
+    let cheater = Proc::spawn_bin(
+        env!("CARGO_BIN_EXE_cactus-test-substitute"),
+        &[
+            path(&substitute),
+            path(&model),
+            path(&cheater_dir),
+            &addr,
+            "1",
+        ],
+    );
+    router.wait_for("known=3");
+    // Every result is replayed by two other processes; the cheater's results
+    // that stray from the model are refused and retried on honest ones.
+    let prompts = [
+        "The three primary colours are",
+        "List five animals that live in the desert:",
+        "The capital of France is",
+        "Photosynthesis is the process by which",
+    ];
+    for prompt in prompts.iter().cycle().take(12) {
+        let out = run(&[
+            "infer",
+            "--bootstrap",
+            &addr,
+            "--prompt",
+            prompt,
+            "--max-tokens",
+            "64",
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "infer failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["receipt"]["verified"], true, "{v}");
+        if router.seen("slashed for fraud") {
+            break;
+        }
+    }
+    assert!(
+        router.seen("slashed for fraud"),
+        "the cheater was never caught; router log:\n{}",
+        router.log.join("\n")
+    );
+    let slashed = router
+        .log
+        .iter()
+        .find(|l| l.contains("slashed for fraud"))
+        .unwrap()
+        .clone();
+    assert!(slashed.contains(&cheater_id), "{slashed}");
+    // The ledger shows it: 10 % of its stake gone, the honest ones intact.
+    let out = run(&["status", "--bootstrap", &addr, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for o in status["orchestrators"].as_array().unwrap() {
+        let expected = if o["peer"] == cheater_id.as_str() {
+            9_000
+        } else {
+            10_000
+        };
+        assert_eq!(o["stake"], expected, "{status}");
+    }
+    drop(cheater);
+    for h in honest {
+        h.terminate();
+    }
     router.terminate();
 }
