@@ -709,3 +709,136 @@ fn a_process_serving_a_substituted_model_is_caught_and_slashed() {
     }
     router.terminate();
 }
+
+#[test]
+fn two_routers_racing_for_one_orchestrator_make_it_delegate_and_pay_along_the_chain() {
+    let model = super::model_path();
+    let tmp = tempfile::tempdir().unwrap();
+    let listen_addr = |p: &mut Proc| {
+        let line = p.wait_for("listening");
+        line.split("address=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let mut r1 = Proc::spawn(&[
+        "--role",
+        "router",
+        "--data-dir",
+        path(&tmp.path().join("r1")),
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+    ]);
+    let addr1 = listen_addr(&mut r1);
+    let mut r2 = Proc::spawn(&[
+        "--role",
+        "router",
+        "--data-dir",
+        path(&tmp.path().join("r2")),
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--bootstrap",
+        &addr1,
+    ]);
+    let addr2 = listen_addr(&mut r2);
+    let model_arg = format!("{}:{}", model.display(), super::DEMO_SHA256);
+    // A: cheap, so both routers prefer it, with one slot and no queue. B:
+    // dearer, with room.
+    let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("b"));
+    let (a_id, b_id) = (id(&a_dir), id(&b_dir));
+    let orch = |dir: &Path, price: &str, queue: &str| {
+        Proc::spawn(&[
+            "--data-dir",
+            path(dir),
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--bootstrap",
+            &addr1,
+            "--model",
+            &model_arg,
+            "--threads",
+            "1",
+            "--price-per-token",
+            price,
+            "--slots",
+            "1",
+            "--queue",
+            queue,
+        ])
+    };
+    let mut a = orch(&a_dir, "1", "0");
+    let b = orch(&b_dir, "10", "2");
+    r1.wait_for("known=2");
+    r2.wait_for("known=2");
+    // Both routers hand A a task at the same moment, each before A's advert
+    // says it is full: A takes one and delegates the other to B, which it
+    // knows from its adverts. (The race is the point: one router never sends
+    // a task to an orchestrator it knows is full.)
+    let infer = |addr: &str| {
+        Command::new(BIN)
+            .args([
+                "infer",
+                "--bootstrap",
+                addr,
+                "--prompt",
+                "Write a short story about a cactus.",
+                "--max-tokens",
+                "96",
+                "--json",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut delegated = None;
+    for _ in 0..8 {
+        let clients = [infer(&addr1), infer(&addr2)];
+        for c in clients {
+            let out = c.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "infer failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(v["receipt"]["verified"], true, "{v}");
+        }
+        for r in [&mut r1, &mut r2] {
+            if r.seen("delegated result") {
+                delegated = r
+                    .log
+                    .iter()
+                    .find(|l| l.contains("delegated result"))
+                    .cloned();
+            }
+        }
+        if delegated.is_some() {
+            break;
+        }
+    }
+    let line = delegated.expect("the routers never raced for A");
+    // The router checked A's signed link to B and B's receipt committing to
+    // it, and paid along the chain (A answers for it; B ran it).
+    assert!(line.contains(&format!("orchestrator={a_id}")), "{line}");
+    assert!(line.contains(&format!("executor={b_id}")), "{line}");
+    a.wait_for("delegating task");
+    for addr in [&addr1, &addr2] {
+        let out = run(&["status", "--bootstrap", addr, "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(status["pending_payments"], 0, "{status}");
+    }
+    drop(b);
+    a.terminate();
+    r2.terminate();
+    r1.terminate();
+}

@@ -5,7 +5,8 @@
 
 use cactus_node::inference::llama::{LlamaConfig, LlamaEngine, quantize_q2k};
 use cactus_node::inference::model_file::ModelSpec;
-use cactus_node::inference::{Engine, Generation, InferenceError, Job};
+use cactus_node::inference::stub::Substitute;
+use cactus_node::inference::{Engine, Generation, Job};
 use cactus_node::network::NetworkConfig;
 use cactus_node::roles::router::Verification;
 use cactus_node::{Node, NodeConfig, Role};
@@ -48,26 +49,6 @@ fn substitute(dir: &Path) -> Arc<LlamaEngine> {
     let out = dir.join("substitute-q2_k.gguf");
     quantize_q2k(&super::model_path(), &out, 2).unwrap();
     load(&out, None)
-}
-
-/// An orchestrator that serves the substitute while advertising the real
-/// model: the fraud spot checks exist for.
-struct Substituted {
-    inner: Arc<LlamaEngine>,
-    claims: ModelId,
-}
-
-impl Engine for Substituted {
-    fn models(&self) -> Vec<ModelId> {
-        vec![self.claims.clone()]
-    }
-    fn generate(&self, job: &Job, c: &dyn Fn() -> bool) -> Result<Generation, InferenceError> {
-        let job = Job {
-            model: self.inner.models()[0].sha256,
-            ..job.clone()
-        };
-        self.inner.generate(&job, c)
-    }
 }
 
 fn request(
@@ -155,12 +136,11 @@ fn honest_results_pass_the_replay_and_a_substituted_model_fails_it() {
             assert_eq!(f.positions, g.output_tokens);
 
             if sampling.is_greedy() {
-                let c = Substituted {
-                    inner: Arc::clone(&cheat),
-                    claims: real.clone(),
-                }
-                .generate(&job, &|| false)
-                .unwrap();
+                // Serves the substitute while claiming the real model: the
+                // fraud spot checks exist for.
+                let c = Substitute::new(Arc::clone(&cheat) as Arc<dyn Engine>, real.clone())
+                    .generate(&job, &|| false)
+                    .unwrap();
                 let req = request(&real, prompt, sampling, &c);
                 let f = honest.replay(&req, &|| false).unwrap();
                 println!(
@@ -220,10 +200,7 @@ async fn a_mesh_catches_and_slashes_a_substituted_model() {
     let dir = tempfile::tempdir().unwrap();
     let honest = load(&super::model_path(), Some(super::DEMO_SHA256));
     let real = honest.models()[0].clone();
-    let cheat: Arc<dyn Engine> = Arc::new(Substituted {
-        inner: substitute(dir.path()),
-        claims: real.clone(),
-    });
+    let cheat: Arc<dyn Engine> = Arc::new(Substitute::new(substitute(dir.path()), real.clone()));
     let net = |bootstrap| NetworkConfig {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
         bootstrap,
