@@ -97,6 +97,10 @@ enum Command {
     Infer(InferArgs),
     /// Lists the receipts in a router's ledger (stop the router first).
     Ledger(LedgerArgs),
+    /// Lists the fraud evidence a router signed (stop the router first): the
+    /// accused, the task, each verifier's findings, the hash a slash
+    /// recorded, and whether every signature and finding checks out.
+    Fraud(LedgerArgs),
     /// Shows a router's ledger: stake and counters per orchestrator, pending
     /// payments (escrow), receipts and anchors.
     Status(StatusArgs),
@@ -278,6 +282,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         }
         Some(Command::Infer(args)) => infer(args).await,
         Some(Command::Ledger(args)) => ledger(args),
+        Some(Command::Fraud(args)) => fraud(args),
         Some(Command::Status(args)) => status(args).await,
         Some(Command::Receipt(cmd)) => receipt(cmd).await,
         Some(Command::Doctor(args)) => doctor(args).await,
@@ -788,6 +793,74 @@ async fn infer(args: InferArgs) -> Result<()> {
             b.output_tokens,
             b.compute_ms
         );
+    }
+    Ok(())
+}
+
+fn fraud(args: LedgerArgs) -> Result<()> {
+    let dir = args.data.resolve();
+    if !dir.join(cactus_node::ledger::LEDGER_FILE).exists() {
+        bail!("no ledger in {} (check --data-dir)", dir.display());
+    }
+    let ledger = cactus_node::ledger::Ledger::open(&dir)?;
+    let mut out = std::io::stdout().lock();
+    for e in ledger.frauds(args.limit)? {
+        let b = &e.body.receipt.body;
+        let verified = e
+            .verify()
+            .map_or_else(|err| err.to_string(), |()| "ok".into());
+        let hash = e.hash().map(|h| h.to_hex()).unwrap_or_default();
+        if args.json {
+            let reports: Vec<serde_json::Value> = e
+                .body
+                .reports
+                .iter()
+                .map(|r| {
+                    let f = &r.body.findings;
+                    serde_json::json!({
+                        "verifier": r.body.verifier.to_string(),
+                        "verdict": f.judge(b, e.body.tolerance).err().map(|r| r.to_string()),
+                        "max_gap": f.max_gap,
+                        "mismatches": f.mismatches,
+                        "positions": f.positions,
+                        "text_matches": f.text_matches,
+                        "worst": f.worst.iter().map(|w| serde_json::json!({
+                            "position": w.position, "token": w.token,
+                            "expected": w.expected, "gap": w.gap,
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            let v = serde_json::json!({
+                "task_id": b.task_id.to_hex(),
+                "accused": b.orchestrator.to_string(),
+                "model_sha256": b.model.to_hex(),
+                "router": e.body.router.to_string(),
+                "tolerance": e.body.tolerance,
+                "issued_at_ms": e.body.issued_at_ms,
+                "evidence_hash": hash,
+                "verified": verified,
+                "reports": reports,
+            });
+            writeln!(out, "{v}")?;
+        } else {
+            let gaps: Vec<String> = e
+                .body
+                .reports
+                .iter()
+                .map(|r| format!("{}:{:.2}", r.body.verifier, r.body.findings.max_gap))
+                .collect();
+            writeln!(
+                out,
+                "{} accused={} tolerance={} max_gaps=[{}] evidence={} verified={}",
+                b.task_id,
+                b.orchestrator,
+                e.body.tolerance,
+                gaps.join(","),
+                hash,
+                verified
+            )?;
+        }
     }
     Ok(())
 }

@@ -708,6 +708,33 @@ fn a_process_serving_a_substituted_model_is_caught_and_slashed() {
         h.terminate();
     }
     router.terminate();
+    // The signed evidence is in the stopped router's files, and checks out.
+    let out = run(&[
+        "fraud",
+        "--data-dir",
+        path(&tmp.path().join("router")),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!lines.is_empty());
+    for e in &lines {
+        assert_eq!(e["accused"], cheater_id.as_str(), "{e}");
+        assert_eq!(e["verified"], "ok", "{e}");
+        assert!(e["reports"].as_array().unwrap().len() >= 2, "{e}");
+    }
+    assert!(
+        slashed.contains(lines[0]["evidence_hash"].as_str().unwrap()),
+        "{slashed}"
+    );
 }
 
 #[test]
