@@ -191,10 +191,23 @@ fn gap(logits: &[f32], token: usize, sampling: &cactus_protocol::SamplingParams)
     if sampling.is_greedy() || sampling.top_p >= 1.0 {
         return if sampling.is_greedy() { top - own } else { 0.0 };
     }
-    // Nucleus: the most likely tokens whose probabilities sum to top_p.
+    // Nucleus: the most likely tokens whose probabilities sum to top_p. It
+    // is nearly always among the top few hundred of a 262k vocabulary: sort
+    // those first, and the rest only if the mass is not reached.
+    let z: f64 = logits.iter().map(|&l| f64::from(l - top).exp()).sum();
     let mut sorted: Vec<f32> = logits.to_vec();
-    sorted.sort_unstable_by(|a, b| b.total_cmp(a));
-    let z: f64 = sorted.iter().map(|&l| f64::from(l - top).exp()).sum();
+    let head = NUCLEUS_HEAD.min(sorted.len());
+    if head < sorted.len() {
+        sorted.select_nth_unstable_by(head - 1, |a, b| b.total_cmp(a));
+    }
+    sorted[..head].sort_unstable_by(|a, b| b.total_cmp(a));
+    let head_mass: f64 = sorted[..head]
+        .iter()
+        .map(|&l| f64::from(l - top).exp() / z)
+        .sum();
+    if head_mass < f64::from(sampling.top_p) {
+        sorted.sort_unstable_by(|a, b| b.total_cmp(a));
+    }
     let mut mass = 0.0f64;
     let mut floor = top;
     for &l in &sorted {
@@ -206,6 +219,9 @@ fn gap(logits: &[f32], token: usize, sampling: &cactus_protocol::SamplingParams)
     }
     (floor - own).max(0.0)
 }
+
+/// Candidates sorted first when looking for a top-p nucleus.
+const NUCLEUS_HEAD: usize = 1024;
 
 /// Output positions whose logits one replay decode computes: the output
 /// layer over a 262k vocabulary makes logits the large buffer.
@@ -525,5 +541,48 @@ pub fn quantize_q2k(
             "llama.cpp could not quantize {} (code {rc})",
             input.display()
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gap;
+    use cactus_protocol::SamplingParams;
+
+    fn sampled(top_p: f32) -> SamplingParams {
+        SamplingParams {
+            temperature: 0.8,
+            top_p,
+            ..SamplingParams::default()
+        }
+    }
+
+    #[test]
+    fn greedy_gap_is_the_distance_to_the_top_logit() {
+        let logits = [1.0, 3.5, 2.0];
+        let greedy = SamplingParams::default();
+        assert_eq!(gap(&logits, 1, &greedy), 0.0);
+        assert_eq!(gap(&logits, 2, &greedy), 1.5);
+        assert_eq!(gap(&logits, 9, &greedy), f32::INFINITY);
+    }
+
+    #[test]
+    fn sampled_gap_is_the_distance_below_the_nucleus_whatever_the_vocabulary_size() {
+        // Two likely tokens, then a long tail: with top_p 0.5 the nucleus is
+        // the top token alone; with 0.99 it reaches into the tail.
+        let mut logits = vec![-10.0f32; 300_000];
+        logits[7] = 10.0;
+        logits[8] = 9.0;
+        logits[9] = -9.0;
+        assert_eq!(gap(&logits, 7, &sampled(0.5)), 0.0);
+        assert_eq!(gap(&logits, 8, &sampled(0.5)), 1.0);
+        assert_eq!(gap(&logits, 8, &sampled(0.9)), 0.0);
+        assert_eq!(gap(&logits, 9, &sampled(0.9)), 18.0);
+        // A nucleus beyond the sorted head (a flat distribution) is still
+        // found: every token is inside it.
+        let flat = vec![0.0f32; 300_000];
+        assert_eq!(gap(&flat, 123_456, &sampled(0.99)), 0.0);
+        // top_p = 1 keeps every token.
+        assert_eq!(gap(&logits, 9, &sampled(1.0)), 0.0);
     }
 }
