@@ -363,6 +363,9 @@ struct EventLoop {
 
 /// Peers whose penalties are remembered at once.
 const MAX_PENALISED: usize = 4096;
+/// Penalties halve this often: misbehaviour is held against a peer for
+/// minutes, not forever.
+const PENALTY_DECAY_INTERVAL: Duration = Duration::from_secs(300);
 
 /// Relays a node listens through at once.
 const MAX_RELAYS: usize = 2;
@@ -466,9 +469,11 @@ pub fn peer_id_of(addr: &Multiaddr) -> Option<PeerId> {
 
 impl EventLoop {
     async fn run(mut self, shutdown: CancellationToken) {
+        let mut forgive = tokio::time::interval(PENALTY_DECAY_INTERVAL);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = forgive.tick() => self.decay_penalties(),
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 command = self.commands.recv() => match command {
                     Some(c) => self.on_command(c),
@@ -477,6 +482,17 @@ impl EventLoop {
             }
         }
         tracing::debug!("network event loop stopped");
+    }
+
+    /// Halves every application-score penalty; forgets the ones that faded.
+    fn decay_penalties(&mut self) {
+        let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
+        self.penalties.retain(|peer, score| {
+            *score /= 2.0;
+            let faded = *score > -0.05;
+            gossipsub.set_application_score(peer, if faded { 0.0 } else { *score });
+            !faded
+        });
     }
 
     /// Hands an event to the role logic without ever waiting for it.
