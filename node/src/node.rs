@@ -281,7 +281,21 @@ impl Node {
                     task_timeout: config.task_timeout,
                     task_deadline: config.task_deadline,
                     max_attempts: config.max_attempts,
-                    verification: config.verification,
+                    verification: {
+                        // Below the protocol's floor honest noise reads as
+                        // fraud (and no evidence could be signed anyway).
+                        let mut v = config.verification;
+                        let min = cactus_protocol::fraud::MIN_TOLERANCE;
+                        if !(v.tolerance.is_finite() && v.tolerance >= min) {
+                            tracing::warn!(
+                                tolerance = v.tolerance,
+                                min,
+                                "replay tolerance raised to the protocol's floor"
+                            );
+                            v.tolerance = min;
+                        }
+                        v
+                    },
                     market: crate::roles::router::Market::new(
                         config.bid_window,
                         config.max_price_per_unit,

@@ -312,7 +312,21 @@ impl Dispatcher {
                                     false
                                 }
                             };
+                            // What the ledger holds, not what the advert
+                            // declares, is what is scored and slashed.
+                            let held = if admitted {
+                                match r.chain.orchestrator(account).await {
+                                    Ok(Some(rec)) if rec.peer_id == peer.to_bytes() => Some(rec.stake),
+                                    _ => None,
+                                }
+                            } else {
+                                None
+                            };
+                            let admitted = held.is_some();
                             let mut t = r.table.lock().unwrap_or_else(|p| p.into_inner());
+                            if let Some(held) = held {
+                                t.set_admitted(&peer, account, held);
+                            }
                             t.set_eligible(&peer, admitted);
                             if admitted {
                                 tracing::info!(orchestrator = %peer, %account, stake, known = t.eligible_len(), "orchestrator joined");

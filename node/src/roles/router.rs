@@ -59,6 +59,9 @@ pub struct RouterCtx {
     pub market: Market,
 }
 
+/// Time kept back from an attempt for replaying its result.
+const REPLAY_RESERVE: Duration = Duration::from_secs(60);
+
 /// Most calls for bids open at once.
 const MAX_AUCTIONS: usize = 64;
 /// Most bids one call takes.
@@ -387,7 +390,15 @@ impl RouterCtx {
                 last = passed(attempt);
                 break;
             }
-            let timeout = self.task_timeout.min(left);
+            // Part of what is left is kept for the spot check, so that an
+            // orchestrator answering at its deadline cannot run the replays
+            // out of time.
+            let reserve = if self.verification.share_ppm > 0 {
+                (left / 4).min(REPLAY_RESERVE)
+            } else {
+                Duration::ZERO
+            };
+            let timeout = self.task_timeout.min(left - reserve);
             assignment.deadline_ms = super::orchestrator::now_ms() + timeout.as_millis() as u64;
             tried.insert(peer);
             tracing::info!(task_id = %assignment.task_id, orchestrator = %peer, attempt, by_bid = terms.is_some(), "dispatching task");
@@ -828,10 +839,18 @@ impl RouterCtx {
             tracing::warn!(orchestrator = %accused, "the accused is not an admitted orchestrator here: not slashed");
             return false;
         };
-        self.with_table(|t| t.set_eligible(&accused, false));
+        self.with_table(|t| t.ban(&accused));
         let Ok(hash) = evidence.hash() else {
             return false;
         };
+        // The account on the ledger must be the accused's own.
+        match self.chain.orchestrator(account).await {
+            Ok(Some(record)) if record.peer_id == accused.to_bytes() => {}
+            other => {
+                tracing::error!(orchestrator = %accused, %account, record = ?other.map(|r| r.map(|r| r.peer_id.len())), "the account is not the accused's on the ledger: not slashed");
+                return false;
+            }
+        }
         let op = Op::Slash {
             orchestrator: account,
             ratio_bps: self
@@ -869,26 +888,6 @@ impl RouterCtx {
                 format!("orchestrator {peer}: {e}"),
             ));
         }
-        let seed = result
-            .receipt
-            .body
-            .digest()
-            .ok()
-            .and_then(|d| self.check_seed(&assignment.task_id, &d));
-        if let Some(seed) = seed
-            && self.selected_for_check(&seed)
-            && let Check::Fraud { slashed } = self
-                .spot_check(peer, assignment, &result, &seed, deadline)
-                .await
-        {
-            return Err(TaskError::new(
-                TaskErrorKind::BadResult,
-                format!(
-                    "orchestrator {peer}: the result failed its replay check{}",
-                    if slashed { "; stake slashed" } else { "" }
-                ),
-            ));
-        }
         let bad =
             |e: &dyn std::fmt::Display| TaskError::new(TaskErrorKind::BadResult, e.to_string());
         // Delegates are paid their share along the chain: they must be
@@ -914,6 +913,26 @@ impl RouterCtx {
         if !result.delegation.is_empty() {
             tracing::info!(task_id = %assignment.task_id, orchestrator = %peer, executor = %result.receipt.body.orchestrator, depth = delegates.len(), "delegated result");
         }
+        let seed = result
+            .receipt
+            .body
+            .digest()
+            .ok()
+            .and_then(|d| self.check_seed(&assignment.task_id, &d));
+        if let Some(seed) = seed
+            && self.selected_for_check(&seed)
+            && let Check::Fraud { slashed } = self
+                .spot_check(peer, assignment, &result, &seed, deadline)
+                .await
+        {
+            return Err(TaskError::new(
+                TaskErrorKind::BadResult,
+                format!(
+                    "orchestrator {peer}: the result failed its replay check{}",
+                    if slashed { "; stake slashed" } else { "" }
+                ),
+            ));
+        }
         result.receipt.countersign(&self.key).map_err(|e| bad(&e))?;
         let receipt_hash = result.receipt.hash().map_err(|e| bad(&e))?;
         let ledger = Arc::clone(&self.ledger);
@@ -937,16 +956,24 @@ impl RouterCtx {
             receipt_hash: receipt_hash.0.to_vec(),
         };
         // The work is done and the receipt recorded: the client gets its
-        // answer even if settlement must be retried by the operator.
-        if let Err(e) = self.chain.submit(complete).await {
-            tracing::error!(task_id = %assignment.task_id, error = %e, "could not settle a completed task on the ledger; refunding its escrow");
-            let refund = Op::FailTask {
-                task_id: assignment.task_id.0.to_vec(),
-                reason: reason::INVALID,
-            };
-            if let Err(e) = self.chain.submit(refund).await {
-                tracing::error!(task_id = %assignment.task_id, error = %e, "could not refund the escrow either");
+        // answer whatever happens to settlement. A transient ledger error is retried; the task stays escrowed (and
+        // its receipt recorded) for the operator if it persists, since a
+        // refund would count as the orchestrator's failure.
+        let mut settled = false;
+        for attempt in 0..3u32 {
+            match self.chain.submit(complete.clone()).await {
+                Ok(()) => {
+                    settled = true;
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(task_id = %assignment.task_id, error = %e, attempt, "could not settle a completed task on the ledger");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
             }
+        }
+        if !settled {
+            tracing::error!(task_id = %assignment.task_id, "the task stays escrowed on the ledger: settle it by hand");
         }
         tracing::info!(
             task_id = %assignment.task_id,
@@ -954,7 +981,8 @@ impl RouterCtx {
             output_tokens = body.output_tokens,
             compute_ms = body.compute_ms,
             %connection,
-            "task done; receipt recorded and paid"
+            paid = settled,
+            "task done; receipt recorded"
         );
         Ok(result)
     }

@@ -22,8 +22,18 @@ struct Entry {
     in_flight: u32,
     /// The ledger's verdict on its stake: `None` while being checked.
     eligible: Option<bool>,
+    /// The account and stake the ledger holds for it, once admitted: what
+    /// is escrowed to, paid, slashed and scored, whatever later adverts say.
+    admitted: Option<(cactus_protocol::ledger::Address, u64)>,
+    /// Caught cheating: never picked again by this router.
+    banned: bool,
     /// This router's record of it (persisted in the router's ledger).
     rep: Reputation,
+}
+
+/// Whether an orchestrator may be given work or a verdict.
+fn usable(e: &Entry) -> bool {
+    e.eligible == Some(true) && !e.banned
 }
 
 /// A read-only view of one orchestrator.
@@ -92,8 +102,16 @@ impl OrchestratorTable {
             if advert.seq <= e.advert.seq {
                 return Upsert::Ignored;
             }
+            // A new account or declared stake is checked by the ledger again
+            // before the orchestrator gets more work.
+            let changed = advert.account != e.advert.account || advert.stake != e.advert.stake;
             e.advert = advert;
             e.seen = now;
+            if changed {
+                e.eligible = None;
+                e.admitted = None;
+                return Upsert::Joined;
+            }
             return Upsert::Updated;
         }
         if self.entries.len() >= MAX_ORCHESTRATORS {
@@ -117,6 +135,8 @@ impl OrchestratorTable {
                 seen: now,
                 in_flight: 0,
                 eligible: None,
+                admitted: None,
+                banned: false,
                 rep: Reputation::default(),
             },
         );
@@ -137,10 +157,7 @@ impl OrchestratorTable {
 
     /// Orchestrators the ledger admitted.
     pub fn eligible_len(&self) -> usize {
-        self.entries
-            .values()
-            .filter(|e| e.eligible == Some(true))
-            .count()
+        self.entries.values().filter(|e| usable(e)).count()
     }
 
     /// `(admitted, judged)`: orchestrators the ledger admitted, and those it
@@ -154,19 +171,43 @@ impl OrchestratorTable {
         (self.eligible_len(), judged)
     }
 
-    /// An orchestrator's ledger account and asked price.
+    /// An orchestrator's ledger account (the one it was admitted with, once
+    /// it was) and asked price.
     pub fn terms(&self, peer: &PeerId) -> Option<(cactus_protocol::ledger::Address, u64)> {
-        self.entries
-            .get(peer)
-            .map(|e| (e.advert.account, e.advert.price_per_token))
+        self.entries.get(peer).map(|e| {
+            let account = e.admitted.map_or(e.advert.account, |a| a.0);
+            (account, e.advert.price_per_token)
+        })
+    }
+
+    /// Records what the ledger holds for an admitted orchestrator: its
+    /// account and stake.
+    pub fn set_admitted(
+        &mut self,
+        peer: &PeerId,
+        account: cactus_protocol::ledger::Address,
+        stake: u64,
+    ) {
+        if let Some(e) = self.entries.get_mut(peer) {
+            e.admitted = Some((account, stake));
+        }
+    }
+
+    /// Stops giving an orchestrator caught cheating any work or verdict.
+    pub fn ban(&mut self, peer: &PeerId) {
+        if let Some(e) = self.entries.get_mut(peer) {
+            e.banned = true;
+        }
     }
 
     /// [`terms`](Self::terms) of an orchestrator the ledger admitted.
     pub fn admitted_terms(&self, peer: &PeerId) -> Option<(cactus_protocol::ledger::Address, u64)> {
-        self.entries
-            .get(peer)
-            .filter(|e| e.eligible == Some(true))
-            .map(|e| (e.advert.account, e.advert.price_per_token))
+        self.entries.get(peer).filter(|e| usable(e)).map(|e| {
+            (
+                e.admitted.map_or(e.advert.account, |a| a.0),
+                e.advert.price_per_token,
+            )
+        })
     }
 
     /// Records a ping round trip.
@@ -231,7 +272,7 @@ impl OrchestratorTable {
     /// nothing (the model served by the most orchestrators).
     pub fn resolve_model(&self, wanted: Option<&str>) -> Option<ModelId> {
         let mut counts: HashMap<&ModelId, usize> = HashMap::new();
-        for e in self.entries.values().filter(|e| e.eligible == Some(true)) {
+        for e in self.entries.values().filter(|e| usable(e)) {
             for m in &e.advert.models {
                 *counts.entry(m).or_default() += 1;
             }
@@ -282,14 +323,11 @@ impl OrchestratorTable {
             .iter()
             .enumerate()
             .filter_map(|(i, (peer, price, free))| {
-                let e = self
-                    .entries
-                    .get(peer)
-                    .filter(|e| e.eligible == Some(true))?;
+                let e = self.entries.get(peer).filter(|e| usable(e))?;
                 Some((
                     i,
                     schedule::Candidate {
-                        stake: e.advert.stake,
+                        stake: e.admitted.map_or(e.advert.stake, |a| a.1),
                         successes: e.rep.success_count(),
                         failures: e.rep.failure_count(),
                         ms_per_token: e.rep.ms_per_token,
@@ -321,7 +359,7 @@ impl OrchestratorTable {
             .entries
             .iter()
             .filter(|(p, e)| {
-                e.eligible == Some(true)
+                usable(e)
                     && !exclude.contains(p)
                     && e.advert.models.iter().any(|m| &m.sha256 == model)
                     && (!free_only || i64::from(e.advert.free_slots) > i64::from(e.in_flight))
@@ -331,7 +369,7 @@ impl OrchestratorTable {
         let candidates: Vec<schedule::Candidate> = eligible
             .iter()
             .map(|(_, e)| schedule::Candidate {
-                stake: e.advert.stake,
+                stake: e.admitted.map_or(e.advert.stake, |a| a.1),
                 successes: e.rep.success_count(),
                 failures: e.rep.failure_count(),
                 ms_per_token: e.rep.ms_per_token,

@@ -543,30 +543,30 @@ fn a_call_for_bids_places_a_task_when_every_orchestrator_is_busy() {
         "2",
     ]);
     router.wait_for("known=1");
-    // Two clients at once: the first task takes the only slot; for the
-    // second the router's table has no free slot, so it calls for bids and
-    // the orchestrator bids with its queue place.
-    let clients: Vec<_> = ["Once upon a time", "The history of the bicycle"]
-        .iter()
-        .map(|prompt| {
-            Command::new(BIN)
-                .args([
-                    "infer",
-                    "--bootstrap",
-                    &addr,
-                    "--prompt",
-                    prompt,
-                    "--max-tokens",
-                    "256",
-                    "--json",
-                ])
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    // The first task takes the only slot; for the second, sent once the
+    // first is handed over, the router's table has no free slot, so it
+    // calls for bids and the orchestrator bids with its queue place.
+    let client = |prompt: &str| {
+        Command::new(BIN)
+            .args([
+                "infer",
+                "--bootstrap",
+                &addr,
+                "--prompt",
+                prompt,
+                "--max-tokens",
+                "256",
+                "--json",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = client("Once upon a time");
+    router.wait_for("handing task over");
+    let clients = [first, client("The history of the bicycle")];
     let award = router.wait_for("task awarded to the best bid");
     assert!(award.contains(&format!("winner={orch_id}")), "{award}");
     for c in clients {
@@ -803,56 +803,89 @@ fn two_routers_racing_for_one_orchestrator_make_it_delegate_and_pay_along_the_ch
     // Both routers hand A a task at the same moment, each before A's advert
     // says it is full: A takes one and delegates the other to B, which it
     // knows from its adverts. (The race is the point: one router never sends
-    // a task to an orchestrator it knows is full.)
-    let infer = |addr: &str| {
-        Command::new(BIN)
-            .args([
-                "infer",
-                "--bootstrap",
-                addr,
-                "--prompt",
-                "Write a short story about a cactus.",
-                "--max-tokens",
-                "96",
-                "--json",
-            ])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+    // a task to an orchestrator it knows is full.) One client submits to both
+    // routers at once, so that the two tasks leave together.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client_dir = tempfile::tempdir().unwrap();
+    let client = rt.block_on(async {
+        let node = cactus_node::Node::start(
+            cactus_node::NodeConfig {
+                role: cactus_node::Role::Client,
+                data_dir: client_dir.path().to_path_buf(),
+                ..cactus_node::NodeConfig::default()
+            },
+            libp2p::identity::Keypair::generate_ed25519(),
+            None,
+        )
+        .await
+        .unwrap();
+        for a in [&addr1, &addr2] {
+            node.network().dial(a.parse().unwrap()).await.unwrap();
+        }
+        node
+    });
+    let peer_of = |a: &str| -> libp2p::PeerId { a.rsplit('/').next().unwrap().parse().unwrap() };
+    let (p1, p2) = (peer_of(&addr1), peer_of(&addr2));
+    let spec = || cactus_protocol::TaskSpec {
+        model: None,
+        prompt: "Write a short story about a cactus.".into(),
+        format: cactus_protocol::PromptFormat::Chat,
+        sampling: cactus_protocol::SamplingParams {
+            max_tokens: 96,
+            ..Default::default()
+        },
     };
     let mut delegated = None;
     for _ in 0..8 {
-        let clients = [infer(&addr1), infer(&addr2)];
-        for c in clients {
-            let out = c.wait_with_output().unwrap();
-            assert!(
-                out.status.success(),
-                "infer failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            assert_eq!(v["receipt"]["verified"], true, "{v}");
+        let (x, y) = rt.block_on(async {
+            let n = client.network();
+            tokio::join!(
+                cactus_node::client::submit_to(n, p1, spec()),
+                cactus_node::client::submit_to(n, p2, spec())
+            )
+        });
+        for r in [x, y] {
+            r.unwrap().receipt.verify().unwrap();
         }
-        for r in [&mut r1, &mut r2] {
+        for (i, r) in [&mut r1, &mut r2].into_iter().enumerate() {
             if r.seen("delegated result") {
                 delegated = r
                     .log
                     .iter()
                     .find(|l| l.contains("delegated result"))
-                    .cloned();
+                    .map(|l| (i, l.clone()));
             }
         }
         if delegated.is_some() {
             break;
         }
     }
-    let line = delegated.expect("the routers never raced for A");
+    let (which, line) = delegated.expect("the routers never raced for A");
     // The router checked A's signed link to B and B's receipt committing to
-    // it, and paid along the chain (A answers for it; B ran it).
+    // it, countersigned, and settled on its ledger along the chain (A
+    // answers for it; B ran it).
     assert!(line.contains(&format!("orchestrator={a_id}")), "{line}");
     assert!(line.contains(&format!("executor={b_id}")), "{line}");
+    let task = line
+        .split("task_id=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let router = if which == 0 { &mut r1 } else { &mut r2 };
+    let settled = loop {
+        if let Some(l) = router
+            .log
+            .iter()
+            .find(|l| l.contains("receipt recorded") && l.contains(&task))
+        {
+            break l.clone();
+        }
+        router.wait_for("receipt recorded");
+    };
+    assert!(settled.contains("paid=true"), "{settled}");
     a.wait_for("delegating task");
     for addr in [&addr1, &addr2] {
         let out = run(&["status", "--bootstrap", addr, "--json"]);
@@ -864,6 +897,7 @@ fn two_routers_racing_for_one_orchestrator_make_it_delegate_and_pay_along_the_ch
         let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(status["pending_payments"], 0, "{status}");
     }
+    rt.block_on(client.shutdown());
     drop(b);
     a.terminate();
     r2.terminate();
