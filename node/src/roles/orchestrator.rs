@@ -31,6 +31,26 @@ fn is_unspecified_or_loopback_only(a: &libp2p::Multiaddr) -> bool {
         .any(|p| matches!(p, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_unspecified()))
 }
 
+/// The task error a pool refusal answers with.
+fn rejected(e: Rejected) -> TaskError {
+    let kind = match e {
+        Rejected::Busy => TaskErrorKind::Busy,
+        Rejected::Stopped => TaskErrorKind::Unavailable,
+    };
+    TaskError::new(kind, e.to_string())
+}
+
+/// The task error an engine failure answers with.
+fn inference_error(e: &InferenceError) -> TaskError {
+    let kind = match e {
+        InferenceError::UnknownModel(_) => TaskErrorKind::NoSuchModel,
+        InferenceError::PromptTooLong { .. } => TaskErrorKind::PromptTooLong,
+        InferenceError::Cancelled => TaskErrorKind::Unavailable,
+        _ => TaskErrorKind::Inference,
+    };
+    TaskError::new(kind, e.to_string())
+}
+
 /// Unix time in milliseconds.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -175,17 +195,7 @@ impl OrchestratorCtx {
                 started_at_ms: now_ms(),
                 result,
             }),
-            Err(e) => {
-                let kind = match e {
-                    Rejected::Busy => TaskErrorKind::Busy,
-                    Rejected::Stopped => TaskErrorKind::Unavailable,
-                };
-                Err(refuse(
-                    TaskError::new(kind, e.to_string()),
-                    assignment,
-                    chain,
-                ))
-            }
+            Err(e) => Err(refuse(rejected(e), assignment, chain)),
         }
     }
 
@@ -410,14 +420,8 @@ impl OrchestratorCtx {
         let generation = match result.await {
             Ok(Ok(g)) => g,
             Ok(Err(e)) => {
-                let kind = match e {
-                    InferenceError::UnknownModel(_) => TaskErrorKind::NoSuchModel,
-                    InferenceError::PromptTooLong { .. } => TaskErrorKind::PromptTooLong,
-                    InferenceError::Cancelled => TaskErrorKind::Unavailable,
-                    _ => TaskErrorKind::Inference,
-                };
                 tracing::info!(error = %e, "task failed");
-                return TaskResponse::Failed(TaskError::new(kind, e.to_string()));
+                return TaskResponse::Failed(inference_error(&e));
             }
             Err(_) => {
                 return TaskResponse::Failed(TaskError::new(
@@ -492,10 +496,7 @@ impl OrchestratorCtx {
             .digest()
             .map_err(|e| TaskError::new(TaskErrorKind::InvalidRequest, e.to_string()))?;
         let task_id = request.receipt.body.task_id;
-        let result = self.pool.try_replay(request).map_err(|e| match e {
-            Rejected::Busy => TaskError::new(TaskErrorKind::Busy, e.to_string()),
-            Rejected::Stopped => TaskError::new(TaskErrorKind::Unavailable, e.to_string()),
-        })?;
+        let result = self.pool.try_replay(request).map_err(rejected)?;
         Ok(AcceptedReplay {
             task_id,
             receipt,
@@ -511,13 +512,7 @@ impl OrchestratorCtx {
             Ok(Ok(f)) => f,
             Ok(Err(e)) => {
                 tracing::info!(error = %e, "replay failed");
-                let kind = match e {
-                    InferenceError::UnknownModel(_) => TaskErrorKind::NoSuchModel,
-                    InferenceError::PromptTooLong { .. } => TaskErrorKind::PromptTooLong,
-                    InferenceError::Cancelled => TaskErrorKind::Unavailable,
-                    _ => TaskErrorKind::Inference,
-                };
-                return TaskResponse::Failed(TaskError::new(kind, e.to_string()));
+                return TaskResponse::Failed(inference_error(&e));
             }
             Err(_) => {
                 return TaskResponse::Failed(TaskError::new(
