@@ -29,6 +29,8 @@ echo "== cargo clippy"
 cargo clippy --release --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --release --workspace --locked
+echo "== delegation across processes: two routers racing for one orchestrator (run alone: it is a race)"
+cargo test --release --locked -p cactus-node --test it -- --ignored --exact e2e::two_routers_racing_for_one_orchestrator_make_it_delegate_and_pay_along_the_chain
 echo "== Aptos ledger backend (feature aptos): payloads, BCS, keys, views against a fake node; live test if configured"
 cargo test --release --locked -p cactus-node --features aptos --lib chain::
 cargo test --release --locked -p cactus-node --features aptos --test it -- aptos_live move_pin --nocapture

@@ -737,7 +737,11 @@ fn a_process_serving_a_substituted_model_is_caught_and_slashed() {
     );
 }
 
+/// A race between two routers, by design: it needs the machine's attention,
+/// so it is left out of the parallel run and run on its own (see
+/// `scripts/test.sh`: `cargo test ... -- --ignored two_routers`).
 #[test]
+#[ignore = "timing-dependent: run alone, as scripts/test.sh does"]
 fn two_routers_racing_for_one_orchestrator_make_it_delegate_and_pay_along_the_chain() {
     let model = super::model_path();
     let tmp = tempfile::tempdir().unwrap();
@@ -797,7 +801,7 @@ fn two_routers_racing_for_one_orchestrator_make_it_delegate_and_pay_along_the_ch
         ])
     };
     let mut a = orch(&a_dir, "1", "0");
-    let b = orch(&b_dir, "10", "2");
+    let b = orch(&b_dir, "100", "2");
     r1.wait_for("known=2");
     r2.wait_for("known=2");
     // Both routers hand A a task at the same moment, each before A's advert
@@ -836,7 +840,7 @@ fn two_routers_racing_for_one_orchestrator_make_it_delegate_and_pay_along_the_ch
         },
     };
     let mut delegated = None;
-    for _ in 0..8 {
+    for _ in 0..12 {
         let (x, y) = rt.block_on(async {
             let n = client.network();
             tokio::join!(
