@@ -286,16 +286,7 @@ impl LlamaEngine {
         };
         let wants_logits = |p: usize| p >= first && p <= last && (n_o > 0 || stop);
 
-        let threads = self.config.threads.max(1) as i32;
-        let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(n_ctx))
-            .with_n_batch(PREFILL_BATCH as u32)
-            .with_n_threads(threads)
-            .with_n_threads_batch(threads);
-        let mut ctx = {
-            let _serial = loaded.new_context.lock().map_err(|e| err(&e))?;
-            model.new_context(backend, params).map_err(|e| err(&e))?
-        };
+        let mut ctx = self.context(loaded, backend, n_ctx)?;
         let mut sampler = sampler_for(&sampling);
         let eog: Vec<usize> = (0..n_vocab)
             .filter(|&t| vocab.is_eog(LlamaToken::new(t as i32)))
@@ -396,6 +387,30 @@ impl LlamaEngine {
     }
 }
 
+impl LlamaEngine {
+    /// A fresh context of `n_ctx` tokens on `loaded`'s model, with this
+    /// engine's threads; creation is serialised per model.
+    fn context<'m>(
+        &self,
+        loaded: &'m Loaded,
+        backend: &LlamaBackend,
+        n_ctx: u32,
+    ) -> Result<llama_cpp_2::context::LlamaContext<'m>, InferenceError> {
+        let err = |e: &dyn std::fmt::Display| InferenceError::Engine(e.to_string());
+        let threads = self.config.threads.max(1) as i32;
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(n_ctx))
+            .with_n_batch(PREFILL_BATCH as u32)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads);
+        let _serial = loaded.new_context.lock().map_err(|e| err(&e))?;
+        loaded
+            .model
+            .new_context(backend, params)
+            .map_err(|e| err(&e))
+    }
+}
+
 impl Engine for LlamaEngine {
     fn replay(
         &self,
@@ -438,16 +453,7 @@ impl Engine for LlamaEngine {
             });
         }
 
-        let threads = self.config.threads.max(1) as i32;
-        let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(n_ctx))
-            .with_n_batch(PREFILL_BATCH as u32)
-            .with_n_threads(threads)
-            .with_n_threads_batch(threads);
-        let mut ctx = {
-            let _serial = loaded.new_context.lock().map_err(|e| err(&e))?;
-            model.new_context(backend, params).map_err(|e| err(&e))?
-        };
+        let mut ctx = self.context(loaded, backend, n_ctx)?;
 
         // Prefill in batches; logits only for the last prompt token.
         let mut batch = LlamaBatch::new(PREFILL_BATCH, 1);

@@ -31,6 +31,20 @@ struct Entry {
     rep: Reputation,
 }
 
+/// What the scheduler scores of an orchestrator asking `price` with `free`
+/// slots: the stake the ledger holds and this router's record of it.
+fn candidate(e: &Entry, price: u64, free: u32) -> schedule::Candidate {
+    schedule::Candidate {
+        stake: e.admitted.map_or(e.advert.stake, |a| a.1),
+        successes: e.rep.success_count(),
+        failures: e.rep.failure_count(),
+        ms_per_token: e.rep.ms_per_token,
+        rtt_ms: e.rep.rtt_ms,
+        free_slots: i64::from(free) - i64::from(e.in_flight),
+        price,
+    }
+}
+
 /// Whether an orchestrator may be given work or a verdict.
 fn usable(e: &Entry) -> bool {
     e.eligible == Some(true) && !e.banned
@@ -324,18 +338,7 @@ impl OrchestratorTable {
             .enumerate()
             .filter_map(|(i, (peer, price, free))| {
                 let e = self.entries.get(peer).filter(|e| usable(e))?;
-                Some((
-                    i,
-                    schedule::Candidate {
-                        stake: e.admitted.map_or(e.advert.stake, |a| a.1),
-                        successes: e.rep.success_count(),
-                        failures: e.rep.failure_count(),
-                        ms_per_token: e.rep.ms_per_token,
-                        rtt_ms: e.rep.rtt_ms,
-                        free_slots: i64::from(*free) - i64::from(e.in_flight),
-                        price: *price,
-                    },
-                ))
+                Some((i, candidate(e, *price, *free)))
             })
             .collect();
         let candidates: Vec<schedule::Candidate> = known.iter().map(|(_, c)| c.clone()).collect();
@@ -368,15 +371,7 @@ impl OrchestratorTable {
         eligible.sort_by_key(|(p, _)| **p);
         let candidates: Vec<schedule::Candidate> = eligible
             .iter()
-            .map(|(_, e)| schedule::Candidate {
-                stake: e.admitted.map_or(e.advert.stake, |a| a.1),
-                successes: e.rep.success_count(),
-                failures: e.rep.failure_count(),
-                ms_per_token: e.rep.ms_per_token,
-                rtt_ms: e.rep.rtt_ms,
-                free_slots: i64::from(e.advert.free_slots) - i64::from(e.in_flight),
-                price: e.advert.price_per_token,
-            })
+            .map(|(_, e)| candidate(e, e.advert.price_per_token, e.advert.free_slots))
             .collect();
         schedule::pick(
             &candidates,

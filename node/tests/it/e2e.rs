@@ -69,6 +69,18 @@ impl Proc {
         }
     }
 
+    /// Waits until the node listens; returns its address with `/p2p/<id>`.
+    fn listen_addr(&mut self) -> String {
+        let line = self.wait_for("listening");
+        line.split("address=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    }
+
     /// Whether a line containing `needle` has been logged so far (reads
     /// what is there without waiting).
     fn seen(&mut self, needle: &str) -> bool {
@@ -168,16 +180,8 @@ fn three_processes_answer_on_the_real_model_with_a_ledgered_receipt() {
         "--spot-check",
         "100",
     ]);
-    let line = router.wait_for("listening");
-    let addr = line
-        .split("address=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
-    assert!(addr.contains("/p2p/"), "{line}");
+    let addr = router.listen_addr();
+    assert!(addr.contains("/p2p/"), "{addr}");
 
     let orch_ids: Vec<String> = dirs[1..].iter().map(|d| id(d)).collect();
     let model_arg = format!("{}:{}", model.display(), super::DEMO_SHA256);
@@ -373,15 +377,7 @@ fn killing_the_serving_orchestrator_fails_over_without_double_payment() {
         "--listen",
         "/ip4/127.0.0.1/tcp/0",
     ]);
-    let line = router.wait_for("listening");
-    let addr = line
-        .split("address=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
+    let addr = router.listen_addr();
     let ids: Vec<String> = dirs[1..].iter().map(|d| id(d)).collect();
     let model_arg = format!("{}:{}", model.display(), super::DEMO_SHA256);
     let mut orchs: Vec<Option<Proc>> = dirs[1..]
@@ -513,15 +509,7 @@ fn a_call_for_bids_places_a_task_when_every_orchestrator_is_busy() {
         "--listen",
         "/ip4/127.0.0.1/tcp/0",
     ]);
-    let line = router.wait_for("listening");
-    let addr = line
-        .split("address=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
+    let addr = router.listen_addr();
     let orch_id = id(&tmp.path().join("orch"));
     let model_arg = format!("{}:{}", model.display(), super::DEMO_SHA256);
     // One worker slot and a queue: busy by its advert while it generates,
@@ -603,15 +591,7 @@ fn a_process_serving_a_substituted_model_is_caught_and_slashed() {
         "--spot-check",
         "100",
     ]);
-    let line = router.wait_for("listening");
-    let addr = line
-        .split("address=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
+    let addr = router.listen_addr();
     let model_arg = format!("{}:{}", model.display(), super::DEMO_SHA256);
     let honest: Vec<Proc> = ["h1", "h2"]
         .iter()
@@ -745,16 +725,6 @@ fn a_process_serving_a_substituted_model_is_caught_and_slashed() {
 fn two_routers_racing_for_one_orchestrator_make_it_delegate_and_pay_along_the_chain() {
     let model = super::model_path();
     let tmp = tempfile::tempdir().unwrap();
-    let listen_addr = |p: &mut Proc| {
-        let line = p.wait_for("listening");
-        line.split("address=")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_owned()
-    };
     let mut r1 = Proc::spawn(&[
         "--role",
         "router",
@@ -763,7 +733,7 @@ fn two_routers_racing_for_one_orchestrator_make_it_delegate_and_pay_along_the_ch
         "--listen",
         "/ip4/127.0.0.1/tcp/0",
     ]);
-    let addr1 = listen_addr(&mut r1);
+    let addr1 = r1.listen_addr();
     let mut r2 = Proc::spawn(&[
         "--role",
         "router",
@@ -774,7 +744,7 @@ fn two_routers_racing_for_one_orchestrator_make_it_delegate_and_pay_along_the_ch
         "--bootstrap",
         &addr1,
     ]);
-    let addr2 = listen_addr(&mut r2);
+    let addr2 = r2.listen_addr();
     let model_arg = format!("{}:{}", model.display(), super::DEMO_SHA256);
     // A: cheap, so both routers prefer it, with one slot and no queue. B:
     // dearer, with room.
