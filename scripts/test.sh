@@ -16,7 +16,7 @@ python3 scripts/move_ast.py check contracts/sources/*.move contracts/tests/*.mov
 python3 scripts/move_ast.py tests contracts/tests/cactus_payment_tests.move \
   | python3 -c 'import json,sys; print("\n".join(sorted(t["name"] for t in json.load(sys.stdin))))' > "${TMPDIR:-/tmp}/move-tests.txt"
 cargo test --release --locked -p cactus-protocol --lib -- --list 2>/dev/null \
-  | sed -n 's/^ledger::tests::\(test_[a-z0-9_]*\): test$/\1/p' | sort > "${TMPDIR:-/tmp}/rust-tests.txt"
+  | sed -n 's/^contract::tests::\(test_[a-z0-9_]*\): test$/\1/p' | sort > "${TMPDIR:-/tmp}/rust-tests.txt"
 if ! diff -u "${TMPDIR:-/tmp}/move-tests.txt" "${TMPDIR:-/tmp}/rust-tests.txt"; then
   echo "error: the Move tests and the Rust ledger tests no longer mirror each other (diff above)" >&2
   exit 1

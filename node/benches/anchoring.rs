@@ -16,9 +16,9 @@
 
 use cactus_node::chain::ChainBackend;
 use cactus_node::chain::embedded::{Embedded, EmbeddedChain, LocalSettings};
-use cactus_node::ledger::Ledger;
+use cactus_node::receipt_log::ReceiptLog;
 use cactus_node::roles::anchor;
-use cactus_protocol::ledger::Address;
+use cactus_protocol::contract::Address;
 use cactus_protocol::receipt::RECEIPT_VERSION;
 use cactus_protocol::{Digest, Receipt, ReceiptBody, SamplingParams, TaskId};
 use libp2p::identity::Keypair;
@@ -83,7 +83,7 @@ fn main() {
     // What the embedded ledger logs per call: the CBOR operation.
     let op_bytes = cbor4ii::serde::to_vec(
         Vec::new(),
-        &cactus_protocol::ledger::Op::AnchorReceipts {
+        &cactus_protocol::contract::Op::AnchorReceipts {
             merkle_root: vec![0; 32],
             count: 1,
             first_task: vec![0; 16],
@@ -95,7 +95,7 @@ fn main() {
     let mut baseline_us = 0.0;
     for batch in [1usize, 16, 64, 256, 1024] {
         let dir = tempfile::tempdir().unwrap();
-        let ledger = Arc::new(Ledger::open(dir.path()).unwrap());
+        let ledger = Arc::new(ReceiptLog::open(dir.path()).unwrap());
         for r in &all {
             ledger.append(r).unwrap();
         }

@@ -175,7 +175,7 @@ pub struct NodeArgs {
     /// An orchestrator's ledger account, 0x-prefixed hex [default: derived
     /// from its PeerId, as local ledgers use].
     #[arg(long, env = "CACTUS_ACCOUNT", value_name = "ADDRESS", value_parser = parse_address)]
-    pub account: Option<cactus_protocol::ledger::Address>,
+    pub account: Option<cactus_protocol::contract::Address>,
     /// The ledger: `embedded` (a local ledger in the data dir, for local
     /// clusters) or `aptos` (a deployed cactus_payment contract; needs a
     /// build with the `aptos` feature).
@@ -190,7 +190,7 @@ pub struct NodeArgs {
     pub aptos_key_file: Option<PathBuf>,
     /// Address the cactus_payment module is published at (with --chain aptos).
     #[arg(long, env = "CACTUS_CONTRACT_ADDRESS", value_name = "ADDRESS", value_parser = parse_address)]
-    pub contract_address: Option<cactus_protocol::ledger::Address>,
+    pub contract_address: Option<cactus_protocol::contract::Address>,
     /// A router anchors its receipts once this many wait.
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub anchor_batch: usize,
@@ -241,12 +241,12 @@ pub fn parse_tolerance(s: &str) -> Result<f32, String> {
 }
 
 /// Parses a 0x-prefixed (or bare) 64-hex-digit account address.
-pub fn parse_address(s: &str) -> Result<cactus_protocol::ledger::Address, String> {
+pub fn parse_address(s: &str) -> Result<cactus_protocol::contract::Address, String> {
     let hex_part = s.strip_prefix("0x").unwrap_or(s);
     let mut out = [0u8; 32];
     hex::decode_to_slice(hex_part, &mut out)
         .map_err(|_| format!("expected a 32-byte hex address, got {s:?}"))?;
-    Ok(cactus_protocol::ledger::Address(out))
+    Ok(cactus_protocol::contract::Address(out))
 }
 
 impl NodeArgs {
@@ -431,7 +431,7 @@ async fn confirm_stake(
             Ok(())
         }
         None => {
-            let op = cactus_protocol::ledger::Op::RegisterOrchestrator {
+            let op = cactus_protocol::contract::Op::RegisterOrchestrator {
                 peer_id: peer.to_bytes(),
                 amount: stake,
             };

@@ -19,10 +19,11 @@ pub mod cli;
 pub mod client;
 pub mod identity;
 pub mod inference;
-pub mod ledger;
 pub mod network;
 pub mod node;
+pub mod receipt_log;
 pub mod roles;
+pub mod time;
 
 pub use cactus_protocol as protocol;
 pub use node::{Node, NodeConfig, Role};

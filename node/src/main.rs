@@ -7,7 +7,7 @@ use cactus_node::cli::{self, DataDirArgs, NodeArgs};
 use cactus_node::client;
 use cactus_node::protocol::merkle::ReceiptBundle;
 use cactus_node::protocol::messages::{
-    LedgerStatus, MAX_STATUS_ORCHESTRATORS, OrchestratorStatus, Query, QueryAnswer,
+    MAX_STATUS_ORCHESTRATORS, OrchestratorStatus, Query, QueryAnswer, RouterStatus,
 };
 use cactus_node::protocol::{PromptFormat, SamplingParams, TaskId, TaskSpec};
 use clap::{Parser, Subcommand};
@@ -442,16 +442,16 @@ async fn ask(source: &SourceArgs, q: Query) -> Result<QueryAnswer> {
 }
 
 /// The status of a stopped router's ledger, read from its data dir.
-fn offline_status(dir: &std::path::Path) -> Result<LedgerStatus> {
+fn offline_status(dir: &std::path::Path) -> Result<RouterStatus> {
     let chain = EmbeddedChain::open_existing(dir)?;
     let state = chain.state();
-    let receipts = cactus_node::ledger::Ledger::open(dir)?;
+    let receipts = cactus_node::receipt_log::ReceiptLog::open(dir)?;
     let router_account = state.servers.iter().next().copied().unwrap_or(state.admin);
     let reputations: std::collections::HashMap<PeerId, _> = receipts
         .reputations(MAX_STATUS_ORCHESTRATORS)?
         .into_iter()
         .collect();
-    Ok(LedgerStatus {
+    Ok(RouterStatus {
         router_account,
         authorized: state.is_server(&router_account),
         config: state.config.clone(),
@@ -544,7 +544,7 @@ async fn status(args: StatusArgs) -> Result<()> {
     Ok(())
 }
 
-fn status_json(s: &LedgerStatus) -> serde_json::Value {
+fn status_json(s: &RouterStatus) -> serde_json::Value {
     let (stake, escrow, vault) = s.totals;
     serde_json::json!({
         "router_account": s.router_account.to_hex(),
@@ -591,7 +591,7 @@ async fn receipt(cmd: ReceiptCmd) -> Result<()> {
             let id = TaskId(id);
             let bundle = match &source.data_dir {
                 Some(dir) => {
-                    let l = cactus_node::ledger::Ledger::open(dir)?;
+                    let l = cactus_node::receipt_log::ReceiptLog::open(dir)?;
                     l.get(&id)?
                         .map(|receipt| {
                             Ok::<_, anyhow::Error>(ReceiptBundle {
@@ -799,10 +799,13 @@ async fn infer(args: InferArgs) -> Result<()> {
 
 fn fraud(args: LedgerArgs) -> Result<()> {
     let dir = args.data.resolve();
-    if !dir.join(cactus_node::ledger::LEDGER_FILE).exists() {
+    if !dir
+        .join(cactus_node::receipt_log::RECEIPT_LOG_FILE)
+        .exists()
+    {
         bail!("no ledger in {} (check --data-dir)", dir.display());
     }
-    let ledger = cactus_node::ledger::Ledger::open(&dir)?;
+    let ledger = cactus_node::receipt_log::ReceiptLog::open(&dir)?;
     let mut out = std::io::stdout().lock();
     for e in ledger.frauds(args.limit)? {
         let b = &e.body.receipt.body;
@@ -867,10 +870,13 @@ fn fraud(args: LedgerArgs) -> Result<()> {
 
 fn ledger(args: LedgerArgs) -> Result<()> {
     let dir = args.data.resolve();
-    if !dir.join(cactus_node::ledger::LEDGER_FILE).exists() {
+    if !dir
+        .join(cactus_node::receipt_log::RECEIPT_LOG_FILE)
+        .exists()
+    {
         bail!("no ledger in {} (check --data-dir)", dir.display());
     }
-    let ledger = cactus_node::ledger::Ledger::open(&dir)?;
+    let ledger = cactus_node::receipt_log::ReceiptLog::open(&dir)?;
     let receipts = ledger.list(0, args.limit)?;
     let mut out = std::io::stdout().lock();
     for r in &receipts {

@@ -4,8 +4,8 @@
 use crate::chain::embedded::{Embedded, EmbeddedChain, LocalSettings};
 use crate::chain::{ChainBackend, ChainError};
 use crate::inference::{Engine, WorkerPool};
-use crate::ledger::{Ledger, LedgerError};
 use crate::network::{self, Network, NetworkConfig, NetworkError};
+use crate::receipt_log::{ReceiptLog, ReceiptLogError};
 use crate::roles::anchor::{self, AnchorPolicy};
 use crate::roles::orchestrator::OrchestratorCtx;
 use crate::roles::router::{RouterCtx, Verification};
@@ -72,7 +72,7 @@ pub struct NodeConfig {
     /// Stake an orchestrator declares (registered with it on a local ledger).
     pub stake: u64,
     /// An orchestrator's ledger account [default: its PeerId's local address].
-    pub account: Option<cactus_protocol::ledger::Address>,
+    pub account: Option<cactus_protocol::contract::Address>,
     /// The ledger a router settles on.
     pub chain: ChainChoice,
     /// When a router anchors its receipts.
@@ -135,7 +135,7 @@ pub enum NodeError {
     Network(#[from] NetworkError),
     /// The ledger failed to open.
     #[error(transparent)]
-    Ledger(#[from] LedgerError),
+    Ledger(#[from] ReceiptLogError),
     /// The ledger failed to open or answer.
     #[error(transparent)]
     Chain(#[from] ChainError),
@@ -154,7 +154,7 @@ pub struct Node {
     table: Option<Arc<Mutex<OrchestratorTable>>>,
     table_size: watch::Receiver<(usize, usize)>,
     pool: Option<Arc<WorkerPool>>,
-    ledger: Option<Arc<Ledger>>,
+    receipts: Option<Arc<ReceiptLog>>,
     chain: Option<Arc<dyn ChainBackend>>,
     anchor_task: Option<JoinHandle<()>>,
     router: Option<Arc<RouterCtx>>,
@@ -197,7 +197,7 @@ impl Node {
         let (size_tx, size_rx) = watch::channel((0, 0));
         let mut table = None;
         let mut pool = None;
-        let mut ledger_handle = None;
+        let mut receipts_handle = None;
         let mut chain_handle: Option<Arc<dyn ChainBackend>> = None;
         let mut anchor_task = None;
         let mut router_handle = None;
@@ -226,20 +226,20 @@ impl Node {
                 RoleCtx::Orchestrator(Arc::new(ctx))
             }
             Role::Router => {
-                let ledger = {
+                let receipts = {
                     let dir = config.data_dir.clone();
                     tokio::task::spawn_blocking(move || {
-                        std::fs::create_dir_all(&dir).map_err(|e| LedgerError::Db {
+                        std::fs::create_dir_all(&dir).map_err(|e| ReceiptLogError::Db {
                             path: dir.clone(),
                             message: e.to_string(),
                         })?;
-                        Ledger::open(&dir)
+                        ReceiptLog::open(&dir)
                     })
                     .await
                     .map_err(|e| NetworkError::Setup(e.to_string()))??
                 };
-                let ledger = Arc::new(ledger);
-                ledger_handle = Some(Arc::clone(&ledger));
+                let receipts = Arc::new(receipts);
+                receipts_handle = Some(Arc::clone(&receipts));
                 let chain: Arc<dyn ChainBackend> = match &config.chain {
                     ChainChoice::Backend(b) => Arc::clone(b),
                     ChainChoice::Embedded(settings) => {
@@ -262,7 +262,7 @@ impl Node {
                 chain_handle = Some(Arc::clone(&chain));
                 let appended = Arc::new(tokio::sync::Notify::new());
                 anchor_task = Some(tokio::spawn(anchor::run(
-                    Arc::clone(&ledger),
+                    Arc::clone(&receipts),
                     Arc::clone(&chain),
                     config.anchor,
                     Arc::clone(&appended),
@@ -274,7 +274,7 @@ impl Node {
                     network: network.clone(),
                     key,
                     table: t,
-                    ledger,
+                    receipts,
                     chain,
                     contract,
                     appended,
@@ -327,7 +327,7 @@ impl Node {
             table,
             table_size: size_rx,
             pool,
-            ledger: ledger_handle,
+            receipts: receipts_handle,
             chain: chain_handle,
             anchor_task,
             router: router_handle,
@@ -379,7 +379,7 @@ impl Node {
     /// Anchors up to `batch` pending receipts now instead of waiting for the
     /// anchoring policy (routers); returns how many were anchored.
     pub async fn anchor_now(&self, batch: usize) -> Result<usize, anchor::AnchorError> {
-        match (&self.ledger, &self.chain) {
+        match (&self.receipts, &self.chain) {
             (Some(l), Some(c)) => anchor::anchor_once(l, c.as_ref(), batch).await,
             _ => Ok(0),
         }
@@ -389,13 +389,13 @@ impl Node {
     pub async fn receipt(
         &self,
         task: cactus_protocol::TaskId,
-    ) -> Result<Option<cactus_protocol::Receipt>, LedgerError> {
-        let Some(ledger) = self.ledger.clone() else {
+    ) -> Result<Option<cactus_protocol::Receipt>, ReceiptLogError> {
+        let Some(receipts) = self.receipts.clone() else {
             return Ok(None);
         };
-        tokio::task::spawn_blocking(move || ledger.get(&task))
+        tokio::task::spawn_blocking(move || receipts.get(&task))
             .await
-            .map_err(|e| LedgerError::Db {
+            .map_err(|e| ReceiptLogError::Db {
                 path: PathBuf::new(),
                 message: e.to_string(),
             })?
@@ -424,13 +424,13 @@ impl Node {
     pub async fn fraud_evidence(
         &self,
         limit: usize,
-    ) -> Result<Vec<cactus_protocol::fraud::FraudEvidence>, LedgerError> {
-        let Some(ledger) = self.ledger.clone() else {
+    ) -> Result<Vec<cactus_protocol::fraud::FraudEvidence>, ReceiptLogError> {
+        let Some(receipts) = self.receipts.clone() else {
             return Ok(Vec::new());
         };
-        tokio::task::spawn_blocking(move || ledger.frauds(limit))
+        tokio::task::spawn_blocking(move || receipts.frauds(limit))
             .await
-            .map_err(|e| LedgerError::Db {
+            .map_err(|e| ReceiptLogError::Db {
                 path: PathBuf::new(),
                 message: e.to_string(),
             })?
@@ -440,13 +440,13 @@ impl Node {
     pub async fn receipt_proof(
         &self,
         task: cactus_protocol::TaskId,
-    ) -> Result<Option<cactus_protocol::merkle::AnchorProof>, LedgerError> {
-        let Some(ledger) = self.ledger.clone() else {
+    ) -> Result<Option<cactus_protocol::merkle::AnchorProof>, ReceiptLogError> {
+        let Some(receipts) = self.receipts.clone() else {
             return Ok(None);
         };
-        tokio::task::spawn_blocking(move || ledger.proof(&task))
+        tokio::task::spawn_blocking(move || receipts.proof(&task))
             .await
-            .map_err(|e| LedgerError::Db {
+            .map_err(|e| ReceiptLogError::Db {
                 path: PathBuf::new(),
                 message: e.to_string(),
             })?

@@ -24,10 +24,10 @@ const CHAIN_DOMAIN: &[u8] = b"cactus/delegation/v1/chain\0";
 
 /// Most links in a delegation chain: the assigned orchestrator and at most
 /// this many delegates after it. Equal to the ledger's
-/// [`MAX_DELEGATES`](crate::ledger::MAX_DELEGATES), so that every delegate in
+/// [`MAX_DELEGATES`](crate::contract::MAX_DELEGATES), so that every delegate in
 /// a valid chain can be paid.
 pub const MAX_DELEGATION_DEPTH: usize = 2;
-const _: () = assert!(MAX_DELEGATION_DEPTH == crate::ledger::MAX_DELEGATES);
+const _: () = assert!(MAX_DELEGATION_DEPTH == crate::contract::MAX_DELEGATES);
 
 /// Largest canonical CBOR encoding of a chain callers should accept; a chain
 /// of [`MAX_DELEGATION_DEPTH`] ed25519 links takes well under half of it.

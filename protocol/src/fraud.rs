@@ -18,7 +18,7 @@
 //! [`FraudEvidence::hash`] is what `slash` records on the ledger.
 
 use crate::ids::{Digest, ModelHash, TaskId};
-use crate::messages::{
+use crate::params::{
     FinishReason, InvalidMessage, MAX_OUTPUT_BYTES, MAX_OUTPUT_TOKENS, MAX_PROMPT_BYTES,
     PromptFormat, SamplingParams,
 };

@@ -8,6 +8,8 @@
 //!
 //! - [`wire`]: the framing every message travels in (version, kind, CBOR body,
 //!   CRC-32) and the typed errors for truncated, oversized or corrupted input.
+//! - [`params`]: the leaf vocabulary (limits, sampling parameters, prompt
+//!   format, stop reasons) every other module builds on.
 //! - [`messages`]: capability adverts (gossipsub) and task requests / responses
 //!   (request-response).
 //! - [`receipt`]: what a finished task proves, signed by the orchestrator and
@@ -18,13 +20,14 @@
 //! - [`delegation`]: signed delegation links by which an orchestrator hands a
 //!   task on, and the rules a router checks a chain of them against.
 
+pub mod contract;
 pub mod delegation;
 pub mod fraud;
 pub mod ids;
-pub mod ledger;
 pub mod market;
 pub mod merkle;
 pub mod messages;
+pub mod params;
 pub mod receipt;
 pub mod reputation;
 pub mod schedule;
@@ -39,9 +42,10 @@ pub use ids::{Digest, ModelHash, TaskId};
 pub use libp2p_identity::{Keypair, PeerId};
 pub use market::{Bid, BidBody, MarketError, TaskAdvert, TaskAdvertBody};
 pub use messages::{
-    Assignment, CapabilityAdvert, FinishReason, ModelId, PromptFormat, SamplingParams, TaskError,
-    TaskErrorKind, TaskRequest, TaskResponse, TaskResult, TaskSpec,
+    Assignment, CapabilityAdvert, TaskError, TaskErrorKind, TaskRequest, TaskResponse, TaskResult,
+    TaskSpec,
 };
+pub use params::{FinishReason, ModelId, PromptFormat, SamplingParams};
 pub use receipt::{Receipt, ReceiptBody, ReceiptError};
 pub use wire::{DecodeError, EncodeError, Wire};
 

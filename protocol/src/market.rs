@@ -13,9 +13,9 @@
 //! as another kind of message. Times are Unix milliseconds; a clock ahead of
 //! the verifier's by up to [`MAX_CLOCK_SKEW_MS`] is tolerated.
 
+use crate::contract::Address;
 use crate::ids::{ModelHash, TaskId};
-use crate::ledger::Address;
-use crate::messages::{MAX_OUTPUT_TOKENS, MAX_PROMPT_BYTES};
+use crate::params::{MAX_OUTPUT_TOKENS, MAX_PROMPT_BYTES};
 use crate::receipt::{MAX_SIGNATURE_BYTES, public_key_of};
 use crate::wire::{Kind, Wire};
 use libp2p_identity::{Keypair, PeerId};
@@ -43,10 +43,10 @@ pub struct TaskAdvertBody {
     /// The exact model the task needs.
     pub model: ModelHash,
     /// Size of the prompt in bytes, at most
-    /// [`MAX_PROMPT_BYTES`](crate::messages::MAX_PROMPT_BYTES).
+    /// [`MAX_PROMPT_BYTES`](crate::params::MAX_PROMPT_BYTES).
     pub prompt_bytes: u32,
     /// Most tokens the task may generate, in
-    /// `1..=`[`MAX_OUTPUT_TOKENS`](crate::messages::MAX_OUTPUT_TOKENS).
+    /// `1..=`[`MAX_OUTPUT_TOKENS`](crate::params::MAX_OUTPUT_TOKENS).
     pub max_tokens: u32,
     /// The highest price per unit the router accepts.
     pub max_price_per_unit: u64,

@@ -11,95 +11,12 @@
 //! methods check them on receipt, before any work is done.
 
 use crate::ids::{ModelHash, TaskId};
+use crate::params::check_len;
+pub use crate::params::*;
 use crate::receipt::Receipt;
 use crate::wire::{Kind, Wire};
 use libp2p_identity::PeerId;
 use serde::{Deserialize, Serialize};
-
-/// Longest prompt accepted, in bytes.
-pub const MAX_PROMPT_BYTES: usize = 256 * 1024;
-/// Most tokens a task may ask to generate.
-pub const MAX_OUTPUT_TOKENS: u32 = 8192;
-/// Longest generated text returned, in bytes.
-pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
-/// Most models one advert may list.
-pub const MAX_MODELS_PER_ADVERT: usize = 64;
-/// Longest model name, in bytes.
-pub const MAX_MODEL_NAME_BYTES: usize = 128;
-/// Most addresses one advert may list.
-pub const MAX_ADVERT_ADDRS: usize = 16;
-/// Longest address in an advert, in bytes.
-pub const MAX_ADDR_BYTES: usize = 256;
-/// Longest free-text field (error messages, version strings), in bytes.
-pub const MAX_TEXT_FIELD_BYTES: usize = 1024;
-
-/// A model an orchestrator serves: a name for people, a hash for machines.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct ModelId {
-    /// Human-readable name, usually the GGUF file stem.
-    pub name: String,
-    /// SHA-256 of the GGUF file.
-    pub sha256: ModelHash,
-}
-
-/// How the orchestrator turns the prompt into tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub enum PromptFormat {
-    /// The prompt is one user turn, wrapped in the model's own chat template.
-    #[default]
-    Chat,
-    /// The prompt is tokenized as it is (plain completion).
-    Raw,
-}
-
-/// How tokens are sampled.
-///
-/// A temperature of zero means greedy decoding, which is deterministic for a
-/// given model and backend; otherwise top-p sampling at that temperature,
-/// seeded by `seed`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct SamplingParams {
-    /// Most tokens to generate; generation also stops at end-of-generation.
-    pub max_tokens: u32,
-    /// Softmax temperature in `[0, 2]`; `0` is greedy.
-    pub temperature: f32,
-    /// Nucleus mass in `(0, 1]`.
-    pub top_p: f32,
-    /// Seed of the sampler's random draws.
-    pub seed: u64,
-}
-
-impl Default for SamplingParams {
-    fn default() -> Self {
-        Self {
-            max_tokens: 128,
-            temperature: 0.0,
-            top_p: 1.0,
-            seed: 0,
-        }
-    }
-}
-
-impl SamplingParams {
-    /// Whether decoding is greedy (deterministic).
-    pub fn is_greedy(&self) -> bool {
-        self.temperature == 0.0
-    }
-
-    /// Checks the parameters' ranges.
-    pub fn validate(&self) -> Result<(), InvalidMessage> {
-        if self.max_tokens == 0 || self.max_tokens > MAX_OUTPUT_TOKENS {
-            return Err(InvalidMessage::MaxTokens(self.max_tokens));
-        }
-        if !(0.0..=2.0).contains(&self.temperature) {
-            return Err(InvalidMessage::Temperature(self.temperature));
-        }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(InvalidMessage::TopP(self.top_p));
-        }
-        Ok(())
-    }
-}
 
 /// What a client asks a router for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -194,9 +111,9 @@ pub struct OrchestratorStatus {
     /// Its PeerId, when the router knows it from adverts.
     pub peer: Option<PeerId>,
     /// Its ledger account.
-    pub account: crate::ledger::Address,
+    pub account: crate::contract::Address,
     /// Its record on the ledger (`None` if unregistered).
-    pub record: Option<crate::ledger::Orchestrator>,
+    pub record: Option<crate::contract::Orchestrator>,
     /// The router's own record of it (successes, failures by kind, speed,
     /// latency), when the router has one.
     pub reputation: Option<crate::reputation::Reputation>,
@@ -204,17 +121,17 @@ pub struct OrchestratorStatus {
 
 /// A router's view of its ledger.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LedgerStatus {
+pub struct RouterStatus {
     /// The router's ledger account.
-    pub router_account: crate::ledger::Address,
+    pub router_account: crate::contract::Address,
     /// Whether the router is an authorized server.
     pub authorized: bool,
     /// The contract's configuration.
-    pub config: Option<crate::ledger::Config>,
+    pub config: Option<crate::contract::Config>,
     /// Orchestrators the router knows, with their ledger records.
     pub orchestrators: Vec<OrchestratorStatus>,
     /// Stake held (active + unbonding), escrow of pending tasks, vault balance.
-    pub totals: crate::ledger::Totals,
+    pub totals: crate::contract::Totals,
     /// Receipts recorded by this router.
     pub receipts: u64,
     /// Receipts waiting to be anchored.
@@ -227,11 +144,11 @@ pub struct LedgerStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum QueryAnswer {
     /// Answer to [`Query::Status`].
-    Status(Box<LedgerStatus>),
+    Status(Box<RouterStatus>),
     /// Answer to [`Query::Receipt`].
     Receipt(Option<Box<crate::merkle::ReceiptBundle>>),
     /// Answer to [`Query::Anchor`].
-    Anchor(Option<crate::ledger::Anchor>),
+    Anchor(Option<crate::contract::Anchor>),
 }
 
 /// A request of the task protocol.
@@ -251,23 +168,11 @@ pub enum TaskRequest {
     Bid(Box<crate::market::Bid>),
 }
 
-/// Most bytes a list of [`MAX_OUTPUT_TOKENS`] token ids takes in CBOR.
-pub const MAX_TOKEN_LIST_BYTES: usize = MAX_OUTPUT_TOKENS as usize * 5 + 16;
-
 impl Wire for TaskRequest {
     const KIND: Kind = Kind::TaskRequest;
     /// A replay request is the largest: prompt, output and its tokens, plus
     /// room for the other fields.
     const MAX_BYTES: usize = MAX_PROMPT_BYTES + MAX_OUTPUT_BYTES + MAX_TOKEN_LIST_BYTES + 16 * 1024;
-}
-
-/// Why generation stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum FinishReason {
-    /// The model produced an end-of-generation token.
-    EndOfGeneration,
-    /// `max_tokens` were generated.
-    MaxTokens,
 }
 
 /// A finished task: the text and its receipt.
@@ -376,7 +281,7 @@ pub struct CapabilityAdvert {
     /// smallest unit.
     pub price_per_token: u64,
     /// The orchestrator's ledger account.
-    pub account: crate::ledger::Address,
+    pub account: crate::contract::Address,
     /// The stake it declares; a router checks it against the ledger.
     pub stake: u64,
     /// Multiaddrs it can be dialled on, relayed (`/p2p-circuit`) ones included.
@@ -417,75 +322,4 @@ impl CapabilityAdvert {
 impl Wire for CapabilityAdvert {
     const KIND: Kind = Kind::CapabilityAdvert;
     const MAX_BYTES: usize = 32 * 1024;
-}
-
-/// A message that decodes but breaks a limit or a rule.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[non_exhaustive]
-pub enum InvalidMessage {
-    /// Empty prompt.
-    #[error("the prompt is empty")]
-    EmptyPrompt,
-    /// Prompt over [`MAX_PROMPT_BYTES`].
-    #[error("prompt of {0} bytes is over the {MAX_PROMPT_BYTES}-byte cap")]
-    PromptTooLarge(usize),
-    /// `max_tokens` out of `1..=MAX_OUTPUT_TOKENS`.
-    #[error("max_tokens {0} is outside 1..={MAX_OUTPUT_TOKENS}")]
-    MaxTokens(u32),
-    /// Temperature out of `[0, 2]`.
-    #[error("temperature {0} is outside [0, 2]")]
-    Temperature(f32),
-    /// top-p out of `(0, 1]`.
-    #[error("top_p {0} is outside (0, 1]")]
-    TopP(f32),
-    /// Too many addresses in an advert.
-    #[error("{0} addresses is over the {MAX_ADVERT_ADDRS}-address cap")]
-    TooManyAddrs(usize),
-    /// Too many models in an advert.
-    #[error("{0} models is over the {MAX_MODELS_PER_ADVERT}-model cap")]
-    TooManyModels(usize),
-    /// A text field over its cap.
-    #[error("{field} of {len} bytes is over its {max}-byte cap")]
-    FieldTooLong {
-        /// Field name.
-        field: &'static str,
-        /// Its length.
-        len: usize,
-        /// The cap.
-        max: usize,
-    },
-    /// A replay request whose prompt, text or tokens are not the ones its
-    /// receipt commits to.
-    #[error("the replay request does not match its receipt")]
-    ReplayMismatch,
-    /// More free slots than slots.
-    #[error("{free} free slots out of {total}")]
-    Slots {
-        /// Free slots claimed.
-        free: u32,
-        /// Total slots claimed.
-        total: u32,
-    },
-}
-
-fn check_len(field: &'static str, s: &str, max: usize) -> Result<(), InvalidMessage> {
-    if s.len() > max {
-        return Err(InvalidMessage::FieldTooLong {
-            field,
-            len: s.len(),
-            max,
-        });
-    }
-    Ok(())
-}
-
-/// Cuts `s` to at most `max` bytes on a character boundary.
-pub fn truncate_utf8(s: &mut String, max: usize) {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
 }

@@ -1,7 +1,7 @@
 //! Property tests for every wire type: round trips, caps, truncation, bit
 //! flips, and receipt tamper-evidence.
 
-use crate::ledger::{Address, Anchor, Orchestrator};
+use crate::contract::{Address, Anchor, Orchestrator};
 use crate::merkle::{AnchorProof, ReceiptBundle};
 use crate::messages::*;
 use crate::receipt::*;
@@ -217,7 +217,7 @@ fn arb_answer() -> impl Strategy<Value = QueryAnswer> {
         proptest::collection::vec((arb_address(), any::<u64>()), 0..5),
         any::<u64>(),
     )
-        .prop_map(|(router_account, orchs, n)| LedgerStatus {
+        .prop_map(|(router_account, orchs, n)| RouterStatus {
             router_account,
             authorized: n % 2 == 0,
             config: None,

@@ -11,7 +11,7 @@
 //! never be replayed as a signature over anything else.
 
 use crate::ids::{Digest, ModelHash, TaskId};
-use crate::messages::{FinishReason, PromptFormat, SamplingParams};
+use crate::params::{FinishReason, PromptFormat, SamplingParams};
 use crate::wire::{Kind, Wire};
 use libp2p_identity::{Keypair, PeerId, PublicKey};
 use serde::{Deserialize, Serialize};

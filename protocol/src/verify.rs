@@ -5,7 +5,8 @@
 
 use crate::delegation::{DelegationError, MAX_DELEGATION_DEPTH, chain_hash, verify_chain};
 use crate::ids::Digest;
-use crate::messages::{Assignment, FinishReason, MAX_OUTPUT_BYTES, TaskResult};
+use crate::messages::{Assignment, TaskResult};
+use crate::params::{FinishReason, MAX_OUTPUT_BYTES};
 use crate::receipt::ReceiptError;
 use libp2p_identity::PeerId;
 
@@ -133,7 +134,7 @@ pub fn check_result(
 mod tests {
     use super::*;
     use crate::ids::TaskId;
-    use crate::messages::{PromptFormat, SamplingParams};
+    use crate::params::{PromptFormat, SamplingParams};
     use crate::receipt::{RECEIPT_VERSION, ReceiptBody};
     use libp2p_identity::Keypair;
 

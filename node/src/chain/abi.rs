@@ -10,7 +10,7 @@
 //! than a transaction.
 
 use cactus_protocol::TaskId;
-use cactus_protocol::ledger::{Abort, Address, Config, Op};
+use cactus_protocol::contract::{Abort, Address, Config, Op};
 
 /// The module's name under the contract address.
 pub const MODULE: &str = "cactus_payment";

@@ -8,7 +8,7 @@
 //!   [`ChainError::Abort`] with the same [`Abort`] the embedded ledger would
 //!   give; any other failure is [`ChainError::Backend`].
 //! - Reads are calls of the module's `#[view]` functions through the REST view
-//!   endpoint, whose JSON results are parsed into the `cactus_protocol::ledger`
+//!   endpoint, whose JSON results are parsed into the `cactus_protocol::contract`
 //!   types. A view that aborts because the thing is unknown (`E_NOT_REGISTERED`,
 //!   `E_TASK_NOT_FOUND`, ..) reads as `None`.
 //!
@@ -33,7 +33,7 @@ use aptos_sdk::transaction::{
 };
 use aptos_sdk::types::{AccountAddress, HashValue, Identifier, MoveModuleId};
 use aptos_sdk::{Aptos, AptosError as SdkError};
-use cactus_protocol::ledger::{
+use cactus_protocol::contract::{
     Abort, Address, Anchor, Config, Op, Orchestrator, Task, TaskStatus, Totals,
 };
 use cactus_protocol::{Digest, TaskId};

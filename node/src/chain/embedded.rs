@@ -1,4 +1,4 @@
-//! The embedded ledger: `cactus_protocol::ledger::State` with its operation
+//! The embedded ledger: `cactus_protocol::contract::State` with its operation
 //! log in redb.
 //!
 //! Every applied operation is appended to the log in its own redb transaction
@@ -14,7 +14,7 @@
 
 use super::{ChainBackend, ChainError};
 use cactus_protocol::TaskId;
-use cactus_protocol::ledger::{
+use cactus_protocol::contract::{
     Abort, Address, Anchor, Config, Op, Orchestrator, State, Task, Totals,
 };
 use futures::future::{BoxFuture, FutureExt};
@@ -23,7 +23,6 @@ use redb::{Database, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// File name of the ledger database in the data dir.
 pub const CHAIN_FILE: &str = "chain.redb";
@@ -102,10 +101,7 @@ impl std::fmt::Debug for EmbeddedChain {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    crate::time::now_ms() / 1000
 }
 
 impl EmbeddedChain {

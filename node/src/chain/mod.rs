@@ -5,7 +5,7 @@
 //! Two backends behind [`ChainBackend`]:
 //!
 //! - [`embedded::EmbeddedChain`] (the default): the reference state machine
-//!   `cactus_protocol::ledger` with its operation log in redb under the data
+//!   `cactus_protocol::contract` with its operation log in redb under the data
 //!   dir, for local clusters with no chain at all;
 //! - `aptos::AptosChain` (cargo feature `aptos`): entry-function transactions
 //!   and view calls against a deployed `cactus_payment` module.
@@ -16,7 +16,7 @@ pub mod aptos;
 pub mod embedded;
 
 use cactus_protocol::TaskId;
-use cactus_protocol::ledger::{Abort, Address, Anchor, Config, Op, Orchestrator, Task, Totals};
+use cactus_protocol::contract::{Abort, Address, Anchor, Config, Op, Orchestrator, Task, Totals};
 use futures::future::BoxFuture;
 use libp2p::PeerId;
 

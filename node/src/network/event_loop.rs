@@ -863,7 +863,7 @@ impl EventLoop {
                     // peer that forwarded it in time is not at fault.
                     match TaskAdvert::decode(&message.data) {
                         Ok(advert) if Some(advert.body.router) == message.source => {
-                            match advert.verify(crate::roles::orchestrator::now_ms()) {
+                            match advert.verify(crate::time::now_ms()) {
                                 Ok(()) => (Accept, Some(NetworkEvent::TaskAdvert(advert)), ""),
                                 Err(
                                     cactus_protocol::market::MarketError::Expired

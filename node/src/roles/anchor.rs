@@ -7,8 +7,8 @@
 //! carries a `log2(B)`-step proof off chain.
 
 use crate::chain::{ChainBackend, ChainError};
-use crate::ledger::{Ledger, LedgerError};
-use cactus_protocol::ledger::Op;
+use crate::receipt_log::{ReceiptLog, ReceiptLogError};
+use cactus_protocol::contract::Op;
 use cactus_protocol::merkle::{self, AnchorProof};
 use cactus_protocol::{Receipt, TaskId};
 use std::sync::Arc;
@@ -39,7 +39,7 @@ impl Default for AnchorPolicy {
 pub enum AnchorError {
     /// The receipt log failed.
     #[error(transparent)]
-    Ledger(#[from] LedgerError),
+    Ledger(#[from] ReceiptLogError),
     /// The ledger refused or failed.
     #[error(transparent)]
     Chain(#[from] ChainError),
@@ -51,14 +51,14 @@ pub enum AnchorError {
 /// Anchors one batch of up to `policy.batch` pending receipts, if any.
 /// Returns how many receipts were anchored.
 pub async fn anchor_once(
-    ledger: &Arc<Ledger>,
+    ledger: &Arc<ReceiptLog>,
     chain: &dyn ChainBackend,
     batch: usize,
 ) -> Result<usize, AnchorError> {
     let l = Arc::clone(ledger);
     let receipts: Vec<Receipt> = tokio::task::spawn_blocking(move || l.pending(batch))
         .await
-        .map_err(|e| LedgerError::Db {
+        .map_err(|e| ReceiptLogError::Db {
             path: Default::default(),
             message: e.to_string(),
         })??;
@@ -110,7 +110,7 @@ pub async fn anchor_once(
     let l = Arc::clone(ledger);
     tokio::task::spawn_blocking(move || l.record_anchor(&recorded))
         .await
-        .map_err(|e| LedgerError::Db {
+        .map_err(|e| ReceiptLogError::Db {
             path: Default::default(),
             message: e.to_string(),
         })??;
@@ -121,7 +121,7 @@ pub async fn anchor_once(
 /// Anchors pending receipts by `policy` until `shutdown`, then once more.
 /// `appended` is notified after each receipt is recorded.
 pub async fn run(
-    ledger: Arc<Ledger>,
+    ledger: Arc<ReceiptLog>,
     chain: Arc<dyn ChainBackend>,
     policy: AnchorPolicy,
     appended: Arc<Notify>,

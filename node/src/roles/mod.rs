@@ -258,7 +258,9 @@ impl Dispatcher {
                             TaskRequest::Execute(_)
                             | TaskRequest::Replay(_)
                             | TaskRequest::Delegate(_) => "this node is not an orchestrator",
-                            TaskRequest::Query(_) => "this node keeps no ledger (not a router)",
+                            TaskRequest::Query(_) => {
+                                "this node keeps no receipt log (not a router)"
+                            }
                         };
                         let response = refuse(TaskErrorKind::WrongRole, what);
                         tasks.spawn(async move {
@@ -301,8 +303,8 @@ impl Dispatcher {
                             // let us dial it when no connection is open.
                             let _ = r.network.add_addresses(peer, addrs).await;
                             // What this router remembers of it survives restarts.
-                            let ledger = Arc::clone(&r.ledger);
-                            if let Ok(Ok(Some(rep))) = tokio::task::spawn_blocking(move || ledger.reputation(&peer)).await {
+                            let receipts = Arc::clone(&r.receipts);
+                            if let Ok(Ok(Some(rep))) = tokio::task::spawn_blocking(move || receipts.reputation(&peer)).await {
                                 r.table.lock().unwrap_or_else(|p| p.into_inner()).set_reputation(&peer, rep);
                             }
                             let admitted = match r.chain.admit(peer, account, stake).await {

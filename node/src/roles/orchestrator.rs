@@ -3,10 +3,11 @@
 
 use crate::inference::{InferenceError, Job, Rejected, WorkerPool};
 use crate::network::Network;
+use crate::time::now_ms;
 use cactus_protocol::TaskRequest;
+use cactus_protocol::contract::Address;
 use cactus_protocol::delegation::{self, Delegation, MAX_DELEGATION_DEPTH};
 use cactus_protocol::fraud::{ReplayFindings, ReplayReportBody, ReplayRequest};
-use cactus_protocol::ledger::Address;
 use cactus_protocol::market::{Bid, BidBody, TaskAdvert};
 use cactus_protocol::messages::DelegatedTask;
 use cactus_protocol::receipt::RECEIPT_VERSION;
@@ -22,7 +23,6 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
 /// Whether an address is useless to others: an unspecified (0.0.0.0) one.
@@ -49,14 +49,6 @@ fn inference_error(e: &InferenceError) -> TaskError {
         _ => TaskErrorKind::Inference,
     };
     TaskError::new(kind, e.to_string())
-}
-
-/// Unix time in milliseconds.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// A task this node could not take, handed back with why (see

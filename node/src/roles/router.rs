@@ -9,15 +9,15 @@
 
 use super::table::OrchestratorTable;
 use crate::chain::ChainBackend;
-use crate::ledger::Ledger;
 use crate::network::Network;
+use crate::receipt_log::ReceiptLog;
 use cactus_protocol::Wire;
+use cactus_protocol::contract::{Address, Config, Op, reason};
 use cactus_protocol::fraud::{FraudEvidence, FraudEvidenceBody, ReplayReport, ReplayRequest};
-use cactus_protocol::ledger::{Address, Config, Op, reason};
 use cactus_protocol::market::{self, Bid, MarketError, TaskAdvertBody};
 use cactus_protocol::merkle::ReceiptBundle;
 use cactus_protocol::messages::{
-    LedgerStatus, MAX_STATUS_ORCHESTRATORS, OrchestratorStatus, Query, QueryAnswer,
+    MAX_STATUS_ORCHESTRATORS, OrchestratorStatus, Query, QueryAnswer, RouterStatus,
 };
 use cactus_protocol::reputation::FailureKind;
 use cactus_protocol::verify::check_result;
@@ -40,7 +40,7 @@ pub struct RouterCtx {
     /// Known orchestrators.
     pub table: Arc<Mutex<OrchestratorTable>>,
     /// Receipt log.
-    pub ledger: Arc<Ledger>,
+    pub receipts: Arc<ReceiptLog>,
     /// Where tasks are escrowed and paid.
     pub chain: Arc<dyn ChainBackend>,
     /// The contract's configuration when the router started.
@@ -200,7 +200,7 @@ impl RouterCtx {
     async fn try_answer(&self, query: Query) -> Result<QueryAnswer, String> {
         match query {
             Query::Receipt(id) => {
-                let l = Arc::clone(&self.ledger);
+                let l = Arc::clone(&self.receipts);
                 let found = tokio::task::spawn_blocking(move || -> Result<_, String> {
                     let Some(receipt) = l.get(&id).map_err(|e| e.to_string())? else {
                         return Ok(None);
@@ -239,11 +239,11 @@ impl RouterCtx {
                     });
                 }
                 let (receipts, pending_anchor) = {
-                    let ledger = Arc::clone(&self.ledger);
+                    let receipts = Arc::clone(&self.receipts);
                     tokio::task::spawn_blocking(move || {
                         Ok::<_, String>((
-                            ledger.len().map_err(|e| e.to_string())?,
-                            ledger.pending_len().map_err(|e| e.to_string())?,
+                            receipts.len().map_err(|e| e.to_string())?,
+                            receipts.pending_len().map_err(|e| e.to_string())?,
                         ))
                     })
                     .await
@@ -251,7 +251,7 @@ impl RouterCtx {
                 };
                 let c = &self.chain;
                 let err = |e: crate::chain::ChainError| e.to_string();
-                Ok(QueryAnswer::Status(Box::new(LedgerStatus {
+                Ok(QueryAnswer::Status(Box::new(RouterStatus {
                     router_account: c.account(),
                     authorized: c.is_server(c.account()).await.map_err(err)?,
                     config: c.config().await.map_err(err)?,
@@ -267,12 +267,12 @@ impl RouterCtx {
 
     /// Records how a task ended in the table and persists the record.
     async fn record_outcome(&self, peer: PeerId, outcome: Result<Option<u64>, FailureKind>) {
-        let now = super::orchestrator::now_ms();
+        let now = crate::time::now_ms();
         let Some(rep) = self.with_table(|t| t.record_outcome(&peer, outcome, now)) else {
             return;
         };
-        let ledger = Arc::clone(&self.ledger);
-        match tokio::task::spawn_blocking(move || ledger.save_reputation(&peer, &rep)).await {
+        let receipts = Arc::clone(&self.receipts);
+        match tokio::task::spawn_blocking(move || receipts.save_reputation(&peer, &rep)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::warn!(orchestrator = %peer, error = %e, "could not store reputation")
@@ -286,7 +286,7 @@ impl RouterCtx {
     /// The seed of this hour's draws: anyone with the router's PeerId, the
     /// hour and the candidate table can recompute each pick.
     pub fn epoch_seed(&self) -> cactus_protocol::Digest {
-        let hour = super::orchestrator::now_ms() / 3_600_000;
+        let hour = crate::time::now_ms() / 3_600_000;
         let mut b = b"cactus/epoch/v1\0".to_vec();
         b.extend_from_slice(&self.network.local_peer_id().to_bytes());
         b.extend_from_slice(&hour.to_le_bytes());
@@ -399,7 +399,7 @@ impl RouterCtx {
                 Duration::ZERO
             };
             let timeout = self.task_timeout.min(left - reserve);
-            assignment.deadline_ms = super::orchestrator::now_ms() + timeout.as_millis() as u64;
+            assignment.deadline_ms = crate::time::now_ms() + timeout.as_millis() as u64;
             tried.insert(peer);
             tracing::info!(task_id = %assignment.task_id, orchestrator = %peer, attempt, by_bid = terms.is_some(), "dispatching task");
             match self
@@ -532,7 +532,7 @@ impl RouterCtx {
         assignment: &Assignment,
         exclude: &HashSet<PeerId>,
     ) -> Option<(PeerId, Address, u64)> {
-        let now = super::orchestrator::now_ms();
+        let now = crate::time::now_ms();
         let window = self.market.bid_window;
         let body = TaskAdvertBody {
             advert_id: TaskId(rand::random()),
@@ -623,7 +623,7 @@ impl RouterCtx {
     /// over the price cap, for another model) costs its sender gossipsub
     /// score; a bid for an auction that has closed is only refused.
     pub async fn on_bid(&self, sender: PeerId, bid: Bid) -> TaskResponse {
-        let now = super::orchestrator::now_ms();
+        let now = crate::time::now_ms();
         let verdict = {
             let mut open = self.market.open.lock().unwrap_or_else(|p| p.into_inner());
             match open.get_mut(&bid.body.advert_id) {
@@ -801,7 +801,7 @@ impl RouterCtx {
             reports: guilty,
             tolerance,
             router: self.network.local_peer_id(),
-            issued_at_ms: super::orchestrator::now_ms(),
+            issued_at_ms: crate::time::now_ms(),
         }
         .sign(&self.key);
         let evidence = match evidence {
@@ -812,9 +812,9 @@ impl RouterCtx {
             }
         };
         // Evidence first: a slash always points at evidence kept here.
-        let ledger = Arc::clone(&self.ledger);
+        let receipts = Arc::clone(&self.receipts);
         let stored = evidence.clone();
-        let saved = match tokio::task::spawn_blocking(move || ledger.save_fraud(&stored)).await {
+        let saved = match tokio::task::spawn_blocking(move || receipts.save_fraud(&stored)).await {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "could not store fraud evidence");
@@ -935,9 +935,9 @@ impl RouterCtx {
         }
         result.receipt.countersign(&self.key).map_err(|e| bad(&e))?;
         let receipt_hash = result.receipt.hash().map_err(|e| bad(&e))?;
-        let ledger = Arc::clone(&self.ledger);
+        let receipts = Arc::clone(&self.receipts);
         let receipt = result.receipt.clone();
-        tokio::task::spawn_blocking(move || ledger.append(&receipt))
+        tokio::task::spawn_blocking(move || receipts.append(&receipt))
             .await
             .map_err(|e| TaskError::new(TaskErrorKind::Unavailable, e.to_string()))?
             .map_err(|e| TaskError::new(TaskErrorKind::Unavailable, format!("receipt log: {e}")))?;

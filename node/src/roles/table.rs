@@ -24,7 +24,7 @@ struct Entry {
     eligible: Option<bool>,
     /// The account and stake the ledger holds for it, once admitted: what
     /// is escrowed to, paid, slashed and scored, whatever later adverts say.
-    admitted: Option<(cactus_protocol::ledger::Address, u64)>,
+    admitted: Option<(cactus_protocol::contract::Address, u64)>,
     /// Caught cheating: never picked again by this router.
     banned: bool,
     /// This router's record of it (persisted in the router's ledger).
@@ -70,7 +70,7 @@ pub struct OrchestratorInfo {
     /// Asked price per work unit.
     pub price_per_token: u64,
     /// Its ledger account.
-    pub account: cactus_protocol::ledger::Address,
+    pub account: cactus_protocol::contract::Address,
     /// Declared stake.
     pub stake: u64,
     /// The ledger's verdict (`None` while being checked).
@@ -187,7 +187,7 @@ impl OrchestratorTable {
 
     /// An orchestrator's ledger account (the one it was admitted with, once
     /// it was) and asked price.
-    pub fn terms(&self, peer: &PeerId) -> Option<(cactus_protocol::ledger::Address, u64)> {
+    pub fn terms(&self, peer: &PeerId) -> Option<(cactus_protocol::contract::Address, u64)> {
         self.entries.get(peer).map(|e| {
             let account = e.admitted.map_or(e.advert.account, |a| a.0);
             (account, e.advert.price_per_token)
@@ -199,7 +199,7 @@ impl OrchestratorTable {
     pub fn set_admitted(
         &mut self,
         peer: &PeerId,
-        account: cactus_protocol::ledger::Address,
+        account: cactus_protocol::contract::Address,
         stake: u64,
     ) {
         if let Some(e) = self.entries.get_mut(peer) {
@@ -215,7 +215,10 @@ impl OrchestratorTable {
     }
 
     /// [`terms`](Self::terms) of an orchestrator the ledger admitted.
-    pub fn admitted_terms(&self, peer: &PeerId) -> Option<(cactus_protocol::ledger::Address, u64)> {
+    pub fn admitted_terms(
+        &self,
+        peer: &PeerId,
+    ) -> Option<(cactus_protocol::contract::Address, u64)> {
         self.entries.get(peer).filter(|e| usable(e)).map(|e| {
             (
                 e.admitted.map_or(e.advert.account, |a| a.0),
@@ -436,7 +439,7 @@ mod tests {
             free_slots: free,
             total_slots: 4,
             price_per_token: 1,
-            account: cactus_protocol::ledger::Address([1; 32]),
+            account: cactus_protocol::contract::Address([1; 32]),
             stake: 1_000,
             addrs: Vec::new(),
             seq,

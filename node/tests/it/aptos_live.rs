@@ -15,7 +15,7 @@
 use cactus_node::chain::ChainBackend;
 use cactus_node::chain::aptos::{AptosChain, AptosConfig};
 use cactus_node::chain::{ChainError, abi};
-use cactus_protocol::ledger::{Abort, Address, Op};
+use cactus_protocol::contract::{Abort, Address, Op};
 use std::path::PathBuf;
 
 const VARS: [&str; 3] = [

@@ -5,7 +5,7 @@ use cactus_node::inference::stub::StubEngine;
 use cactus_node::network::NetworkConfig;
 use cactus_node::roles::router::Verification;
 use cactus_node::{Node, NodeConfig, Role};
-use cactus_protocol::ledger::TaskStatus;
+use cactus_protocol::contract::TaskStatus;
 use cactus_protocol::messages::{Query, QueryAnswer};
 use cactus_protocol::{PromptFormat, SamplingParams, TaskErrorKind, TaskSpec};
 use libp2p::Multiaddr;
@@ -691,7 +691,7 @@ async fn invalid_task_adverts_and_bids_cost_the_sender_gossipsub_score() {
         model: call.model,
         price_per_unit: call.max_price_per_unit + 1,
         free_slots: 1,
-        account: cactus_protocol::ledger::Address([1; 32]),
+        account: cactus_protocol::contract::Address([1; 32]),
         issued_at_ms: call.issued_at_ms,
         expires_at_ms: call.deadline_ms + 1_000,
     }

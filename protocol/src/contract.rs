@@ -827,5 +827,4 @@ impl State {
 }
 
 #[cfg(test)]
-#[path = "ledger_tests.rs"]
 mod tests;

@@ -1,4 +1,4 @@
-//! The router's embedded ledger: every countersigned receipt, in order, in a
+//! The router's receipt log: every countersigned receipt, in order, in a
 //! redb database under the data dir. redb commits are durable and atomic, so a
 //! kill -9 at any moment loses no committed receipt and leaves no torn one.
 //!
@@ -13,8 +13,11 @@ use cactus_protocol::{Receipt, TaskId, Wire};
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::path::{Path, PathBuf};
 
-/// File name of the ledger inside the data dir.
-pub const LEDGER_FILE: &str = "ledger.redb";
+/// File name of the receipt log inside the data dir.
+pub const RECEIPT_LOG_FILE: &str = "receipts.redb";
+/// What the receipt log's file was called before it had its own name; a data
+/// dir that still has it is moved to the new name when the log opens.
+const OLD_RECEIPT_LOG_FILE: &str = "log.redb";
 
 /// Receipt frames by task id.
 const RECEIPTS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("receipts");
@@ -35,12 +38,12 @@ const FRAUD: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("fraud_evi
 /// Largest stored piece of evidence read back.
 const MAX_EVIDENCE_BYTES: usize = 64 * 1024;
 
-/// Why a ledger operation failed.
+/// Why a receipt log operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum LedgerError {
+pub enum ReceiptLogError {
     /// The database failed.
-    #[error("ledger {path}: {message}")]
+    #[error("receipt log {path}: {message}")]
     Db {
         /// The database file.
         path: PathBuf,
@@ -48,7 +51,7 @@ pub enum LedgerError {
         message: String,
     },
     /// A receipt for the task is already recorded.
-    #[error("a receipt for task {0} is already in the ledger")]
+    #[error("a receipt for task {0} is already in the receipt log")]
     Duplicate(TaskId),
     /// A stored receipt does not decode.
     #[error("stored receipt for task {0} is corrupt")]
@@ -57,50 +60,57 @@ pub enum LedgerError {
 
 /// The receipt log.
 #[derive(Debug)]
-pub struct Ledger {
+pub struct ReceiptLog {
     db: Database,
     path: PathBuf,
 }
 
-impl Ledger {
-    /// Opens (or creates) the ledger in `data_dir`.
-    pub fn open(data_dir: &Path) -> Result<Self, LedgerError> {
-        let path = data_dir.join(LEDGER_FILE);
-        let db = Database::create(&path).map_err(|e| LedgerError::Db {
+impl ReceiptLog {
+    /// Opens (or creates) the receipt log in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self, ReceiptLogError> {
+        let path = data_dir.join(RECEIPT_LOG_FILE);
+        let old = data_dir.join(OLD_RECEIPT_LOG_FILE);
+        if !path.exists() && old.exists() {
+            std::fs::rename(&old, &path).map_err(|e| ReceiptLogError::Db {
+                path: old.clone(),
+                message: e.to_string(),
+            })?;
+        }
+        let db = Database::create(&path).map_err(|e| ReceiptLogError::Db {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        let ledger = Self { db, path };
+        let log = Self { db, path };
         // Create the tables so readers never meet a missing one.
-        let tx = ledger.db.begin_write().map_err(|e| ledger.db_err(e))?;
+        let tx = log.db.begin_write().map_err(|e| log.db_err(e))?;
         {
-            tx.open_table(RECEIPTS).map_err(|e| ledger.db_err(e))?;
-            tx.open_table(ORDER).map_err(|e| ledger.db_err(e))?;
-            tx.open_table(PENDING).map_err(|e| ledger.db_err(e))?;
-            tx.open_table(PROOFS).map_err(|e| ledger.db_err(e))?;
-            tx.open_table(REPUTATION).map_err(|e| ledger.db_err(e))?;
-            tx.open_table(FRAUD).map_err(|e| ledger.db_err(e))?;
+            tx.open_table(RECEIPTS).map_err(|e| log.db_err(e))?;
+            tx.open_table(ORDER).map_err(|e| log.db_err(e))?;
+            tx.open_table(PENDING).map_err(|e| log.db_err(e))?;
+            tx.open_table(PROOFS).map_err(|e| log.db_err(e))?;
+            tx.open_table(REPUTATION).map_err(|e| log.db_err(e))?;
+            tx.open_table(FRAUD).map_err(|e| log.db_err(e))?;
         }
-        tx.commit().map_err(|e| ledger.db_err(e))?;
-        Ok(ledger)
+        tx.commit().map_err(|e| log.db_err(e))?;
+        Ok(log)
     }
 
-    fn db_err(&self, e: impl std::fmt::Display) -> LedgerError {
-        LedgerError::Db {
+    fn db_err(&self, e: impl std::fmt::Display) -> ReceiptLogError {
+        ReceiptLogError::Db {
             path: self.path.clone(),
             message: e.to_string(),
         }
     }
 
     /// Appends a receipt; durable when this returns.
-    pub fn append(&self, receipt: &Receipt) -> Result<(), LedgerError> {
+    pub fn append(&self, receipt: &Receipt) -> Result<(), ReceiptLogError> {
         let id = receipt.body.task_id;
         let bytes = receipt.encode().map_err(|e| self.db_err(e))?;
         let tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
         {
             let mut receipts = tx.open_table(RECEIPTS).map_err(|e| self.db_err(e))?;
             if receipts.get(&id.0).map_err(|e| self.db_err(e))?.is_some() {
-                return Err(LedgerError::Duplicate(id));
+                return Err(ReceiptLogError::Duplicate(id));
             }
             receipts
                 .insert(&id.0, bytes.as_slice())
@@ -115,7 +125,7 @@ impl Ledger {
     }
 
     /// The receipt of a task, if recorded.
-    pub fn get(&self, id: &TaskId) -> Result<Option<Receipt>, LedgerError> {
+    pub fn get(&self, id: &TaskId) -> Result<Option<Receipt>, ReceiptLogError> {
         let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
         let receipts = tx.open_table(RECEIPTS).map_err(|e| self.db_err(e))?;
         let Some(v) = receipts.get(&id.0).map_err(|e| self.db_err(e))? else {
@@ -123,16 +133,16 @@ impl Ledger {
         };
         Receipt::decode(v.value())
             .map(Some)
-            .map_err(|_| LedgerError::Corrupt(*id))
+            .map_err(|_| ReceiptLogError::Corrupt(*id))
     }
 
     /// Up to `limit` receipts waiting to be anchored, oldest first.
-    pub fn pending(&self, limit: usize) -> Result<Vec<Receipt>, LedgerError> {
+    pub fn pending(&self, limit: usize) -> Result<Vec<Receipt>, ReceiptLogError> {
         self.resolve(PENDING, 0, limit)
     }
 
     /// Number of receipts waiting to be anchored.
-    pub fn pending_len(&self) -> Result<u64, LedgerError> {
+    pub fn pending_len(&self) -> Result<u64, ReceiptLogError> {
         let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
         let pending = tx.open_table(PENDING).map_err(|e| self.db_err(e))?;
         pending.len().map_err(|e| self.db_err(e))
@@ -140,7 +150,7 @@ impl Ledger {
 
     /// Records that the receipts of `proofs` were anchored: they leave the
     /// pending list and their proofs are stored, atomically.
-    pub fn record_anchor(&self, proofs: &[(TaskId, AnchorProof)]) -> Result<(), LedgerError> {
+    pub fn record_anchor(&self, proofs: &[(TaskId, AnchorProof)]) -> Result<(), ReceiptLogError> {
         let done: std::collections::HashSet<[u8; 16]> = proofs.iter().map(|(id, _)| id.0).collect();
         let tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
         {
@@ -168,22 +178,22 @@ impl Ledger {
     }
 
     /// The anchor proof of a task's receipt, once anchored.
-    pub fn proof(&self, id: &TaskId) -> Result<Option<AnchorProof>, LedgerError> {
+    pub fn proof(&self, id: &TaskId) -> Result<Option<AnchorProof>, ReceiptLogError> {
         let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
         let table = tx.open_table(PROOFS).map_err(|e| self.db_err(e))?;
         let Some(v) = table.get(&id.0).map_err(|e| self.db_err(e))? else {
             return Ok(None);
         };
         if v.value().len() > MAX_PROOF_BYTES {
-            return Err(LedgerError::Corrupt(*id));
+            return Err(ReceiptLogError::Corrupt(*id));
         }
         cbor4ii::serde::from_slice(v.value())
             .map(Some)
-            .map_err(|_| LedgerError::Corrupt(*id))
+            .map_err(|_| ReceiptLogError::Corrupt(*id))
     }
 
     /// The router's stored record of an orchestrator.
-    pub fn reputation(&self, peer: &libp2p::PeerId) -> Result<Option<Reputation>, LedgerError> {
+    pub fn reputation(&self, peer: &libp2p::PeerId) -> Result<Option<Reputation>, ReceiptLogError> {
         let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
         let table = tx.open_table(REPUTATION).map_err(|e| self.db_err(e))?;
         let key = peer.to_bytes();
@@ -203,7 +213,7 @@ impl Ledger {
         &self,
         peer: &libp2p::PeerId,
         rep: &Reputation,
-    ) -> Result<(), LedgerError> {
+    ) -> Result<(), ReceiptLogError> {
         let bytes = cbor4ii::serde::to_vec(Vec::new(), rep).map_err(|e| self.db_err(e))?;
         let tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
         {
@@ -220,7 +230,7 @@ impl Ledger {
     pub fn reputations(
         &self,
         limit: usize,
-    ) -> Result<Vec<(libp2p::PeerId, Reputation)>, LedgerError> {
+    ) -> Result<Vec<(libp2p::PeerId, Reputation)>, ReceiptLogError> {
         let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
         let table = tx.open_table(REPUTATION).map_err(|e| self.db_err(e))?;
         let mut out = Vec::new();
@@ -244,7 +254,7 @@ impl Ledger {
     }
 
     /// Stores signed fraud evidence against the result of a task.
-    pub fn save_fraud(&self, evidence: &FraudEvidence) -> Result<(), LedgerError> {
+    pub fn save_fraud(&self, evidence: &FraudEvidence) -> Result<(), ReceiptLogError> {
         let bytes = evidence.to_cbor().map_err(|e| self.db_err(e))?;
         if bytes.len() > MAX_EVIDENCE_BYTES {
             return Err(self.db_err("oversized fraud evidence"));
@@ -261,7 +271,7 @@ impl Ledger {
     }
 
     /// Up to `limit` stored pieces of fraud evidence, by task id.
-    pub fn frauds(&self, limit: usize) -> Result<Vec<FraudEvidence>, LedgerError> {
+    pub fn frauds(&self, limit: usize) -> Result<Vec<FraudEvidence>, ReceiptLogError> {
         let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
         let table = tx.open_table(FRAUD).map_err(|e| self.db_err(e))?;
         let mut out = Vec::new();
@@ -272,30 +282,30 @@ impl Ledger {
         {
             let (k, v) = entry.map_err(|e| self.db_err(e))?;
             if v.value().len() > MAX_EVIDENCE_BYTES {
-                return Err(LedgerError::Corrupt(TaskId(*k.value())));
+                return Err(ReceiptLogError::Corrupt(TaskId(*k.value())));
             }
             out.push(
                 FraudEvidence::from_cbor(v.value())
-                    .map_err(|_| LedgerError::Corrupt(TaskId(*k.value())))?,
+                    .map_err(|_| ReceiptLogError::Corrupt(TaskId(*k.value())))?,
             );
         }
         Ok(out)
     }
 
     /// Number of receipts.
-    pub fn len(&self) -> Result<u64, LedgerError> {
+    pub fn len(&self) -> Result<u64, ReceiptLogError> {
         let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
         let order = tx.open_table(ORDER).map_err(|e| self.db_err(e))?;
         order.len().map_err(|e| self.db_err(e))
     }
 
-    /// Whether the ledger is empty.
-    pub fn is_empty(&self) -> Result<bool, LedgerError> {
+    /// Whether the log is empty.
+    pub fn is_empty(&self) -> Result<bool, ReceiptLogError> {
         Ok(self.len()? == 0)
     }
 
     /// Up to `limit` receipts in append order, starting at position `from`.
-    pub fn list(&self, from: u64, limit: usize) -> Result<Vec<Receipt>, LedgerError> {
+    pub fn list(&self, from: u64, limit: usize) -> Result<Vec<Receipt>, ReceiptLogError> {
         self.resolve(ORDER, from, limit)
     }
 
@@ -305,7 +315,7 @@ impl Ledger {
         index: TableDefinition<u64, &[u8; 16]>,
         from: u64,
         limit: usize,
-    ) -> Result<Vec<Receipt>, LedgerError> {
+    ) -> Result<Vec<Receipt>, ReceiptLogError> {
         let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
         let index = tx.open_table(index).map_err(|e| self.db_err(e))?;
         let receipts = tx.open_table(RECEIPTS).map_err(|e| self.db_err(e))?;
@@ -316,8 +326,8 @@ impl Ledger {
             let v = receipts
                 .get(&id.0)
                 .map_err(|e| self.db_err(e))?
-                .ok_or(LedgerError::Corrupt(id))?;
-            out.push(Receipt::decode(v.value()).map_err(|_| LedgerError::Corrupt(id))?);
+                .ok_or(ReceiptLogError::Corrupt(id))?;
+            out.push(Receipt::decode(v.value()).map_err(|_| ReceiptLogError::Corrupt(id))?);
         }
         Ok(out)
     }
@@ -361,13 +371,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (receipt(1), receipt(2));
         {
-            let l = Ledger::open(dir.path()).unwrap();
+            let l = ReceiptLog::open(dir.path()).unwrap();
             assert!(l.is_empty().unwrap());
             l.append(&a).unwrap();
             l.append(&b).unwrap();
-            assert!(matches!(l.append(&a), Err(LedgerError::Duplicate(_))));
+            assert!(matches!(l.append(&a), Err(ReceiptLogError::Duplicate(_))));
         }
-        let l = Ledger::open(dir.path()).unwrap();
+        let l = ReceiptLog::open(dir.path()).unwrap();
         assert_eq!(l.len().unwrap(), 2);
         assert_eq!(l.get(&a.body.task_id).unwrap(), Some(a.clone()));
         assert_eq!(l.list(0, 10).unwrap(), vec![a, b.clone()]);
@@ -384,11 +394,11 @@ mod tests {
         rep.record_success(1_000, 10_000, Some(12));
         rep.record_failure(1_000, 10_000, FailureKind::Disconnected);
         {
-            let l = Ledger::open(dir.path()).unwrap();
+            let l = ReceiptLog::open(dir.path()).unwrap();
             assert_eq!(l.reputation(&peer).unwrap(), None);
             l.save_reputation(&peer, &rep).unwrap();
         }
-        let l = Ledger::open(dir.path()).unwrap();
+        let l = ReceiptLog::open(dir.path()).unwrap();
         assert_eq!(l.reputation(&peer).unwrap(), Some(rep.clone()));
         assert_eq!(l.reputations(10).unwrap(), vec![(peer, rep)]);
     }
@@ -397,7 +407,7 @@ mod tests {
     fn anchoring_moves_receipts_from_pending_to_proofs() {
         use cactus_protocol::merkle;
         let dir = tempfile::tempdir().unwrap();
-        let l = Ledger::open(dir.path()).unwrap();
+        let l = ReceiptLog::open(dir.path()).unwrap();
         let rs: Vec<Receipt> = (1..=3).map(receipt).collect();
         for r in &rs {
             l.append(r).unwrap();
@@ -422,7 +432,7 @@ mod tests {
             .collect();
         l.record_anchor(&recorded).unwrap();
         drop(l);
-        let l = Ledger::open(dir.path()).unwrap();
+        let l = ReceiptLog::open(dir.path()).unwrap();
         assert_eq!(l.pending(10).unwrap(), vec![rs[2].clone()]);
         assert_eq!(l.pending_len().unwrap(), 1);
         let p = l.proof(&rs[0].body.task_id).unwrap().unwrap();
