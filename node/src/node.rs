@@ -7,10 +7,10 @@ use crate::inference::{Engine, WorkerPool};
 use crate::network::{self, Network, NetworkConfig, NetworkError};
 use crate::receipt_log::{ReceiptLog, ReceiptLogError};
 use crate::roles::anchor::{self, AnchorPolicy};
-use crate::roles::orchestrator::OrchestratorCtx;
-use crate::roles::router::{RouterCtx, Verification};
+use crate::roles::orchestrator::{OrchestratorCtx, OrchestratorRole};
+use crate::roles::router::{RouterCtx, RouterRole, Verification};
 use crate::roles::table::{OrchestratorInfo, OrchestratorTable};
-use crate::roles::{Dispatcher, RoleCtx, Timers};
+use crate::roles::{Dispatcher, Handler, NoRole, Timers};
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
 use std::path::PathBuf;
@@ -202,7 +202,7 @@ impl Node {
         let mut anchor_task = None;
         let mut router_handle = None;
         let local_peer = key.public().to_peer_id();
-        let role = match config.role {
+        let role: Arc<dyn Handler> = match config.role {
             Role::Orchestrator => {
                 let engine = engine.ok_or(NodeError::NoModels)?;
                 let models = engine.models();
@@ -223,7 +223,7 @@ impl Node {
                     config.stake,
                 );
                 ctx.delegation = config.delegation;
-                RoleCtx::Orchestrator(Arc::new(ctx))
+                Arc::new(OrchestratorRole::new(Arc::new(ctx), config.advert_interval))
             }
             Role::Router => {
                 let receipts = {
@@ -302,9 +302,9 @@ impl Node {
                     ),
                 });
                 router_handle = Some(Arc::clone(&ctx));
-                RoleCtx::Router(ctx)
+                Arc::new(RouterRole::new(ctx, size_tx))
             }
-            Role::Bootstrap | Role::Client => RoleCtx::None,
+            Role::Bootstrap | Role::Client => Arc::new(NoRole),
         };
         let dispatcher = Dispatcher {
             network: network.clone(),
@@ -312,11 +312,9 @@ impl Node {
             role,
             max_tasks: config.max_tasks,
             timers: Timers {
-                advert_interval: config.advert_interval,
                 provide_interval: Duration::from_secs(60),
                 prune_interval: Duration::from_secs(5),
             },
-            table_size: Arc::new(size_tx),
         };
         let role_task = tokio::spawn(dispatcher.run(shutdown.child_token()));
         Ok(Self {

@@ -17,9 +17,12 @@
 //! - [`ids`]: task ids, model hashes and digests.
 //! - [`market`]: task adverts (gossipsub, [`TASK_TOPIC`]) for tasks no known
 //!   orchestrator can take, and the signed bids that answer them.
+//! - [`attempt`] and [`vote`]: a router's pure decisions, how a hand-off
+//!   failed and how the verifiers of a spot check voted.
 //! - [`delegation`]: signed delegation links by which an orchestrator hands a
 //!   task on, and the rules a router checks a chain of them against.
 
+pub mod attempt;
 pub mod contract;
 pub mod delegation;
 pub mod fraud;
@@ -32,6 +35,7 @@ pub mod receipt;
 pub mod reputation;
 pub mod schedule;
 pub mod verify;
+pub mod vote;
 pub mod wire;
 
 #[cfg(test)]

@@ -1,8 +1,11 @@
 //! Role logic: what a node does with the events of the mesh.
 //!
-//! The [`Dispatcher`] receives [`NetworkEvent`]s and hands each inbound task to
-//! the role that serves it, on a bounded set of tasks; it never runs inference
-//! or blocking work itself.
+//! The [`Dispatcher`] only routes. It owns the bounded set of tasks that
+//! handle events, turns each [`NetworkEvent`] into a call on the node's
+//! [`Handler`], and ticks the role's timers; it never runs inference, I/O or any
+//! decision itself. Each role (router, orchestrator) implements [`Handler`] in its
+//! own module, the way iroh's `ProtocolHandler` or lighthouse's `Router` hand
+//! work on without knowing what it is.
 
 pub mod anchor;
 pub mod orchestrator;
@@ -10,366 +13,228 @@ pub mod router;
 pub mod table;
 
 use crate::network::{Network, NetworkEvent};
-use cactus_protocol::{ROUTER_PROVIDER_KEY, TaskError, TaskErrorKind, TaskRequest, TaskResponse};
-use orchestrator::OrchestratorCtx;
-use router::RouterCtx;
+use cactus_protocol::{
+    CapabilityAdvert, TaskAdvert, TaskError, TaskErrorKind, TaskRequest, TaskResponse,
+};
+use libp2p::PeerId;
+use libp2p::request_response::ResponseChannel;
+use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use std::time::Duration;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// What this node serves.
-#[derive(Debug)]
-pub enum RoleCtx {
-    /// Runs tasks.
-    Orchestrator(Arc<OrchestratorCtx>),
-    /// Routes tasks.
-    Router(Arc<RouterCtx>),
-    /// Only helps the mesh (bootstrap) or only asks (client).
-    None,
+/// Where the answer to an inbound request goes.
+pub type Reply = ResponseChannel<TaskResponse>;
+
+/// The timers a role is ticked by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tick {
+    /// The shortest gap between two capability adverts: an orchestrator
+    /// publishes when its advert changed or its refresh period is due.
+    Advert,
+    /// Time for a router to renew its DHT provider record.
+    Provide,
+    /// Time for a router to drop orchestrators that stopped advertising.
+    Prune,
 }
 
-/// Timers of the dispatcher.
+/// What a node does with the events of the mesh. Every method runs on the
+/// dispatcher's loop, so it must return at once: anything that waits goes
+/// into a task through [`Work`].
+pub trait Handler: Send + Sync + std::fmt::Debug {
+    /// An inbound request of the task protocol. By default the node does not
+    /// serve it and says so.
+    fn on_request(&self, peer: PeerId, request: TaskRequest, reply: Reply, work: &mut Work<'_>) {
+        let _ = peer;
+        work.respond(reply, wrong_role(&request));
+    }
+    /// A valid capability advert.
+    fn on_advert(&self, _advert: CapabilityAdvert, _work: &mut Work<'_>) {}
+    /// A valid task advert (a router calling for bids).
+    fn on_task_advert(&self, _advert: TaskAdvert, _work: &mut Work<'_>) {}
+    /// A peer joined the capability topic.
+    fn on_peer_subscribed(&self) {}
+    /// A ping round trip to `peer`.
+    fn on_rtt(&self, _peer: PeerId, _rtt: Duration) {}
+    /// One of the dispatcher's timers fired.
+    fn on_tick(&self, _tick: Tick, _work: &mut Work<'_>) {}
+}
+
+/// A node that serves no task requests: a bootstrap node, or a client.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoRole;
+
+impl Handler for NoRole {}
+
+/// The answer to a request this node's role does not serve.
+pub fn wrong_role(request: &TaskRequest) -> TaskResponse {
+    let what = match request {
+        TaskRequest::Submit(_) | TaskRequest::Bid(_) => "this node is not a router",
+        TaskRequest::Execute(_) | TaskRequest::Replay(_) | TaskRequest::Delegate(_) => {
+            "this node is not an orchestrator"
+        }
+        TaskRequest::Query(_) => "this node keeps no receipt log (not a router)",
+    };
+    TaskResponse::Failed(TaskError::new(TaskErrorKind::WrongRole, what))
+}
+
+/// The dispatcher's resources, lent to a role while it handles one event.
+#[derive(Debug)]
+pub struct Work<'a> {
+    network: &'a Network,
+    tasks: &'a mut JoinSet<()>,
+    max_tasks: usize,
+}
+
+impl Work<'_> {
+    /// The mesh.
+    pub fn network(&self) -> &Network {
+        self.network
+    }
+
+    /// Whether a task may still be started.
+    pub fn has_room(&self) -> bool {
+        self.tasks.len() < self.max_tasks
+    }
+
+    /// Starts a handler task if the budget allows; returns whether it did.
+    /// A task refused here is dropped unstarted.
+    pub fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) -> bool {
+        if !self.has_room() {
+            return false;
+        }
+        self.tasks.spawn(task);
+        true
+    }
+
+    /// Sends a small control message (a capability advert, a provider
+    /// record) whatever the task budget: it is one bounded channel send, and
+    /// its timer paces it.
+    pub fn spawn_control(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task);
+    }
+
+    /// Answers a request. The answer is sent even when the task budget is
+    /// spent: it frees the requester and the channel, and it is one bounded
+    /// channel send.
+    pub fn respond(&mut self, reply: Reply, response: TaskResponse) {
+        let network = self.network.clone();
+        self.tasks.spawn(async move {
+            let _ = network.respond(reply, response).await;
+        });
+    }
+}
+
+/// How often the dispatcher ticks a role.
 #[derive(Debug, Clone)]
 pub struct Timers {
-    /// Full advert refresh period.
-    pub advert_interval: Duration,
     /// How often a router renews its provider record.
     pub provide_interval: Duration,
     /// How often a router drops stale orchestrators.
     pub prune_interval: Duration,
 }
 
-/// Dispatches network events to the role.
+/// Routes network events to the node's role.
 #[derive(Debug)]
 pub struct Dispatcher {
     /// The mesh.
     pub network: Network,
     /// Events from the mesh.
     pub events: mpsc::Receiver<NetworkEvent>,
-    /// The role.
-    pub role: RoleCtx,
+    /// What this node serves.
+    pub role: Arc<dyn Handler>,
     /// Tasks in flight at most; past it inbound tasks are refused as busy.
     pub max_tasks: usize,
-    /// Timers.
+    /// How often the role is ticked.
     pub timers: Timers,
-    /// Publishes `(admitted, judged)` orchestrator counts (routers).
-    pub table_size: Arc<watch::Sender<(usize, usize)>>,
 }
 
 /// Soonest two adverts follow each other.
 const ADVERT_MIN_GAP: Duration = Duration::from_millis(250);
 
 impl Dispatcher {
-    /// Runs until `shutdown`; then aborts the tasks in flight.
+    /// Runs until `shutdown`, or until the network stops; then aborts the
+    /// tasks in flight.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut tasks: JoinSet<()> = JoinSet::new();
-        let (dirty_tx, mut dirty_rx) = mpsc::channel::<()>(1);
         let mut advert_tick = tokio::time::interval(ADVERT_MIN_GAP);
         let mut provide_tick = tokio::time::interval(self.timers.provide_interval);
         let mut prune_tick = tokio::time::interval(self.timers.prune_interval);
-        let mut advert_dirty = true;
-        let mut last_advert: Option<Instant> = None;
         loop {
-            tokio::select! {
+            let tick = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 event = self.events.recv() => match event {
                     Some(e) => {
-                        if self.on_event(e, &mut tasks, &dirty_tx) {
-                            advert_dirty = true;
-                        }
+                        self.route(e, &mut tasks);
+                        continue;
                     }
                     None => break,
                 },
-                Some(()) = dirty_rx.recv() => advert_dirty = true,
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                     if let Err(e) = done && e.is_panic() {
                         tracing::error!(error = %e, "a task handler panicked");
                     }
+                    continue;
                 }
-                _ = advert_tick.tick() => {
-                    if let RoleCtx::Orchestrator(o) = &self.role {
-                        let due = last_advert.is_none_or(|t| t.elapsed() >= self.timers.advert_interval);
-                        if advert_dirty || due {
-                            advert_dirty = false;
-                            last_advert = Some(Instant::now());
-                            match o.advert() {
-                                Ok(bytes) => {
-                                    if self.network.publish_advert(bytes).await.is_err() {
-                                        break;
-                                    }
-                                }
-                                Err(e) => tracing::error!(error = %e, "cannot encode advert"),
-                            }
-                        }
-                    }
-                }
-                _ = provide_tick.tick() => {
-                    if matches!(self.role, RoleCtx::Router(_))
-                        && self.network.start_providing(ROUTER_PROVIDER_KEY.to_vec()).await.is_err()
-                    {
-                        break;
-                    }
-                }
-                _ = prune_tick.tick() => {
-                    if let RoleCtx::Router(r) = &self.role {
-                        let mut t = r.table.lock().unwrap_or_else(|p| p.into_inner());
-                        for peer in t.prune(Instant::now()) {
-                            tracing::info!(orchestrator = %peer, "orchestrator left (no advert)");
-                        }
-                        self.table_size.send_replace(t.counts());
-                    }
-                }
-            }
+                _ = advert_tick.tick() => Tick::Advert,
+                _ = provide_tick.tick() => Tick::Provide,
+                _ = prune_tick.tick() => Tick::Prune,
+            };
+            let mut work = self.work(&mut tasks);
+            self.role.on_tick(tick, &mut work);
         }
         tasks.shutdown().await;
     }
 
-    /// Runs a task here, or, when this node cannot take it, delegates it;
-    /// returns whether a slot was taken (the advert changes).
-    #[allow(clippy::too_many_arguments)]
-    fn run_or_delegate(
-        o: &Arc<OrchestratorCtx>,
-        router: libp2p::PeerId,
-        assignment: cactus_protocol::Assignment,
-        chain: Vec<cactus_protocol::delegation::Delegation>,
-        channel: libp2p::request_response::ResponseChannel<TaskResponse>,
-        network: Network,
-        tasks: &mut JoinSet<()>,
-        dirty: &mpsc::Sender<()>,
-    ) -> bool {
-        let accepted = o.accept(router, assignment, chain);
-        let o = Arc::clone(o);
-        let dirty = dirty.clone();
-        let took = accepted.is_ok();
-        tasks.spawn(async move {
-            let response = match accepted {
-                Ok(a) => o.finish(a).await,
-                Err(refused) => o.delegate(router, refused).await,
-            };
-            let _ = network.respond(channel, response).await;
-            // A slot is free again.
-            let _ = dirty.try_send(());
-        });
-        took
+    fn work<'a>(&'a self, tasks: &'a mut JoinSet<()>) -> Work<'a> {
+        Work {
+            network: &self.network,
+            tasks,
+            max_tasks: self.max_tasks,
+        }
     }
 
-    /// Handles one event; returns whether the advert should be republished.
-    fn on_event(
-        &mut self,
-        event: NetworkEvent,
-        tasks: &mut JoinSet<()>,
-        dirty: &mpsc::Sender<()>,
-    ) -> bool {
+    /// Hands one event to the role.
+    fn route(&self, event: NetworkEvent, tasks: &mut JoinSet<()>) {
+        let mut work = self.work(tasks);
         match event {
             NetworkEvent::InboundTask {
                 peer,
                 request,
                 channel,
             } => {
-                let network = self.network.clone();
-                let refuse = |kind, msg: &str| TaskResponse::Failed(TaskError::new(kind, msg));
-                if tasks.len() >= self.max_tasks {
-                    let response = refuse(TaskErrorKind::Busy, "too many tasks in flight");
-                    tasks.spawn(async move {
-                        let _ = network.respond(channel, response).await;
-                    });
-                    return false;
+                if !work.has_room() {
+                    let busy = TaskError::new(TaskErrorKind::Busy, "too many tasks in flight");
+                    work.respond(channel, TaskResponse::Failed(busy));
+                    return;
                 }
-                match (&self.role, request) {
-                    (RoleCtx::Router(r), TaskRequest::Submit(spec)) => {
-                        let r = Arc::clone(r);
-                        tasks.spawn(async move {
-                            let response = r.serve(peer, spec).await;
-                            let _ = network.respond(channel, response).await;
-                        });
-                        false
-                    }
-                    (RoleCtx::Router(r), TaskRequest::Bid(bid)) => {
-                        let r = Arc::clone(r);
-                        tasks.spawn(async move {
-                            let response = r.on_bid(peer, *bid).await;
-                            let _ = network.respond(channel, response).await;
-                        });
-                        false
-                    }
-                    (RoleCtx::Router(r), TaskRequest::Query(q)) => {
-                        let r = Arc::clone(r);
-                        tasks.spawn(async move {
-                            let response = r.answer(q).await;
-                            let _ = network.respond(channel, response).await;
-                        });
-                        false
-                    }
-                    (RoleCtx::Orchestrator(o), TaskRequest::Execute(assignment)) => {
-                        // The sender is the router that assigned the task.
-                        Self::run_or_delegate(
-                            o,
-                            peer,
-                            assignment,
-                            Vec::new(),
-                            channel,
-                            network,
-                            tasks,
-                            dirty,
-                        )
-                    }
-                    (RoleCtx::Orchestrator(o), TaskRequest::Delegate(task)) => {
-                        if let Err(e) = o.check_delegated(&peer, &task) {
-                            tracing::info!(from = %peer, error = %e.message, "refused a delegated task");
-                            tasks.spawn(async move {
-                                let _ = network.respond(channel, TaskResponse::Failed(e)).await;
-                            });
-                            return false;
-                        }
-                        let task = *task;
-                        Self::run_or_delegate(
-                            o,
-                            task.router,
-                            task.assignment,
-                            task.chain,
-                            channel,
-                            network,
-                            tasks,
-                            dirty,
-                        )
-                    }
-                    (RoleCtx::Orchestrator(o), TaskRequest::Replay(request)) => {
-                        let accepted = o.accept_replay(peer, request);
-                        let o = Arc::clone(o);
-                        let dirty = dirty.clone();
-                        let took = accepted.is_ok();
-                        tasks.spawn(async move {
-                            let response = match accepted {
-                                Ok(a) => o.finish_replay(a).await,
-                                Err(e) => TaskResponse::Failed(e),
-                            };
-                            let _ = network.respond(channel, response).await;
-                            let _ = dirty.try_send(());
-                        });
-                        took
-                    }
-                    (_, request) => {
-                        let what = match request {
-                            TaskRequest::Submit(_) | TaskRequest::Bid(_) => {
-                                "this node is not a router"
-                            }
-                            TaskRequest::Execute(_)
-                            | TaskRequest::Replay(_)
-                            | TaskRequest::Delegate(_) => "this node is not an orchestrator",
-                            TaskRequest::Query(_) => {
-                                "this node keeps no receipt log (not a router)"
-                            }
-                        };
-                        let response = refuse(TaskErrorKind::WrongRole, what);
-                        tasks.spawn(async move {
-                            let _ = network.respond(channel, response).await;
-                        });
-                        false
-                    }
-                }
+                self.role.on_request(peer, request, channel, &mut work);
             }
-            NetworkEvent::Advert(advert) => {
-                if let RoleCtx::Orchestrator(o) = &self.role
-                    && o.note_peer(&advert)
-                    && tasks.len() < self.max_tasks
-                {
-                    // Its advertised addresses let this node dial it to
-                    // delegate a task.
-                    let addrs: Vec<libp2p::Multiaddr> =
-                        advert.addrs.iter().filter_map(|a| a.parse().ok()).collect();
-                    let network = self.network.clone();
-                    let peer = advert.peer;
-                    tasks.spawn(async move {
-                        let _ = network.add_addresses(peer, addrs).await;
-                    });
-                }
-                if let RoleCtx::Router(r) = &self.role {
-                    let (peer, account, stake) = (advert.peer, advert.account, advert.stake);
-                    let addrs: Vec<libp2p::Multiaddr> =
-                        advert.addrs.iter().filter_map(|a| a.parse().ok()).collect();
-                    let joined = {
-                        let mut t = r.table.lock().unwrap_or_else(|p| p.into_inner());
-                        t.upsert(advert, Instant::now()) == table::Upsert::Joined
-                    };
-                    // A new orchestrator is admitted by the ledger (stake,
-                    // identity) before it gets any task; that may be I/O.
-                    if joined && tasks.len() < self.max_tasks {
-                        let r = Arc::clone(r);
-                        let sizes = Arc::clone(&self.table_size);
-                        tasks.spawn(async move {
-                            // Its advertised addresses (relayed ones included)
-                            // let us dial it when no connection is open.
-                            let _ = r.network.add_addresses(peer, addrs).await;
-                            // What this router remembers of it survives restarts.
-                            let receipts = Arc::clone(&r.receipts);
-                            if let Ok(Ok(Some(rep))) = tokio::task::spawn_blocking(move || receipts.reputation(&peer)).await {
-                                r.table.lock().unwrap_or_else(|p| p.into_inner()).set_reputation(&peer, rep);
-                            }
-                            let admitted = match r.chain.admit(peer, account, stake).await {
-                                Ok(ok) => ok,
-                                Err(e) => {
-                                    tracing::warn!(orchestrator = %peer, error = %e, "ledger check failed");
-                                    false
-                                }
-                            };
-                            // What the ledger holds, not what the advert
-                            // declares, is what is scored and slashed.
-                            let held = if admitted {
-                                match r.chain.orchestrator(account).await {
-                                    Ok(Some(rec)) if rec.peer_id == peer.to_bytes() => Some(rec.stake),
-                                    _ => None,
-                                }
-                            } else {
-                                None
-                            };
-                            let admitted = held.is_some();
-                            let mut t = r.table.lock().unwrap_or_else(|p| p.into_inner());
-                            if let Some(held) = held {
-                                t.set_admitted(&peer, account, held);
-                            }
-                            t.set_eligible(&peer, admitted);
-                            if admitted {
-                                tracing::info!(orchestrator = %peer, %account, stake, known = t.eligible_len(), "orchestrator joined");
-                            } else {
-                                tracing::warn!(orchestrator = %peer, %account, stake, "orchestrator refused: not registered with the minimum stake");
-                            }
-                            sizes.send_replace(t.counts());
-                        });
-                    }
-                }
-                false
-            }
-            NetworkEvent::TaskAdvert(advert) => {
-                if let RoleCtx::Orchestrator(o) = &self.role
-                    && tasks.len() < self.max_tasks
-                    && let Some(bid) = o.bid_for(&advert)
-                {
-                    let network = self.network.clone();
-                    let router = advert.body.router;
-                    tasks.spawn(async move {
-                        match network.send_task(router, TaskRequest::Bid(Box::new(bid))).await {
-                            Ok(TaskResponse::BidReceived) => {
-                                tracing::debug!(%router, "bid taken")
-                            }
-                            other => tracing::debug!(%router, answer = ?other.map(|_| ()), "bid not taken"),
-                        }
-                    });
-                }
-                false
-            }
-            NetworkEvent::PeerSubscribed(_) => matches!(self.role, RoleCtx::Orchestrator(_)),
-            NetworkEvent::Rtt { peer, rtt } => {
-                if let RoleCtx::Router(r) = &self.role {
-                    r.table
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .record_rtt(&peer, rtt);
-                }
-                false
-            }
-            _ => false,
+            NetworkEvent::Advert(advert) => self.role.on_advert(advert, &mut work),
+            NetworkEvent::TaskAdvert(advert) => self.role.on_task_advert(advert, &mut work),
+            NetworkEvent::PeerSubscribed(_) => self.role.on_peer_subscribed(),
+            NetworkEvent::Rtt { peer, rtt } => self.role.on_rtt(peer, rtt),
+            _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cactus_protocol::messages::Query;
+
+    #[test]
+    fn requests_a_role_does_not_serve_are_refused_by_kind() {
+        let refusal = |r: TaskRequest| match wrong_role(&r) {
+            TaskResponse::Failed(e) => {
+                assert_eq!(e.kind, TaskErrorKind::WrongRole);
+                e.message
+            }
+            other => panic!("not a refusal: {other:?}"),
+        };
+        assert!(refusal(TaskRequest::Query(Query::Status)).contains("not a router"));
     }
 }

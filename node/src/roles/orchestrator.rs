@@ -1,6 +1,9 @@
 //! The orchestrator role: runs assigned tasks on the worker pool, signs their
 //! receipts, and keeps its capability advert fresh.
 
+mod handler;
+pub use handler::OrchestratorRole;
+
 use crate::inference::{InferenceError, Job, Rejected, WorkerPool};
 use crate::network::Network;
 use crate::time::now_ms;

@@ -1,0 +1,60 @@
+//! Admission: an orchestrator the router hears from for the first time gets
+//! no task until the chain shows it registered, with its PeerId, and with at
+//! least the minimum stake. What the chain holds, not what the advert
+//! declares, is what is scored, escrowed and slashed.
+
+use super::RouterCtx;
+use cactus_protocol::CapabilityAdvert;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+impl RouterCtx {
+    /// Admits (or refuses) the orchestrator of a first advert and publishes
+    /// the table's new sizes.
+    pub(super) async fn admit(
+        self: Arc<Self>,
+        advert: CapabilityAdvert,
+        sizes: &watch::Sender<(usize, usize)>,
+    ) {
+        let (peer, account, stake) = (advert.peer, advert.account, advert.stake);
+        // Its advertised addresses (relayed ones included) let us dial it
+        // when no connection is open.
+        let addrs: Vec<libp2p::Multiaddr> =
+            advert.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+        let _ = self.network.add_addresses(peer, addrs).await;
+        // What this router remembers of it survives restarts.
+        let receipts = Arc::clone(&self.receipts);
+        if let Ok(Ok(Some(rep))) =
+            tokio::task::spawn_blocking(move || receipts.reputation(&peer)).await
+        {
+            self.with_table(|t| t.set_reputation(&peer, rep));
+        }
+        let admitted = match self.chain.admit(peer, account, stake).await {
+            Ok(ok) => ok,
+            Err(e) => {
+                tracing::warn!(orchestrator = %peer, error = %e, "chain check failed");
+                false
+            }
+        };
+        let held = if admitted {
+            match self.chain.orchestrator(account).await {
+                Ok(Some(rec)) if rec.peer_id == peer.to_bytes() => Some(rec.stake),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        self.with_table(|t| {
+            if let Some(held) = held {
+                t.set_admitted(&peer, account, held);
+            }
+            t.set_eligible(&peer, held.is_some());
+            if held.is_some() {
+                tracing::info!(orchestrator = %peer, %account, stake, known = t.eligible_len(), "orchestrator joined");
+            } else {
+                tracing::warn!(orchestrator = %peer, %account, stake, "orchestrator refused: not registered with the minimum stake");
+            }
+            sizes.send_replace(t.counts());
+        });
+    }
+}

@@ -1,0 +1,253 @@
+//! A client's task end to end: pick an orchestrator (or call for bids),
+//! escrow, hand over, and on failure settle the attempt and try another,
+//! within the client's deadline.
+
+use super::RouterCtx;
+use cactus_protocol::attempt::AttemptFailure;
+use cactus_protocol::contract::{Address, Op};
+use cactus_protocol::{
+    Assignment, TaskError, TaskErrorKind, TaskId, TaskRequest, TaskResponse, TaskResult, TaskSpec,
+};
+use libp2p::PeerId;
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// Time kept back from an attempt for replaying its result.
+const REPLAY_RESERVE: Duration = Duration::from_secs(60);
+
+/// How one attempt ended.
+enum Attempt {
+    Done(Box<TaskResult>),
+    /// Try another orchestrator.
+    Retry(TaskError),
+    /// The request itself is at fault: stop.
+    Stop(TaskError),
+}
+impl RouterCtx {
+    /// Serves one client submission end to end.
+    #[tracing::instrument(skip_all, fields(client = %client))]
+    pub async fn serve(&self, client: PeerId, spec: TaskSpec) -> TaskResponse {
+        match self.try_serve(spec).await {
+            Ok(r) => TaskResponse::Done(r),
+            Err(e) => {
+                tracing::info!(kind = ?e.kind, message = %e.message, "task failed");
+                TaskResponse::Failed(e)
+            }
+        }
+    }
+
+    async fn try_serve(&self, spec: TaskSpec) -> Result<TaskResult, TaskError> {
+        spec.validate()
+            .map_err(|e| TaskError::new(TaskErrorKind::InvalidRequest, e.to_string()))?;
+        let what = spec.model.as_deref().unwrap_or("any model").to_owned();
+        let unserved = || {
+            TaskError::new(
+                TaskErrorKind::NoSuchModel,
+                format!("no orchestrator on the mesh serves {what}"),
+            )
+        };
+        // A model some admitted orchestrator advertises, or one asked for by
+        // its hash, which only a call for bids can find.
+        let (model, advertised) = match self.with_table(|t| t.resolve_model(spec.model.as_deref()))
+        {
+            Some(m) => (m.sha256, true),
+            None => match spec
+                .model
+                .as_deref()
+                .and_then(|m| m.parse::<cactus_protocol::Digest>().ok())
+            {
+                Some(hash) => (hash, false),
+                None => return Err(unserved()),
+            },
+        };
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.task_deadline;
+        let mut assignment = Assignment {
+            task_id: TaskId([0; 16]),
+            model,
+            prompt: spec.prompt,
+            format: spec.format,
+            sampling: spec.sampling,
+            deadline_ms: 0,
+        };
+        let mut tried = HashSet::new();
+        let mut last = if advertised {
+            TaskError::new(
+                TaskErrorKind::Busy,
+                format!("every orchestrator serving {what} is busy, and none bid for the task"),
+            )
+        } else {
+            unserved()
+        };
+        let mut auctioned = false;
+        for attempt in 0..self.max_attempts {
+            let passed = |attempt| {
+                TaskError::new(
+                    TaskErrorKind::Unavailable,
+                    format!(
+                        "the task's deadline of {:?} passed after {attempt} attempts",
+                        self.task_deadline
+                    ),
+                )
+            };
+            if deadline <= tokio::time::Instant::now() {
+                last = passed(attempt);
+                break;
+            }
+            assignment.task_id = TaskId(rand::random());
+            let seed = self.epoch_seed();
+            // An orchestrator with a free slot from the live table; when none
+            // has one (or none advertises the model), a call for bids, once.
+            let picked = self
+                .with_table(|t| t.pick_free(&assignment.model, &tried, &seed, &assignment.task_id))
+                .map(|p| (p, None));
+            let choice = match picked {
+                Some(c) => Some(c),
+                None if !auctioned => {
+                    auctioned = true;
+                    self.auction(&assignment, &tried)
+                        .await
+                        .map(|(p, account, price)| (p, Some((account, price))))
+                }
+                None => None,
+            };
+            let Some((peer, terms)) = choice else {
+                break;
+            };
+            // Every attempt gets the task timeout, cut to what is left of the
+            // client's deadline (a call for bids took some of it).
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                last = passed(attempt);
+                break;
+            }
+            // Part of what is left is kept for the spot check, so that an
+            // orchestrator answering at its deadline cannot run the replays
+            // out of time.
+            let reserve = if self.verification.share_ppm > 0 {
+                (left / 4).min(REPLAY_RESERVE)
+            } else {
+                Duration::ZERO
+            };
+            let timeout = self.task_timeout.min(left - reserve);
+            assignment.deadline_ms = crate::time::now_ms() + timeout.as_millis() as u64;
+            tried.insert(peer);
+            tracing::info!(task_id = %assignment.task_id, orchestrator = %peer, attempt, by_bid = terms.is_some(), "dispatching task");
+            match self
+                .attempt(peer, terms, &assignment, timeout, deadline)
+                .await
+            {
+                Attempt::Done(result) => return Ok(*result),
+                Attempt::Retry(e) => last = e,
+                Attempt::Stop(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    /// One hand-off to one orchestrator, settled on the ledger.
+    async fn attempt(
+        &self,
+        peer: PeerId,
+        terms: Option<(Address, u64)>,
+        assignment: &Assignment,
+        timeout: Duration,
+        deadline: tokio::time::Instant,
+    ) -> Attempt {
+        let Some((account, price)) = terms.or_else(|| self.with_table(|t| t.terms(&peer))) else {
+            return Attempt::Retry(TaskError::new(
+                TaskErrorKind::Unavailable,
+                "orchestrator left",
+            ));
+        };
+        let task_id = assignment.task_id.0.to_vec();
+        let create = Op::CreateTask {
+            task_id: task_id.clone(),
+            orchestrator: account,
+            price_per_unit: price,
+            max_payment: self.escrow_for(assignment, price),
+        };
+        if let Err(e) = self.chain.submit(create).await {
+            tracing::warn!(orchestrator = %peer, error = %e, "ledger refused to escrow the task");
+            return Attempt::Retry(TaskError::new(
+                TaskErrorKind::Unavailable,
+                format!("ledger: {e}"),
+            ));
+        }
+
+        // Which path the task takes: direct, or through a relay when the
+        // orchestrator is behind a NAT and hole punching has not (yet) worked.
+        let connection = match self.network.connection_kind(peer).await {
+            Ok(Some(kind)) => kind.to_string(),
+            _ => "new".to_owned(),
+        };
+        tracing::info!(task_id = %assignment.task_id, orchestrator = %peer, %connection, "handing task over");
+        self.with_table(|t| t.adjust_in_flight(&peer, true));
+        let sent = tokio::time::timeout(
+            timeout,
+            self.network
+                .send_task(peer, TaskRequest::Execute(assignment.clone())),
+        )
+        .await;
+        self.with_table(|t| t.adjust_in_flight(&peer, false));
+
+        let (error, failure) = match sent {
+            Ok(Ok(TaskResponse::Done(result))) => {
+                match self
+                    .accept(peer, assignment, result, &connection, deadline)
+                    .await
+                {
+                    Ok(result) => return Attempt::Done(Box::new(result)),
+                    Err(e) => (e, AttemptFailure::BadResult),
+                }
+            }
+            Ok(Ok(TaskResponse::Failed(e))) => {
+                let failure = AttemptFailure::of_refusal(e.kind);
+                if failure == AttemptFailure::Refused {
+                    tracing::info!(orchestrator = %peer, kind = ?e.kind, "orchestrator declined; trying another");
+                }
+                (e, failure)
+            }
+            Ok(Ok(
+                TaskResponse::Answer(_) | TaskResponse::Replayed(_) | TaskResponse::BidReceived,
+            )) => (
+                TaskError::new(
+                    TaskErrorKind::BadResult,
+                    "answered a task with a query answer",
+                ),
+                AttemptFailure::BadResult,
+            ),
+            Ok(Err(e)) => {
+                tracing::warn!(orchestrator = %peer, error = %e, "orchestrator unreachable");
+                (
+                    TaskError::new(TaskErrorKind::Unavailable, e.to_string()),
+                    AttemptFailure::Unreachable,
+                )
+            }
+            Err(_) => {
+                tracing::warn!(orchestrator = %peer, "orchestrator timed out");
+                let e = TaskError::new(
+                    TaskErrorKind::Unavailable,
+                    format!("orchestrator {peer} did not answer in {timeout:?}"),
+                );
+                (e, AttemptFailure::Timeout)
+            }
+        };
+        self.record_outcome(peer, Err(failure.failure_kind())).await;
+        if let Err(e) = self
+            .chain
+            .submit(Op::FailTask {
+                task_id,
+                reason: failure.reason_code(),
+            })
+            .await
+        {
+            tracing::error!(task_id = %assignment.task_id, error = %e, "could not refund a failed task on the chain");
+        }
+        if failure.retry() {
+            Attempt::Retry(error)
+        } else {
+            Attempt::Stop(error)
+        }
+    }
+}

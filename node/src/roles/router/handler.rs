@@ -1,0 +1,93 @@
+//! What the dispatcher hands a router, and where each piece goes.
+
+use super::RouterCtx;
+use crate::roles::{Handler, Reply, Tick, Work};
+use cactus_protocol::{CapabilityAdvert, ROUTER_PROVIDER_KEY, TaskRequest};
+use libp2p::PeerId;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// The router role as the dispatcher sees it.
+#[derive(Debug)]
+pub struct RouterRole {
+    ctx: Arc<RouterCtx>,
+    /// Publishes `(admitted, judged)` orchestrator counts for
+    /// [`crate::Node::wait_for_orchestrators`]-style waits.
+    sizes: Arc<watch::Sender<(usize, usize)>>,
+}
+
+impl RouterRole {
+    /// A role serving `ctx`, publishing table sizes on `sizes`.
+    pub fn new(ctx: Arc<RouterCtx>, sizes: watch::Sender<(usize, usize)>) -> Self {
+        Self {
+            ctx,
+            sizes: Arc::new(sizes),
+        }
+    }
+}
+
+impl Handler for RouterRole {
+    fn on_request(&self, peer: PeerId, request: TaskRequest, reply: Reply, work: &mut Work<'_>) {
+        let r = Arc::clone(&self.ctx);
+        let network = work.network().clone();
+        match request {
+            TaskRequest::Submit(spec) => {
+                work.spawn(async move {
+                    let response = r.serve(peer, spec).await;
+                    let _ = network.respond(reply, response).await;
+                });
+            }
+            TaskRequest::Bid(bid) => {
+                work.spawn(async move {
+                    let response = r.on_bid(peer, *bid).await;
+                    let _ = network.respond(reply, response).await;
+                });
+            }
+            TaskRequest::Query(q) => {
+                work.spawn(async move {
+                    let response = r.answer(q).await;
+                    let _ = network.respond(reply, response).await;
+                });
+            }
+            other => work.respond(reply, crate::roles::wrong_role(&other)),
+        }
+    }
+
+    fn on_advert(&self, advert: CapabilityAdvert, work: &mut Work<'_>) {
+        let joined = self.ctx.with_table(|t| {
+            t.upsert(advert.clone(), Instant::now()) == crate::roles::table::Upsert::Joined
+        });
+        // A new orchestrator is admitted by the chain (stake, identity)
+        // before it gets any task; that is I/O, so it runs in a task.
+        if joined {
+            let r = Arc::clone(&self.ctx);
+            let sizes = Arc::clone(&self.sizes);
+            work.spawn(async move { r.admit(advert, &sizes).await });
+        }
+    }
+
+    fn on_rtt(&self, peer: PeerId, rtt: Duration) {
+        self.ctx.with_table(|t| t.record_rtt(&peer, rtt));
+    }
+
+    fn on_tick(&self, tick: Tick, work: &mut Work<'_>) {
+        match tick {
+            Tick::Provide => {
+                let network = work.network().clone();
+                work.spawn_control(async move {
+                    if let Err(e) = network.start_providing(ROUTER_PROVIDER_KEY.to_vec()).await {
+                        tracing::debug!(error = %e, "could not renew the router provider record");
+                    }
+                });
+            }
+            Tick::Prune => self.ctx.with_table(|t| {
+                for peer in t.prune(Instant::now()) {
+                    tracing::info!(orchestrator = %peer, "orchestrator left (no advert)");
+                }
+                self.sizes.send_replace(t.counts());
+            }),
+            Tick::Advert => {}
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! The router role: accepts tasks from clients, picks an orchestrator from
+//! the live table, escrows the task on the chain, hands it over, checks the
+//! result, countersigns the receipt, records it, settles the payment and
+//! answers the client.
+//!
+//! Every dispatch attempt is its own task on the chain: created (escrow)
+//! before the hand-off, then completed (payment) or failed (refund). A
+//! client's task that is retried on another orchestrator therefore never pays
+//! twice.
+//!
+//! One file per concern, each an `impl RouterCtx` block:
+//!
+//! - [`handler`]: what the dispatcher hands this role (requests, adverts,
+//!   round trips, ticks) and where each goes;
+//! - [`admit`]: admission of an orchestrator heard from, by the chain's
+//!   record of its stake and identity;
+//! - [`dispatch`]: a client's task end to end, attempt by attempt, with
+//!   failover;
+//! - [`market`]: calls for bids when no orchestrator in the table can take a
+//!   task, and the bids that answer them;
+//! - [`spot_check`]: the replay draw and the verifiers' vote;
+//! - [`slash`]: slashing the signer of a result found to be fraud;
+//! - [`settle`]: escrow, countersigning, the receipt log and payment;
+//! - [`query`]: answers to questions about receipts, anchors and status.
+//!
+//! The decisions that need no I/O live in `cactus-protocol`, where they are
+//! unit-tested: [`cactus_protocol::attempt`] classifies a failed hand-off,
+//! [`cactus_protocol::vote`] tallies the verifiers, `schedule` scores and draws.
+
+mod admit;
+mod dispatch;
+mod handler;
+mod market;
+mod query;
+mod settle;
+mod slash;
+mod spot_check;
+
+pub use handler::RouterRole;
+pub use market::Market;
+pub use spot_check::Verification;
+
+use super::table::OrchestratorTable;
+use crate::chain::ChainBackend;
+use crate::network::Network;
+use crate::receipt_log::ReceiptLog;
+use cactus_protocol::contract::Config;
+use cactus_protocol::reputation::FailureKind;
+use libp2p::PeerId;
+use libp2p::identity::Keypair;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// What the router's task handlers share.
+pub struct RouterCtx {
+    /// The mesh.
+    pub network: Network,
+    /// This router's identity, to countersign receipts.
+    pub key: Keypair,
+    /// Known orchestrators.
+    pub table: Arc<Mutex<OrchestratorTable>>,
+    /// Receipt log.
+    pub receipts: Arc<ReceiptLog>,
+    /// Where tasks are escrowed and paid.
+    pub chain: Arc<dyn ChainBackend>,
+    /// The contract's configuration when the router started.
+    pub contract: Config,
+    /// Told after each recorded receipt (the anchorer listens).
+    pub appended: Arc<Notify>,
+    /// How long one orchestrator may take for one task.
+    pub task_timeout: Duration,
+    /// How long a client's task may take in all, retries included.
+    pub task_deadline: Duration,
+    /// Orchestrators tried per task before giving up.
+    pub max_attempts: usize,
+    /// How results are spot-checked.
+    pub verification: Verification,
+    /// Calls for bids.
+    pub market: Market,
+}
+
+impl std::fmt::Debug for RouterCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouterCtx")
+            .field("peer", &self.network.local_peer_id())
+            .field("account", &self.chain.account())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RouterCtx {
+    pub(super) fn with_table<T>(&self, f: impl FnOnce(&mut OrchestratorTable) -> T) -> T {
+        // A poisoned lock means a panic elsewhere; the table itself is still
+        // consistent (every update is a single insert or remove).
+        let mut guard = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+
+    /// Records how a task ended in the table and persists the record.
+    pub(super) async fn record_outcome(
+        &self,
+        peer: PeerId,
+        outcome: Result<Option<u64>, FailureKind>,
+    ) {
+        let now = crate::time::now_ms();
+        let Some(rep) = self.with_table(|t| t.record_outcome(&peer, outcome, now)) else {
+            return;
+        };
+        let receipts = Arc::clone(&self.receipts);
+        match tokio::task::spawn_blocking(move || receipts.save_reputation(&peer, &rep)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(orchestrator = %peer, error = %e, "could not store reputation")
+            }
+            Err(e) => {
+                tracing::warn!(orchestrator = %peer, error = %e, "could not store reputation")
+            }
+        }
+    }
+
+    /// The seed of this hour's draws: anyone with the router's PeerId, the
+    /// hour and the candidate table can recompute each pick.
+    pub fn epoch_seed(&self) -> cactus_protocol::Digest {
+        let hour = crate::time::now_ms() / 3_600_000;
+        let mut b = b"cactus/epoch/v1\0".to_vec();
+        b.extend_from_slice(&self.network.local_peer_id().to_bytes());
+        b.extend_from_slice(&hour.to_le_bytes());
+        cactus_protocol::Digest::of(&b)
+    }
+}

@@ -1,0 +1,143 @@
+//! What happens to a result that comes back: it is checked, spot-checked
+//! when drawn, countersigned, written to the receipt log and paid for on the
+//! chain, with the payment retried on transient errors.
+
+use super::RouterCtx;
+use super::spot_check::Check;
+use cactus_protocol::contract::Op;
+use cactus_protocol::verify::check_result;
+use cactus_protocol::{Assignment, TaskError, TaskErrorKind, TaskResult};
+use libp2p::PeerId;
+use std::sync::Arc;
+use std::time::Duration;
+
+impl RouterCtx {
+    /// The most a task can cost under the contract's formula (100 %
+    /// reputation): what the router escrows. A prompt has at most one token per
+    /// byte, plus a few special tokens.
+    pub fn escrow_for(&self, assignment: &Assignment, price_per_unit: u64) -> u64 {
+        let c = &self.contract;
+        let prompt_tokens = assignment.prompt.len() as u128 + 16;
+        let units = prompt_tokens * u128::from(c.prompt_weight)
+            + u128::from(assignment.sampling.max_tokens) * u128::from(c.output_weight);
+        let most = units * u128::from(price_per_unit)
+            + units * u128::from(c.ms_cap_per_unit) * u128::from(c.price_per_ms);
+        u64::try_from(most).unwrap_or(u64::MAX).max(1)
+    }
+
+    /// Checks, countersigns, records and pays for a result.
+    pub(super) async fn accept(
+        &self,
+        peer: PeerId,
+        assignment: &Assignment,
+        mut result: TaskResult,
+        connection: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<TaskResult, TaskError> {
+        let router = self.network.local_peer_id();
+        if let Err(e) = check_result(assignment, &router, &peer, &result) {
+            tracing::warn!(orchestrator = %peer, error = %e, "result failed verification");
+            return Err(TaskError::new(
+                TaskErrorKind::BadResult,
+                format!("orchestrator {peer}: {e}"),
+            ));
+        }
+        let bad =
+            |e: &dyn std::fmt::Display| TaskError::new(TaskErrorKind::BadResult, e.to_string());
+        // Delegates are paid their share along the chain: they must be
+        // orchestrators this router knows.
+        let mut delegates = Vec::with_capacity(result.delegation.len());
+        let assigned_account = self.with_table(|t| t.terms(&peer)).map(|(a, _)| a);
+        for link in &result.delegation {
+            let child = link.body.child;
+            let Some((account, _)) = self.with_table(|t| t.admitted_terms(&child)) else {
+                return Err(bad(&format!(
+                    "delegate {child} is not an orchestrator admitted here"
+                )));
+            };
+            // What the ledger's complete_task checks, checked before the
+            // receipt is countersigned.
+            if Some(account) == assigned_account || delegates.contains(&account) {
+                return Err(bad(&format!(
+                    "delegate {child} repeats an account of the chain"
+                )));
+            }
+            delegates.push(account);
+        }
+        if !result.delegation.is_empty() {
+            tracing::info!(task_id = %assignment.task_id, orchestrator = %peer, executor = %result.receipt.body.orchestrator, depth = delegates.len(), "delegated result");
+        }
+        let seed = result
+            .receipt
+            .body
+            .digest()
+            .ok()
+            .and_then(|d| self.check_seed(&assignment.task_id, &d));
+        if let Some(seed) = seed
+            && self.selected_for_check(&seed)
+            && let Check::Fraud { slashed } = self
+                .spot_check(peer, assignment, &result, &seed, deadline)
+                .await
+        {
+            return Err(TaskError::new(
+                TaskErrorKind::BadResult,
+                format!(
+                    "orchestrator {peer}: the result failed its replay check{}",
+                    if slashed { "; stake slashed" } else { "" }
+                ),
+            ));
+        }
+        result.receipt.countersign(&self.key).map_err(|e| bad(&e))?;
+        let receipt_hash = result.receipt.hash().map_err(|e| bad(&e))?;
+        let receipts = Arc::clone(&self.receipts);
+        let receipt = result.receipt.clone();
+        tokio::task::spawn_blocking(move || receipts.append(&receipt))
+            .await
+            .map_err(|e| TaskError::new(TaskErrorKind::Unavailable, e.to_string()))?
+            .map_err(|e| TaskError::new(TaskErrorKind::Unavailable, format!("receipt log: {e}")))?;
+        self.appended.notify_one();
+        let body = &result.receipt.body;
+        // The assigned orchestrator answers for the task, delegated or not:
+        // the outcome is its record.
+        let per_token = body.compute_ms.checked_div(u64::from(body.output_tokens));
+        self.record_outcome(peer, Ok(per_token)).await;
+        let complete = Op::CompleteTask {
+            task_id: assignment.task_id.0.to_vec(),
+            prompt_tokens: u64::from(body.prompt_tokens),
+            output_tokens: u64::from(body.output_tokens),
+            compute_ms: body.compute_ms,
+            delegates,
+            receipt_hash: receipt_hash.0.to_vec(),
+        };
+        // The work is done and the receipt recorded: the client gets its
+        // answer whatever happens to settlement. A transient ledger error is retried; the task stays escrowed (and
+        // its receipt recorded) for the operator if it persists, since a
+        // refund would count as the orchestrator's failure.
+        let mut settled = false;
+        for attempt in 0..3u32 {
+            match self.chain.submit(complete.clone()).await {
+                Ok(()) => {
+                    settled = true;
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(task_id = %assignment.task_id, error = %e, attempt, "could not settle a completed task on the ledger");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+            }
+        }
+        if !settled {
+            tracing::error!(task_id = %assignment.task_id, "the task stays escrowed on the ledger: settle it by hand");
+        }
+        tracing::info!(
+            task_id = %assignment.task_id,
+            orchestrator = %peer,
+            output_tokens = body.output_tokens,
+            compute_ms = body.compute_ms,
+            %connection,
+            paid = settled,
+            "task done; receipt recorded"
+        );
+        Ok(result)
+    }
+}

@@ -1,0 +1,49 @@
+//! Slashing the orchestrator that signed a result the verifiers found to be
+//! fraud, on the evidence the router has stored.
+
+use super::RouterCtx;
+use cactus_protocol::contract::Op;
+use cactus_protocol::fraud::FraudEvidence;
+
+impl RouterCtx {
+    /// Slashes the orchestrator that signed a fraudulent receipt (the
+    /// evidence's accused) and stops using it; returns whether the ledger
+    /// took the slash.
+    pub(super) async fn slash(&self, evidence: &FraudEvidence) -> bool {
+        let accused = evidence.accused();
+        let Some((account, _)) = self.with_table(|t| t.admitted_terms(&accused)) else {
+            tracing::warn!(orchestrator = %accused, "the accused is not an admitted orchestrator here: not slashed");
+            return false;
+        };
+        self.with_table(|t| t.ban(&accused));
+        let Ok(hash) = evidence.hash() else {
+            return false;
+        };
+        // The account on the ledger must be the accused's own.
+        match self.chain.orchestrator(account).await {
+            Ok(Some(record)) if record.peer_id == accused.to_bytes() => {}
+            other => {
+                tracing::error!(orchestrator = %accused, %account, record = ?other.map(|r| r.map(|r| r.peer_id.len())), "the account is not the accused's on the ledger: not slashed");
+                return false;
+            }
+        }
+        let op = Op::Slash {
+            orchestrator: account,
+            ratio_bps: self
+                .verification
+                .slash_bps
+                .clamp(1, self.contract.max_slash_bps.max(1)),
+            evidence_hash: hash.0.to_vec(),
+        };
+        match self.chain.submit(op).await {
+            Ok(()) => {
+                tracing::warn!(orchestrator = %accused, %account, evidence = %hash, "slashed for fraud");
+                true
+            }
+            Err(e) => {
+                tracing::error!(orchestrator = %accused, error = %e, "could not slash");
+                false
+            }
+        }
+    }
+}
