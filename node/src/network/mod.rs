@@ -5,8 +5,8 @@
 //! [`Network`] handle (a bounded command channel, one `oneshot` per reply) and
 //! receives [`NetworkEvent`]s on a bounded channel. The loop only translates:
 //! it never waits on role logic, and when the role cannot keep up it answers
-//! inbound tasks with `Busy` itself rather than block. Nothing here knows the
-//! roles; the clock is [`crate::time`].
+//! inbound tasks with `Busy` itself rather than block. Nothing here depends on
+//! the role logic; the clock is [`crate::time`].
 //!
 //! Code map:
 //! - `handle.rs`: the [`Network`] handle, the commands it sends, and the types
