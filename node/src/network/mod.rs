@@ -15,6 +15,8 @@
 //!   turns swarm events into [`NetworkEvent`]s and replies.
 //! - `commands.rs`: what the loop does with each command, and the bounds on
 //!   replies it keeps waiting.
+//! - `discovery.rs`: the loop's handlers for Kademlia, identify, relay client,
+//!   hole-punch and AutoNAT events.
 //! - `gossip.rs`: the pure gossip validator (accept, reject, ignore).
 //! - `penalties.rs`: application scores for misbehaving peers, halving over
 //!   time, bounded.
@@ -26,6 +28,7 @@
 pub mod behaviour;
 pub mod codec;
 mod commands;
+mod discovery;
 mod event_loop;
 mod gossip;
 mod handle;
