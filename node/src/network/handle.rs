@@ -125,8 +125,8 @@ impl std::fmt::Display for ConnectionKind {
 }
 
 /// What the node knows about its own reachability, for `cactus-node doctor`.
-/// Each list holds at most
-/// [`DIAG_KEEP`](super::reachability::DIAG_KEEP) entries, the newest.
+/// Each list holds at most 16 entries (`reachability::DIAG_KEEP`), the
+/// newest.
 #[derive(Debug, Clone, Default)]
 pub struct Diagnostics {
     /// Addresses we listen on (relayed ones included).
