@@ -5,15 +5,41 @@
 //! [`Network`] handle (a bounded command channel, one `oneshot` per reply) and
 //! receives [`NetworkEvent`]s on a bounded channel. The loop only translates:
 //! it never waits on role logic, and when the role cannot keep up it answers
-//! inbound tasks with `Busy` itself rather than block.
+//! inbound tasks with `Busy` itself rather than block. Nothing here depends on
+//! the role logic; the clock is [`crate::time`].
+//!
+//! Code map:
+//! - `handle.rs`: the [`Network`] handle, the commands it sends, and the types
+//!   both sides share ([`NetworkEvent`], [`ConnectionKind`], [`Diagnostics`]).
+//! - `event_loop.rs`: the `select!` loop; one `on_*` per sub-behaviour that
+//!   turns swarm events into [`NetworkEvent`]s and replies.
+//! - `commands.rs`: what the loop does with each command, and the bounds on
+//!   replies it keeps waiting.
+//! - `discovery.rs`: the loop's handlers for Kademlia, identify, relay client,
+//!   hole-punch and AutoNAT events.
+//! - `gossip.rs`: the pure gossip validator (accept, reject, ignore).
+//! - `penalties.rs`: application scores for misbehaving peers, halving over
+//!   time, bounded.
+//! - `reachability.rs`: relays, direct upgrades, AutoNAT findings and the
+//!   diagnostics report.
+//! - `behaviour.rs`: the composed libp2p behaviour and its limits.
+//! - `codec.rs`: framing of task requests and responses on a stream.
 
 pub mod behaviour;
 pub mod codec;
+mod commands;
+mod discovery;
 mod event_loop;
+mod gossip;
+mod handle;
+mod penalties;
+mod reachability;
 
-pub use event_loop::{ConnectionKind, Diagnostics, Network, NetworkEvent};
+pub use handle::{ConnectionKind, Diagnostics, Network, NetworkEvent};
 
 use libp2p::{Multiaddr, PeerId, identity::Keypair, noise, tcp, yamux};
+use libp2p::{TransportError, gossipsub, kad, request_response, swarm::DialError};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -77,46 +103,61 @@ impl Default for NetworkConfig {
     }
 }
 
-/// Errors of the libp2p layer.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Errors of the libp2p layer. Where a lower layer's error caused one, it is
+/// kept as the source (in an `Arc`, so that the error stays `Clone`).
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum NetworkError {
-    /// Building the transport or behaviour failed.
+    /// Starting failed, for a reason only known as text (callers outside this
+    /// module use it for their own start-up steps).
     #[error("starting libp2p failed: {0}")]
     Setup(String),
+    /// Building the transport or behaviour failed.
+    #[error("starting libp2p failed: {0}")]
+    Build(#[source] Arc<dyn std::error::Error + Send + Sync>),
+    /// Subscribing to a gossip topic failed.
+    #[error("starting libp2p failed: {0}")]
+    Subscribe(#[source] Arc<gossipsub::SubscriptionError>),
     /// An address could not be listened on.
-    #[error("cannot listen on {addr}: {message} (check --listen)")]
+    #[error("cannot listen on {addr}: {source} (check --listen)")]
     Listen {
-        /// The address.
         addr: Multiaddr,
-        /// Why.
-        message: String,
+        #[source]
+        source: Arc<TransportError<std::io::Error>>,
     },
     /// A dial failed.
-    #[error("dialing {addr} failed: {message}")]
+    #[error("dialing {addr} failed: {source}")]
     Dial {
-        /// The address.
         addr: String,
-        /// Why.
-        message: String,
+        #[source]
+        source: Arc<DialError>,
     },
     /// A request failed in transit.
-    #[error("request to {peer} failed: {message}")]
+    #[error("request to {peer} failed: {source}")]
     Request {
-        /// The peer.
         peer: PeerId,
-        /// Why.
-        message: String,
+        #[source]
+        source: Arc<request_response::OutboundFailure>,
     },
+    /// A task advert reached no peer (none subscribed yet, say). The message
+    /// is the one users saw before the source was kept.
+    #[error("starting libp2p failed: task advert not published: {0}")]
+    Publish(#[source] Arc<gossipsub::PublishError>),
     /// A DHT query failed.
     #[error("DHT query failed: {0}")]
-    Query(String),
+    Query(#[source] kad::GetProvidersError),
     /// Too many operations in flight.
     #[error("too many operations in flight")]
     Overloaded,
     /// The event loop has stopped.
     #[error("the network has shut down")]
     Shutdown,
+}
+
+impl NetworkError {
+    fn build(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Build(Arc::new(e))
+    }
 }
 
 /// Builds the swarm and spawns its event loop on the current runtime.
@@ -140,7 +181,6 @@ pub fn spawn(
         autonat_server: config.relay_server.is_some(),
     };
     let agent = config.agent_version.clone();
-    let setup = |e: &dyn std::fmt::Display| NetworkError::Setup(e.to_string());
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
@@ -148,15 +188,15 @@ pub fn spawn(
             noise::Config::new,
             yamux::Config::default,
         )
-        .map_err(|e| setup(&e))?
+        .map_err(NetworkError::build)?
         .with_quic()
         .with_relay_client(noise::Config::new, yamux::Config::default)
-        .map_err(|e| setup(&e))?
+        .map_err(NetworkError::build)?
         .with_behaviour(|key, relay_client| {
             behaviour::Behaviour::new(key, relay_client, agent, &limits)
                 .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
         })
-        .map_err(|e| setup(&e))?
+        .map_err(NetworkError::build)?
         .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
         .build();
     for addr in &config.external {
@@ -167,7 +207,7 @@ pub fn spawn(
             .listen_on(addr.clone())
             .map_err(|e| NetworkError::Listen {
                 addr: addr.clone(),
-                message: e.to_string(),
+                source: Arc::new(e),
             })?;
     }
     event_loop::start(swarm, config, shutdown)
