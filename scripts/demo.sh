@@ -11,7 +11,5 @@ MODEL="$(scripts/fetch-model.sh)"
 SHA256=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
 # Cargo's progress stays visible: the first build compiles llama.cpp's C++,
 # which takes about ten minutes on two cores; later runs start in seconds.
-if [ ! -d target/release/examples ]; then
-    echo "demo: first build: about 10 minutes on 2 cores (llama.cpp's C++ dominates); later runs start in seconds" >&2
-fi
+echo "demo: building (the first build takes about 10 minutes on 2 cores, most of it llama.cpp; later runs start in seconds)" >&2
 exec cargo run --release -p cactus-examples --example local_cluster -- "$MODEL:$SHA256" "$@"
