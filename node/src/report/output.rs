@@ -389,3 +389,61 @@ impl From<&FraudEvidence> for FraudJson {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cactus_protocol::contract::Address;
+    use cactus_protocol::messages::OrchestratorStatus;
+
+    #[test]
+    fn status_json_keeps_its_field_names() {
+        let s = RouterStatus {
+            router_account: Address([1; 32]),
+            authorized: true,
+            config: None,
+            orchestrators: vec![OrchestratorStatus {
+                peer: None,
+                account: Address([2; 32]),
+                record: None,
+                reputation: Some(Reputation {
+                    successes: 1_500,
+                    ..Reputation::default()
+                }),
+            }],
+            totals: (20_000, 3, 7),
+            receipts: 2,
+            pending_anchor: 1,
+            anchors: 1,
+        };
+        let v = serde_json::to_value(StatusJson::from(&s)).unwrap();
+        assert_eq!(v["stake_held"], 20_000);
+        assert_eq!(v["pending_payments"], 3);
+        assert_eq!(v["vault_balance"], 7);
+        assert_eq!(v["receipts"], 2);
+        assert_eq!(v["anchors"], 1);
+        let o = &v["orchestrators"][0];
+        assert_eq!(o["account"], Address([2; 32]).to_hex());
+        assert!(o["successes"].is_null() && o["peer"].is_null());
+        assert_eq!(o["reputation"]["successes"], 1.5);
+    }
+
+    #[test]
+    fn a_bundle_without_an_anchor_reads_back_and_bad_hex_is_named() {
+        let e = BundleJson::parse("{\"receipt\": \"00\", \"anchor\": null}").unwrap_err();
+        assert!(matches!(e, BundleError::Receipt(_)), "{e:?}");
+        let e = BundleJson::parse("{\"receipt\": \"xy\"}").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                BundleError::Hex {
+                    field: "receipt",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let e = BundleJson::parse("[]").unwrap_err();
+        assert!(matches!(e, BundleError::Json(_)), "{e:?}");
+    }
+}
