@@ -22,6 +22,7 @@ pub mod inference;
 pub mod network;
 pub mod node;
 pub mod receipt_log;
+pub mod report;
 pub mod roles;
 pub mod time;
 

@@ -287,7 +287,7 @@ fn three_processes_answer_on_the_real_model_with_a_ledgered_receipt() {
 
     // kill -9: nothing the router committed is lost.
     router.kill9();
-    let out = run(&["ledger", "--data-dir", path(&dirs[0]), "--json"]);
+    let out = run(&["receipts", "--data-dir", path(&dirs[0]), "--json"]);
     assert!(
         out.status.success(),
         "{}",

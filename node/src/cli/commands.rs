@@ -1,0 +1,189 @@
+//! The `cactus-node` command line: a node's flags, or a subcommand.
+//!
+//! Flags that are settings of a node have an environment variable (and so a
+//! `--config` key); flags that only make sense for one invocation (the
+//! prompt, the sampling of one task, `--json`, `--output`, `--limit`, what to
+//! ask and how long to wait) have none, so that a node's config file cannot
+//! change what a one-off command asks or prints.
+
+use super::args::{DataDirArgs, MeshArgs, NodeArgs};
+use clap::{Parser, Subcommand};
+use libp2p::Multiaddr;
+use std::path::PathBuf;
+
+/// A node of Cactus, the decentralized AI inference network.
+///
+/// Without a subcommand, runs a node (an orchestrator unless --role says
+/// otherwise) until Ctrl-C or SIGTERM.
+#[derive(Debug, Parser)]
+#[command(name = "cactus-node", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// A config file of `CACTUS_*=value` lines (the environment variables of
+    /// the flags, e.g. CACTUS_CHAIN=aptos); the environment and flags win. A
+    /// key that is no flag's variable is an error.
+    #[arg(long, global = true, env = "CACTUS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+// Parsed once at start-up; boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs a node (the default).
+    Run(NodeArgs),
+    /// Prints this node's PeerId, creating its identity if missing.
+    Id(DataDirArgs),
+    /// Joins the mesh, submits one prompt to a router and prints the answer.
+    Infer(InferArgs),
+    /// Lists the receipts in a router's receipt log (stop the router first).
+    #[command(alias = "ledger")]
+    Receipts(LogArgs),
+    /// Lists the fraud evidence a router signed (stop the router first): the
+    /// accused, the task, each verifier's findings, the hash a slash
+    /// recorded, and whether every signature and finding checks out.
+    Fraud(LogArgs),
+    /// Shows a router's status: its account on the chain, stake and counters
+    /// per orchestrator, pending payments (escrow), receipts and anchors.
+    Status(StatusArgs),
+    /// Exports or verifies receipts with their anchor proofs.
+    #[command(subcommand)]
+    Receipt(ReceiptCmd),
+    /// Checks this machine's reachability: listen and observed addresses,
+    /// the AutoNAT verdict, relay reservations, a hole punch to a given peer,
+    /// and what to do about it, in plain words.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub mesh: MeshArgs,
+    /// Also try to connect to this peer (e.g. another node's /p2p-circuit
+    /// address) and report whether hole punching made the connection direct.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub peer: Option<Multiaddr>,
+    /// Seconds to observe at most.
+    #[arg(long, default_value_t = 20)]
+    pub wait: u64,
+    /// Print the findings as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Where to read a router's state: over the mesh from a running router, or
+/// from the data dir of a stopped one.
+#[derive(Debug, clap::Args)]
+pub struct SourceArgs {
+    /// Join through this peer and ask a router found on the DHT (repeatable).
+    #[arg(
+        long = "bootstrap",
+        env = "CACTUS_BOOTSTRAP",
+        value_name = "MULTIADDR",
+        value_delimiter = ','
+    )]
+    pub bootstrap: Vec<Multiaddr>,
+    /// Ask this router.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub router: Option<Multiaddr>,
+    /// Read the files of a stopped router in this data dir instead (its
+    /// receipt log and embedded chain). No environment variable: it selects
+    /// where to read, so it is given explicitly.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["bootstrap", "router"])]
+    pub data_dir: Option<PathBuf>,
+    /// Seconds to wait for the router.
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReceiptCmd {
+    /// Writes a task's receipt and anchor proof as JSON.
+    Get {
+        /// The task id (hex).
+        task_id: String,
+        #[command(flatten)]
+        source: SourceArgs,
+        /// Write to this file instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Checks a receipt file: both signatures, the Merkle proof, and that its
+    /// root is the one anchored on the chain. Says which check failed.
+    Verify {
+        /// A file written by `cactus-node receipt get`.
+        file: PathBuf,
+        #[command(flatten)]
+        source: SourceArgs,
+        /// Print the checks as one JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InferArgs {
+    /// A peer to join through (repeatable).
+    #[arg(
+        long = "bootstrap",
+        env = "CACTUS_BOOTSTRAP",
+        value_name = "MULTIADDR",
+        value_delimiter = ','
+    )]
+    pub bootstrap: Vec<Multiaddr>,
+    /// Use this router instead of looking one up on the DHT.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub router: Option<Multiaddr>,
+    /// What to ask (through the model's chat template unless --raw).
+    #[arg(long)]
+    pub prompt: String,
+    /// Model name or sha256 [default: whatever the router can serve].
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: u32,
+    /// Sampling temperature; 0 is greedy and deterministic.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Nucleus sampling mass.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Sampler seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Send the prompt as it is instead of through the model's chat template.
+    #[arg(long)]
+    pub raw: bool,
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+    /// Print one JSON object: text, orchestrator, router and receipt.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A stopped router's receipt log, read from its data dir.
+#[derive(Debug, clap::Args)]
+pub struct LogArgs {
+    #[command(flatten)]
+    pub data: DataDirArgs,
+    /// Print JSON lines, one entry each.
+    #[arg(long)]
+    pub json: bool,
+    /// Most entries to print.
+    #[arg(long, default_value_t = 1000)]
+    pub limit: usize,
+}
