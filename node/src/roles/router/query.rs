@@ -1,89 +1,100 @@
 //! Answers to questions about the router's receipts, anchors and status.
 
 use super::RouterCtx;
-use cactus_protocol::contract::Address;
+use crate::chain::ChainError;
+use crate::receipt_log::ReceiptLogError;
+use crate::report::status::{StatusError, router_status};
 use cactus_protocol::merkle::ReceiptBundle;
-use cactus_protocol::messages::{
-    MAX_STATUS_ORCHESTRATORS, OrchestratorStatus, Query, QueryAnswer, RouterStatus,
-};
+use cactus_protocol::messages::{Query, QueryAnswer};
 use cactus_protocol::{TaskError, TaskErrorKind, TaskResponse};
-use libp2p::PeerId;
 use std::sync::Arc;
 
+/// Why a query could not be answered.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueryError {
+    /// The receipt log could not be read.
+    #[error("receipt log")]
+    ReceiptLog(#[from] ReceiptLogError),
+    /// The chain could not be read.
+    #[error("chain")]
+    Chain(#[from] ChainError),
+    /// The status could not be built.
+    #[error("status")]
+    Status(#[from] StatusError),
+    /// The blocking reader stopped (the runtime is shutting down).
+    #[error("receipt log reader")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// An error and its sources on one line, for an answer on the wire.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 impl RouterCtx {
-    /// Answers a question about the ledger.
+    /// Answers a question about the router's receipts, anchors or status.
     pub async fn answer(&self, query: Query) -> TaskResponse {
         match self.try_answer(query).await {
             Ok(a) => TaskResponse::Answer(a),
-            Err(e) => TaskResponse::Failed(TaskError::new(TaskErrorKind::Unavailable, e)),
+            Err(e) => {
+                TaskResponse::Failed(TaskError::new(TaskErrorKind::Unavailable, with_sources(&e)))
+            }
         }
     }
 
-    async fn try_answer(&self, query: Query) -> Result<QueryAnswer, String> {
+    async fn try_answer(&self, query: Query) -> Result<QueryAnswer, QueryError> {
         match query {
             Query::Receipt(id) => {
                 let l = Arc::clone(&self.receipts);
-                let found = tokio::task::spawn_blocking(move || -> Result<_, String> {
-                    let Some(receipt) = l.get(&id).map_err(|e| e.to_string())? else {
+                let found = tokio::task::spawn_blocking(move || -> Result<_, ReceiptLogError> {
+                    let Some(receipt) = l.get(&id)? else {
                         return Ok(None);
                     };
-                    let anchor = l.proof(&id).map_err(|e| e.to_string())?;
+                    let anchor = l.proof(&id)?;
                     Ok(Some(Box::new(ReceiptBundle { receipt, anchor })))
                 })
-                .await
-                .map_err(|e| e.to_string())??;
+                .await??;
                 Ok(QueryAnswer::Receipt(found))
             }
-            Query::Anchor(i) => Ok(QueryAnswer::Anchor(
-                self.chain.anchor(i).await.map_err(|e| e.to_string())?,
-            )),
+            Query::Anchor(i) => Ok(QueryAnswer::Anchor(self.chain.anchor(i).await?)),
             Query::Status => {
-                let known: Vec<(PeerId, Address, cactus_protocol::reputation::Reputation)> = self
-                    .with_table(|t| {
-                        t.snapshot()
-                            .into_iter()
-                            .map(|o| (o.peer, o.account, o.reputation))
-                            .take(MAX_STATUS_ORCHESTRATORS)
-                            .collect()
-                    });
-                let mut orchestrators = Vec::with_capacity(known.len());
-                for (peer, account, reputation) in known {
-                    let record = self
-                        .chain
-                        .orchestrator(account)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    orchestrators.push(OrchestratorStatus {
-                        peer: Some(peer),
-                        account,
-                        record,
-                        reputation: Some(reputation),
-                    });
-                }
-                let (receipts, pending_anchor) = {
-                    let receipts = Arc::clone(&self.receipts);
-                    tokio::task::spawn_blocking(move || {
-                        Ok::<_, String>((
-                            receipts.len().map_err(|e| e.to_string())?,
-                            receipts.pending_len().map_err(|e| e.to_string())?,
-                        ))
-                    })
-                    .await
-                    .map_err(|e| e.to_string())??
-                };
-                let c = &self.chain;
-                let err = |e: crate::chain::ChainError| e.to_string();
-                Ok(QueryAnswer::Status(Box::new(RouterStatus {
-                    router_account: c.account(),
-                    authorized: c.is_server(c.account()).await.map_err(err)?,
-                    config: c.config().await.map_err(err)?,
-                    orchestrators,
-                    totals: c.totals().await.map_err(err)?,
-                    receipts,
-                    pending_anchor,
-                    anchors: c.anchor_count().await.map_err(err)?,
-                })))
+                let known = self.with_table(|t| {
+                    t.snapshot()
+                        .into_iter()
+                        .map(|o| (o.peer, o.account, o.reputation).into())
+                        .collect()
+                });
+                let status = router_status(&*self.chain, Arc::clone(&self.receipts), known).await?;
+                Ok(QueryAnswer::Status(Box::new(status)))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("status")]
+    struct Outer(#[source] Middle);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("reading the chain")]
+    struct Middle(#[source] std::io::Error);
+
+    #[test]
+    fn an_answer_on_the_wire_names_every_source() {
+        let e = Outer(Middle(std::io::Error::other("disk gone")));
+        assert_eq!(with_sources(&e), "status: reading the chain: disk gone");
+        assert_eq!(with_sources(&std::io::Error::other("x")), "x");
     }
 }
