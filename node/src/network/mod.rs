@@ -212,3 +212,38 @@ pub fn spawn(
     }
     event_loop::start(swarm, config, shutdown)
 }
+
+#[cfg(test)]
+mod layering {
+    /// The network layer sits under the roles: it hands them events and
+    /// never calls into them, so the roles can change without touching the
+    /// swarm. This reads the layer's sources and fails on any path into
+    /// `roles`.
+    #[test]
+    fn nothing_in_the_network_layer_imports_the_roles() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/network");
+        let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let mut read = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|x| x == "rs") {
+                let text = std::fs::read_to_string(&path)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                // Spelt in pieces so that this file does not match itself.
+                for needle in [
+                    concat!("crate", "::roles"),
+                    concat!("super", "::roles"),
+                    concat!("crate", "::node::"),
+                ] {
+                    assert!(
+                        !text.contains(needle),
+                        "{} refers to `{needle}`",
+                        path.display()
+                    );
+                }
+                read += 1;
+            }
+        }
+        assert!(read >= 5, "only {read} network sources found");
+    }
+}

@@ -54,13 +54,12 @@ use tokio::sync::Notify;
 
 /// What the router's task handlers share.
 pub struct RouterCtx {
-    /// The mesh.
     pub network: Network,
     /// This router's identity, to countersign receipts.
     pub key: Keypair,
-    /// Known orchestrators.
+    /// The orchestrators heard from, admitted or not, with their scores.
     pub table: Arc<Mutex<OrchestratorTable>>,
-    /// Receipt log.
+    /// Every countersigned receipt, durable before the client is answered.
     pub receipts: Arc<ReceiptLog>,
     /// Where tasks are escrowed and paid.
     pub chain: Arc<dyn ChainBackend>,
@@ -76,7 +75,8 @@ pub struct RouterCtx {
     pub max_attempts: usize,
     /// How results are spot-checked.
     pub verification: Verification,
-    /// Calls for bids.
+    /// Calls for bids open now, for tasks no orchestrator in the table can
+    /// take.
     pub market: Market,
 }
 
