@@ -55,7 +55,7 @@ impl DelegationBody {
     fn signing_bytes(&self) -> Result<Vec<u8>, DelegationError> {
         let mut out = LINK_DOMAIN.to_vec();
         cbor4ii::serde::to_writer(&mut out, self)
-            .map_err(|e| DelegationError::Encode(e.to_string()))?;
+            .map_err(|e| DelegationError::Encode(crate::wire::SourceError::new(e)))?;
         Ok(out)
     }
 
@@ -66,7 +66,7 @@ impl DelegationBody {
         }
         let sig = key
             .sign(&self.signing_bytes()?)
-            .map_err(|e| DelegationError::Sign(e.to_string()))?;
+            .map_err(|e| DelegationError::Sign(crate::wire::SourceError::new(e)))?;
         Ok(Delegation { body: self, sig })
     }
 }
@@ -99,7 +99,7 @@ impl Delegation {
 pub fn chain_hash(chain: &[Delegation]) -> Result<Digest, DelegationError> {
     let mut out = CHAIN_DOMAIN.to_vec();
     cbor4ii::serde::to_writer(&mut out, &chain)
-        .map_err(|e| DelegationError::Encode(e.to_string()))?;
+        .map_err(|e| DelegationError::Encode(crate::wire::SourceError::new(e)))?;
     Ok(Digest::of(&out))
 }
 
@@ -322,10 +322,10 @@ pub enum DelegationError {
     NotChainEnd,
     /// A body or chain could not be encoded.
     #[error("encoding the delegation failed: {0}")]
-    Encode(String),
+    Encode(#[source] crate::wire::SourceError),
     /// The key could not sign.
     #[error("signing failed: {0}")]
-    Sign(String),
+    Sign(#[source] crate::wire::SourceError),
 }
 
 #[cfg(test)]

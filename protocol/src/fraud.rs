@@ -279,12 +279,13 @@ pub enum EvidenceError {
     NotFraud(f32),
     /// Signing or encoding failed.
     #[error("{0}")]
-    Encode(String),
+    Encode(#[source] crate::wire::SourceError),
 }
 
 fn signing_bytes<T: Serialize>(domain: &[u8], body: &T) -> Result<Vec<u8>, EvidenceError> {
     let mut out = domain.to_vec();
-    cbor4ii::serde::to_writer(&mut out, body).map_err(|e| EvidenceError::Encode(e.to_string()))?;
+    cbor4ii::serde::to_writer(&mut out, body)
+        .map_err(|e| EvidenceError::Encode(crate::wire::SourceError::new(e)))?;
     Ok(out)
 }
 
@@ -309,7 +310,7 @@ impl ReplayReportBody {
         }
         let sig = key
             .sign(&signing_bytes(REPORT_DOMAIN, &self)?)
-            .map_err(|e| EvidenceError::Encode(e.to_string()))?;
+            .map_err(|e| EvidenceError::Encode(crate::wire::SourceError::new(e)))?;
         Ok(ReplayReport { body: self, sig })
     }
 }
@@ -365,7 +366,7 @@ impl FraudEvidenceBody {
         self.check()?;
         let router_sig = key
             .sign(&signing_bytes(EVIDENCE_DOMAIN, &self)?)
-            .map_err(|e| EvidenceError::Encode(e.to_string()))?;
+            .map_err(|e| EvidenceError::Encode(crate::wire::SourceError::new(e)))?;
         Ok(FraudEvidence {
             body: self,
             router_sig,
@@ -434,13 +435,14 @@ impl FraudEvidence {
     pub fn to_cbor(&self) -> Result<Vec<u8>, EvidenceError> {
         let mut out = Vec::new();
         cbor4ii::serde::to_writer(&mut out, self)
-            .map_err(|e| EvidenceError::Encode(e.to_string()))?;
+            .map_err(|e| EvidenceError::Encode(crate::wire::SourceError::new(e)))?;
         Ok(out)
     }
 
     /// Decodes [`to_cbor`](Self::to_cbor)'s output.
     pub fn from_cbor(bytes: &[u8]) -> Result<Self, EvidenceError> {
-        cbor4ii::serde::from_slice(bytes).map_err(|e| EvidenceError::Encode(e.to_string()))
+        cbor4ii::serde::from_slice(bytes)
+            .map_err(|e| EvidenceError::Encode(crate::wire::SourceError::new(e)))
     }
 }
 

@@ -65,7 +65,7 @@ impl TaskAdvertBody {
         }
         let sig = key
             .sign(&signing_bytes(ADVERT_DOMAIN, &self)?)
-            .map_err(|e| MarketError::Sign(e.to_string()))?;
+            .map_err(|e| MarketError::Sign(crate::wire::SourceError::new(e)))?;
         Ok(TaskAdvert { body: self, sig })
     }
 }
@@ -143,7 +143,7 @@ impl BidBody {
         }
         let sig = key
             .sign(&signing_bytes(BID_DOMAIN, &self)?)
-            .map_err(|e| MarketError::Sign(e.to_string()))?;
+            .map_err(|e| MarketError::Sign(crate::wire::SourceError::new(e)))?;
         Ok(Bid { body: self, sig })
     }
 }
@@ -233,7 +233,8 @@ fn check_issued(issued_at_ms: u64, now_ms: u64) -> Result<(), MarketError> {
 
 fn signing_bytes<T: Serialize>(domain: &[u8], body: &T) -> Result<Vec<u8>, MarketError> {
     let mut out = domain.to_vec();
-    cbor4ii::serde::to_writer(&mut out, body).map_err(|e| MarketError::Encode(e.to_string()))?;
+    cbor4ii::serde::to_writer(&mut out, body)
+        .map_err(|e| MarketError::Encode(crate::wire::SourceError::new(e)))?;
     Ok(out)
 }
 
@@ -299,10 +300,10 @@ pub enum MarketError {
     Limits(&'static str),
     /// The body could not be encoded.
     #[error("encoding the body failed: {0}")]
-    Encode(String),
+    Encode(#[source] crate::wire::SourceError),
     /// The key could not sign.
     #[error("signing failed: {0}")]
-    Sign(String),
+    Sign(#[source] crate::wire::SourceError),
 }
 
 #[cfg(test)]
