@@ -6,7 +6,8 @@
 //!   the [`abi`] mapping, signed with this node's ed25519 account key, submitted
 //!   and waited for. A Move abort raised by `cactus_payment` comes back as
 //!   [`ChainError::Abort`] with the same [`Abort`] the embedded ledger would
-//!   give; any other failure is [`ChainError::Backend`].
+//!   give; any other failure is [`ChainError::Aptos`], the [`AptosError`] as
+//!   its source.
 //! - Reads are calls of the module's `#[view]` functions through the REST view
 //!   endpoint, whose JSON results are parsed into the `cactus_protocol::contract`
 //!   types. A view that aborts because the thing is unknown (`E_NOT_REGISTERED`,

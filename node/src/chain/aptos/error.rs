@@ -88,7 +88,7 @@ impl From<AptosError> for ChainError {
     fn from(e: AptosError) -> Self {
         match e {
             AptosError::Abort(a) => ChainError::Abort(a),
-            other => ChainError::Backend(other.to_string()),
+            other => ChainError::Aptos(Box::new(other)),
         }
     }
 }
