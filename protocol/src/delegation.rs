@@ -274,7 +274,7 @@ pub enum DelegationError {
     TooDeep {
         /// Links in the chain (with the new one, for `extend`).
         len: usize,
-        /// The limit.
+        /// The most links a chain may have.
         max: usize,
     },
     /// The first link's parent is not the orchestrator the router assigned.

@@ -155,7 +155,7 @@ pub enum FraudReason {
     OffModel {
         /// Output position.
         position: u32,
-        /// The gap.
+        /// How many logits the returned token is below the sampler's pick.
         gap: f32,
         /// The tolerance applied.
         tolerance: f32,
@@ -228,7 +228,7 @@ impl ReplayFindings {
 /// The signed part of a [`ReplayReport`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReplayReportBody {
-    /// The task.
+    /// The task replayed.
     pub task_id: TaskId,
     /// [`ReceiptBody::digest`] of the receipt checked.
     pub receipt: Digest,
@@ -350,7 +350,7 @@ pub struct FraudEvidenceBody {
 /// produce.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FraudEvidence {
-    /// The facts.
+    /// What is alleged, as signed.
     pub body: FraudEvidenceBody,
     /// The router's signature.
     #[serde(with = "serde_bytes")]

@@ -28,7 +28,7 @@ pub const MAX_SIGNATURE_BYTES: usize = 64;
 pub struct ReceiptBody {
     /// [`RECEIPT_VERSION`].
     pub version: u16,
-    /// The task.
+    /// The task this receipt settles.
     pub task_id: TaskId,
     /// SHA-256 of the model's GGUF file.
     pub model: ModelHash,
@@ -99,7 +99,7 @@ impl ReceiptBody {
 /// checked it, the router's countersignature.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Receipt {
-    /// The facts.
+    /// What the orchestrator signed.
     pub body: ReceiptBody,
     /// The orchestrator's signature over the body.
     #[serde(with = "serde_bytes")]

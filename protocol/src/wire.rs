@@ -105,7 +105,7 @@ pub enum EncodeError {
         kind: Kind,
         /// Encoded length.
         len: usize,
-        /// The cap.
+        /// The kind's byte cap ([`Wire::MAX_BYTES`]).
         max: usize,
     },
     /// The CBOR serializer failed.
@@ -124,7 +124,7 @@ pub enum DecodeError {
         kind: Kind,
         /// Input length.
         len: usize,
-        /// The cap.
+        /// The kind's byte cap ([`Wire::MAX_BYTES`]).
         max: usize,
     },
     /// The input is too short to be a frame.

@@ -250,7 +250,7 @@ impl MoveValue {
 /// the `&signer` of entry functions).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Call {
-    /// The function.
+    /// The Move function called, with its signature.
     pub function: &'static Function,
     /// The arguments.
     pub args: Vec<MoveValue>,

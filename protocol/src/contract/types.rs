@@ -258,12 +258,12 @@ pub enum Op {
     Withdraw,
     /// `authorize_server(server)`.
     AuthorizeServer {
-        /// The server.
+        /// The server's account.
         server: Address,
     },
     /// `revoke_server(server)`.
     RevokeServer {
-        /// The server.
+        /// The server's account.
         server: Address,
     },
     /// `create_task(task_id, orchestrator, price_per_unit, max_payment)`.
@@ -305,7 +305,7 @@ pub enum Op {
     },
     /// `slash(orchestrator, ratio_bps, evidence_hash)`.
     Slash {
-        /// The orchestrator.
+        /// The account whose stake is slashed.
         orchestrator: Address,
         /// Share of its stake, bps.
         ratio_bps: u64,

@@ -11,7 +11,7 @@ pub enum AptosError {
     KeyIo {
         /// The key file.
         path: PathBuf,
-        /// The error.
+        /// Why reading it failed.
         source: io::Error,
     },
     /// The key file is open to group or others.
@@ -45,7 +45,7 @@ pub enum AptosError {
     /// The node URL is unusable.
     #[error("Aptos node URL {url:?}: {reason}")]
     Url {
-        /// The URL.
+        /// The URL as given.
         url: String,
         /// Why.
         reason: String,
@@ -61,7 +61,7 @@ pub enum AptosError {
     Execution {
         /// The entry function.
         function: &'static str,
-        /// The transaction.
+        /// The transaction's hash, `0x` hex.
         hash: String,
         /// The node's explanation.
         vm_status: String,
