@@ -52,12 +52,13 @@ pub enum ReceiptLogError {
         #[source]
         source: Box<redb::Error>,
     },
-    /// The old receipt log could not be renamed to the new name.
+    /// A file operation around the receipt log failed: renaming the old log,
+    /// or creating the data dir.
     #[error("receipt log {path}: {source}")]
-    Rename {
-        /// The old receipt log.
+    Io {
+        /// The file or dir operated on.
         path: PathBuf,
-        /// The rename's error.
+        /// Why the operation failed.
         #[source]
         source: std::io::Error,
     },
@@ -121,7 +122,7 @@ impl ReceiptLog {
         let path = data_dir.join(RECEIPT_LOG_FILE);
         let old = data_dir.join(OLD_RECEIPT_LOG_FILE);
         if !path.exists() && old.exists() {
-            std::fs::rename(&old, &path).map_err(|source| ReceiptLogError::Rename {
+            std::fs::rename(&old, &path).map_err(|source| ReceiptLogError::Io {
                 path: old.clone(),
                 source,
             })?;
