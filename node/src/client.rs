@@ -27,7 +27,10 @@ pub enum ClientError {
     /// The router answered with an error.
     #[error("task failed: {0}")]
     Task(TaskError),
-    /// The answer's receipt does not hold.
+    /// The answer's receipt does not verify.
+    #[error("the answer's receipt is invalid: {0}")]
+    ReceiptSignature(#[source] cactus_protocol::ReceiptError),
+    /// The answer's receipt verifies but is not for this answer.
     #[error("the answer's receipt is invalid: {0}")]
     BadReceipt(String),
     /// The peer answered with something that does not fit the request.
@@ -62,7 +65,7 @@ pub async fn submit_to(
             result
                 .receipt
                 .verify()
-                .map_err(|e| ClientError::BadReceipt(e.to_string()))?;
+                .map_err(ClientError::ReceiptSignature)?;
             if body.router != router {
                 return Err(ClientError::BadReceipt(
                     "countersigned by another router".into(),

@@ -21,7 +21,7 @@ pub enum IdentityError {
     Io {
         /// The file or dir.
         path: PathBuf,
-        /// The error.
+        /// Why the read or write failed.
         source: io::Error,
     },
     /// The file is not a keypair.

@@ -9,6 +9,7 @@
 use cactus_protocol::fraud::FraudEvidence;
 use cactus_protocol::merkle::AnchorProof;
 use cactus_protocol::reputation::Reputation;
+use cactus_protocol::wire::SourceError;
 use cactus_protocol::{Receipt, TaskId, Wire};
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::path::{Path, PathBuf};
@@ -43,6 +44,56 @@ const MAX_EVIDENCE_BYTES: usize = 64 * 1024;
 #[non_exhaustive]
 pub enum ReceiptLogError {
     /// The database failed.
+    #[error("receipt log {path}: {source}")]
+    Storage {
+        /// The database file.
+        path: PathBuf,
+        /// redb's error.
+        #[source]
+        source: Box<redb::Error>,
+    },
+    /// A file operation around the receipt log failed: renaming the old log,
+    /// or creating the data dir.
+    #[error("receipt log {path}: {source}")]
+    Io {
+        /// The file or dir operated on.
+        path: PathBuf,
+        /// Why the operation failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A record to store could not be encoded.
+    #[error("receipt log {path}: {source}")]
+    Encode {
+        /// The database file.
+        path: PathBuf,
+        /// The encoder's error.
+        #[source]
+        source: SourceError,
+    },
+    /// A stored record does not decode.
+    #[error("receipt log {path}: {source}")]
+    Decode {
+        /// The database file.
+        path: PathBuf,
+        /// The decoder's error.
+        #[source]
+        source: SourceError,
+    },
+    /// A record is over its size cap.
+    #[error("receipt log {path}: {what}")]
+    Oversized {
+        /// The database file.
+        path: PathBuf,
+        /// Which record.
+        what: &'static str,
+    },
+    /// The blocking task that ran a receipt log call panicked or was
+    /// cancelled.
+    #[error("receipt log: {0}")]
+    Join(#[source] tokio::task::JoinError),
+    /// Any other failure, as text. Kept only until its last users
+    /// (`node.rs`) move to a typed variant; new code should not build it.
     #[error("receipt log {path}: {message}")]
     Db {
         /// The database file.
@@ -71,14 +122,14 @@ impl ReceiptLog {
         let path = data_dir.join(RECEIPT_LOG_FILE);
         let old = data_dir.join(OLD_RECEIPT_LOG_FILE);
         if !path.exists() && old.exists() {
-            std::fs::rename(&old, &path).map_err(|e| ReceiptLogError::Db {
+            std::fs::rename(&old, &path).map_err(|source| ReceiptLogError::Io {
                 path: old.clone(),
-                message: e.to_string(),
+                source,
             })?;
         }
-        let db = Database::create(&path).map_err(|e| ReceiptLogError::Db {
+        let db = Database::create(&path).map_err(|e| ReceiptLogError::Storage {
             path: path.clone(),
-            message: e.to_string(),
+            source: Box::new(e.into()),
         })?;
         let log = Self { db, path };
         // Create the tables so readers never meet a missing one.
@@ -95,17 +146,31 @@ impl ReceiptLog {
         Ok(log)
     }
 
-    fn db_err(&self, e: impl std::fmt::Display) -> ReceiptLogError {
-        ReceiptLogError::Db {
+    fn db_err(&self, e: impl Into<redb::Error>) -> ReceiptLogError {
+        ReceiptLogError::Storage {
             path: self.path.clone(),
-            message: e.to_string(),
+            source: Box::new(e.into()),
+        }
+    }
+
+    fn encode_err(&self, e: impl std::error::Error + Send + Sync + 'static) -> ReceiptLogError {
+        ReceiptLogError::Encode {
+            path: self.path.clone(),
+            source: SourceError::new(e),
+        }
+    }
+
+    fn oversized(&self, what: &'static str) -> ReceiptLogError {
+        ReceiptLogError::Oversized {
+            path: self.path.clone(),
+            what,
         }
     }
 
     /// Appends a receipt; durable when this returns.
     pub fn append(&self, receipt: &Receipt) -> Result<(), ReceiptLogError> {
         let id = receipt.body.task_id;
-        let bytes = receipt.encode().map_err(|e| self.db_err(e))?;
+        let bytes = receipt.encode().map_err(|e| self.encode_err(e))?;
         let tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
         {
             let mut receipts = tx.open_table(RECEIPTS).map_err(|e| self.db_err(e))?;
@@ -168,7 +233,7 @@ impl ReceiptLog {
             let mut table = tx.open_table(PROOFS).map_err(|e| self.db_err(e))?;
             for (id, proof) in proofs {
                 let bytes =
-                    cbor4ii::serde::to_vec(Vec::new(), proof).map_err(|e| self.db_err(e))?;
+                    cbor4ii::serde::to_vec(Vec::new(), proof).map_err(|e| self.encode_err(e))?;
                 table
                     .insert(&id.0, bytes.as_slice())
                     .map_err(|e| self.db_err(e))?;
@@ -201,11 +266,14 @@ impl ReceiptLog {
             return Ok(None);
         };
         if v.value().len() > MAX_REPUTATION_BYTES {
-            return Err(self.db_err("oversized reputation record"));
+            return Err(self.oversized("oversized reputation record"));
         }
         cbor4ii::serde::from_slice(v.value())
             .map(Some)
-            .map_err(|e| self.db_err(e))
+            .map_err(|e| ReceiptLogError::Decode {
+                path: self.path.clone(),
+                source: SourceError::new(e),
+            })
     }
 
     /// Stores the router's record of an orchestrator.
@@ -214,7 +282,7 @@ impl ReceiptLog {
         peer: &libp2p::PeerId,
         rep: &Reputation,
     ) -> Result<(), ReceiptLogError> {
-        let bytes = cbor4ii::serde::to_vec(Vec::new(), rep).map_err(|e| self.db_err(e))?;
+        let bytes = cbor4ii::serde::to_vec(Vec::new(), rep).map_err(|e| self.encode_err(e))?;
         let tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
         {
             let mut table = tx.open_table(REPUTATION).map_err(|e| self.db_err(e))?;
@@ -255,9 +323,9 @@ impl ReceiptLog {
 
     /// Stores signed fraud evidence against the result of a task.
     pub fn save_fraud(&self, evidence: &FraudEvidence) -> Result<(), ReceiptLogError> {
-        let bytes = evidence.to_cbor().map_err(|e| self.db_err(e))?;
+        let bytes = evidence.to_cbor().map_err(|e| self.encode_err(e))?;
         if bytes.len() > MAX_EVIDENCE_BYTES {
-            return Err(self.db_err("oversized fraud evidence"));
+            return Err(self.oversized("oversized fraud evidence"));
         }
         let id = evidence.body.receipt.body.task_id;
         let tx = self.db.begin_write().map_err(|e| self.db_err(e))?;

@@ -92,6 +92,9 @@ impl fmt::Display for TaskId {
 }
 
 #[cfg(test)]
+mod module_graph;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -28,7 +28,7 @@ pub const MAX_SIGNATURE_BYTES: usize = 64;
 pub struct ReceiptBody {
     /// [`RECEIPT_VERSION`].
     pub version: u16,
-    /// The task.
+    /// The task this receipt settles.
     pub task_id: TaskId,
     /// SHA-256 of the model's GGUF file.
     pub model: ModelHash,
@@ -67,7 +67,7 @@ impl ReceiptBody {
     fn signing_bytes(&self, domain: &[u8]) -> Result<Vec<u8>, ReceiptError> {
         let mut out = domain.to_vec();
         cbor4ii::serde::to_writer(&mut out, self)
-            .map_err(|e| ReceiptError::Encode(e.to_string()))?;
+            .map_err(|e| ReceiptError::Encode(crate::wire::SourceError::new(e)))?;
         Ok(out)
     }
 
@@ -86,7 +86,7 @@ impl ReceiptBody {
         }
         let sig = key
             .sign(&self.signing_bytes(ORCHESTRATOR_DOMAIN)?)
-            .map_err(|e| ReceiptError::Sign(e.to_string()))?;
+            .map_err(|e| ReceiptError::Sign(crate::wire::SourceError::new(e)))?;
         Ok(Receipt {
             body: self,
             orchestrator_sig: sig,
@@ -99,7 +99,7 @@ impl ReceiptBody {
 /// checked it, the router's countersignature.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Receipt {
-    /// The facts.
+    /// What the orchestrator signed.
     pub body: ReceiptBody,
     /// The orchestrator's signature over the body.
     #[serde(with = "serde_bytes")]
@@ -141,7 +141,7 @@ impl Receipt {
         }
         let sig = key
             .sign(&self.router_signing_bytes()?)
-            .map_err(|e| ReceiptError::Sign(e.to_string()))?;
+            .map_err(|e| ReceiptError::Sign(crate::wire::SourceError::new(e)))?;
         self.router_sig = Some(serde_bytes::ByteBuf::from(sig));
         Ok(())
     }
@@ -164,7 +164,7 @@ impl Receipt {
     pub fn hash(&self) -> Result<Digest, ReceiptError> {
         let bytes = self
             .encode()
-            .map_err(|e| ReceiptError::Encode(e.to_string()))?;
+            .map_err(|e| ReceiptError::Encode(crate::wire::SourceError::new(e)))?;
         Ok(Digest::of(&bytes))
     }
 }
@@ -212,8 +212,8 @@ pub enum ReceiptError {
     WrongSigner,
     /// The key could not sign.
     #[error("signing failed: {0}")]
-    Sign(String),
+    Sign(#[source] crate::wire::SourceError),
     /// The body could not be encoded.
     #[error("encoding the receipt failed: {0}")]
-    Encode(String),
+    Encode(#[source] crate::wire::SourceError),
 }

@@ -47,7 +47,8 @@ pub trait Wire: Serialize + DeserializeOwned {
     /// Encodes `self` into a frame.
     fn encode(&self) -> Result<Vec<u8>, EncodeError> {
         let mut out = vec![FRAME_VERSION, Self::KIND as u8];
-        cbor4ii::serde::to_writer(&mut out, self).map_err(|e| EncodeError::Cbor(e.to_string()))?;
+        cbor4ii::serde::to_writer(&mut out, self)
+            .map_err(|e| EncodeError::Cbor(SourceError::new(e)))?;
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         if out.len() > Self::MAX_BYTES {
@@ -88,7 +89,8 @@ pub trait Wire: Serialize + DeserializeOwned {
                 found: framed[1],
             });
         }
-        cbor4ii::serde::from_slice(&framed[2..]).map_err(|e| DecodeError::Malformed(e.to_string()))
+        cbor4ii::serde::from_slice(&framed[2..])
+            .map_err(|e| DecodeError::Malformed(SourceError::new(e)))
     }
 }
 
@@ -103,12 +105,12 @@ pub enum EncodeError {
         kind: Kind,
         /// Encoded length.
         len: usize,
-        /// The cap.
+        /// The kind's byte cap ([`Wire::MAX_BYTES`]).
         max: usize,
     },
     /// The CBOR serializer failed.
     #[error("cbor encoding failed: {0}")]
-    Cbor(String),
+    Cbor(#[source] SourceError),
 }
 
 /// Why bytes could not be decoded into a message.
@@ -122,7 +124,7 @@ pub enum DecodeError {
         kind: Kind,
         /// Input length.
         len: usize,
-        /// The cap.
+        /// The kind's byte cap ([`Wire::MAX_BYTES`]).
         max: usize,
     },
     /// The input is too short to be a frame.
@@ -147,5 +149,39 @@ pub enum DecodeError {
     },
     /// The body is not valid CBOR for the type.
     #[error("malformed message body: {0}")]
-    Malformed(String),
+    Malformed(#[source] SourceError),
 }
+
+/// The error of the codec or signing library beneath one of this crate's
+/// errors, kept as its source. It is shared, so the enums that carry it stay
+/// `Clone`, and two compare equal when their messages do, so those enums stay
+/// comparable (tests `assert_eq!` on them).
+#[derive(Debug, Clone)]
+pub struct SourceError(std::sync::Arc<dyn std::error::Error + Send + Sync>);
+
+impl SourceError {
+    /// Wraps `e`.
+    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self(std::sync::Arc::new(e))
+    }
+}
+
+impl std::fmt::Display for SourceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SourceError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl PartialEq for SourceError {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl Eq for SourceError {}

@@ -17,6 +17,7 @@ use cactus_protocol::TaskId;
 use cactus_protocol::contract::{
     Abort, Address, Anchor, Config, Op, Orchestrator, State, Task, Totals,
 };
+use cactus_protocol::wire::SourceError;
 use futures::future::{BoxFuture, FutureExt};
 use libp2p::PeerId;
 use redb::{Database, ReadableTableMetadata, TableDefinition};
@@ -114,10 +115,8 @@ impl EmbeddedChain {
         settings: &LocalSettings,
     ) -> Result<Arc<Self>, ChainError> {
         let path = data_dir.join(CHAIN_FILE);
-        let err =
-            |e: &dyn std::fmt::Display| ChainError::Backend(format!("{}: {e}", path.display()));
-        let db = Database::create(&path).map_err(|e| err(&e))?;
-        let (state, next_seq) = Self::load(&db, Some(account)).map_err(|e| err(&e))?;
+        let db = Database::create(&path).map_err(db_err(&path))?;
+        let (state, next_seq) = Self::load(&db, &path, Some(account))?;
         let chain = Arc::new(Self {
             inner: Mutex::new(Inner {
                 db,
@@ -145,15 +144,10 @@ impl EmbeddedChain {
     pub fn open_existing(data_dir: &Path) -> Result<Arc<Self>, ChainError> {
         let path = data_dir.join(CHAIN_FILE);
         if !path.exists() {
-            return Err(ChainError::Backend(format!(
-                "no ledger at {} (check --data-dir)",
-                path.display()
-            )));
+            return Err(ChainError::NoLedger { path });
         }
-        let err =
-            |e: &dyn std::fmt::Display| ChainError::Backend(format!("{}: {e}", path.display()));
-        let db = Database::create(&path).map_err(|e| err(&e))?;
-        let (state, next_seq) = Self::load(&db, None).map_err(|e| err(&e))?;
+        let db = Database::create(&path).map_err(db_err(&path))?;
+        let (state, next_seq) = Self::load(&db, &path, None)?;
         let account = state.admin;
         Ok(Arc::new(Self {
             inner: Mutex::new(Inner {
@@ -169,37 +163,45 @@ impl EmbeddedChain {
     /// Rebuilds the state: the newest snapshot, then the operations after it.
     /// Without a snapshot the log starts with `initialize`, whose signer is
     /// the admin; `admin` is used for a log that is still empty.
-    fn load(db: &Database, admin: Option<Address>) -> Result<(State, u64), String> {
-        let tx = db.begin_write().map_err(|e| e.to_string())?;
+    fn load(
+        db: &Database,
+        path: &Path,
+        admin: Option<Address>,
+    ) -> Result<(State, u64), ChainError> {
+        let tx = db.begin_write().map_err(db_err(path))?;
         {
-            tx.open_table(OPS).map_err(|e| e.to_string())?;
-            tx.open_table(SNAPSHOT).map_err(|e| e.to_string())?;
+            tx.open_table(OPS).map_err(db_err(path))?;
+            tx.open_table(SNAPSHOT).map_err(db_err(path))?;
         }
-        tx.commit().map_err(|e| e.to_string())?;
-        let tx = db.begin_read().map_err(|e| e.to_string())?;
-        let snaps = tx.open_table(SNAPSHOT).map_err(|e| e.to_string())?;
-        let (mut state, mut next_seq) = match snaps.get(0).map_err(|e| e.to_string())? {
+        tx.commit().map_err(db_err(path))?;
+        let tx = db.begin_read().map_err(db_err(path))?;
+        let snaps = tx.open_table(SNAPSHOT).map_err(db_err(path))?;
+        let (mut state, mut next_seq) = match snaps.get(0).map_err(db_err(path))? {
             Some(v) => {
-                let snap: Snapshot = decode(v.value())?;
+                let snap: Snapshot = decode(v.value(), path)?;
                 (snap.state, snap.next_seq)
             }
             None => (State::new(admin.unwrap_or(Address([0; 32]))), 0),
         };
-        let ops = tx.open_table(OPS).map_err(|e| e.to_string())?;
+        let ops = tx.open_table(OPS).map_err(db_err(path))?;
         if next_seq == 0
-            && let Some(first) = ops.get(0).map_err(|e| e.to_string())?
+            && let Some(first) = ops.get(0).map_err(db_err(path))?
         {
-            let r: Record = decode(first.value())?;
+            let r: Record = decode(first.value(), path)?;
             state = State::new(r.signer);
         }
-        for entry in ops.range(next_seq..).map_err(|e| e.to_string())? {
-            let (seq, v) = entry.map_err(|e| e.to_string())?;
-            let r: Record = decode(v.value())?;
+        for entry in ops.range(next_seq..).map_err(db_err(path))? {
+            let (seq, v) = entry.map_err(db_err(path))?;
+            let r: Record = decode(v.value(), path)?;
             // Logged operations succeeded when they were applied; replaying
             // them must succeed again, or the log is not ours.
             state
                 .apply(r.signer, &r.op, r.now)
-                .map_err(|a| format!("replaying operation {}: {a}", seq.value()))?;
+                .map_err(|abort| ChainError::Replay {
+                    path: path.to_owned(),
+                    seq: seq.value(),
+                    abort,
+                })?;
             next_seq = seq.value() + 1;
         }
         Ok((state, next_seq))
@@ -226,21 +228,21 @@ impl EmbeddedChain {
         } else {
             None
         };
-        let err = |e: &dyn std::fmt::Display| {
-            ChainError::Backend(format!("{}: {e}", self.path.display()))
-        };
-        let tx = inner.db.begin_write().map_err(|e| err(&e))?;
+        let tx = inner.db.begin_write().map_err(db_err(&self.path))?;
         {
-            let mut ops = tx.open_table(OPS).map_err(|e| err(&e))?;
-            ops.insert(seq, record.as_slice()).map_err(|e| err(&e))?;
+            let mut ops = tx.open_table(OPS).map_err(db_err(&self.path))?;
+            ops.insert(seq, record.as_slice())
+                .map_err(db_err(&self.path))?;
             if let Some(snap) = &snapshot {
-                let mut snaps = tx.open_table(SNAPSHOT).map_err(|e| err(&e))?;
-                snaps.insert(0, snap.as_slice()).map_err(|e| err(&e))?;
+                let mut snaps = tx.open_table(SNAPSHOT).map_err(db_err(&self.path))?;
+                snaps
+                    .insert(0, snap.as_slice())
+                    .map_err(db_err(&self.path))?;
                 // Operations before the snapshot are no longer needed to
                 // rebuild the state; they stay as the audit log.
             }
         }
-        tx.commit().map_err(|e| err(&e))?;
+        tx.commit().map_err(db_err(&self.path))?;
         inner.state = next;
         inner.next_seq = seq + 1;
         Ok(())
@@ -254,14 +256,9 @@ impl EmbeddedChain {
     /// Operations applied so far.
     pub fn len(&self) -> Result<u64, ChainError> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = inner
-            .db
-            .begin_read()
-            .map_err(|e| ChainError::Backend(e.to_string()))?;
-        let ops = tx
-            .open_table(OPS)
-            .map_err(|e| ChainError::Backend(e.to_string()))?;
-        ops.len().map_err(|e| ChainError::Backend(e.to_string()))
+        let tx = inner.db.begin_read().map_err(db_err(&self.path))?;
+        let ops = tx.open_table(OPS).map_err(db_err(&self.path))?;
+        ops.len().map_err(db_err(&self.path))
     }
 
     /// Whether no operation was applied.
@@ -277,24 +274,35 @@ impl EmbeddedChain {
         async move {
             tokio::task::spawn_blocking(move || f(&me))
                 .await
-                .map_err(|e| ChainError::Backend(e.to_string()))?
+                .map_err(ChainError::Join)?
         }
         .boxed()
     }
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, ChainError> {
-    cbor4ii::serde::to_vec(Vec::new(), v).map_err(|e| ChainError::Backend(e.to_string()))
+    cbor4ii::serde::to_vec(Vec::new(), v).map_err(|e| ChainError::Encode(SourceError::new(e)))
 }
 
-fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+fn decode<T: serde::de::DeserializeOwned>(b: &[u8], path: &Path) -> Result<T, ChainError> {
     if b.len() > MAX_RECORD_BYTES {
-        return Err(format!(
-            "stored record of {} bytes is over the cap",
-            b.len()
-        ));
+        return Err(ChainError::RecordTooLarge {
+            path: path.to_owned(),
+            len: b.len(),
+        });
     }
-    cbor4ii::serde::from_slice(b).map_err(|e| format!("corrupt ledger record: {e}"))
+    cbor4ii::serde::from_slice(b).map_err(|e| ChainError::Corrupt {
+        path: path.to_owned(),
+        source: SourceError::new(e),
+    })
+}
+
+/// A redb failure on the ledger at `path`.
+fn db_err<E: Into<redb::Error>>(path: &Path) -> impl Fn(E) -> ChainError + '_ {
+    move |e| ChainError::Db {
+        path: path.to_owned(),
+        source: Box::new(e.into()),
+    }
 }
 
 /// Embedded chains are shared as `Arc`s; the trait is implemented on a
@@ -436,7 +444,7 @@ mod tests {
             // A refused operation is not logged and changes nothing.
             let before = c.state();
             let err = c.apply(orch, Op::Withdraw).unwrap_err();
-            assert_eq!(err, ChainError::Abort(Abort::NothingUnbonding));
+            assert!(matches!(err, ChainError::Abort(Abort::NothingUnbonding)));
             assert_eq!(c.state(), before);
             c.state()
         };

@@ -17,20 +17,95 @@ pub mod embedded;
 
 use cactus_protocol::TaskId;
 use cactus_protocol::contract::{Abort, Address, Anchor, Config, Op, Orchestrator, Task, Totals};
+use cactus_protocol::wire::SourceError;
 use futures::future::BoxFuture;
 use libp2p::PeerId;
+use std::path::PathBuf;
 
-/// Why a ledger call failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a ledger call failed. Every failure but [`ChainError::Abort`] is the
+/// backend's (storage, network, node), and reads as `ledger backend: ..`.
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ChainError {
     /// The contract refused the operation.
     #[error("the ledger refused the operation: {0}")]
     Abort(#[from] Abort),
-    /// The backend failed (storage, network, node).
+    /// The embedded ledger's database failed.
+    #[error("ledger backend: {}: {source}", path.display())]
+    Db {
+        /// The database file.
+        path: PathBuf,
+        /// redb's error.
+        #[source]
+        source: Box<redb::Error>,
+    },
+    /// `open_existing` found no ledger file.
+    #[error("ledger backend: no ledger at {} (check --data-dir)", path.display())]
+    NoLedger {
+        /// Where the ledger was looked for.
+        path: PathBuf,
+    },
+    /// A record to store could not be encoded.
+    #[error("ledger backend: {0}")]
+    Encode(#[source] SourceError),
+    /// A stored record does not decode.
+    #[error("ledger backend: {}: corrupt ledger record: {source}", path.display())]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// The decoder's error.
+        #[source]
+        source: SourceError,
+    },
+    /// A stored record is larger than any record written.
+    #[error("ledger backend: {}: stored record of {len} bytes is over the cap", path.display())]
+    RecordTooLarge {
+        /// The database file.
+        path: PathBuf,
+        /// Its size.
+        len: usize,
+    },
+    /// A logged operation no longer applies: the log is not this ledger's.
+    #[error("ledger backend: {}: replaying operation {seq}: {abort}", path.display())]
+    Replay {
+        /// The database file.
+        path: PathBuf,
+        /// The operation's number in the log.
+        seq: u64,
+        /// Why the contract refused it.
+        #[source]
+        abort: Abort,
+    },
+    /// The blocking task that ran a ledger call panicked or was cancelled.
+    #[error("ledger backend: {0}")]
+    Join(#[source] tokio::task::JoinError),
+    /// The `cactus_payment` contract has not been initialized.
+    #[error("ledger backend: the cactus_payment contract is not initialized")]
+    NotInitialized,
+    /// The Aptos node or SDK failed.
+    #[cfg(feature = "aptos")]
+    #[error("ledger backend: {0}")]
+    Aptos(#[source] Box<aptos::AptosError>),
+    /// Any other backend failure, as text. Kept only until its last users
+    /// (`node.rs`) move to a typed variant; new code should not build it.
     #[error("ledger backend: {0}")]
     Backend(String),
 }
+
+/// Two ledger errors are equal when they are the same abort, or when they say
+/// the same: the sources (redb, the SDK) are not comparable, and callers
+/// (tests) compare what a call failed with.
+impl PartialEq for ChainError {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Abort(a), Self::Abort(b)) => a == b,
+            (Self::Abort(_), _) | (_, Self::Abort(_)) => false,
+            (a, b) => a.to_string() == b.to_string(),
+        }
+    }
+}
+
+impl Eq for ChainError {}
 
 /// A ledger backend. Operations are signed by this node's ledger account
 /// ([`ChainBackend::account`]).

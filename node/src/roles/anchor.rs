@@ -43,6 +43,9 @@ pub enum AnchorError {
     /// The ledger refused or failed.
     #[error(transparent)]
     Chain(#[from] ChainError),
+    /// A receipt could not be hashed (encoded) for the batch.
+    #[error("ledger backend: {0}")]
+    Hash(#[source] cactus_protocol::ReceiptError),
     /// The anchored batch could not be found again.
     #[error("the anchored batch is not in the ledger's anchor list")]
     Lost,
@@ -58,10 +61,7 @@ pub async fn anchor_once(
     let l = Arc::clone(ledger);
     let receipts: Vec<Receipt> = tokio::task::spawn_blocking(move || l.pending(batch))
         .await
-        .map_err(|e| ReceiptLogError::Db {
-            path: Default::default(),
-            message: e.to_string(),
-        })??;
+        .map_err(ReceiptLogError::Join)??;
     let (Some(first), Some(last)) = (receipts.first(), receipts.last()) else {
         return Ok(0);
     };
@@ -69,7 +69,7 @@ pub async fn anchor_once(
         .iter()
         .map(Receipt::hash)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ChainError::Backend(e.to_string()))?;
+        .map_err(AnchorError::Hash)?;
     let (root, proofs) = merkle::build(&hashes).ok_or(AnchorError::Lost)?;
     chain
         .submit(Op::AnchorReceipts {
@@ -110,10 +110,7 @@ pub async fn anchor_once(
     let l = Arc::clone(ledger);
     tokio::task::spawn_blocking(move || l.record_anchor(&recorded))
         .await
-        .map_err(|e| ReceiptLogError::Db {
-            path: Default::default(),
-            message: e.to_string(),
-        })??;
+        .map_err(ReceiptLogError::Join)??;
     tracing::info!(receipts = n, anchor_index, root = %root, "receipts anchored");
     Ok(n)
 }

@@ -92,7 +92,7 @@ pub struct AcceptedReplay {
 /// What the orchestrator's task handlers share.
 #[derive(Debug)]
 pub struct OrchestratorCtx {
-    /// The mesh.
+    /// This node's handle on the mesh, to answer and delegate tasks.
     pub network: Network,
     /// This node's identity, to sign receipts.
     pub key: Keypair,

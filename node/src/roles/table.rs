@@ -53,7 +53,7 @@ fn usable(e: &Entry) -> bool {
 /// A read-only view of one orchestrator.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OrchestratorInfo {
-    /// The orchestrator.
+    /// The orchestrator's libp2p identity.
     pub peer: PeerId,
     /// Models it serves.
     pub models: Vec<ModelId>,
