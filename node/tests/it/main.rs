@@ -1,4 +1,4 @@
-//! Integration tests of cactus-node, one binary (see STYLE.md):
+//! Integration tests of cactus-node, one binary (one link step for all):
 //!
 //! - `mesh`: several nodes in one process over loopback TCP, with the stub
 //!   engine: adverts, task round trips, failures, DHT router discovery.

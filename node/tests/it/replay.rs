@@ -156,7 +156,8 @@ fn honest_results_pass_the_replay_and_a_substituted_model_fails_it() {
             }
         }
     }
-    // FACTS.md: 19 of 20 substituted 128-token answers go past 1.0.
+    // Measured on the demo model: Q2_K substitutes go past 1.0 on 19 of 20
+    // 128-token answers (Q4_0 on 18 of 20); honest replays stay <= 0.6.
     assert!(caught >= 3, "only {caught} of 4 substituted answers caught");
 
     // Tampered text, tampered tokens and a wrong prompt count are caught
