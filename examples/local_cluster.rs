@@ -124,24 +124,24 @@ async fn main() -> Result<()> {
         serde_json::to_string_pretty(&cli::receipt_json(&result.receipt))?
     );
 
-    // The embedded ledger: the task was escrowed and paid; anchor the
+    // The embedded chain: the task was escrowed and paid; anchor the
     // receipt now (routers otherwise batch 64 receipts or 30 s).
     if let Some(chain) = router.chain() {
         let task = chain
             .task(body.task_id)
             .await?
-            .context("task on the ledger")?;
+            .context("task on the chain")?;
         let account = cactus_node::chain::default_account(&body.orchestrator);
         let record = chain
             .orchestrator(account)
             .await?
-            .context("orchestrator on the ledger")?;
+            .context("orchestrator on the chain")?;
         let (stake, escrow, vault) = chain.totals().await?;
         println!(
-            "\nledger (embedded): task {:?}, paid {} units (escrow released); orchestrator stake {}, tasks ok {}",
+            "\nembedded chain: task {:?}, paid {} units (escrow released); orchestrator stake {}, tasks ok {}",
             task.status, task.payment, record.stake, record.successes
         );
-        println!("ledger totals: stake held {stake}, pending escrow {escrow}, vault {vault}");
+        println!("chain totals: stake held {stake}, pending escrow {escrow}, vault {vault}");
         router.anchor_now(64).await?;
         if let Some(p) = router.receipt_proof(body.task_id).await? {
             println!(

@@ -18,7 +18,7 @@ python3 scripts/move_ast.py tests contracts/tests/cactus_payment_tests.move \
 cargo test --release --locked -p cactus-protocol --lib -- --list 2>/dev/null \
   | sed -n 's/^contract::tests::\(test_[a-z0-9_]*\): test$/\1/p' | sort > "${TMPDIR:-/tmp}/rust-tests.txt"
 if ! diff -u "${TMPDIR:-/tmp}/move-tests.txt" "${TMPDIR:-/tmp}/rust-tests.txt"; then
-  echo "error: the Move tests and the Rust ledger tests no longer mirror each other (diff above)" >&2
+  echo "error: the Move tests and the Rust contract model tests no longer mirror each other (diff above)" >&2
   exit 1
 fi
 echo "$(wc -l < "${TMPDIR:-/tmp}/move-tests.txt") scenarios mirrored"
@@ -31,7 +31,7 @@ echo "== cargo test"
 cargo test --release --workspace --locked
 echo "== delegation across processes: two routers racing for one orchestrator (run alone: it is a race)"
 cargo test --release --locked -p cactus-node --test it -- --ignored --exact e2e::two_routers_racing_for_one_orchestrator_make_it_delegate_and_pay_along_the_chain
-echo "== Aptos ledger backend (feature aptos): payloads, BCS, keys, views against a fake node; live test if configured"
+echo "== Aptos chain backend (feature aptos): payloads, BCS, keys, views against a fake node; live test if configured"
 cargo test --release --locked -p cactus-node --features aptos --lib chain::
 cargo test --release --locked -p cactus-node --features aptos --test it -- aptos_live move_pin --nocapture
 echo "== benches build"

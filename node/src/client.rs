@@ -24,6 +24,9 @@ pub enum ClientError {
     /// The network failed.
     #[error(transparent)]
     Network(#[from] NetworkError),
+    /// The client's own node did not start.
+    #[error("starting the client's node failed")]
+    Start(#[source] Box<crate::node::NodeError>),
     /// The router answered with an error.
     #[error("task failed: {0}")]
     Task(TaskError),
@@ -90,7 +93,7 @@ pub async fn submit_to(
     }
 }
 
-/// Asks `router` a question about its ledger.
+/// Asks `router` a question about its receipts, anchors or status.
 pub async fn query(
     network: &Network,
     router: PeerId,
@@ -129,7 +132,7 @@ pub async fn connect(
     };
     let node = Node::start(config, Keypair::generate_ed25519(), None)
         .await
-        .map_err(|e| ClientError::Network(NetworkError::Setup(e.to_string())))?;
+        .map_err(|e| ClientError::Start(Box::new(e)))?;
     let found = tokio::time::timeout(timeout, async {
         let mut reached = 0;
         let mut last_err = String::from("none given");

@@ -6,13 +6,18 @@
 //!   bounded worker pool and sign a receipt for each;
 //! - **routers** take clients' tasks, pick an orchestrator from the capability
 //!   adverts they hear, check the result, countersign the receipt and keep it
-//!   in a crash-safe ledger;
+//!   in a crash-safe receipt log;
 //! - **bootstrap** nodes help peers find each other.
 //!
-//! Code map: [`network`] owns the swarm (behaviours, event loop, codec);
-//! [`roles`] holds what each role does with its events; [`inference`] is the
-//! engine and the worker pool; [`ledger`] the receipt log; [`node`] starts and
-//! stops it all; [`client`] submits tasks; [`cli`] is the command line.
+//! Code map (layers only point down): [`network`] owns the swarm
+//! (behaviours, event loop, gossip validation, reachability) and never calls
+//! into the roles; [`roles`] holds what each role does with the events the
+//! network hands it; [`inference`] is the engine and the worker pool;
+//! [`chain`] the settlement backends (embedded chain, Aptos);
+//! [`receipt_log`] the router's receipt log; [`node`] starts and stops it
+//! all; [`client`] submits tasks; [`report`] builds status, audits and
+//! diagnoses for the command line; [`cli`] is the command line; [`time`] the
+//! clock.
 
 pub mod chain;
 pub mod cli;

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 pub enum Role {
     /// Serves models: runs tasks and earns per task.
     Orchestrator,
-    /// Takes clients' tasks, picks orchestrators, verifies, keeps the ledger.
+    /// Takes clients' tasks, picks orchestrators, verifies, keeps the receipt log.
     Router,
     /// Only helps peers find each other (no tasks).
     Bootstrap,
@@ -41,7 +41,8 @@ pub enum Role {
 pub struct NodeConfig {
     /// The role.
     pub role: Role,
-    /// Where the ledger and other state live (the identity is passed in).
+    /// Where the receipt log, the embedded chain and other state live (the
+    /// identity is passed in).
     pub data_dir: PathBuf,
     /// The libp2p layer.
     pub network: NetworkConfig,
@@ -69,11 +70,11 @@ pub struct NodeConfig {
     pub queue: usize,
     /// Task handlers in flight at most.
     pub max_tasks: usize,
-    /// Stake an orchestrator declares (registered with it on a local ledger).
+    /// Stake an orchestrator declares (registered with it on an embedded chain).
     pub stake: u64,
-    /// An orchestrator's ledger account [default: its PeerId's local address].
+    /// An orchestrator's account on the chain [default: its PeerId's local address].
     pub account: Option<cactus_protocol::contract::Address>,
-    /// The ledger a router settles on.
+    /// The chain a router settles on.
     pub chain: ChainChoice,
     /// When a router anchors its receipts.
     pub anchor: AnchorPolicy,
@@ -81,12 +82,12 @@ pub struct NodeConfig {
     pub verification: Verification,
 }
 
-/// Which ledger a router uses.
+/// Which chain a router settles on.
 #[derive(Clone)]
 pub enum ChainChoice {
-    /// A local ledger in the data dir, created with these settings.
+    /// An embedded chain in the data dir, created with these settings.
     Embedded(LocalSettings),
-    /// A ledger backend built by the caller (e.g. Aptos).
+    /// A chain backend built by the caller (e.g. Aptos).
     Backend(Arc<dyn ChainBackend>),
 }
 
@@ -133,12 +134,16 @@ pub enum NodeError {
     /// The network failed to start.
     #[error(transparent)]
     Network(#[from] NetworkError),
-    /// The ledger failed to open.
+    /// The receipt log failed to open.
     #[error(transparent)]
-    Ledger(#[from] ReceiptLogError),
-    /// The ledger failed to open or answer.
+    ReceiptLog(#[from] ReceiptLogError),
+    /// The chain failed to open or answer.
     #[error(transparent)]
     Chain(#[from] ChainError),
+    /// A start-up step on a blocking thread did not finish (the runtime is
+    /// shutting down).
+    #[error("a start-up step was cancelled")]
+    Join(#[from] tokio::task::JoinError),
     /// An orchestrator without models.
     #[error("an orchestrator needs at least one model (--model <file.gguf>)")]
     NoModels,
@@ -229,14 +234,13 @@ impl Node {
                 let receipts = {
                     let dir = config.data_dir.clone();
                     tokio::task::spawn_blocking(move || {
-                        std::fs::create_dir_all(&dir).map_err(|e| ReceiptLogError::Db {
+                        std::fs::create_dir_all(&dir).map_err(|source| ReceiptLogError::Io {
                             path: dir.clone(),
-                            message: e.to_string(),
+                            source,
                         })?;
                         ReceiptLog::open(&dir)
                     })
-                    .await
-                    .map_err(|e| NetworkError::Setup(e.to_string()))??
+                    .await??
                 };
                 let receipts = Arc::new(receipts);
                 receipts_handle = Some(Arc::clone(&receipts));
@@ -248,16 +252,13 @@ impl Node {
                         let c = tokio::task::spawn_blocking(move || {
                             EmbeddedChain::open(&dir, account, &settings)
                         })
-                        .await
-                        .map_err(|e| NetworkError::Setup(e.to_string()))??;
+                        .await??;
                         Arc::new(Embedded(c))
                     }
                 };
-                let contract = chain.config().await?.ok_or_else(|| {
-                    ChainError::Backend("the cactus_payment contract is not initialized".into())
-                })?;
+                let contract = chain.config().await?.ok_or(ChainError::NotInitialized)?;
                 if !chain.is_server(chain.account()).await? {
-                    tracing::warn!(account = %chain.account(), "this router is not an authorized server on the ledger: tasks will be refused");
+                    tracing::warn!(account = %chain.account(), "this router is not an authorized server on the chain: tasks will be refused");
                 }
                 chain_handle = Some(Arc::clone(&chain));
                 let appended = Arc::new(tokio::sync::Notify::new());
@@ -364,7 +365,7 @@ impl Node {
             .map_err(|_| NetworkError::Shutdown)
     }
 
-    /// Waits until the ledger has ruled on at least `n` orchestrators a router
+    /// Waits until the chain has ruled on at least `n` orchestrators a router
     /// heard from, admitted or refused.
     pub async fn wait_for_verdicts(&self, n: usize) -> Result<(), NetworkError> {
         let mut rx = self.table_size.clone();
@@ -393,10 +394,7 @@ impl Node {
         };
         tokio::task::spawn_blocking(move || receipts.get(&task))
             .await
-            .map_err(|e| ReceiptLogError::Db {
-                path: PathBuf::new(),
-                message: e.to_string(),
-            })?
+            .map_err(ReceiptLogError::Join)?
     }
 
     /// Resolves when the node stops by itself (a critical task ended).
@@ -407,7 +405,7 @@ impl Node {
         }
     }
 
-    /// The ledger a router settles on (`None` on other roles).
+    /// The chain a router settles on (`None` on other roles).
     pub fn chain(&self) -> Option<&Arc<dyn ChainBackend>> {
         self.chain.as_ref()
     }
@@ -428,10 +426,7 @@ impl Node {
         };
         tokio::task::spawn_blocking(move || receipts.frauds(limit))
             .await
-            .map_err(|e| ReceiptLogError::Db {
-                path: PathBuf::new(),
-                message: e.to_string(),
-            })?
+            .map_err(ReceiptLogError::Join)?
     }
 
     /// The anchor proof of a task's receipt, once anchored (routers).
@@ -444,10 +439,7 @@ impl Node {
         };
         tokio::task::spawn_blocking(move || receipts.proof(&task))
             .await
-            .map_err(|e| ReceiptLogError::Db {
-                path: PathBuf::new(),
-                message: e.to_string(),
-            })?
+            .map_err(ReceiptLogError::Join)?
     }
 
     /// Stops the role, then the anchorer (which anchors what is pending one

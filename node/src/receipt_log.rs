@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 pub const RECEIPT_LOG_FILE: &str = "receipts.redb";
 /// What the receipt log's file was called before it had its own name; a data
 /// dir that still has it is moved to the new name when the log opens.
-const OLD_RECEIPT_LOG_FILE: &str = "log.redb";
+const OLD_RECEIPT_LOG_FILE: &str = "ledger.redb";
 
 /// Receipt frames by task id.
 const RECEIPTS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("receipts");
@@ -92,15 +92,6 @@ pub enum ReceiptLogError {
     /// cancelled.
     #[error("receipt log: {0}")]
     Join(#[source] tokio::task::JoinError),
-    /// Any other failure, as text. Kept only until its last users
-    /// (`node.rs`) move to a typed variant; new code should not build it.
-    #[error("receipt log {path}: {message}")]
-    Db {
-        /// The database file.
-        path: PathBuf,
-        /// What failed.
-        message: String,
-    },
     /// A receipt for the task is already recorded.
     #[error("a receipt for task {0} is already in the receipt log")]
     Duplicate(TaskId),

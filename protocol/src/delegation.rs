@@ -23,7 +23,7 @@ const LINK_DOMAIN: &[u8] = b"cactus/delegation/v1\0";
 const CHAIN_DOMAIN: &[u8] = b"cactus/delegation/v1/chain\0";
 
 /// Most links in a delegation chain: the assigned orchestrator and at most
-/// this many delegates after it. Equal to the ledger's
+/// this many delegates after it. Equal to the chain's
 /// [`MAX_DELEGATES`](crate::contract::MAX_DELEGATES), so that every delegate in
 /// a valid chain can be paid.
 pub const MAX_DELEGATION_DEPTH: usize = 2;

@@ -15,7 +15,7 @@
 //! tolerance, the router signs [`FraudEvidence`]: the orchestrator-signed
 //! receipt plus the verifiers' signed reports. Anyone can check the evidence
 //! offline, and can re-run the replay to check the verifiers themselves; its
-//! [`FraudEvidence::hash`] is what `slash` records on the ledger.
+//! [`FraudEvidence::hash`] is what `slash` records on the chain.
 
 use crate::ids::{Digest, ModelHash, TaskId};
 use crate::params::{
@@ -421,7 +421,7 @@ impl FraudEvidence {
         self.body.check()
     }
 
-    /// The evidence hash recorded by `slash` on the ledger.
+    /// The evidence hash recorded by `slash` on the chain.
     pub fn hash(&self) -> Result<Digest, EvidenceError> {
         Ok(Digest::of(&signing_bytes(EVIDENCE_DOMAIN, self)?))
     }

@@ -127,7 +127,7 @@ pub struct BidBody {
     pub price_per_unit: u64,
     /// Slots the orchestrator has free now.
     pub free_slots: u32,
-    /// The ledger account that is to be paid.
+    /// The account on the chain that is to be paid.
     pub account: Address,
     /// Unix time the bid was issued, milliseconds.
     pub issued_at_ms: u64,

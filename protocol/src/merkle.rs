@@ -142,10 +142,10 @@ mod tests {
 }
 
 /// Where a receipt was anchored and how to check it: the batch's index in the
-/// ledger's anchor list, the batch root, and the receipt's inclusion proof.
+/// chain's anchor list, the batch root, and the receipt's inclusion proof.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AnchorProof {
-    /// Index of the batch in the ledger's anchors.
+    /// Index of the batch in the chain's anchors.
     pub anchor_index: u64,
     /// The batch's Merkle root, as anchored.
     pub root: Digest,

@@ -91,7 +91,7 @@ impl Assignment {
     }
 }
 
-/// A question to a router about its ledger.
+/// A question to a router about its receipts, anchors or status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Query {
     /// Stake, counters and pending payments.
@@ -110,25 +110,26 @@ pub const MAX_STATUS_ORCHESTRATORS: usize = 1024;
 pub struct OrchestratorStatus {
     /// Its PeerId, when the router knows it from adverts.
     pub peer: Option<PeerId>,
-    /// Its ledger account.
+    /// Its account on the chain.
     pub account: crate::contract::Address,
-    /// Its record on the ledger (`None` if unregistered).
+    /// Its record on the chain (`None` if unregistered).
     pub record: Option<crate::contract::Orchestrator>,
     /// The router's own record of it (successes, failures by kind, speed,
     /// latency), when the router has one.
     pub reputation: Option<crate::reputation::Reputation>,
 }
 
-/// A router's view of its ledger.
+/// A router's status: its account, what the chain holds for the
+/// orchestrators it knows, and its receipt log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouterStatus {
-    /// The router's ledger account.
+    /// The router's account on the chain.
     pub router_account: crate::contract::Address,
     /// Whether the router is an authorized server.
     pub authorized: bool,
     /// The contract's configuration.
     pub config: Option<crate::contract::Config>,
-    /// Orchestrators the router knows, with their ledger records.
+    /// Orchestrators the router knows, with their records on the chain.
     pub orchestrators: Vec<OrchestratorStatus>,
     /// Stake held (active + unbonding), escrow of pending tasks, vault balance.
     pub totals: crate::contract::Totals,
@@ -136,7 +137,7 @@ pub struct RouterStatus {
     pub receipts: u64,
     /// Receipts waiting to be anchored.
     pub pending_anchor: u64,
-    /// Batches anchored on the ledger (all servers).
+    /// Batches anchored on the chain (all servers).
     pub anchors: u64,
 }
 
@@ -158,7 +159,7 @@ pub enum TaskRequest {
     Submit(TaskSpec),
     /// Router to orchestrator: run this task.
     Execute(Assignment),
-    /// Anyone to router: a question about its ledger.
+    /// Anyone to router: a question about its receipts, anchors or status.
     Query(Query),
     /// Router to orchestrator: replay this result as a spot check.
     Replay(Box<crate::fraud::ReplayRequest>),
@@ -277,12 +278,12 @@ pub struct CapabilityAdvert {
     pub free_slots: u32,
     /// Worker slots in all.
     pub total_slots: u32,
-    /// Asked price per work unit (see `contracts/SPEC.md`), in the ledger's
+    /// Asked price per work unit (see `contracts/SPEC.md`), in the chain's
     /// smallest unit.
     pub price_per_token: u64,
-    /// The orchestrator's ledger account.
+    /// The orchestrator's account on the chain.
     pub account: crate::contract::Address,
-    /// The stake it declares; a router checks it against the ledger.
+    /// The stake it declares; a router checks it against the chain.
     pub stake: u64,
     /// Multiaddrs it can be dialled on, relayed (`/p2p-circuit`) ones included.
     pub addrs: Vec<String>,

@@ -160,7 +160,7 @@ impl Receipt {
         Ok(())
     }
 
-    /// SHA-256 of the receipt's frame: its identity in ledgers and Merkle trees.
+    /// SHA-256 of the receipt's frame: its identity in the receipt log, on the chain and in Merkle trees.
     pub fn hash(&self) -> Result<Digest, ReceiptError> {
         let bytes = self
             .encode()

@@ -30,7 +30,7 @@ pub const DEFAULT_EXPLORATION_PPM: u64 = 100_000;
 /// What the router knows of one eligible orchestrator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
-    /// Active stake on the ledger.
+    /// Active stake on the chain.
     pub stake: u64,
     /// Tasks completed.
     pub successes: u64,

@@ -1,7 +1,7 @@
 //! The interface of the `cactus_payment` Move module as the Aptos backend
 //! uses it: every entry function and view function it calls, with the Move
 //! parameter types exactly as `contracts/sources/cactus_payment.move` spells
-//! them, and the mapping from a ledger [`Op`] (or a [`View`]) to a call with
+//! them, and the mapping from a contract [`Op`] (or a [`View`]) to a call with
 //! ordered argument values.
 //!
 //! This module has no Aptos SDK dependency, so the mapping is compiled and
@@ -276,7 +276,7 @@ impl Call {
 pub enum AbiError {
     /// `Op::Mint` (a local faucet) and operations this build does not know
     /// have no entry function.
-    #[error("{0} has no entry function in cactus_payment (local ledgers only)")]
+    #[error("{0} has no entry function in cactus_payment (embedded chains only)")]
     NotOnChain(&'static str),
     /// `initialize` on chain names the payment asset, which `Op::Initialize`
     /// does not carry.

@@ -1,11 +1,11 @@
-//! The Aptos ledger backend: the `cactus_payment` module deployed at a
+//! The Aptos chain backend: the `cactus_payment` module deployed at a
 //! contract address, driven through a fullnode's REST API.
 //!
 //! - Operations are entry-function transactions
 //!   `<contract>::cactus_payment::<fn>` whose arguments are BCS-encoded from
 //!   the [`abi`] mapping, signed with this node's ed25519 account key, submitted
 //!   and waited for. A Move abort raised by `cactus_payment` comes back as
-//!   [`ChainError::Abort`] with the same [`Abort`] the embedded ledger would
+//!   [`ChainError::Abort`] with the same [`Abort`] the embedded chain would
 //!   give; any other failure is [`ChainError::Aptos`], the [`AptosError`] as
 //!   its source.
 //! - Reads are calls of the module's `#[view]` functions through the REST view
@@ -127,7 +127,7 @@ impl AptosChain {
             );
         let client = Aptos::new(sdk).map_err(node_err("creating the HTTP client"))?;
         let account = Address(signer.address().to_bytes());
-        tracing::info!(%account, contract = %config.contract, url, "Aptos ledger backend");
+        tracing::info!(%account, contract = %config.contract, url, "Aptos chain backend");
         Ok(Arc::new(Self {
             client,
             signer,

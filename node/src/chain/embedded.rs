@@ -1,4 +1,4 @@
-//! The embedded ledger: `cactus_protocol::contract::State` with its operation
+//! The embedded chain: `cactus_protocol::contract::State` with its operation
 //! log in redb.
 //!
 //! Every applied operation is appended to the log in its own redb transaction
@@ -7,7 +7,7 @@
 //! newest snapshot. A kill -9 at any point therefore loses no committed
 //! operation and never leaves half of one.
 //!
-//! A local cluster has one operator, so the embedded ledger also plays the
+//! A local cluster has one operator, so the embedded chain also plays the
 //! chain's other parties: the router is the module admin and an authorized
 //! server, and it registers each orchestrator it hears from with the stake the
 //! orchestrator declares (`--stake`), minted from a local faucet.
@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-/// File name of the ledger database in the data dir.
+/// File name of the chain database in the data dir.
 pub const CHAIN_FILE: &str = "chain.redb";
 /// A state snapshot is written every this many operations.
 pub const SNAPSHOT_EVERY: u64 = 256;
@@ -37,7 +37,7 @@ const OPS: TableDefinition<u64, &[u8]> = TableDefinition::new("ops");
 /// `0` → the newest snapshot: the state after the operations before `next_seq`.
 const SNAPSHOT: TableDefinition<u8, &[u8]> = TableDefinition::new("snapshot");
 
-/// Settings of a local ledger.
+/// Settings of a embedded chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalSettings {
     /// The contract configuration set at initialization.
@@ -85,7 +85,7 @@ struct Inner {
     next_seq: u64,
 }
 
-/// The embedded ledger.
+/// The embedded chain.
 pub struct EmbeddedChain {
     inner: Mutex<Inner>,
     account: Address,
@@ -106,7 +106,7 @@ fn now_secs() -> u64 {
 }
 
 impl EmbeddedChain {
-    /// Opens (or creates) the ledger in `data_dir`, operated by `account` (the
+    /// Opens (or creates) the chain in `data_dir`, operated by `account` (the
     /// router): on first open it initializes the contract with `settings`,
     /// authorizes `account` as a server and funds it.
     pub fn open(
@@ -140,11 +140,11 @@ impl EmbeddedChain {
         Ok(chain)
     }
 
-    /// Opens an existing ledger read-only in spirit: nothing is initialized.
+    /// Opens an existing embedded chain read-only in spirit: nothing is initialized.
     pub fn open_existing(data_dir: &Path) -> Result<Arc<Self>, ChainError> {
         let path = data_dir.join(CHAIN_FILE);
         if !path.exists() {
-            return Err(ChainError::NoLedger { path });
+            return Err(ChainError::NoChain { path });
         }
         let db = Database::create(&path).map_err(db_err(&path))?;
         let (state, next_seq) = Self::load(&db, &path, None)?;
@@ -297,7 +297,7 @@ fn decode<T: serde::de::DeserializeOwned>(b: &[u8], path: &Path) -> Result<T, Ch
     })
 }
 
-/// A redb failure on the ledger at `path`.
+/// A redb failure on the chain at `path`.
 fn db_err<E: Into<redb::Error>>(path: &Path) -> impl Fn(E) -> ChainError + '_ {
     move |e| ChainError::Db {
         path: path.to_owned(),

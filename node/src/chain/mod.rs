@@ -1,4 +1,4 @@
-//! The ledger a router settles tasks on: stake, server authorization,
+//! The chain a router settles tasks on: stake, server authorization,
 //! escrowed tasks, payments, slashing and receipt anchors, with the rules of
 //! the `cactus_payment` contract (`contracts/SPEC.md`).
 //!
@@ -22,16 +22,16 @@ use futures::future::BoxFuture;
 use libp2p::PeerId;
 use std::path::PathBuf;
 
-/// Why a ledger call failed. Every failure but [`ChainError::Abort`] is the
-/// backend's (storage, network, node), and reads as `ledger backend: ..`.
+/// Why a chain call failed. Every failure but [`ChainError::Abort`] is the
+/// backend's (storage, network, node), and reads as `chain backend: ..`.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ChainError {
     /// The contract refused the operation.
-    #[error("the ledger refused the operation: {0}")]
+    #[error("the chain refused the operation: {0}")]
     Abort(#[from] Abort),
-    /// The embedded ledger's database failed.
-    #[error("ledger backend: {}: {source}", path.display())]
+    /// The embedded chain's database failed.
+    #[error("chain backend: {}: {source}", path.display())]
     Db {
         /// The database file.
         path: PathBuf,
@@ -39,17 +39,17 @@ pub enum ChainError {
         #[source]
         source: Box<redb::Error>,
     },
-    /// `open_existing` found no ledger file.
-    #[error("ledger backend: no ledger at {} (check --data-dir)", path.display())]
-    NoLedger {
-        /// Where the ledger was looked for.
+    /// `open_existing` found no chain file.
+    #[error("chain backend: no embedded chain at {} (check --data-dir)", path.display())]
+    NoChain {
+        /// Where the chain's file was looked for.
         path: PathBuf,
     },
     /// A record to store could not be encoded.
-    #[error("ledger backend: {0}")]
+    #[error("chain backend: {0}")]
     Encode(#[source] SourceError),
     /// A stored record does not decode.
-    #[error("ledger backend: {}: corrupt ledger record: {source}", path.display())]
+    #[error("chain backend: {}: corrupt chain record: {source}", path.display())]
     Corrupt {
         /// The database file.
         path: PathBuf,
@@ -58,15 +58,15 @@ pub enum ChainError {
         source: SourceError,
     },
     /// A stored record is larger than any record written.
-    #[error("ledger backend: {}: stored record of {len} bytes is over the cap", path.display())]
+    #[error("chain backend: {}: stored record of {len} bytes is over the cap", path.display())]
     RecordTooLarge {
         /// The database file.
         path: PathBuf,
         /// Its size.
         len: usize,
     },
-    /// A logged operation no longer applies: the log is not this ledger's.
-    #[error("ledger backend: {}: replaying operation {seq}: {abort}", path.display())]
+    /// A logged operation no longer applies: the log is not this chain's.
+    #[error("chain backend: {}: replaying operation {seq}: {abort}", path.display())]
     Replay {
         /// The database file.
         path: PathBuf,
@@ -76,23 +76,19 @@ pub enum ChainError {
         #[source]
         abort: Abort,
     },
-    /// The blocking task that ran a ledger call panicked or was cancelled.
-    #[error("ledger backend: {0}")]
+    /// The blocking task that ran a chain call panicked or was cancelled.
+    #[error("chain backend: {0}")]
     Join(#[source] tokio::task::JoinError),
     /// The `cactus_payment` contract has not been initialized.
-    #[error("ledger backend: the cactus_payment contract is not initialized")]
+    #[error("chain backend: the cactus_payment contract is not initialized")]
     NotInitialized,
     /// The Aptos node or SDK failed.
     #[cfg(feature = "aptos")]
-    #[error("ledger backend: {0}")]
+    #[error("chain backend: {0}")]
     Aptos(#[source] Box<aptos::AptosError>),
-    /// Any other backend failure, as text. Kept only until its last users
-    /// (`node.rs`) move to a typed variant; new code should not build it.
-    #[error("ledger backend: {0}")]
-    Backend(String),
 }
 
-/// Two ledger errors are equal when they are the same abort, or when they say
+/// Two chain errors are equal when they are the same abort, or when they say
 /// the same: the sources (redb, the SDK) are not comparable, and callers
 /// (tests) compare what a call failed with.
 impl PartialEq for ChainError {
@@ -107,10 +103,10 @@ impl PartialEq for ChainError {
 
 impl Eq for ChainError {}
 
-/// A ledger backend. Operations are signed by this node's ledger account
+/// A chain backend. Operations are signed by this node's account on the chain
 /// ([`ChainBackend::account`]).
 pub trait ChainBackend: Send + Sync + std::fmt::Debug + 'static {
-    /// This node's account on the ledger.
+    /// This node's account on the chain.
     fn account(&self) -> Address;
     /// Applies one operation, signed by [`Self::account`]; resolves when it is
     /// durable (committed locally, or executed on chain).
@@ -130,10 +126,10 @@ pub trait ChainBackend: Send + Sync + std::fmt::Debug + 'static {
     fn anchor_count(&self) -> BoxFuture<'_, Result<u64, ChainError>>;
     /// One anchored batch.
     fn anchor(&self, index: u64) -> BoxFuture<'_, Result<Option<Anchor>, ChainError>>;
-    /// Decides whether the orchestrator `peer`, which says it is the ledger
+    /// Decides whether the orchestrator `peer`, which says it is the chain
     /// account `account` with `declared_stake`, may be given tasks. A chain
     /// checks its registration (the PeerId on record must match) and stake; a
-    /// local ledger registers it with the declared stake first.
+    /// embedded chain registers it with the declared stake first.
     fn admit(
         &self,
         peer: PeerId,
@@ -143,7 +139,7 @@ pub trait ChainBackend: Send + Sync + std::fmt::Debug + 'static {
 }
 
 /// The account an orchestrator uses when it names none: its PeerId's address
-/// on a local ledger.
+/// on a embedded chain.
 pub fn default_account(peer: &PeerId) -> Address {
     Address::of_peer(peer)
 }

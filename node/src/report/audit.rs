@@ -47,7 +47,7 @@ pub const ORCHESTRATOR_SIG: &str = "orchestrator signature";
 pub const ROUTER_SIG: &str = "router countersignature";
 pub const ANCHOR_PROOF: &str = "anchor proof";
 pub const MERKLE: &str = "Merkle proof leads to the batch root";
-pub const ANCHORED: &str = "root is anchored on the ledger";
+pub const ANCHORED: &str = "root is anchored on the chain";
 
 /// Checks what a bundle proves by itself: both signatures and, when it has
 /// an anchor proof, that the proof leads from the receipt to the root.
@@ -97,7 +97,7 @@ pub fn check_anchored<E: fmt::Display>(
             false,
             format!("batch {i} has root {}, not {}", x.root, proof.root),
         ),
-        Ok(None) => Check::new(ANCHORED, false, format!("the ledger has no batch {i}")),
+        Ok(None) => Check::new(ANCHORED, false, format!("the chain has no batch {i}")),
         Err(e) => Check::new(ANCHORED, false, e.to_string()),
     }
 }

@@ -39,26 +39,26 @@ impl Default for AnchorPolicy {
 pub enum AnchorError {
     /// The receipt log failed.
     #[error(transparent)]
-    Ledger(#[from] ReceiptLogError),
-    /// The ledger refused or failed.
+    ReceiptLog(#[from] ReceiptLogError),
+    /// The chain refused or failed.
     #[error(transparent)]
     Chain(#[from] ChainError),
     /// A receipt could not be hashed (encoded) for the batch.
-    #[error("ledger backend: {0}")]
+    #[error("chain backend: {0}")]
     Hash(#[source] cactus_protocol::ReceiptError),
     /// The anchored batch could not be found again.
-    #[error("the anchored batch is not in the ledger's anchor list")]
+    #[error("the anchored batch is not in the chain's anchor list")]
     Lost,
 }
 
 /// Anchors one batch of up to `policy.batch` pending receipts, if any.
 /// Returns how many receipts were anchored.
 pub async fn anchor_once(
-    ledger: &Arc<ReceiptLog>,
+    log: &Arc<ReceiptLog>,
     chain: &dyn ChainBackend,
     batch: usize,
 ) -> Result<usize, AnchorError> {
-    let l = Arc::clone(ledger);
+    let l = Arc::clone(log);
     let receipts: Vec<Receipt> = tokio::task::spawn_blocking(move || l.pending(batch))
         .await
         .map_err(ReceiptLogError::Join)??;
@@ -107,7 +107,7 @@ pub async fn anchor_once(
         })
         .collect();
     let n = recorded.len();
-    let l = Arc::clone(ledger);
+    let l = Arc::clone(log);
     tokio::task::spawn_blocking(move || l.record_anchor(&recorded))
         .await
         .map_err(ReceiptLogError::Join)??;
@@ -118,7 +118,7 @@ pub async fn anchor_once(
 /// Anchors pending receipts by `policy` until `shutdown`, then once more.
 /// `appended` is notified after each receipt is recorded.
 pub async fn run(
-    ledger: Arc<ReceiptLog>,
+    receipts: Arc<ReceiptLog>,
     chain: Arc<dyn ChainBackend>,
     policy: AnchorPolicy,
     appended: Arc<Notify>,
@@ -132,20 +132,20 @@ pub async fn run(
             _ = appended.notified() => false,
             _ = age.tick() => true,
         };
-        let l = Arc::clone(&ledger);
+        let l = Arc::clone(&receipts);
         let waiting = tokio::task::spawn_blocking(move || l.pending_len())
             .await
             .ok()
             .and_then(Result::ok)
             .unwrap_or(0);
         if waiting >= policy.batch as u64 || (by_age && waiting > 0) {
-            if let Err(e) = anchor_once(&ledger, chain.as_ref(), policy.batch).await {
+            if let Err(e) = anchor_once(&receipts, chain.as_ref(), policy.batch).await {
                 tracing::warn!(error = %e, "anchoring failed; will retry");
             }
             age.reset();
         }
     }
-    if let Err(e) = anchor_once(&ledger, chain.as_ref(), policy.batch).await {
+    if let Err(e) = anchor_once(&receipts, chain.as_ref(), policy.batch).await {
         tracing::warn!(error = %e, "final anchoring failed; receipts stay pending");
     }
 }

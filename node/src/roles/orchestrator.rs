@@ -102,7 +102,7 @@ pub struct OrchestratorCtx {
     pub pool: Arc<WorkerPool>,
     /// Asked price per work unit.
     pub price_per_token: u64,
-    /// Its ledger account.
+    /// Its account on the chain.
     pub account: Address,
     /// The stake it declares.
     pub stake: u64,

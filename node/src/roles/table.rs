@@ -20,19 +20,19 @@ struct Entry {
     seen: Instant,
     /// Tasks this router has sent and not yet seen finish.
     in_flight: u32,
-    /// The ledger's verdict on its stake: `None` while being checked.
+    /// The chain's verdict on its stake: `None` while being checked.
     eligible: Option<bool>,
-    /// The account and stake the ledger holds for it, once admitted: what
+    /// The account and stake the chain holds for it, once admitted: what
     /// is escrowed to, paid, slashed and scored, whatever later adverts say.
     admitted: Option<(cactus_protocol::contract::Address, u64)>,
     /// Caught cheating: never picked again by this router.
     banned: bool,
-    /// This router's record of it (persisted in the router's ledger).
+    /// This router's record of it (persisted in the router's receipt log).
     rep: Reputation,
 }
 
 /// What the scheduler scores of an orchestrator asking `price` with `free`
-/// slots: the stake the ledger holds and this router's record of it.
+/// slots: the stake the chain holds and this router's record of it.
 fn candidate(e: &Entry, price: u64, free: u32) -> schedule::Candidate {
     schedule::Candidate {
         stake: e.admitted.map_or(e.advert.stake, |a| a.1),
@@ -69,11 +69,11 @@ pub struct OrchestratorInfo {
     pub reputation: Reputation,
     /// Asked price per work unit.
     pub price_per_token: u64,
-    /// Its ledger account.
+    /// Its account on the chain.
     pub account: cactus_protocol::contract::Address,
     /// Declared stake.
     pub stake: u64,
-    /// The ledger's verdict (`None` while being checked).
+    /// The chain's verdict (`None` while being checked).
     pub eligible: Option<bool>,
 }
 
@@ -116,7 +116,7 @@ impl OrchestratorTable {
             if advert.seq <= e.advert.seq {
                 return Upsert::Ignored;
             }
-            // A new account or declared stake is checked by the ledger again
+            // A new account or declared stake is checked by the chain again
             // before the orchestrator gets more work.
             let changed = advert.account != e.advert.account || advert.stake != e.advert.stake;
             e.advert = advert;
@@ -157,7 +157,7 @@ impl OrchestratorTable {
         Upsert::Joined
     }
 
-    /// Records the ledger's verdict on an orchestrator; returns whether the
+    /// Records the chain's verdict on an orchestrator; returns whether the
     /// verdict changed.
     pub fn set_eligible(&mut self, peer: &PeerId, eligible: bool) -> bool {
         match self.entries.get_mut(peer) {
@@ -169,12 +169,12 @@ impl OrchestratorTable {
         }
     }
 
-    /// Orchestrators the ledger admitted.
+    /// Orchestrators the chain admitted.
     pub fn eligible_len(&self) -> usize {
         self.entries.values().filter(|e| usable(e)).count()
     }
 
-    /// `(admitted, judged)`: orchestrators the ledger admitted, and those it
+    /// `(admitted, judged)`: orchestrators the chain admitted, and those it
     /// has ruled on either way.
     pub fn counts(&self) -> (usize, usize) {
         let judged = self
@@ -185,7 +185,7 @@ impl OrchestratorTable {
         (self.eligible_len(), judged)
     }
 
-    /// An orchestrator's ledger account (the one it was admitted with, once
+    /// An orchestrator's account on the chain (the one it was admitted with, once
     /// it was) and asked price.
     pub fn terms(&self, peer: &PeerId) -> Option<(cactus_protocol::contract::Address, u64)> {
         self.entries.get(peer).map(|e| {
@@ -194,7 +194,7 @@ impl OrchestratorTable {
         })
     }
 
-    /// Records what the ledger holds for an admitted orchestrator: its
+    /// Records what the chain holds for an admitted orchestrator: its
     /// account and stake.
     pub fn set_admitted(
         &mut self,
@@ -214,7 +214,7 @@ impl OrchestratorTable {
         }
     }
 
-    /// [`terms`](Self::terms) of an orchestrator the ledger admitted.
+    /// [`terms`](Self::terms) of an orchestrator the chain admitted.
     pub fn admitted_terms(
         &self,
         peer: &PeerId,
@@ -235,7 +235,7 @@ impl OrchestratorTable {
         }
     }
 
-    /// Restores an orchestrator's record (from the router's ledger).
+    /// Restores an orchestrator's record (from the router's receipt log).
     pub fn set_reputation(&mut self, peer: &PeerId, rep: Reputation) {
         if let Some(e) = self.entries.get_mut(peer) {
             e.rep = rep;
@@ -504,7 +504,7 @@ mod tests {
             None
         );
         assert!(t.resolve_model(None).is_some());
-        // An orchestrator the ledger refused is never picked.
+        // An orchestrator the chain refused is never picked.
         t.set_eligible(&a, false);
         assert_eq!(
             t.pick(&m.sha256, &HashSet::from([b]), &seed, &task(0)),

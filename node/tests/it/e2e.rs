@@ -159,7 +159,7 @@ fn path(p: &Path) -> &str {
 }
 
 #[test]
-fn three_processes_answer_on_the_real_model_with_a_ledgered_receipt() {
+fn three_processes_answer_on_the_real_model_with_a_logged_receipt() {
     let model = super::model_path();
     let tmp = tempfile::tempdir().unwrap();
     let dirs: Vec<PathBuf> = ["router", "orch1", "orch2"]
@@ -240,7 +240,7 @@ fn three_processes_answer_on_the_real_model_with_a_ledgered_receipt() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("NoSuchModel"), "{err}");
 
-    // Online: the router's ledger shows the stake, the paid tasks, the
+    // Online: the router's status shows the stake, the paid tasks, the
     // anchored receipts, and a receipt exported from it verifies end to end.
     router.wait_for("receipts anchored");
     router.wait_for("receipts anchored");
@@ -303,7 +303,7 @@ fn three_processes_answer_on_the_real_model_with_a_ledgered_receipt() {
         let entry = entries
             .iter()
             .find(|e| &e["task_id"] == task)
-            .expect("receipt in ledger");
+            .expect("receipt in the receipt log");
         assert_eq!(entry["verified"], true);
         assert_eq!(entry["frame_hex"], v["receipt"]["frame_hex"]);
     }
@@ -667,7 +667,7 @@ fn a_process_serving_a_substituted_model_is_caught_and_slashed() {
         .unwrap()
         .clone();
     assert!(slashed.contains(&cheater_id), "{slashed}");
-    // The ledger shows it: 10 % of its stake gone, the honest ones intact.
+    // The chain shows it: 10 % of its stake gone, the honest ones intact.
     let out = run(&["status", "--bootstrap", &addr, "--json"]);
     assert!(
         out.status.success(),
@@ -836,7 +836,7 @@ fn two_routers_racing_for_one_orchestrator_make_it_delegate_and_pay_along_the_ch
     }
     let (which, line) = delegated.expect("the routers never raced for A");
     // The router checked A's signed link to B and B's receipt committing to
-    // it, countersigned, and settled on its ledger along the chain (A
+    // it, countersigned, and settled on its chain along the chain (A
     // answers for it; B ran it).
     assert!(line.contains(&format!("orchestrator={a_id}")), "{line}");
     assert!(line.contains(&format!("executor={b_id}")), "{line}");

@@ -155,7 +155,7 @@ async fn advert_reaches_router() {
 }
 
 #[tokio::test]
-async fn stub_task_round_trips_with_verified_receipt_in_ledger() {
+async fn stub_task_round_trips_with_verified_receipt_in_the_receipt_log() {
     let c = Cluster::new(vec![
         Arc::new(StubEngine::new("stub-a")),
         Arc::new(StubEngine::new("stub-a")),
@@ -346,7 +346,7 @@ async fn tasks_are_escrowed_paid_and_anchored() {
     let account = cactus_node::chain::default_account(&c.orchestrators[0].peer_id());
 
     // Paid by the contract's formula: (prompt + 4 x output tokens) x price 1,
-    // full reputation, no time credit on the default local ledger.
+    // full reputation, no time credit on the default embedded chain.
     let task = chain.task(body.task_id).await.unwrap().unwrap();
     assert_eq!(task.status, TaskStatus::Completed);
     assert_eq!(

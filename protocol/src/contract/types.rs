@@ -10,7 +10,7 @@ use std::fmt;
 pub struct Address(#[serde(with = "serde_bytes")] pub [u8; 32]);
 
 impl Address {
-    /// The address a local (embedded) ledger gives a libp2p identity.
+    /// The address a embedded chain gives a libp2p identity.
     pub fn of_peer(peer: &libp2p_identity::PeerId) -> Self {
         let mut data = b"cactus/address/v1\0".to_vec();
         data.extend_from_slice(&peer.to_bytes());
@@ -47,7 +47,7 @@ pub enum Abort {
     #[error("E_ALREADY_INITIALIZED (2)")]
     AlreadyInitialized = 2,
     /// A call before `initialize`.
-    #[error("E_NOT_INITIALIZED (3): the ledger is not initialized")]
+    #[error("E_NOT_INITIALIZED (3): the chain is not initialized")]
     NotInitialized = 3,
     /// A zero amount.
     #[error("E_ZERO_AMOUNT (4): the amount must be above zero")]
@@ -228,7 +228,7 @@ pub struct Anchor {
 }
 
 /// One operation: an entry function of the contract, plus `Mint`, which
-/// exists only in local ledgers (a faucet) and in Move tests (a mint ref).
+/// exists only in embedded chains (a faucet) and in Move tests (a mint ref).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Op {
@@ -327,7 +327,7 @@ pub enum Op {
         #[serde(with = "serde_bytes")]
         last_task: Vec<u8>,
     },
-    /// Local ledgers only: credit `amount` to `to` out of thin air.
+    /// Local chains only: credit `amount` to `to` out of thin air.
     Mint {
         /// Recipient.
         to: Address,

@@ -379,7 +379,7 @@ fn call(view: View) -> Call {
 }
 
 #[test]
-fn view_results_parse_into_ledger_types() {
+fn view_results_parse_into_contract_types() {
     let values = vec![
         json!("1000"),
         json!("60"),

@@ -145,7 +145,7 @@ impl RouterCtx {
         Err(last)
     }
 
-    /// One hand-off to one orchestrator, settled on the ledger.
+    /// One hand-off to one orchestrator, settled on the chain.
     async fn attempt(
         &self,
         peer: PeerId,
@@ -168,10 +168,10 @@ impl RouterCtx {
             max_payment: self.escrow_for(assignment, price),
         };
         if let Err(e) = self.chain.submit(create).await {
-            tracing::warn!(orchestrator = %peer, error = %e, "ledger refused to escrow the task");
+            tracing::warn!(orchestrator = %peer, error = %e, "the chain refused to escrow the task");
             return Attempt::Retry(TaskError::new(
                 TaskErrorKind::Unavailable,
-                format!("ledger: {e}"),
+                format!("chain: {e}"),
             ));
         }
 

@@ -55,7 +55,7 @@ impl RouterCtx {
                     "delegate {child} is not an orchestrator admitted here"
                 )));
             };
-            // What the ledger's complete_task checks, checked before the
+            // What the chain's complete_task checks, checked before the
             // receipt is countersigned.
             if Some(account) == assigned_account || delegates.contains(&account) {
                 return Err(bad(&format!(
@@ -110,7 +110,7 @@ impl RouterCtx {
             receipt_hash: receipt_hash.0.to_vec(),
         };
         // The work is done and the receipt recorded: the client gets its
-        // answer whatever happens to settlement. A transient ledger error is retried; the task stays escrowed (and
+        // answer whatever happens to settlement. A transient chain error is retried; the task stays escrowed (and
         // its receipt recorded) for the operator if it persists, since a
         // refund would count as the orchestrator's failure.
         let mut settled = false;
@@ -121,13 +121,13 @@ impl RouterCtx {
                     break;
                 }
                 Err(e) => {
-                    tracing::error!(task_id = %assignment.task_id, error = %e, attempt, "could not settle a completed task on the ledger");
+                    tracing::error!(task_id = %assignment.task_id, error = %e, attempt, "could not settle a completed task on the chain");
                     tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
                 }
             }
         }
         if !settled {
-            tracing::error!(task_id = %assignment.task_id, "the task stays escrowed on the ledger: settle it by hand");
+            tracing::error!(task_id = %assignment.task_id, "the task stays escrowed on the chain: settle it by hand");
         }
         tracing::info!(
             task_id = %assignment.task_id,

@@ -7,7 +7,7 @@ use cactus_protocol::fraud::FraudEvidence;
 
 impl RouterCtx {
     /// Slashes the orchestrator that signed a fraudulent receipt (the
-    /// evidence's accused) and stops using it; returns whether the ledger
+    /// evidence's accused) and stops using it; returns whether the chain
     /// took the slash.
     pub(super) async fn slash(&self, evidence: &FraudEvidence) -> bool {
         let accused = evidence.accused();
@@ -19,11 +19,11 @@ impl RouterCtx {
         let Ok(hash) = evidence.hash() else {
             return false;
         };
-        // The account on the ledger must be the accused's own.
+        // The account on the chain must be the accused's own.
         match self.chain.orchestrator(account).await {
             Ok(Some(record)) if record.peer_id == accused.to_bytes() => {}
             other => {
-                tracing::error!(orchestrator = %accused, %account, record = ?other.map(|r| r.map(|r| r.peer_id.len())), "the account is not the accused's on the ledger: not slashed");
+                tracing::error!(orchestrator = %accused, %account, record = ?other.map(|r| r.map(|r| r.peer_id.len())), "the account is not the accused's on the chain: not slashed");
                 return false;
             }
         }

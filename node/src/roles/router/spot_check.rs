@@ -47,7 +47,7 @@ pub(super) enum Check {
     /// The replay agrees with the result.
     Passed,
     /// Two verifiers found the result off the model: it is refused, and the
-    /// orchestrator that signed it slashed (`slashed` says whether the ledger
+    /// orchestrator that signed it slashed (`slashed` says whether the chain
     /// took it).
     Fraud { slashed: bool },
 }
