@@ -108,10 +108,6 @@ impl Default for NetworkConfig {
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum NetworkError {
-    /// Starting failed, for a reason only known as text (callers outside this
-    /// module use it for their own start-up steps).
-    #[error("starting libp2p failed: {0}")]
-    Setup(String),
     /// Building the transport or behaviour failed.
     #[error("starting libp2p failed: {0}")]
     Build(#[source] Arc<dyn std::error::Error + Send + Sync>),
