@@ -12,6 +12,7 @@ use super::{Engine, Generation, InferenceError, Job};
 use cactus_protocol::fraud::{PositionGap, ReplayFindings, ReplayRequest};
 use cactus_protocol::messages::MAX_OUTPUT_BYTES;
 use cactus_protocol::{FinishReason, ModelId, PromptFormat};
+use llama_cpp_2::LlamaCppError;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -56,13 +57,16 @@ pub enum LoadError {
     /// The file failed its checks.
     #[error(transparent)]
     File(#[from] ModelFileError),
+    /// llama.cpp's backend did not start.
+    #[error("llama.cpp did not start: {0}")]
+    Backend(#[source] Arc<LlamaCppError>),
     /// llama.cpp could not load it.
-    #[error("llama.cpp could not load {path}: {message}")]
+    #[error("llama.cpp could not load {path}: {source}")]
     Llama {
         /// The file.
         path: String,
-        /// llama.cpp's error.
-        message: String,
+        #[source]
+        source: llama_cpp_2::LlamaModelLoadError,
     },
     /// Two `--model` flags name the same weights.
     #[error("model {0} is given twice")]
@@ -94,25 +98,24 @@ impl std::fmt::Debug for LlamaEngine {
     }
 }
 
-/// The process-wide llama.cpp backend.
-pub fn backend() -> Result<&'static LlamaBackend, String> {
-    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+/// The process-wide llama.cpp backend. Its start-up error is kept (it
+/// cannot be retried: llama.cpp initializes once per process) and handed to
+/// every caller.
+pub fn backend() -> Result<&'static LlamaBackend, Arc<LlamaCppError>> {
+    static BACKEND: OnceLock<Result<LlamaBackend, Arc<LlamaCppError>>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {
             llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
-            LlamaBackend::init().map_err(|e| e.to_string())
+            LlamaBackend::init().map_err(Arc::new)
         })
         .as_ref()
-        .map_err(Clone::clone)
+        .map_err(Arc::clone)
 }
 
 impl LlamaEngine {
     /// Checks and loads every model. Blocking: call from a blocking context.
     pub fn load(specs: &[ModelSpec], config: LlamaConfig) -> Result<Arc<Self>, LoadError> {
-        let backend = backend().map_err(|message| LoadError::Llama {
-            path: String::new(),
-            message,
-        })?;
+        let backend = backend().map_err(LoadError::Backend)?;
         let mut models: Vec<Loaded> = Vec::with_capacity(specs.len());
         for spec in specs {
             let id = model_file::verify(spec)?;
@@ -121,12 +124,13 @@ impl LlamaEngine {
             }
             let started = Instant::now();
             let params = LlamaModelParams::default().with_n_gpu_layers(config.gpu_layers);
-            let model = LlamaModel::load_from_file(backend, &spec.path, &params).map_err(|e| {
-                LoadError::Llama {
-                    path: spec.path.display().to_string(),
-                    message: e.to_string(),
-                }
-            })?;
+            let model =
+                LlamaModel::load_from_file(backend, &spec.path, &params).map_err(|source| {
+                    LoadError::Llama {
+                        path: spec.path.display().to_string(),
+                        source,
+                    }
+                })?;
             tracing::info!(model = %id.name, sha256 = %id.sha256, load_ms = started.elapsed().as_millis() as u64, "model loaded");
             models.push(Loaded {
                 id,
@@ -141,17 +145,16 @@ impl LlamaEngine {
         match job.format {
             PromptFormat::Raw => Ok((job.prompt.clone(), true)),
             PromptFormat::Chat => {
-                let engine_err = |e: &dyn std::fmt::Display| InferenceError::Engine(e.to_string());
                 // A model without a template (a base model, like the demo's
                 // Gemma 3 270M) is prompted as it is.
                 let Ok(tmpl) = model.chat_template(None) else {
                     return Ok((job.prompt.clone(), true));
                 };
                 let msg = LlamaChatMessage::new("user".into(), job.prompt.clone())
-                    .map_err(|e| engine_err(&e))?;
+                    .map_err(InferenceError::engine)?;
                 let text = model
                     .apply_chat_template(&tmpl, &[msg], true)
-                    .map_err(|e| engine_err(&e))?;
+                    .map_err(InferenceError::engine)?;
                 // llama.cpp's templates leave BOS to the tokenizer, unless the
                 // rendered text already starts with it.
                 let bos = model.vocab().bos();
@@ -241,8 +244,7 @@ impl LlamaEngine {
             .find(|m| m.id.sha256 == req.model())
             .ok_or(InferenceError::UnknownModel(req.model()))?;
         let model = &loaded.model;
-        let backend = backend().map_err(InferenceError::Engine)?;
-        let err = |e: &dyn std::fmt::Display| InferenceError::Engine(e.to_string());
+        let backend = backend().map_err(|e| InferenceError::Engine(e))?;
         let job = Job {
             model: req.model(),
             prompt: req.prompt.clone(),
@@ -311,9 +313,9 @@ impl LlamaEngine {
             for (q, &tok) in seq.iter().enumerate().take(end).skip(p) {
                 batch
                     .add(tok, q as i32, &[0], wants_logits(q))
-                    .map_err(|e| err(&e))?;
+                    .map_err(InferenceError::engine)?;
             }
-            ctx.decode(&mut batch).map_err(|e| err(&e))?;
+            ctx.decode(&mut batch).map_err(InferenceError::engine)?;
             if cancelled() {
                 return Err(InferenceError::Cancelled);
             }
@@ -396,18 +398,20 @@ impl LlamaEngine {
         backend: &LlamaBackend,
         n_ctx: u32,
     ) -> Result<llama_cpp_2::context::LlamaContext<'m>, InferenceError> {
-        let err = |e: &dyn std::fmt::Display| InferenceError::Engine(e.to_string());
         let threads = self.config.threads.max(1) as i32;
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(n_ctx))
             .with_n_batch(PREFILL_BATCH as u32)
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
-        let _serial = loaded.new_context.lock().map_err(|e| err(&e))?;
+        let _serial = loaded
+            .new_context
+            .lock()
+            .map_err(|e| InferenceError::engine(e.to_string()))?;
         loaded
             .model
             .new_context(backend, params)
-            .map_err(|e| err(&e))
+            .map_err(InferenceError::engine)
     }
 }
 
@@ -436,8 +440,7 @@ impl Engine for LlamaEngine {
             .find(|m| m.id.sha256 == job.model)
             .ok_or(InferenceError::UnknownModel(job.model))?;
         let model = &loaded.model;
-        let backend = backend().map_err(InferenceError::Engine)?;
-        let err = |e: &dyn std::fmt::Display| InferenceError::Engine(e.to_string());
+        let backend = backend().map_err(|e| InferenceError::Engine(e))?;
 
         let n_ctx = self.config.ctx_size.min(model.n_ctx_train()).max(16);
         let (text, add_bos) = Self::prompt_text(model, job)?;
@@ -464,9 +467,9 @@ impl Engine for LlamaEngine {
                 let pos = chunk_idx * PREFILL_BATCH + i;
                 batch
                     .add(tok, pos as i32, &[0], pos == last)
-                    .map_err(|e| err(&e))?;
+                    .map_err(InferenceError::engine)?;
             }
-            ctx.decode(&mut batch).map_err(|e| err(&e))?;
+            ctx.decode(&mut batch).map_err(InferenceError::engine)?;
             if cancelled() {
                 return Err(InferenceError::Cancelled);
             }
@@ -497,10 +500,12 @@ impl Engine for LlamaEngine {
                 break;
             }
             batch.clear();
-            batch.add(token, pos, &[0], true).map_err(|e| err(&e))?;
+            batch
+                .add(token, pos, &[0], true)
+                .map_err(InferenceError::engine)?;
             pos += 1;
             logits_idx = 0;
-            ctx.decode(&mut batch).map_err(|e| err(&e))?;
+            ctx.decode(&mut batch).map_err(InferenceError::engine)?;
         }
         let mut text = String::from_utf8_lossy(&out).into_owned();
         cactus_protocol::messages::truncate_utf8(&mut text, MAX_OUTPUT_BYTES);
@@ -523,12 +528,12 @@ pub fn quantize_q2k(
     input: &std::path::Path,
     output: &std::path::Path,
     threads: u32,
-) -> Result<(), String> {
+) -> Result<(), QuantizeError> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
-    backend()?;
-    let inp = CString::new(input.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
-    let out = CString::new(output.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    backend().map_err(QuantizeError::Backend)?;
+    let inp = CString::new(input.as_os_str().as_bytes())?;
+    let out = CString::new(output.as_os_str().as_bytes())?;
     #[allow(unsafe_code)]
     // SAFETY: llama.cpp's C API: default parameters by value, then two
     // NUL-terminated paths and a pointer to those parameters, all alive for
@@ -543,11 +548,31 @@ pub fn quantize_q2k(
     if rc == 0 {
         Ok(())
     } else {
-        Err(format!(
-            "llama.cpp could not quantize {} (code {rc})",
-            input.display()
-        ))
+        Err(QuantizeError::Failed {
+            path: input.to_path_buf(),
+            code: rc,
+        })
     }
+}
+
+/// Why [`quantize_q2k`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QuantizeError {
+    /// llama.cpp's backend did not start.
+    #[error("llama.cpp did not start: {0}")]
+    Backend(#[source] Arc<LlamaCppError>),
+    /// A path holds a NUL byte, which C cannot take.
+    #[error("a model path holds a NUL byte")]
+    Path(#[from] std::ffi::NulError),
+    /// llama.cpp's quantizer returned an error code.
+    #[error("llama.cpp could not quantize {} (code {code})", path.display())]
+    Failed {
+        /// The input model.
+        path: std::path::PathBuf,
+        /// llama.cpp's return code.
+        code: u32,
+    },
 }
 
 #[cfg(test)]

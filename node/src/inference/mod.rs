@@ -52,7 +52,7 @@ pub struct Generation {
 }
 
 /// Why a generation failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum InferenceError {
     /// The engine does not serve the model.
@@ -73,9 +73,17 @@ pub enum InferenceError {
     /// The caller went away.
     #[error("cancelled")]
     Cancelled,
-    /// The engine failed.
+    /// The engine failed; llama.cpp's own error is the source.
     #[error("inference failed: {0}")]
-    Engine(String),
+    Engine(#[source] Arc<dyn std::error::Error + Send + Sync>),
+}
+
+impl InferenceError {
+    /// An engine failure caused by `e` (an error value, or a message where
+    /// there is none).
+    pub fn engine(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Engine(Arc::from(e.into()))
+    }
 }
 
 /// A token generator.
@@ -100,9 +108,7 @@ pub trait Engine: Send + Sync + 'static {
         cancelled: &dyn Fn() -> bool,
     ) -> Result<ReplayFindings, InferenceError> {
         let _ = (request, cancelled);
-        Err(InferenceError::Engine(
-            "this engine cannot replay results".into(),
-        ))
+        Err(InferenceError::engine("this engine cannot replay results"))
     }
 }
 

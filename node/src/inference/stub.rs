@@ -104,7 +104,7 @@ impl Engine for StubEngine {
                 }
                 g = match c.wait_timeout(g, Duration::from_millis(20)) {
                     Ok((g, _)) => g,
-                    Err(_) => return Err(InferenceError::Engine("poisoned".into())),
+                    Err(_) => return Err(InferenceError::engine("poisoned")),
                 };
             }
         }
