@@ -15,9 +15,13 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    /// No bootstrap peer could be reached.
+    /// No bootstrap peer was given.
+    #[error("could not reach any bootstrap peer (none given); check --bootstrap")]
+    NoBootstrapGiven,
+    /// No bootstrap peer could be reached; the last dial's error is the
+    /// source.
     #[error("could not reach any bootstrap peer ({0}); check --bootstrap")]
-    NoBootstrap(String),
+    NoBootstrap(#[source] NetworkError),
     /// No router was found on the mesh.
     #[error("no router found on the mesh (is a node running with --role router?)")]
     NoRouter,
@@ -135,16 +139,19 @@ pub async fn connect(
         .map_err(|e| ClientError::Start(Box::new(e)))?;
     let found = tokio::time::timeout(timeout, async {
         let mut reached = 0;
-        let mut last_err = String::from("none given");
+        let mut last_err = None;
         for addr in bootstrap {
             match node.network().dial(addr.clone()).await {
                 Ok(_) => reached += 1,
-                Err(e) => last_err = e.to_string(),
+                Err(e) => last_err = Some(e),
             }
         }
         match router {
             Some(addr) => Ok(node.network().dial(addr).await?),
-            None if reached == 0 => Err(ClientError::NoBootstrap(last_err)),
+            None if reached == 0 => Err(match last_err {
+                Some(e) => ClientError::NoBootstrap(e),
+                None => ClientError::NoBootstrapGiven,
+            }),
             None => find_router(node.network()).await,
         }
     })
