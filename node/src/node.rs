@@ -39,7 +39,6 @@ pub enum Role {
 /// Settings of a node.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// The role.
     pub role: Role,
     /// Where the receipt log, the embedded chain and other state live (the
     /// identity is passed in).

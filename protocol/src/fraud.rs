@@ -232,7 +232,6 @@ pub struct ReplayReportBody {
     pub task_id: TaskId,
     /// [`ReceiptBody::digest`] of the receipt checked.
     pub receipt: Digest,
-    /// The verifier.
     pub verifier: PeerId,
     /// The router that asked.
     pub router: PeerId,

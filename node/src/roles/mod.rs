@@ -89,7 +89,6 @@ pub struct Work<'a> {
 }
 
 impl Work<'_> {
-    /// The mesh.
     pub fn network(&self) -> &Network {
         self.network
     }
@@ -139,9 +138,8 @@ pub struct Timers {
 /// Routes network events to the node's role.
 #[derive(Debug)]
 pub struct Dispatcher {
-    /// The mesh.
     pub network: Network,
-    /// Events from the mesh.
+    /// Validated events from the mesh; closed when the network stops.
     pub events: mpsc::Receiver<NetworkEvent>,
     /// What this node serves.
     pub role: Arc<dyn Handler>,
