@@ -355,7 +355,9 @@ impl Node {
             .unwrap_or_default()
     }
 
-    /// Waits until a router has admitted at least `n` orchestrators.
+    /// Waits until a router has admitted at least `n` orchestrators. Only a
+    /// router keeps a table: on any other node this returns
+    /// [`NetworkError::Shutdown`] at once for `n > 0`.
     pub async fn wait_for_orchestrators(&self, n: usize) -> Result<(), NetworkError> {
         let mut rx = self.table_size.clone();
         rx.wait_for(|k| k.0 >= n)
@@ -365,7 +367,8 @@ impl Node {
     }
 
     /// Waits until the chain has ruled on at least `n` orchestrators a router
-    /// heard from, admitted or refused.
+    /// heard from, admitted or refused (routers only, as
+    /// [`Self::wait_for_orchestrators`]).
     pub async fn wait_for_verdicts(&self, n: usize) -> Result<(), NetworkError> {
         let mut rx = self.table_size.clone();
         rx.wait_for(|k| k.1 >= n)
