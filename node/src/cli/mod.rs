@@ -174,7 +174,7 @@ async fn confirm_stake(
 /// `default` when unset.
 pub fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_directives(default)));
     use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -182,6 +182,17 @@ pub fn init_tracing(default: &str) {
         .with_writer(std::io::stderr)
         .try_init();
 }
+
+/// The log filter when `RUST_LOG` is not set: `default` for Cactus and its
+/// libraries, but only warnings from llama.cpp, whose loader dumps the
+/// model's metadata (over a hundred lines per model) at info level.
+/// `RUST_LOG=info,llama-cpp-2=info` shows them.
+fn default_directives(default: &str) -> String {
+    format!("{default},{LLAMA_CPP_LOG_TARGET}=warn")
+}
+
+/// The tracing target llama-cpp-2 gives the log lines of llama.cpp itself.
+const LLAMA_CPP_LOG_TARGET: &str = "llama-cpp-2";
 
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
@@ -210,4 +221,22 @@ pub async fn shutdown_signal() {
 /// framed receipt in hex (`frame_hex`) for anyone to decode and re-verify.
 pub fn receipt_json(r: &cactus_protocol::Receipt) -> serde_json::Value {
     serde_json::to_value(crate::report::output::ReceiptJson::from(r)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::Level;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    #[test]
+    fn llama_cpp_says_only_warnings_by_default() {
+        let filter = tracing_subscriber::EnvFilter::new(default_directives("info"));
+        let subscriber = tracing_subscriber::registry().with(filter);
+        tracing::subscriber::with_default(subscriber, || {
+            assert!(!tracing::enabled!(target: "llama-cpp-2", Level::INFO));
+            assert!(tracing::enabled!(target: "llama-cpp-2", Level::WARN));
+            assert!(tracing::enabled!(target: "cactus_node::cli", Level::INFO));
+        });
+    }
 }
