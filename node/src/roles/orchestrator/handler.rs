@@ -5,6 +5,7 @@ use crate::roles::{Handler, Reply, Tick, Work};
 use cactus_protocol::delegation::Delegation;
 use cactus_protocol::{Assignment, CapabilityAdvert, TaskAdvert, TaskRequest, TaskResponse};
 use libp2p::PeerId;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,20 +43,33 @@ impl OrchestratorRole {
         work: &mut Work<'_>,
     ) {
         let accepted = self.ctx.accept(router, assignment, chain);
-        if accepted.is_ok() {
-            // A slot is taken.
+        let o = Arc::clone(&self.ctx);
+        self.serve(accepted.is_ok(), reply, work, async move {
+            match accepted {
+                Ok(a) => o.finish(a).await,
+                Err(refused) => o.delegate(router, refused).await,
+            }
+        });
+    }
+
+    /// Answers a request with what `response` computes, in a task. A taken
+    /// slot (`took`) changes the advert now, and again when the slot is
+    /// free.
+    fn serve(
+        &self,
+        took: bool,
+        reply: Reply,
+        work: &mut Work<'_>,
+        response: impl Future<Output = TaskResponse> + Send + 'static,
+    ) {
+        if took {
             self.dirty.store(true, Ordering::Relaxed);
         }
-        let o = Arc::clone(&self.ctx);
         let dirty = Arc::clone(&self.dirty);
         let network = work.network().clone();
         work.spawn(async move {
-            let response = match accepted {
-                Ok(a) => o.finish(a).await,
-                Err(refused) => o.delegate(router, refused).await,
-            };
+            let response = response.await;
             let _ = network.respond(reply, response).await;
-            // A slot is free again.
             dirty.store(true, Ordering::Relaxed);
         });
     }
@@ -79,19 +93,12 @@ impl Handler for OrchestratorRole {
             }
             TaskRequest::Replay(request) => {
                 let accepted = self.ctx.accept_replay(peer, request);
-                if accepted.is_ok() {
-                    self.dirty.store(true, Ordering::Relaxed);
-                }
                 let o = Arc::clone(&self.ctx);
-                let dirty = Arc::clone(&self.dirty);
-                let network = work.network().clone();
-                work.spawn(async move {
-                    let response = match accepted {
+                self.serve(accepted.is_ok(), reply, work, async move {
+                    match accepted {
                         Ok(a) => o.finish_replay(a).await,
                         Err(e) => TaskResponse::Failed(e),
-                    };
-                    let _ = network.respond(reply, response).await;
-                    dirty.store(true, Ordering::Relaxed);
+                    }
                 });
             }
             other => work.respond(reply, crate::roles::wrong_role(&other)),
