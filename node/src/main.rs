@@ -99,7 +99,13 @@ async fn doctor(args: DoctorArgs) -> Result<()> {
 /// Asks a running router (`--bootstrap` / `--router`) one question.
 async fn ask(source: &SourceArgs, q: Query) -> Result<QueryAnswer> {
     let timeout = Duration::from_secs(source.timeout.max(1));
-    Ok(report::ask_router(&source.bootstrap, source.router.clone(), timeout, q).await?)
+    Ok(report::ask_router(
+        &source.reach.bootstrap,
+        source.reach.router.clone(),
+        timeout,
+        q,
+    )
+    .await?)
 }
 
 async fn status(args: StatusArgs) -> Result<()> {
@@ -190,7 +196,7 @@ async fn anchor_at(
             .ok()
             .and_then(|i| state.anchors.get(i).cloned()));
     }
-    if source.bootstrap.is_empty() && source.router.is_none() {
+    if source.reach.is_empty() {
         bail!("no chain to check against: give --bootstrap, --router or --data-dir");
     }
     match ask(source, Query::Anchor(index)).await? {
@@ -201,7 +207,7 @@ async fn anchor_at(
 
 async fn infer(args: InferArgs) -> Result<()> {
     cli::init_tracing("warn");
-    if args.bootstrap.is_empty() && args.router.is_none() {
+    if args.reach.is_empty() {
         bail!("give --bootstrap <multiaddr> (or --router <multiaddr>)");
     }
     let spec = TaskSpec {
@@ -221,7 +227,7 @@ async fn infer(args: InferArgs) -> Result<()> {
     };
     spec.validate().context("invalid request")?;
     let timeout = Duration::from_secs(args.timeout.max(1));
-    let result = client::submit(args.bootstrap, args.router, spec, timeout).await?;
+    let result = client::submit(args.reach.bootstrap, args.reach.router, spec, timeout).await?;
     let mut out = std::io::stdout().lock();
     if args.json {
         writeln!(out, "{}", serde_json::to_string(&InferJson::from(&result))?)?;

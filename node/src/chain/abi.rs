@@ -490,4 +490,4 @@ pub fn abort_from_code(code: u64) -> Option<Abort> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -74,11 +74,11 @@ pub struct DoctorArgs {
     pub json: bool,
 }
 
-/// Where to read a router's state: over the mesh from a running router, or
-/// from the data dir of a stopped one.
-#[derive(Debug, clap::Args)]
-pub struct SourceArgs {
-    /// Join through this peer and ask a router found on the DHT (repeatable).
+/// How a one-off command reaches a router: join the mesh and find one on
+/// the DHT, or dial the one given.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RouterArgs {
+    /// A peer to join through, to find a router on the DHT (repeatable).
     #[arg(
         long = "bootstrap",
         env = "CACTUS_BOOTSTRAP",
@@ -86,9 +86,24 @@ pub struct SourceArgs {
         value_delimiter = ','
     )]
     pub bootstrap: Vec<Multiaddr>,
-    /// Ask this router.
+    /// Use this router instead of looking one up on the DHT.
     #[arg(long, value_name = "MULTIADDR")]
     pub router: Option<Multiaddr>,
+}
+
+impl RouterArgs {
+    /// Whether neither a bootstrap peer nor a router is given.
+    pub fn is_empty(&self) -> bool {
+        self.bootstrap.is_empty() && self.router.is_none()
+    }
+}
+
+/// Where to read a router's state: over the mesh from a running router, or
+/// from the data dir of a stopped one.
+#[derive(Debug, clap::Args)]
+pub struct SourceArgs {
+    #[command(flatten)]
+    pub reach: RouterArgs,
     /// Read the files of a stopped router in this data dir instead (its
     /// receipt log and embedded chain). No environment variable: it selects
     /// where to read, so it is given explicitly.
@@ -135,17 +150,8 @@ pub enum ReceiptCmd {
 
 #[derive(Debug, clap::Args)]
 pub struct InferArgs {
-    /// A peer to join through (repeatable).
-    #[arg(
-        long = "bootstrap",
-        env = "CACTUS_BOOTSTRAP",
-        value_name = "MULTIADDR",
-        value_delimiter = ','
-    )]
-    pub bootstrap: Vec<Multiaddr>,
-    /// Use this router instead of looking one up on the DHT.
-    #[arg(long, value_name = "MULTIADDR")]
-    pub router: Option<Multiaddr>,
+    #[command(flatten)]
+    pub reach: RouterArgs,
     /// What to ask (through the model's chat template unless --raw).
     #[arg(long)]
     pub prompt: String,

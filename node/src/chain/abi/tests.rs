@@ -1,7 +1,9 @@
 use super::*;
 use std::collections::BTreeSet;
 
-fn config() -> Config {
+/// A contract configuration with a distinct value in every field; the
+/// Aptos backend's tests use it too.
+pub(crate) fn config() -> Config {
     Config {
         min_stake: 1_000,
         unbonding_secs: 60,
@@ -16,8 +18,9 @@ fn config() -> Config {
     }
 }
 
-/// One of every operation that exists on chain.
-fn every_chain_op() -> Vec<Op> {
+/// One of every operation that exists on chain; the Aptos backend's tests
+/// use it too.
+pub(crate) fn every_chain_op() -> Vec<Op> {
     vec![
         Op::Initialize(config()),
         Op::SetConfig(config()),

@@ -2,72 +2,10 @@ use super::encode::*;
 use super::key::*;
 use super::views::*;
 use super::*;
+use crate::chain::abi::tests::{config, every_chain_op};
 use serde_json::json;
 
 const CONTRACT: Address = Address([0xca; 32]);
-
-fn config() -> Config {
-    Config {
-        min_stake: 1_000,
-        unbonding_secs: 60,
-        max_slash_bps: 5_000,
-        reporter_bps: 1_000,
-        treasury: Address([0xee; 32]),
-        prompt_weight: 1,
-        output_weight: 4,
-        price_per_ms: 2,
-        ms_cap_per_unit: 3,
-        delegation_fee_bps: 1_000,
-    }
-}
-
-fn every_chain_op() -> Vec<Op> {
-    vec![
-        Op::SetConfig(config()),
-        Op::RegisterOrchestrator {
-            peer_id: vec![7; 38],
-            amount: 5,
-        },
-        Op::AddStake { amount: 6 },
-        Op::RequestUnstake { amount: 7 },
-        Op::Withdraw,
-        Op::AuthorizeServer {
-            server: Address([1; 32]),
-        },
-        Op::RevokeServer {
-            server: Address([2; 32]),
-        },
-        Op::CreateTask {
-            task_id: vec![3; 16],
-            orchestrator: Address([4; 32]),
-            price_per_unit: 8,
-            max_payment: 9,
-        },
-        Op::CompleteTask {
-            task_id: vec![3; 16],
-            prompt_tokens: 10,
-            output_tokens: 11,
-            compute_ms: 12,
-            delegates: vec![Address([5; 32]), Address([6; 32])],
-            receipt_hash: vec![9; 32],
-        },
-        Op::FailTask {
-            task_id: vec![3; 16],
-            reason: 2,
-        },
-        Op::Slash {
-            orchestrator: Address([4; 32]),
-            ratio_bps: 500,
-            evidence_hash: vec![8; 32],
-        },
-        Op::AnchorReceipts {
-            merkle_root: vec![1; 32],
-            count: 3,
-            first_task: vec![2; 16],
-            last_task: vec![3; 16],
-        },
-    ]
-}
 
 fn payload(op: &Op) -> EntryFunction {
     entry_function(
@@ -83,9 +21,7 @@ fn le(n: u64) -> Vec<u8> {
 
 #[test]
 fn every_op_builds_a_payload_for_its_function() {
-    let mut ops = every_chain_op();
-    ops.push(Op::Initialize(config()));
-    for op in &ops {
+    for op in &every_chain_op() {
         let call = abi::entry_call(op, Some(Address([0xaa; 32]))).unwrap();
         let ef = payload(op);
         assert_eq!(

@@ -183,7 +183,7 @@ impl RouterCtx {
         let outvoted: Vec<PeerId> = match tally.outvoted() {
             Outvoted::None => Vec::new(),
             Outvoted::Guilty => guilty.iter().map(|r| r.body.verifier).collect(),
-            Outvoted::Cleared => cleared.clone(),
+            Outvoted::Cleared => cleared,
         };
         for v in outvoted {
             tracing::warn!(verifier = %v, orchestrator = %peer, "an outvoted verifier is recorded as a bad result");
