@@ -5,10 +5,13 @@
 //! that served it and the verified receipt.
 //!
 //! ```text
-//! cargo run --release -p cactus-examples --example local_cluster -- <model.gguf> [prompt]
+//! cargo run --release -p cactus-examples --example local_cluster -- <model.gguf> [prompt] [--serve]
 //! ```
 //!
-//! `scripts/demo.sh` fetches the model and runs this.
+//! With `--serve` it keeps running after the first answer, for
+//! `cactus-node infer --router <address>` from other terminals; the engine's
+//! `engine` log lines then show how many of those requests shared decode
+//! steps. `scripts/demo.sh` fetches the model and runs this.
 
 #![allow(clippy::print_stdout)] // An example prints its results.
 
@@ -25,10 +28,11 @@ use std::time::{Duration, Instant};
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    cli::init_tracing("warn");
-    let mut args = std::env::args().skip(1);
+    let serve = std::env::args().any(|a| a == "--serve");
+    cli::init_tracing(if serve { "info" } else { "warn" });
+    let mut args = std::env::args().skip(1).filter(|a| a != "--serve");
     let Some(model) = args.next() else {
-        bail!("usage: local_cluster <model.gguf[:sha256]> [prompt]");
+        bail!("usage: local_cluster <model.gguf[:sha256]> [prompt] [--serve]");
     };
     let prompt = args
         .next()
@@ -37,11 +41,14 @@ async fn main() -> Result<()> {
     let data = tempfile_dir()?;
 
     // One engine for both orchestrators: llama.cpp's backend is per process,
-    // and the weights are shared read-only.
+    // the weights are shared read-only, and both orchestrators' tasks share
+    // its decode steps.
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
     let engine: Arc<dyn Engine> = {
         let config = LlamaConfig {
             threads,
+            slots: 8,
+            queue: 8,
             ..LlamaConfig::default()
         };
         tokio::task::spawn_blocking(move || LlamaEngine::load(&[spec], config)).await??
@@ -151,6 +158,19 @@ async fn main() -> Result<()> {
         }
     }
 
+    if serve {
+        println!(
+            "\nserving until Ctrl-C; from another terminal:\n  cactus-node infer --router {}/p2p/{} --prompt \"...\"",
+            router_addr,
+            router.peer_id()
+        );
+        tokio::signal::ctrl_c().await?;
+        let s = engine.stats();
+        println!(
+            "engine: {} decode steps, {} shared by several sequences, at most {} sequences in one step, {} tokens",
+            s.steps, s.shared_steps, s.max_batch_sequences, s.generated_tokens
+        );
+    }
     for o in orchestrators {
         o.shutdown().await;
     }

@@ -33,6 +33,7 @@ fn main() {
         slots: 1,
         queue: 0,
         ctx_size: 0,
+        batch_size: 0,
         gpu_layers: 0,
         price_per_token: 0,
         advert_interval: 10,

@@ -21,7 +21,7 @@
 use cactus_node::client;
 use cactus_node::inference::llama::{LlamaConfig, LlamaEngine, backend};
 use cactus_node::inference::model_file::ModelSpec;
-use cactus_node::inference::{Engine, Job};
+use cactus_node::inference::{Blocking, Engine, Job};
 use cactus_node::network::NetworkConfig;
 use cactus_node::{Node, NodeConfig, Role};
 use cactus_protocol::{PromptFormat, SamplingParams, TaskSpec};
@@ -130,6 +130,7 @@ fn main() {
             threads,
             ctx_size: CTX,
             gpu_layers: 0,
+            ..LlamaConfig::default()
         },
     )
     .unwrap();
@@ -143,7 +144,8 @@ fn main() {
         model: engine.models()[0].sha256,
         prompt: PROMPT.into(),
         format: PromptFormat::Raw,
-        sampling,
+        sampling: sampling.clone(),
+        deadline: None,
     };
 
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -217,12 +219,12 @@ fn main() {
         model: None,
         prompt: PROMPT.into(),
         format: PromptFormat::Raw,
-        sampling,
+        sampling: sampling.clone(),
     };
 
     // Warm-up: one of each, not counted.
     direct(&raw, threads as i32, max_tokens);
-    engine.generate(&job, &|| false).unwrap();
+    engine.generate(&job).unwrap();
     mesh(spec.clone());
 
     let (mut d, mut e, mut m) = (Vec::new(), Vec::new(), Vec::new());
@@ -238,7 +240,7 @@ fn main() {
                 }
                 1 => {
                     let t = Instant::now();
-                    let g = engine.generate(&job, &|| false).unwrap();
+                    let g = engine.generate(&job).unwrap();
                     e.push(f64::from(g.output_tokens) / t.elapsed().as_secs_f64());
                 }
                 _ => {

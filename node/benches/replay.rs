@@ -22,7 +22,7 @@
 
 use cactus_node::inference::llama::{LlamaConfig, LlamaEngine, quantize_q2k};
 use cactus_node::inference::model_file::ModelSpec;
-use cactus_node::inference::{Engine, Generation, Job};
+use cactus_node::inference::{Blocking, Engine, Generation, Job};
 use cactus_protocol::fraud::ReplayRequest;
 use cactus_protocol::receipt::RECEIPT_VERSION;
 use cactus_protocol::{Digest, PromptFormat, ReceiptBody, SamplingParams, TaskId};
@@ -76,6 +76,7 @@ fn load(path: &Path, threads: u32) -> Arc<LlamaEngine> {
             threads,
             ctx_size: 1024,
             gpu_layers: 0,
+            ..LlamaConfig::default()
         },
     )
     .unwrap()
@@ -149,11 +150,12 @@ fn main() {
             model,
             prompt: prompt.into(),
             format: PromptFormat::Chat,
-            sampling,
+            sampling: sampling.clone(),
+            deadline: None,
         };
-        let g = honest.generate(&job, &|| false).unwrap();
+        let g = honest.generate(&job).unwrap();
         let f = honest
-            .replay(&request(model, prompt, sampling, &g), &|| false)
+            .replay_blocking(&request(model, prompt, sampling.clone(), &g))
             .unwrap();
         let c = cheat
             .generate(
@@ -161,11 +163,10 @@ fn main() {
                     model: cheat_model,
                     ..job
                 },
-                &|| false,
             )
             .unwrap();
         let fc = honest
-            .replay(&request(model, prompt, sampling, &c), &|| false)
+            .replay_blocking(&request(model, prompt, sampling.clone(), &c))
             .unwrap();
         let gen_ms = g.compute.as_secs_f64() * 1e3;
         let fraction = f.compute_ms as f64 / gen_ms;

@@ -91,9 +91,10 @@ pub async fn submit_to(
             Ok(result)
         }
         TaskResponse::Failed(e) => Err(ClientError::Task(e)),
-        TaskResponse::Answer(_) | TaskResponse::Replayed(_) | TaskResponse::BidReceived => {
-            Err(ClientError::Unexpected)
-        }
+        TaskResponse::Answer(_)
+        | TaskResponse::Replayed(_)
+        | TaskResponse::BidReceived
+        | TaskResponse::Cancelled(_) => Err(ClientError::Unexpected),
     }
 }
 
@@ -106,9 +107,10 @@ pub async fn query(
     match network.send_task(router, TaskRequest::Query(query)).await? {
         TaskResponse::Answer(a) => Ok(a),
         TaskResponse::Failed(e) => Err(ClientError::Task(e)),
-        TaskResponse::Done(_) | TaskResponse::Replayed(_) | TaskResponse::BidReceived => {
-            Err(ClientError::Unexpected)
-        }
+        TaskResponse::Done(_)
+        | TaskResponse::Replayed(_)
+        | TaskResponse::BidReceived
+        | TaskResponse::Cancelled(_) => Err(ClientError::Unexpected),
     }
 }
 

@@ -223,6 +223,21 @@ async fn infer(args: InferArgs) -> Result<()> {
             temperature: args.temperature,
             top_p: args.top_p,
             seed: args.seed,
+            top_k: args.top_k,
+            min_p: args.min_p,
+            repeat_penalty: args.repeat_penalty,
+            presence_penalty: args.presence_penalty,
+            frequency_penalty: args.frequency_penalty,
+            stop: args.stop,
+            logit_bias: args.logit_bias,
+            n_probs: 0,
+            grammar: match &args.grammar_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?,
+                ),
+                None => None,
+            },
         },
     };
     spec.validate().context("invalid request")?;

@@ -1,9 +1,9 @@
 //! A running Cactus node: the network, the role and, for orchestrators, the
-//! worker pool, started together and stopped in order.
+//! inference engine, started together and stopped in order.
 
 use crate::chain::embedded::{Embedded, EmbeddedChain, LocalSettings};
 use crate::chain::{ChainBackend, ChainError};
-use crate::inference::{Engine, WorkerPool};
+use crate::inference::Engine;
 use crate::network::{self, Network, NetworkConfig, NetworkError};
 use crate::receipt_log::{ReceiptLog, ReceiptLogError};
 use crate::roles::anchor::{self, AnchorPolicy};
@@ -63,10 +63,6 @@ pub struct NodeConfig {
     pub max_attempts: usize,
     /// Asked price per generated token (orchestrators).
     pub price_per_token: u64,
-    /// Inference worker threads (orchestrators).
-    pub slots: usize,
-    /// Jobs waiting for a worker at most (orchestrators).
-    pub queue: usize,
     /// Task handlers in flight at most.
     pub max_tasks: usize,
     /// Stake an orchestrator declares (registered with it on an embedded chain).
@@ -114,8 +110,6 @@ impl Default for NodeConfig {
             max_price_per_unit: 1_000,
             max_attempts: 3,
             price_per_token: 1,
-            slots: 1,
-            queue: 4,
             max_tasks: 256,
             stake: 10_000,
             account: None,
@@ -157,7 +151,7 @@ pub struct Node {
     role_task: JoinHandle<()>,
     table: Option<Arc<Mutex<OrchestratorTable>>>,
     table_size: watch::Receiver<(usize, usize)>,
-    pool: Option<Arc<WorkerPool>>,
+    engine: Option<Arc<dyn Engine>>,
     receipts: Option<Arc<ReceiptLog>>,
     chain: Option<Arc<dyn ChainBackend>>,
     anchor_task: Option<JoinHandle<()>>,
@@ -200,7 +194,7 @@ impl Node {
             network::spawn(key.clone(), net_config, shutdown.child_token())?;
         let (size_tx, size_rx) = watch::channel((0, 0));
         let mut table = None;
-        let mut pool = None;
+        let mut engine_handle = None;
         let mut receipts_handle = None;
         let mut chain_handle: Option<Arc<dyn ChainBackend>> = None;
         let mut anchor_task = None;
@@ -213,8 +207,8 @@ impl Node {
                 if models.is_empty() {
                     return Err(NodeError::NoModels);
                 }
-                let p = Arc::new(WorkerPool::new(engine, config.slots, config.queue));
-                pool = Some(Arc::clone(&p));
+                engine_handle = Some(Arc::clone(&engine));
+                let p = engine;
                 let mut ctx = OrchestratorCtx::new(
                     network.clone(),
                     key,
@@ -324,7 +318,7 @@ impl Node {
             role_task,
             table,
             table_size: size_rx,
-            pool,
+            engine: engine_handle,
             receipts: receipts_handle,
             chain: chain_handle,
             anchor_task,
@@ -445,7 +439,7 @@ impl Node {
     }
 
     /// Stops the role, then the anchorer (which anchors what is pending one
-    /// last time), then the network, then the worker pool.
+    /// last time), then the network, then the engine.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         let _ = self.role_task.await;
@@ -453,8 +447,8 @@ impl Node {
             let _ = t.await;
         }
         let _ = self.net_task.await;
-        if let Some(pool) = self.pool {
-            let _ = tokio::task::spawn_blocking(move || pool.shutdown()).await;
+        if let Some(engine) = self.engine {
+            let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
         }
     }
 }

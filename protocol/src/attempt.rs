@@ -47,6 +47,8 @@ impl AttemptFailure {
                 Self::Refused
             }
             TaskErrorKind::Inference => Self::Inference,
+            // Stopped at its deadline: it did not finish in time.
+            TaskErrorKind::Cancelled => Self::Timeout,
             // A bad request, a prompt over the context, a wrong role: the
             // request itself is at fault.
             _ => Self::Invalid,

@@ -95,8 +95,8 @@ impl ReplayRequest {
     }
 
     /// The task's sampling parameters.
-    pub fn sampling(&self) -> SamplingParams {
-        self.receipt.body.sampling
+    pub fn sampling(&self) -> &SamplingParams {
+        &self.receipt.body.sampling
     }
 
     /// How the prompt was tokenized.

@@ -46,7 +46,7 @@ pub use ids::{Digest, ModelHash, TaskId};
 pub use libp2p_identity::{Keypair, PeerId};
 pub use market::{Bid, BidBody, MarketError, TaskAdvert, TaskAdvertBody};
 pub use messages::{
-    Assignment, CapabilityAdvert, TaskError, TaskErrorKind, TaskRequest, TaskResponse, TaskResult,
+    Assignment, CachedPrefix, CapabilityAdvert, TaskError, TaskErrorKind, TaskRequest, TaskResponse, TaskResult,
     TaskSpec,
 };
 pub use params::{FinishReason, ModelId, PromptFormat, SamplingParams};

@@ -167,13 +167,20 @@ pub enum TaskRequest {
     Delegate(Box<DelegatedTask>),
     /// Orchestrator to router: a bid answering a task advert.
     Bid(Box<crate::market::Bid>),
+    /// Router to orchestrator: stop this task (the router gave up on it);
+    /// only the router that assigned it may ask.
+    Cancel(TaskId),
 }
 
 impl Wire for TaskRequest {
     const KIND: Kind = Kind::TaskRequest;
     /// A replay request is the largest: prompt, output and its tokens, plus
     /// room for the other fields.
-    const MAX_BYTES: usize = MAX_PROMPT_BYTES + MAX_OUTPUT_BYTES + MAX_TOKEN_LIST_BYTES + 16 * 1024;
+    const MAX_BYTES: usize = MAX_PROMPT_BYTES
+        + MAX_OUTPUT_BYTES
+        + MAX_TOKEN_LIST_BYTES
+        + MAX_SAMPLING_EXTRA_BYTES
+        + 16 * 1024;
 }
 
 /// A finished task: the text and its receipt.
@@ -213,6 +220,8 @@ pub enum TaskErrorKind {
     Unavailable,
     /// The orchestrator's result failed verification.
     BadResult,
+    /// The task was stopped: its router cancelled it or its deadline passed.
+    Cancelled,
 }
 
 /// A failed task.
@@ -250,13 +259,17 @@ pub enum TaskResponse {
     /// A bid was taken into the auction (the award, if any, is an
     /// [`TaskRequest::Execute`]).
     BidReceived,
+    /// Answer to [`TaskRequest::Cancel`]: whether the task was running here
+    /// and is now stopped.
+    Cancelled(bool),
 }
 
 impl Wire for TaskResponse {
     const KIND: Kind = Kind::TaskResponse;
     /// The output and its tokens, plus room for the receipt, a delegation
     /// chain and error messages.
-    const MAX_BYTES: usize = MAX_OUTPUT_BYTES + MAX_TOKEN_LIST_BYTES + 16 * 1024;
+    const MAX_BYTES: usize =
+        MAX_OUTPUT_BYTES + MAX_TOKEN_LIST_BYTES + MAX_SAMPLING_EXTRA_BYTES + 16 * 1024;
 }
 
 /// What an orchestrator offers, published on [`crate::CAPABILITY_TOPIC`] at
@@ -292,9 +305,49 @@ pub struct CapabilityAdvert {
     pub seq: u64,
     /// Unix time of publication, milliseconds.
     pub issued_at_ms: u64,
+    /// What the engine's prompt cache holds, one entry per sequence slot
+    /// (newest first): a task whose prompt starts with an entry's text is
+    /// prefilled here from that prefix on.
+    #[serde(default)]
+    pub cache: Vec<CachedPrefix>,
+}
+
+/// Most prompt-cache entries one advert may list.
+pub const MAX_CACHE_ENTRIES: usize = 64;
+
+/// A text prefix whose KV cache an orchestrator holds: the prompt of a task
+/// it ran followed by the text it generated (what a chat's next turn starts
+/// with). A router checks a new prompt against it by hashing the prompt's
+/// first `bytes` bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedPrefix {
+    /// The model.
+    pub model: ModelHash,
+    /// Length of the prefix, in bytes.
+    pub bytes: u32,
+    /// SHA-256 of the prefix.
+    pub hash: crate::Digest,
+    /// Tokens of it in the cache.
+    pub tokens: u32,
+}
+
+impl CachedPrefix {
+    /// Whether `prompt` for `model` starts with this prefix.
+    pub fn matches(&self, model: &ModelHash, prompt: &str) -> bool {
+        let n = self.bytes as usize;
+        &self.model == model
+            && n > 0
+            && prompt.len() >= n
+            && crate::Digest::of(&prompt.as_bytes()[..n]) == self.hash
+    }
 }
 
 impl CapabilityAdvert {
+    /// Tokens held in the prompt cache, over every entry.
+    pub fn cached_tokens(&self) -> u64 {
+        self.cache.iter().map(|c| u64::from(c.tokens)).sum()
+    }
+
     /// Checks sizes and consistency.
     pub fn validate(&self) -> Result<(), InvalidMessage> {
         if self.models.len() > MAX_MODELS_PER_ADVERT {
@@ -309,6 +362,13 @@ impl CapabilityAdvert {
         }
         for a in &self.addrs {
             check_len("address", a, MAX_ADDR_BYTES)?;
+        }
+        if self.cache.len() > MAX_CACHE_ENTRIES {
+            return Err(InvalidMessage::TooMany {
+                field: "cache",
+                len: self.cache.len(),
+                max: MAX_CACHE_ENTRIES,
+            });
         }
         if self.free_slots > self.total_slots {
             return Err(InvalidMessage::Slots {

@@ -23,18 +23,43 @@ fn arb_digest() -> impl Strategy<Value = Digest> {
 }
 
 fn arb_sampling() -> impl Strategy<Value = SamplingParams> {
-    (
+    let core = (
         1..=MAX_OUTPUT_TOKENS,
         0.0f32..=2.0,
         0.01f32..=1.0,
         any::<u64>(),
-    )
-        .prop_map(|(max_tokens, temperature, top_p, seed)| SamplingParams {
+        0u32..100,
+        0.0f32..0.99,
+    );
+    let extra = (
+        0.1f32..=2.0,
+        -2.0f32..=2.0,
+        -2.0f32..=2.0,
+        proptest::collection::vec("[a-z\\n.]{1,16}", 0..=MAX_STOP_STRINGS),
+        proptest::collection::vec((any::<u32>(), -100.0f32..=100.0), 0..8),
+        0u8..=MAX_N_PROBS,
+        proptest::option::of("root ::= \"[a-z]{1,12}\""),
+    );
+    (core, extra).prop_map(
+        |(
+            (max_tokens, temperature, top_p, seed, top_k, min_p),
+            (repeat_penalty, presence_penalty, frequency_penalty, stop, logit_bias, n_probs, grammar),
+        )| SamplingParams {
             max_tokens,
             temperature,
             top_p,
             seed,
-        })
+            top_k,
+            min_p,
+            repeat_penalty,
+            presence_penalty,
+            frequency_penalty,
+            stop,
+            logit_bias,
+            n_probs,
+            grammar,
+        },
+    )
 }
 
 fn arb_format() -> impl Strategy<Value = PromptFormat> {
@@ -298,7 +323,8 @@ fn arb_response() -> impl Strategy<Value = TaskResponse> {
             "\\PC{0,300}",
             prop_oneof![
                 Just(FinishReason::EndOfGeneration),
-                Just(FinishReason::MaxTokens)
+                Just(FinishReason::MaxTokens),
+                Just(FinishReason::Stop)
             ],
             arb_receipt(),
             proptest::option::of(arb_chain(TaskId([5; 16]))),
@@ -343,6 +369,7 @@ fn arb_advert() -> impl Strategy<Value = CapabilityAdvert> {
             addrs: vec![format!("/ip4/127.0.0.1/tcp/{}", seq % 65536)],
             seq,
             issued_at_ms: at,
+            cache: vec![],
         })
 }
 
@@ -382,7 +409,7 @@ proptest! {
             TaskRequest::Query(_) => {}
             TaskRequest::Replay(r) => prop_assert!(r.validate().is_ok()),
             TaskRequest::Delegate(d) => prop_assert!(d.assignment.validate().is_ok()),
-            TaskRequest::Bid(_) => {}
+            TaskRequest::Bid(_) | TaskRequest::Cancel(_) => {}
         }
     }
 
@@ -424,7 +451,7 @@ proptest! {
             11 => b.started_at_ms = b.started_at_ms.wrapping_add(n),
             12 => b.output_tokens_hash.0[9] ^= 1,
             14 => b.format = match b.format { PromptFormat::Chat => PromptFormat::Raw, PromptFormat::Raw => PromptFormat::Chat },
-            15 => b.finish = match b.finish { FinishReason::MaxTokens => FinishReason::EndOfGeneration, FinishReason::EndOfGeneration => FinishReason::MaxTokens },
+            15 => b.finish = match b.finish { FinishReason::MaxTokens => FinishReason::EndOfGeneration, FinishReason::EndOfGeneration | FinishReason::Stop => FinishReason::MaxTokens },
             13 => b.delegation = match b.delegation { Some(_) => None, None => Some(Digest::of(&n.to_le_bytes())) },
             _ => b.finished_at_ms = b.finished_at_ms.wrapping_sub(n),
         }
@@ -510,4 +537,73 @@ fn unsigned_or_hashed_peer_ids_do_not_verify() {
     hashed.extend_from_slice(&[9; 32]);
     r.body.router = PeerId::from_bytes(&hashed).unwrap();
     assert!(public_key_of(&r.body.router).is_none());
+}
+
+/// The largest sampling a task may carry: every list and string at its cap.
+fn maximal_sampling() -> SamplingParams {
+    SamplingParams {
+        max_tokens: MAX_OUTPUT_TOKENS,
+        temperature: 2.0,
+        top_p: 1.0,
+        seed: u64::MAX,
+        top_k: u32::MAX,
+        min_p: 0.5,
+        repeat_penalty: 2.0,
+        presence_penalty: -2.0,
+        frequency_penalty: 2.0,
+        stop: vec!["\u{10FFFF}".repeat(MAX_STOP_BYTES / 4); MAX_STOP_STRINGS],
+        logit_bias: (0..MAX_LOGIT_BIAS as u32)
+            .map(|i| (u32::MAX - i, -100.0))
+            .collect(),
+        n_probs: MAX_N_PROBS,
+        grammar: Some("g".repeat(MAX_GRAMMAR_BYTES)),
+    }
+}
+
+#[test]
+fn a_maximal_sampling_fits_every_message_that_carries_it() {
+    let s = maximal_sampling();
+    s.validate().unwrap();
+    let orch = keypair([1; 32]);
+    let router = keypair([2; 32]);
+    let body = ReceiptBody {
+        version: RECEIPT_VERSION,
+        task_id: TaskId([7; 16]),
+        model: Digest::of(b"m"),
+        prompt_hash: Digest::of(b"p"),
+        output_hash: Digest::of(b"o"),
+        output_tokens_hash: Digest::of_tokens(&[]),
+        sampling: s.clone(),
+        format: PromptFormat::Chat,
+        finish: FinishReason::MaxTokens,
+        prompt_tokens: u32::MAX,
+        output_tokens: u32::MAX,
+        compute_ms: u64::MAX,
+        orchestrator: orch.public().to_peer_id(),
+        router: router.public().to_peer_id(),
+        started_at_ms: u64::MAX,
+        finished_at_ms: u64::MAX,
+        delegation: Some(Digest::of(b"d")),
+    };
+    let mut receipt = body.sign(&orch).unwrap();
+    receipt.countersign(&router).unwrap();
+    receipt.encode().unwrap();
+    let spec = TaskSpec {
+        model: Some("m".repeat(MAX_MODEL_NAME_BYTES)),
+        prompt: "x".repeat(MAX_PROMPT_BYTES),
+        format: PromptFormat::Raw,
+        sampling: s,
+    };
+    spec.validate().unwrap();
+    TaskRequest::Submit(spec).encode().unwrap();
+    // One more stop string, or a longer grammar, is refused.
+    let mut over = maximal_sampling();
+    over.stop.push("x".into());
+    assert!(over.validate().is_err());
+    let mut over = maximal_sampling();
+    over.grammar = Some("g".repeat(MAX_GRAMMAR_BYTES + 1));
+    assert!(over.validate().is_err());
+    let mut nan = SamplingParams::default();
+    nan.min_p = f32::NAN;
+    assert!(nan.validate().is_err());
 }

@@ -171,7 +171,7 @@ impl Receipt {
 
 impl Wire for Receipt {
     const KIND: Kind = Kind::Receipt;
-    const MAX_BYTES: usize = 4 * 1024;
+    const MAX_BYTES: usize = 4 * 1024 + crate::params::MAX_SAMPLING_EXTRA_BYTES;
 }
 
 /// The public key inside an ed25519 PeerId (an identity multihash of the

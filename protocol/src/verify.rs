@@ -124,6 +124,11 @@ pub fn check_result(
             "stopped at max_tokens before reaching it",
         ));
     }
+    if result.finish == FinishReason::Stop && assignment.sampling.stop.is_empty() {
+        return Err(ResultError::TokenCounts(
+            "stopped at a stop string the task did not give",
+        ));
+    }
     if body.finished_at_ms < body.started_at_ms {
         return Err(ResultError::Timestamps);
     }
@@ -160,7 +165,7 @@ mod tests {
             prompt_hash: Digest::of(a.prompt.as_bytes()),
             output_hash: Digest::of(text.as_bytes()),
             output_tokens_hash: Digest::of_tokens(&[10, 11]),
-            sampling: a.sampling,
+            sampling: a.sampling.clone(),
             format: PromptFormat::Chat,
             finish: FinishReason::EndOfGeneration,
             prompt_tokens: 9,

@@ -138,16 +138,28 @@ pub struct NodeArgs {
         value_delimiter = ','
     )]
     pub models: Vec<ModelSpec>,
-    /// CPU threads per generation [default: all cores].
+    /// CPU threads of the engine, shared by every sequence it runs [default:
+    /// all cores].
     #[arg(long, env = "CACTUS_THREADS", value_name = "N")]
     pub threads: Option<u32>,
-    /// Generations run at once (worker threads).
-    #[arg(long, env = "CACTUS_SLOTS", default_value_t = 1, value_name = "N")]
+    /// Sequences each model generates at once, decoded together in shared
+    /// batches.
+    #[arg(long, env = "CACTUS_SLOTS", default_value_t = 4, value_name = "N")]
     pub slots: usize,
     /// Tasks that may wait for a free slot before new ones are refused as busy.
     #[arg(long, env = "CACTUS_QUEUE", default_value_t = 4, value_name = "N")]
     pub queue: usize,
-    /// Context size in tokens (prompt plus output).
+    /// Most tokens one decode step carries (prompt chunks and the next token
+    /// of every running sequence).
+    #[arg(
+        long,
+        env = "CACTUS_BATCH_SIZE",
+        default_value_t = 512,
+        value_name = "TOKENS"
+    )]
+    pub batch_size: u32,
+    /// Context of each slot in tokens (prompt plus output); a model's KV
+    /// cache holds slots × ctx-size tokens.
     #[arg(
         long,
         env = "CACTUS_CTX_SIZE",
@@ -329,8 +341,6 @@ impl NodeArgs {
             bid_window: Duration::from_millis(self.bid_window.max(1)),
             max_price_per_unit: self.max_price,
             price_per_token: self.price_per_token,
-            slots: self.slots.max(1),
-            queue: self.queue,
             stake: self.stake,
             account: self.account,
             anchor: crate::roles::anchor::AnchorPolicy {

@@ -170,6 +170,30 @@ pub struct InferArgs {
     /// Sampler seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Keep only the K most likely tokens (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: u32,
+    /// Drop tokens less likely than this fraction of the most likely one.
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
+    /// Repeat penalty over the last 64 tokens (1: none).
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// Presence penalty, -2..2.
+    #[arg(long, default_value_t = 0.0)]
+    pub presence_penalty: f32,
+    /// Frequency penalty, -2..2.
+    #[arg(long, default_value_t = 0.0)]
+    pub frequency_penalty: f32,
+    /// Stop before this string (repeat for several, up to 4).
+    #[arg(long = "stop", value_name = "TEXT")]
+    pub stop: Vec<String>,
+    /// Bias a token's logit: TOKEN_ID=BIAS, BIAS in -100..100 (repeatable).
+    #[arg(long = "logit-bias", value_name = "ID=BIAS", value_parser = parse_bias)]
+    pub logit_bias: Vec<(u32, f32)>,
+    /// A llama.cpp GBNF grammar file the answer must follow (root rule `root`).
+    #[arg(long, value_name = "FILE")]
+    pub grammar_file: Option<PathBuf>,
     /// Send the prompt as it is instead of through the model's chat template.
     #[arg(long)]
     pub raw: bool,
@@ -179,6 +203,15 @@ pub struct InferArgs {
     /// Print one JSON object: text, orchestrator, router and receipt.
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_bias(s: &str) -> Result<(u32, f32), String> {
+    let (id, bias) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected TOKEN_ID=BIAS, got {s:?}"))?;
+    let id = id.trim().parse().map_err(|e| format!("token id {id:?}: {e}"))?;
+    let bias = bias.trim().parse().map_err(|e| format!("bias {bias:?}: {e}"))?;
+    Ok((id, bias))
 }
 
 /// A stopped router's receipt log, read from its data dir.

@@ -244,12 +244,12 @@ mod tests {
     #[test]
     fn a_file_sets_any_flag_cactus_slots_included() {
         let cli = parse_with(
-            "# a node\nCACTUS_SLOTS=4\n\nCACTUS_ROLE=\"router\"\nCACTUS_RELAY=true\n",
+            "# a node\nCACTUS_SLOTS=3\n\nCACTUS_ROLE=\"router\"\nCACTUS_RELAY=true\n",
             &[],
             &[],
         )
         .unwrap();
-        assert_eq!(cli.node.slots, 4);
+        assert_eq!(cli.node.slots, 3);
         assert_eq!(cli.node.role, crate::node::Role::Router);
         assert!(cli.node.mesh.relay);
     }
@@ -268,13 +268,13 @@ mod tests {
 
     #[test]
     fn the_environment_overrides_the_file_and_flags_override_both() {
-        let file = "CACTUS_SLOTS=4\nCACTUS_QUEUE=9\n";
+        let file = "CACTUS_SLOTS=3\nCACTUS_QUEUE=9\n";
         let cli = parse_with(file, &[("CACTUS_SLOTS", "6")], &[]).unwrap();
         assert_eq!((cli.node.slots, cli.node.queue), (6, 9));
         let cli = parse_with(file, &[("CACTUS_SLOTS", "6")], &["--slots", "8"]).unwrap();
         assert_eq!((cli.node.slots, cli.node.queue), (8, 9));
         let cli = parse_with(file, &[], &["--queue=2"]).unwrap();
-        assert_eq!((cli.node.slots, cli.node.queue), (4, 2));
+        assert_eq!((cli.node.slots, cli.node.queue), (3, 2));
     }
 
     #[test]

@@ -57,6 +57,9 @@ async fn load_engine(
     let mut config = LlamaConfig {
         ctx_size: args.ctx_size,
         gpu_layers: args.gpu_layers,
+        slots: args.slots.max(1),
+        queue: args.queue,
+        batch_size: args.batch_size.max(1),
         ..LlamaConfig::default()
     };
     if let Some(t) = args.threads {

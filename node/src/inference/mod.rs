@@ -1,25 +1,31 @@
-//! Inference: the engine that turns a prompt into text, and the bounded worker
-//! pool that runs it off the async runtime.
+//! Inference: the engines that turn a prompt into tokens, and the streams
+//! they hand tokens out on.
 //!
-//! The pool has a fixed number of worker threads (slots) and a fixed-length
-//! queue. [`WorkerPool::try_submit`] never waits: when every slot is busy and
-//! the queue is full it answers [`Rejected::Busy`] at once, so an overloaded
-//! orchestrator says so instead of piling up work. A job whose caller has gone
-//! away (the reply receiver was dropped) is cancelled between two tokens.
+//! An [`Engine`] takes work without waiting: [`Engine::submit`] answers
+//! [`Rejected::Busy`] at once when every sequence slot and queue place is
+//! taken, so an overloaded orchestrator says so instead of piling up work.
+//! Each accepted generation yields its tokens on a bounded [`Stream`] as they
+//! are sampled and ends with the whole [`Generation`]. Dropping the stream
+//! cancels the generation at the engine's next step, as does its deadline.
+//!
+//! The real engine ([`llama`]) runs one decode loop per model over a shared
+//! llama.cpp batch (continuous batching); [`pool::ThreadPool`] runs blocking
+//! generators one per thread, for test engines.
 
 #[cfg(feature = "inference")]
 pub mod llama;
 pub mod model_file;
+pub mod pool;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod stub;
+pub mod text;
 
 use cactus_protocol::fraud::{ReplayFindings, ReplayRequest};
-use cactus_protocol::{FinishReason, ModelHash, ModelId, PromptFormat, SamplingParams};
+use cactus_protocol::{CachedPrefix, FinishReason, ModelHash, ModelId, PromptFormat, SamplingParams};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 /// One generation to run.
 #[derive(Debug, Clone)]
@@ -32,6 +38,20 @@ pub struct Job {
     pub format: PromptFormat,
     /// Sampling parameters.
     pub sampling: SamplingParams,
+    /// When the generation is cancelled if it has not finished.
+    pub deadline: Option<Instant>,
+}
+
+/// The log-probabilities of one generated token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprobs {
+    /// The token.
+    pub token: u32,
+    /// Its log-probability under the model.
+    pub logprob: f32,
+    /// The most likely tokens at its position and their log-probabilities,
+    /// most likely first (`n_probs` of them).
+    pub top: Vec<(u32, f32)>,
 }
 
 /// What a generation produced.
@@ -43,12 +63,121 @@ pub struct Generation {
     pub tokens: Vec<u32>,
     /// Tokens in the prompt, after templating.
     pub prompt_tokens: u32,
+    /// Prompt tokens whose KV cache was reused rather than computed.
+    pub cached_tokens: u32,
     /// Tokens generated.
     pub output_tokens: u32,
     /// Why generation stopped.
     pub finish: FinishReason,
-    /// Time spent in the engine.
+    /// Time from admission to the last token.
     pub compute: Duration,
+    /// Per-token log-probabilities, when the sampling asked for them.
+    pub logprobs: Vec<TokenLogprobs>,
+}
+
+/// What a [`Stream`] yields.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// One sampled token and the text it adds: possibly empty, when the
+    /// token ends inside a character or could begin a stop string. The texts
+    /// of all tokens form a prefix of the final text.
+    Token {
+        /// The token id.
+        id: u32,
+        /// Text safe to show now.
+        text: String,
+        /// Its log-probabilities, when asked for.
+        logprobs: Option<TokenLogprobs>,
+    },
+    /// The end: the whole generation, or why it failed.
+    Done(Result<Generation, InferenceError>),
+}
+
+/// Tokens of one generation as they are sampled. Bounded: an engine pauses
+/// a sequence whose reader falls behind. Dropping it cancels the generation.
+#[derive(Debug)]
+pub struct Stream {
+    rx: mpsc::Receiver<Event>,
+}
+
+/// Events a stream buffers before its sequence pauses; one more place is
+/// kept for the final event.
+pub const STREAM_BUFFER: usize = 64;
+
+impl Stream {
+    /// A stream and the sender an engine feeds it through.
+    pub fn channel() -> (StreamSender, Self) {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER + 1);
+        (StreamSender { tx }, Self { rx })
+    }
+
+    /// The next event; `None` once the engine is gone without a final one.
+    pub async fn next(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+
+    /// [`Self::next`] for threads outside the async runtime.
+    pub fn blocking_next(&mut self) -> Option<Event> {
+        self.rx.blocking_recv()
+    }
+
+    /// An event already waiting, if any.
+    pub fn try_next(&mut self) -> Option<Event> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Waits for the end, skipping tokens.
+    pub async fn finish(mut self) -> Result<Generation, InferenceError> {
+        while let Some(e) = self.rx.recv().await {
+            if let Event::Done(r) = e {
+                return r;
+            }
+        }
+        Err(InferenceError::engine("the engine stopped"))
+    }
+
+    /// [`Self::finish`] for threads outside the async runtime.
+    pub fn blocking_finish(mut self) -> Result<Generation, InferenceError> {
+        while let Some(e) = self.rx.blocking_recv() {
+            if let Event::Done(r) = e {
+                return r;
+            }
+        }
+        Err(InferenceError::engine("the engine stopped"))
+    }
+}
+
+/// The engine's end of a [`Stream`]. Never blocks.
+#[derive(Debug)]
+pub struct StreamSender {
+    tx: mpsc::Sender<Event>,
+}
+
+impl StreamSender {
+    /// Whether the reader is gone (the generation is cancelled).
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Whether a token fits now, leaving the final event its place.
+    pub fn has_room(&self) -> bool {
+        self.tx.capacity() > 1
+    }
+
+    /// Sends a token when [`Self::has_room`]; gives it back otherwise.
+    pub fn try_token(&self, event: Event) -> Result<(), Event> {
+        if !self.has_room() {
+            return Err(event);
+        }
+        self.tx.try_send(event).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(e) | mpsc::error::TrySendError::Closed(e) => e,
+        })
+    }
+
+    /// Sends the final event (its place is always kept free).
+    pub fn done(self, result: Result<Generation, InferenceError>) {
+        let _ = self.tx.try_send(Event::Done(result));
+    }
 }
 
 /// Why a generation failed.
@@ -73,6 +202,12 @@ pub enum InferenceError {
     /// The caller went away.
     #[error("cancelled")]
     Cancelled,
+    /// The deadline passed first.
+    #[error("the task's deadline passed")]
+    DeadlineExceeded,
+    /// The task's grammar does not parse.
+    #[error("the grammar does not parse")]
+    Grammar,
     /// The engine failed; llama.cpp's own error is the source.
     #[error("inference failed: {0}")]
     Engine(#[source] Arc<dyn std::error::Error + Send + Sync>),
@@ -86,29 +221,134 @@ impl InferenceError {
     }
 }
 
-/// A token generator.
-///
-/// `generate` blocks; it is only ever called on a [`WorkerPool`] thread.
-/// `cancelled` is polled between tokens.
-pub trait Engine: Send + Sync + 'static {
+/// A replay's findings, when they come.
+pub type ReplayReceiver = oneshot::Receiver<Result<ReplayFindings, InferenceError>>;
+
+/// What an engine is doing, for logs, adverts and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Sequences generating or prefilling now.
+    pub active: usize,
+    /// Work waiting for a slot.
+    pub queued: usize,
+    /// Decode steps run.
+    pub steps: u64,
+    /// Decode steps that carried more than one sequence.
+    pub shared_steps: u64,
+    /// Most sequences one decode step has carried.
+    pub max_batch_sequences: usize,
+    /// Tokens generated.
+    pub generated_tokens: u64,
+    /// Prompt tokens reused from the cache instead of computed.
+    pub cached_prompt_tokens: u64,
+}
+
+/// A token generator with a fixed number of sequence slots and a bounded
+/// queue.
+pub trait Engine: Send + Sync + std::fmt::Debug + 'static {
     /// The models this engine serves.
     fn models(&self) -> Vec<ModelId>;
-    /// Runs one generation.
-    fn generate(
-        &self,
-        job: &Job,
-        cancelled: &dyn Fn() -> bool,
-    ) -> Result<Generation, InferenceError>;
-    /// Replays a result as one teacher-forced prefill and reports how far
-    /// each returned token is from the model's pick (see
-    /// [`cactus_protocol::fraud`]). Engines that cannot replay say so.
-    fn replay(
-        &self,
-        request: &ReplayRequest,
-        cancelled: &dyn Fn() -> bool,
-    ) -> Result<ReplayFindings, InferenceError> {
-        let _ = (request, cancelled);
-        Err(InferenceError::engine("this engine cannot replay results"))
+    /// Sequences it runs at once.
+    fn slots(&self) -> usize;
+    /// Slots not running or about to run work.
+    fn free_slots(&self) -> usize;
+    /// Whether one more piece of work would be taken now.
+    fn has_room(&self) -> bool;
+    /// Queues a generation without waiting.
+    fn submit(&self, job: Job) -> Result<Stream, Rejected>;
+    /// Queues a replay (a spot check of another node's result) like a job.
+    fn replay(&self, request: Box<ReplayRequest>) -> Result<ReplayReceiver, Rejected>;
+    /// What the prompt cache holds (see [`CachedPrefix`]).
+    fn cache(&self) -> Vec<CachedPrefix> {
+        Vec::new()
+    }
+    /// Counters.
+    fn stats(&self) -> EngineStats {
+        EngineStats::default()
+    }
+    /// Stops taking work and lets running work end.
+    fn shutdown(&self) {}
+}
+
+/// Waiting on an engine from a plain thread (tests, benches, tools): never
+/// from inside the async runtime.
+pub trait Blocking {
+    /// Runs one generation to its end.
+    fn generate(&self, job: &Job) -> Result<Generation, InferenceError>;
+    /// Runs one replay to its end.
+    fn replay_blocking(&self, request: &ReplayRequest) -> Result<ReplayFindings, InferenceError>;
+}
+
+impl<E: Engine + ?Sized> Blocking for E {
+    fn generate(&self, job: &Job) -> Result<Generation, InferenceError> {
+        self.submit(job.clone())
+            .map_err(InferenceError::engine)?
+            .blocking_finish()
+    }
+
+    fn replay_blocking(&self, request: &ReplayRequest) -> Result<ReplayFindings, InferenceError> {
+        self.replay(Box::new(request.clone()))
+            .map_err(InferenceError::engine)?
+            .blocking_recv()
+            .map_err(|_| InferenceError::engine("the engine stopped"))?
+    }
+}
+
+/// Counts work taken against a capacity, without locks.
+#[derive(Debug)]
+pub struct Admission {
+    slots: usize,
+    capacity: usize,
+    in_flight: AtomicUsize,
+}
+
+impl Admission {
+    /// `slots` running at once, `queue` more waiting.
+    pub fn new(slots: usize, queue: usize) -> Self {
+        let slots = slots.max(1);
+        Self {
+            slots,
+            capacity: slots + queue,
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    /// Slots.
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// Whether one more would be taken.
+    pub fn has_room(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) < self.capacity
+    }
+
+    /// Slots not taken.
+    pub fn free_slots(&self) -> usize {
+        self.slots
+            .saturating_sub(self.in_flight.load(Ordering::Acquire))
+    }
+
+    /// Work queued or running.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Takes a place, or says why not.
+    pub fn take(&self) -> Result<(), Rejected> {
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.capacity).then_some(n + 1)
+            })
+            .map(|_| ())
+            .map_err(|_| Rejected::Busy)
+    }
+
+    /// Gives a place back.
+    pub fn release(&self) {
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 }
 
@@ -123,235 +363,3 @@ pub enum Rejected {
     Stopped,
 }
 
-/// A queued piece of work and where its result goes.
-enum Queued {
-    Generate(Job, oneshot::Sender<Result<Generation, InferenceError>>),
-    Replay(
-        Box<ReplayRequest>,
-        oneshot::Sender<Result<ReplayFindings, InferenceError>>,
-    ),
-}
-
-/// A fixed set of worker threads fed by a fixed-length queue.
-pub struct WorkerPool {
-    tx: Mutex<Option<SyncSender<Queued>>>,
-    slots: usize,
-    /// Jobs running or waiting at most.
-    capacity: usize,
-    /// Jobs queued or running.
-    in_flight: Arc<AtomicUsize>,
-    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
-}
-
-impl std::fmt::Debug for WorkerPool {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WorkerPool")
-            .field("slots", &self.slots)
-            .field("in_flight", &self.in_flight.load(Ordering::Relaxed))
-            .finish()
-    }
-}
-
-impl WorkerPool {
-    /// Starts `slots` worker threads (at least one) running `engine`, with room
-    /// for `queue` waiting jobs.
-    pub fn new(engine: Arc<dyn Engine>, slots: usize, queue: usize) -> Self {
-        let slots = slots.max(1);
-        let (tx, rx) = mpsc::sync_channel::<Queued>(queue);
-        let rx = Arc::new(Mutex::new(rx));
-        let in_flight = Arc::new(AtomicUsize::new(0));
-        let threads = (0..slots)
-            .map(|i| {
-                let rx = Arc::clone(&rx);
-                let engine = Arc::clone(&engine);
-                let in_flight = Arc::clone(&in_flight);
-                std::thread::Builder::new()
-                    .name(format!("cactus-worker-{i}"))
-                    .spawn(move || worker(&*engine, &rx, &in_flight))
-            })
-            .filter_map(|t| match t {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    tracing::error!(error = %e, "could not start a worker thread");
-                    None
-                }
-            })
-            .collect();
-        Self {
-            tx: Mutex::new(Some(tx)),
-            slots,
-            capacity: slots + queue,
-            in_flight,
-            threads: Mutex::new(threads),
-        }
-    }
-
-    /// Worker threads.
-    pub fn slots(&self) -> usize {
-        self.slots
-    }
-
-    /// Whether one more job would be taken now (a free slot or queue place).
-    pub fn has_room(&self) -> bool {
-        self.in_flight.load(Ordering::Acquire) < self.capacity
-    }
-
-    /// Slots not running or about to run a job.
-    pub fn free_slots(&self) -> usize {
-        self.slots
-            .saturating_sub(self.in_flight.load(Ordering::Acquire))
-    }
-
-    /// Queues a job without waiting; the result arrives on the returned
-    /// receiver. Dropping the receiver cancels the job.
-    pub fn try_submit(
-        &self,
-        job: Job,
-    ) -> Result<oneshot::Receiver<Result<Generation, InferenceError>>, Rejected> {
-        let (reply, rx) = oneshot::channel();
-        self.enqueue(Queued::Generate(job, reply))?;
-        Ok(rx)
-    }
-
-    /// Queues a replay (a spot check of another node's result) like a job.
-    pub fn try_replay(
-        &self,
-        request: Box<ReplayRequest>,
-    ) -> Result<oneshot::Receiver<Result<ReplayFindings, InferenceError>>, Rejected> {
-        let (reply, rx) = oneshot::channel();
-        self.enqueue(Queued::Replay(request, reply))?;
-        Ok(rx)
-    }
-
-    fn enqueue(&self, work: Queued) -> Result<(), Rejected> {
-        let guard = self.tx.lock().map_err(|_| Rejected::Stopped)?;
-        let tx = guard.as_ref().ok_or(Rejected::Stopped)?;
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        match tx.try_send(work) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.in_flight.fetch_sub(1, Ordering::AcqRel);
-                Err(match e {
-                    TrySendError::Full(_) => Rejected::Busy,
-                    TrySendError::Disconnected(_) => Rejected::Stopped,
-                })
-            }
-        }
-    }
-
-    /// Stops taking jobs, lets queued ones finish and joins the threads.
-    pub fn shutdown(&self) {
-        if let Ok(mut tx) = self.tx.lock() {
-            tx.take();
-        }
-        let threads = self
-            .threads
-            .lock()
-            .map(|mut t| std::mem::take(&mut *t))
-            .unwrap_or_default();
-        for t in threads {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for WorkerPool {
-    fn drop(&mut self) {
-        if let Ok(mut tx) = self.tx.lock() {
-            tx.take();
-        }
-    }
-}
-
-fn worker(engine: &dyn Engine, rx: &Mutex<mpsc::Receiver<Queued>>, in_flight: &AtomicUsize) {
-    loop {
-        // Hold the lock only while taking a job, never while running one.
-        let next = match rx.lock() {
-            Ok(rx) => rx.recv(),
-            Err(_) => return,
-        };
-        let Ok(work) = next else {
-            return;
-        };
-        let started = Instant::now();
-        match work {
-            Queued::Generate(job, reply) => {
-                let result = if reply.is_closed() {
-                    Err(InferenceError::Cancelled)
-                } else {
-                    engine.generate(&job, &|| reply.is_closed())
-                };
-                tracing::debug!(
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    ok = result.is_ok(),
-                    "generation finished"
-                );
-                in_flight.fetch_sub(1, Ordering::AcqRel);
-                let _ = reply.send(result);
-            }
-            Queued::Replay(request, reply) => {
-                let result = if reply.is_closed() {
-                    Err(InferenceError::Cancelled)
-                } else {
-                    engine.replay(&request, &|| reply.is_closed())
-                };
-                tracing::debug!(
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    ok = result.is_ok(),
-                    "replay finished"
-                );
-                in_flight.fetch_sub(1, Ordering::AcqRel);
-                let _ = reply.send(result);
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::stub::StubEngine;
-    use super::*;
-    use cactus_protocol::Digest;
-
-    fn job(model: ModelHash) -> Job {
-        Job {
-            model,
-            prompt: "hello".into(),
-            format: PromptFormat::Raw,
-            sampling: SamplingParams::default(),
-        }
-    }
-
-    #[tokio::test]
-    async fn runs_jobs_and_rejects_when_full() {
-        let engine = Arc::new(StubEngine::new("stub").gated());
-        let model = engine.model().sha256;
-        let pool = WorkerPool::new(engine.clone(), 1, 1);
-        assert_eq!(pool.free_slots(), 1);
-        let first = pool.try_submit(job(model)).unwrap();
-        engine.wait_started(1);
-        let second = pool.try_submit(job(model)).unwrap();
-        assert_eq!(pool.try_submit(job(model)).unwrap_err(), Rejected::Busy);
-        assert_eq!(pool.free_slots(), 0);
-        engine.open_gate();
-        let a = first.await.unwrap().unwrap();
-        let b = second.await.unwrap().unwrap();
-        assert_eq!(
-            a,
-            Generation {
-                compute: a.compute,
-                ..b.clone()
-            }
-        );
-        assert_eq!(a.text, "olleh");
-        assert_eq!(pool.free_slots(), 1);
-        let unknown = pool
-            .try_submit(job(Digest::of(b"other")))
-            .unwrap()
-            .await
-            .unwrap();
-        assert!(matches!(unknown, Err(InferenceError::UnknownModel(_))));
-        pool.shutdown();
-        assert_eq!(pool.try_submit(job(model)).unwrap_err(), Rejected::Stopped);
-    }
-}

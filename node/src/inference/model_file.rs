@@ -95,6 +95,8 @@ pub fn verify(spec: &ModelSpec) -> Result<ModelId, ModelFileError> {
     }
     let mut hasher = Sha256::new();
     hasher.update(magic);
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut progress = Progress::new(path, size);
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = file.read(&mut buf).map_err(io_err)?;
@@ -102,6 +104,7 @@ pub fn verify(spec: &ModelSpec) -> Result<ModelId, ModelFileError> {
             break;
         }
         hasher.update(&buf[..n]);
+        progress.advance(n as u64);
     }
     let actual = Digest(hasher.finalize().into());
     if let Some(expected) = spec.expected_sha256
@@ -117,6 +120,43 @@ pub fn verify(spec: &ModelSpec) -> Result<ModelId, ModelFileError> {
         name: model_name(path),
         sha256: actual,
     })
+}
+
+/// Files smaller than this hash in well under a second: no progress lines.
+const PROGRESS_MIN_BYTES: u64 = 64 << 20;
+
+/// Logs a quarter at a time how far hashing a large file has got.
+struct Progress {
+    name: String,
+    size: u64,
+    done: u64,
+    next_quarter: u64,
+}
+
+impl Progress {
+    fn new(path: &Path, size: u64) -> Self {
+        let name = model_name(path);
+        if size >= PROGRESS_MIN_BYTES {
+            tracing::info!(model = %name, mib = size >> 20, "hashing the model file");
+        }
+        Self {
+            name,
+            size,
+            done: 4,
+            next_quarter: 1,
+        }
+    }
+
+    fn advance(&mut self, n: u64) {
+        self.done += n;
+        if self.size < PROGRESS_MIN_BYTES || self.next_quarter > 4 {
+            return;
+        }
+        while self.next_quarter <= 4 && self.done * 4 >= self.size * self.next_quarter {
+            tracing::info!(model = %self.name, "hashing: {} %", self.next_quarter * 25);
+            self.next_quarter += 1;
+        }
+    }
 }
 
 /// The name a model is announced under: its file name without `.gguf`.

@@ -2,7 +2,8 @@
 //! "token" per character. Never the proof of a feature; real inference is
 //! tested with llama.cpp on a real model.
 
-use super::{Engine, Generation, InferenceError, Job};
+use super::pool::Generator;
+use super::{Engine, Generation, InferenceError, Job, Rejected, ReplayReceiver, Stream};
 use cactus_protocol::fraud::{PositionGap, ReplayFindings, ReplayRequest};
 use cactus_protocol::{Digest, FinishReason, ModelId};
 use std::sync::{Condvar, Mutex};
@@ -79,7 +80,7 @@ impl StubEngine {
     }
 }
 
-impl Engine for StubEngine {
+impl Generator for StubEngine {
     fn models(&self) -> Vec<ModelId> {
         vec![self.model.clone()]
     }
@@ -121,6 +122,8 @@ impl Engine for StubEngine {
         Ok(Generation {
             output_tokens: text.chars().count() as u32,
             prompt_tokens: job.prompt.chars().count() as u32,
+            cached_tokens: 0,
+            logprobs: Vec::new(),
             tokens: text.chars().map(u32::from).collect(),
             text,
             finish,
@@ -203,18 +206,26 @@ impl Engine for Substitute {
         vec![self.claims.clone()]
     }
 
-    fn generate(
-        &self,
-        job: &Job,
-        cancelled: &dyn Fn() -> bool,
-    ) -> Result<Generation, InferenceError> {
+    fn slots(&self) -> usize {
+        self.inner.slots()
+    }
+
+    fn free_slots(&self) -> usize {
+        self.inner.free_slots()
+    }
+
+    fn has_room(&self) -> bool {
+        self.inner.has_room()
+    }
+
+    fn submit(&self, job: Job) -> Result<Stream, Rejected> {
         let Some(real) = self.inner.models().first().map(|m| m.sha256) else {
-            return Err(InferenceError::UnknownModel(job.model));
+            return Err(Rejected::Stopped);
         };
-        let job = Job {
-            model: real,
-            ..job.clone()
-        };
-        self.inner.generate(&job, cancelled)
+        self.inner.submit(Job { model: real, ..job })
+    }
+
+    fn replay(&self, request: Box<ReplayRequest>) -> Result<ReplayReceiver, Rejected> {
+        self.inner.replay(request)
     }
 }

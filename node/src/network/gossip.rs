@@ -127,6 +127,7 @@ mod tests {
             addrs: vec!["/ip4/127.0.0.1/tcp/4001".into()],
             seq: 1,
             issued_at_ms: NOW,
+            cache: Vec::new(),
         }
     }
 

@@ -72,9 +72,10 @@ impl Handler for NoRole {}
 pub fn wrong_role(request: &TaskRequest) -> TaskResponse {
     let what = match request {
         TaskRequest::Submit(_) | TaskRequest::Bid(_) => "this node is not a router",
-        TaskRequest::Execute(_) | TaskRequest::Replay(_) | TaskRequest::Delegate(_) => {
-            "this node is not an orchestrator"
-        }
+        TaskRequest::Execute(_)
+        | TaskRequest::Replay(_)
+        | TaskRequest::Delegate(_)
+        | TaskRequest::Cancel(_) => "this node is not an orchestrator",
         TaskRequest::Query(_) => "this node keeps no receipt log (not a router)",
     };
     TaskResponse::Failed(TaskError::new(TaskErrorKind::WrongRole, what))

@@ -1,16 +1,16 @@
-//! The orchestrator role: runs assigned tasks on the worker pool, signs their
+//! The orchestrator role: runs assigned tasks on the inference engine, signs their
 //! receipts, and keeps its capability advert fresh.
 
 mod handler;
 pub use handler::OrchestratorRole;
 
-use crate::inference::{InferenceError, Job, Rejected, WorkerPool};
+use crate::inference::{Engine, InferenceError, Job, Rejected, ReplayReceiver, Stream};
 use crate::network::Network;
 use crate::time::now_ms;
 use cactus_protocol::TaskRequest;
 use cactus_protocol::contract::Address;
 use cactus_protocol::delegation::{self, Delegation, MAX_DELEGATION_DEPTH};
-use cactus_protocol::fraud::{ReplayFindings, ReplayReportBody, ReplayRequest};
+use cactus_protocol::fraud::{ReplayReportBody, ReplayRequest};
 use cactus_protocol::market::{Bid, BidBody, TaskAdvert};
 use cactus_protocol::messages::DelegatedTask;
 use cactus_protocol::receipt::RECEIPT_VERSION;
@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 /// Whether an address is useless to others: an unspecified (0.0.0.0) one.
 fn is_unspecified_or_loopback_only(a: &libp2p::Multiaddr) -> bool {
@@ -34,7 +34,7 @@ fn is_unspecified_or_loopback_only(a: &libp2p::Multiaddr) -> bool {
         .any(|p| matches!(p, libp2p::multiaddr::Protocol::Ip4(ip) if ip.is_unspecified()))
 }
 
-/// The task error a pool refusal answers with.
+/// The task error an engine refusal answers with.
 fn rejected(e: Rejected) -> TaskError {
     let kind = match e {
         Rejected::Busy => TaskErrorKind::Busy,
@@ -48,7 +48,8 @@ fn inference_error(e: &InferenceError) -> TaskError {
     let kind = match e {
         InferenceError::UnknownModel(_) => TaskErrorKind::NoSuchModel,
         InferenceError::PromptTooLong { .. } => TaskErrorKind::PromptTooLong,
-        InferenceError::Cancelled => TaskErrorKind::Unavailable,
+        InferenceError::Cancelled | InferenceError::DeadlineExceeded => TaskErrorKind::Cancelled,
+        InferenceError::Grammar => TaskErrorKind::InvalidRequest,
         _ => TaskErrorKind::Inference,
     };
     TaskError::new(kind, e.to_string())
@@ -80,13 +81,13 @@ const MAX_KNOWN_PEERS: usize = 1024;
 /// Adverts older than this are not trusted for delegation.
 const PEER_STALE_AFTER: Duration = Duration::from_secs(60);
 
-/// A replay accepted by the pool, waiting for its findings.
+/// A replay accepted by the engine, waiting for its findings.
 #[derive(Debug)]
 pub struct AcceptedReplay {
     task_id: cactus_protocol::TaskId,
     receipt: Digest,
     router: PeerId,
-    result: oneshot::Receiver<Result<ReplayFindings, InferenceError>>,
+    result: ReplayReceiver,
 }
 
 /// What the orchestrator's task handlers share.
@@ -99,7 +100,7 @@ pub struct OrchestratorCtx {
     /// Models served.
     pub models: Vec<ModelId>,
     /// Where inference runs.
-    pub pool: Arc<WorkerPool>,
+    pub engine: Arc<dyn Engine>,
     /// Asked price per work unit.
     pub price_per_token: u64,
     /// Its account on the chain.
@@ -110,18 +111,53 @@ pub struct OrchestratorCtx {
     pub delegation: bool,
     /// Other orchestrators, from their adverts.
     peers: Mutex<HashMap<PeerId, KnownPeer>>,
+    /// Tasks running here, by id: the router that may cancel each, and its
+    /// cancel switch. Bounded by the engine's slots and queue: an entry
+    /// lives as long as its accepted task.
+    running: Arc<Mutex<HashMap<cactus_protocol::TaskId, Running>>>,
+    next_running: AtomicU64,
     /// Last advert sequence number.
     seq: AtomicU64,
 }
 
-/// A job accepted by the pool, waiting for its result.
+/// A running task's cancel switch.
+#[derive(Debug)]
+struct Running {
+    router: PeerId,
+    serial: u64,
+    cancel: CancellationToken,
+}
+
+/// Removes a task from the running set when its handler ends.
+#[derive(Debug)]
+struct RunningGuard {
+    running: Arc<Mutex<HashMap<cactus_protocol::TaskId, Running>>>,
+    task_id: cactus_protocol::TaskId,
+    serial: u64,
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if running
+            .get(&self.task_id)
+            .is_some_and(|r| r.serial == self.serial)
+        {
+            running.remove(&self.task_id);
+        }
+    }
+}
+
+/// A job accepted by the engine, waiting for its result.
 #[derive(Debug)]
 pub struct Accepted {
     assignment: Assignment,
     router: PeerId,
     chain: Vec<Delegation>,
     started_at_ms: u64,
-    result: oneshot::Receiver<Result<crate::inference::Generation, InferenceError>>,
+    stream: Stream,
+    cancel: CancellationToken,
+    _running: RunningGuard,
 }
 
 impl OrchestratorCtx {
@@ -130,7 +166,7 @@ impl OrchestratorCtx {
         network: Network,
         key: Keypair,
         models: Vec<ModelId>,
-        pool: Arc<WorkerPool>,
+        engine: Arc<dyn Engine>,
         price_per_token: u64,
         account: Address,
         stake: u64,
@@ -139,12 +175,14 @@ impl OrchestratorCtx {
             network,
             key,
             models,
-            pool,
+            engine,
             price_per_token,
             account,
             stake,
             delegation: true,
             peers: Mutex::new(HashMap::new()),
+            running: Arc::new(Mutex::new(HashMap::new())),
+            next_running: AtomicU64::new(0),
             seq: AtomicU64::new(0),
         }
     }
@@ -176,20 +214,51 @@ impl OrchestratorCtx {
             );
             return Err(refuse(e, assignment, chain));
         }
+        // The engine stops the task at its deadline: the assignment's, or
+        // the delegation chain's when that is sooner.
+        let deadline_ms = chain.last().map_or(assignment.deadline_ms, |l| {
+            l.body.deadline_ms.min(assignment.deadline_ms)
+        });
         let job = Job {
             model: assignment.model,
             prompt: assignment.prompt.clone(),
             format: assignment.format,
-            sampling: assignment.sampling,
+            sampling: assignment.sampling.clone(),
+            deadline: Some(
+                std::time::Instant::now()
+                    + Duration::from_millis(deadline_ms.saturating_sub(now_ms())),
+            ),
         };
-        match self.pool.try_submit(job) {
-            Ok(result) => Ok(Accepted {
-                assignment,
-                router,
-                chain,
-                started_at_ms: now_ms(),
-                result,
-            }),
+        match self.engine.submit(job) {
+            Ok(stream) => {
+                let cancel = CancellationToken::new();
+                let serial = self.next_running.fetch_add(1, Ordering::Relaxed);
+                self.running
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(
+                        assignment.task_id,
+                        Running {
+                            router,
+                            serial,
+                            cancel: cancel.clone(),
+                        },
+                    );
+                let guard = RunningGuard {
+                    running: Arc::clone(&self.running),
+                    task_id: assignment.task_id,
+                    serial,
+                };
+                Ok(Accepted {
+                    assignment,
+                    router,
+                    chain,
+                    started_at_ms: now_ms(),
+                    stream,
+                    cancel,
+                    _running: guard,
+                })
+            }
             Err(e) => Err(refuse(rejected(e), assignment, chain)),
         }
     }
@@ -226,7 +295,7 @@ impl OrchestratorCtx {
         let a = &advert.body;
         let now = now_ms();
         if !self.models.iter().any(|m| m.sha256 == a.model)
-            || !self.pool.has_room()
+            || !self.engine.has_room()
             || self.price_per_token > a.max_price_per_unit
             || a.deadline_ms <= now
         {
@@ -238,7 +307,7 @@ impl OrchestratorCtx {
             orchestrator: self.network.local_peer_id(),
             model: a.model,
             price_per_unit: self.price_per_token,
-            free_slots: self.pool.free_slots() as u32,
+            free_slots: self.engine.free_slots() as u32,
             account: self.account,
             issued_at_ms: now,
             // Good for as long as the router may take to award it.
@@ -397,7 +466,9 @@ impl OrchestratorCtx {
             router,
             chain,
             started_at_ms,
-            result,
+            stream,
+            cancel,
+            _running,
         } = accepted;
         let delegation = if chain.is_empty() {
             None
@@ -412,17 +483,17 @@ impl OrchestratorCtx {
                 }
             }
         };
-        let generation = match result.await {
-            Ok(Ok(g)) => g,
-            Ok(Err(e)) => {
+        // Cancelling drops the stream: the engine ends the sequence at its
+        // next step and frees the slot.
+        let finished = tokio::select! {
+            r = stream.finish() => r,
+            () = cancel.cancelled() => Err(InferenceError::Cancelled),
+        };
+        let generation = match finished {
+            Ok(g) => g,
+            Err(e) => {
                 tracing::info!(error = %e, "task failed");
                 return TaskResponse::Failed(inference_error(&e));
-            }
-            Err(_) => {
-                return TaskResponse::Failed(TaskError::new(
-                    TaskErrorKind::Unavailable,
-                    "worker pool stopped",
-                ));
             }
         };
         let body = ReceiptBody {
@@ -432,7 +503,7 @@ impl OrchestratorCtx {
             prompt_hash: Digest::of(assignment.prompt.as_bytes()),
             output_hash: Digest::of(generation.text.as_bytes()),
             output_tokens_hash: Digest::of_tokens(&generation.tokens),
-            sampling: assignment.sampling,
+            sampling: assignment.sampling.clone(),
             format: assignment.format,
             finish: generation.finish,
             prompt_tokens: generation.prompt_tokens,
@@ -448,6 +519,8 @@ impl OrchestratorCtx {
             Ok(receipt) => {
                 tracing::info!(
                     output_tokens = generation.output_tokens,
+                    prompt_tokens = generation.prompt_tokens,
+                    cached_tokens = generation.cached_tokens,
                     compute_ms = receipt.body.compute_ms,
                     "task done"
                 );
@@ -460,6 +533,20 @@ impl OrchestratorCtx {
                 })
             }
             Err(e) => TaskResponse::Failed(TaskError::new(TaskErrorKind::Inference, e.to_string())),
+        }
+    }
+
+    /// Cancels a task running here for `router`; returns whether there was
+    /// one. Only the router a task runs for may cancel it.
+    pub fn cancel(&self, router: &PeerId, task_id: &cactus_protocol::TaskId) -> bool {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        match running.get(task_id) {
+            Some(r) if &r.router == router => {
+                r.cancel.cancel();
+                tracing::info!(%task_id, %router, "task cancelled by its router");
+                true
+            }
+            _ => false,
         }
     }
 
@@ -491,7 +578,7 @@ impl OrchestratorCtx {
             .digest()
             .map_err(|e| TaskError::new(TaskErrorKind::InvalidRequest, e.to_string()))?;
         let task_id = request.receipt.body.task_id;
-        let result = self.pool.try_replay(request).map_err(rejected)?;
+        let result = self.engine.replay(request).map_err(rejected)?;
         Ok(AcceptedReplay {
             task_id,
             receipt,
@@ -512,7 +599,7 @@ impl OrchestratorCtx {
             Err(_) => {
                 return TaskResponse::Failed(TaskError::new(
                     TaskErrorKind::Unavailable,
-                    "worker pool stopped",
+                    "the engine stopped",
                 ));
             }
         };
@@ -549,8 +636,8 @@ impl OrchestratorCtx {
             protocol_version: PROTOCOL_VERSION,
             node_version: env!("CARGO_PKG_VERSION").to_owned(),
             models: self.models.clone(),
-            free_slots: self.pool.free_slots() as u32,
-            total_slots: self.pool.slots() as u32,
+            free_slots: self.engine.free_slots() as u32,
+            total_slots: self.engine.slots() as u32,
             price_per_token: self.price_per_token,
             account: self.account,
             stake: self.stake,
@@ -565,6 +652,7 @@ impl OrchestratorCtx {
                 .collect(),
             seq,
             issued_at_ms: now,
+            cache: self.engine.cache(),
         }
         .encode()
     }

@@ -444,6 +444,7 @@ mod tests {
             addrs: Vec::new(),
             seq,
             issued_at_ms: 0,
+            cache: Vec::new(),
         }
     }
 

@@ -1,12 +1,16 @@
-//! The llama.cpp engine on the real demo model.
+//! The llama.cpp engine on the real demo model: continuous batching, token
+//! streams, cancellation, the prompt cache and sampling.
 
 use cactus_node::inference::llama::{LlamaConfig, LlamaEngine, LoadError};
 use cactus_node::inference::model_file::{ModelFileError, ModelSpec};
-use cactus_node::inference::{Engine, InferenceError, Job, WorkerPool};
+use cactus_node::inference::{
+    Blocking, Engine, Event, Generation, InferenceError, Job, Rejected, STREAM_BUFFER, Stream,
+};
 use cactus_protocol::{Digest, FinishReason, PromptFormat, SamplingParams};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-fn engine(ctx_size: u32) -> Arc<LlamaEngine> {
+fn engine_with(ctx_size: u32, slots: usize, queue: usize) -> Arc<LlamaEngine> {
     let spec = ModelSpec {
         path: super::model_path(),
         expected_sha256: Some(super::DEMO_SHA256.parse().unwrap()),
@@ -17,9 +21,16 @@ fn engine(ctx_size: u32) -> Arc<LlamaEngine> {
             threads: 2,
             ctx_size,
             gpu_layers: 0,
+            slots,
+            queue,
+            batch_size: 512,
         },
     )
     .unwrap()
+}
+
+fn engine(ctx_size: u32) -> Arc<LlamaEngine> {
+    engine_with(ctx_size, 1, 1)
 }
 
 fn job(engine: &LlamaEngine, prompt: &str, sampling: SamplingParams) -> Job {
@@ -28,19 +39,58 @@ fn job(engine: &LlamaEngine, prompt: &str, sampling: SamplingParams) -> Job {
         prompt: prompt.into(),
         format: PromptFormat::Chat,
         sampling,
+        deadline: None,
+    }
+}
+
+fn raw(engine: &LlamaEngine, prompt: &str, max_tokens: u32) -> Job {
+    Job {
+        format: PromptFormat::Raw,
+        ..job(
+            engine,
+            prompt,
+            SamplingParams {
+                max_tokens,
+                ..SamplingParams::default()
+            },
+        )
+    }
+}
+
+fn greedy(max_tokens: u32) -> SamplingParams {
+    SamplingParams {
+        max_tokens,
+        ..SamplingParams::default()
+    }
+}
+
+/// Reads a stream to its end: the token events and the final result.
+fn drain(mut s: Stream) -> (Vec<Event>, Result<Generation, InferenceError>) {
+    let mut tokens = Vec::new();
+    while let Some(e) = s.blocking_next() {
+        match e {
+            Event::Done(r) => return (tokens, r),
+            e => tokens.push(e),
+        }
+    }
+    panic!("the stream ended without a result");
+}
+
+/// Waits (bounded) until `cond` holds, polling the engine's state.
+fn until(what: &str, cond: impl Fn() -> bool) {
+    let end = Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::yield_now();
     }
 }
 
 #[test]
 fn greedy_generation_is_deterministic_and_counted() {
     let e = engine(512);
-    let sampling = SamplingParams {
-        max_tokens: 24,
-        ..SamplingParams::default()
-    };
-    let j = job(&e, "The three primary colours are", sampling);
-    let a = e.generate(&j, &|| false).unwrap();
-    let b = e.generate(&j, &|| false).unwrap();
+    let j = job(&e, "The three primary colours are", greedy(24));
+    let a = e.generate(&j).unwrap();
+    let b = e.generate(&j).unwrap();
     assert!(!a.text.trim().is_empty());
     assert_eq!(a.text, b.text);
     assert!(a.output_tokens > 0 && a.output_tokens <= 24);
@@ -57,13 +107,16 @@ fn seeded_sampling_repeats_with_the_seed() {
         max_tokens: 16,
         temperature: 0.9,
         top_p: 0.95,
+        top_k: 40,
+        min_p: 0.05,
         seed,
+        ..SamplingParams::default()
     };
     let a = e
-        .generate(&job(&e, "Once upon a time", sampling(7)), &|| false)
+        .generate(&job(&e, "Once upon a time", sampling(7)))
         .unwrap();
     let b = e
-        .generate(&job(&e, "Once upon a time", sampling(7)), &|| false)
+        .generate(&job(&e, "Once upon a time", sampling(7)))
         .unwrap();
     assert_eq!(a.text, b.text);
 }
@@ -73,25 +126,12 @@ fn prompt_longer_than_context_is_a_typed_error() {
     let e = engine(64);
     let long = "cactus ".repeat(200);
     let err = e
-        .generate(&job(&e, &long, SamplingParams::default()), &|| false)
+        .generate(&job(&e, &long, SamplingParams::default()))
         .unwrap_err();
     assert!(
         matches!(err, InferenceError::PromptTooLong { n_ctx: 64, .. }),
         "{err:?}"
     );
-}
-
-#[test]
-fn cancellation_stops_generation() {
-    let e = engine(512);
-    let sampling = SamplingParams {
-        max_tokens: 200,
-        ..SamplingParams::default()
-    };
-    let err = e
-        .generate(&job(&e, "Count to a thousand:", sampling), &|| true)
-        .unwrap_err();
-    assert!(matches!(err, InferenceError::Cancelled), "{err:?}");
 }
 
 #[test]
@@ -110,28 +150,190 @@ fn hash_mismatch_and_unknown_model_are_refused() {
     let mut j = job(&e, "hi", SamplingParams::default());
     j.model = Digest::of(b"other");
     assert!(matches!(
-        e.generate(&j, &|| false),
+        e.generate(&j),
         Err(InferenceError::UnknownModel(_))
     ));
 }
 
-#[tokio::test]
-async fn worker_pool_runs_the_real_engine() {
+#[test]
+fn concurrent_sequences_share_decode_steps() {
+    let e = engine_with(512, 4, 0);
+    let prompts = [
+        "The capital of France is",
+        "Water boils at a temperature of",
+        "The largest planet in the solar system is",
+        "A recipe for pancakes needs",
+    ];
+    let streams: Vec<Stream> = prompts
+        .iter()
+        .map(|p| e.submit(raw(&e, p, 24)).unwrap())
+        .collect();
+    // Every slot is taken and there is no queue: a fifth is refused at once.
+    assert_eq!(e.submit(raw(&e, "x", 4)).unwrap_err(), Rejected::Busy);
+    for s in streams {
+        let (tokens, r) = drain(s);
+        let g = r.unwrap();
+        assert_eq!(tokens.len(), g.tokens.len());
+        assert!(g.output_tokens > 0);
+    }
+    let stats = e.stats();
+    assert!(
+        stats.max_batch_sequences >= 2 && stats.shared_steps > 0,
+        "{stats:?}"
+    );
+    assert_eq!(e.free_slots(), 4);
+}
+
+#[test]
+fn a_stream_yields_tokens_whose_text_is_a_prefix_of_the_result() {
     let e = engine(512);
-    let pool = WorkerPool::new(e.clone(), 1, 1);
-    let sampling = SamplingParams {
-        max_tokens: 8,
-        ..SamplingParams::default()
-    };
-    let direct = e
-        .generate(&job(&e, "Paris is the capital of", sampling), &|| false)
+    let (tokens, r) = drain(e.submit(raw(&e, "The capital of France is", 24)).unwrap());
+    let g = r.unwrap();
+    let shown: String = tokens
+        .iter()
+        .map(|t| match t {
+            Event::Token { text, .. } => text.as_str(),
+            Event::Done(_) => "",
+        })
+        .collect();
+    assert!(g.text.starts_with(&shown), "{shown:?} / {:?}", g.text);
+    let ids: Vec<u32> = tokens
+        .iter()
+        .filter_map(|t| match t {
+            Event::Token { id, .. } => Some(*id),
+            Event::Done(_) => None,
+        })
+        .collect();
+    assert_eq!(ids, g.tokens);
+}
+
+#[test]
+fn a_cancelled_task_frees_its_slot_within_one_decode_step() {
+    let e = engine_with(512, 1, 0);
+    let mut s = e.submit(raw(&e, "Count from one to a thousand:", 400)).unwrap();
+    for _ in 0..3 {
+        assert!(matches!(s.blocking_next(), Some(Event::Token { .. })));
+    }
+    let at_cancel = e.stats().steps;
+    drop(s);
+    until("the slot to be free", || e.free_slots() == 1);
+    let steps = e.stats().steps - at_cancel;
+    assert!(steps <= 1, "{steps} decode steps after the cancel");
+    // The slot takes new work at once.
+    let g = e.generate(&raw(&e, "Hello", 4)).unwrap();
+    assert!(g.output_tokens > 0);
+}
+
+#[test]
+fn a_passed_deadline_ends_the_task_with_its_own_error() {
+    let e = engine_with(512, 1, 0);
+    let mut j = raw(&e, "Count from one to a thousand:", 400);
+    j.deadline = Some(Instant::now() + Duration::from_millis(300));
+    let (_, r) = drain(e.submit(j).unwrap());
+    assert!(matches!(r, Err(InferenceError::DeadlineExceeded)), "{r:?}");
+    until("the slot to be free", || e.free_slots() == 1);
+}
+
+#[test]
+fn a_reader_that_stops_pauses_only_its_own_sequence() {
+    let e = engine_with(512, 2, 0);
+    let mut slow = e
+        .submit(raw(&e, "Count from one to a thousand:", 300))
         .unwrap();
-    let pooled = pool
-        .try_submit(job(&e, "Paris is the capital of", sampling))
-        .unwrap()
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(direct.text, pooled.text);
-    pool.shutdown();
+    let fast = e.submit(raw(&e, "The capital of France is", 200)).unwrap();
+    let (_, r) = drain(fast);
+    assert!(r.is_ok());
+    // The unread stream holds at most its buffer: its sequence paused
+    // instead of generating on.
+    let mut buffered = 0;
+    while let Some(ev) = slow.try_next() {
+        assert!(matches!(ev, Event::Token { .. }));
+        buffered += 1;
+    }
+    assert!(buffered <= STREAM_BUFFER, "{buffered} events buffered");
+    // Reading again resumes it to the end.
+    let (rest, r) = drain(slow);
+    let g = r.unwrap();
+    assert_eq!(buffered + rest.len(), g.tokens.len());
+}
+
+#[test]
+fn a_chat_continuation_reuses_the_cached_prefix() {
+    let e = engine_with(1024, 2, 0);
+    let first = "Question: what is the capital of France?\nAnswer:";
+    let a = e.generate(&raw(&e, first, 16)).unwrap();
+    assert_eq!(a.cached_tokens, 0);
+    let cache = e.cache();
+    let next = format!("{first}{}\nQuestion: and of Italy?\nAnswer:", a.text);
+    let model = e.models()[0].sha256;
+    assert!(
+        cache.iter().any(|c| c.matches(&model, &next)),
+        "the advertised cache does not match the next turn: {cache:?}"
+    );
+    let b = e.generate(&raw(&e, &next, 8)).unwrap();
+    assert!(
+        b.cached_tokens >= a.prompt_tokens,
+        "{} of {} prompt tokens reused",
+        b.cached_tokens,
+        b.prompt_tokens
+    );
+    assert!(e.stats().cached_prompt_tokens >= u64::from(b.cached_tokens));
+}
+
+#[test]
+fn stop_strings_cut_the_text() {
+    let e = engine(512);
+    let plain = e.generate(&raw(&e, "One, two, three, four,", 24)).unwrap();
+    assert!(plain.text.contains(','), "{:?}", plain.text);
+    let mut j = raw(&e, "One, two, three, four,", 24);
+    j.sampling.stop = vec![",".into()];
+    let g = e.generate(&j).unwrap();
+    assert_eq!(g.finish, FinishReason::Stop);
+    assert!(!g.text.contains(','), "{:?}", g.text);
+}
+
+#[test]
+fn logit_bias_bans_a_token() {
+    let e = engine(512);
+    let plain = e.generate(&raw(&e, "The capital of France is", 4)).unwrap();
+    let first = plain.tokens[0];
+    let mut j = raw(&e, "The capital of France is", 4);
+    j.sampling.logit_bias = vec![(first, -100.0)];
+    let g = e.generate(&j).unwrap();
+    assert_ne!(g.tokens[0], first);
+}
+
+#[test]
+fn a_grammar_constrains_the_output() {
+    let e = engine(512);
+    let mut j = raw(&e, "Is the sky blue? Answer yes or no:", 8);
+    j.sampling.grammar = Some("root ::= \" \"? (\"yes\" | \"no\")".into());
+    let g = e.generate(&j).unwrap();
+    assert!(
+        ["yes", "no", " yes", " no"].contains(&g.text.as_str()),
+        "{:?}",
+        g.text
+    );
+    let mut bad = raw(&e, "hi", 4);
+    bad.sampling.grammar = Some("root ::= (".into());
+    assert!(matches!(e.generate(&bad), Err(InferenceError::Grammar)));
+    // The engine goes on serving.
+    assert!(e.generate(&raw(&e, "hi", 2)).is_ok());
+}
+
+#[test]
+fn top_logprobs_come_with_each_token_when_asked() {
+    let e = engine(512);
+    let mut j = raw(&e, "The capital of France is", 6);
+    j.sampling.n_probs = 3;
+    let g = e.generate(&j).unwrap();
+    assert_eq!(g.logprobs.len(), g.tokens.len());
+    for (lp, &t) in g.logprobs.iter().zip(&g.tokens) {
+        assert_eq!(lp.token, t);
+        assert_eq!(lp.top.len(), 3);
+        assert!(lp.top.windows(2).all(|w| w[0].1 >= w[1].1));
+        // Greedy: the token is the most likely one.
+        assert_eq!(lp.top[0].0, t);
+        assert!(lp.logprob <= 0.0 && (lp.logprob - lp.top[0].1).abs() < 1e-4);
+    }
 }

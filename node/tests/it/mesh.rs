@@ -1,7 +1,9 @@
 //! Nodes in one process on loopback, with the stub engine.
 
 use cactus_node::client::{self, ClientError};
+use cactus_node::inference::pool::ThreadPool;
 use cactus_node::inference::stub::StubEngine;
+use cactus_node::inference::Engine;
 use cactus_node::network::NetworkConfig;
 use cactus_node::roles::router::Verification;
 use cactus_node::{Node, NodeConfig, Role};
@@ -43,8 +45,16 @@ async fn start(
     start_with(config(role, dir, bootstrap), engine).await
 }
 
+/// Queue places of a stub orchestrator unless a test says otherwise.
+const QUEUE: usize = 4;
+
 async fn start_with(config: NodeConfig, engine: Option<Arc<StubEngine>>) -> Node {
-    let engine = engine.map(|e| e as Arc<dyn cactus_node::inference::Engine>);
+    start_queued(config, engine, QUEUE).await
+}
+
+/// A node whose stub engine runs one task at a time with `queue` waiting.
+async fn start_queued(config: NodeConfig, engine: Option<Arc<StubEngine>>, queue: usize) -> Node {
+    let engine = engine.map(|e| Arc::new(ThreadPool::new(e, 1, queue)) as Arc<dyn Engine>);
     Node::start(config, Keypair::generate_ed25519(), engine)
         .await
         .unwrap()
@@ -79,7 +89,7 @@ struct Cluster {
 
 impl Cluster {
     async fn new(engines: Vec<Arc<StubEngine>>) -> Self {
-        Self::with_queue(engines, NodeConfig::default().queue).await
+        Self::with_queue(engines, QUEUE).await
     }
 
     /// Orchestrators whose pools queue at most `queue` tasks.
@@ -102,11 +112,8 @@ impl Cluster {
         let router_addr = first_addr(&router).await;
         let mut orchestrators = Vec::new();
         for e in engines {
-            let config = NodeConfig {
-                queue,
-                ..config(Role::Orchestrator, dir.path(), vec![router_addr.clone()])
-            };
-            orchestrators.push(start_with(config, Some(e)).await);
+            let config = config(Role::Orchestrator, dir.path(), vec![router_addr.clone()]);
+            orchestrators.push(start_queued(config, Some(e), queue).await);
         }
         within(router.wait_for_orchestrators(orchestrators.len()))
             .await

@@ -6,7 +6,7 @@
 use cactus_node::inference::llama::{LlamaConfig, LlamaEngine, quantize_q2k};
 use cactus_node::inference::model_file::ModelSpec;
 use cactus_node::inference::stub::Substitute;
-use cactus_node::inference::{Engine, Generation, Job};
+use cactus_node::inference::{Blocking, Engine, Generation, Job};
 use cactus_node::network::NetworkConfig;
 use cactus_node::roles::router::Verification;
 use cactus_node::{Node, NodeConfig, Role};
@@ -39,6 +39,7 @@ fn load(path: &Path, sha: Option<&str>) -> Arc<LlamaEngine> {
             threads: 2,
             ctx_size: 512,
             gpu_layers: 0,
+            ..LlamaConfig::default()
         },
     )
     .unwrap()
@@ -113,24 +114,25 @@ fn honest_results_pass_the_replay_and_a_substituted_model_fails_it() {
         temperature: 0.8,
         top_p: 0.9,
         seed: 7,
-        ..greedy
+        ..greedy.clone()
     };
     let mut caught = 0;
     for prompt in PROMPTS {
-        for sampling in [greedy, sampled] {
+        for sampling in [greedy.clone(), sampled.clone()] {
             let job = Job {
                 model: real.sha256,
                 prompt: prompt.into(),
                 format: PromptFormat::Chat,
-                sampling,
+                sampling: sampling.clone(),
+                deadline: None,
             };
-            let g = honest.generate(&job, &|| false).unwrap();
-            let req = request(&real, prompt, sampling, &g);
+            let g = honest.generate(&job).unwrap();
+            let req = request(&real, prompt, sampling.clone(), &g);
             req.validate().unwrap();
-            let f = honest.replay(&req, &|| false).unwrap();
+            let f = honest.replay_blocking(&req).unwrap();
             println!(
                 "honest  {prompt:?} t={}: max gap {:.3}, {} of {} differ",
-                sampling.temperature, f.max_gap, f.mismatches, f.positions
+                sampling.temperature.clone(), f.max_gap, f.mismatches, f.positions
             );
             assert_eq!(f.judge(&req.receipt.body, TOLERANCE), Ok(()), "{f:?}");
             assert_eq!(f.positions, g.output_tokens);
@@ -139,10 +141,10 @@ fn honest_results_pass_the_replay_and_a_substituted_model_fails_it() {
                 // Serves the substitute while claiming the real model: the
                 // fraud spot checks exist for.
                 let c = Substitute::new(Arc::clone(&cheat) as Arc<dyn Engine>, real.clone())
-                    .generate(&job, &|| false)
+                    .generate(&job)
                     .unwrap();
                 let req = request(&real, prompt, sampling, &c);
-                let f = honest.replay(&req, &|| false).unwrap();
+                let f = honest.replay_blocking(&req).unwrap();
                 println!(
                     "cheater {prompt:?}: max gap {:.3}, {} of {} differ",
                     f.max_gap, f.mismatches, f.positions
@@ -166,12 +168,13 @@ fn honest_results_pass_the_replay_and_a_substituted_model_fails_it() {
         model: real.sha256,
         prompt: PROMPTS[0].into(),
         format: PromptFormat::Chat,
-        sampling: greedy,
+        sampling: greedy.clone(),
+        deadline: None,
     };
-    let g = honest.generate(&job, &|| false).unwrap();
-    let mut req = request(&real, PROMPTS[0], greedy, &g);
+    let g = honest.generate(&job).unwrap();
+    let mut req = request(&real, PROMPTS[0], greedy.clone(), &g);
     req.text.push('!');
-    let f = honest.replay(&req, &|| false).unwrap();
+    let f = honest.replay_blocking(&req).unwrap();
     assert_eq!(
         f.judge(&req.receipt.body, TOLERANCE),
         Err(FraudReason::TextMismatch)
@@ -181,13 +184,13 @@ fn honest_results_pass_the_replay_and_a_substituted_model_fails_it() {
     let mut swapped = g.clone();
     swapped.tokens[2] = swapped.tokens[2].wrapping_add(7);
     swapped.tokens[5] = 9_999_999; // not even in the vocabulary
-    let req = request(&real, PROMPTS[0], greedy, &swapped);
-    let f = honest.replay(&req, &|| false).unwrap();
+    let req = request(&real, PROMPTS[0], greedy.clone(), &swapped);
+    let f = honest.replay_blocking(&req).unwrap();
     assert!(!f.text_matches);
     assert!(f.max_gap > TOLERANCE, "{f:?}");
     assert!(f.judge(&req.receipt.body, TOLERANCE).is_err());
-    let req = signed_request(&real, PROMPTS[0], greedy, &g, |b| b.prompt_tokens += 1);
-    let f = honest.replay(&req, &|| false).unwrap();
+    let req = signed_request(&real, PROMPTS[0], greedy.clone(), &g, |b| b.prompt_tokens += 1);
+    let f = honest.replay_blocking(&req).unwrap();
     assert!(matches!(
         f.judge(&req.receipt.body, TOLERANCE),
         Err(FraudReason::PromptTokens { .. })

@@ -10,6 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// How often a running task checks that its requester still waits.
+const REPLY_CHECK: Duration = Duration::from_millis(200);
+
 /// The orchestrator role as the dispatcher sees it.
 #[derive(Debug)]
 pub struct OrchestratorRole {
@@ -68,8 +71,23 @@ impl OrchestratorRole {
         let dirty = Arc::clone(&self.dirty);
         let network = work.network().clone();
         work.spawn(async move {
-            let response = response.await;
-            let _ = network.respond(reply, response).await;
+            // A requester that went away (its connection closed, or it gave
+            // up) closes the reply channel: the work stops then, which
+            // cancels its generation.
+            let mut check = tokio::time::interval(REPLY_CHECK);
+            let response = response;
+            tokio::pin!(response);
+            let response = loop {
+                tokio::select! {
+                    r = &mut response => break Some(r),
+                    _ = check.tick() => if !reply.is_open() { break None },
+                }
+            };
+            if let Some(response) = response {
+                let _ = network.respond(reply, response).await;
+            } else {
+                tracing::info!("the requester left; its task is stopped");
+            }
             dirty.store(true, Ordering::Relaxed);
         });
     }
@@ -100,6 +118,10 @@ impl Handler for OrchestratorRole {
                         Err(e) => TaskResponse::Failed(e),
                     }
                 });
+            }
+            TaskRequest::Cancel(task_id) => {
+                let found = self.ctx.cancel(&peer, &task_id);
+                work.respond(reply, TaskResponse::Cancelled(found));
             }
             other => work.respond(reply, crate::roles::wrong_role(&other)),
         }

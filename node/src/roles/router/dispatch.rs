@@ -14,6 +14,9 @@ use std::time::Duration;
 
 /// Time kept back from an attempt for replaying its result.
 const REPLAY_RESERVE: Duration = Duration::from_secs(60);
+/// How long a router waits for an orchestrator to confirm it stopped a task
+/// the router gave up on.
+const CANCEL_WAIT: Duration = Duration::from_secs(2);
 
 /// How one attempt ended.
 enum Attempt {
@@ -209,7 +212,10 @@ impl RouterCtx {
                 (e, failure)
             }
             Ok(Ok(
-                TaskResponse::Answer(_) | TaskResponse::Replayed(_) | TaskResponse::BidReceived,
+                TaskResponse::Answer(_)
+                | TaskResponse::Replayed(_)
+                | TaskResponse::BidReceived
+                | TaskResponse::Cancelled(_),
             )) => (
                 TaskError::new(
                     TaskErrorKind::BadResult,
@@ -226,6 +232,13 @@ impl RouterCtx {
             }
             Err(_) => {
                 tracing::warn!(orchestrator = %peer, "orchestrator timed out");
+                // It may still be generating: tell it to stop and free the
+                // slot, then go on (briefly: the answer only says whether it
+                // had the task).
+                let cancel = self
+                    .network
+                    .send_task(peer, TaskRequest::Cancel(assignment.task_id));
+                let _ = tokio::time::timeout(CANCEL_WAIT, cancel).await;
                 let e = TaskError::new(
                     TaskErrorKind::Unavailable,
                     format!("orchestrator {peer} did not answer in {timeout:?}"),

@@ -1,0 +1,410 @@
+//! The inference server next to llama.cpp's own tools, same model, threads
+//! and prompts, in one run:
+//!
+//! - aggregate generation tokens/s at 1, 4 and 8 concurrent streams through
+//!   the mesh (client → router → orchestrator on loopback, the orchestrator
+//!   running `--slots 8`) ÷ `llama-server -np 8` driven the same way (target
+//!   ≥ 1.0 at 8 streams);
+//! - single-stream generation tokens/s through the mesh ÷ `llama-bench` tg
+//!   (target ≥ 0.97): the mesh figure is (n − 1) tokens over the time of an
+//!   n-token task less a 1-token one, so prefill and round trips cancel out;
+//! - time to first token of a chat's second turn with the prompt cache ÷
+//!   without (target ≤ 0.3), through the engine's token stream.
+//!
+//! llama.cpp's tools come from `scripts/llama-tools.sh` (built once, cached
+//! outside the repository); `scripts/bench-engine.sh` runs both.
+//!
+//! ```text
+//! LLAMA_TOOLS=$(scripts/llama-tools.sh) cargo bench -p cactus-node --bench engine
+//! BENCH_THREADS=2 BENCH_TOKENS=64 BENCH_RUNS=3 BENCH_MODEL=path.gguf ...
+//! ```
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
+
+use cactus_node::client;
+use cactus_node::inference::llama::{LlamaConfig, LlamaEngine};
+use cactus_node::inference::model_file::ModelSpec;
+use cactus_node::inference::{Engine, Event, Job};
+use cactus_node::network::NetworkConfig;
+use cactus_node::{Node, NodeConfig, Role};
+use cactus_protocol::{PromptFormat, SamplingParams, TaskSpec};
+use libp2p::identity::Keypair;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Prompts that keep a small model talking.
+const PROMPTS: [&str; 8] = [
+    "Write a long story about a cactus that learns to walk across the desert.",
+    "Count from one to two hundred, separated by commas: one, two, three,",
+    "Explain in detail how a bicycle stays upright, step by step.",
+    "List every country in Europe with its capital city:",
+    "Describe a journey by train from Lisbon to Moscow, day by day.",
+    "Write a recipe book chapter about bread, with many recipes.",
+    "Tell the history of the Roman Empire from its founding to its fall.",
+    "Write a long poem about the sea, the wind and the stars.",
+];
+const SLOTS: usize = 8;
+const CTX_PER_SLOT: u32 = 1024;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn model_path() -> PathBuf {
+    std::env::var_os("BENCH_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| home.join(".cache"))
+                .join("cactus/models/gemma-3-270m-q4_k_m.gguf")
+        })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// An in-process router, orchestrator and client on loopback.
+struct Mesh {
+    rt: tokio::runtime::Runtime,
+    router: Node,
+    client: Node,
+    _orch: Node,
+}
+
+impl Mesh {
+    fn start(engine: Arc<LlamaEngine>) -> Self {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (router, orch, client) = rt.block_on(async {
+            let net = NetworkConfig {
+                listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+                ..NetworkConfig::default()
+            };
+            let dir = std::env::temp_dir().join(format!("cactus-bench-engine-{}", std::process::id()));
+            let router = Node::start(
+                NodeConfig {
+                    role: Role::Router,
+                    data_dir: dir,
+                    network: net.clone(),
+                    ..NodeConfig::default()
+                },
+                Keypair::generate_ed25519(),
+                None,
+            )
+            .await
+            .unwrap();
+            let addr = router.listen_addrs().await.unwrap()[0].clone();
+            let orch = Node::start(
+                NodeConfig {
+                    role: Role::Orchestrator,
+                    network: NetworkConfig {
+                        bootstrap: vec![addr.clone()],
+                        ..net.clone()
+                    },
+                    ..NodeConfig::default()
+                },
+                Keypair::generate_ed25519(),
+                Some(engine as Arc<dyn Engine>),
+            )
+            .await
+            .unwrap();
+            tokio::time::timeout(Duration::from_secs(60), router.wait_for_orchestrators(1))
+                .await
+                .unwrap()
+                .unwrap();
+            let client = Node::start(
+                NodeConfig {
+                    role: Role::Client,
+                    network: NetworkConfig {
+                        listen: vec![],
+                        ..net
+                    },
+                    ..NodeConfig::default()
+                },
+                Keypair::generate_ed25519(),
+                None,
+            )
+            .await
+            .unwrap();
+            client.network().dial(addr).await.unwrap();
+            (router, orch, client)
+        });
+        Self {
+            rt,
+            router,
+            client,
+            _orch: orch,
+        }
+    }
+
+    /// Runs `n` tasks at once; returns the output tokens and the wall time.
+    fn concurrent(&self, n: usize, tokens: u32) -> (u64, f64) {
+        self.rt.block_on(async {
+            let started = Instant::now();
+            let tasks: Vec<_> = (0..n)
+                .map(|i| {
+                    let spec = spec(PROMPTS[i % PROMPTS.len()], tokens);
+                    let network = self.client.network().clone();
+                    let router = self.router.peer_id();
+                    tokio::spawn(async move { client::submit_to(&network, router, spec).await })
+                })
+                .collect();
+            let mut total = 0u64;
+            for t in tasks {
+                total += u64::from(t.await.unwrap().unwrap().receipt.body.output_tokens);
+            }
+            (total, started.elapsed().as_secs_f64())
+        })
+    }
+}
+
+fn spec(prompt: &str, max_tokens: u32) -> TaskSpec {
+    TaskSpec {
+        model: None,
+        prompt: prompt.into(),
+        format: PromptFormat::Raw,
+        sampling: SamplingParams {
+            max_tokens,
+            ..SamplingParams::default()
+        },
+    }
+}
+
+/// llama-server on a free loopback port, started and waited for.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(tools: &Path, model: &Path, threads: u32) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(tools.join("llama-server"))
+            .args(["-m", &model.display().to_string()])
+            .args(["-t", &threads.to_string(), "-tb", &threads.to_string()])
+            .args(["-np", &SLOTS.to_string()])
+            .args(["-c", &(CTX_PER_SLOT * SLOTS as u32).to_string()])
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("llama-server starts");
+        let s = Self { child, port };
+        let end = Instant::now() + Duration::from_secs(120);
+        while s.get("/health").is_none_or(|b| !b.contains("ok")) {
+            assert!(Instant::now() < end, "llama-server did not come up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        s
+    }
+
+    fn http(&self, request: &str) -> Option<String> {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        c.write_all(request.as_bytes()).ok()?;
+        let mut out = String::new();
+        c.read_to_string(&mut out).ok()?;
+        Some(out.split_once("\r\n\r\n")?.1.to_owned())
+    }
+
+    fn get(&self, path: &str) -> Option<String> {
+        self.http(&format!(
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        ))
+    }
+
+    /// One completion; returns the tokens it generated.
+    fn complete(&self, prompt: &str, tokens: u32) -> u64 {
+        let body = serde_json::json!({
+            "prompt": prompt, "n_predict": tokens, "temperature": 0.0, "cache_prompt": false,
+        })
+        .to_string();
+        let answer = self
+            .http(&format!(
+                "POST /completion HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ))
+            .expect("llama-server answers");
+        let v: serde_json::Value = serde_json::from_str(answer.trim()).expect("JSON answer");
+        v["tokens_predicted"].as_u64().expect("tokens_predicted")
+    }
+
+    fn concurrent(self: &Arc<Self>, n: usize, tokens: u32) -> (u64, f64) {
+        let started = Instant::now();
+        let threads: Vec<_> = (0..n)
+            .map(|i| {
+                let s = Arc::clone(self);
+                std::thread::spawn(move || s.complete(PROMPTS[i % PROMPTS.len()], tokens))
+            })
+            .collect();
+        let total = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        (total, started.elapsed().as_secs_f64())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// llama-bench's tg figure (tokens/s) for `tokens` tokens.
+fn llama_bench(tools: &Path, model: &Path, threads: u32, tokens: u32) -> f64 {
+    let out = Command::new(tools.join("llama-bench"))
+        .args(["-m", &model.display().to_string()])
+        .args(["-t", &threads.to_string(), "-p", "0", "-n", &tokens.to_string()])
+        .args(["-r", "3", "-o", "json"])
+        .stderr(Stdio::null())
+        .output()
+        .expect("llama-bench runs");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("llama-bench JSON");
+    v[0]["avg_ts"].as_f64().expect("avg_ts")
+}
+
+/// Time to the first token event of `job`, in seconds.
+fn ttft(engine: &LlamaEngine, job: Job) -> (f64, String) {
+    let started = Instant::now();
+    let mut s = engine.submit(job).unwrap();
+    let mut first = None;
+    loop {
+        match s.blocking_next().expect("the stream ends with a result") {
+            Event::Token { .. } => {
+                first.get_or_insert_with(|| started.elapsed().as_secs_f64());
+            }
+            Event::Done(r) => return (first.unwrap(), r.unwrap().text),
+        }
+    }
+}
+
+fn main() {
+    let path = model_path();
+    assert!(
+        path.exists(),
+        "no model at {}: run scripts/fetch-model.sh or set BENCH_MODEL",
+        path.display()
+    );
+    let tools = PathBuf::from(
+        std::env::var_os("LLAMA_TOOLS")
+            .expect("set LLAMA_TOOLS to llama.cpp's tools (scripts/llama-tools.sh prints it)"),
+    );
+    let threads: u32 = env_or("BENCH_THREADS", 2);
+    let tokens: u32 = env_or("BENCH_TOKENS", 64);
+    let runs: usize = env_or("BENCH_RUNS", 3);
+    let engine = LlamaEngine::load(
+        &[ModelSpec {
+            path: path.clone(),
+            expected_sha256: None,
+        }],
+        LlamaConfig {
+            threads,
+            ctx_size: CTX_PER_SLOT,
+            slots: SLOTS,
+            queue: SLOTS,
+            ..LlamaConfig::default()
+        },
+    )
+    .unwrap();
+    println!(
+        "model {}, {threads} threads, {tokens} tokens per request, median of {runs} runs",
+        path.display()
+    );
+
+    // 1. Aggregate tokens/s, mesh and llama-server interleaved.
+    let mesh = Mesh::start(Arc::clone(&engine));
+    mesh.concurrent(1, 8);
+    println!("\n| concurrent streams | mesh tokens/s | llama-server -np {SLOTS} tokens/s | ratio | target |");
+    println!("|---|---|---|---|---|");
+    for n in [1usize, 4, 8] {
+        let mut ours = Vec::new();
+        let mut theirs = Vec::new();
+        for _ in 0..runs {
+            let (t, s) = mesh.concurrent(n, tokens);
+            ours.push(t as f64 / s);
+            let server = Arc::new(Server::start(&tools, &path, threads));
+            server.concurrent(1, 8);
+            let (t, s) = server.concurrent(n, tokens);
+            theirs.push(t as f64 / s);
+        }
+        let (o, t) = (median(ours), median(theirs));
+        let target = if n == 8 { "≥ 1.0" } else { "" };
+        println!("| {n} | {o:.1} | {t:.1} | {:.2} | {target} |", o / t);
+    }
+
+    // 2. Single stream through the mesh against llama-bench's tg.
+    let long = tokens.max(64) * 2;
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for _ in 0..runs {
+        let (_, one) = mesh.concurrent(1, 1);
+        let (n, all) = mesh.concurrent(1, long);
+        ours.push((n - 1) as f64 / (all - one));
+        theirs.push(llama_bench(&tools, &path, threads, long));
+    }
+    let (o, t) = (median(ours), median(theirs));
+    println!("\n| single stream, {long} tokens | mesh tokens/s | llama-bench tg{long} tokens/s | ratio | target |");
+    println!("|---|---|---|---|---|");
+    println!("| 1 | {o:.1} | {t:.1} | {:.3} | ≥ 0.97 |", o / t);
+    drop(mesh);
+
+    // 3. A chat's second turn, prompt cache on and off.
+    let model = engine.models()[0].sha256;
+    let context = PROMPTS.join(" ").repeat(4);
+    let turn = |prompt: String, max_tokens| Job {
+        model,
+        prompt,
+        format: PromptFormat::Raw,
+        sampling: SamplingParams {
+            max_tokens,
+            ..SamplingParams::default()
+        },
+        deadline: None,
+    };
+    let mut cached = Vec::new();
+    let mut cold = Vec::new();
+    for r in 0..runs {
+        let first = format!("{context}\nRun {r}. Question: what is the first story about?\nAnswer:");
+        let (_, answer) = ttft(&engine, turn(first.clone(), 16));
+        let second = format!("{first}{answer}\nQuestion: and the second?\nAnswer:");
+        let (hit, _) = ttft(&engine, turn(second.clone(), 4));
+        // Fill every slot with other prompts so that nothing of this chat
+        // is left in the cache, then ask the same second turn.
+        let others: Vec<_> = (0..SLOTS)
+            .map(|i| engine.submit(turn(format!("Unrelated {r} {i}: {}", PROMPTS[i]), 2)).unwrap())
+            .collect();
+        for s in others {
+            s.blocking_finish().unwrap();
+        }
+        let (miss, _) = ttft(&engine, turn(second, 4));
+        cached.push(hit);
+        cold.push(miss);
+    }
+    let (h, m) = (median(cached), median(cold));
+    println!("\n| chat turn 2 | time to first token, cached prefix | without cache | ratio | target |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| {} prompt chars | {:.1} ms | {:.1} ms | {:.3} | ≤ 0.3 |",
+        context.len(),
+        h * 1e3,
+        m * 1e3,
+        h / m
+    );
+    let stats = engine.stats();
+    println!(
+        "\nengine: {} decode steps, {} shared by several sequences, at most {} sequences in one step",
+        stats.steps, stats.shared_steps, stats.max_batch_sequences
+    );
+}

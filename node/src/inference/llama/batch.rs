@@ -1,0 +1,869 @@
+//! One model's decode loop: continuous batching over one llama.cpp context.
+//!
+//! The context holds `slots` sequences, each with its own `ctx_size` tokens
+//! of KV cache (llama.cpp's non-unified cache: `n_ctx = slots × ctx_size`).
+//! Every step builds one `llama_batch` from the next token of every
+//! generating sequence and prompt chunks of new ones (at most `n_batch`
+//! tokens in all, generating sequences first, so that a long prompt cannot
+//! freeze them), decodes it with the engine's threads, and samples each
+//! sequence's next token. Work joins between steps; a finished, cancelled or
+//! expired sequence leaves at once and its slot takes new work at the next
+//! step.
+//!
+//! Each slot keeps the tokens its cache holds after its last task. New work
+//! goes to the free slot sharing the longest token prefix with it, and only
+//! the rest is prefilled (llama-server's `cache_prompt`).
+
+use super::super::text::{Output, stop_position};
+use super::super::{
+    Admission, EngineStats, Event, Generation, InferenceError, Job, StreamSender, TokenLogprobs,
+};
+use super::{LlamaConfig, Loaded, sampler};
+use cactus_protocol::fraud::{MAX_WORST, PositionGap, ReplayFindings, ReplayRequest};
+use cactus_protocol::messages::{MAX_OUTPUT_BYTES, truncate_utf8};
+use cactus_protocol::{CachedPrefix, Digest, FinishReason};
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// Work for the loop.
+pub(super) enum Work {
+    Generate(Job, StreamSender),
+    Replay(
+        Box<ReplayRequest>,
+        oneshot::Sender<Result<ReplayFindings, InferenceError>>,
+    ),
+}
+
+/// What the loop publishes for the engine's callers.
+#[derive(Debug, Default)]
+pub(super) struct Shared {
+    pub cache: Mutex<Vec<CachedPrefix>>,
+    pub stats: Mutex<EngineStats>,
+}
+
+/// Output positions whose logits one replay keeps per step: the output
+/// layer over a large vocabulary makes logits the large buffer.
+const REPLAY_CHUNK: usize = 64;
+/// How long the loop waits for new work while every sequence is paused by
+/// its reader.
+const PAUSED_WAIT: Duration = Duration::from_millis(2);
+/// How often a busy loop logs what it does.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+struct Gen {
+    tx: StreamSender,
+    deadline: Option<Instant>,
+    started: Instant,
+    /// The task's prompt as given: with the output, what the cache will hold.
+    prompt: String,
+    tokens: Vec<LlamaToken>,
+    sampler: LlamaSampler,
+    out: Output,
+    ids: Vec<u32>,
+    logprobs: Vec<TokenLogprobs>,
+    n_probs: usize,
+    max_tokens: u32,
+    cached_tokens: u32,
+    /// The last sampled token, to feed at the next step.
+    next: Option<LlamaToken>,
+    /// A token event waiting for room in the stream (the sequence pauses).
+    held: Option<Event>,
+    /// Where this sequence's logits are in the current batch.
+    logits_at: Option<i32>,
+}
+
+struct Replay {
+    request: Box<ReplayRequest>,
+    reply: oneshot::Sender<Result<ReplayFindings, InferenceError>>,
+    started: Instant,
+    /// Prompt then output tokens (out-of-vocabulary ids fed as 0).
+    seq: Vec<LlamaToken>,
+    n_prompt: usize,
+    /// First and last positions whose logits are checked.
+    first: usize,
+    last: usize,
+    shape: Option<LlamaSampler>,
+    choose: LlamaSampler,
+    eog: Arc<Vec<usize>>,
+    positions: u32,
+    mismatches: u32,
+    max_gap: f32,
+    worst: Vec<PositionGap>,
+    stop_gap: Option<f32>,
+    /// Positions in the current batch whose logits belong to this replay.
+    logits_at: Vec<(usize, i32)>,
+}
+
+enum Task {
+    Gen(Box<Gen>),
+    Replay(Box<Replay>),
+}
+
+struct Slot {
+    seq: i32,
+    /// Tokens whose KV this sequence holds, from position 0.
+    cached: Vec<LlamaToken>,
+    /// What the cache holds, in the task's own terms, for adverts.
+    advert: Option<CachedPrefix>,
+    used: u64,
+    task: Option<Task>,
+}
+
+impl Slot {
+    /// Tokens of `task` not yet fed.
+    fn pending(&self) -> usize {
+        match &self.task {
+            Some(Task::Gen(g)) => g.tokens.len().saturating_sub(self.cached.len()),
+            Some(Task::Replay(r)) => r.seq.len().saturating_sub(self.cached.len()),
+            None => 0,
+        }
+    }
+}
+
+pub(super) struct Loop<'m> {
+    loaded: &'m Loaded,
+    ctx: LlamaContext<'m>,
+    config: LlamaConfig,
+    n_ctx_seq: u32,
+    /// The model's sliding attention window (0: none; `None`: unknown).
+    n_swa: Option<i32>,
+    slots: Vec<Slot>,
+    batch: LlamaBatch<'static>,
+    rx: Receiver<Work>,
+    admission: Arc<Admission>,
+    shared: Arc<Shared>,
+    eog: Arc<Vec<usize>>,
+    tick: u64,
+    rotate: usize,
+    stats: EngineStats,
+    logged: Instant,
+    logged_tokens: u64,
+}
+
+impl<'m> Loop<'m> {
+    pub(super) fn new(
+        loaded: &'m Loaded,
+        ctx: LlamaContext<'m>,
+        config: LlamaConfig,
+        rx: Receiver<Work>,
+        admission: Arc<Admission>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        let model = &loaded.model;
+        let n_vocab = model.n_vocab().max(0) as usize;
+        let vocab = model.vocab();
+        let eog = (0..n_vocab)
+            .filter(|&t| vocab.is_eog(LlamaToken::new(t as i32)))
+            .collect();
+        let n_swa = sliding_window(model);
+        let slots = (0..admission.slots())
+            .map(|i| Slot {
+                seq: i as i32,
+                cached: Vec::new(),
+                advert: None,
+                used: 0,
+                task: None,
+            })
+            .collect();
+        let batch_tokens = config.batch_size.max(1) as usize;
+        // llama.cpp rounds the context up; a slot gets what was asked.
+        let asked = config.ctx_size.min(model.n_ctx_train()).max(16);
+        Self {
+            loaded,
+            n_ctx_seq: asked.min(ctx.n_ctx() / admission.slots().max(1) as u32),
+            ctx,
+            n_swa,
+            slots,
+            batch: LlamaBatch::new(batch_tokens, 1),
+            rx,
+            admission,
+            shared,
+            eog: Arc::new(eog),
+            tick: 0,
+            rotate: 0,
+            stats: EngineStats::default(),
+            logged: Instant::now(),
+            logged_tokens: 0,
+            config,
+        }
+    }
+
+    /// Runs until the engine is dropped and every task has ended.
+    pub(super) fn run(mut self) {
+        let mut open = true;
+        loop {
+            let active = self.slots.iter().filter(|s| s.task.is_some()).count();
+            if !open && active == 0 {
+                return;
+            }
+            // Take new work while a slot is free; wait for it when idle.
+            while open && self.slots.iter().any(|s| s.task.is_none()) {
+                let busy = self.slots.iter().any(|s| s.task.is_some());
+                let next = if busy {
+                    match self.rx.try_recv() {
+                        Ok(w) => Some(w),
+                        Err(TryRecvError::Empty) => None,
+                        Err(TryRecvError::Disconnected) => {
+                            open = false;
+                            None
+                        }
+                    }
+                } else {
+                    match self.rx.recv() {
+                        Ok(w) => Some(w),
+                        Err(_) => {
+                            open = false;
+                            None
+                        }
+                    }
+                };
+                let Some(work) = next else { break };
+                self.admit(work);
+            }
+            self.expire();
+            let fed = match self.build() {
+                Ok(n) => n,
+                Err(e) => {
+                    self.fail_batch(&e);
+                    continue;
+                }
+            };
+            if fed == 0 {
+                if self.slots.iter().any(|s| s.task.is_some()) && open {
+                    // Every sequence waits for its reader: wait for them or
+                    // for new work, whichever comes first.
+                    match self.rx.recv_timeout(PAUSED_WAIT) {
+                        Ok(w) => self.admit(w),
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => open = false,
+                    }
+                } else if !open && self.slots.iter().any(|s| s.task.is_some()) {
+                    std::thread::park_timeout(PAUSED_WAIT);
+                }
+                continue;
+            }
+            if let Err(e) = self.ctx.decode(&mut self.batch) {
+                self.fail_batch(&InferenceError::engine(e));
+                continue;
+            }
+            self.after_decode();
+            self.publish();
+        }
+    }
+
+    fn admit(&mut self, work: Work) {
+        self.tick += 1;
+        let result = match work {
+            Work::Generate(job, tx) => self.admit_gen(job, tx),
+            Work::Replay(request, reply) => self.admit_replay(request, reply),
+        };
+        if result.is_err() {
+            self.admission.release();
+        }
+    }
+
+    /// The free slot sharing the longest prefix with `tokens` (the least
+    /// recently used among equals), and how many tokens of it to keep: at
+    /// most `limit`, and none when llama.cpp's sliding-window cache no
+    /// longer holds what the kept prefix needs.
+    fn pick_slot(&mut self, tokens: &[LlamaToken], limit: usize) -> Option<(usize, usize)> {
+        let (i, lcp) = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.task.is_none())
+            .map(|(i, s)| {
+                let lcp = s
+                    .cached
+                    .iter()
+                    .zip(tokens)
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                (i, lcp, s.used)
+            })
+            .max_by_key(|&(_, lcp, used)| (lcp, std::cmp::Reverse(used)))
+            .map(|(i, lcp, _)| (i, lcp))?;
+        let mut keep = lcp.min(limit);
+        let seq = self.slots[i].seq;
+        // A sliding-window cache drops positions older than the window; the
+        // kept prefix needs its last window (llama-server's rule). When the
+        // window is unknown, only a cache that still starts at 0 is reused.
+        if keep > 0 && self.n_swa != Some(0) {
+            let pos_min = self.ctx.kv_cache_seq_pos_min(seq);
+            let needed = self.n_swa.map_or(0, |w| (keep as i32 - w).max(0));
+            if pos_min > needed {
+                keep = 0;
+            }
+        }
+        let removed = self
+            .ctx
+            .clear_kv_cache_seq(Some(seq as u32), Some(keep as u32), None)
+            .unwrap_or(false);
+        if !removed {
+            keep = 0;
+            let _ = self.ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
+        }
+        let slot = &mut self.slots[i];
+        slot.cached.truncate(keep);
+        slot.advert = None;
+        slot.used = self.tick;
+        Some((i, keep))
+    }
+
+    fn admit_gen(&mut self, job: Job, tx: StreamSender) -> Result<(), ()> {
+        let started = Instant::now();
+        if tx.is_closed() {
+            tx.done(Err(InferenceError::Cancelled));
+            return Err(());
+        }
+        let model = &self.loaded.model;
+        let prepared = (|| {
+            let (text, add_bos) = super::prompt_text(model, &job)?;
+            let tokens = model.vocab().tokenize(text.as_bytes(), add_bos, true);
+            let prompt_tokens = tokens.len() as u32;
+            let max_tokens = job.sampling.max_tokens;
+            if tokens.is_empty() || prompt_tokens.saturating_add(max_tokens) > self.n_ctx_seq {
+                return Err(InferenceError::PromptTooLong {
+                    prompt_tokens,
+                    max_tokens,
+                    n_ctx: self.n_ctx_seq,
+                });
+            }
+            let sampler = sampler::generation(model, &job.sampling)?;
+            Ok((tokens, sampler))
+        })();
+        let (tokens, sampler) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                tx.done(Err(e));
+                return Err(());
+            }
+        };
+        let limit = tokens.len() - 1;
+        let Some((i, keep)) = self.pick_slot(&tokens, limit) else {
+            tx.done(Err(InferenceError::engine("no free sequence slot")));
+            return Err(());
+        };
+        self.stats.cached_prompt_tokens += keep as u64;
+        let task = Gen {
+            tx,
+            deadline: job.deadline,
+            started,
+            prompt: job.prompt,
+            sampler,
+            out: Output::new(&job.sampling.stop),
+            ids: Vec::new(),
+            logprobs: Vec::new(),
+            n_probs: usize::from(job.sampling.n_probs),
+            max_tokens: job.sampling.max_tokens,
+            cached_tokens: keep as u32,
+            tokens,
+            next: None,
+            held: None,
+            logits_at: None,
+        };
+        self.slots[i].task = Some(Task::Gen(Box::new(task)));
+        self.publish_cache();
+        Ok(())
+    }
+
+    fn admit_replay(
+        &mut self,
+        request: Box<ReplayRequest>,
+        reply: oneshot::Sender<Result<ReplayFindings, InferenceError>>,
+    ) -> Result<(), ()> {
+        let started = Instant::now();
+        let model = &self.loaded.model;
+        let prepared = (|| {
+            let job = Job {
+                model: request.model(),
+                prompt: request.prompt.clone(),
+                format: request.format(),
+                sampling: request.sampling().clone(),
+                deadline: None,
+            };
+            let (text, add_bos) = super::prompt_text(model, &job)?;
+            let prompt = model.vocab().tokenize(text.as_bytes(), add_bos, true);
+            let n_vocab = model.n_vocab().max(0) as usize;
+            let (n_p, n_o) = (prompt.len(), request.tokens.len());
+            if n_p == 0 || (n_p + n_o) as u64 > u64::from(self.n_ctx_seq) {
+                return Err(InferenceError::PromptTooLong {
+                    prompt_tokens: n_p as u32,
+                    max_tokens: n_o as u32,
+                    n_ctx: self.n_ctx_seq,
+                });
+            }
+            // An id outside the vocabulary is fed as token 0 and can never
+            // pass (its gap is infinite).
+            let seq: Vec<LlamaToken> = prompt
+                .iter()
+                .copied()
+                .chain(request.tokens.iter().map(|&t| {
+                    LlamaToken::new(if (t as usize) < n_vocab { t as i32 } else { 0 })
+                }))
+                .collect();
+            let (shape, choose) = sampler::replay(model, &job.sampling)?;
+            Ok((seq, n_p, shape, choose))
+        })();
+        let (seq, n_p, shape, choose) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return Err(());
+            }
+        };
+        let n_o = request.tokens.len();
+        let stop = request.finish() == FinishReason::EndOfGeneration;
+        // Logits at position p predict the token at p + 1: from the last
+        // prompt token to the last output token (which predicts the stop).
+        let first = n_p - 1;
+        let last = if stop {
+            n_p + n_o - 1
+        } else {
+            n_p + n_o - 1 - usize::from(n_o > 0)
+        };
+        let Some((i, _keep)) = self.pick_slot(&seq, first) else {
+            let _ = reply.send(Err(InferenceError::engine("no free sequence slot")));
+            return Err(());
+        };
+        let replay = Replay {
+            request,
+            reply,
+            started,
+            seq,
+            n_prompt: n_p,
+            first,
+            last,
+            shape,
+            choose,
+            eog: Arc::clone(&self.eog),
+            positions: 0,
+            mismatches: 0,
+            max_gap: 0.0,
+            worst: Vec::new(),
+            stop_gap: None,
+            logits_at: Vec::new(),
+        };
+        self.slots[i].task = Some(Task::Replay(Box::new(replay)));
+        Ok(())
+    }
+
+    /// Ends tasks whose reader left or whose deadline passed.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.slots.len() {
+            let why = match &self.slots[i].task {
+                Some(Task::Gen(g)) if g.tx.is_closed() => Some(InferenceError::Cancelled),
+                Some(Task::Gen(g)) if g.deadline.is_some_and(|d| now >= d) => {
+                    Some(InferenceError::DeadlineExceeded)
+                }
+                Some(Task::Replay(r)) if r.reply.is_closed() => Some(InferenceError::Cancelled),
+                _ => None,
+            };
+            if let Some(e) = why {
+                self.end(i, Err(e));
+            }
+        }
+    }
+
+    /// Fills the batch; returns how many tokens it holds.
+    fn build(&mut self) -> Result<usize, InferenceError> {
+        self.batch.clear();
+        let cap = self.config.batch_size.max(1) as usize;
+        let mut used = 0usize;
+        // Generating sequences first: one token each.
+        for slot in &mut self.slots {
+            let Some(Task::Gen(g)) = &mut slot.task else {
+                continue;
+            };
+            g.logits_at = None;
+            if g.held.is_some() {
+                // Paused by its reader; try to hand the token out now.
+                if let Some(e) = g.held.take()
+                    && let Err(e) = g.tx.try_token(e)
+                {
+                    g.held = Some(e);
+                    continue;
+                }
+            }
+            let Some(t) = g.next.take() else { continue };
+            if used >= cap {
+                g.next = Some(t);
+                continue;
+            }
+            let pos = slot.cached.len() as i32;
+            self.batch
+                .add(t, pos, &[slot.seq], true)
+                .map_err(InferenceError::engine)?;
+            g.logits_at = Some(used as i32);
+            slot.cached.push(t);
+            used += 1;
+        }
+        // Then prompt chunks, starting from a rotating slot so that several
+        // long prompts share the room.
+        let n = self.slots.len();
+        self.rotate = (self.rotate + 1) % n.max(1);
+        for k in 0..n {
+            let i = (self.rotate + k) % n;
+            if used >= cap {
+                break;
+            }
+            let slot = &mut self.slots[i];
+            let pending = slot.pending();
+            match &mut slot.task {
+                Some(Task::Gen(g)) if pending > 0 => {
+                    let from = slot.cached.len();
+                    let take = pending.min(cap - used);
+                    let last = g.tokens.len() - 1;
+                    for p in from..from + take {
+                        self.batch
+                            .add(g.tokens[p], p as i32, &[slot.seq], p == last)
+                            .map_err(InferenceError::engine)?;
+                        if p == last {
+                            g.logits_at = Some(used as i32);
+                        }
+                        used += 1;
+                    }
+                    slot.cached.extend_from_slice(&g.tokens[from..from + take]);
+                }
+                Some(Task::Replay(r)) if pending > 0 => {
+                    r.logits_at.clear();
+                    let from = slot.cached.len();
+                    let mut p = from;
+                    while p < r.seq.len() && used < cap {
+                        let wants = p >= r.first && p <= r.last;
+                        if wants && r.logits_at.len() >= REPLAY_CHUNK {
+                            break;
+                        }
+                        self.batch
+                            .add(r.seq[p], p as i32, &[slot.seq], wants)
+                            .map_err(InferenceError::engine)?;
+                        if wants {
+                            r.logits_at.push((p, used as i32));
+                        }
+                        used += 1;
+                        p += 1;
+                    }
+                    slot.cached.extend_from_slice(&r.seq[from..p]);
+                }
+                _ => {}
+            }
+        }
+        if used > 0 {
+            let seqs = self
+                .slots
+                .iter()
+                .filter(|s| match &s.task {
+                    Some(Task::Gen(g)) => g.logits_at.is_some() || s.pending() > 0,
+                    Some(Task::Replay(_)) => true,
+                    None => false,
+                })
+                .count();
+            self.stats.steps += 1;
+            if seqs > 1 {
+                self.stats.shared_steps += 1;
+            }
+            self.stats.max_batch_sequences = self.stats.max_batch_sequences.max(seqs);
+        }
+        Ok(used)
+    }
+
+    /// Samples every sequence that has logits in the decoded batch.
+    fn after_decode(&mut self) {
+        for i in 0..self.slots.len() {
+            let slot = &mut self.slots[i];
+            let outcome = match &mut slot.task {
+                Some(Task::Gen(g)) => match g.logits_at.take() {
+                    Some(at) => step_gen(&self.loaded.model, &self.ctx, g, at, &mut self.stats)
+                        .map(|r| r.map(Some)),
+                    None => None,
+                },
+                Some(Task::Replay(r)) => {
+                    let done = r.seq.len() <= slot.cached.len();
+                    step_replay(&self.loaded.model, &self.ctx, r);
+                    done.then_some(Ok(None))
+                }
+                None => None,
+            };
+            if let Some(result) = outcome {
+                self.end(i, result);
+            }
+        }
+    }
+
+    /// Ends slot `i`'s task with `result` (a generation's finish reason, or
+    /// `None` for a replay); the slot is free at once.
+    fn end(&mut self, i: usize, result: Result<Option<FinishReason>, InferenceError>) {
+        let model_hash = self.loaded.id.sha256;
+        let slot = &mut self.slots[i];
+        let Some(task) = slot.task.take() else { return };
+        self.admission.release();
+        match task {
+            Task::Gen(g) => {
+                let g = *g;
+                let result = match result {
+                    Ok(finish) => {
+                        let text = g.out.finish();
+                        // What the cache holds, as the next turn of a chat
+                        // would send it: this prompt, then this answer.
+                        let mut held = g.prompt.clone();
+                        held.push_str(&text);
+                        slot.advert = Some(CachedPrefix {
+                            model: model_hash,
+                            bytes: held.len() as u32,
+                            hash: Digest::of(held.as_bytes()),
+                            tokens: slot.cached.len() as u32,
+                        });
+                        Ok(Generation {
+                            text,
+                            prompt_tokens: g.tokens.len() as u32,
+                            cached_tokens: g.cached_tokens,
+                            output_tokens: g.ids.len() as u32,
+                            tokens: g.ids,
+                            finish: finish.unwrap_or(FinishReason::MaxTokens),
+                            compute: g.started.elapsed(),
+                            logprobs: g.logprobs,
+                        })
+                    }
+                    Err(e) => Err(e),
+                };
+                tracing::debug!(
+                    seq = slot.seq,
+                    ok = result.is_ok(),
+                    elapsed_ms = g.started.elapsed().as_millis() as u64,
+                    "generation finished"
+                );
+                // The cache is published before the answer leaves, so that
+                // whoever sees the answer sees the cache that holds it.
+                self.publish_cache();
+                // The last token event goes if there is room; the final
+                // event always has its place.
+                if let Some(e) = g.held {
+                    let _ = g.tx.try_token(e);
+                }
+                g.tx.done(result);
+            }
+            Task::Replay(r) => {
+                let r = *r;
+                let result = result.map(|_| findings(&self.loaded.model, r.started, &r));
+                let _ = r.reply.send(result);
+                self.publish_cache();
+            }
+        }
+    }
+
+    /// Fails every task that had tokens in the last batch and forgets what
+    /// their caches hold.
+    fn fail_batch(&mut self, e: &InferenceError) {
+        tracing::warn!(error = %e, "decode failed");
+        for i in 0..self.slots.len() {
+            if self.slots[i].task.is_some() {
+                let seq = self.slots[i].seq as u32;
+                let _ = self.ctx.clear_kv_cache_seq(Some(seq), None, None);
+                self.slots[i].cached.clear();
+                self.end(i, Err(e.clone()));
+                self.slots[i].advert = None;
+            }
+        }
+    }
+
+    fn publish_cache(&self) {
+        let mut entries: Vec<(u64, CachedPrefix)> = self
+            .slots
+            .iter()
+            .filter_map(|s| s.advert.clone().map(|a| (s.used, a)))
+            .collect();
+        entries.sort_by_key(|(used, _)| std::cmp::Reverse(*used));
+        if let Ok(mut c) = self.shared.cache.lock() {
+            *c = entries.into_iter().map(|(_, a)| a).collect();
+        }
+    }
+
+    fn publish(&mut self) {
+        self.stats.active = self.slots.iter().filter(|s| s.task.is_some()).count();
+        self.stats.queued = self.admission.in_flight().saturating_sub(self.stats.active);
+        if let Ok(mut s) = self.shared.stats.lock() {
+            *s = self.stats;
+        }
+        let since = self.logged.elapsed();
+        if since >= LOG_EVERY {
+            let tokens = self.stats.generated_tokens - self.logged_tokens;
+            tracing::info!(
+                model = %self.loaded.id.name,
+                active = self.stats.active,
+                queued = self.stats.queued,
+                steps = self.stats.steps,
+                shared_steps = self.stats.shared_steps,
+                max_batch_sequences = self.stats.max_batch_sequences,
+                tokens_per_s = format!("{:.1}", tokens as f64 / since.as_secs_f64()),
+                cached_prompt_tokens = self.stats.cached_prompt_tokens,
+                "engine"
+            );
+            self.logged = Instant::now();
+            self.logged_tokens = self.stats.generated_tokens;
+        }
+    }
+}
+
+/// The model's attention window, from its GGUF metadata: `Some(0)` for
+/// full attention, `None` when the metadata does not say.
+fn sliding_window(model: &llama_cpp_2::model::LlamaModel) -> Option<i32> {
+    let arch = model.meta_val_str("general.architecture").ok()?;
+    match model.meta_val_str(&format!("{arch}.attention.sliding_window")) {
+        Ok(v) => v.trim().parse().ok(),
+        Err(_) => Some(0),
+    }
+}
+
+/// Samples one generating sequence; `Some` when it has ended.
+fn step_gen(
+    model: &llama_cpp_2::model::LlamaModel,
+    ctx: &LlamaContext<'_>,
+    g: &mut Gen,
+    at: i32,
+    stats: &mut EngineStats,
+) -> Option<Result<FinishReason, InferenceError>> {
+    let logprobs = (g.n_probs > 0).then(|| ctx.get_logits_ith(at));
+    let token = g.sampler.sample(ctx, at);
+    let vocab = model.vocab();
+    if vocab.is_eog(token) {
+        return Some(Ok(FinishReason::EndOfGeneration));
+    }
+    let id = token.0 as u32;
+    g.ids.push(id);
+    stats.generated_tokens += 1;
+    let lp = logprobs.map(|l| sampler::logprobs(l, id as usize, g.n_probs));
+    if let Some(lp) = &lp {
+        g.logprobs.push(lp.clone());
+    }
+    let step = g.out.push(&vocab.token_to_piece(token, false, None));
+    let event = Event::Token {
+        id,
+        text: step.text,
+        logprobs: lp,
+    };
+    if let Err(e) = g.tx.try_token(event) {
+        g.held = Some(e);
+    }
+    if step.stopped {
+        return Some(Ok(FinishReason::Stop));
+    }
+    if step.full || g.ids.len() as u32 >= g.max_tokens {
+        return Some(Ok(FinishReason::MaxTokens));
+    }
+    g.next = Some(token);
+    None
+}
+
+/// Checks the output positions of a replay decoded in the last batch.
+fn step_replay(model: &llama_cpp_2::model::LlamaModel, ctx: &LlamaContext<'_>, r: &mut Replay) {
+    let n_o = r.request.tokens.len();
+    let n_vocab = model.n_vocab().max(0) as usize;
+    let sampling = r.request.sampling().clone();
+    let stop = r.request.finish() == FinishReason::EndOfGeneration;
+    for &(q, i) in &std::mem::take(&mut r.logits_at) {
+        let k = q - r.first;
+        let mut arr = ctx.token_data_array_ith(i);
+        if let Some(shape) = &mut r.shape {
+            arr.apply_sampler(shape);
+        }
+        // The shaped logits, by token id.
+        let mut logits = vec![f32::NEG_INFINITY; n_vocab];
+        for d in &arr.data {
+            if let Some(l) = logits.get_mut(d.id().0 as usize) {
+                *l = d.logit();
+            }
+        }
+        if k < n_o {
+            let token = r.request.tokens[k];
+            arr.apply_sampler(&mut r.choose);
+            let pick = arr.selected_token().map_or(u32::MAX, |t| t.0 as u32);
+            if let Some(shape) = &mut r.shape {
+                shape.accept(r.seq[q + 1]);
+            }
+            r.choose.accept(r.seq[q + 1]);
+            r.positions += 1;
+            if pick == token && (token as usize) < n_vocab {
+                continue;
+            }
+            r.mismatches += 1;
+            let g = if (token as usize) < n_vocab {
+                sampler::gap(&logits, token as usize, &sampling)
+            } else {
+                f32::INFINITY
+            };
+            if g > r.max_gap || g.is_nan() {
+                r.max_gap = if g.is_nan() { f32::INFINITY } else { g };
+            }
+            r.worst.push(PositionGap {
+                position: k as u32,
+                token,
+                expected: pick,
+                gap: g,
+            });
+            r.worst.sort_by(|a, b| b.gap.total_cmp(&a.gap));
+            r.worst.truncate(MAX_WORST);
+        } else if stop {
+            // The best end-of-generation token.
+            let g = r
+                .eog
+                .iter()
+                .map(|&t| sampler::gap(&logits, t, &sampling))
+                .fold(f32::INFINITY, f32::min);
+            r.stop_gap = Some(g);
+        }
+    }
+}
+
+/// A replay's findings once every position is checked. The tokens must
+/// decode to the text exactly as generation builds it.
+fn findings(
+    model: &llama_cpp_2::model::LlamaModel,
+    started: Instant,
+    r: &Replay,
+) -> ReplayFindings {
+    let vocab = model.vocab();
+    let n_vocab = model.n_vocab().max(0) as usize;
+    let mut out: Vec<u8> = Vec::new();
+    let mut before_last = 0usize;
+    for &t in &r.request.tokens {
+        if (t as usize) >= n_vocab {
+            break;
+        }
+        before_last = out.len();
+        out.extend_from_slice(&vocab.token_to_piece(LlamaToken::new(t as i32), false, None));
+        if out.len() >= MAX_OUTPUT_BYTES {
+            break;
+        }
+    }
+    let sampling = r.request.sampling();
+    let text_matches = if r.request.finish() == FinishReason::Stop {
+        // The text ends where the first stop string begins, and only the
+        // last token completed it (generation would have stopped earlier).
+        stop_position(&out, &sampling.stop).is_some_and(|at| {
+            at == r.request.text.len()
+                && out.starts_with(r.request.text.as_bytes())
+                && stop_position(&out[..before_last], &sampling.stop).is_none()
+        })
+    } else {
+        let mut decoded = String::from_utf8_lossy(&out).into_owned();
+        truncate_utf8(&mut decoded, MAX_OUTPUT_BYTES);
+        decoded == r.request.text
+    };
+    ReplayFindings {
+        prompt_tokens: r.n_prompt as u32,
+        positions: r.positions,
+        mismatches: r.mismatches,
+        max_gap: r.max_gap,
+        worst: r.worst.clone(),
+        text_matches,
+        stop_gap: r.stop_gap,
+        compute_ms: started.elapsed().as_millis() as u64,
+    }
+}

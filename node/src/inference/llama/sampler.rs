@@ -1,0 +1,183 @@
+//! The sampler a task's parameters ask for, the distance of a token from
+//! what that sampler could pick (for replays), and log-probabilities.
+//!
+//! Two stages, in llama.cpp's usual order: *shaping* (logit bias, the
+//! repeat / presence / frequency penalties, the grammar) changes logits;
+//! *choosing* (top-k, top-p, min-p, temperature, then a seeded draw, or
+//! greedy) picks among them. Generation runs both as one chain; a replay
+//! runs them apart so that it can measure a token against the shaped logits
+//! and feed the sampler the tokens that were actually returned.
+
+use super::super::{InferenceError, TokenLogprobs};
+use cactus_protocol::SamplingParams;
+use cactus_protocol::params::PENALTY_LAST_N;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::token::logit_bias::LlamaLogitBias;
+
+/// llama.cpp seeds are 32-bit: the task's 64-bit seed, folded.
+fn seed32(seed: u64) -> u32 {
+    (seed ^ (seed >> 32)) as u32
+}
+
+fn shape_stages(
+    model: &LlamaModel,
+    s: &SamplingParams,
+) -> Result<Vec<LlamaSampler>, InferenceError> {
+    let n_vocab = model.n_vocab();
+    let mut stages = Vec::new();
+    // Ids outside the vocabulary are ignored: llama.cpp indexes by them.
+    let biases: Vec<LlamaLogitBias> = s
+        .logit_bias
+        .iter()
+        .filter(|(t, _)| i64::from(*t) < i64::from(n_vocab))
+        .map(|&(t, b)| LlamaLogitBias::new(LlamaToken::new(t as i32), b))
+        .collect();
+    if !biases.is_empty() {
+        stages.push(LlamaSampler::logit_bias(n_vocab, &biases));
+    }
+    if s.has_penalties() {
+        stages.push(LlamaSampler::penalties(
+            n_vocab,
+            PENALTY_LAST_N as i32,
+            s.repeat_penalty,
+            s.frequency_penalty,
+            s.presence_penalty,
+        ));
+    }
+    if let Some(g) = &s.grammar {
+        stages.push(LlamaSampler::grammar(model, g, "root").map_err(|_| InferenceError::Grammar)?);
+    }
+    Ok(stages)
+}
+
+fn choose_stages(s: &SamplingParams) -> Vec<LlamaSampler> {
+    if s.is_greedy() {
+        return vec![LlamaSampler::greedy()];
+    }
+    let mut stages = Vec::new();
+    if s.top_k > 0 {
+        stages.push(LlamaSampler::top_k(s.top_k.min(i32::MAX as u32) as i32));
+    }
+    if s.top_p < 1.0 {
+        stages.push(LlamaSampler::top_p(s.top_p, 1));
+    }
+    if s.min_p > 0.0 {
+        stages.push(LlamaSampler::min_p(s.min_p, 1));
+    }
+    stages.push(LlamaSampler::temp(s.temperature));
+    stages.push(LlamaSampler::dist(seed32(s.seed)));
+    stages
+}
+
+/// The whole chain, for generation.
+pub(super) fn generation(
+    model: &LlamaModel,
+    s: &SamplingParams,
+) -> Result<LlamaSampler, InferenceError> {
+    let mut stages = shape_stages(model, s)?;
+    stages.extend(choose_stages(s));
+    Ok(LlamaSampler::chain_simple(stages))
+}
+
+/// Shaping and choosing apart, for replays; shaping is `None` when the task
+/// asks for none.
+pub(super) fn replay(
+    model: &LlamaModel,
+    s: &SamplingParams,
+) -> Result<(Option<LlamaSampler>, LlamaSampler), InferenceError> {
+    let shape = shape_stages(model, s)?;
+    let shape = (!shape.is_empty()).then(|| LlamaSampler::chain_simple(shape));
+    Ok((shape, LlamaSampler::chain_simple(choose_stages(s))))
+}
+
+/// Candidates sorted first when looking for a top-p nucleus.
+const NUCLEUS_HEAD: usize = 1024;
+
+/// How far `token` is from what the sampler could pick, in logits, given the
+/// shaped logits: for greedy decoding the top logit minus the token's; for
+/// sampling how far the token's logit falls below the lowest logit that
+/// survives top-k, top-p and min-p (0 when it survives). Truncation sees
+/// untempered logits, as the chain's stages do.
+pub(super) fn gap(logits: &[f32], token: usize, s: &SamplingParams) -> f32 {
+    let Some(&own) = logits.get(token) else {
+        return f32::INFINITY;
+    };
+    if own == f32::NEG_INFINITY || own.is_nan() {
+        return f32::INFINITY;
+    }
+    let top = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if s.is_greedy() {
+        return top - own;
+    }
+    let n = logits.len();
+    let mut floor = f32::NEG_INFINITY;
+    if s.min_p > 0.0 {
+        floor = floor.max(top + s.min_p.ln());
+    }
+    let k = if s.top_k > 0 {
+        (s.top_k as usize).min(n)
+    } else {
+        n
+    };
+    if k < n || s.top_p < 1.0 {
+        // The top-k set, or (without top-k) a head that nearly always holds
+        // the nucleus of a large vocabulary; the rest is sorted only if the
+        // mass is not reached.
+        let mut sorted: Vec<f32> = logits.to_vec();
+        let head = if k < n { k } else { NUCLEUS_HEAD.min(n) };
+        if head < n {
+            sorted.select_nth_unstable_by(head - 1, |a, b| b.total_cmp(a));
+        }
+        sorted[..head].sort_unstable_by(|a, b| b.total_cmp(a));
+        if k < n {
+            floor = floor.max(sorted[k - 1]);
+        }
+        if s.top_p < 1.0 {
+            let z: f64 = sorted[..k].iter().map(|&l| f64::from(l - top).exp()).sum();
+            let head_mass: f64 = sorted[..head]
+                .iter()
+                .map(|&l| f64::from(l - top).exp() / z)
+                .sum();
+            if head_mass < f64::from(s.top_p) && head < k {
+                sorted.sort_unstable_by(|a, b| b.total_cmp(a));
+            }
+            let mut mass = 0.0f64;
+            let mut nucleus = top;
+            for &l in &sorted[..k] {
+                nucleus = l;
+                mass += f64::from(l - top).exp() / z;
+                if mass >= f64::from(s.top_p) {
+                    break;
+                }
+            }
+            floor = floor.max(nucleus);
+        }
+    }
+    (floor - own).max(0.0)
+}
+
+/// The log-probability of `token` and the `n` most likely tokens under
+/// `logits` (the model's own distribution, before sampling).
+pub(super) fn logprobs(logits: &[f32], token: usize, n: usize) -> TokenLogprobs {
+    let top = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let z: f64 = logits.iter().map(|&l| f64::from(l - top).exp()).sum();
+    let lse = top + z.ln() as f32;
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(n + 1);
+    if n > 0 {
+        for (i, &l) in logits.iter().enumerate() {
+            if best.len() == n && best.last().is_some_and(|&(_, b)| l <= b) {
+                continue;
+            }
+            let at = best.partition_point(|&(_, b)| b >= l);
+            best.insert(at, (i as u32, l));
+            best.truncate(n);
+        }
+    }
+    TokenLogprobs {
+        token: token as u32,
+        logprob: logits.get(token).map_or(f32::NEG_INFINITY, |&l| l - lse),
+        top: best.into_iter().map(|(t, l)| (t, l - lse)).collect(),
+    }
+}
