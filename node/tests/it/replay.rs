@@ -307,3 +307,62 @@ async fn a_mesh_catches_and_slashes_a_substituted_model() {
     }
     router.shutdown().await;
 }
+
+#[test]
+fn honest_results_pass_the_replay_under_every_sampling_option() {
+    let honest = load(&super::model_path(), Some(super::DEMO_SHA256));
+    let real = honest.models()[0].clone();
+    let base = SamplingParams {
+        max_tokens: 32,
+        ..SamplingParams::default()
+    };
+    let cases = [
+        SamplingParams {
+            repeat_penalty: 1.3,
+            presence_penalty: 0.4,
+            logit_bias: vec![(236764, -5.0), (506, 2.0)],
+            ..base.clone()
+        },
+        SamplingParams {
+            temperature: 0.7,
+            top_k: 30,
+            min_p: 0.05,
+            frequency_penalty: 0.3,
+            seed: 11,
+            ..base.clone()
+        },
+        SamplingParams {
+            stop: vec![".".into()],
+            ..base.clone()
+        },
+        SamplingParams {
+            grammar: Some("root ::= [A-Za-z ]+ \".\"".into()),
+            ..base.clone()
+        },
+    ];
+    for sampling in cases {
+        let job = Job {
+            model: real.sha256,
+            prompt: PROMPTS[1].into(),
+            format: PromptFormat::Chat,
+            sampling: sampling.clone(),
+            deadline: None,
+        };
+        let g = honest.generate(&job).unwrap();
+        let req = request(&real, PROMPTS[1], sampling.clone(), &g);
+        let f = honest.replay_blocking(&req).unwrap();
+        assert_eq!(
+            f.judge(&req.receipt.body, TOLERANCE),
+            Ok(()),
+            "{sampling:?}: {f:?}"
+        );
+        if !sampling.stop.is_empty() {
+            assert_eq!(g.finish, cactus_protocol::FinishReason::Stop, "{g:?}");
+            // Text past the stop string is not what the tokens say.
+            let mut longer = req.clone();
+            longer.text.push('.');
+            let f = honest.replay_blocking(&longer).unwrap();
+            assert!(!f.text_matches);
+        }
+    }
+}
