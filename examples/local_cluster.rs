@@ -112,7 +112,13 @@ async fn main() -> Result<()> {
     };
     println!("\nprompt: {prompt}");
     let started = Instant::now();
-    let result = client::submit(vec![router_addr], None, task, Duration::from_secs(300)).await?;
+    let result = client::submit(
+        vec![router_addr.clone()],
+        None,
+        task,
+        Duration::from_secs(300),
+    )
+    .await?;
     let elapsed = started.elapsed();
     let body = &result.receipt.body;
     println!("answer: {}", result.text.trim());
@@ -160,9 +166,7 @@ async fn main() -> Result<()> {
 
     if serve {
         println!(
-            "\nserving until Ctrl-C; from another terminal:\n  cactus-node infer --router {}/p2p/{} --prompt \"...\"",
-            router_addr,
-            router.peer_id()
+            "\nserving until Ctrl-C; from another terminal:\n  cactus-node infer --router {router_addr} --prompt \"...\""
         );
         tokio::signal::ctrl_c().await?;
         let s = engine.stats();

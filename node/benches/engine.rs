@@ -90,7 +90,8 @@ impl Mesh {
                 listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
                 ..NetworkConfig::default()
             };
-            let dir = std::env::temp_dir().join(format!("cactus-bench-engine-{}", std::process::id()));
+            let dir =
+                std::env::temp_dir().join(format!("cactus-bench-engine-{}", std::process::id()));
             let router = Node::start(
                 NodeConfig {
                     role: Role::Router,
@@ -266,7 +267,14 @@ impl Drop for Server {
 fn llama_bench(tools: &Path, model: &Path, threads: u32, tokens: u32) -> f64 {
     let out = Command::new(tools.join("llama-bench"))
         .args(["-m", &model.display().to_string()])
-        .args(["-t", &threads.to_string(), "-p", "0", "-n", &tokens.to_string()])
+        .args([
+            "-t",
+            &threads.to_string(),
+            "-p",
+            "0",
+            "-n",
+            &tokens.to_string(),
+        ])
         .args(["-r", "3", "-o", "json"])
         .stderr(Stdio::null())
         .output()
@@ -326,7 +334,9 @@ fn main() {
     // 1. Aggregate tokens/s, mesh and llama-server interleaved.
     let mesh = Mesh::start(Arc::clone(&engine));
     mesh.concurrent(1, 8);
-    println!("\n| concurrent streams | mesh tokens/s | llama-server -np {SLOTS} tokens/s | ratio | target |");
+    println!(
+        "\n| concurrent streams | mesh tokens/s | llama-server -np {SLOTS} tokens/s | ratio | target |"
+    );
     println!("|---|---|---|---|---|");
     for n in [1usize, 4, 8] {
         let mut ours = Vec::new();
@@ -355,7 +365,9 @@ fn main() {
         theirs.push(llama_bench(&tools, &path, threads, long));
     }
     let (o, t) = (median(ours), median(theirs));
-    println!("\n| single stream, {long} tokens | mesh tokens/s | llama-bench tg{long} tokens/s | ratio | target |");
+    println!(
+        "\n| single stream, {long} tokens | mesh tokens/s | llama-bench tg{long} tokens/s | ratio | target |"
+    );
     println!("|---|---|---|---|---|");
     println!("| 1 | {o:.1} | {t:.1} | {:.3} | ≥ 0.97 |", o / t);
     drop(mesh);
@@ -376,14 +388,19 @@ fn main() {
     let mut cached = Vec::new();
     let mut cold = Vec::new();
     for r in 0..runs {
-        let first = format!("{context}\nRun {r}. Question: what is the first story about?\nAnswer:");
+        let first =
+            format!("{context}\nRun {r}. Question: what is the first story about?\nAnswer:");
         let (_, answer) = ttft(&engine, turn(first.clone(), 16));
         let second = format!("{first}{answer}\nQuestion: and the second?\nAnswer:");
         let (hit, _) = ttft(&engine, turn(second.clone(), 4));
         // Fill every slot with other prompts so that nothing of this chat
         // is left in the cache, then ask the same second turn.
         let others: Vec<_> = (0..SLOTS)
-            .map(|i| engine.submit(turn(format!("Unrelated {r} {i}: {}", PROMPTS[i]), 2)).unwrap())
+            .map(|i| {
+                engine
+                    .submit(turn(format!("Unrelated {r} {i}: {}", PROMPTS[i]), 2))
+                    .unwrap()
+            })
             .collect();
         for s in others {
             s.blocking_finish().unwrap();
@@ -393,7 +410,9 @@ fn main() {
         cold.push(miss);
     }
     let (h, m) = (median(cached), median(cold));
-    println!("\n| chat turn 2 | time to first token, cached prefix | without cache | ratio | target |");
+    println!(
+        "\n| chat turn 2 | time to first token, cached prefix | without cache | ratio | target |"
+    );
     println!("|---|---|---|---|---|");
     println!(
         "| {} prompt chars | {:.1} ms | {:.1} ms | {:.3} | ≤ 0.3 |",

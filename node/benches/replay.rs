@@ -158,12 +158,10 @@ fn main() {
             .replay_blocking(&request(model, prompt, sampling.clone(), &g))
             .unwrap();
         let c = cheat
-            .generate(
-                &Job {
-                    model: cheat_model,
-                    ..job
-                },
-            )
+            .generate(&Job {
+                model: cheat_model,
+                ..job
+            })
             .unwrap();
         let fc = honest
             .replay_blocking(&request(model, prompt, sampling.clone(), &c))

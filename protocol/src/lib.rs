@@ -46,8 +46,8 @@ pub use ids::{Digest, ModelHash, TaskId};
 pub use libp2p_identity::{Keypair, PeerId};
 pub use market::{Bid, BidBody, MarketError, TaskAdvert, TaskAdvertBody};
 pub use messages::{
-    Assignment, CachedPrefix, CapabilityAdvert, TaskError, TaskErrorKind, TaskRequest, TaskResponse, TaskResult,
-    TaskSpec,
+    Assignment, CachedPrefix, CapabilityAdvert, TaskError, TaskErrorKind, TaskRequest,
+    TaskResponse, TaskResult, TaskSpec,
 };
 pub use params::{FinishReason, ModelId, PromptFormat, SamplingParams};
 pub use receipt::{Receipt, ReceiptBody, ReceiptError};

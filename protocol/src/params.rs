@@ -62,10 +62,8 @@ pub const MAX_GRAMMAR_BYTES: usize = 16 * 1024;
 pub const PENALTY_LAST_N: u32 = 64;
 /// Most bytes the variable-size sampling fields (stop strings, logit bias,
 /// grammar) take in CBOR, with room for their framing.
-pub const MAX_SAMPLING_EXTRA_BYTES: usize = MAX_STOP_STRINGS * (MAX_STOP_BYTES + 4)
-    + MAX_LOGIT_BIAS * 16
-    + MAX_GRAMMAR_BYTES
-    + 256;
+pub const MAX_SAMPLING_EXTRA_BYTES: usize =
+    MAX_STOP_STRINGS * (MAX_STOP_BYTES + 4) + MAX_LOGIT_BIAS * 16 + MAX_GRAMMAR_BYTES + 256;
 
 /// How tokens are sampled: every field is in the task message, in the
 /// receipt's commitment and in what a verifier replays.
@@ -325,3 +323,6 @@ pub fn truncate_utf8(s: &mut String, max: usize) {
         s.truncate(end);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -209,8 +209,14 @@ fn parse_bias(s: &str) -> Result<(u32, f32), String> {
     let (id, bias) = s
         .split_once('=')
         .ok_or_else(|| format!("expected TOKEN_ID=BIAS, got {s:?}"))?;
-    let id = id.trim().parse().map_err(|e| format!("token id {id:?}: {e}"))?;
-    let bias = bias.trim().parse().map_err(|e| format!("bias {bias:?}: {e}"))?;
+    let id = id
+        .trim()
+        .parse()
+        .map_err(|e| format!("token id {id:?}: {e}"))?;
+    let bias = bias
+        .trim()
+        .parse()
+        .map_err(|e| format!("bias {bias:?}: {e}"))?;
     Ok((id, bias))
 }
 

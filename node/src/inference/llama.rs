@@ -172,14 +172,13 @@ impl LlamaEngine {
             }
             let started = Instant::now();
             let name = id.name.clone();
-            let mut last = 0u32;
+            let mut last = Instant::now();
             let params = LlamaModelParams::default()
                 .with_n_gpu_layers(config.gpu_layers)
                 .with_progress_callback(move |p| {
-                    let pct = (p * 100.0) as u32;
-                    if pct >= last + 25 || (pct == 100 && last < 100) {
-                        last = pct;
-                        tracing::info!(model = %name, "loading: {pct} %");
+                    if last.elapsed() >= model_file::PROGRESS_EVERY {
+                        last = Instant::now();
+                        tracing::info!(model = %name, "loading: {:.0} %", p * 100.0);
                     }
                     true
                 });
@@ -206,7 +205,7 @@ impl LlamaEngine {
         let slots = admission.slots();
         let shared = Arc::new(Shared::default());
         let (tx, rx) = mpsc::sync_channel::<Work>(slots + config.queue);
-        let (ready_tx, ready_rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let id = loaded.id.clone();
         let (cfg, adm, sh) = (config.clone(), Arc::clone(&admission), Arc::clone(&shared));
         let thread = std::thread::Builder::new()

@@ -21,7 +21,9 @@ pub mod stub;
 pub mod text;
 
 use cactus_protocol::fraud::{ReplayFindings, ReplayRequest};
-use cactus_protocol::{CachedPrefix, FinishReason, ModelHash, ModelId, PromptFormat, SamplingParams};
+use cactus_protocol::{
+    CachedPrefix, FinishReason, ModelHash, ModelId, PromptFormat, SamplingParams,
+};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -362,4 +364,3 @@ pub enum Rejected {
     #[error("the worker pool has stopped")]
     Stopped,
 }
-

@@ -122,39 +122,38 @@ pub fn verify(spec: &ModelSpec) -> Result<ModelId, ModelFileError> {
     })
 }
 
-/// Files smaller than this hash in well under a second: no progress lines.
-const PROGRESS_MIN_BYTES: u64 = 64 << 20;
+/// How often long work says how far it has got.
+pub const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Logs a quarter at a time how far hashing a large file has got.
+/// Says every [`PROGRESS_EVERY`] how far hashing a file has got: nothing for
+/// a file hashed faster than that.
 struct Progress {
     name: String,
     size: u64,
     done: u64,
-    next_quarter: u64,
+    last: std::time::Instant,
 }
 
 impl Progress {
     fn new(path: &Path, size: u64) -> Self {
-        let name = model_name(path);
-        if size >= PROGRESS_MIN_BYTES {
-            tracing::info!(model = %name, mib = size >> 20, "hashing the model file");
-        }
         Self {
-            name,
-            size,
+            name: model_name(path),
+            size: size.max(1),
             done: 4,
-            next_quarter: 1,
+            last: std::time::Instant::now(),
         }
     }
 
     fn advance(&mut self, n: u64) {
         self.done += n;
-        if self.size < PROGRESS_MIN_BYTES || self.next_quarter > 4 {
-            return;
-        }
-        while self.next_quarter <= 4 && self.done * 4 >= self.size * self.next_quarter {
-            tracing::info!(model = %self.name, "hashing: {} %", self.next_quarter * 25);
-            self.next_quarter += 1;
+        if self.last.elapsed() >= PROGRESS_EVERY {
+            self.last = std::time::Instant::now();
+            tracing::info!(
+                model = %self.name,
+                mib = self.size >> 20,
+                "hashing: {} %",
+                self.done * 100 / self.size
+            );
         }
     }
 }

@@ -18,8 +18,11 @@ pub trait Generator: Send + Sync + 'static {
     /// The models served.
     fn models(&self) -> Vec<ModelId>;
     /// Runs one generation; `cancelled` is polled between tokens.
-    fn generate(&self, job: &Job, cancelled: &dyn Fn() -> bool)
-    -> Result<Generation, InferenceError>;
+    fn generate(
+        &self,
+        job: &Job,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Generation, InferenceError>;
     /// Replays a result (see [`cactus_protocol::fraud`]).
     fn replay(
         &self,
@@ -255,7 +258,11 @@ mod tests {
         );
         assert_eq!(a.text, "olleh");
         assert_eq!(pool.free_slots(), 1);
-        let unknown = pool.submit(job(Digest::of(b"other"))).unwrap().finish().await;
+        let unknown = pool
+            .submit(job(Digest::of(b"other")))
+            .unwrap()
+            .finish()
+            .await;
         assert!(matches!(unknown, Err(InferenceError::UnknownModel(_))));
         pool.shutdown();
         assert_eq!(pool.submit(job(model)).unwrap_err(), Rejected::Stopped);

@@ -2,15 +2,18 @@
 //! receipts, and keeps its capability advert fresh.
 
 mod handler;
+mod replay;
+mod running;
 pub use handler::OrchestratorRole;
+pub use replay::AcceptedReplay;
+use running::{RunningGuard, RunningSet};
 
-use crate::inference::{Engine, InferenceError, Job, Rejected, ReplayReceiver, Stream};
+use crate::inference::{Engine, InferenceError, Job, Rejected, Stream};
 use crate::network::Network;
 use crate::time::now_ms;
 use cactus_protocol::TaskRequest;
 use cactus_protocol::contract::Address;
 use cactus_protocol::delegation::{self, Delegation, MAX_DELEGATION_DEPTH};
-use cactus_protocol::fraud::{ReplayReportBody, ReplayRequest};
 use cactus_protocol::market::{Bid, BidBody, TaskAdvert};
 use cactus_protocol::messages::DelegatedTask;
 use cactus_protocol::receipt::RECEIPT_VERSION;
@@ -81,15 +84,6 @@ const MAX_KNOWN_PEERS: usize = 1024;
 /// Adverts older than this are not trusted for delegation.
 const PEER_STALE_AFTER: Duration = Duration::from_secs(60);
 
-/// A replay accepted by the engine, waiting for its findings.
-#[derive(Debug)]
-pub struct AcceptedReplay {
-    task_id: cactus_protocol::TaskId,
-    receipt: Digest,
-    router: PeerId,
-    result: ReplayReceiver,
-}
-
 /// What the orchestrator's task handlers share.
 #[derive(Debug)]
 pub struct OrchestratorCtx {
@@ -111,41 +105,10 @@ pub struct OrchestratorCtx {
     pub delegation: bool,
     /// Other orchestrators, from their adverts.
     peers: Mutex<HashMap<PeerId, KnownPeer>>,
-    /// Tasks running here, by id: the router that may cancel each, and its
-    /// cancel switch. Bounded by the engine's slots and queue: an entry
-    /// lives as long as its accepted task.
-    running: Arc<Mutex<HashMap<cactus_protocol::TaskId, Running>>>,
-    next_running: AtomicU64,
+    /// Tasks running here, for their routers to cancel.
+    running: RunningSet,
     /// Last advert sequence number.
     seq: AtomicU64,
-}
-
-/// A running task's cancel switch.
-#[derive(Debug)]
-struct Running {
-    router: PeerId,
-    serial: u64,
-    cancel: CancellationToken,
-}
-
-/// Removes a task from the running set when its handler ends.
-#[derive(Debug)]
-struct RunningGuard {
-    running: Arc<Mutex<HashMap<cactus_protocol::TaskId, Running>>>,
-    task_id: cactus_protocol::TaskId,
-    serial: u64,
-}
-
-impl Drop for RunningGuard {
-    fn drop(&mut self) {
-        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        if running
-            .get(&self.task_id)
-            .is_some_and(|r| r.serial == self.serial)
-        {
-            running.remove(&self.task_id);
-        }
-    }
 }
 
 /// A job accepted by the engine, waiting for its result.
@@ -181,8 +144,7 @@ impl OrchestratorCtx {
             stake,
             delegation: true,
             peers: Mutex::new(HashMap::new()),
-            running: Arc::new(Mutex::new(HashMap::new())),
-            next_running: AtomicU64::new(0),
+            running: RunningSet::default(),
             seq: AtomicU64::new(0),
         }
     }
@@ -231,24 +193,7 @@ impl OrchestratorCtx {
         };
         match self.engine.submit(job) {
             Ok(stream) => {
-                let cancel = CancellationToken::new();
-                let serial = self.next_running.fetch_add(1, Ordering::Relaxed);
-                self.running
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(
-                        assignment.task_id,
-                        Running {
-                            router,
-                            serial,
-                            cancel: cancel.clone(),
-                        },
-                    );
-                let guard = RunningGuard {
-                    running: Arc::clone(&self.running),
-                    task_id: assignment.task_id,
-                    serial,
-                };
+                let (cancel, guard) = self.running.register(assignment.task_id, router);
                 Ok(Accepted {
                     assignment,
                     router,
@@ -539,89 +484,11 @@ impl OrchestratorCtx {
     /// Cancels a task running here for `router`; returns whether there was
     /// one. Only the router a task runs for may cancel it.
     pub fn cancel(&self, router: &PeerId, task_id: &cactus_protocol::TaskId) -> bool {
-        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        match running.get(task_id) {
-            Some(r) if &r.router == router => {
-                r.cancel.cancel();
-                tracing::info!(%task_id, %router, "task cancelled by its router");
-                true
-            }
-            _ => false,
+        let found = self.running.cancel(router, task_id);
+        if found {
+            tracing::info!(%task_id, %router, "task cancelled by its router");
         }
-    }
-
-    /// Checks a replay request (a spot check of another orchestrator's result,
-    /// asked by the router that assigned it) and queues it like a task.
-    pub fn accept_replay(
-        &self,
-        router: PeerId,
-        request: Box<ReplayRequest>,
-    ) -> Result<AcceptedReplay, TaskError> {
-        request
-            .validate()
-            .map_err(|e| TaskError::new(TaskErrorKind::InvalidRequest, e.to_string()))?;
-        if request.receipt.body.router != router {
-            return Err(TaskError::new(
-                TaskErrorKind::InvalidRequest,
-                "only the router named in a receipt may ask for its replay",
-            ));
-        }
-        if !self.models.iter().any(|m| m.sha256 == request.model()) {
-            return Err(TaskError::new(
-                TaskErrorKind::NoSuchModel,
-                format!("model {} is not served here", request.model()),
-            ));
-        }
-        let receipt = request
-            .receipt
-            .body
-            .digest()
-            .map_err(|e| TaskError::new(TaskErrorKind::InvalidRequest, e.to_string()))?;
-        let task_id = request.receipt.body.task_id;
-        let result = self.engine.replay(request).map_err(rejected)?;
-        Ok(AcceptedReplay {
-            task_id,
-            receipt,
-            router,
-            result,
-        })
-    }
-
-    /// Waits for a replay and signs its findings.
-    #[tracing::instrument(skip_all, fields(task_id = %accepted.task_id, router = %accepted.router))]
-    pub async fn finish_replay(&self, accepted: AcceptedReplay) -> TaskResponse {
-        let findings = match accepted.result.await {
-            Ok(Ok(f)) => f,
-            Ok(Err(e)) => {
-                tracing::info!(error = %e, "replay failed");
-                return TaskResponse::Failed(inference_error(&e));
-            }
-            Err(_) => {
-                return TaskResponse::Failed(TaskError::new(
-                    TaskErrorKind::Unavailable,
-                    "the engine stopped",
-                ));
-            }
-        };
-        tracing::info!(
-            positions = findings.positions,
-            mismatches = findings.mismatches,
-            max_gap = findings.max_gap,
-            compute_ms = findings.compute_ms,
-            "replay done"
-        );
-        match (ReplayReportBody {
-            task_id: accepted.task_id,
-            receipt: accepted.receipt,
-            verifier: self.network.local_peer_id(),
-            router: accepted.router,
-            findings,
-        })
-        .sign(&self.key)
-        {
-            Ok(report) => TaskResponse::Replayed(Box::new(report)),
-            Err(e) => TaskResponse::Failed(TaskError::new(TaskErrorKind::Inference, e.to_string())),
-        }
+        found
     }
 
     /// The current advert, encoded. Sequence numbers follow the clock so that

@@ -218,7 +218,11 @@ fn three_processes_answer_on_the_real_model_with_a_logged_receipt() {
     // nearly tied a long greedy answer may part (as with llama-server's
     // prompt cache); the replay above is what checks a result.
     let (ta, tb) = (a["text"].as_str().unwrap(), b["text"].as_str().unwrap());
-    let common = ta.bytes().zip(tb.bytes()).take_while(|(x, y)| x == y).count();
+    let common = ta
+        .bytes()
+        .zip(tb.bytes())
+        .take_while(|(x, y)| x == y)
+        .count();
     assert!(common >= 16.min(ta.len()), "{ta:?} / {tb:?}");
     for v in [&a, &b] {
         let r = &v["receipt"];

@@ -210,7 +210,9 @@ fn a_stream_yields_tokens_whose_text_is_a_prefix_of_the_result() {
 #[test]
 fn a_cancelled_task_frees_its_slot_within_one_decode_step() {
     let e = engine_with(512, 1, 0);
-    let mut s = e.submit(raw(&e, "Count from one to a thousand:", 400)).unwrap();
+    let mut s = e
+        .submit(raw(&e, "Count from one to a thousand:", 400))
+        .unwrap();
     for _ in 0..3 {
         assert!(matches!(s.blocking_next(), Some(Event::Token { .. })));
     }

@@ -1,9 +1,9 @@
 //! Nodes in one process on loopback, with the stub engine.
 
 use cactus_node::client::{self, ClientError};
+use cactus_node::inference::Engine;
 use cactus_node::inference::pool::ThreadPool;
 use cactus_node::inference::stub::StubEngine;
-use cactus_node::inference::Engine;
 use cactus_node::network::NetworkConfig;
 use cactus_node::roles::router::Verification;
 use cactus_node::{Node, NodeConfig, Role};

@@ -132,7 +132,10 @@ fn honest_results_pass_the_replay_and_a_substituted_model_fails_it() {
             let f = honest.replay_blocking(&req).unwrap();
             println!(
                 "honest  {prompt:?} t={}: max gap {:.3}, {} of {} differ",
-                sampling.temperature.clone(), f.max_gap, f.mismatches, f.positions
+                sampling.temperature.clone(),
+                f.max_gap,
+                f.mismatches,
+                f.positions
             );
             assert_eq!(f.judge(&req.receipt.body, TOLERANCE), Ok(()), "{f:?}");
             assert_eq!(f.positions, g.output_tokens);
@@ -189,7 +192,9 @@ fn honest_results_pass_the_replay_and_a_substituted_model_fails_it() {
     assert!(!f.text_matches);
     assert!(f.max_gap > TOLERANCE, "{f:?}");
     assert!(f.judge(&req.receipt.body, TOLERANCE).is_err());
-    let req = signed_request(&real, PROMPTS[0], greedy.clone(), &g, |b| b.prompt_tokens += 1);
+    let req = signed_request(&real, PROMPTS[0], greedy.clone(), &g, |b| {
+        b.prompt_tokens += 1
+    });
     let f = honest.replay_blocking(&req).unwrap();
     assert!(matches!(
         f.judge(&req.receipt.body, TOLERANCE),

@@ -14,22 +14,23 @@
 //! goes to the free slot sharing the longest token prefix with it, and only
 //! the rest is prefilled (llama-server's `cache_prompt`).
 
-use super::super::text::{Output, stop_position};
-use super::super::{
-    Admission, EngineStats, Event, Generation, InferenceError, Job, StreamSender, TokenLogprobs,
-};
-use super::{LlamaConfig, Loaded, sampler};
-use cactus_protocol::fraud::{MAX_WORST, PositionGap, ReplayFindings, ReplayRequest};
-use cactus_protocol::messages::{MAX_OUTPUT_BYTES, truncate_utf8};
+use super::super::{Admission, EngineStats, Generation, InferenceError, Job, StreamSender};
+use super::{LlamaConfig, Loaded};
+use cactus_protocol::fraud::{ReplayFindings, ReplayRequest};
 use cactus_protocol::{CachedPrefix, Digest, FinishReason};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
+
+mod generate;
+mod replay;
+
+use generate::{Gen, step_gen};
+use replay::{Replay, findings, step_replay};
 
 /// Work for the loop.
 pub(super) enum Work {
@@ -55,50 +56,6 @@ const REPLAY_CHUNK: usize = 64;
 const PAUSED_WAIT: Duration = Duration::from_millis(2);
 /// How often a busy loop logs what it does.
 const LOG_EVERY: Duration = Duration::from_secs(10);
-
-struct Gen {
-    tx: StreamSender,
-    deadline: Option<Instant>,
-    started: Instant,
-    /// The task's prompt as given: with the output, what the cache will hold.
-    prompt: String,
-    tokens: Vec<LlamaToken>,
-    sampler: LlamaSampler,
-    out: Output,
-    ids: Vec<u32>,
-    logprobs: Vec<TokenLogprobs>,
-    n_probs: usize,
-    max_tokens: u32,
-    cached_tokens: u32,
-    /// The last sampled token, to feed at the next step.
-    next: Option<LlamaToken>,
-    /// A token event waiting for room in the stream (the sequence pauses).
-    held: Option<Event>,
-    /// Where this sequence's logits are in the current batch.
-    logits_at: Option<i32>,
-}
-
-struct Replay {
-    request: Box<ReplayRequest>,
-    reply: oneshot::Sender<Result<ReplayFindings, InferenceError>>,
-    started: Instant,
-    /// Prompt then output tokens (out-of-vocabulary ids fed as 0).
-    seq: Vec<LlamaToken>,
-    n_prompt: usize,
-    /// First and last positions whose logits are checked.
-    first: usize,
-    last: usize,
-    shape: Option<LlamaSampler>,
-    choose: LlamaSampler,
-    eog: Arc<Vec<usize>>,
-    positions: u32,
-    mismatches: u32,
-    max_gap: f32,
-    worst: Vec<PositionGap>,
-    stop_gap: Option<f32>,
-    /// Positions in the current batch whose logits belong to this replay.
-    logits_at: Vec<(usize, i32)>,
-}
 
 enum Task {
     Gen(Box<Gen>),
@@ -314,144 +271,6 @@ impl<'m> Loop<'m> {
         slot.advert = None;
         slot.used = self.tick;
         Some((i, keep))
-    }
-
-    fn admit_gen(&mut self, job: Job, tx: StreamSender) -> Result<(), ()> {
-        let started = Instant::now();
-        if tx.is_closed() {
-            tx.done(Err(InferenceError::Cancelled));
-            return Err(());
-        }
-        let model = &self.loaded.model;
-        let prepared = (|| {
-            let (text, add_bos) = super::prompt_text(model, &job)?;
-            let tokens = model.vocab().tokenize(text.as_bytes(), add_bos, true);
-            let prompt_tokens = tokens.len() as u32;
-            let max_tokens = job.sampling.max_tokens;
-            if tokens.is_empty() || prompt_tokens.saturating_add(max_tokens) > self.n_ctx_seq {
-                return Err(InferenceError::PromptTooLong {
-                    prompt_tokens,
-                    max_tokens,
-                    n_ctx: self.n_ctx_seq,
-                });
-            }
-            let sampler = sampler::generation(model, &job.sampling)?;
-            Ok((tokens, sampler))
-        })();
-        let (tokens, sampler) = match prepared {
-            Ok(p) => p,
-            Err(e) => {
-                tx.done(Err(e));
-                return Err(());
-            }
-        };
-        let limit = tokens.len() - 1;
-        let Some((i, keep)) = self.pick_slot(&tokens, limit) else {
-            tx.done(Err(InferenceError::engine("no free sequence slot")));
-            return Err(());
-        };
-        self.stats.cached_prompt_tokens += keep as u64;
-        let task = Gen {
-            tx,
-            deadline: job.deadline,
-            started,
-            prompt: job.prompt,
-            sampler,
-            out: Output::new(&job.sampling.stop),
-            ids: Vec::new(),
-            logprobs: Vec::new(),
-            n_probs: usize::from(job.sampling.n_probs),
-            max_tokens: job.sampling.max_tokens,
-            cached_tokens: keep as u32,
-            tokens,
-            next: None,
-            held: None,
-            logits_at: None,
-        };
-        self.slots[i].task = Some(Task::Gen(Box::new(task)));
-        self.publish_cache();
-        Ok(())
-    }
-
-    fn admit_replay(
-        &mut self,
-        request: Box<ReplayRequest>,
-        reply: oneshot::Sender<Result<ReplayFindings, InferenceError>>,
-    ) -> Result<(), ()> {
-        let started = Instant::now();
-        let model = &self.loaded.model;
-        let prepared = (|| {
-            let job = Job {
-                model: request.model(),
-                prompt: request.prompt.clone(),
-                format: request.format(),
-                sampling: request.sampling().clone(),
-                deadline: None,
-            };
-            let (text, add_bos) = super::prompt_text(model, &job)?;
-            let prompt = model.vocab().tokenize(text.as_bytes(), add_bos, true);
-            let n_vocab = model.n_vocab().max(0) as usize;
-            let (n_p, n_o) = (prompt.len(), request.tokens.len());
-            if n_p == 0 || (n_p + n_o) as u64 > u64::from(self.n_ctx_seq) {
-                return Err(InferenceError::PromptTooLong {
-                    prompt_tokens: n_p as u32,
-                    max_tokens: n_o as u32,
-                    n_ctx: self.n_ctx_seq,
-                });
-            }
-            // An id outside the vocabulary is fed as token 0 and can never
-            // pass (its gap is infinite).
-            let seq: Vec<LlamaToken> = prompt
-                .iter()
-                .copied()
-                .chain(request.tokens.iter().map(|&t| {
-                    LlamaToken::new(if (t as usize) < n_vocab { t as i32 } else { 0 })
-                }))
-                .collect();
-            let (shape, choose) = sampler::replay(model, &job.sampling)?;
-            Ok((seq, n_p, shape, choose))
-        })();
-        let (seq, n_p, shape, choose) = match prepared {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = reply.send(Err(e));
-                return Err(());
-            }
-        };
-        let n_o = request.tokens.len();
-        let stop = request.finish() == FinishReason::EndOfGeneration;
-        // Logits at position p predict the token at p + 1: from the last
-        // prompt token to the last output token (which predicts the stop).
-        let first = n_p - 1;
-        let last = if stop {
-            n_p + n_o - 1
-        } else {
-            n_p + n_o - 1 - usize::from(n_o > 0)
-        };
-        let Some((i, _keep)) = self.pick_slot(&seq, first) else {
-            let _ = reply.send(Err(InferenceError::engine("no free sequence slot")));
-            return Err(());
-        };
-        let replay = Replay {
-            request,
-            reply,
-            started,
-            seq,
-            n_prompt: n_p,
-            first,
-            last,
-            shape,
-            choose,
-            eog: Arc::clone(&self.eog),
-            positions: 0,
-            mismatches: 0,
-            max_gap: 0.0,
-            worst: Vec::new(),
-            stop_gap: None,
-            logits_at: Vec::new(),
-        };
-        self.slots[i].task = Some(Task::Replay(Box::new(replay)));
-        Ok(())
     }
 
     /// Ends tasks whose reader left or whose deadline passed.
@@ -718,152 +537,5 @@ fn sliding_window(model: &llama_cpp_2::model::LlamaModel) -> Option<i32> {
     match model.meta_val_str(&format!("{arch}.attention.sliding_window")) {
         Ok(v) => v.trim().parse().ok(),
         Err(_) => Some(0),
-    }
-}
-
-/// Samples one generating sequence; `Some` when it has ended.
-fn step_gen(
-    model: &llama_cpp_2::model::LlamaModel,
-    ctx: &LlamaContext<'_>,
-    g: &mut Gen,
-    at: i32,
-    stats: &mut EngineStats,
-) -> Option<Result<FinishReason, InferenceError>> {
-    let logprobs = (g.n_probs > 0).then(|| ctx.get_logits_ith(at));
-    let token = g.sampler.sample(ctx, at);
-    let vocab = model.vocab();
-    if vocab.is_eog(token) {
-        return Some(Ok(FinishReason::EndOfGeneration));
-    }
-    let id = token.0 as u32;
-    g.ids.push(id);
-    stats.generated_tokens += 1;
-    let lp = logprobs.map(|l| sampler::logprobs(l, id as usize, g.n_probs));
-    if let Some(lp) = &lp {
-        g.logprobs.push(lp.clone());
-    }
-    let step = g.out.push(&vocab.token_to_piece(token, false, None));
-    let event = Event::Token {
-        id,
-        text: step.text,
-        logprobs: lp,
-    };
-    if let Err(e) = g.tx.try_token(event) {
-        g.held = Some(e);
-    }
-    if step.stopped {
-        return Some(Ok(FinishReason::Stop));
-    }
-    if step.full || g.ids.len() as u32 >= g.max_tokens {
-        return Some(Ok(FinishReason::MaxTokens));
-    }
-    g.next = Some(token);
-    None
-}
-
-/// Checks the output positions of a replay decoded in the last batch.
-fn step_replay(model: &llama_cpp_2::model::LlamaModel, ctx: &LlamaContext<'_>, r: &mut Replay) {
-    let n_o = r.request.tokens.len();
-    let n_vocab = model.n_vocab().max(0) as usize;
-    let sampling = r.request.sampling().clone();
-    let stop = r.request.finish() == FinishReason::EndOfGeneration;
-    for &(q, i) in &std::mem::take(&mut r.logits_at) {
-        let k = q - r.first;
-        let mut arr = ctx.token_data_array_ith(i);
-        if let Some(shape) = &mut r.shape {
-            arr.apply_sampler(shape);
-        }
-        // The shaped logits, by token id.
-        let mut logits = vec![f32::NEG_INFINITY; n_vocab];
-        for d in &arr.data {
-            if let Some(l) = logits.get_mut(d.id().0 as usize) {
-                *l = d.logit();
-            }
-        }
-        if k < n_o {
-            let token = r.request.tokens[k];
-            arr.apply_sampler(&mut r.choose);
-            let pick = arr.selected_token().map_or(u32::MAX, |t| t.0 as u32);
-            if let Some(shape) = &mut r.shape {
-                shape.accept(r.seq[q + 1]);
-            }
-            r.choose.accept(r.seq[q + 1]);
-            r.positions += 1;
-            if pick == token && (token as usize) < n_vocab {
-                continue;
-            }
-            r.mismatches += 1;
-            let g = if (token as usize) < n_vocab {
-                sampler::gap(&logits, token as usize, &sampling)
-            } else {
-                f32::INFINITY
-            };
-            if g > r.max_gap || g.is_nan() {
-                r.max_gap = if g.is_nan() { f32::INFINITY } else { g };
-            }
-            r.worst.push(PositionGap {
-                position: k as u32,
-                token,
-                expected: pick,
-                gap: g,
-            });
-            r.worst.sort_by(|a, b| b.gap.total_cmp(&a.gap));
-            r.worst.truncate(MAX_WORST);
-        } else if stop {
-            // The best end-of-generation token.
-            let g = r
-                .eog
-                .iter()
-                .map(|&t| sampler::gap(&logits, t, &sampling))
-                .fold(f32::INFINITY, f32::min);
-            r.stop_gap = Some(g);
-        }
-    }
-}
-
-/// A replay's findings once every position is checked. The tokens must
-/// decode to the text exactly as generation builds it.
-fn findings(
-    model: &llama_cpp_2::model::LlamaModel,
-    started: Instant,
-    r: &Replay,
-) -> ReplayFindings {
-    let vocab = model.vocab();
-    let n_vocab = model.n_vocab().max(0) as usize;
-    let mut out: Vec<u8> = Vec::new();
-    let mut before_last = 0usize;
-    for &t in &r.request.tokens {
-        if (t as usize) >= n_vocab {
-            break;
-        }
-        before_last = out.len();
-        out.extend_from_slice(&vocab.token_to_piece(LlamaToken::new(t as i32), false, None));
-        if out.len() >= MAX_OUTPUT_BYTES {
-            break;
-        }
-    }
-    let sampling = r.request.sampling();
-    let text_matches = if r.request.finish() == FinishReason::Stop {
-        // The text ends where the first stop string begins, and only the
-        // last token completed it (generation would have stopped earlier).
-        stop_position(&out, &sampling.stop).is_some_and(|at| {
-            at == r.request.text.len()
-                && out.starts_with(r.request.text.as_bytes())
-                && stop_position(&out[..before_last], &sampling.stop).is_none()
-        })
-    } else {
-        let mut decoded = String::from_utf8_lossy(&out).into_owned();
-        truncate_utf8(&mut decoded, MAX_OUTPUT_BYTES);
-        decoded == r.request.text
-    };
-    ReplayFindings {
-        prompt_tokens: r.n_prompt as u32,
-        positions: r.positions,
-        mismatches: r.mismatches,
-        max_gap: r.max_gap,
-        worst: r.worst.clone(),
-        text_matches,
-        stop_gap: r.stop_gap,
-        compute_ms: started.elapsed().as_millis() as u64,
     }
 }
