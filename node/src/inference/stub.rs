@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub struct StubEngine {
     model: ModelId,
-    gate: Option<(Mutex<(bool, usize)>, Condvar)>,
+    /// Open?, generations that reached it, generations cancelled at it.
+    gate: Option<(Mutex<(bool, usize, usize)>, Condvar)>,
     /// Answers something other than its "model" would (upper-cased), and
     /// replays as if its model did so: a cheating orchestrator and, as a
     /// verifier, a lying one.
@@ -51,13 +52,22 @@ impl StubEngine {
 
     /// Makes generations wait for [`Self::open_gate`].
     pub fn gated(mut self) -> Self {
-        self.gate = Some((Mutex::new((false, 0)), Condvar::new()));
+        self.gate = Some((Mutex::new((false, 0, 0)), Condvar::new()));
         self
     }
 
     /// The model served.
     pub fn model(&self) -> ModelId {
         self.model.clone()
+    }
+
+    /// Blocks until `n` generations were cancelled while held at the gate.
+    pub fn wait_cancelled(&self, n: usize) {
+        if let Some((m, c)) = &self.gate
+            && let Ok(g) = m.lock()
+        {
+            let _g = c.wait_while(g, |g| g.2 < n);
+        }
     }
 
     /// Lets every waiting and future generation through.
@@ -101,6 +111,8 @@ impl Generator for StubEngine {
             c.notify_all();
             while !g.0 {
                 if cancelled() {
+                    g.2 += 1;
+                    c.notify_all();
                     return Err(InferenceError::Cancelled);
                 }
                 g = match c.wait_timeout(g, Duration::from_millis(20)) {

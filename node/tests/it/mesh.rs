@@ -269,6 +269,30 @@ async fn busy_orchestrator_is_skipped_for_a_free_one() {
     c.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_that_gives_up_on_a_task_stops_it_on_its_orchestrator() {
+    let gated = Arc::new(StubEngine::new("stub-a").gated());
+    // One slot, no queue, one attempt of one second.
+    let c = Cluster::custom(vec![gated.clone()], 0, |cfg| NodeConfig {
+        task_timeout: Duration::from_secs(1),
+        max_attempts: 1,
+        ..cfg
+    })
+    .await;
+    let failed = c.submit(spec(None, "held")).await;
+    assert!(failed.is_err(), "{failed:?}");
+    // The task held at the gate is stopped, not left to run to its end.
+    let g = gated.clone();
+    within(tokio::task::spawn_blocking(move || g.wait_cancelled(1)))
+        .await
+        .unwrap();
+    // Its slot takes the next task.
+    gated.open_gate();
+    let served = c.submit(spec(None, "next")).await.unwrap();
+    assert_eq!(served.text, "txen");
+    c.stop().await;
+}
+
 #[tokio::test]
 async fn client_finds_router_on_the_dht_through_a_bootstrap_node() {
     let dir = tempfile::tempdir().unwrap();
