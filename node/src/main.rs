@@ -205,11 +205,30 @@ async fn anchor_at(
     }
 }
 
+/// The grammar `infer`'s flags ask for: a GBNF file, a JSON schema file
+/// converted, or any JSON object.
+fn infer_grammar(args: &InferArgs) -> Result<Option<String>> {
+    use cactus_node::inference::grammar;
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+    };
+    if let Some(path) = &args.grammar_file {
+        return Ok(Some(read(path)?));
+    }
+    if let Some(path) = &args.json_schema {
+        let schema: serde_json::Value = serde_json::from_str(&read(path)?)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        return Ok(Some(grammar::json_schema(&schema)?));
+    }
+    Ok(args.json_object.then(grammar::json_object))
+}
+
 async fn infer(args: InferArgs) -> Result<()> {
     cli::init_tracing("warn");
     if args.reach.is_empty() {
         bail!("give --bootstrap <multiaddr> (or --router <multiaddr>)");
     }
+    let grammar = infer_grammar(&args)?;
     let spec = TaskSpec {
         model: args.model,
         prompt: args.prompt,
@@ -231,13 +250,7 @@ async fn infer(args: InferArgs) -> Result<()> {
             stop: args.stop,
             logit_bias: args.logit_bias,
             n_probs: 0,
-            grammar: match &args.grammar_file {
-                Some(path) => Some(
-                    std::fs::read_to_string(path)
-                        .with_context(|| format!("reading {}", path.display()))?,
-                ),
-                None => None,
-            },
+            grammar,
         },
     };
     spec.validate().context("invalid request")?;

@@ -192,8 +192,14 @@ pub struct InferArgs {
     #[arg(long = "logit-bias", value_name = "ID=BIAS", value_parser = parse_bias)]
     pub logit_bias: Vec<(u32, f32)>,
     /// A llama.cpp GBNF grammar file the answer must follow (root rule `root`).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", group = "constraint")]
     pub grammar_file: Option<PathBuf>,
+    /// A JSON schema file the answer must follow (converted to a grammar).
+    #[arg(long, value_name = "FILE", group = "constraint")]
+    pub json_schema: Option<PathBuf>,
+    /// The answer must be a JSON object.
+    #[arg(long, group = "constraint")]
+    pub json_object: bool,
     /// Send the prompt as it is instead of through the model's chat template.
     #[arg(long)]
     pub raw: bool,

@@ -12,6 +12,7 @@
 //! llama.cpp batch (continuous batching); [`pool::ThreadPool`] runs blocking
 //! generators one per thread, for test engines.
 
+pub mod grammar;
 #[cfg(feature = "inference")]
 pub mod llama;
 pub mod model_file;

@@ -9,13 +9,22 @@ use cactus_protocol::{Digest, FinishReason, ModelId};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+/// Where generations wait in a gated stub.
+#[derive(Debug, Default)]
+struct Gate {
+    open: bool,
+    /// Generations that reached it.
+    reached: usize,
+    /// Generations cancelled while waiting at it.
+    cancelled: usize,
+}
+
 /// Reverses the prompt. Optionally holds every generation at a gate until
 /// [`StubEngine::open_gate`], so tests can fill a pool deterministically.
 #[derive(Debug)]
 pub struct StubEngine {
     model: ModelId,
-    /// Open?, generations that reached it, generations cancelled at it.
-    gate: Option<(Mutex<(bool, usize, usize)>, Condvar)>,
+    gate: Option<(Mutex<Gate>, Condvar)>,
     /// Answers something other than its "model" would (upper-cased), and
     /// replays as if its model did so: a cheating orchestrator and, as a
     /// verifier, a lying one.
@@ -52,7 +61,7 @@ impl StubEngine {
 
     /// Makes generations wait for [`Self::open_gate`].
     pub fn gated(mut self) -> Self {
-        self.gate = Some((Mutex::new((false, 0, 0)), Condvar::new()));
+        self.gate = Some((Mutex::new(Gate::default()), Condvar::new()));
         self
     }
 
@@ -66,7 +75,7 @@ impl StubEngine {
         if let Some((m, c)) = &self.gate
             && let Ok(g) = m.lock()
         {
-            let _g = c.wait_while(g, |g| g.2 < n);
+            let _g = c.wait_while(g, |g| g.cancelled < n);
         }
     }
 
@@ -74,7 +83,7 @@ impl StubEngine {
     pub fn open_gate(&self) {
         if let Some((m, c)) = &self.gate {
             if let Ok(mut g) = m.lock() {
-                g.0 = true;
+                g.open = true;
             }
             c.notify_all();
         }
@@ -85,7 +94,7 @@ impl StubEngine {
         if let Some((m, c)) = &self.gate
             && let Ok(g) = m.lock()
         {
-            let _g = c.wait_while(g, |g| g.1 < n);
+            let _g = c.wait_while(g, |g| g.reached < n);
         }
     }
 }
@@ -107,11 +116,11 @@ impl Generator for StubEngine {
         if let Some((m, c)) = &self.gate
             && let Ok(mut g) = m.lock()
         {
-            g.1 += 1;
+            g.reached += 1;
             c.notify_all();
-            while !g.0 {
+            while !g.open {
                 if cancelled() {
-                    g.2 += 1;
+                    g.cancelled += 1;
                     c.notify_all();
                     return Err(InferenceError::Cancelled);
                 }

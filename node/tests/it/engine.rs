@@ -339,3 +339,33 @@ fn top_logprobs_come_with_each_token_when_asked() {
         assert!(lp.logprob <= 0.0 && (lp.logprob - lp.top[0].1).abs() < 1e-4);
     }
 }
+
+#[test]
+fn a_json_schema_constrains_the_output_to_a_matching_document() {
+    use cactus_node::inference::grammar;
+    let e = engine(512);
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "capital": {"type": "string", "enum": ["Paris", "Rome", "Berlin"]},
+            "population_millions": {"type": "integer"}
+        },
+        "required": ["capital", "population_millions"]
+    });
+    let mut j = raw(&e, "The capital of France as JSON:", 48);
+    j.sampling.grammar = Some(grammar::json_schema(&schema).unwrap());
+    let g = e.generate(&j).unwrap();
+    assert_eq!(g.finish, FinishReason::EndOfGeneration, "{:?}", g.text);
+    let v: serde_json::Value = serde_json::from_str(&g.text).unwrap();
+    assert!(["Paris", "Rome", "Berlin"].contains(&v["capital"].as_str().unwrap()));
+    assert!(v["population_millions"].is_i64(), "{v}");
+    let mut j = raw(&e, "A JSON object describing a cat:", 64);
+    j.sampling.grammar = Some(grammar::json_object());
+    let g = e.generate(&j).unwrap();
+    if g.finish == FinishReason::EndOfGeneration {
+        let v: serde_json::Value = serde_json::from_str(&g.text).unwrap();
+        assert!(v.is_object(), "{v}");
+    } else {
+        assert!(g.text.trim_start().starts_with('{'), "{:?}", g.text);
+    }
+}
