@@ -369,3 +369,48 @@ fn a_json_schema_constrains_the_output_to_a_matching_document() {
         assert!(g.text.trim_start().starts_with('{'), "{:?}", g.text);
     }
 }
+
+#[test]
+fn a_long_prompt_is_prefilled_in_chunks_while_others_keep_generating() {
+    let spec = ModelSpec {
+        path: super::model_path(),
+        expected_sha256: Some(super::DEMO_SHA256.parse().unwrap()),
+    };
+    let e = LlamaEngine::load(
+        &[spec],
+        LlamaConfig {
+            threads: 2,
+            ctx_size: 4096,
+            gpu_layers: 0,
+            slots: 2,
+            queue: 0,
+            batch_size: 256,
+        },
+    )
+    .unwrap();
+    let mut a = e
+        .submit(raw(&e, "Count from one to a thousand:", 400))
+        .unwrap();
+    for _ in 0..3 {
+        assert!(matches!(a.blocking_next(), Some(Event::Token { .. })));
+    }
+    // About 2000 prompt tokens: eight or more chunks of at most 255 beside
+    // the running sequence's next token.
+    let long = "The cactus stood in the desert and waited for rain. ".repeat(160);
+    let mut b = e.submit(raw(&e, &long, 4)).unwrap();
+    let (mut before, mut first) = (0usize, false);
+    while !first {
+        match b.blocking_next() {
+            Some(Event::Token { .. }) => first = true,
+            other => panic!("{other:?}"),
+        }
+    }
+    while let Some(ev) = a.try_next() {
+        assert!(matches!(ev, Event::Token { .. }), "{ev:?}");
+        before += 1;
+    }
+    assert!(
+        before >= 6,
+        "the running sequence got {before} tokens while the long prompt was prefilled"
+    );
+}
