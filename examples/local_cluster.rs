@@ -63,6 +63,8 @@ async fn main() -> Result<()> {
             role: Role::Router,
             data_dir: data.join("router"),
             network: loopback.clone(),
+            // The OpenAI-compatible API on a free loopback port.
+            api: Some("127.0.0.1:0".parse()?),
             ..NodeConfig::default()
         },
         Keypair::generate_ed25519(),
@@ -71,6 +73,9 @@ async fn main() -> Result<()> {
     .await?;
     let router_addr = router.listen_addrs().await?[0].clone();
     println!("router + bootstrap  {router_addr}");
+    if let Some(api) = router.api_addr() {
+        println!("OpenAI API          http://{api}/v1");
+    }
 
     let mut orchestrators = Vec::new();
     for _ in 0..2 {
@@ -168,6 +173,11 @@ async fn main() -> Result<()> {
         println!(
             "\nserving until Ctrl-C; from another terminal:\n  cactus-node infer --router {router_addr} --prompt \"...\""
         );
+        if let Some(api) = router.api_addr() {
+            println!(
+                "  curl http://{api}/v1/chat/completions -H 'Content-Type: application/json' \\\n    -d '{{\"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'"
+            );
+        }
         tokio::signal::ctrl_c().await?;
         let s = engine.stats();
         println!(

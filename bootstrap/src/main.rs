@@ -34,6 +34,7 @@ fn main() {
         queue: 0,
         ctx_size: 0,
         batch_size: 0,
+        api: None,
         gpu_layers: 0,
         price_per_token: 0,
         advert_interval: 10,

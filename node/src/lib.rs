@@ -19,6 +19,7 @@
 //! diagnoses for the command line; [`cli`] is the command line; [`time`] the
 //! clock.
 
+pub mod api;
 pub mod chain;
 pub mod cli;
 pub mod client;

@@ -65,6 +65,9 @@ pub struct NodeConfig {
     pub price_per_token: u64,
     /// Task handlers in flight at most.
     pub max_tasks: usize,
+    /// Where a router serves its OpenAI-compatible HTTP API (off when
+    /// `None`).
+    pub api: Option<std::net::SocketAddr>,
     /// Stake an orchestrator declares (registered with it on an embedded chain).
     pub stake: u64,
     /// An orchestrator's account on the chain [default: its PeerId's local address].
@@ -111,6 +114,7 @@ impl Default for NodeConfig {
             max_attempts: 3,
             price_per_token: 1,
             max_tasks: 256,
+            api: None,
             stake: 10_000,
             account: None,
             chain: ChainChoice::Embedded(LocalSettings::default()),
@@ -133,6 +137,14 @@ pub enum NodeError {
     /// The chain failed to open or answer.
     #[error(transparent)]
     Chain(#[from] ChainError),
+    /// The HTTP API could not listen.
+    #[error("the HTTP API cannot listen on {addr}: {source}")]
+    Api {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A start-up step on a blocking thread did not finish (the runtime is
     /// shutting down).
     #[error("a start-up step was cancelled")]
@@ -155,6 +167,7 @@ pub struct Node {
     receipts: Option<Arc<ReceiptLog>>,
     chain: Option<Arc<dyn ChainBackend>>,
     anchor_task: Option<JoinHandle<()>>,
+    api: Option<(std::net::SocketAddr, JoinHandle<()>)>,
     router: Option<Arc<RouterCtx>>,
 }
 
@@ -311,7 +324,27 @@ impl Node {
             },
         };
         let role_task = tokio::spawn(dispatcher.run(shutdown.child_token()));
+        let api = match (&router_handle, config.api) {
+            (Some(router), Some(addr)) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| NodeError::Api { addr, source })?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|source| NodeError::Api { addr, source })?;
+                tracing::info!(url = %format!("http://{bound}/v1"), "OpenAI-compatible API listening");
+                let (router, stop) = (Arc::clone(router), shutdown.child_token());
+                let task = tokio::spawn(async move {
+                    if let Err(e) = crate::api::serve(listener, router, stop).await {
+                        tracing::error!(error = %e, "the HTTP API stopped");
+                    }
+                });
+                Some((bound, task))
+            }
+            _ => None,
+        };
         Ok(Self {
+            api,
             network,
             shutdown,
             net_task,
@@ -324,6 +357,11 @@ impl Node {
             anchor_task,
             router: router_handle,
         })
+    }
+
+    /// Where a router's HTTP API listens (`None` when it is off).
+    pub fn api_addr(&self) -> Option<std::net::SocketAddr> {
+        self.api.as_ref().map(|(a, _)| *a)
     }
 
     /// This node's PeerId.
@@ -443,6 +481,9 @@ impl Node {
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         let _ = self.role_task.await;
+        if let Some((_, t)) = self.api {
+            let _ = t.await;
+        }
         if let Some(t) = self.anchor_task {
             let _ = t.await;
         }

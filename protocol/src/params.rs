@@ -43,6 +43,10 @@ pub enum PromptFormat {
     Chat,
     /// The prompt is tokenized as it is (plain completion).
     Raw,
+    /// The prompt is a JSON array of chat turns, `[{"role": "system" |
+    /// "user" | "assistant", "content": "..."}]`, rendered with the model's
+    /// own chat template.
+    Messages,
 }
 
 /// Most stop strings a task may give.

@@ -71,7 +71,11 @@ fn arb_sampling() -> impl Strategy<Value = SamplingParams> {
 }
 
 fn arb_format() -> impl Strategy<Value = PromptFormat> {
-    prop_oneof![Just(PromptFormat::Chat), Just(PromptFormat::Raw)]
+    prop_oneof![
+        Just(PromptFormat::Chat),
+        Just(PromptFormat::Raw),
+        Just(PromptFormat::Messages)
+    ]
 }
 
 fn arb_spec() -> impl Strategy<Value = TaskSpec> {
@@ -458,7 +462,7 @@ proptest! {
             10 => b.router = other.public().to_peer_id(),
             11 => b.started_at_ms = b.started_at_ms.wrapping_add(n),
             12 => b.output_tokens_hash.0[9] ^= 1,
-            14 => b.format = match b.format { PromptFormat::Chat => PromptFormat::Raw, PromptFormat::Raw => PromptFormat::Chat },
+            14 => b.format = match b.format { PromptFormat::Chat => PromptFormat::Raw, PromptFormat::Raw | PromptFormat::Messages => PromptFormat::Chat },
             15 => b.finish = match b.finish { FinishReason::MaxTokens => FinishReason::EndOfGeneration, FinishReason::EndOfGeneration | FinishReason::Stop => FinishReason::MaxTokens },
             13 => b.delegation = match b.delegation { Some(_) => None, None => Some(Digest::of(&n.to_le_bytes())) },
             _ => b.finished_at_ms = b.finished_at_ms.wrapping_sub(n),

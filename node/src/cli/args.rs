@@ -170,6 +170,10 @@ pub struct NodeArgs {
     /// Model layers to offload to the GPU (builds with a GPU backend only).
     #[arg(long, env = "CACTUS_GPU_LAYERS", default_value_t = 0, value_name = "N")]
     pub gpu_layers: u32,
+    /// Serve the OpenAI-compatible HTTP API here (routers), e.g.
+    /// 127.0.0.1:8080; off unless given.
+    #[arg(long, env = "CACTUS_API", value_name = "ADDR:PORT")]
+    pub api: Option<std::net::SocketAddr>,
     /// Price asked per generated token, in the chain's smallest unit.
     #[arg(
         long,
@@ -341,6 +345,7 @@ impl NodeArgs {
             bid_window: Duration::from_millis(self.bid_window.max(1)),
             max_price_per_unit: self.max_price,
             price_per_token: self.price_per_token,
+            api: self.api,
             stake: self.stake,
             account: self.account,
             anchor: crate::roles::anchor::AnchorPolicy {

@@ -279,29 +279,54 @@ impl LlamaEngine {
     }
 }
 
+/// One turn of a [`PromptFormat::Messages`] prompt.
+#[derive(serde::Deserialize)]
+struct Turn {
+    role: String,
+    content: String,
+}
+
 /// The text a job's prompt is tokenized from, and whether the tokenizer
 /// adds BOS.
 fn prompt_text(model: &LlamaModel, job: &Job) -> Result<(String, bool), InferenceError> {
-    match job.format {
-        PromptFormat::Raw => Ok((job.prompt.clone(), true)),
-        PromptFormat::Chat => {
-            // A model without a template (a base model, like the demo's
-            // Gemma 3 270M) is prompted as it is.
-            let Ok(tmpl) = model.chat_template(None) else {
-                return Ok((job.prompt.clone(), true));
-            };
-            let msg = LlamaChatMessage::new("user".into(), job.prompt.clone())
-                .map_err(InferenceError::engine)?;
-            let text = model
-                .apply_chat_template(&tmpl, &[msg], true)
-                .map_err(InferenceError::engine)?;
-            // llama.cpp's templates leave BOS to the tokenizer, unless the
-            // rendered text already starts with it.
-            let bos = model.vocab().bos();
-            let bos_text = model.vocab().token_to_piece(bos, true, None);
-            Ok((text.clone(), !text.as_bytes().starts_with(&bos_text)))
+    let turns: Vec<(String, String)> = match job.format {
+        PromptFormat::Raw => return Ok((job.prompt.clone(), true)),
+        PromptFormat::Chat => vec![("user".into(), job.prompt.clone())],
+        PromptFormat::Messages => {
+            let turns: Vec<Turn> = serde_json::from_str(&job.prompt)
+                .map_err(|e| InferenceError::BadPrompt(e.to_string()))?;
+            if turns.is_empty() {
+                return Err(InferenceError::BadPrompt("no chat turns".into()));
+            }
+            turns.into_iter().map(|t| (t.role, t.content)).collect()
         }
-    }
+    };
+    // A model without a template (a base model, like the demo's Gemma 3
+    // 270M) gets the turns as plain lines, ending with the assistant's cue.
+    let Ok(tmpl) = model.chat_template(None) else {
+        if job.format == PromptFormat::Chat {
+            return Ok((job.prompt.clone(), true));
+        }
+        let mut text = String::new();
+        for (role, content) in &turns {
+            text.push_str(&format!("{role}: {content}\n"));
+        }
+        text.push_str("assistant:");
+        return Ok((text, true));
+    };
+    let msgs = turns
+        .into_iter()
+        .map(|(role, content)| LlamaChatMessage::new(role, content))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| InferenceError::BadPrompt(e.to_string()))?;
+    let text = model
+        .apply_chat_template(&tmpl, &msgs, true)
+        .map_err(InferenceError::engine)?;
+    // llama.cpp's templates leave BOS to the tokenizer, unless the rendered
+    // text already starts with it.
+    let bos = model.vocab().bos();
+    let bos_text = model.vocab().token_to_piece(bos, true, None);
+    Ok((text.clone(), !text.as_bytes().starts_with(&bos_text)))
 }
 
 impl Engine for LlamaEngine {

@@ -208,6 +208,10 @@ pub enum InferenceError {
     /// The deadline passed first.
     #[error("the task's deadline passed")]
     DeadlineExceeded,
+    /// The prompt is not what its format says (a chat-turn list that does
+    /// not parse).
+    #[error("bad prompt: {0}")]
+    BadPrompt(String),
     /// The task's grammar does not parse.
     #[error("the grammar does not parse")]
     Grammar,

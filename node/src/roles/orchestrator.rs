@@ -52,7 +52,7 @@ fn inference_error(e: &InferenceError) -> TaskError {
         InferenceError::UnknownModel(_) => TaskErrorKind::NoSuchModel,
         InferenceError::PromptTooLong { .. } => TaskErrorKind::PromptTooLong,
         InferenceError::Cancelled | InferenceError::DeadlineExceeded => TaskErrorKind::Cancelled,
-        InferenceError::Grammar => TaskErrorKind::InvalidRequest,
+        InferenceError::Grammar | InferenceError::BadPrompt(_) => TaskErrorKind::InvalidRequest,
         _ => TaskErrorKind::Inference,
     };
     TaskError::new(kind, e.to_string())

@@ -414,3 +414,22 @@ fn a_long_prompt_is_prefilled_in_chunks_while_others_keep_generating() {
         "the running sequence got {before} tokens while the long prompt was prefilled"
     );
 }
+
+#[test]
+fn chat_turns_are_rendered_and_a_bad_turn_list_is_a_typed_error() {
+    let e = engine(1024);
+    let turns = serde_json::json!([
+        {"role": "system", "content": "You answer in one word."},
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "And of Italy?"}
+    ]);
+    let mut j = job(&e, &turns.to_string(), greedy(8));
+    j.format = PromptFormat::Messages;
+    let g = e.generate(&j).unwrap();
+    assert!(g.output_tokens > 0 && g.prompt_tokens > 20, "{g:?}");
+    j.prompt = "not a list of turns".into();
+    assert!(matches!(e.generate(&j), Err(InferenceError::BadPrompt(_))));
+    j.prompt = "[]".into();
+    assert!(matches!(e.generate(&j), Err(InferenceError::BadPrompt(_))));
+}

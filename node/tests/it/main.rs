@@ -1,5 +1,6 @@
 //! Integration tests of cactus-node, one binary (one link step for all):
 //!
+//! - `api`: the router's OpenAI-compatible HTTP API with stub orchestrators.
 //! - `mesh`: several nodes in one process over loopback TCP, with the stub
 //!   engine: adverts, task round trips, failures, DHT router discovery.
 //! - `engine`: the llama.cpp engine on the real demo model.
@@ -11,6 +12,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+mod api;
 #[cfg(feature = "aptos")]
 mod aptos_live;
 mod e2e;

@@ -1,0 +1,310 @@
+//! The router's OpenAI-compatible HTTP API (`--api <addr:port>`): a
+//! drop-in endpoint for tools that speak OpenAI's API.
+//!
+//! - `GET /health`, `GET /v1/models` (models of live orchestrators, by name
+//!   and hash);
+//! - `POST /v1/completions`, `POST /v1/chat/completions` (turns rendered by
+//!   the orchestrator with the model's own chat template), with OpenAI's
+//!   sampling fields, `n`, `response_format` and llama-server's `grammar`;
+//!   `stream: true` answers with Server-Sent Events in OpenAI's chunk format;
+//! - `GET /v1/receipts/{task id}`: the receipt each answer links to.
+//!
+//! Bodies are capped before parsing ([`MAX_BODY_BYTES`]); requests in flight
+//! are capped ([`MAX_IN_FLIGHT`], then 429). Errors use OpenAI's JSON shape
+//! ([`error::ApiError`]).
+
+pub mod error;
+pub mod openai;
+
+use crate::roles::router::RouterCtx;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use cactus_protocol::messages::MAX_PROMPT_BYTES;
+use cactus_protocol::{TaskResponse, TaskResult};
+use error::ApiError;
+use openai::{ChatRequest, CompletionRequest, Prepared, Sampling};
+use serde_json::{Value, json};
+use std::convert::Infallible;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// Largest request body read: a prompt at its cap, JSON-escaped, plus the
+/// other fields.
+pub const MAX_BODY_BYTES: usize = 2 * MAX_PROMPT_BYTES + 64 * 1024;
+/// Requests served at once; more are answered 429.
+pub const MAX_IN_FLIGHT: usize = 256;
+
+#[derive(Debug, Clone)]
+struct Api {
+    router: Arc<RouterCtx>,
+    permits: Arc<Semaphore>,
+}
+
+/// Serves the API on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Arc<RouterCtx>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let api = Api {
+        router,
+        permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+    };
+    axum::serve(listener, app(api))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+fn app(api: Api) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/v1/models", get(models))
+        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/receipts/{task_id}", get(receipt))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(api)
+}
+
+async fn health(State(api): State<Api>) -> impl IntoResponse {
+    let live = api
+        .router
+        .table
+        .lock()
+        .map(|t| {
+            t.snapshot()
+                .iter()
+                .filter(|o| o.eligible == Some(true))
+                .count()
+        })
+        .unwrap_or(0);
+    axum::Json(json!({"status": "ok", "orchestrators": live}))
+}
+
+async fn models(State(api): State<Api>) -> impl IntoResponse {
+    let snapshot = api
+        .router
+        .table
+        .lock()
+        .map(|t| t.snapshot())
+        .unwrap_or_default();
+    let mut seen = std::collections::BTreeMap::new();
+    for o in snapshot.iter().filter(|o| o.eligible == Some(true)) {
+        for m in &o.models {
+            *seen.entry((m.name.clone(), m.sha256)).or_insert(0u32) += 1;
+        }
+    }
+    let data: Vec<Value> = seen
+        .into_iter()
+        .map(|((name, sha256), n)| {
+            json!({
+                "id": name, "object": "model", "created": 0, "owned_by": "cactus",
+                "sha256": sha256.to_string(), "orchestrators": n,
+            })
+        })
+        .collect();
+    axum::Json(json!({"object": "list", "data": data}))
+}
+
+async fn receipt(State(api): State<Api>, Path(task_id): Path<String>) -> Response {
+    let Some(id) = hex::decode(&task_id)
+        .ok()
+        .and_then(|b| <[u8; 16]>::try_from(b).ok())
+    else {
+        return ApiError::invalid("task_id", "a task id is 32 hex digits").into_response();
+    };
+    let log = Arc::clone(&api.router.receipts);
+    let id = cactus_protocol::TaskId(id);
+    match tokio::task::spawn_blocking(move || log.get(&id)).await {
+        Ok(Ok(Some(r))) => axum::Json(crate::cli::receipt_json(&r)).into_response(),
+        Ok(Ok(None)) => {
+            ApiError::not_found(format!("no receipt for task {task_id}")).into_response()
+        }
+        _ => ApiError::from(cactus_protocol::TaskError::new(
+            cactus_protocol::TaskErrorKind::Unavailable,
+            "the receipt log could not be read",
+        ))
+        .into_response(),
+    }
+}
+
+/// The body, or the error a too-large or unreadable one gets.
+fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    b.map_err(|e| {
+        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(None, format!("the body is over {MAX_BODY_BYTES} bytes"))
+        } else {
+            ApiError::invalid("body", e.body_text())
+        }
+    })
+}
+
+async fn completions(State(api): State<Api>, b: Result<Bytes, BytesRejection>) -> Response {
+    let prepared = body(b).and_then(|b| {
+        let sampling = openai::parse::<Sampling>(&b)?;
+        openai::parse::<CompletionRequest>(&b)?.prepare(&sampling)
+    });
+    answer(api, prepared, Kind::Text).await
+}
+
+async fn chat_completions(State(api): State<Api>, b: Result<Bytes, BytesRejection>) -> Response {
+    let prepared = body(b).and_then(|b| {
+        let sampling = openai::parse::<Sampling>(&b)?;
+        openai::parse::<ChatRequest>(&b)?.prepare(&sampling)
+    });
+    answer(api, prepared, Kind::Chat).await
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Text,
+    Chat,
+}
+
+async fn answer(api: Api, prepared: Result<Prepared, ApiError>, kind: Kind) -> Response {
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let Ok(_permit) = api.permits.try_acquire() else {
+        return ApiError::overloaded().into_response();
+    };
+    let client = api.router.network.local_peer_id();
+    // Choices run side by side, each its own task with its own seed.
+    let runs = (0..prepared.n).map(|i| {
+        let mut spec = prepared.spec.clone();
+        spec.sampling.seed = spec.sampling.seed.wrapping_add(u64::from(i));
+        let router = Arc::clone(&api.router);
+        async move { router.serve(client, spec).await }
+    });
+    let mut results: Vec<TaskResult> = Vec::with_capacity(prepared.n as usize);
+    for r in futures::future::join_all(runs).await {
+        match r {
+            TaskResponse::Done(r) => results.push(r),
+            TaskResponse::Failed(e) => return ApiError::from(e).into_response(),
+            _ => {
+                return ApiError::from(cactus_protocol::TaskError::new(
+                    cactus_protocol::TaskErrorKind::BadResult,
+                    "unexpected answer",
+                ))
+                .into_response();
+            }
+        }
+    }
+    let model = model_name(&api, &results);
+    if prepared.stream {
+        return stream(kind, &model, &results, prepared.include_usage).into_response();
+    }
+    let id = results
+        .first()
+        .map(|r| r.receipt.body.task_id.to_string())
+        .unwrap_or_default();
+    let choices: Vec<Value> = results
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let reason = openai::finish_reason(r.finish);
+            match kind {
+                Kind::Text => {
+                    json!({"index": i, "text": r.text, "finish_reason": reason, "logprobs": null})
+                }
+                Kind::Chat => json!({
+                    "index": i, "finish_reason": reason, "logprobs": null,
+                    "message": {"role": "assistant", "content": r.text},
+                }),
+            }
+        })
+        .collect();
+    let (prefix, object) = match kind {
+        Kind::Text => ("cmpl", "text_completion"),
+        Kind::Chat => ("chatcmpl", "chat.completion"),
+    };
+    axum::Json(json!({
+        "id": format!("{prefix}-{id}"),
+        "object": object,
+        "created": crate::time::now_ms() / 1000,
+        "model": model,
+        "choices": choices,
+        "usage": openai::usage(&results),
+        "cactus": openai::cactus_fields(&results),
+    }))
+    .into_response()
+}
+
+/// The finished answer as OpenAI's stream of chunks. Tokens are not yet
+/// carried across the mesh one by one: each choice's text comes in one chunk
+/// once its task is done, then the stop reason, usage if asked, `[DONE]`.
+fn stream(
+    kind: Kind,
+    model: &str,
+    results: &[TaskResult],
+    include_usage: bool,
+) -> Sse<futures::stream::Iter<std::vec::IntoIter<Result<SseEvent, Infallible>>>> {
+    let id = results
+        .first()
+        .map(|r| r.receipt.body.task_id.to_string())
+        .unwrap_or_default();
+    let created = crate::time::now_ms() / 1000;
+    let (object, prefix) = match kind {
+        Kind::Text => ("text_completion", "cmpl"),
+        Kind::Chat => ("chat.completion.chunk", "chatcmpl"),
+    };
+    let chunk = |choices: Value, usage: Value| {
+        json!({
+            "id": format!("{prefix}-{id}"), "object": object, "created": created,
+            "model": model, "choices": choices, "usage": usage,
+        })
+    };
+    let mut events = Vec::new();
+    for (i, r) in results.iter().enumerate() {
+        let (first, last) = match kind {
+            Kind::Text => (
+                json!([{"index": i, "text": r.text, "finish_reason": null, "logprobs": null}]),
+                json!([{"index": i, "text": "", "finish_reason": openai::finish_reason(r.finish), "logprobs": null}]),
+            ),
+            Kind::Chat => (
+                json!([{"index": i, "delta": {"role": "assistant", "content": r.text}, "finish_reason": null, "logprobs": null}]),
+                json!([{"index": i, "delta": {}, "finish_reason": openai::finish_reason(r.finish), "logprobs": null}]),
+            ),
+        };
+        events.push(chunk(first, Value::Null));
+        events.push(chunk(last, Value::Null));
+    }
+    if include_usage {
+        let mut u = chunk(json!([]), openai::usage(results));
+        u["cactus"] = openai::cactus_fields(results);
+        events.push(u);
+    }
+    let events: Vec<Result<SseEvent, Infallible>> = events
+        .into_iter()
+        .map(|v| Ok(SseEvent::default().data(v.to_string())))
+        .chain(std::iter::once(Ok(SseEvent::default().data("[DONE]"))))
+        .collect();
+    Sse::new(futures::stream::iter(events))
+}
+
+/// The served model's name, from the router's table (its hash otherwise).
+fn model_name(api: &Api, results: &[TaskResult]) -> String {
+    let Some(hash) = results.first().map(|r| r.receipt.body.model) else {
+        return String::new();
+    };
+    api.router
+        .table
+        .lock()
+        .ok()
+        .and_then(|t| {
+            t.snapshot()
+                .iter()
+                .flat_map(|o| o.models.clone())
+                .find(|m| m.sha256 == hash)
+                .map(|m| m.name)
+        })
+        .unwrap_or_else(|| hash.to_string())
+}

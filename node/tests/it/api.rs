@@ -1,0 +1,348 @@
+//! The router's OpenAI-compatible HTTP API over loopback, with stub
+//! orchestrators: the endpoints, their answers and their errors.
+
+use cactus_node::inference::Engine;
+use cactus_node::inference::pool::ThreadPool;
+use cactus_node::inference::stub::StubEngine;
+use cactus_node::network::NetworkConfig;
+use cactus_node::{Node, NodeConfig, Role};
+use libp2p::identity::Keypair;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    router: Node,
+    orchestrator: Node,
+    api: SocketAddr,
+}
+
+async fn setup(engine: Arc<StubEngine>, queue: usize) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let net = NetworkConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        ..NetworkConfig::default()
+    };
+    let router = Node::start(
+        NodeConfig {
+            role: Role::Router,
+            data_dir: dir.path().join("router"),
+            network: net.clone(),
+            api: Some("127.0.0.1:0".parse().unwrap()),
+            ..NodeConfig::default()
+        },
+        Keypair::generate_ed25519(),
+        None,
+    )
+    .await
+    .unwrap();
+    let addr = router.listen_addrs().await.unwrap()[0].clone();
+    let orchestrator = Node::start(
+        NodeConfig {
+            role: Role::Orchestrator,
+            data_dir: dir.path().join("orch"),
+            network: NetworkConfig {
+                bootstrap: vec![addr],
+                ..net
+            },
+            ..NodeConfig::default()
+        },
+        Keypair::generate_ed25519(),
+        Some(Arc::new(ThreadPool::new(engine, 1, queue)) as Arc<dyn Engine>),
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(LIMIT, router.wait_for_orchestrators(1))
+        .await
+        .unwrap()
+        .unwrap();
+    let api = router.api_addr().expect("the API listens");
+    Setup {
+        _dir: dir,
+        router,
+        orchestrator,
+        api,
+    }
+}
+
+/// One HTTP/1.1 exchange; returns the status, the raw head and the body.
+async fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String, String) {
+    let exchange = async {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        c.write_all(head.as_bytes()).await.unwrap();
+        // A body over the cap may be refused before it is all sent.
+        let _ = c.write_all(body).await;
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let out = tokio::time::timeout(LIMIT, exchange)
+        .await
+        .expect("timed out");
+    let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP answer");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head.to_owned(), dechunk(head, body))
+}
+
+/// The body of a chunked answer, joined.
+fn dechunk(head: &str, body: &str) -> String {
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return body.to_owned();
+    }
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = &tail[n + 2..];
+    }
+    out
+}
+
+async fn post(addr: SocketAddr, path: &str, v: Value) -> (u16, Value) {
+    let (status, _, body) = http(addr, "POST", path, v.to_string().as_bytes()).await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+async fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
+    let (status, _, body) = http(addr, "GET", path, b"").await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_serves_models_completions_chats_and_receipts() {
+    let s = setup(Arc::new(StubEngine::new("stub-a")), 4).await;
+    let (status, health) = get(s.api, "/health").await;
+    assert_eq!((status, &health["status"]), (200, &json!("ok")), "{health}");
+    assert_eq!(health["orchestrators"], 1);
+    let (status, models) = get(s.api, "/v1/models").await;
+    assert_eq!(status, 200);
+    assert_eq!(models["data"][0]["id"], "stub-a", "{models}");
+    assert_eq!(models["data"][0]["sha256"].as_str().unwrap().len(), 64);
+
+    let (status, c) = post(
+        s.api,
+        "/v1/completions",
+        json!({"model": "stub-a", "prompt": "hello", "max_tokens": 16, "temperature": 0}),
+    )
+    .await;
+    assert_eq!(status, 200, "{c}");
+    assert_eq!(c["object"], "text_completion");
+    assert_eq!(c["choices"][0]["text"], "olleh");
+    assert_eq!(c["choices"][0]["finish_reason"], "stop");
+    assert_eq!(
+        (
+            c["usage"]["prompt_tokens"].as_u64(),
+            c["usage"]["completion_tokens"].as_u64()
+        ),
+        (Some(5), Some(5))
+    );
+    // The answer links to its receipt, signed by both sides.
+    let link = c["cactus"][0]["receipt"].as_str().unwrap();
+    let (status, receipt) = get(s.api, link).await;
+    assert_eq!(status, 200, "{receipt}");
+    assert_eq!(receipt["task_id"], c["cactus"][0]["task_id"], "{receipt}");
+    assert_eq!(
+        receipt["orchestrator"],
+        s.orchestrator.peer_id().to_string()
+    );
+
+    // A chat: the turns travel to the orchestrator as one prompt (the stub
+    // answers it reversed), the answer comes back as the assistant's turn.
+    let (status, chat) = post(
+        s.api,
+        "/v1/chat/completions",
+        json!({"messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "hi"}]}
+        ], "max_completion_tokens": 200, "n": 2, "seed": 3}),
+    )
+    .await;
+    assert_eq!(status, 200, "{chat}");
+    assert_eq!(chat["object"], "chat.completion");
+    assert_eq!(chat["choices"].as_array().unwrap().len(), 2);
+    let content = chat["choices"][0]["message"]["content"].as_str().unwrap();
+    let turns: String = content.chars().rev().collect();
+    let turns: Value = serde_json::from_str(&turns).unwrap();
+    assert_eq!(
+        turns,
+        json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}])
+    );
+    assert_eq!(chat["choices"][0]["message"]["role"], "assistant");
+
+    // Streaming: OpenAI's chunks, usage last when asked, then [DONE].
+    let (status, head, body) = http(
+        s.api,
+        "POST",
+        "/v1/completions",
+        json!({"prompt": "hello", "stream": true, "stream_options": {"include_usage": true}})
+            .to_string()
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        head.to_ascii_lowercase().contains("text/event-stream"),
+        "{head}"
+    );
+    let data: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(data.last(), Some(&"[DONE]"), "{body}");
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
+    assert_eq!(text, "olleh");
+    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 5);
+    s.orchestrator.shutdown().await;
+    s.router.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_openai_errors_naming_the_field() {
+    let s = setup(Arc::new(StubEngine::new("stub-a")), 4).await;
+    let expect = |status: u16, v: &Value, want: u16, param: &str| {
+        assert_eq!(status, want, "{v}");
+        assert_eq!(v["error"]["param"], json!(param), "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    };
+    let (st, v) = post(
+        s.api,
+        "/v1/completions",
+        json!({"prompt": "x", "temperature": 5}),
+    )
+    .await;
+    expect(st, &v, 400, "temperature");
+    let (st, v) = post(
+        s.api,
+        "/v1/completions",
+        json!({"prompt": "x", "temperature": "hot"}),
+    )
+    .await;
+    expect(st, &v, 400, "temperature");
+    let (st, v) = post(
+        s.api,
+        "/v1/completions",
+        json!({"prompt": "x", "max_tokens": 0}),
+    )
+    .await;
+    expect(st, &v, 400, "max_tokens");
+    let (st, v) = post(
+        s.api,
+        "/v1/completions",
+        json!({"prompt": "x", "logit_bias": {"a": 1}}),
+    )
+    .await;
+    expect(st, &v, 400, "logit_bias");
+    let (st, v) = post(
+        s.api,
+        "/v1/chat/completions",
+        json!({"messages": [{"role": "tool", "content": "x"}]}),
+    )
+    .await;
+    expect(st, &v, 400, "messages[0].role");
+    let (st, v) = post(
+        s.api,
+        "/v1/chat/completions",
+        json!({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema", "json_schema": {"schema": {"$ref": "#/x"}}}}),
+    )
+    .await;
+    expect(st, &v, 400, "response_format");
+    let (st, v) = post(
+        s.api,
+        "/v1/completions",
+        json!({"prompt": "x", "logprobs": 2}),
+    )
+    .await;
+    expect(st, &v, 400, "logprobs");
+    let (st, _, body) = http(s.api, "POST", "/v1/completions", b"{not json").await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(st, 400, "{v}");
+    let (st, v) = post(
+        s.api,
+        "/v1/completions",
+        json!({"model": "nobody-serves-this", "prompt": "x"}),
+    )
+    .await;
+    assert_eq!(
+        (st, &v["error"]["code"]),
+        (404, &json!("model_not_found")),
+        "{v}"
+    );
+    let huge = json!({"prompt": "x".repeat(cactus_node::api::MAX_BODY_BYTES)});
+    let (st, _, body) = http(
+        s.api,
+        "POST",
+        "/v1/completions",
+        huge.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(st, 413, "{body}");
+    let (st, v) = get(s.api, "/v1/receipts/nothex").await;
+    expect(st, &v, 400, "task_id");
+    let (st, v) = get(s.api, &format!("/v1/receipts/{}", "00".repeat(16))).await;
+    assert_eq!(st, 404, "{v}");
+    let (st, _) = get(s.api, "/v2/nothing").await;
+    assert_eq!(st, 404);
+    s.orchestrator.shutdown().await;
+    s.router.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_capacity_is_a_503_with_retry_after() {
+    let gated = Arc::new(StubEngine::new("stub-a").gated());
+    let s = setup(gated.clone(), 0).await;
+    let api = s.api;
+    let held =
+        tokio::spawn(async move { post(api, "/v1/completions", json!({"prompt": "held"})).await });
+    let g = gated.clone();
+    tokio::time::timeout(
+        LIMIT,
+        tokio::task::spawn_blocking(move || g.wait_started(1)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let (status, head, body) = http(
+        s.api,
+        "POST",
+        "/v1/completions",
+        json!({"prompt": "second"}).to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 1"),
+        "{head}"
+    );
+    gated.open_gate();
+    let (status, v) = tokio::time::timeout(LIMIT, held).await.unwrap().unwrap();
+    assert_eq!((status, &v["choices"][0]["text"]), (200, &json!("dleh")));
+    s.orchestrator.shutdown().await;
+    s.router.shutdown().await;
+}
