@@ -13,6 +13,8 @@ use cactus_protocol::messages::{MAX_OUTPUT_BYTES, truncate_utf8};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::oneshot;
@@ -131,25 +133,39 @@ pub(super) fn step_replay(
 ) {
     let n_o = r.request.tokens.len();
     let n_vocab = model.n_vocab().max(0) as usize;
-    let sampling = r.request.sampling().clone();
+    let sampling = r.request.sampling();
     let stop = r.request.finish() == FinishReason::EndOfGeneration;
     for &(q, i) in &std::mem::take(&mut r.logits_at) {
         let k = q - r.first;
-        let mut arr = ctx.token_data_array_ith(i);
-        if let Some(shape) = &mut r.shape {
+        // The shaped logits by token id; the model's own when nothing
+        // shapes them (no copy of the vocabulary-sized row then).
+        let shaped: Option<Vec<f32>> = r.shape.as_mut().map(|shape| {
+            let mut arr = ctx.token_data_array_ith(i);
             arr.apply_sampler(shape);
-        }
-        // The shaped logits, by token id.
-        let mut logits = vec![f32::NEG_INFINITY; n_vocab];
-        for d in &arr.data {
-            if let Some(l) = logits.get_mut(d.id().0 as usize) {
-                *l = d.logit();
+            let mut v = vec![f32::NEG_INFINITY; n_vocab];
+            for d in &arr.data {
+                if let Some(l) = v.get_mut(d.id().0 as usize) {
+                    *l = d.logit();
+                }
             }
-        }
+            v
+        });
+        let logits: &[f32] = shaped.as_deref().unwrap_or_else(|| ctx.get_logits_ith(i));
         if k < n_o {
             let token = r.request.tokens[k];
-            arr.apply_sampler(&mut r.choose);
-            let pick = arr.selected_token().map_or(u32::MAX, |t| t.0 as u32);
+            let pick = if sampling.is_greedy() {
+                argmax(logits)
+            } else {
+                let mut arr = LlamaTokenDataArray::from_iter(
+                    logits
+                        .iter()
+                        .enumerate()
+                        .map(|(t, &l)| LlamaTokenData::new(LlamaToken::new(t as i32), l, 0.0)),
+                    false,
+                );
+                arr.apply_sampler(&mut r.choose);
+                arr.selected_token().map_or(u32::MAX, |t| t.0 as u32)
+            };
             if let Some(shape) = &mut r.shape {
                 shape.accept(r.seq[q + 1]);
             }
@@ -185,6 +201,17 @@ pub(super) fn step_replay(
             r.stop_gap = Some(g);
         }
     }
+}
+
+/// The first most likely token (what llama.cpp's greedy sampler picks).
+fn argmax(logits: &[f32]) -> u32 {
+    let mut best = (0usize, f32::NEG_INFINITY);
+    for (t, &l) in logits.iter().enumerate() {
+        if l > best.1 {
+            best = (t, l);
+        }
+    }
+    best.0 as u32
 }
 
 /// A replay's findings once every position is checked. The tokens must
