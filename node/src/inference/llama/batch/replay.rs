@@ -176,7 +176,7 @@ pub(super) fn step_replay(
             }
             r.mismatches += 1;
             let g = if (token as usize) < n_vocab {
-                sampler::gap(&logits, token as usize, &sampling)
+                sampler::gap(logits, token as usize, sampling)
             } else {
                 f32::INFINITY
             };
@@ -196,7 +196,7 @@ pub(super) fn step_replay(
             let g = r
                 .eog
                 .iter()
-                .map(|&t| sampler::gap(&logits, t, &sampling))
+                .map(|&t| sampler::gap(logits, t, sampling))
                 .fold(f32::INFINITY, f32::min);
             r.stop_gap = Some(g);
         }
