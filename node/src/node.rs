@@ -203,6 +203,24 @@ impl Node {
                 net_config.kad_server = Some(false);
             }
         }
+        // The API's port is taken first: a node that cannot serve what it
+        // was asked to fails before it joins the mesh.
+        let api_listener = match (config.role, config.api) {
+            (Role::Router, Some(addr)) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| NodeError::Api { addr, source })?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|source| NodeError::Api { addr, source })?;
+                Some((bound, listener))
+            }
+            (role, Some(addr)) => {
+                tracing::warn!(%addr, ?role, "only routers serve the HTTP API; --api is ignored");
+                None
+            }
+            (_, None) => None,
+        };
         let (network, events, net_task) =
             network::spawn(key.clone(), net_config, shutdown.child_token())?;
         let (size_tx, size_rx) = watch::channel((0, 0));
@@ -324,14 +342,8 @@ impl Node {
             },
         };
         let role_task = tokio::spawn(dispatcher.run(shutdown.child_token()));
-        let api = match (&router_handle, config.api) {
-            (Some(router), Some(addr)) => {
-                let listener = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| NodeError::Api { addr, source })?;
-                let bound = listener
-                    .local_addr()
-                    .map_err(|source| NodeError::Api { addr, source })?;
+        let api = match (&router_handle, api_listener) {
+            (Some(router), Some((bound, listener))) => {
                 tracing::info!(url = %format!("http://{bound}/v1"), "OpenAI-compatible API listening");
                 let (router, stop) = (Arc::clone(router), shutdown.child_token());
                 let task = tokio::spawn(async move {
