@@ -20,6 +20,8 @@
 //! ```
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/mod.rs"]
+mod support;
 use cactus_node::client;
 use cactus_node::inference::llama::{LlamaConfig, LlamaEngine};
 use cactus_node::inference::model_file::ModelSpec;
@@ -33,6 +35,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::{env_or, median, model_path};
 
 /// Prompts that keep a small model talking.
 const PROMPTS: [&str; 8] = [
@@ -47,32 +50,6 @@ const PROMPTS: [&str; 8] = [
 ];
 const SLOTS: usize = 8;
 const CTX_PER_SLOT: u32 = 1024;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn model_path() -> PathBuf {
-    std::env::var_os("BENCH_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_default();
-            std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| home.join(".cache"))
-                .join("cactus/models/gemma-3-270m-q4_k_m.gguf")
-        })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 /// An in-process router, orchestrator and client on loopback.
 struct Mesh {

@@ -18,6 +18,8 @@
 //! ```
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/mod.rs"]
+mod support;
 use cactus_node::client;
 use cactus_node::inference::llama::{LlamaConfig, LlamaEngine, backend};
 use cactus_node::inference::model_file::ModelSpec;
@@ -32,33 +34,12 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::sampling::LlamaSampler;
 use std::num::NonZeroU32;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::{env_or, median, model_path};
 
 const PROMPT: &str = "Write a long story about a cactus that learns to walk across the desert.";
 const CTX: u32 = 4096;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn model_path() -> PathBuf {
-    std::env::var_os("BENCH_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_default();
-            std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| home.join(".cache"))
-                .join("cactus/models/gemma-3-270m-q4_k_m.gguf")
-        })
-}
 
 /// The anchor: llama-cpp-2 used directly. Returns (output tokens, seconds).
 fn direct(model: &LlamaModel, threads: i32, max_tokens: u32) -> (u32, f64) {
@@ -103,11 +84,6 @@ fn direct(model: &LlamaModel, threads: i32, max_tokens: u32) -> (u32, f64) {
     }
     std::hint::black_box(String::from_utf8_lossy(&out));
     (n, started.elapsed().as_secs_f64())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {

@@ -20,6 +20,8 @@
 //! ```
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/mod.rs"]
+mod support;
 use cactus_node::inference::llama::{LlamaConfig, LlamaEngine, quantize_q2k};
 use cactus_node::inference::model_file::ModelSpec;
 use cactus_node::inference::{Blocking, Engine, Generation, Job};
@@ -27,8 +29,9 @@ use cactus_protocol::fraud::ReplayRequest;
 use cactus_protocol::receipt::RECEIPT_VERSION;
 use cactus_protocol::{Digest, PromptFormat, ReceiptBody, SamplingParams, TaskId};
 use libp2p::identity::Keypair;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
+use support::{env_or, model_path};
 
 const PROMPTS: [&str; 12] = [
     "The capital of France is",
@@ -44,27 +47,6 @@ const PROMPTS: [&str; 12] = [
     "The difference between weather and climate is",
     "Photosynthesis is the process by which",
 ];
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn model_path() -> PathBuf {
-    std::env::var_os("BENCH_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_default();
-            std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| home.join(".cache"))
-                .join("cactus/models/gemma-3-270m-q4_k_m.gguf")
-        })
-}
 
 fn load(path: &Path, threads: u32) -> Arc<LlamaEngine> {
     LlamaEngine::load(
