@@ -292,7 +292,7 @@ start_node rtr rtr "$NODE_BIN" --role router --listen "/ip4/$RTR_IP/tcp/4002" \
 for o in A B; do
   start_node "orch$o" "lan$o" "$NODE_BIN" --listen /ip4/0.0.0.0/tcp/0 \
     --listen /ip4/0.0.0.0/udp/0/quic-v1 --bootstrap "$BOOT_ADDR" --target-peers 1 \
-    --model "$CACTUS_TEST_MODEL" --threads 1 --data-dir "$WORK/orch$o"
+    --model "$CACTUS_TEST_MODEL" --threads 1 --slots 1 --data-dir "$WORK/orch$o"
 done
 
 # Both orchestrators must have joined the router (each by its own PeerId, so
@@ -315,8 +315,9 @@ print(v["orchestrator"])
 '
 # The router's pick is deterministic (most free slots, then lowest round trip,
 # then PeerId), so one-at-a-time tasks on idle orchestrators all land on the
-# same one. Tasks are therefore sent in pairs at once: while one orchestrator's
-# only slot is busy, the router hands the other task to the other one.
+# same one. Tasks are therefore sent in pairs at once to orchestrators with one
+# slot each (--slots 1): while one orchestrator's only slot is busy, the
+# router hands the other task to the other one.
 launch_infer() { # n
   timeout "$INFER_TIMEOUT" ip netns exec "$TAG-cli" "$NODE_BIN" infer --bootstrap "$BOOT_ADDR" \
     --prompt "$PROMPT" --max-tokens 16 --json --timeout $((INFER_TIMEOUT - 10)) \
