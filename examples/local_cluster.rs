@@ -116,17 +116,23 @@ async fn main() -> Result<()> {
         },
     };
     println!("\nprompt: {prompt}");
+    print!("answer: ");
     let started = Instant::now();
+    // The answer streams in as the orchestrator samples it.
     let result = client::submit(
         vec![router_addr.clone()],
         None,
         task,
         Duration::from_secs(300),
+        |chunk| {
+            print!("{}", chunk.text);
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+        },
     )
     .await?;
     let elapsed = started.elapsed();
     let body = &result.receipt.body;
-    println!("answer: {}", result.text.trim());
+    println!();
     println!(
         "\nserved by {} in {:.2} s ({} prompt + {} output tokens, {:.1} tokens/s)",
         body.orchestrator,

@@ -54,6 +54,7 @@ fn receipts(n: usize) -> Vec<Receipt> {
                 started_at_ms: 1,
                 finished_at_ms: 2,
                 delegation: None,
+                resumed: None,
             };
             let mut r = body.sign(&orch).unwrap();
             r.countersign(&router).unwrap();

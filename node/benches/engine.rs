@@ -361,6 +361,7 @@ fn main() {
             ..SamplingParams::default()
         },
         deadline: None,
+        resume: None,
     };
     let mut cached = Vec::new();
     let mut cold = Vec::new();

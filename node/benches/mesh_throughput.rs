@@ -122,6 +122,7 @@ fn main() {
         format: PromptFormat::Raw,
         sampling: sampling.clone(),
         deadline: None,
+        resume: None,
     };
 
     let rt = tokio::runtime::Runtime::new().unwrap();

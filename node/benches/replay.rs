@@ -86,6 +86,7 @@ fn request(model: Digest, prompt: &str, sampling: SamplingParams, g: &Generation
         started_at_ms: 1,
         finished_at_ms: 2,
         delegation: None,
+        resumed: None,
     };
     ReplayRequest {
         receipt: body.sign(&key).unwrap(),
@@ -134,6 +135,7 @@ fn main() {
             format: PromptFormat::Chat,
             sampling: sampling.clone(),
             deadline: None,
+            resume: None,
         };
         let g = honest.generate(&job).unwrap();
         let f = honest

@@ -1,11 +1,13 @@
 //! Submitting a task to the mesh as a client: join through bootstrap peers,
-//! find a router on the DHT, submit, and check the answer's receipt.
+//! find a router on the DHT, submit (on a token stream, to see tokens as
+//! they are sampled, or as one request), and check the answer's receipt.
 
 use crate::network::{Network, NetworkConfig, NetworkError};
 use crate::node::{Node, NodeConfig, Role};
-use cactus_protocol::messages::{Query, QueryAnswer};
+use cactus_protocol::messages::{MAX_OUTPUT_BYTES, MAX_OUTPUT_TOKENS, Query, QueryAnswer};
 use cactus_protocol::{
-    Digest, ROUTER_PROVIDER_KEY, TaskError, TaskRequest, TaskResponse, TaskResult, TaskSpec,
+    Digest, ROUTER_PROVIDER_KEY, Resume, StreamFrame, TaskError, TaskRequest, TaskResponse,
+    TaskResult, TaskSpec, TokenChunk,
 };
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
@@ -58,6 +60,35 @@ pub async fn find_router(network: &Network) -> Result<PeerId, ClientError> {
     providers.first().copied().ok_or(ClientError::NoRouter)
 }
 
+/// Checks an answer from `router` to a prompt hashing to `prompt_hash`:
+/// both receipt signatures, the prompt hash, the output hash and, for a
+/// resumed task, the tokens it resumed from.
+fn check_answer(
+    router: PeerId,
+    prompt_hash: &Digest,
+    result: &TaskResult,
+) -> Result<(), ClientError> {
+    let body = &result.receipt.body;
+    result
+        .receipt
+        .verify()
+        .map_err(ClientError::ReceiptSignature)?;
+    let bad = |m: &str| Err(ClientError::BadReceipt(m.into()));
+    if body.router != router {
+        return bad("countersigned by another router");
+    }
+    if &body.prompt_hash != prompt_hash {
+        return bad("prompt hash differs from the prompt sent");
+    }
+    if body.output_hash != Digest::of(result.text.as_bytes()) {
+        return bad("output hash differs from the text");
+    }
+    if body.resumed != result.resumed.as_ref().map(Resume::digest) {
+        return bad("the resumed tokens differ from the ones the receipt commits to");
+    }
+    Ok(())
+}
+
 /// Submits `spec` to `router` and checks the answer: both receipt signatures,
 /// the prompt hash and the output hash.
 pub async fn submit_to(
@@ -68,26 +99,7 @@ pub async fn submit_to(
     let prompt_hash = Digest::of(spec.prompt.as_bytes());
     match network.send_task(router, TaskRequest::Submit(spec)).await? {
         TaskResponse::Done(result) => {
-            let body = &result.receipt.body;
-            result
-                .receipt
-                .verify()
-                .map_err(ClientError::ReceiptSignature)?;
-            if body.router != router {
-                return Err(ClientError::BadReceipt(
-                    "countersigned by another router".into(),
-                ));
-            }
-            if body.prompt_hash != prompt_hash {
-                return Err(ClientError::BadReceipt(
-                    "prompt hash differs from the prompt sent".into(),
-                ));
-            }
-            if body.output_hash != Digest::of(result.text.as_bytes()) {
-                return Err(ClientError::BadReceipt(
-                    "output hash differs from the text".into(),
-                ));
-            }
+            check_answer(router, &prompt_hash, &result)?;
             Ok(result)
         }
         TaskResponse::Failed(e) => Err(ClientError::Task(e)),
@@ -95,6 +107,67 @@ pub async fn submit_to(
         | TaskResponse::Replayed(_)
         | TaskResponse::BidReceived
         | TaskResponse::Cancelled(_) => Err(ClientError::Unexpected),
+    }
+}
+
+/// Submits `spec` to `router` on a token stream: `on_tokens` sees each chunk
+/// of tokens as it arrives. The answer is checked as [`submit_to`] checks
+/// it, and what was streamed must be the whole answer: its tokens (resumed
+/// ones first) and its text.
+pub async fn submit_streaming(
+    network: &Network,
+    router: PeerId,
+    spec: TaskSpec,
+    mut on_tokens: impl FnMut(&TokenChunk),
+) -> Result<TaskResult, ClientError> {
+    let prompt_hash = Digest::of(spec.prompt.as_bytes());
+    let mut stream = network
+        .open_stream(router, &TaskRequest::Submit(spec))
+        .await?;
+    let broke = |e: std::io::Error| {
+        ClientError::Network(NetworkError::Stream {
+            peer: router,
+            message: e.to_string(),
+        })
+    };
+    let mut tokens = Vec::new();
+    let mut text = String::new();
+    loop {
+        match stream.next().await.map_err(broke)? {
+            Some(StreamFrame::Tokens(chunk)) => {
+                if chunk.validate().is_err()
+                    || tokens.len() + chunk.tokens.len() > MAX_OUTPUT_TOKENS as usize
+                    || text.len() + chunk.text.len() > MAX_OUTPUT_BYTES
+                {
+                    return Err(ClientError::Unexpected);
+                }
+                on_tokens(&chunk);
+                tokens.extend_from_slice(&chunk.tokens);
+                text.push_str(&chunk.text);
+            }
+            Some(StreamFrame::End(TaskResponse::Done(result))) => {
+                check_answer(router, &prompt_hash, &result)?;
+                let resumed = result.resumed.as_ref().map_or(&[][..], |r| &r.tokens[..]);
+                if tokens.len() != resumed.len() + result.tokens.len()
+                    || !tokens.starts_with(resumed)
+                    || !tokens.ends_with(&result.tokens)
+                    || text != result.full_text()
+                {
+                    return Err(ClientError::BadReceipt(
+                        "the streamed tokens are not the answer the receipt covers".into(),
+                    ));
+                }
+                return Ok(result);
+            }
+            Some(StreamFrame::End(TaskResponse::Failed(e))) => return Err(ClientError::Task(e)),
+            Some(StreamFrame::End(_)) => return Err(ClientError::Unexpected),
+            None => {
+                return Err(broke(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the router closed the stream before the answer",
+                )));
+            }
+        }
     }
 }
 
@@ -168,19 +241,24 @@ pub async fn connect(
     }
 }
 
-/// Joins the mesh with a throwaway identity, submits one task and leaves.
-/// With `router` set, that router is used instead of a DHT lookup.
+/// Joins the mesh with a throwaway identity, submits one task on a token
+/// stream (`on_tokens` sees its tokens as they come) and leaves. With
+/// `router` set, that router is used instead of a DHT lookup.
 pub async fn submit(
     bootstrap: Vec<Multiaddr>,
     router: Option<Multiaddr>,
     spec: TaskSpec,
     timeout: Duration,
+    on_tokens: impl FnMut(&TokenChunk),
 ) -> Result<TaskResult, ClientError> {
     let (node, router) = connect(&bootstrap, router, timeout).await?;
     tracing::debug!(%router, "submitting task");
-    let result = tokio::time::timeout(timeout, submit_to(node.network(), router, spec))
-        .await
-        .unwrap_or(Err(ClientError::Timeout(timeout)));
+    let result = tokio::time::timeout(
+        timeout,
+        submit_streaming(node.network(), router, spec, on_tokens),
+    )
+    .await
+    .unwrap_or(Err(ClientError::Timeout(timeout)));
     node.shutdown().await;
     result
 }

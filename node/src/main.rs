@@ -255,16 +255,51 @@ async fn infer(args: InferArgs) -> Result<()> {
     };
     spec.validate().context("invalid request")?;
     let timeout = Duration::from_secs(args.timeout.max(1));
-    let result = client::submit(args.reach.bootstrap, args.reach.router, spec, timeout).await?;
+    // Tokens are printed as they arrive; with --json, the whole answer at
+    // the end.
+    let json = args.json;
+    let result = client::submit(
+        args.reach.bootstrap,
+        args.reach.router,
+        spec,
+        timeout,
+        |chunk| {
+            if !json {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(chunk.text.as_bytes());
+                let _ = out.flush();
+            }
+        },
+    )
+    .await;
+    let result = match result {
+        Ok(r) => r,
+        Err(e) => {
+            if !json {
+                let _ = writeln!(std::io::stdout());
+            }
+            return Err(e.into());
+        }
+    };
     let mut out = std::io::stdout().lock();
-    if args.json {
+    if json {
         writeln!(out, "{}", serde_json::to_string(&InferJson::from(&result))?)?;
     } else {
-        writeln!(out, "{}", result.text)?;
+        writeln!(out)?;
         let b = &result.receipt.body;
+        let resumed = result
+            .resumed
+            .as_ref()
+            .map(|r| {
+                format!(
+                    " (resumed after {} tokens from a failed orchestrator)",
+                    r.tokens.len()
+                )
+            })
+            .unwrap_or_default();
         let _ = writeln!(
             std::io::stderr(),
-            "served by {} via router {}: {} prompt + {} output tokens in {} ms; receipt verified",
+            "served by {} via router {}: {} prompt + {} output tokens in {} ms{resumed}; receipt verified",
             b.orchestrator,
             b.router,
             b.prompt_tokens,

@@ -419,6 +419,7 @@ mod tests {
             started_at_ms: 4,
             finished_at_ms: 5,
             delegation: None,
+            resumed: None,
         };
         let mut r = body.sign(&orch).unwrap();
         r.countersign(&router).unwrap();

@@ -19,6 +19,8 @@
 //!   orchestrator can take, and the signed bids that answer them.
 //! - [`attempt`] and [`vote`]: a router's pure decisions, how a hand-off
 //!   failed and how the verifiers of a spot check voted.
+//! - [`stream`]: token streams ([`STREAM_PROTOCOL`]): tokens as they are
+//!   sampled, then the result; and where a task resumes after a failure.
 //! - [`delegation`]: signed delegation links by which an orchestrator hands a
 //!   task on, and the rules a router checks a chain of them against.
 
@@ -34,6 +36,7 @@ pub mod params;
 pub mod receipt;
 pub mod reputation;
 pub mod schedule;
+pub mod stream;
 pub mod verify;
 pub mod vote;
 pub mod wire;
@@ -46,11 +49,12 @@ pub use ids::{Digest, ModelHash, TaskId};
 pub use libp2p_identity::{Keypair, PeerId};
 pub use market::{Bid, BidBody, MarketError, TaskAdvert, TaskAdvertBody};
 pub use messages::{
-    Assignment, CachedPrefix, CapabilityAdvert, TaskError, TaskErrorKind, TaskRequest,
+    Assignment, CachedPrefix, CapabilityAdvert, Resume, TaskError, TaskErrorKind, TaskRequest,
     TaskResponse, TaskResult, TaskSpec,
 };
 pub use params::{FinishReason, ModelId, PromptFormat, SamplingParams};
 pub use receipt::{Receipt, ReceiptBody, ReceiptError};
+pub use stream::{STREAM_PROTOCOL, StreamFrame, TokenChunk};
 pub use wire::{DecodeError, EncodeError, Wire};
 
 /// Protocol id of the task request-response protocol.

@@ -64,6 +64,52 @@ pub struct Assignment {
     /// Unix time by which the router needs the result, milliseconds; past it
     /// the router has moved on. Delegations may not outlive it.
     pub deadline_ms: u64,
+    /// When an earlier orchestrator failed mid-stream: the tokens it
+    /// produced, which this one prefills after the prompt and continues.
+    /// `sampling.max_tokens` then counts only the tokens still to produce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<Resume>,
+}
+
+/// Where a task resumes: the tokens an earlier orchestrator produced before
+/// it failed mid-stream, which the client has already been sent. The next
+/// orchestrator prefills them after the prompt and goes on from there; its
+/// receipt commits to them ([`crate::ReceiptBody::resumed`]) and counts only
+/// the tokens it produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    /// The tokens produced so far.
+    pub tokens: Vec<u32>,
+    /// The text the client was shown of them: a prefix of their decoded
+    /// bytes (the rest, an unfinished character or the start of a stop
+    /// string, is the resuming orchestrator's to show).
+    pub shown: String,
+}
+
+impl Resume {
+    /// Checks sizes.
+    pub fn validate(&self) -> Result<(), InvalidMessage> {
+        if self.tokens.is_empty() || self.tokens.len() > MAX_OUTPUT_TOKENS as usize {
+            return Err(InvalidMessage::TooMany {
+                field: "resume tokens",
+                len: self.tokens.len(),
+                max: MAX_OUTPUT_TOKENS as usize,
+            });
+        }
+        if self.shown.len() > MAX_OUTPUT_BYTES {
+            return Err(InvalidMessage::FieldTooLong {
+                field: "resume text",
+                len: self.shown.len(),
+                max: MAX_OUTPUT_BYTES,
+            });
+        }
+        Ok(())
+    }
+
+    /// What the receipt of a resumed task commits to.
+    pub fn digest(&self) -> crate::Digest {
+        crate::Digest::of_tokens(&self.tokens)
+    }
 }
 
 /// A task an orchestrator hands on to another (see [`crate::delegation`]).
@@ -86,6 +132,14 @@ impl Assignment {
         }
         if self.prompt.len() > MAX_PROMPT_BYTES {
             return Err(InvalidMessage::PromptTooLarge(self.prompt.len()));
+        }
+        if let Some(r) = &self.resume {
+            r.validate()?;
+            if r.tokens.len() as u64 + u64::from(self.sampling.max_tokens)
+                > u64::from(MAX_OUTPUT_TOKENS)
+            {
+                return Err(InvalidMessage::MaxTokens(self.sampling.max_tokens));
+            }
         }
         self.sampling.validate()
     }
@@ -198,6 +252,29 @@ pub struct TaskResult {
     /// When the task was delegated: the chain from the assigned orchestrator
     /// to the one that ran it (whose receipt commits to it); empty otherwise.
     pub delegation: Vec<crate::delegation::Delegation>,
+    /// When the task was resumed after another orchestrator failed
+    /// mid-stream: what came before `text` and `tokens` (the receipt commits
+    /// to its tokens). Set by the router for its client; the whole answer is
+    /// `resumed.shown` followed by `text`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed: Option<Resume>,
+}
+
+impl TaskResult {
+    /// The whole answer's text: what an earlier orchestrator produced before
+    /// the task resumed here, then this result's text.
+    pub fn full_text(&self) -> String {
+        match &self.resumed {
+            Some(r) => format!("{}{}", r.shown, self.text),
+            None => self.text.clone(),
+        }
+    }
+
+    /// Tokens of the whole answer, resumed ones included.
+    pub fn full_output_tokens(&self) -> u32 {
+        let before = self.resumed.as_ref().map_or(0, |r| r.tokens.len() as u32);
+        before + self.receipt.body.output_tokens
+    }
 }
 
 /// The kinds of task failure, for callers to act on.

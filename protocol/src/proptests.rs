@@ -110,6 +110,7 @@ fn arb_assignment() -> impl Strategy<Value = Assignment> {
                 format,
                 sampling,
                 deadline_ms,
+                resume: None,
             },
         )
 }
@@ -316,6 +317,7 @@ prop_compose! {
             started_at_ms: started,
             finished_at_ms: finished,
             delegation,
+            resumed: None,
         };
         (body, orch, router)
     }
@@ -348,6 +350,7 @@ fn arb_response() -> impl Strategy<Value = TaskResponse> {
                     finish,
                     receipt,
                     delegation: chain.unwrap_or_default(),
+                    resumed: None,
                 })
             ),
         ("\\PC{0,100}").prop_map(|m| TaskResponse::Failed(TaskError::new(TaskErrorKind::Busy, m))),
@@ -533,6 +536,7 @@ fn unsigned_or_hashed_peer_ids_do_not_verify() {
         started_at_ms: 1,
         finished_at_ms: 2,
         delegation: None,
+        resumed: None,
     };
     // Only the named orchestrator can sign, only the named router countersign.
     assert_eq!(

@@ -61,6 +61,12 @@ pub struct ReceiptBody {
     /// When the task was delegated: the hash of the delegation chain that
     /// handed it from the assigned orchestrator to this one.
     pub delegation: Option<Digest>,
+    /// When the task resumed another orchestrator's stream: the
+    /// [`Digest::of_tokens`] of the tokens it prefilled after the prompt
+    /// (see [`crate::messages::Resume`]). The output fields count only the
+    /// tokens this orchestrator produced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed: Option<Digest>,
 }
 
 impl ReceiptBody {

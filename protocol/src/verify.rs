@@ -93,6 +93,14 @@ pub fn check_result(
     if body.format != assignment.format {
         return Err(ResultError::Mismatch("prompt format"));
     }
+    if body.resumed
+        != assignment
+            .resume
+            .as_ref()
+            .map(crate::messages::Resume::digest)
+    {
+        return Err(ResultError::Mismatch("resumed tokens"));
+    }
     if body.finish != result.finish {
         return Err(ResultError::Mismatch("stop reason"));
     }
@@ -156,6 +164,7 @@ mod tests {
                 ..SamplingParams::default()
             },
             deadline_ms: 1_000,
+            resume: None,
         };
         let text = "because".to_owned();
         let body = ReceiptBody {
@@ -176,6 +185,7 @@ mod tests {
             started_at_ms: 100,
             finished_at_ms: 110,
             delegation: None,
+            resumed: None,
         };
         let receipt = body.sign(&orch).unwrap();
         let r = TaskResult {
@@ -184,6 +194,7 @@ mod tests {
             finish: FinishReason::EndOfGeneration,
             receipt,
             delegation: Vec::new(),
+            resumed: None,
         };
         (a, orch, router, r)
     }
@@ -239,6 +250,7 @@ mod tests {
                 finish,
                 receipt: body.sign(&orch).unwrap(),
                 delegation: Vec::new(),
+                resumed: None,
             }
         };
         let many = resign(&|b| b.output_tokens = 5, FinishReason::EndOfGeneration);
@@ -264,6 +276,38 @@ mod tests {
             check_result(&a, &router, &o, &forged),
             Err(ResultError::Signature(_))
         ));
+    }
+
+    #[test]
+    fn a_resumed_result_commits_to_the_tokens_it_continued() {
+        let (mut a, orch, router, r) = setup();
+        let o = orch.public().to_peer_id();
+        a.resume = Some(crate::messages::Resume {
+            tokens: vec![7, 8],
+            shown: "be".into(),
+        });
+        // A receipt that does not say it resumed is not this task's.
+        assert_eq!(
+            check_result(&a, &router, &o, &r),
+            Err(ResultError::Mismatch("resumed tokens"))
+        );
+        let mut body = r.receipt.body.clone();
+        body.resumed = a.resume.as_ref().map(crate::messages::Resume::digest);
+        let resumed = TaskResult {
+            receipt: body.clone().sign(&orch).unwrap(),
+            ..r.clone()
+        };
+        check_result(&a, &router, &o, &resumed).unwrap();
+        // Other resumed tokens.
+        body.resumed = Some(Digest::of_tokens(&[7]));
+        let other = TaskResult {
+            receipt: body.sign(&orch).unwrap(),
+            ..r
+        };
+        assert_eq!(
+            check_result(&a, &router, &o, &other),
+            Err(ResultError::Mismatch("resumed tokens"))
+        );
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub enum Kind {
     TaskAdvert = 5,
     /// [`crate::Bid`].
     Bid = 6,
+    /// [`crate::stream::StreamFrame`].
+    StreamFrame = 7,
 }
 
 /// A message that travels in a Cactus frame.

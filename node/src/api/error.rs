@@ -140,16 +140,21 @@ impl From<TaskError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// The error object: `{"message", "type", "param", "code"}`.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({
+            "message": self.message,
+            "type": self.kind,
+            "param": self.param,
+            "code": self.code,
+        })
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
-            "error": {
-                "message": self.message,
-                "type": self.kind,
-                "param": self.param,
-                "code": self.code,
-            }
-        });
+        let body = serde_json::json!({ "error": self.body() });
         let mut r = (self.status, axum::Json(body)).into_response();
         if matches!(
             self.status,

@@ -6,13 +6,15 @@
 //! - `POST /v1/completions`, `POST /v1/chat/completions` (turns rendered by
 //!   the orchestrator with the model's own chat template), with OpenAI's
 //!   sampling fields, `n`, `response_format` and llama-server's `grammar`;
-//!   `stream: true` answers with Server-Sent Events in OpenAI's chunk format;
+//!   `stream: true` answers with Server-Sent Events in OpenAI's chunk format,
+//!   token by token as the orchestrator samples them (see [`answer`]);
 //! - `GET /v1/receipts/{task id}`: the receipt each answer links to.
 //!
 //! Bodies are capped before parsing ([`MAX_BODY_BYTES`]); requests in flight
 //! are capped ([`MAX_IN_FLIGHT`], then 429). Errors use OpenAI's JSON shape
 //! ([`error::ApiError`]).
 
+mod answer;
 pub mod error;
 pub mod openai;
 
@@ -21,15 +23,12 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use cactus_protocol::messages::MAX_PROMPT_BYTES;
-use cactus_protocol::{TaskResponse, TaskResult};
 use error::ApiError;
-use openai::{ChatRequest, CompletionRequest, Prepared, Sampling};
+use openai::{ChatRequest, CompletionRequest, Sampling};
 use serde_json::{Value, json};
-use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -151,7 +150,7 @@ async fn completions(State(api): State<Api>, b: Result<Bytes, BytesRejection>) -
         let sampling = openai::parse::<Sampling>(&b)?;
         openai::parse::<CompletionRequest>(&b)?.prepare(&sampling)
     });
-    answer(api, prepared, Kind::Text).await
+    answer::answer(api, prepared, answer::Kind::Text).await
 }
 
 async fn chat_completions(State(api): State<Api>, b: Result<Bytes, BytesRejection>) -> Response {
@@ -159,152 +158,5 @@ async fn chat_completions(State(api): State<Api>, b: Result<Bytes, BytesRejectio
         let sampling = openai::parse::<Sampling>(&b)?;
         openai::parse::<ChatRequest>(&b)?.prepare(&sampling)
     });
-    answer(api, prepared, Kind::Chat).await
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Text,
-    Chat,
-}
-
-async fn answer(api: Api, prepared: Result<Prepared, ApiError>, kind: Kind) -> Response {
-    let prepared = match prepared {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    let Ok(_permit) = api.permits.try_acquire() else {
-        return ApiError::overloaded().into_response();
-    };
-    let client = api.router.network.local_peer_id();
-    // Choices run side by side, each its own task with its own seed.
-    let runs = (0..prepared.n).map(|i| {
-        let mut spec = prepared.spec.clone();
-        spec.sampling.seed = spec.sampling.seed.wrapping_add(u64::from(i));
-        let router = Arc::clone(&api.router);
-        async move { router.serve(client, spec).await }
-    });
-    let mut results: Vec<TaskResult> = Vec::with_capacity(prepared.n as usize);
-    for r in futures::future::join_all(runs).await {
-        match r {
-            TaskResponse::Done(r) => results.push(r),
-            TaskResponse::Failed(e) => return ApiError::from(e).into_response(),
-            _ => {
-                return ApiError::from(cactus_protocol::TaskError::new(
-                    cactus_protocol::TaskErrorKind::BadResult,
-                    "unexpected answer",
-                ))
-                .into_response();
-            }
-        }
-    }
-    let model = model_name(&api, &results);
-    if prepared.stream {
-        return stream(kind, &model, &results, prepared.include_usage).into_response();
-    }
-    let id = results
-        .first()
-        .map(|r| r.receipt.body.task_id.to_string())
-        .unwrap_or_default();
-    let choices: Vec<Value> = results
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let reason = openai::finish_reason(r.finish);
-            match kind {
-                Kind::Text => {
-                    json!({"index": i, "text": r.text, "finish_reason": reason, "logprobs": null})
-                }
-                Kind::Chat => json!({
-                    "index": i, "finish_reason": reason, "logprobs": null,
-                    "message": {"role": "assistant", "content": r.text},
-                }),
-            }
-        })
-        .collect();
-    let (prefix, object) = match kind {
-        Kind::Text => ("cmpl", "text_completion"),
-        Kind::Chat => ("chatcmpl", "chat.completion"),
-    };
-    axum::Json(json!({
-        "id": format!("{prefix}-{id}"),
-        "object": object,
-        "created": crate::time::now_ms() / 1000,
-        "model": model,
-        "choices": choices,
-        "usage": openai::usage(&results),
-        "cactus": openai::cactus_fields(&results),
-    }))
-    .into_response()
-}
-
-/// The finished answer as OpenAI's stream of chunks. Tokens are not yet
-/// carried across the mesh one by one: each choice's text comes in one chunk
-/// once its task is done, then the stop reason, usage if asked, `[DONE]`.
-fn stream(
-    kind: Kind,
-    model: &str,
-    results: &[TaskResult],
-    include_usage: bool,
-) -> Sse<futures::stream::Iter<std::vec::IntoIter<Result<SseEvent, Infallible>>>> {
-    let id = results
-        .first()
-        .map(|r| r.receipt.body.task_id.to_string())
-        .unwrap_or_default();
-    let created = crate::time::now_ms() / 1000;
-    let (object, prefix) = match kind {
-        Kind::Text => ("text_completion", "cmpl"),
-        Kind::Chat => ("chat.completion.chunk", "chatcmpl"),
-    };
-    let chunk = |choices: Value, usage: Value| {
-        json!({
-            "id": format!("{prefix}-{id}"), "object": object, "created": created,
-            "model": model, "choices": choices, "usage": usage,
-        })
-    };
-    let mut events = Vec::new();
-    for (i, r) in results.iter().enumerate() {
-        let (first, last) = match kind {
-            Kind::Text => (
-                json!([{"index": i, "text": r.text, "finish_reason": null, "logprobs": null}]),
-                json!([{"index": i, "text": "", "finish_reason": openai::finish_reason(r.finish), "logprobs": null}]),
-            ),
-            Kind::Chat => (
-                json!([{"index": i, "delta": {"role": "assistant", "content": r.text}, "finish_reason": null, "logprobs": null}]),
-                json!([{"index": i, "delta": {}, "finish_reason": openai::finish_reason(r.finish), "logprobs": null}]),
-            ),
-        };
-        events.push(chunk(first, Value::Null));
-        events.push(chunk(last, Value::Null));
-    }
-    if include_usage {
-        let mut u = chunk(json!([]), openai::usage(results));
-        u["cactus"] = openai::cactus_fields(results);
-        events.push(u);
-    }
-    let events: Vec<Result<SseEvent, Infallible>> = events
-        .into_iter()
-        .map(|v| Ok(SseEvent::default().data(v.to_string())))
-        .chain(std::iter::once(Ok(SseEvent::default().data("[DONE]"))))
-        .collect();
-    Sse::new(futures::stream::iter(events))
-}
-
-/// The served model's name, from the router's table (its hash otherwise).
-fn model_name(api: &Api, results: &[TaskResult]) -> String {
-    let Some(hash) = results.first().map(|r| r.receipt.body.model) else {
-        return String::new();
-    };
-    api.router
-        .table
-        .lock()
-        .ok()
-        .and_then(|t| {
-            t.snapshot()
-                .iter()
-                .flat_map(|o| o.models.clone())
-                .find(|m| m.sha256 == hash)
-                .map(|m| m.name)
-        })
-        .unwrap_or_else(|| hash.to_string())
+    answer::answer(api, prepared, answer::Kind::Chat).await
 }

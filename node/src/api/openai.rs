@@ -2,6 +2,7 @@
 
 use super::error::ApiError;
 use crate::inference::grammar;
+use cactus_protocol::messages::MAX_N_PROBS;
 use cactus_protocol::{FinishReason, PromptFormat, SamplingParams, TaskResult, TaskSpec};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -125,6 +126,9 @@ pub struct Prepared {
     pub stream: bool,
     /// Whether the stream ends with a usage chunk.
     pub include_usage: bool,
+    /// Log-probabilities asked for: how many alternatives per token
+    /// (`None`: no log-probabilities).
+    pub logprobs: Option<u8>,
 }
 
 /// Parses a JSON body into `T`, naming the field at fault.
@@ -193,8 +197,19 @@ impl Sampling {
         model: Option<String>,
         prompt: String,
         format: PromptFormat,
-        sampling: SamplingParams,
+        mut sampling: SamplingParams,
+        logprobs: Option<(&str, u8)>,
     ) -> Result<Prepared, ApiError> {
+        if let Some((param, k)) = logprobs {
+            if k > MAX_N_PROBS {
+                return Err(ApiError::invalid(
+                    param,
+                    format!("at most {MAX_N_PROBS} alternatives per token"),
+                ));
+            }
+            // The engine always gives the sampled token's; `k` more.
+            sampling.n_probs = k.max(1);
+        }
         let n = self.n.unwrap_or(1);
         if n == 0 || n > MAX_CHOICES {
             return Err(ApiError::invalid(
@@ -218,22 +233,14 @@ impl Sampling {
                 .as_ref()
                 .and_then(|o| o.include_usage)
                 .unwrap_or(false),
+            logprobs: logprobs.map(|(_, k)| k),
         })
     }
-}
-
-/// Log-probabilities are not carried across the mesh yet: refused clearly
-/// rather than answered with nothing.
-fn no_logprobs(param: &str) -> ApiError {
-    ApiError::invalid(param, "log-probabilities are not served by this router yet")
 }
 
 impl CompletionRequest {
     /// The task this request asks for.
     pub fn prepare(self, sampling: &Sampling) -> Result<Prepared, ApiError> {
-        if self.logprobs.is_some_and(|n| n > 0) {
-            return Err(no_logprobs("logprobs"));
-        }
         let prompt = match self.prompt {
             OneOrMany::One(p) => p,
             OneOrMany::Many(mut v) if v.len() == 1 => v.remove(0),
@@ -242,7 +249,8 @@ impl CompletionRequest {
             }
         };
         let params = sampling.to_params(self.max_tokens)?;
-        sampling.finish(self.model, prompt, PromptFormat::Raw, params)
+        let logprobs = self.logprobs.map(|k| ("logprobs", k));
+        sampling.finish(self.model, prompt, PromptFormat::Raw, params, logprobs)
     }
 }
 
@@ -250,9 +258,16 @@ impl ChatRequest {
     /// The task this request asks for: the turns, rendered by the
     /// orchestrator with the model's own chat template.
     pub fn prepare(self, sampling: &Sampling) -> Result<Prepared, ApiError> {
-        if self.logprobs == Some(true) || self.top_logprobs.is_some_and(|n| n > 0) {
-            return Err(no_logprobs("logprobs"));
-        }
+        let logprobs = match (self.logprobs, self.top_logprobs) {
+            (Some(true), k) => Some(("top_logprobs", k.unwrap_or(0))),
+            (_, Some(k)) if k > 0 => {
+                return Err(ApiError::invalid(
+                    "top_logprobs",
+                    "top_logprobs needs logprobs: true",
+                ));
+            }
+            _ => None,
+        };
         if self.messages.is_empty() {
             return Err(ApiError::invalid("messages", "no messages"));
         }
@@ -286,7 +301,7 @@ impl ChatRequest {
         let prompt = Value::Array(turns).to_string();
         let max = self.max_completion_tokens.or(self.max_tokens);
         let params = sampling.to_params(max)?;
-        sampling.finish(self.model, prompt, PromptFormat::Messages, params)
+        sampling.finish(self.model, prompt, PromptFormat::Messages, params, logprobs)
     }
 }
 
@@ -323,9 +338,11 @@ pub fn cactus_fields(results: &[TaskResult]) -> Value {
 /// Token counts over every choice (the prompt counted once).
 pub fn usage(results: &[TaskResult]) -> Value {
     let prompt = results.first().map_or(0, |r| r.receipt.body.prompt_tokens);
+    // Tokens an earlier orchestrator produced before a resumed task count
+    // too: the client got them.
     let completion: u64 = results
         .iter()
-        .map(|r| u64::from(r.receipt.body.output_tokens))
+        .map(|r| u64::from(r.full_output_tokens()))
         .sum();
     json!({
         "prompt_tokens": prompt,

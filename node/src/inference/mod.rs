@@ -43,6 +43,10 @@ pub struct Job {
     pub sampling: SamplingParams,
     /// When the generation is cancelled if it has not finished.
     pub deadline: Option<Instant>,
+    /// Tokens an earlier orchestrator generated for this task before it
+    /// failed: prefilled after the prompt, and continued from. The
+    /// generation's tokens and text are only the new ones.
+    pub resume: Option<Box<cactus_protocol::Resume>>,
 }
 
 /// The log-probabilities of one generated token.
@@ -55,6 +59,9 @@ pub struct TokenLogprobs {
     /// The most likely tokens at its position and their log-probabilities,
     /// most likely first (`n_probs` of them).
     pub top: Vec<(u32, f32)>,
+    /// The token's bytes, then each of `top`'s, in order (filled by the
+    /// engine, which has the vocabulary).
+    pub pieces: Vec<Vec<u8>>,
 }
 
 /// What a generation produced.

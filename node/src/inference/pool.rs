@@ -232,6 +232,7 @@ mod tests {
             format: PromptFormat::Raw,
             sampling: SamplingParams::default(),
             deadline: None,
+            resume: None,
         }
     }
 

@@ -13,6 +13,9 @@ pub struct Output {
     stops: Vec<Vec<u8>>,
     /// Where a stop string begins, once one has been produced.
     stopped_at: Option<usize>,
+    /// Where this generation's text begins: after the text an earlier
+    /// generation already showed, when this one resumes it.
+    base: usize,
 }
 
 /// What one token did to the text.
@@ -37,6 +40,22 @@ impl Output {
                 .collect(),
             ..Self::default()
         }
+    }
+
+    /// Output that continues another generation: `before` is the bytes of
+    /// its tokens, of which `shown` (a prefix) was handed out already. The
+    /// rest is this output's to hand out, and its text begins there. `None`
+    /// when `shown` is not a prefix of `before`.
+    pub fn resumed(stops: &[String], before: Vec<u8>, shown: &str) -> Option<Self> {
+        if !before.starts_with(shown.as_bytes()) {
+            return None;
+        }
+        Some(Self {
+            bytes: before,
+            emitted: shown.len(),
+            base: shown.len(),
+            ..Self::new(stops)
+        })
     }
 
     /// Adds one token's bytes.
@@ -86,7 +105,8 @@ impl Output {
     /// it.
     pub fn finish(&self) -> String {
         let end = self.stopped_at.unwrap_or(self.bytes.len());
-        let mut text = String::from_utf8_lossy(&self.bytes[..end]).into_owned();
+        let mut text =
+            String::from_utf8_lossy(&self.bytes[self.base..end.max(self.base)]).into_owned();
         truncate_utf8(&mut text, MAX_OUTPUT_BYTES);
         text
     }
@@ -195,6 +215,23 @@ mod tests {
         assert_eq!(shown, vec!["the ", "", "ENd of it"]);
         assert_eq!(text, "the ENd of it");
         assert!(!stopped);
+    }
+
+    #[test]
+    fn a_resumed_output_shows_what_its_predecessor_held_back_and_no_more() {
+        let stops = vec!["END".to_owned()];
+        // The first generation showed "the " and held back "E" (a possible
+        // stop); the second continues from its tokens' bytes.
+        assert!(Output::resumed(&stops, b"the E".to_vec(), "then").is_none());
+        let mut o = Output::resumed(&stops, b"the E".to_vec(), "the ").unwrap();
+        assert_eq!(o.push(b"N").text, "");
+        assert_eq!(o.push(b"d").text, "ENd");
+        assert_eq!(o.finish(), "ENd");
+        // A stop that completes across the boundary still stops.
+        let mut o = Output::resumed(&stops, b"the E".to_vec(), "the ").unwrap();
+        let step = o.push(b"ND!");
+        assert!(step.stopped);
+        assert_eq!(o.finish(), "");
     }
 
     #[test]

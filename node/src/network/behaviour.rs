@@ -77,6 +77,9 @@ pub struct Behaviour {
     pub gossipsub: gossipsub::Behaviour,
     /// Task hand-off, one frame each way.
     pub tasks: request_response::Behaviour<TaskCodec>,
+    /// Token streams (`/cactus/stream/1`), opened and accepted through its
+    /// `Control` outside the event loop (see `streams.rs`).
+    pub streams: libp2p_stream::Behaviour,
     /// Circuit relay v2 client: reservations on relays, relayed dials.
     pub relay_client: relay::client::Behaviour,
     /// Circuit relay v2 server, on public nodes that opt in.
@@ -193,6 +196,7 @@ impl Behaviour {
             kad,
             gossipsub,
             tasks,
+            streams: libp2p_stream::Behaviour::new(),
         })
     }
 }

@@ -117,8 +117,22 @@ pub(super) fn start(
         bootstrapped: false,
         provided: Vec::new(),
     };
+    // Token streams are opened and accepted outside this loop.
+    let mut streams = event_loop.swarm.behaviour().streams.new_control();
+    let incoming = streams
+        .accept(super::streams::protocol())
+        .map_err(NetworkError::build)?;
+    tokio::spawn(super::streams::accept(
+        incoming,
+        event_loop.events.clone(),
+        shutdown.clone(),
+    ));
     let handle = tokio::spawn(event_loop.run(shutdown));
-    Ok((Network::new(local_peer_id, cmd_tx, addr_rx), ev_rx, handle))
+    Ok((
+        Network::new(local_peer_id, cmd_tx, addr_rx, streams),
+        ev_rx,
+        handle,
+    ))
 }
 
 impl EventLoop {
@@ -151,7 +165,7 @@ impl EventLoop {
             Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
             Err(mpsc::error::TrySendError::Full(NetworkEvent::InboundTask {
                 peer,
-                channel,
+                channel: super::Reply::Channel(channel),
                 ..
             })) => {
                 tracing::warn!(%peer, "role logic is not keeping up; refusing task");
@@ -180,6 +194,7 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.on_identify(e),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => self.on_ping(e),
             SwarmEvent::Behaviour(BehaviourEvent::Limits(e)) => match e {},
+            SwarmEvent::Behaviour(BehaviourEvent::Streams(())) => {}
             SwarmEvent::Behaviour(BehaviourEvent::RelayClient(e)) => self.on_relay_client(e),
             SwarmEvent::Behaviour(BehaviourEvent::RelayServer(e)) => {
                 tracing::debug!(event = ?e, "relay server");
@@ -286,7 +301,7 @@ impl EventLoop {
                     self.emit(NetworkEvent::InboundTask {
                         peer,
                         request,
-                        channel,
+                        channel: channel.into(),
                     });
                 }
                 request_response::Message::Response {

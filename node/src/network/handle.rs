@@ -2,6 +2,7 @@
 //! the event loop, and the types both sides share.
 
 use super::NetworkError;
+use super::streams::{Reply, TaskStream};
 use cactus_protocol::{CapabilityAdvert, TaskAdvert, TaskRequest, TaskResponse};
 use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
@@ -13,13 +14,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum NetworkEvent {
-    /// A peer sent a task request; answer with [`Network::respond`].
+    /// A peer sent a task request, on the task protocol or a token stream;
+    /// answer with [`Network::respond`].
     InboundTask {
         /// Who asked.
         peer: PeerId,
         request: TaskRequest,
         /// Where the answer goes.
-        channel: ResponseChannel<TaskResponse>,
+        channel: Reply,
     },
     /// A valid capability advert, signed by the orchestrator it describes.
     Advert(CapabilityAdvert),
@@ -146,11 +148,21 @@ pub struct Diagnostics {
 }
 
 /// A cheap, cloneable handle to the event loop.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Network {
     local_peer_id: PeerId,
     commands: mpsc::Sender<Command>,
     listen_addrs: watch::Receiver<Vec<Multiaddr>>,
+    /// Opens token streams without going through the event loop.
+    streams: libp2p_stream::Control,
+}
+
+impl std::fmt::Debug for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Network")
+            .field("local_peer_id", &self.local_peer_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Network {
@@ -158,11 +170,13 @@ impl Network {
         local_peer_id: PeerId,
         commands: mpsc::Sender<Command>,
         listen_addrs: watch::Receiver<Vec<Multiaddr>>,
+        streams: libp2p_stream::Control,
     ) -> Self {
         Self {
             local_peer_id,
             commands,
             listen_addrs,
+            streams,
         }
     }
 
@@ -209,17 +223,44 @@ impl Network {
         .await?
     }
 
-    /// Answers an inbound task.
-    pub async fn respond(
+    /// Answers an inbound task: on its request-response channel, or as the
+    /// end frame of its token stream.
+    pub async fn respond(&self, reply: Reply, response: TaskResponse) -> Result<(), NetworkError> {
+        match reply {
+            Reply::Channel(channel) => {
+                self.send(Command::Respond {
+                    channel,
+                    response: Box::new(response),
+                })
+                .await
+            }
+            Reply::Stream(stream) => stream
+                .end(response)
+                .await
+                .map_err(|e| NetworkError::Stream {
+                    peer: self.local_peer_id,
+                    message: e.to_string(),
+                }),
+        }
+    }
+
+    /// Opens a token stream to `peer` (dialling it if needed) and sends
+    /// `request` on it; the answer comes back frame by frame.
+    pub async fn open_stream(
         &self,
-        channel: ResponseChannel<TaskResponse>,
-        response: TaskResponse,
-    ) -> Result<(), NetworkError> {
-        self.send(Command::Respond {
-            channel,
-            response: Box::new(response),
-        })
-        .await
+        peer: PeerId,
+        request: &TaskRequest,
+    ) -> Result<TaskStream, NetworkError> {
+        let failed = |message: String| NetworkError::Stream { peer, message };
+        // Each open takes `&mut`: a clone per call keeps them concurrent.
+        let mut control = self.streams.clone();
+        let stream = control
+            .open_stream(peer, super::streams::protocol())
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        TaskStream::start(stream, request)
+            .await
+            .map_err(|e| failed(e.to_string()))
     }
 
     /// Publishes an encoded advert on the capability topic.

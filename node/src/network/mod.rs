@@ -24,6 +24,8 @@
 //!   diagnostics report.
 //! - `behaviour.rs`: the composed libp2p behaviour and its limits.
 //! - `codec.rs`: framing of task requests and responses on a stream.
+//! - `streams.rs`: token streams (`libp2p-stream`): the acceptor, the
+//!   [`Reply`] an inbound request is answered through, and [`TaskStream`].
 
 pub mod behaviour;
 pub mod codec;
@@ -34,8 +36,10 @@ mod gossip;
 mod handle;
 mod penalties;
 mod reachability;
+mod streams;
 
 pub use handle::{ConnectionKind, Diagnostics, Network, NetworkEvent};
+pub use streams::{MAX_INBOUND_STREAMS, Reply, StreamReply, TaskStream};
 
 use libp2p::{Multiaddr, PeerId, identity::Keypair, noise, tcp, yamux};
 use libp2p::{TransportError, gossipsub, kad, request_response, swarm::DialError};
@@ -148,6 +152,9 @@ pub enum NetworkError {
     /// The event loop has stopped.
     #[error("the network has shut down")]
     Shutdown,
+    /// A token stream could not be opened or broke.
+    #[error("token stream to {peer}: {message}")]
+    Stream { peer: PeerId, message: String },
 }
 
 impl NetworkError {

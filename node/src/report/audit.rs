@@ -166,6 +166,7 @@ mod tests {
             started_at_ms: 100,
             finished_at_ms: 110,
             delegation: None,
+            resumed: None,
         };
         let mut r = body.sign(orch).unwrap();
         r.countersign(router).unwrap();

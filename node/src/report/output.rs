@@ -83,7 +83,7 @@ pub struct InferJson {
 impl From<&TaskResult> for InferJson {
     fn from(r: &TaskResult) -> Self {
         Self {
-            text: r.text.clone(),
+            text: r.full_text(),
             finish: format!("{:?}", r.finish),
             orchestrator: r.receipt.body.orchestrator.to_string(),
             router: r.receipt.body.router.to_string(),

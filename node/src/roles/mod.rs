@@ -17,7 +17,6 @@ use cactus_protocol::{
     CapabilityAdvert, TaskAdvert, TaskError, TaskErrorKind, TaskRequest, TaskResponse,
 };
 use libp2p::PeerId;
-use libp2p::request_response::ResponseChannel;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,8 +24,54 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// Where the answer to an inbound request goes.
-pub type Reply = ResponseChannel<TaskResponse>;
+pub use crate::network::Reply;
+
+/// Where a task's tokens go as they are produced: bounded, so a requester
+/// that reads slowly slows its own task, and closed when it stops reading.
+pub type TokenSink = mpsc::Sender<cactus_protocol::TokenChunk>;
+/// Token chunks buffered between a task and the stream it is answered on.
+pub const TOKEN_SINK_CHUNKS: usize = 8;
+
+/// Runs `response` while its tokens go out on `stream`, then ends the
+/// stream with the response. A requester that stops reading (a write fails)
+/// closes the sink, which cancels the task.
+pub async fn forward(
+    mut stream: Box<crate::network::StreamReply>,
+    mut tokens: mpsc::Receiver<cactus_protocol::TokenChunk>,
+    response: impl Future<Output = TaskResponse>,
+) {
+    tokio::pin!(response);
+    let mut open = true;
+    let response = loop {
+        tokio::select! {
+            r = &mut response => break r,
+            chunk = tokens.recv(), if open => match chunk {
+                Some(c) => {
+                    if stream.send(&cactus_protocol::StreamFrame::Tokens(c)).await.is_err() {
+                        tracing::info!("the requester left; its task is stopped");
+                        tokens.close();
+                        open = false;
+                    }
+                }
+                None => open = false,
+            },
+        }
+    };
+    if !open {
+        return;
+    }
+    // Chunks sent just before the end.
+    while let Some(c) = tokens.recv().await {
+        if stream
+            .send(&cactus_protocol::StreamFrame::Tokens(c))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    let _ = stream.end(response).await;
+}
 
 /// The timers a role is ticked by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

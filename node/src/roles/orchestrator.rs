@@ -2,6 +2,7 @@
 //! receipts, and keeps its capability advert fresh.
 
 mod handler;
+mod pump;
 mod replay;
 mod running;
 pub use handler::OrchestratorRole;
@@ -10,6 +11,7 @@ use running::{RunningGuard, RunningSet};
 
 use crate::inference::{Engine, InferenceError, Job, Rejected, Stream};
 use crate::network::Network;
+use crate::roles::TokenSink;
 use crate::time::now_ms;
 use cactus_protocol::TaskRequest;
 use cactus_protocol::contract::Address;
@@ -190,6 +192,7 @@ impl OrchestratorCtx {
                 std::time::Instant::now()
                     + Duration::from_millis(deadline_ms.saturating_sub(now_ms())),
             ),
+            resume: assignment.resume.clone().map(Box::new),
         };
         match self.engine.submit(job) {
             Ok(stream) => {
@@ -403,9 +406,11 @@ impl OrchestratorCtx {
         }
     }
 
-    /// Waits for an accepted job and turns it into a signed result.
+    /// Waits for an accepted job and turns it into a signed result; with
+    /// `tokens`, its tokens go there as they are sampled (a requester that
+    /// stops taking them cancels the job).
     #[tracing::instrument(skip_all, fields(task_id = %accepted.assignment.task_id, router = %accepted.router))]
-    pub async fn finish(&self, accepted: Accepted) -> TaskResponse {
+    pub async fn finish(&self, accepted: Accepted, tokens: Option<TokenSink>) -> TaskResponse {
         let Accepted {
             assignment,
             router,
@@ -431,7 +436,7 @@ impl OrchestratorCtx {
         // Cancelling drops the stream: the engine ends the sequence at its
         // next step and frees the slot.
         let finished = tokio::select! {
-            r = stream.finish() => r,
+            r = pump::pump(stream, tokens) => r,
             () = cancel.cancelled() => Err(InferenceError::Cancelled),
         };
         let generation = match finished {
@@ -459,6 +464,10 @@ impl OrchestratorCtx {
             started_at_ms,
             finished_at_ms: now_ms().max(started_at_ms),
             delegation,
+            resumed: assignment
+                .resume
+                .as_ref()
+                .map(cactus_protocol::Resume::digest),
         };
         match body.sign(&self.key) {
             Ok(receipt) => {
@@ -475,6 +484,7 @@ impl OrchestratorCtx {
                     finish: generation.finish,
                     receipt,
                     delegation: chain,
+                    resumed: None,
                 })
             }
             Err(e) => TaskResponse::Failed(TaskError::new(TaskErrorKind::Inference, e.to_string())),

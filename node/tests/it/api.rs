@@ -276,10 +276,17 @@ async fn bad_requests_get_openai_errors_naming_the_field() {
     let (st, v) = post(
         s.api,
         "/v1/completions",
-        json!({"prompt": "x", "logprobs": 2}),
+        json!({"prompt": "x", "logprobs": 50}),
     )
     .await;
     expect(st, &v, 400, "logprobs");
+    let (st, v) = post(
+        s.api,
+        "/v1/chat/completions",
+        json!({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 3}),
+    )
+    .await;
+    expect(st, &v, 400, "top_logprobs");
     let (st, _, body) = http(s.api, "POST", "/v1/completions", b"{not json").await;
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(st, 400, "{v}");

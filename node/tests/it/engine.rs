@@ -40,6 +40,7 @@ fn job(engine: &LlamaEngine, prompt: &str, sampling: SamplingParams) -> Job {
         format: PromptFormat::Chat,
         sampling,
         deadline: None,
+        resume: None,
     }
 }
 

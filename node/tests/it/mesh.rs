@@ -319,7 +319,15 @@ async fn client_finds_router_on_the_dht_through_a_bootstrap_node() {
     // record is there (each lookup is a real DHT query, not a sleep).
     let result = within(async {
         loop {
-            match client::submit(vec![boot_addr.clone()], None, spec(None, "abc"), LIMIT).await {
+            match client::submit(
+                vec![boot_addr.clone()],
+                None,
+                spec(None, "abc"),
+                LIMIT,
+                |_| {},
+            )
+            .await
+            {
                 Err(ClientError::NoRouter) => continue,
                 other => break other,
             }
@@ -575,6 +583,7 @@ async fn a_full_orchestrator_delegates_along_a_signed_chain_and_answers_for_it()
         format: PromptFormat::Raw,
         sampling: SamplingParams::default(),
         deadline_ms: u64::MAX,
+        resume: None,
     };
     let held = {
         let network = c.client.network().clone();

@@ -90,6 +90,7 @@ fn signed_request(
         started_at_ms: 1,
         finished_at_ms: 2,
         delegation: None,
+        resumed: None,
     };
     edit(&mut body);
     ReplayRequest {
@@ -125,6 +126,7 @@ fn honest_results_pass_the_replay_and_a_substituted_model_fails_it() {
                 format: PromptFormat::Chat,
                 sampling: sampling.clone(),
                 deadline: None,
+                resume: None,
             };
             let g = honest.generate(&job).unwrap();
             let req = request(&real, prompt, sampling.clone(), &g);
@@ -173,6 +175,7 @@ fn honest_results_pass_the_replay_and_a_substituted_model_fails_it() {
         format: PromptFormat::Chat,
         sampling: greedy.clone(),
         deadline: None,
+        resume: None,
     };
     let g = honest.generate(&job).unwrap();
     let mut req = request(&real, PROMPTS[0], greedy.clone(), &g);
@@ -352,6 +355,7 @@ fn honest_results_pass_the_replay_under_every_sampling_option() {
             format: PromptFormat::Chat,
             sampling: sampling.clone(),
             deadline: None,
+            resume: None,
         };
         let g = honest.generate(&job).unwrap();
         let req = request(&real, PROMPTS[1], sampling.clone(), &g);

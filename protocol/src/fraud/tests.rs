@@ -20,6 +20,7 @@ fn receipt(orch: &Keypair, router: &PeerId) -> Receipt {
         started_at_ms: 1,
         finished_at_ms: 2,
         delegation: None,
+        resumed: None,
     }
     .sign(orch)
     .unwrap()

@@ -56,6 +56,7 @@ fn a_maximal_sampling_fits_every_message_that_carries_it() {
         started_at_ms: u64::MAX,
         finished_at_ms: u64::MAX,
         delegation: Some(Digest::of(b"d")),
+        resumed: None,
     };
     let mut receipt = body.sign(&orch).unwrap();
     receipt.countersign(&router).unwrap();

@@ -14,6 +14,8 @@ use cactus_protocol::params::PENALTY_LAST_N;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 
 /// llama.cpp seeds are 32-bit: the task's 64-bit seed, folded.
@@ -79,6 +81,50 @@ pub(super) fn generation(
     let mut stages = shape_stages(model, s)?;
     stages.extend(choose_stages(s));
     Ok(LlamaSampler::chain_simple(stages))
+}
+
+/// Feeds `chain` the tokens a resumed task continues from (so that its
+/// penalties and grammar are where the earlier generation left them) and
+/// returns their bytes. A token outside the vocabulary, or one the grammar
+/// forbids at its place, is refused before llama.cpp sees it.
+pub(super) fn resume(
+    model: &LlamaModel,
+    s: &SamplingParams,
+    chain: &mut LlamaSampler,
+    tokens: &[u32],
+) -> Result<Vec<u8>, InferenceError> {
+    let n_vocab = model.n_vocab().max(0) as u32;
+    let bad = |m: &str| InferenceError::BadPrompt(m.into());
+    // The grammar alone, to test each token before the chain accepts it.
+    let mut grammar = match &s.grammar {
+        Some(g) => {
+            Some(LlamaSampler::grammar(model, g, "root").map_err(|_| InferenceError::Grammar)?)
+        }
+        None => None,
+    };
+    let mut bytes = Vec::new();
+    for &t in tokens {
+        if t >= n_vocab {
+            return Err(bad("a resumed token is outside the vocabulary"));
+        }
+        let token = LlamaToken::new(t as i32);
+        if let Some(g) = &mut grammar {
+            let mut one =
+                LlamaTokenDataArray::from_iter([LlamaTokenData::new(token, 0.0, 0.0)], false);
+            one.apply_sampler(g);
+            if one
+                .data
+                .first()
+                .is_none_or(|d| d.logit() == f32::NEG_INFINITY)
+            {
+                return Err(bad("a resumed token breaks the grammar"));
+            }
+            g.accept(token);
+        }
+        chain.accept(token);
+        bytes.extend_from_slice(&model.vocab().token_to_piece(token, false, None));
+    }
+    Ok(bytes)
 }
 
 /// Shaping and choosing apart, for replays; shaping is `None` when the task
@@ -179,5 +225,6 @@ pub(super) fn logprobs(logits: &[f32], token: usize, n: usize) -> TokenLogprobs 
         token: token as u32,
         logprob: logits.get(token).map_or(f32::NEG_INFINITY, |&l| l - lse),
         top: best.into_iter().map(|(t, l)| (t, l - lse)).collect(),
+        pieces: Vec::new(),
     }
 }

@@ -1,7 +1,7 @@
 //! What the dispatcher hands an orchestrator, and where each piece goes.
 
 use super::OrchestratorCtx;
-use crate::roles::{Handler, Reply, Tick, Work};
+use crate::roles::{Handler, Reply, TOKEN_SINK_CHUNKS, Tick, TokenSink, Work, forward};
 use cactus_protocol::delegation::Delegation;
 use cactus_protocol::{Assignment, CapabilityAdvert, TaskAdvert, TaskRequest, TaskResponse};
 use libp2p::PeerId;
@@ -47,9 +47,9 @@ impl OrchestratorRole {
     ) {
         let accepted = self.ctx.accept(router, assignment, chain);
         let o = Arc::clone(&self.ctx);
-        self.serve(accepted.is_ok(), reply, work, async move {
+        self.serve(accepted.is_ok(), reply, work, move |tokens| async move {
             match accepted {
-                Ok(a) => o.finish(a).await,
+                Ok(a) => o.finish(a, tokens).await,
                 Err(refused) => o.delegate(router, refused).await,
             }
         });
@@ -57,18 +57,29 @@ impl OrchestratorRole {
 
     /// Answers a request with what `response` computes, in a task. A taken
     /// slot (`took`) changes the advert now, and again when the slot is
-    /// free.
-    fn serve(
-        &self,
-        took: bool,
-        reply: Reply,
-        work: &mut Work<'_>,
-        response: impl Future<Output = TaskResponse> + Send + 'static,
-    ) {
+    /// free. On a token stream, `response` is given a sink for the tokens.
+    fn serve<F, Fut>(&self, took: bool, reply: Reply, work: &mut Work<'_>, response: F)
+    where
+        F: FnOnce(Option<TokenSink>) -> Fut,
+        Fut: Future<Output = TaskResponse> + Send + 'static,
+    {
         if took {
             self.dirty.store(true, Ordering::Relaxed);
         }
         let dirty = Arc::clone(&self.dirty);
+        let reply = match reply {
+            Reply::Stream(stream) => {
+                let (tx, rx) = tokio::sync::mpsc::channel(TOKEN_SINK_CHUNKS);
+                let response = response(Some(tx));
+                work.spawn(async move {
+                    forward(stream, rx, response).await;
+                    dirty.store(true, Ordering::Relaxed);
+                });
+                return;
+            }
+            channel => channel,
+        };
+        let response = response(None);
         let network = work.network().clone();
         work.spawn(async move {
             // A requester that went away (its connection closed, or it gave
@@ -112,7 +123,7 @@ impl Handler for OrchestratorRole {
             TaskRequest::Replay(request) => {
                 let accepted = self.ctx.accept_replay(peer, request);
                 let o = Arc::clone(&self.ctx);
-                self.serve(accepted.is_ok(), reply, work, async move {
+                self.serve(accepted.is_ok(), reply, work, |_| async move {
                     match accepted {
                         Ok(a) => o.finish_replay(a).await,
                         Err(e) => TaskResponse::Failed(e),

@@ -3,6 +3,7 @@
 //! within the client's deadline.
 
 use super::RouterCtx;
+use super::stream::{Delivery, Sent, Streamed};
 use cactus_protocol::attempt::AttemptFailure;
 use cactus_protocol::contract::{Address, Op};
 use cactus_protocol::{
@@ -28,9 +29,20 @@ enum Attempt {
 }
 impl RouterCtx {
     /// Serves one client submission end to end.
-    #[tracing::instrument(skip_all, fields(client = %client))]
     pub async fn serve(&self, client: PeerId, spec: TaskSpec) -> TaskResponse {
-        match self.try_serve(spec).await {
+        self.serve_streaming(client, spec, None).await
+    }
+
+    /// Serves one client submission end to end; with `tokens`, its tokens
+    /// go there too (see [`Delivery`]; a sink that closes stops the task).
+    #[tracing::instrument(skip_all, fields(client = %client))]
+    pub async fn serve_streaming(
+        &self,
+        client: PeerId,
+        spec: TaskSpec,
+        tokens: Option<Delivery>,
+    ) -> TaskResponse {
+        match self.try_serve(spec, tokens).await {
             Ok(r) => TaskResponse::Done(r),
             Err(e) => {
                 tracing::info!(kind = ?e.kind, message = %e.message, "task failed");
@@ -39,7 +51,11 @@ impl RouterCtx {
         }
     }
 
-    async fn try_serve(&self, spec: TaskSpec) -> Result<TaskResult, TaskError> {
+    async fn try_serve(
+        &self,
+        spec: TaskSpec,
+        sink: Option<Delivery>,
+    ) -> Result<TaskResult, TaskError> {
         spec.validate()
             .map_err(|e| TaskError::new(TaskErrorKind::InvalidRequest, e.to_string()))?;
         let what = spec.model.as_deref().unwrap_or("any model").to_owned();
@@ -72,7 +88,10 @@ impl RouterCtx {
             format: spec.format,
             sampling: spec.sampling,
             deadline_ms: 0,
+            resume: None,
         };
+        let max_tokens = assignment.sampling.max_tokens;
+        let mut sent = Sent::new(sink);
         let mut tried = HashSet::new();
         let mut last = if advertised {
             TaskError::new(
@@ -98,6 +117,20 @@ impl RouterCtx {
                 break;
             }
             assignment.task_id = TaskId(rand::random());
+            // After a failure mid-stream, the next orchestrator continues
+            // from what the client was sent.
+            if let Some(resume) = sent.resume() {
+                let done = resume.tokens.len() as u32;
+                if done >= max_tokens {
+                    last = TaskError::new(
+                        TaskErrorKind::Unavailable,
+                        "the orchestrator failed after its last token, before its receipt",
+                    );
+                    break;
+                }
+                assignment.sampling.max_tokens = max_tokens - done;
+                assignment.resume = Some(resume);
+            }
             let seed = self.epoch_seed();
             // An orchestrator with a free slot from the live table; when none
             // has one (or none advertises the model), a call for bids, once.
@@ -135,9 +168,9 @@ impl RouterCtx {
             let timeout = self.task_timeout.min(left - reserve);
             assignment.deadline_ms = crate::time::now_ms() + timeout.as_millis() as u64;
             tried.insert(peer);
-            tracing::info!(task_id = %assignment.task_id, orchestrator = %peer, attempt, by_bid = terms.is_some(), "dispatching task");
+            tracing::info!(task_id = %assignment.task_id, orchestrator = %peer, attempt, by_bid = terms.is_some(), resumed = assignment.resume.as_ref().map(|r| r.tokens.len()), "dispatching task");
             match self
-                .attempt(peer, terms, &assignment, timeout, deadline)
+                .attempt(peer, terms, &assignment, timeout, deadline, &mut sent)
                 .await
             {
                 Attempt::Done(result) => return Ok(*result),
@@ -156,6 +189,7 @@ impl RouterCtx {
         assignment: &Assignment,
         timeout: Duration,
         deadline: tokio::time::Instant,
+        sent: &mut Sent,
     ) -> Attempt {
         let Some((account, price)) = terms.or_else(|| self.with_table(|t| t.terms(&peer))) else {
             return Attempt::Retry(TaskError::new(
@@ -163,9 +197,8 @@ impl RouterCtx {
                 "orchestrator left",
             ));
         };
-        let task_id = assignment.task_id.0.to_vec();
         let create = Op::CreateTask {
-            task_id: task_id.clone(),
+            task_id: assignment.task_id.0.to_vec(),
             orchestrator: account,
             price_per_unit: price,
             max_payment: self.escrow_for(assignment, price),
@@ -186,49 +219,46 @@ impl RouterCtx {
         };
         tracing::info!(task_id = %assignment.task_id, orchestrator = %peer, %connection, "handing task over");
         self.with_table(|t| t.adjust_in_flight(&peer, true));
-        let sent = tokio::time::timeout(
-            timeout,
-            self.network
-                .send_task(peer, TaskRequest::Execute(assignment.clone())),
-        )
-        .await;
+        let streamed =
+            tokio::time::timeout(timeout, self.stream_attempt(peer, assignment, sent)).await;
         self.with_table(|t| t.adjust_in_flight(&peer, false));
 
-        let (error, failure) = match sent {
-            Ok(Ok(TaskResponse::Done(result))) => {
+        let (error, failure) = match streamed {
+            Ok(Ok(Streamed::Done(result, this))) => {
                 match self
-                    .accept(peer, assignment, result, &connection, deadline)
+                    .accept(peer, assignment, *result, &connection, deadline)
                     .await
                 {
-                    Ok(result) => return Attempt::Done(Box::new(result)),
+                    Ok(mut result) => {
+                        // What the stream held back (the end of the text) or
+                        // never carried (a delegate's tokens) goes out now.
+                        sent.finish(&result, &this).await;
+                        result.resumed = assignment.resume.clone();
+                        return Attempt::Done(Box::new(result));
+                    }
                     Err(e) => (e, AttemptFailure::BadResult),
                 }
             }
-            Ok(Ok(TaskResponse::Failed(e))) => {
+            Ok(Ok(Streamed::Failed(e))) => {
                 let failure = AttemptFailure::of_refusal(e.kind);
                 if failure == AttemptFailure::Refused {
                     tracing::info!(orchestrator = %peer, kind = ?e.kind, "orchestrator declined; trying another");
                 }
                 (e, failure)
             }
-            Ok(Ok(
-                TaskResponse::Answer(_)
-                | TaskResponse::Replayed(_)
-                | TaskResponse::BidReceived
-                | TaskResponse::Cancelled(_),
-            )) => (
-                TaskError::new(
-                    TaskErrorKind::BadResult,
-                    "answered a task with a query answer",
-                ),
-                AttemptFailure::BadResult,
-            ),
+            Ok(Ok(Streamed::ClientLeft)) => {
+                // Not the orchestrator's doing: refund without a mark on
+                // its record. Dropping the stream stopped its generation.
+                tracing::info!(task_id = %assignment.task_id, "the client left; task stopped");
+                self.refund(assignment, AttemptFailure::Refused).await;
+                return Attempt::Stop(TaskError::new(
+                    TaskErrorKind::Cancelled,
+                    "the client stopped reading",
+                ));
+            }
             Ok(Err(e)) => {
-                tracing::warn!(orchestrator = %peer, error = %e, "orchestrator unreachable");
-                (
-                    TaskError::new(TaskErrorKind::Unavailable, e.to_string()),
-                    AttemptFailure::Unreachable,
-                )
+                tracing::warn!(orchestrator = %peer, error = %e.0.message, tokens = sent.tokens(), "attempt failed mid-task");
+                e
             }
             Err(_) => {
                 tracing::warn!(orchestrator = %peer, "orchestrator timed out");
@@ -246,21 +276,27 @@ impl RouterCtx {
                 (e, AttemptFailure::Timeout)
             }
         };
+        sent.attempt_failed();
         self.record_outcome(peer, Err(failure.failure_kind())).await;
+        self.refund(assignment, failure).await;
+        if failure.retry() {
+            Attempt::Retry(error)
+        } else {
+            Attempt::Stop(error)
+        }
+    }
+
+    /// Fails an attempt on the chain: its escrow goes back.
+    async fn refund(&self, assignment: &Assignment, failure: AttemptFailure) {
         if let Err(e) = self
             .chain
             .submit(Op::FailTask {
-                task_id,
+                task_id: assignment.task_id.0.to_vec(),
                 reason: failure.reason_code(),
             })
             .await
         {
             tracing::error!(task_id = %assignment.task_id, error = %e, "could not refund a failed task on the chain");
-        }
-        if failure.retry() {
-            Attempt::Retry(error)
-        } else {
-            Attempt::Stop(error)
         }
     }
 }

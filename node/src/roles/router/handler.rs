@@ -1,7 +1,7 @@
 //! What the dispatcher hands a router, and where each piece goes.
 
 use super::RouterCtx;
-use crate::roles::{Handler, Reply, Tick, Work};
+use crate::roles::{Handler, Reply, TOKEN_SINK_CHUNKS, Tick, Work, forward};
 use cactus_protocol::{CapabilityAdvert, ROUTER_PROVIDER_KEY, TaskRequest};
 use libp2p::PeerId;
 use std::sync::Arc;
@@ -32,12 +32,22 @@ impl Handler for RouterRole {
         let r = Arc::clone(&self.ctx);
         let network = work.network().clone();
         match request {
-            TaskRequest::Submit(spec) => {
-                work.spawn(async move {
-                    let response = r.serve(peer, spec).await;
-                    let _ = network.respond(reply, response).await;
-                });
-            }
+            // On a token stream, the tokens go out as they come.
+            TaskRequest::Submit(spec) => match reply {
+                Reply::Stream(stream) => {
+                    let (tx, rx) = tokio::sync::mpsc::channel(TOKEN_SINK_CHUNKS);
+                    work.spawn(async move {
+                        let live = Some(super::Delivery::Live(tx));
+                        forward(stream, rx, r.serve_streaming(peer, spec, live)).await;
+                    });
+                }
+                reply => {
+                    work.spawn(async move {
+                        let response = r.serve(peer, spec).await;
+                        let _ = network.respond(reply, response).await;
+                    });
+                }
+            },
             TaskRequest::Bid(bid) => {
                 work.spawn(async move {
                     let response = r.on_bid(peer, *bid).await;

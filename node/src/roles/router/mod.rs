@@ -16,6 +16,8 @@
 //!   record of its stake and identity;
 //! - [`dispatch`]: a client's task end to end, attempt by attempt, with
 //!   failover;
+//! - [`stream`]: one attempt over a token stream, passing tokens on to the
+//!   client and keeping what was sent, so that a task can resume elsewhere;
 //! - [`market`]: calls for bids when no orchestrator in the table can take a
 //!   task, and the bids that answer them;
 //! - [`spot_check`]: the replay draw and the verifiers' vote;
@@ -35,10 +37,12 @@ mod query;
 mod settle;
 mod slash;
 mod spot_check;
+mod stream;
 
 pub use handler::RouterRole;
 pub use market::Market;
 pub use spot_check::Verification;
+pub use stream::{Delivery, STALL_TIMEOUT};
 
 use super::table::OrchestratorTable;
 use crate::chain::ChainBackend;

@@ -14,10 +14,12 @@ use std::time::Duration;
 impl RouterCtx {
     /// The most a task can cost under the contract's formula (100 %
     /// reputation): what the router escrows. A prompt has at most one token per
-    /// byte, plus a few special tokens.
+    /// byte, plus a few special tokens; a resumed task also prefills the
+    /// tokens it resumes from.
     pub fn escrow_for(&self, assignment: &Assignment, price_per_unit: u64) -> u64 {
         let c = &self.contract;
-        let prompt_tokens = assignment.prompt.len() as u128 + 16;
+        let resumed = assignment.resume.as_ref().map_or(0, |r| r.tokens.len());
+        let prompt_tokens = (assignment.prompt.len() + resumed) as u128 + 16;
         let units = prompt_tokens * u128::from(c.prompt_weight)
             + u128::from(assignment.sampling.max_tokens) * u128::from(c.output_weight);
         let most = units * u128::from(price_per_unit)

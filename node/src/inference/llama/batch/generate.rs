@@ -43,20 +43,38 @@ impl Loop<'_> {
         let model = &self.loaded.model;
         let prepared = (|| {
             let (text, add_bos) = super::super::prompt_text(model, &job)?;
-            let tokens = model.vocab().tokenize(text.as_bytes(), add_bos, true);
+            let mut tokens = model.vocab().tokenize(text.as_bytes(), add_bos, true);
             let prompt_tokens = tokens.len() as u32;
             let max_tokens = job.sampling.max_tokens;
-            if tokens.is_empty() || prompt_tokens.saturating_add(max_tokens) > self.n_ctx_seq {
+            let resumed = job.resume.as_ref().map_or(0, |r| r.tokens.len() as u32);
+            if tokens.is_empty()
+                || prompt_tokens
+                    .saturating_add(resumed)
+                    .saturating_add(max_tokens)
+                    > self.n_ctx_seq
+            {
                 return Err(InferenceError::PromptTooLong {
-                    prompt_tokens,
+                    prompt_tokens: prompt_tokens.saturating_add(resumed),
                     max_tokens,
                     n_ctx: self.n_ctx_seq,
                 });
             }
-            let sampler = sampler::generation(model, &job.sampling)?;
-            Ok((tokens, sampler))
+            let mut sampler = sampler::generation(model, &job.sampling)?;
+            let out = match &job.resume {
+                None => Output::new(&job.sampling.stop),
+                Some(r) => {
+                    let before = sampler::resume(model, &job.sampling, &mut sampler, &r.tokens)?;
+                    tokens.extend(r.tokens.iter().map(|&t| LlamaToken::new(t as i32)));
+                    Output::resumed(&job.sampling.stop, before, &r.shown).ok_or_else(|| {
+                        InferenceError::BadPrompt(
+                            "the resumed text is not the text of the resumed tokens".into(),
+                        )
+                    })?
+                }
+            };
+            Ok((tokens, sampler, out))
         })();
-        let (tokens, sampler) = match prepared {
+        let (tokens, sampler, out) = match prepared {
             Ok(p) => p,
             Err(e) => {
                 tx.done(Err(e));
@@ -73,9 +91,14 @@ impl Loop<'_> {
             tx,
             deadline: job.deadline,
             started,
-            prompt: job.prompt,
+            // What a chat's next turn starts with: the prompt, the text
+            // already shown, then this generation's.
+            prompt: match &job.resume {
+                Some(r) => format!("{}{}", job.prompt, r.shown),
+                None => job.prompt,
+            },
             sampler,
-            out: Output::new(&job.sampling.stop),
+            out,
             ids: Vec::new(),
             logprobs: Vec::new(),
             n_probs: usize::from(job.sampling.n_probs),
@@ -109,7 +132,14 @@ pub(super) fn step_gen(
     let id = token.0 as u32;
     g.ids.push(id);
     stats.generated_tokens += 1;
-    let lp = logprobs.map(|l| sampler::logprobs(l, id as usize, g.n_probs));
+    let lp = logprobs.map(|l| {
+        let mut lp = sampler::logprobs(l, id as usize, g.n_probs);
+        lp.pieces = std::iter::once(lp.token)
+            .chain(lp.top.iter().map(|t| t.0))
+            .map(|t| vocab.token_to_piece(LlamaToken::new(t as i32), false, None))
+            .collect();
+        lp
+    });
     if let Some(lp) = &lp {
         g.logprobs.push(lp.clone());
     }

@@ -56,6 +56,7 @@ impl Loop<'_> {
                 format: request.format(),
                 sampling: request.sampling().clone(),
                 deadline: None,
+                resume: None,
             };
             let (text, add_bos) = super::super::prompt_text(model, &job)?;
             let prompt = model.vocab().tokenize(text.as_bytes(), add_bos, true);
@@ -166,8 +167,17 @@ pub(super) fn step_replay(
                 arr.apply_sampler(&mut r.choose);
                 arr.selected_token().map_or(u32::MAX, |t| t.0 as u32)
             };
-            if let Some(shape) = &mut r.shape {
-                shape.accept(r.seq[q + 1]);
+            // A token the grammar forbids here would make llama.cpp throw
+            // as it is accepted; it is a mismatch anyway (its gap is
+            // infinite), so the shaping stages never see it.
+            let next = r.seq[q + 1];
+            let allowed = logits
+                .get(next.0 as usize)
+                .is_some_and(|&l| l != f32::NEG_INFINITY);
+            if let Some(shape) = &mut r.shape
+                && allowed
+            {
+                shape.accept(next);
             }
             r.choose.accept(r.seq[q + 1]);
             r.positions += 1;

@@ -1,0 +1,459 @@
+//! A request's choices run on the mesh, one task each, and their tokens
+//! answered as they come: as Server-Sent Events in OpenAI's chunk format,
+//! or gathered into one JSON body.
+//!
+//! Each choice's tokens reach the HTTP response through bounded channels
+//! from the router's token stream: a client that reads slowly slows its own
+//! tasks, and one that goes away closes them (the router then stops the
+//! orchestrator's generation and refunds the attempt).
+
+use super::Api;
+use super::error::ApiError;
+use super::openai::{self, Prepared};
+use crate::roles::TOKEN_SINK_CHUNKS;
+use crate::roles::router::Delivery;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use cactus_protocol::stream::TokenLogprob;
+use cactus_protocol::{TaskError, TaskErrorKind, TaskResponse, TaskResult, TokenChunk};
+use serde_json::{Value, json};
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+
+/// Which endpoint answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `/v1/completions`.
+    Text,
+    /// `/v1/chat/completions`.
+    Chat,
+}
+
+impl Kind {
+    fn id_prefix(self) -> &'static str {
+        match self {
+            Self::Text => "cmpl",
+            Self::Chat => "chatcmpl",
+        }
+    }
+}
+
+/// Something one choice did.
+#[derive(Debug)]
+enum What {
+    Tokens(TokenChunk),
+    End(Box<TaskResponse>),
+}
+
+#[derive(Debug)]
+struct ChoiceEvent {
+    index: usize,
+    what: What,
+}
+
+/// Starts one task per choice; every choice's tokens and end come on the
+/// returned channel. A task stops when the channel's reader goes away.
+fn run_choices(api: &Api, prepared: &Prepared) -> mpsc::Receiver<ChoiceEvent> {
+    let n = prepared.n as usize;
+    let (tx, rx) = mpsc::channel(TOKEN_SINK_CHUNKS * n);
+    let client = api.router.network.local_peer_id();
+    let live = prepared.stream;
+    for index in 0..n {
+        let mut spec = prepared.spec.clone();
+        // Choices differ by seed.
+        spec.sampling.seed = spec.sampling.seed.wrapping_add(index as u64);
+        let router = Arc::clone(&api.router);
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let (sink, mut tokens) = mpsc::channel(TOKEN_SINK_CHUNKS);
+            let delivery = if live {
+                Delivery::Live(sink)
+            } else {
+                Delivery::Checked(sink)
+            };
+            let serve = router.serve_streaming(client, spec, Some(delivery));
+            tokio::pin!(serve);
+            let mut open = true;
+            let response = loop {
+                tokio::select! {
+                    r = &mut serve => break r,
+                    chunk = tokens.recv(), if open => match chunk {
+                        Some(c) => {
+                            let event = ChoiceEvent { index, what: What::Tokens(c) };
+                            if tx.send(event).await.is_err() {
+                                // The HTTP client left: the router sees the
+                                // sink close and stops the task.
+                                tokens.close();
+                                open = false;
+                            }
+                        }
+                        None => open = false,
+                    },
+                }
+            };
+            while let Some(c) = tokens.recv().await {
+                let _ = tx
+                    .send(ChoiceEvent {
+                        index,
+                        what: What::Tokens(c),
+                    })
+                    .await;
+            }
+            let _ = tx
+                .send(ChoiceEvent {
+                    index,
+                    what: What::End(Box::new(response)),
+                })
+                .await;
+        });
+    }
+    rx
+}
+
+/// The API error a failed task answers with.
+fn task_error(response: TaskResponse) -> ApiError {
+    match response {
+        TaskResponse::Failed(e) => ApiError::from(e),
+        _ => ApiError::from(TaskError::new(
+            TaskErrorKind::BadResult,
+            "unexpected answer",
+        )),
+    }
+}
+
+/// Runs the request and answers it.
+pub(super) async fn answer(api: Api, prepared: Result<Prepared, ApiError>, kind: Kind) -> Response {
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let Ok(permit) = Arc::clone(&api.permits).try_acquire_owned() else {
+        return ApiError::overloaded().into_response();
+    };
+    let mut events = run_choices(&api, &prepared);
+    // Nothing is sent before the first event, so that a task that fails at
+    // once (no such model, no capacity) gets its HTTP status.
+    let Some(first) = events.recv().await else {
+        return task_error(TaskResponse::Failed(TaskError::new(
+            TaskErrorKind::Unavailable,
+            "the router stopped",
+        )))
+        .into_response();
+    };
+    let first = match first.what {
+        What::End(r) if matches!(*r, TaskResponse::Failed(_)) => {
+            return task_error(*r).into_response();
+        }
+        what => ChoiceEvent {
+            index: first.index,
+            what,
+        },
+    };
+    let answer = Answer::new(&api, &prepared, kind);
+    if prepared.stream {
+        let stream = Streaming {
+            answer,
+            events,
+            pending: VecDeque::new(),
+            done: false,
+            _permit: permit,
+        };
+        let stream = stream.start(first);
+        Sse::new(stream)
+            .keep_alive(KeepAlive::default())
+            .into_response()
+    } else {
+        answer.gather(first, events).await
+    }
+}
+
+/// What every chunk or body of one answer shares, and each choice's state.
+#[derive(Debug)]
+struct Answer {
+    kind: Kind,
+    model: String,
+    created: u64,
+    id: String,
+    /// Top log-probabilities asked for per token (`None`: none).
+    logprobs: Option<usize>,
+    include_usage: bool,
+    choices: Vec<Choice>,
+}
+
+#[derive(Debug, Default)]
+struct Choice {
+    text: String,
+    logprobs: Vec<TokenLogprob>,
+    /// Bytes of text before each logprob's token, for `text_offset`.
+    offsets: Vec<usize>,
+    started: bool,
+    result: Option<TaskResult>,
+}
+
+impl Answer {
+    fn new(api: &Api, prepared: &Prepared, kind: Kind) -> Self {
+        let requested = prepared.spec.model.as_deref();
+        let model = api
+            .router
+            .table
+            .lock()
+            .ok()
+            .and_then(|t| t.resolve_model(requested))
+            .map(|m| m.name)
+            .or_else(|| requested.map(str::to_owned))
+            .unwrap_or_default();
+        Self {
+            kind,
+            model,
+            created: crate::time::now_ms() / 1000,
+            id: format!(
+                "{}-{}",
+                kind.id_prefix(),
+                hex::encode(rand::random::<[u8; 12]>())
+            ),
+            logprobs: prepared.logprobs.map(usize::from),
+            include_usage: prepared.include_usage,
+            choices: (0..prepared.n).map(|_| Choice::default()).collect(),
+        }
+    }
+
+    /// OpenAI's log-probability object for `entries` of one choice.
+    fn logprobs_json(&self, entries: &[TokenLogprob], offsets: &[usize]) -> Value {
+        let Some(k) = self.logprobs else {
+            return Value::Null;
+        };
+        let token = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        match self.kind {
+            Kind::Chat => json!({
+                "content": entries.iter().map(|e| json!({
+                    "token": token(&e.sampled.bytes),
+                    "logprob": e.sampled.logprob,
+                    "bytes": e.sampled.bytes,
+                    "top_logprobs": e.top.iter().take(k).map(|t| json!({
+                        "token": token(&t.bytes), "logprob": t.logprob, "bytes": t.bytes,
+                    })).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            }),
+            Kind::Text => json!({
+                "tokens": entries.iter().map(|e| token(&e.sampled.bytes)).collect::<Vec<_>>(),
+                "token_logprobs": entries.iter().map(|e| e.sampled.logprob).collect::<Vec<_>>(),
+                "top_logprobs": entries.iter().map(|e| {
+                    e.top.iter().take(k).map(|t| (token(&t.bytes), json!(t.logprob)))
+                        .collect::<serde_json::Map<_, _>>()
+                }).collect::<Vec<_>>(),
+                "text_offset": offsets,
+            }),
+        }
+    }
+
+    /// Takes a chunk into its choice; returns the log-probabilities it adds.
+    fn take(&mut self, index: usize, chunk: &TokenChunk) -> (Vec<TokenLogprob>, Vec<usize>) {
+        let Some(c) = self.choices.get_mut(index) else {
+            return (Vec::new(), Vec::new());
+        };
+        let mut offsets = Vec::with_capacity(chunk.logprobs.len());
+        let mut at = c.text.len();
+        for lp in &chunk.logprobs {
+            offsets.push(at);
+            at += lp.sampled.bytes.len();
+        }
+        c.text.push_str(&chunk.text);
+        if self.logprobs.is_some() {
+            c.logprobs.extend_from_slice(&chunk.logprobs);
+            c.offsets.extend_from_slice(&offsets);
+            (chunk.logprobs.clone(), offsets)
+        } else {
+            (Vec::new(), Vec::new())
+        }
+    }
+
+    fn results(&self) -> Vec<TaskResult> {
+        self.choices
+            .iter()
+            .filter_map(|c| c.result.clone())
+            .collect()
+    }
+
+    /// Gathers every choice into one JSON body.
+    async fn gather(
+        mut self,
+        first: ChoiceEvent,
+        mut events: mpsc::Receiver<ChoiceEvent>,
+    ) -> Response {
+        let mut next = Some(first);
+        let mut ended = 0;
+        while let Some(event) = next {
+            match event.what {
+                What::Tokens(chunk) => {
+                    self.take(event.index, &chunk);
+                }
+                What::End(end) if matches!(*end, TaskResponse::Done(_)) => {
+                    if let (Some(c), TaskResponse::Done(r)) =
+                        (self.choices.get_mut(event.index), *end)
+                    {
+                        c.result = Some(r);
+                    }
+                    ended += 1;
+                    if ended == self.choices.len() {
+                        break;
+                    }
+                }
+                What::End(other) => return task_error(*other).into_response(),
+            }
+            next = events.recv().await;
+        }
+        let results = self.results();
+        let choices: Vec<Value> = self
+            .choices
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let reason = c.result.as_ref().map(|r| openai::finish_reason(r.finish));
+                let logprobs = self.logprobs_json(&c.logprobs, &c.offsets);
+                match self.kind {
+                    Kind::Text => {
+                        json!({"index": i, "text": c.text, "finish_reason": reason, "logprobs": logprobs})
+                    }
+                    Kind::Chat => json!({
+                        "index": i, "finish_reason": reason, "logprobs": logprobs,
+                        "message": {"role": "assistant", "content": c.text},
+                    }),
+                }
+            })
+            .collect();
+        let object = match self.kind {
+            Kind::Text => "text_completion",
+            Kind::Chat => "chat.completion",
+        };
+        axum::Json(json!({
+            "id": self.id,
+            "object": object,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            "usage": openai::usage(&results),
+            "cactus": openai::cactus_fields(&results),
+        }))
+        .into_response()
+    }
+
+    /// One chunk of the event stream.
+    fn chunk(&self, choices: Value, usage: Value) -> Value {
+        let object = match self.kind {
+            Kind::Text => "text_completion",
+            Kind::Chat => "chat.completion.chunk",
+        };
+        json!({
+            "id": self.id, "object": object, "created": self.created,
+            "model": self.model, "choices": choices, "usage": usage,
+        })
+    }
+
+    /// The events one choice event becomes; `true` once the answer is over.
+    fn events(&mut self, event: ChoiceEvent, out: &mut VecDeque<Value>) -> bool {
+        let i = event.index;
+        match event.what {
+            What::Tokens(chunk) => {
+                let (lps, offsets) = self.take(i, &chunk);
+                if chunk.text.is_empty() && lps.is_empty() {
+                    return false;
+                }
+                let logprobs = if lps.is_empty() {
+                    Value::Null
+                } else {
+                    self.logprobs_json(&lps, &offsets)
+                };
+                let first = self.choices.get_mut(i).is_some_and(|c| {
+                    let first = !c.started;
+                    c.started = true;
+                    first
+                });
+                let choice = match self.kind {
+                    Kind::Text => {
+                        json!({"index": i, "text": chunk.text, "finish_reason": null, "logprobs": logprobs})
+                    }
+                    Kind::Chat => {
+                        let delta = if first {
+                            json!({"role": "assistant", "content": chunk.text})
+                        } else {
+                            json!({"content": chunk.text})
+                        };
+                        json!({"index": i, "delta": delta, "finish_reason": null, "logprobs": logprobs})
+                    }
+                };
+                out.push_back(self.chunk(json!([choice]), Value::Null));
+                false
+            }
+            What::End(end) if matches!(*end, TaskResponse::Done(_)) => {
+                let TaskResponse::Done(r) = *end else {
+                    return false;
+                };
+                let reason = openai::finish_reason(r.finish);
+                let choice = match self.kind {
+                    Kind::Text => {
+                        json!({"index": i, "text": "", "finish_reason": reason, "logprobs": null})
+                    }
+                    Kind::Chat => {
+                        json!({"index": i, "delta": {}, "finish_reason": reason, "logprobs": null})
+                    }
+                };
+                out.push_back(self.chunk(json!([choice]), Value::Null));
+                if let Some(c) = self.choices.get_mut(i) {
+                    c.result = Some(r);
+                }
+                if self.choices.iter().all(|c| c.result.is_some()) {
+                    if self.include_usage {
+                        let results = self.results();
+                        let mut u = self.chunk(json!([]), openai::usage(&results));
+                        u["cactus"] = openai::cactus_fields(&results);
+                        out.push_back(u);
+                    }
+                    return true;
+                }
+                false
+            }
+            What::End(other) => {
+                // Mid-stream, the status is sent: the error goes in the
+                // stream, as OpenAI's API does.
+                let e = task_error(*other);
+                out.push_back(json!({"error": e.body()}));
+                true
+            }
+        }
+    }
+}
+
+/// The event stream's state.
+struct Streaming {
+    answer: Answer,
+    events: mpsc::Receiver<ChoiceEvent>,
+    pending: VecDeque<Value>,
+    done: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Streaming {
+    fn start(
+        mut self,
+        first: ChoiceEvent,
+    ) -> impl futures::Stream<Item = Result<SseEvent, Infallible>> + Send + 'static {
+        self.done = self.answer.events(first, &mut self.pending);
+        futures::stream::unfold(Some(self), |state| async move {
+            let mut s = state?;
+            loop {
+                if let Some(v) = s.pending.pop_front() {
+                    return Some((Ok(SseEvent::default().data(v.to_string())), Some(s)));
+                }
+                if s.done {
+                    return Some((Ok(SseEvent::default().data("[DONE]")), None));
+                }
+                match s.events.recv().await {
+                    Some(e) => s.done = s.answer.events(e, &mut s.pending),
+                    None => s.done = true,
+                }
+            }
+        })
+    }
+}

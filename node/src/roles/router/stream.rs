@@ -1,0 +1,249 @@
+//! One attempt over a token stream: the orchestrator's tokens are checked
+//! and passed on to the client as they come, and what the client was sent
+//! is kept so that a failure mid-stream can resume elsewhere.
+
+use super::RouterCtx;
+use crate::roles::TokenSink;
+use cactus_protocol::attempt::AttemptFailure;
+use cactus_protocol::messages::MAX_OUTPUT_BYTES;
+use cactus_protocol::stream::{MAX_CHUNK_TEXT_BYTES, MAX_CHUNK_TOKENS};
+use cactus_protocol::{
+    Assignment, Resume, StreamFrame, TaskError, TaskErrorKind, TaskRequest, TaskResponse,
+    TaskResult, TokenChunk,
+};
+use libp2p::PeerId;
+use std::time::Duration;
+
+/// Longest silence between two frames, once tokens flow, before the
+/// orchestrator counts as stalled and the task resumes elsewhere. Before
+/// the first token (a long prompt's prefill) only the attempt's timeout
+/// applies.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where a client's tokens go.
+#[derive(Debug)]
+pub enum Delivery {
+    /// As they come. When an orchestrator fails mid-stream, the task
+    /// resumes on another from what was sent: the client sees one stream.
+    Live(TokenSink),
+    /// Once the attempt that made them is accepted (checked, spot-checked,
+    /// paid); a failed attempt's tokens are dropped and the task starts
+    /// over elsewhere. For clients that want the whole answer, with its
+    /// tokens' details (log-probabilities).
+    Checked(TokenSink),
+}
+
+/// What the client has been sent, over every attempt of its task.
+#[derive(Debug)]
+pub(super) struct Sent {
+    sink: Option<TokenSink>,
+    live: bool,
+    /// Chunks of the current attempt, held until it is accepted (checked
+    /// delivery only).
+    held: Vec<TokenChunk>,
+    tokens: Vec<u32>,
+    shown: String,
+}
+
+/// What one attempt streamed.
+#[derive(Debug, Default)]
+pub(super) struct This {
+    tokens: Vec<u32>,
+    text: String,
+}
+
+/// How a streamed attempt ended.
+#[derive(Debug)]
+pub(super) enum Streamed {
+    /// A result whose tokens and text begin with what was streamed.
+    Done(Box<TaskResult>, This),
+    /// The orchestrator's own failure report.
+    Failed(TaskError),
+    /// The client stopped reading.
+    ClientLeft,
+}
+
+impl Sent {
+    pub(super) fn new(delivery: Option<Delivery>) -> Self {
+        let (sink, live) = match delivery {
+            None => (None, false),
+            Some(Delivery::Live(s)) => (Some(s), true),
+            Some(Delivery::Checked(s)) => (Some(s), false),
+        };
+        Self {
+            sink,
+            live,
+            held: Vec::new(),
+            tokens: Vec::new(),
+            shown: String::new(),
+        }
+    }
+
+    /// Forgets a failed attempt's held chunks.
+    pub(super) fn attempt_failed(&mut self) {
+        self.held.clear();
+    }
+
+    /// Tokens sent so far.
+    pub(super) fn tokens(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Where the next attempt resumes, once something was sent.
+    pub(super) fn resume(&self) -> Option<Resume> {
+        (!self.tokens.is_empty()).then(|| Resume {
+            tokens: self.tokens.clone(),
+            shown: self.shown.clone(),
+        })
+    }
+
+    /// Passes a chunk on, or holds it until its attempt is accepted;
+    /// `false` when the client is gone.
+    async fn push(&mut self, chunk: TokenChunk) -> bool {
+        if !self.live {
+            if self.sink.is_some() {
+                self.held.push(chunk);
+            }
+            return true;
+        }
+        self.send(chunk).await
+    }
+
+    async fn send(&mut self, chunk: TokenChunk) -> bool {
+        self.tokens.extend_from_slice(&chunk.tokens);
+        self.shown.push_str(&chunk.text);
+        match &self.sink {
+            Some(sink) => sink.send(chunk).await.is_ok(),
+            None => true,
+        }
+    }
+
+    /// Sends what the accepted `result` holds beyond what its attempt
+    /// streamed: the text it held back to the end, or everything when a
+    /// delegate ran it (delegation does not stream).
+    pub(super) async fn finish(&mut self, result: &TaskResult, this: &This) {
+        for chunk in std::mem::take(&mut self.held) {
+            if !self.send(chunk).await {
+                return;
+            }
+        }
+        let tokens = result.tokens.get(this.tokens.len()..).unwrap_or_default();
+        let text = result.text.get(this.text.len()..).unwrap_or_default();
+        for group in tokens.chunks(MAX_CHUNK_TOKENS) {
+            let chunk = TokenChunk {
+                tokens: group.to_vec(),
+                ..TokenChunk::default()
+            };
+            if !self.send(chunk).await {
+                return;
+            }
+        }
+        let mut rest = text;
+        while !rest.is_empty() {
+            let mut end = rest.len().min(MAX_CHUNK_TEXT_BYTES);
+            while !rest.is_char_boundary(end) {
+                end -= 1;
+            }
+            let chunk = TokenChunk {
+                text: rest[..end].to_owned(),
+                ..TokenChunk::default()
+            };
+            if !self.send(chunk).await {
+                return;
+            }
+            rest = &rest[end..];
+        }
+    }
+}
+
+type Failure = (TaskError, AttemptFailure);
+
+fn bad(peer: &PeerId, what: impl std::fmt::Display) -> Failure {
+    (
+        TaskError::new(
+            TaskErrorKind::BadResult,
+            format!("orchestrator {peer}: {what}"),
+        ),
+        AttemptFailure::BadResult,
+    )
+}
+
+impl RouterCtx {
+    /// Hands `assignment` to `peer` on a token stream and passes its tokens
+    /// on as they come. Each chunk is checked (size, token count within
+    /// `max_tokens`); the end frame's result must begin with exactly what
+    /// was streamed.
+    pub(super) async fn stream_attempt(
+        &self,
+        peer: PeerId,
+        assignment: &Assignment,
+        sent: &mut Sent,
+    ) -> Result<Streamed, Failure> {
+        let broke = |m: String| {
+            (
+                TaskError::new(TaskErrorKind::Unavailable, m),
+                AttemptFailure::Unreachable,
+            )
+        };
+        let mut stream = self
+            .network
+            .open_stream(peer, &TaskRequest::Execute(assignment.clone()))
+            .await
+            .map_err(|e| broke(e.to_string()))?;
+        let max = assignment.sampling.max_tokens as usize;
+        let mut this = This::default();
+        loop {
+            let next = if this.tokens.is_empty() {
+                stream.next().await
+            } else {
+                match tokio::time::timeout(STALL_TIMEOUT, stream.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        return Err((
+                            TaskError::new(
+                                TaskErrorKind::Unavailable,
+                                format!("orchestrator {peer} stalled for {STALL_TIMEOUT:?}"),
+                            ),
+                            AttemptFailure::Timeout,
+                        ));
+                    }
+                }
+            };
+            let frame = next.map_err(|e| broke(format!("orchestrator {peer}: {e}")))?;
+            match frame {
+                None => {
+                    return Err(broke(format!(
+                        "orchestrator {peer} closed its stream after {} tokens",
+                        this.tokens.len()
+                    )));
+                }
+                Some(StreamFrame::Tokens(chunk)) => {
+                    chunk.validate().map_err(|e| bad(&peer, e))?;
+                    if this.tokens.len() + chunk.tokens.len() > max {
+                        return Err(bad(&peer, "streamed more tokens than max_tokens"));
+                    }
+                    if this.text.len() + chunk.text.len() > MAX_OUTPUT_BYTES {
+                        return Err(bad(&peer, "streamed more text than the output cap"));
+                    }
+                    this.tokens.extend_from_slice(&chunk.tokens);
+                    this.text.push_str(&chunk.text);
+                    if !sent.push(chunk).await {
+                        return Ok(Streamed::ClientLeft);
+                    }
+                }
+                Some(StreamFrame::End(TaskResponse::Done(result))) => {
+                    if !result.tokens.starts_with(&this.tokens)
+                        || !result.text.starts_with(&this.text)
+                    {
+                        return Err(bad(&peer, "the result is not what it streamed"));
+                    }
+                    return Ok(Streamed::Done(Box::new(result), this));
+                }
+                Some(StreamFrame::End(TaskResponse::Failed(e))) => return Ok(Streamed::Failed(e)),
+                Some(StreamFrame::End(_)) => {
+                    return Err(bad(&peer, "answered a task with a query answer"));
+                }
+            }
+        }
+    }
+}
