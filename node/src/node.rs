@@ -4,6 +4,7 @@
 use crate::chain::embedded::{Embedded, EmbeddedChain, LocalSettings};
 use crate::chain::{ChainBackend, ChainError};
 use crate::inference::Engine;
+use crate::metrics::{self, EngineLoad, Metrics};
 use crate::network::{self, Network, NetworkConfig, NetworkError};
 use crate::receipt_log::{ReceiptLog, ReceiptLogError};
 use crate::roles::anchor::{self, AnchorPolicy};
@@ -68,6 +69,9 @@ pub struct NodeConfig {
     /// Where a router serves its OpenAI-compatible HTTP API (off when
     /// `None`).
     pub api: Option<std::net::SocketAddr>,
+    /// Where any node serves `GET /metrics` on its own (off when `None`; a
+    /// router's API serves it too).
+    pub metrics: Option<std::net::SocketAddr>,
     /// Stake an orchestrator declares (registered with it on an embedded chain).
     pub stake: u64,
     /// An orchestrator's account on the chain [default: its PeerId's local address].
@@ -115,6 +119,7 @@ impl Default for NodeConfig {
             price_per_token: 1,
             max_tasks: 256,
             api: None,
+            metrics: None,
             stake: 10_000,
             account: None,
             chain: ChainChoice::Embedded(LocalSettings::default()),
@@ -137,6 +142,15 @@ pub enum NodeError {
     /// The chain failed to open or answer.
     #[error(transparent)]
     Chain(#[from] ChainError),
+    /// The metrics server could not listen.
+    #[error("the metrics server cannot listen on {addr}: {source} (check --metrics)")]
+    Metrics {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The HTTP API could not listen.
     #[error("the HTTP API cannot listen on {addr}: {source}")]
     Api {
@@ -169,6 +183,8 @@ pub struct Node {
     anchor_task: Option<JoinHandle<()>>,
     api: Option<(std::net::SocketAddr, JoinHandle<()>)>,
     router: Option<Arc<RouterCtx>>,
+    metrics: Arc<Metrics>,
+    metrics_server: Option<(std::net::SocketAddr, JoinHandle<()>)>,
 }
 
 impl Node {
@@ -221,6 +237,21 @@ impl Node {
             }
             (_, None) => None,
         };
+        let metrics_listener = match config.metrics {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| NodeError::Metrics { addr, source })?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|source| NodeError::Metrics { addr, source })?;
+                Some((bound, listener))
+            }
+            None => None,
+        };
+        // One registry per node: libp2p's metrics and ours.
+        let metrics = Arc::new(Metrics::new());
+        net_config.metrics = Some(Arc::clone(&metrics));
         let (network, events, net_task) =
             network::spawn(key.clone(), net_config, shutdown.child_token())?;
         let (size_tx, size_rx) = watch::channel((0, 0));
@@ -325,6 +356,7 @@ impl Node {
                         config.bid_window,
                         config.max_price_per_unit,
                     ),
+                    metrics: Arc::clone(&metrics),
                 });
                 router_handle = Some(Arc::clone(&ctx));
                 Arc::new(RouterRole::new(ctx, size_tx))
@@ -355,7 +387,20 @@ impl Node {
             }
             _ => None,
         };
+        let metrics_server = metrics_listener.map(|(bound, listener)| {
+            tracing::info!(url = %format!("http://{bound}/metrics"), "metrics listening");
+            let refresh = refresh_for(router_handle.as_ref(), engine_handle.as_ref());
+            let (m, stop) = (Arc::clone(&metrics), shutdown.child_token());
+            let task = tokio::spawn(async move {
+                if let Err(e) = metrics::server::serve(listener, m, refresh, stop).await {
+                    tracing::error!(error = %e, "the metrics server stopped");
+                }
+            });
+            (bound, task)
+        });
         Ok(Self {
+            metrics,
+            metrics_server,
             api,
             network,
             shutdown,
@@ -374,6 +419,16 @@ impl Node {
     /// Where a router's HTTP API listens (`None` when it is off).
     pub fn api_addr(&self) -> Option<std::net::SocketAddr> {
         self.api.as_ref().map(|(a, _)| *a)
+    }
+
+    /// Where `--metrics` serves `GET /metrics` (`None` when it is off).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_server.as_ref().map(|(a, _)| *a)
+    }
+
+    /// This node's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// This node's PeerId.
@@ -496,6 +551,9 @@ impl Node {
         if let Some((_, t)) = self.api {
             let _ = t.await;
         }
+        if let Some((_, t)) = self.metrics_server {
+            let _ = t.await;
+        }
         if let Some(t) = self.anchor_task {
             let _ = t.await;
         }
@@ -504,4 +562,27 @@ impl Node {
             let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
         }
     }
+}
+
+/// What a scrape reads fresh: a router's table, an orchestrator's engine.
+fn refresh_for(
+    router: Option<&Arc<RouterCtx>>,
+    engine: Option<&Arc<dyn Engine>>,
+) -> Option<metrics::server::Refresh> {
+    if let Some(router) = router {
+        let router = Arc::clone(router);
+        return Some(Arc::new(move |m: &Metrics| {
+            m.set_orchestrators(router.orchestrator_loads())
+        }));
+    }
+    let engine = Arc::clone(engine?);
+    Some(Arc::new(move |m: &Metrics| {
+        let s = engine.stats();
+        m.set_engine(EngineLoad {
+            active: s.active,
+            queued: s.queued,
+            free_slots: engine.free_slots(),
+            generated_tokens: s.generated_tokens,
+        });
+    }))
 }

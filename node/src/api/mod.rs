@@ -8,7 +8,9 @@
 //!   sampling fields, `n`, `response_format` and llama-server's `grammar`;
 //!   `stream: true` answers with Server-Sent Events in OpenAI's chunk format,
 //!   token by token as the orchestrator samples them (see [`answer`]);
-//! - `GET /v1/receipts/{task id}`: the receipt each answer links to.
+//! - `GET /v1/receipts/{task id}`: the receipt each answer links to;
+//! - `GET /`: a status page for a person ([`status_page`]);
+//! - `GET /metrics`: Prometheus metrics ([`crate::metrics`]).
 //!
 //! Bodies are capped before parsing ([`MAX_BODY_BYTES`]); requests in flight
 //! are capped ([`MAX_IN_FLIGHT`], then 429). Errors use OpenAI's JSON shape
@@ -16,7 +18,9 @@
 
 mod answer;
 pub mod error;
+mod metrics;
 pub mod openai;
+pub mod status_page;
 
 use crate::roles::router::RouterCtx;
 use axum::Router;
@@ -67,6 +71,8 @@ fn app(api: Api) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/receipts/{task_id}", get(receipt))
+        .route("/", get(status_page::page))
+        .route("/metrics", get(metrics::metrics))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(api)

@@ -174,6 +174,10 @@ pub struct NodeArgs {
     /// 127.0.0.1:8080; off unless given.
     #[arg(long, env = "CACTUS_API", value_name = "ADDR:PORT")]
     pub api: Option<std::net::SocketAddr>,
+    /// Serve Prometheus metrics at GET /metrics here, e.g. 127.0.0.1:9090
+    /// (any role; a router's --api serves /metrics too); off unless given.
+    #[arg(long, env = "CACTUS_METRICS", value_name = "ADDR:PORT")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Price asked per generated token, in the chain's smallest unit.
     #[arg(
         long,
@@ -346,6 +350,7 @@ impl NodeArgs {
             max_price_per_unit: self.max_price,
             price_per_token: self.price_per_token,
             api: self.api,
+            metrics: self.metrics,
             stake: self.stake,
             account: self.account,
             anchor: crate::roles::anchor::AnchorPolicy {

@@ -50,6 +50,8 @@ pub(super) struct EventLoop {
     /// that a node that started alone still gets its records out (at most
     /// [`MAX_PROVIDED_KEYS`](super::commands::MAX_PROVIDED_KEYS)).
     pub(super) provided: Vec<Vec<u8>>,
+    /// libp2p's own metrics, recorded from the swarm's events.
+    p2p_metrics: libp2p::metrics::Metrics,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -63,6 +65,7 @@ impl std::fmt::Debug for EventLoop {
 pub(super) fn start(
     mut swarm: Swarm<Behaviour>,
     config: NetworkConfig,
+    p2p_metrics: libp2p::metrics::Metrics,
     shutdown: CancellationToken,
 ) -> Result<
     (
@@ -116,6 +119,7 @@ pub(super) fn start(
         pending_providers: HashMap::new(),
         bootstrapped: false,
         provided: Vec::new(),
+        p2p_metrics,
     };
     // Token streams are opened and accepted outside this loop.
     let mut streams = event_loop.swarm.behaviour().streams.new_control();
@@ -186,7 +190,36 @@ impl EventLoop {
         }
     }
 
+    /// Counts an event in libp2p's metrics (atomic counters: cheap enough
+    /// for the loop).
+    fn record(&self, event: &SwarmEvent<BehaviourEvent>) {
+        use libp2p::metrics::Recorder;
+        let m = &self.p2p_metrics;
+        m.record(event);
+        let SwarmEvent::Behaviour(event) = event else {
+            return;
+        };
+        match event {
+            BehaviourEvent::Kad(e) => m.record(e),
+            BehaviourEvent::Gossipsub(e) => m.record(e),
+            BehaviourEvent::Identify(e) => m.record(e),
+            BehaviourEvent::Ping(e) => m.record(e),
+            BehaviourEvent::RelayServer(e) => m.record(e),
+            BehaviourEvent::Dcutr(e) => m.record(e),
+            _ => {}
+        }
+    }
+
+    /// Sets the connected-peer gauges from the connections known now.
+    fn count_peers(&self) {
+        if let Some(m) = &self.config.metrics {
+            let (direct, relayed) = self.reach.peer_counts();
+            m.connected_peers(direct, relayed);
+        }
+    }
+
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        self.record(&event);
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Tasks(e)) => self.on_tasks(e),
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.on_gossipsub(e),
@@ -277,6 +310,7 @@ impl EventLoop {
         for id in self.reach.connected(peer, connection, relayed, dialed_on) {
             self.swarm.close_connection(id);
         }
+        self.count_peers();
         if let Some((addr, reply)) = self.pending_dials.remove(&connection) {
             // A peer we dialled on purpose is a way into the DHT; kad drops it
             // again if it turns out not to answer queries.
@@ -286,7 +320,9 @@ impl EventLoop {
     }
 
     fn on_connection_closed(&mut self, peer: PeerId, connection: ConnectionId, remaining: u32) {
-        if self.reach.closed(peer, connection, remaining) {
+        let gone = self.reach.closed(peer, connection, remaining);
+        self.count_peers();
+        if gone {
             tracing::debug!(%peer, "disconnected");
             self.emit(NetworkEvent::Disconnected(peer));
         }

@@ -78,6 +78,9 @@ pub struct NetworkConfig {
     /// a forwarded port). Public nodes (relay servers, DHT servers) also take
     /// every specific address they listen on as external.
     pub external: Vec<Multiaddr>,
+    /// Where libp2p's metrics (swarm, protocols, bandwidth) and the
+    /// connected-peer gauges are recorded; `None` records them nowhere.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Default for NetworkConfig {
@@ -103,6 +106,7 @@ impl Default for NetworkConfig {
             relay_server: None,
             relay_client: true,
             external: Vec::new(),
+            metrics: None,
         }
     }
 }
@@ -184,6 +188,15 @@ pub fn spawn(
         autonat_server: config.relay_server.is_some(),
     };
     let agent = config.agent_version.clone();
+    // libp2p registers its metrics once, here; without a node's registry
+    // they go to one nobody reads.
+    let mut scratch = libp2p::metrics::Registry::default();
+    let mut node_registry = config.metrics.as_ref().map(|m| m.lock_registry());
+    let registry = match node_registry.as_deref_mut() {
+        Some(r) => r,
+        None => &mut scratch,
+    };
+    let p2p_metrics = libp2p::metrics::Metrics::new(registry);
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
@@ -195,6 +208,7 @@ pub fn spawn(
         .with_quic()
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(NetworkError::build)?
+        .with_bandwidth_metrics(registry)
         .with_behaviour(|key, relay_client| {
             behaviour::Behaviour::new(key, relay_client, agent, &limits)
                 .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
@@ -202,6 +216,7 @@ pub fn spawn(
         .map_err(NetworkError::build)?
         .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
         .build();
+    drop(node_registry);
     for addr in &config.external {
         swarm.add_external_address(addr.clone());
     }
@@ -213,7 +228,7 @@ pub fn spawn(
                 source: Arc::new(e),
             })?;
     }
-    event_loop::start(swarm, config, shutdown)
+    event_loop::start(swarm, config, p2p_metrics, shutdown)
 }
 
 #[cfg(test)]

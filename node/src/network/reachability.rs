@@ -155,6 +155,18 @@ impl Reachability {
         }
     }
 
+    /// `(direct, relayed)`: peers with a direct connection, and peers
+    /// reached only through relays.
+    pub(super) fn peer_counts(&self) -> (usize, usize) {
+        self.connections
+            .keys()
+            .filter_map(|p| self.kind(p))
+            .fold((0, 0), |(d, r), k| match k {
+                ConnectionKind::Direct => (d + 1, r),
+                ConnectionKind::Relayed => (d, r + 1),
+            })
+    }
+
     /// The report for `cactus-node doctor`.
     pub(super) fn diagnostics(&self, listen_addrs: Vec<Multiaddr>) -> Diagnostics {
         let mut d = self.diag.clone();
@@ -365,8 +377,10 @@ mod tests {
         );
         assert!(r.connected(peer, relayed, true, None).is_empty());
         assert_eq!(r.kind(&peer), Some(ConnectionKind::Relayed));
+        assert_eq!(r.peer_counts(), (0, 1));
         assert_eq!(r.connected(peer, direct, false, None), vec![relayed]);
         assert_eq!(r.kind(&peer), Some(ConnectionKind::Direct));
+        assert_eq!(r.peer_counts(), (1, 0));
         assert!(!r.closed(peer, relayed, 1));
         assert_eq!(r.kind(&peer), Some(ConnectionKind::Direct));
         assert_eq!(
@@ -375,6 +389,7 @@ mod tests {
         );
         assert!(r.closed(peer, direct, 0));
         assert_eq!(r.kind(&peer), None);
+        assert_eq!(r.peer_counts(), (0, 0));
     }
 
     #[test]

@@ -71,7 +71,12 @@ async fn setup(engine: Arc<StubEngine>, queue: usize) -> Setup {
 }
 
 /// One HTTP/1.1 exchange; returns the status, the raw head and the body.
-async fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String, String) {
+pub(super) async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> (u16, String, String) {
     let exchange = async {
         let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
         let head = format!(
@@ -114,7 +119,7 @@ fn dechunk(head: &str, body: &str) -> String {
     out
 }
 
-async fn post(addr: SocketAddr, path: &str, v: Value) -> (u16, Value) {
+pub(super) async fn post(addr: SocketAddr, path: &str, v: Value) -> (u16, Value) {
     let (status, _, body) = http(addr, "POST", path, v.to_string().as_bytes()).await;
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }

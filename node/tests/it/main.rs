@@ -1,6 +1,7 @@
 //! Integration tests of cactus-node, one binary (one link step for all):
 //!
 //! - `api`: the router's OpenAI-compatible HTTP API with stub orchestrators.
+//! - `observe`: the router's status page and the nodes' `/metrics`.
 //! - `mesh`: several nodes in one process over loopback TCP, with the stub
 //!   engine: adverts, task round trips, failures, DHT router discovery.
 //! - `engine`: the llama.cpp engine on the real demo model.
@@ -19,6 +20,7 @@ mod e2e;
 mod engine;
 mod mesh;
 mod move_pin;
+mod observe;
 mod replay;
 
 use std::path::PathBuf;

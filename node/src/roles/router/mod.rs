@@ -82,6 +82,9 @@ pub struct RouterCtx {
     /// Calls for bids open now, for tasks no orchestrator in the table can
     /// take.
     pub market: Market,
+    /// The node's metrics: outcomes, payments and spot checks are counted
+    /// where they are decided.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for RouterCtx {
@@ -121,6 +124,19 @@ impl RouterCtx {
                 tracing::warn!(orchestrator = %peer, error = %e, "could not store reputation")
             }
         }
+    }
+
+    /// The per-orchestrator load gauges' data, from the table now.
+    pub fn orchestrator_loads(&self) -> Vec<crate::metrics::OrchestratorLoad> {
+        self.with_table(|t| t.snapshot())
+            .into_iter()
+            .map(|o| crate::metrics::OrchestratorLoad {
+                peer: o.peer,
+                active: o.total_slots.saturating_sub(o.free_slots),
+                free_slots: o.free_slots,
+                in_flight: o.in_flight,
+            })
+            .collect()
     }
 
     /// The seed of this hour's draws: anyone with the router's PeerId, the

@@ -103,6 +103,9 @@ impl RouterCtx {
         // the outcome is its record.
         let per_token = body.compute_ms.checked_div(u64::from(body.output_tokens));
         self.record_outcome(peer, Ok(per_token)).await;
+        self.metrics.task_outcome(crate::metrics::Outcome::Done);
+        self.metrics
+            .output_tokens(body.output_tokens, crate::time::now_ms());
         let complete = Op::CompleteTask {
             task_id: assignment.task_id.0.to_vec(),
             prompt_tokens: u64::from(body.prompt_tokens),
@@ -128,7 +131,16 @@ impl RouterCtx {
                 }
             }
         }
-        if !settled {
+        if settled {
+            // What the contract paid (it may be less than the escrow): read
+            // back, since the chain applies the orchestrator's reputation.
+            let paid = match self.chain.task(assignment.task_id).await {
+                Ok(Some(task)) => Some(task.payment),
+                _ => None,
+            };
+            self.metrics.payment(paid);
+        } else {
+            self.metrics.payment_failed();
             tracing::error!(task_id = %assignment.task_id, "the task stays escrowed on the chain: settle it by hand");
         }
         tracing::info!(

@@ -189,13 +189,18 @@ impl RouterCtx {
             tracing::warn!(verifier = %v, orchestrator = %peer, "an outvoted verifier is recorded as a bad result");
             self.record_outcome(v, Err(FailureKind::BadResult)).await;
         }
+        use crate::metrics::Verdict;
         match tally.decision() {
-            Decision::Cleared => return Check::Passed,
+            Decision::Cleared => {
+                self.metrics.spot_check(Verdict::Passed);
+                return Check::Passed;
+            }
             Decision::NoMajority => {
+                self.metrics.spot_check(Verdict::NoMajority);
                 tracing::info!(task_id = %assignment.task_id, failed = tally.guilty, cleared = tally.cleared, "no majority of verifiers; accepted unchecked");
                 return Check::Skipped;
             }
-            Decision::Fraud => {}
+            Decision::Fraud => self.metrics.spot_check(Verdict::Fraud),
         }
         let evidence = FraudEvidenceBody {
             receipt: result.receipt.clone(),
