@@ -77,6 +77,10 @@ pub struct InferJson {
     pub finish: String,
     pub orchestrator: String,
     pub router: String,
+    /// Tokens produced by an orchestrator that failed mid-stream before this
+    /// one resumed the task (0 when it ran in one go); the receipt covers
+    /// only the tokens after them.
+    pub resumed_tokens: usize,
     pub receipt: ReceiptJson,
 }
 
@@ -87,6 +91,7 @@ impl From<&TaskResult> for InferJson {
             finish: format!("{:?}", r.finish),
             orchestrator: r.receipt.body.orchestrator.to_string(),
             router: r.receipt.body.router.to_string(),
+            resumed_tokens: r.resumed.as_ref().map_or(0, |x| x.tokens.len()),
             receipt: ReceiptJson::from(&r.receipt),
         }
     }

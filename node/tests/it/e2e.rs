@@ -508,6 +508,129 @@ fn killing_the_serving_orchestrator_fails_over_without_double_payment() {
 }
 
 #[test]
+fn killing_the_orchestrator_mid_stream_resumes_the_stream_on_another() {
+    let model = super::model_path();
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs: Vec<PathBuf> = ["router", "orch1", "orch2"]
+        .iter()
+        .map(|d| tmp.path().join(d))
+        .collect();
+    let mut router = Proc::spawn(&[
+        "--role",
+        "router",
+        "--data-dir",
+        path(&dirs[0]),
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+    ]);
+    let addr = router.listen_addr();
+    let ids: Vec<String> = dirs[1..].iter().map(|d| id(d)).collect();
+    let model_arg = format!("{}:{}", model.display(), super::DEMO_SHA256);
+    let mut orchs: Vec<Option<Proc>> = dirs[1..]
+        .iter()
+        .map(|d| {
+            Some(Proc::spawn(&[
+                "--data-dir",
+                path(d),
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--bootstrap",
+                &addr,
+                "--model",
+                &model_arg,
+                "--threads",
+                "1",
+            ]))
+        })
+        .collect();
+    router.wait_for("known=2");
+
+    // Greedy, long, and only the end-of-generation token could stop it
+    // early: the orchestrator is mid-stream when its first tokens pass the
+    // router, and is killed then.
+    let max_tokens = 300;
+    let client = Command::new(BIN)
+        .args([
+            "infer",
+            "--bootstrap",
+            &addr,
+            "--prompt",
+            "Write a long story about a lighthouse keeper.",
+            "--max-tokens",
+            &max_tokens.to_string(),
+            "--temperature",
+            "0",
+            "--json",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let first = router.wait_for("first tokens streamed");
+    let victim = ids
+        .iter()
+        .position(|i| first.contains(&format!("orchestrator={i}")))
+        .expect("a known orchestrator");
+    orchs[victim].take().unwrap().kill9();
+
+    let out = client.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The client checked the stream against the receipt: every streamed
+    // token is either one the victim produced (which the survivor's receipt
+    // commits to as resumed) or one of the survivor's own, in order, and
+    // the streamed text is the resumed text followed by the receipt's.
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let survivor = &ids[1 - victim];
+    assert_eq!(answer["orchestrator"].as_str(), Some(survivor.as_str()));
+    assert_eq!(answer["receipt"]["verified"], true);
+    let resumed = answer["resumed_tokens"].as_u64().unwrap();
+    let own = answer["receipt"]["output_tokens"].as_u64().unwrap();
+    assert!(
+        resumed > 0,
+        "the victim streamed tokens before it died: {answer}"
+    );
+    assert!(own > 0, "{answer}");
+    assert!(resumed + own <= max_tokens, "{answer}");
+    if answer["finish"] == "MaxTokens" {
+        assert_eq!(resumed + own, max_tokens, "{answer}");
+    }
+    let line = router.wait_for("task done; receipt recorded");
+    assert!(line.contains(&format!("output_tokens={own}")), "{line}");
+
+    // Paid once, to the survivor, for its own tokens; the victim's attempt
+    // refunded and counted against it.
+    let out = run(&["status", "--bootstrap", &addr, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["pending_payments"], 0, "{status}");
+    assert_eq!(status["receipts"], 1, "{status}");
+    for o in status["orchestrators"].as_array().unwrap() {
+        let expected = if o["peer"].as_str() == Some(survivor.as_str()) {
+            (1, 0)
+        } else {
+            (0, 1)
+        };
+        assert_eq!(
+            (
+                o["successes"].as_u64().unwrap(),
+                o["failures"].as_u64().unwrap()
+            ),
+            expected,
+            "{status}"
+        );
+    }
+}
+
+#[test]
 fn a_call_for_bids_places_a_task_when_every_orchestrator_is_busy() {
     let model = super::model_path();
     let tmp = tempfile::tempdir().unwrap();

@@ -45,6 +45,8 @@ impl RouterCtx {
         match self.try_serve(spec, tokens).await {
             Ok(r) => TaskResponse::Done(r),
             Err(e) => {
+                self.metrics
+                    .task_outcome(crate::metrics::Outcome::Failed(e.kind));
                 tracing::info!(kind = ?e.kind, message = %e.message, "task failed");
                 TaskResponse::Failed(e)
             }
@@ -277,6 +279,7 @@ impl RouterCtx {
             }
         };
         sent.attempt_failed();
+        self.metrics.attempt_failed(failure);
         self.record_outcome(peer, Err(failure.failure_kind())).await;
         self.refund(assignment, failure).await;
         if failure.retry() {

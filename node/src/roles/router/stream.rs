@@ -43,6 +43,8 @@ pub(super) struct Sent {
     held: Vec<TokenChunk>,
     tokens: Vec<u32>,
     shown: String,
+    /// When the client's task began, until its first token (then `None`).
+    waiting_since: Option<std::time::Instant>,
 }
 
 /// What one attempt streamed.
@@ -76,7 +78,14 @@ impl Sent {
             held: Vec::new(),
             tokens: Vec::new(),
             shown: String::new(),
+            waiting_since: Some(std::time::Instant::now()),
         }
+    }
+
+    /// How long the client waited for its first token, the first time a
+    /// token comes.
+    fn first_token(&mut self) -> Option<Duration> {
+        self.waiting_since.take().map(|t| t.elapsed())
     }
 
     /// Forgets a failed attempt's held chunks.
@@ -192,6 +201,7 @@ impl RouterCtx {
             .map_err(|e| broke(e.to_string()))?;
         let max = assignment.sampling.max_tokens as usize;
         let mut this = This::default();
+        let mut first_at = None;
         loop {
             let next = if this.tokens.is_empty() {
                 stream.next().await
@@ -225,6 +235,13 @@ impl RouterCtx {
                     if this.text.len() + chunk.text.len() > MAX_OUTPUT_BYTES {
                         return Err(bad(&peer, "streamed more text than the output cap"));
                     }
+                    if !chunk.tokens.is_empty() && first_at.is_none() {
+                        tracing::info!(task_id = %assignment.task_id, orchestrator = %peer, "first tokens streamed");
+                        first_at = Some(std::time::Instant::now());
+                        if let Some(ttft) = sent.first_token() {
+                            self.metrics.observe_ttft(ttft);
+                        }
+                    }
                     this.tokens.extend_from_slice(&chunk.tokens);
                     this.text.push_str(&chunk.text);
                     if !sent.push(chunk).await {
@@ -236,6 +253,17 @@ impl RouterCtx {
                         || !result.text.starts_with(&this.text)
                     {
                         return Err(bad(&peer, "the result is not what it streamed"));
+                    }
+                    // Decode speed as the client saw it: tokens after the
+                    // first, over the time since the first.
+                    if let Some(t) = first_at
+                        && this.tokens.len() > 1
+                    {
+                        let secs = t.elapsed().as_secs_f64();
+                        if secs > 0.0 {
+                            self.metrics
+                                .observe_tokens_per_second((this.tokens.len() - 1) as f64 / secs);
+                        }
                     }
                     return Ok(Streamed::Done(Box::new(result), this));
                 }
