@@ -62,6 +62,9 @@ pub struct NodeConfig {
     pub max_price_per_unit: u64,
     /// Orchestrators tried per task (routers).
     pub max_attempts: usize,
+    /// Send a task first to an orchestrator whose prompt cache holds its
+    /// prefix, when one has a free slot (routers).
+    pub prefix_routing: bool,
     /// Asked price per generated token (orchestrators).
     pub price_per_token: u64,
     /// Task handlers in flight at most.
@@ -116,6 +119,7 @@ impl Default for NodeConfig {
             bid_window: Duration::from_millis(500),
             max_price_per_unit: 1_000,
             max_attempts: 3,
+            prefix_routing: true,
             price_per_token: 1,
             max_tasks: 256,
             api: None,
@@ -337,6 +341,7 @@ impl Node {
                     task_timeout: config.task_timeout,
                     task_deadline: config.task_deadline,
                     max_attempts: config.max_attempts,
+                    prefix_routing: config.prefix_routing,
                     verification: {
                         // Below the protocol's floor honest noise reads as
                         // fraud (and no evidence could be signed anyway).

@@ -392,10 +392,10 @@ pub struct CapabilityAdvert {
 /// Most prompt-cache entries one advert may list.
 pub const MAX_CACHE_ENTRIES: usize = 64;
 
-/// A text prefix whose KV cache an orchestrator holds: the prompt of a task
-/// it ran followed by the text it generated (what a chat's next turn starts
-/// with). A router checks a new prompt against it by hashing the prompt's
-/// first `bytes` bytes.
+/// A prefix whose KV cache an orchestrator holds: the [`cache_key`] of a
+/// task it ran, followed by the text it generated ([`cache_key_after`]:
+/// what a chat's next turn starts with). A router checks a new task against
+/// it by hashing the first `bytes` bytes of the task's cache key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CachedPrefix {
     /// The model.
@@ -409,14 +409,66 @@ pub struct CachedPrefix {
 }
 
 impl CachedPrefix {
-    /// Whether `prompt` for `model` starts with this prefix.
-    pub fn matches(&self, model: &ModelHash, prompt: &str) -> bool {
+    /// Whether a task for `model` whose [`cache_key`] is `key` starts with
+    /// this prefix.
+    pub fn matches(&self, model: &ModelHash, key: &[u8]) -> bool {
         let n = self.bytes as usize;
-        &self.model == model
-            && n > 0
-            && prompt.len() >= n
-            && crate::Digest::of(&prompt.as_bytes()[..n]) == self.hash
+        &self.model == model && n > 0 && key.len() >= n && crate::Digest::of(&key[..n]) == self.hash
     }
+}
+
+/// One turn of a [`PromptFormat::Messages`] prompt.
+#[derive(Debug, Deserialize)]
+struct Turn {
+    role: String,
+    content: String,
+}
+
+/// Appends one turn to a cache key: role, NUL, content, NUL.
+fn push_turn(out: &mut Vec<u8>, role: &str, content: &str) {
+    out.extend_from_slice(role.as_bytes());
+    out.push(0);
+    out.extend_from_slice(content.as_bytes());
+    out.push(0);
+}
+
+/// What a prompt cache is matched on: the prompt in a form where a chat's
+/// next turn begins with this turn's prompt and answer. A raw prompt is
+/// itself (the next request extends the text); a chat's turns are written
+/// one after the other as `role NUL content NUL` (a [`PromptFormat::Chat`]
+/// prompt is one user turn), so that the next request, which repeats them
+/// and adds the answer and a new turn, begins with them. `None` for
+/// messages that are not a JSON list of turns.
+pub fn cache_key(format: PromptFormat, prompt: &str) -> Option<Vec<u8>> {
+    match format {
+        PromptFormat::Raw => Some(prompt.as_bytes().to_vec()),
+        PromptFormat::Chat => {
+            let mut out = Vec::with_capacity(prompt.len() + 8);
+            push_turn(&mut out, "user", prompt);
+            Some(out)
+        }
+        PromptFormat::Messages => {
+            let turns: Vec<Turn> = serde_json::from_str(prompt).ok()?;
+            let mut out = Vec::with_capacity(prompt.len());
+            for t in &turns {
+                push_turn(&mut out, &t.role, &t.content);
+            }
+            Some(out)
+        }
+    }
+}
+
+/// The [`cache_key`] of a prompt followed by `answer`: the prefix of the
+/// next turn's key that a cache holding this task covers. For chats, the
+/// answer is the start of an assistant turn (its end is not known yet: the
+/// next turn may trim it).
+pub fn cache_key_after(format: PromptFormat, prompt: &str, answer: &str) -> Option<Vec<u8>> {
+    let mut key = cache_key(format, prompt)?;
+    if format != PromptFormat::Raw {
+        key.extend_from_slice(b"assistant\0");
+    }
+    key.extend_from_slice(answer.as_bytes());
+    Some(key)
 }
 
 impl CapabilityAdvert {
@@ -460,4 +512,44 @@ impl CapabilityAdvert {
 impl Wire for CapabilityAdvert {
     const KIND: Kind = Kind::CapabilityAdvert;
     const MAX_BYTES: usize = 32 * 1024;
+}
+
+#[cfg(test)]
+mod cache_key_tests {
+    use super::*;
+
+    #[test]
+    fn a_chats_next_turn_matches_the_prefix_its_last_turn_left() {
+        let model = crate::Digest::of(b"m");
+        let turn1 = r#"[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi"}]"#;
+        let held = cache_key_after(PromptFormat::Messages, turn1, "Hello! How").unwrap();
+        let prefix = CachedPrefix {
+            model,
+            bytes: held.len() as u32,
+            hash: crate::Digest::of(&held),
+            tokens: 40,
+        };
+        // The client sends the whole answer back, and a new turn.
+        let turn2 = r#"[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi"},
+            {"role":"assistant","content":"Hello! How can I help?"},{"role":"user","content":"A joke."}]"#;
+        let key2 = cache_key(PromptFormat::Messages, turn2).unwrap();
+        assert!(prefix.matches(&model, &key2));
+        assert!(!prefix.matches(&crate::Digest::of(b"other"), &key2));
+        // Another conversation, or the same one edited, does not.
+        let other = turn2.replace("Be brief.", "Be long.");
+        let other = cache_key(PromptFormat::Messages, &other).unwrap();
+        assert!(!prefix.matches(&model, &other));
+        // A one-turn chat prompt is the same conversation's first turn.
+        let chat = cache_key_after(PromptFormat::Chat, "Hi", "Yo").unwrap();
+        let msgs = r#"[{"role":"user","content":"Hi"},{"role":"assistant","content":"Yo"}]"#;
+        assert!(
+            cache_key(PromptFormat::Messages, msgs)
+                .unwrap()
+                .starts_with(&chat)
+        );
+        // Raw prompts extend as text.
+        let raw = cache_key_after(PromptFormat::Raw, "Once", " upon").unwrap();
+        assert_eq!(raw, b"Once upon");
+        assert!(cache_key(PromptFormat::Messages, "not json").is_none());
+    }
 }

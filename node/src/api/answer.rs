@@ -188,6 +188,7 @@ struct Choice {
     logprobs: Vec<TokenLogprob>,
     /// Bytes of text before each logprob's token, for `text_offset`.
     offsets: Vec<usize>,
+    /// Whether the stream sent this choice's role chunk.
     started: bool,
     result: Option<TaskResult>,
 }
@@ -351,6 +352,24 @@ impl Answer {
         })
     }
 
+    /// A chat choice's first chunk carries only its role, as OpenAI's and
+    /// llama-server's streams do (clients such as llama.cpp's test suite
+    /// expect `{"role": "assistant", "content": null}` first and no role
+    /// after): pushed once per choice, before its first content or its end.
+    fn role_chunk(&mut self, i: usize, out: &mut VecDeque<Value>) {
+        let first = self.choices.get_mut(i).is_some_and(|c| {
+            let first = !c.started;
+            c.started = true;
+            first
+        });
+        if first && self.kind == Kind::Chat {
+            let delta = json!({"role": "assistant", "content": null});
+            let choice =
+                json!({"index": i, "delta": delta, "finish_reason": null, "logprobs": null});
+            out.push_back(self.chunk(json!([choice]), Value::Null));
+        }
+    }
+
     /// The events one choice event becomes; `true` once the answer is over.
     fn events(&mut self, event: ChoiceEvent, out: &mut VecDeque<Value>) -> bool {
         let i = event.index;
@@ -365,23 +384,15 @@ impl Answer {
                 } else {
                     self.logprobs_json(&lps, &offsets)
                 };
-                let first = self.choices.get_mut(i).is_some_and(|c| {
-                    let first = !c.started;
-                    c.started = true;
-                    first
-                });
+                self.role_chunk(i, out);
                 let choice = match self.kind {
                     Kind::Text => {
                         json!({"index": i, "text": chunk.text, "finish_reason": null, "logprobs": logprobs})
                     }
-                    Kind::Chat => {
-                        let delta = if first {
-                            json!({"role": "assistant", "content": chunk.text})
-                        } else {
-                            json!({"content": chunk.text})
-                        };
-                        json!({"index": i, "delta": delta, "finish_reason": null, "logprobs": logprobs})
-                    }
+                    Kind::Chat => json!({
+                        "index": i, "delta": {"content": chunk.text},
+                        "finish_reason": null, "logprobs": logprobs,
+                    }),
                 };
                 out.push_back(self.chunk(json!([choice]), Value::Null));
                 false
@@ -391,6 +402,7 @@ impl Answer {
                     return false;
                 };
                 let reason = openai::finish_reason(r.finish);
+                self.role_chunk(i, out);
                 let choice = match self.kind {
                     Kind::Text => {
                         json!({"index": i, "text": "", "finish_reason": reason, "logprobs": null})

@@ -37,6 +37,9 @@ pub struct Sampling {
     logit_bias: Option<BTreeMap<String, f32>>,
     /// llama-server's GBNF grammar.
     grammar: Option<String>,
+    /// llama-server's JSON schema field, the same as a `json_schema`
+    /// `response_format`.
+    json_schema: Option<Value>,
     response_format: Option<ResponseFormat>,
     n: Option<u32>,
     stream: Option<bool>,
@@ -49,8 +52,12 @@ pub struct Sampling {
 pub enum ResponseFormat {
     /// Plain text.
     Text,
-    /// Any JSON object.
-    JsonObject,
+    /// Any JSON object, or (llama-server's extension) JSON following
+    /// `schema`.
+    JsonObject {
+        /// The schema, if any.
+        schema: Option<Value>,
+    },
     /// JSON following a schema.
     JsonSchema {
         /// `{"name", "schema", "strict"}`.
@@ -154,20 +161,49 @@ impl Sampling {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let grammar = match (&self.grammar, &self.response_format) {
-            (Some(_), Some(ResponseFormat::JsonObject | ResponseFormat::JsonSchema { .. })) => {
+        // At most one of grammar, json_schema and a JSON response_format.
+        let schema = match (&self.json_schema, &self.response_format) {
+            (
+                Some(_),
+                Some(ResponseFormat::JsonObject { .. } | ResponseFormat::JsonSchema { .. }),
+            ) => {
+                return Err(ApiError::invalid(
+                    "json_schema",
+                    "give either json_schema or a JSON response_format, not both",
+                ));
+            }
+            (Some(s), _) => Some(("json_schema", s)),
+            (None, Some(ResponseFormat::JsonObject { schema: Some(s) })) => {
+                Some(("response_format", s))
+            }
+            (None, Some(ResponseFormat::JsonSchema { json_schema })) => {
+                Some(("response_format", &json_schema.schema))
+            }
+            (None, _) => None,
+        };
+        let json_object = matches!(
+            self.response_format,
+            Some(ResponseFormat::JsonObject { schema: None })
+        );
+        let grammar = match (&self.grammar, schema) {
+            (Some(_), Some((param, _))) => {
+                return Err(ApiError::invalid(
+                    "grammar",
+                    format!("give either grammar or {param}, not both"),
+                ));
+            }
+            (Some(_), None) if json_object => {
                 return Err(ApiError::invalid(
                     "grammar",
                     "give either grammar or a JSON response_format, not both",
                 ));
             }
-            (Some(g), _) => Some(g.clone()),
-            (None, Some(ResponseFormat::JsonObject)) => Some(grammar::json_object()),
-            (None, Some(ResponseFormat::JsonSchema { json_schema })) => Some(
-                grammar::json_schema(&json_schema.schema)
-                    .map_err(|e| ApiError::invalid("response_format", e.to_string()))?,
-            ),
-            (None, Some(ResponseFormat::Text) | None) => None,
+            (Some(g), None) => Some(g.clone()),
+            (None, Some((param, s))) => {
+                Some(grammar::json_schema(s).map_err(|e| ApiError::invalid(param, e.to_string()))?)
+            }
+            (None, None) if json_object => Some(grammar::json_object()),
+            (None, None) => None,
         };
         let p = SamplingParams {
             max_tokens: max_tokens.unwrap_or(d.max_tokens),

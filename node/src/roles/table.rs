@@ -332,6 +332,38 @@ impl OrchestratorTable {
         self.pick_where(model, exclude, epoch_seed, task, true)
     }
 
+    /// The orchestrator whose prompt cache holds the longest prefix of a
+    /// task's cache key ([`cactus_protocol::messages::cache_key`]), with the
+    /// tokens it holds: among the admitted ones serving `model` with a free
+    /// slot and not in `exclude`. Ties go to the lowest PeerId. Sending a
+    /// chat's next turn there skips prefilling what the cache holds.
+    pub fn pick_cached(
+        &self,
+        model: &ModelHash,
+        exclude: &HashSet<PeerId>,
+        key: &[u8],
+    ) -> Option<(PeerId, u32)> {
+        self.entries
+            .iter()
+            .filter(|(p, e)| {
+                usable(e)
+                    && !exclude.contains(p)
+                    && e.advert.models.iter().any(|m| &m.sha256 == model)
+                    && i64::from(e.advert.free_slots) > i64::from(e.in_flight)
+            })
+            .filter_map(|(p, e)| {
+                let held = e
+                    .advert
+                    .cache
+                    .iter()
+                    .filter(|c| c.matches(model, key))
+                    .map(|c| c.tokens)
+                    .max()?;
+                Some((*p, held))
+            })
+            .max_by_key(|(p, held)| (*held, std::cmp::Reverse(*p)))
+    }
+
     /// Scores bids by the scheduler's formula, each bidder's record and stake
     /// from this table and price and free slots from its bid; `None` for a
     /// bidder this router has not admitted.
@@ -512,5 +544,42 @@ mod tests {
             None
         );
         assert_eq!(t.eligible_len(), 2);
+    }
+
+    #[test]
+    fn the_longest_cached_prefix_with_a_free_slot_is_picked() {
+        let now = Instant::now();
+        let mut t = OrchestratorTable::new(Duration::from_secs(30));
+        let model = Digest::of(b"m");
+        let key = b"user\0hi\0assistant\0hello\0user\0more\0".to_vec();
+        let held = |n: usize, tokens| cactus_protocol::CachedPrefix {
+            model,
+            bytes: n as u32,
+            hash: Digest::of(&key[..n]),
+            tokens,
+        };
+        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let mut short = advert(a, 1, 1, &["m"]);
+        short.cache = vec![held(8, 5)];
+        let mut long = advert(b, 1, 1, &["m"]);
+        long.cache = vec![held(26, 12)];
+        let mut full = advert(c, 1, 0, &["m"]);
+        full.cache = vec![held(key.len(), 20)];
+        for ad in [short, long, full] {
+            let p = ad.peer;
+            t.upsert(ad, now);
+            t.set_eligible(&p, true);
+        }
+        // c holds the most but has no free slot; b holds more than a.
+        assert_eq!(t.pick_cached(&model, &HashSet::new(), &key), Some((b, 12)));
+        assert_eq!(
+            t.pick_cached(&model, &HashSet::from([b]), &key),
+            Some((a, 5))
+        );
+        // Another conversation matches nobody.
+        assert_eq!(
+            t.pick_cached(&model, &HashSet::new(), b"user\0other\0"),
+            None
+        );
     }
 }

@@ -270,7 +270,7 @@ fn a_chat_continuation_reuses_the_cached_prefix() {
     let next = format!("{first}{}\nQuestion: and of Italy?\nAnswer:", a.text);
     let model = e.models()[0].sha256;
     assert!(
-        cache.iter().any(|c| c.matches(&model, &next)),
+        cache.iter().any(|c| c.matches(&model, next.as_bytes())),
         "the advertised cache does not match the next turn: {cache:?}"
     );
     let b = e.generate(&raw(&e, &next, 8)).unwrap();
@@ -433,4 +433,58 @@ fn chat_turns_are_rendered_and_a_bad_turn_list_is_a_typed_error() {
     assert!(matches!(e.generate(&j), Err(InferenceError::BadPrompt(_))));
     j.prompt = "[]".into();
     assert!(matches!(e.generate(&j), Err(InferenceError::BadPrompt(_))));
+}
+
+#[test]
+fn a_resumed_generation_continues_from_the_tokens_it_is_given() {
+    let e = engine(512);
+    let j = job(&e, "Count from one to twenty in words:", greedy(24));
+    let (events, whole) = drain(e.submit(j.clone()).unwrap());
+    let whole = whole.unwrap();
+    assert_eq!(whole.finish, FinishReason::MaxTokens, "{whole:?}");
+    // What a client was shown of the first 8 tokens, before their
+    // orchestrator failed.
+    let shown: String = events[..8]
+        .iter()
+        .map(|ev| match ev {
+            Event::Token { text, .. } => text.as_str(),
+            Event::Done(_) => "",
+        })
+        .collect();
+    let resume = cactus_protocol::Resume {
+        tokens: whole.tokens[..8].to_vec(),
+        shown: shown.clone(),
+    };
+    let resumed = e
+        .generate(&Job {
+            sampling: greedy(16),
+            resume: Some(Box::new(resume.clone())),
+            ..j.clone()
+        })
+        .unwrap();
+    // Greedy: it goes on as the first generation did, and only its own
+    // tokens are counted (the resumed ones are prefilled, as prompt).
+    assert_eq!(resumed.tokens[0], whole.tokens[8]);
+    assert_eq!(resumed.output_tokens, 16);
+    assert_eq!(resumed.prompt_tokens, whole.prompt_tokens + 8);
+    // A shown text that is not the tokens' text, or a token outside the
+    // vocabulary, is refused before it reaches llama.cpp.
+    let lie = cactus_protocol::Resume {
+        shown: format!("{shown}!"),
+        ..resume.clone()
+    };
+    let bad = e.generate(&Job {
+        resume: Some(Box::new(lie)),
+        ..j.clone()
+    });
+    assert!(matches!(bad, Err(InferenceError::BadPrompt(_))), "{bad:?}");
+    let outside = cactus_protocol::Resume {
+        tokens: vec![u32::MAX - 1],
+        shown: String::new(),
+    };
+    let bad = e.generate(&Job {
+        resume: Some(Box::new(outside)),
+        ..j
+    });
+    assert!(matches!(bad, Err(InferenceError::BadPrompt(_))), "{bad:?}");
 }

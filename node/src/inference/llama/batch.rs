@@ -431,12 +431,14 @@ impl<'m> Loop<'m> {
                         let text = g.out.finish();
                         // What the cache holds, as the next turn of a chat
                         // would send it: this prompt, then this answer.
-                        let mut held = g.prompt.clone();
-                        held.push_str(&text);
-                        slot.advert = Some(CachedPrefix {
+                        let answer = format!("{}{}", g.before, text);
+                        slot.advert = cactus_protocol::messages::cache_key_after(
+                            g.format, &g.prompt, &answer,
+                        )
+                        .map(|held| CachedPrefix {
                             model: model_hash,
                             bytes: held.len() as u32,
-                            hash: Digest::of(held.as_bytes()),
+                            hash: Digest::of(&held),
                             tokens: slot.cached.len() as u32,
                         });
                         Ok(Generation {

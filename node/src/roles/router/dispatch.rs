@@ -6,6 +6,7 @@ use super::RouterCtx;
 use super::stream::{Delivery, Sent, Streamed};
 use cactus_protocol::attempt::AttemptFailure;
 use cactus_protocol::contract::{Address, Op};
+use cactus_protocol::messages::cache_key;
 use cactus_protocol::{
     Assignment, TaskError, TaskErrorKind, TaskId, TaskRequest, TaskResponse, TaskResult, TaskSpec,
 };
@@ -93,6 +94,12 @@ impl RouterCtx {
             resume: None,
         };
         let max_tokens = assignment.sampling.max_tokens;
+        // What the orchestrators' prompt caches are matched on.
+        let cache_key = if self.prefix_routing {
+            cache_key(assignment.format, &assignment.prompt)
+        } else {
+            None
+        };
         let mut sent = Sent::new(sink);
         let mut tried = HashSet::new();
         let mut last = if advertised {
@@ -134,11 +141,24 @@ impl RouterCtx {
                 assignment.resume = Some(resume);
             }
             let seed = self.epoch_seed();
-            // An orchestrator with a free slot from the live table; when none
-            // has one (or none advertises the model), a call for bids, once.
-            let picked = self
-                .with_table(|t| t.pick_free(&assignment.model, &tried, &seed, &assignment.task_id))
-                .map(|p| (p, None));
+            // The orchestrator whose prompt cache holds the longest prefix
+            // of the task (a chat's next turn), when it has a free slot; else
+            // one with a free slot by the seeded draw; when none has one (or
+            // none advertises the model), a call for bids, once.
+            let cached = cache_key
+                .as_deref()
+                .and_then(|k| self.with_table(|t| t.pick_cached(&assignment.model, &tried, k)));
+            let picked = match cached {
+                Some((p, tokens)) => {
+                    tracing::info!(task_id = %assignment.task_id, orchestrator = %p, cached_tokens = tokens, "picked by prompt cache");
+                    Some((p, None))
+                }
+                None => self
+                    .with_table(|t| {
+                        t.pick_free(&assignment.model, &tried, &seed, &assignment.task_id)
+                    })
+                    .map(|p| (p, None)),
+            };
             let choice = match picked {
                 Some(c) => Some(c),
                 None if !auctioned => {

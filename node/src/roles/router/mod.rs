@@ -77,6 +77,9 @@ pub struct RouterCtx {
     pub task_deadline: Duration,
     /// Orchestrators tried per task before giving up.
     pub max_attempts: usize,
+    /// Whether a task goes first to an orchestrator whose prompt cache holds
+    /// its prefix (a chat's next turn), ahead of the weighted draw.
+    pub prefix_routing: bool,
     /// How results are spot-checked.
     pub verification: Verification,
     /// Calls for bids open now, for tasks no orchestrator in the table can

@@ -15,8 +15,12 @@ pub(super) struct Gen {
     pub(super) tx: StreamSender,
     pub(super) deadline: Option<Instant>,
     pub(super) started: Instant,
-    /// The task's prompt as given: with the output, what the cache will hold.
+    /// The task's prompt as given, and its format: with the output, what
+    /// the cache will hold, for adverts.
     pub(super) prompt: String,
+    pub(super) format: cactus_protocol::PromptFormat,
+    /// The text an earlier generation showed, when this one resumes it.
+    pub(super) before: String,
     pub(super) tokens: Vec<LlamaToken>,
     pub(super) sampler: LlamaSampler,
     pub(super) out: Output,
@@ -91,12 +95,13 @@ impl Loop<'_> {
             tx,
             deadline: job.deadline,
             started,
-            // What a chat's next turn starts with: the prompt, the text
-            // already shown, then this generation's.
-            prompt: match &job.resume {
-                Some(r) => format!("{}{}", job.prompt, r.shown),
-                None => job.prompt,
-            },
+            before: job
+                .resume
+                .as_ref()
+                .map(|r| r.shown.clone())
+                .unwrap_or_default(),
+            format: job.format,
+            prompt: job.prompt,
             sampler,
             out,
             ids: Vec::new(),
