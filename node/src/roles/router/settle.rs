@@ -75,7 +75,11 @@ impl RouterCtx {
             .digest()
             .ok()
             .and_then(|d| self.check_seed(&assignment.task_id, &d));
+        // A resumed result is not replayed: a replay request does not carry
+        // the tokens it resumed from, so a verifier would judge it against
+        // the wrong context.
         if let Some(seed) = seed
+            && assignment.resume.is_none()
             && self.selected_for_check(&seed)
             && let Check::Fraud { slashed } = self
                 .spot_check(peer, assignment, &result, &seed, deadline)
