@@ -358,3 +358,110 @@ async fn no_capacity_is_a_503_with_retry_after() {
     s.orchestrator.shutdown().await;
     s.router.shutdown().await;
 }
+
+/// Mangles a valid body: a byte changed, cut short, a value swapped for
+/// another type, a field dropped or duplicated.
+fn mangle(rng: &mut impl rand::Rng, body: &Value) -> Vec<u8> {
+    let odd = [
+        json!(null),
+        json!(-1),
+        json!(1e300),
+        json!("x"),
+        json!([]),
+        json!({}),
+        json!(true),
+        json!(u64::MAX),
+        json!([{"role": 7}]),
+        json!("\u{0}\u{ffff}"),
+    ];
+    let mut v = body.clone();
+    match rng.gen_range(0..4) {
+        0 => {
+            if let Some(map) = v.as_object_mut() {
+                let keys: Vec<String> = map.keys().cloned().collect();
+                let k = &keys[rng.gen_range(0..keys.len())];
+                map.insert(k.clone(), odd[rng.gen_range(0..odd.len())].clone());
+            }
+            v.to_string().into_bytes()
+        }
+        1 => {
+            let mut b = v.to_string().into_bytes();
+            let at = rng.gen_range(0..b.len());
+            b[at] = rng.r#gen();
+            b
+        }
+        2 => {
+            let b = v.to_string().into_bytes();
+            b[..rng.gen_range(0..b.len())].to_vec()
+        }
+        _ => {
+            if let Some(map) = v.as_object_mut() {
+                let k = [
+                    "n",
+                    "logprobs",
+                    "top_logprobs",
+                    "stop",
+                    "logit_bias",
+                    "response_format",
+                    "grammar",
+                    "stream_options",
+                    "max_tokens",
+                    "seed",
+                ][rng.gen_range(0..10)];
+                map.insert(k.into(), odd[rng.gen_range(0..odd.len())].clone());
+            }
+            v.to_string().into_bytes()
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_mangled_request_breaks_the_api() {
+    use rand::SeedableRng;
+    let s = setup(Arc::new(StubEngine::new("stub-a")), 4).await;
+    let valid = [
+        (
+            "/v1/completions",
+            json!({"model": "stub-a", "prompt": "hello", "max_tokens": 8, "logprobs": 2,
+                   "stop": ["x"], "seed": 1, "stream": false}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "hi"}], "n": 2, "stream": true,
+                   "stream_options": {"include_usage": true}, "logprobs": true, "top_logprobs": 2,
+                   "response_format": {"type": "json_object"}}),
+        ),
+    ];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut statuses = std::collections::BTreeMap::new();
+    for i in 0..200 {
+        let (path, body) = &valid[i % valid.len()];
+        let bytes = mangle(&mut rng, body);
+        // Every answer is an HTTP status with a body: a handler that
+        // panicked would drop the connection without one.
+        let (status, _, text) = http(s.api, "POST", path, &bytes).await;
+        assert!(
+            (200..600).contains(&status),
+            "{status} for {}",
+            String::from_utf8_lossy(&bytes)
+        );
+        if status >= 400 {
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            assert!(
+                v["error"]["message"].is_string(),
+                "{status}: {text} for {}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+        *statuses.entry(status).or_insert(0) += 1;
+    }
+    // Both kinds of outcome were exercised, and the router still serves.
+    assert!(
+        statuses.contains_key(&200) && statuses.contains_key(&400),
+        "{statuses:?}"
+    );
+    let (status, health) = get(s.api, "/health").await;
+    assert_eq!(status, 200, "{health}");
+    s.orchestrator.shutdown().await;
+    s.router.shutdown().await;
+}
