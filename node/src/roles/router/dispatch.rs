@@ -57,7 +57,7 @@ impl RouterCtx {
     async fn try_serve(
         &self,
         spec: TaskSpec,
-        sink: Option<Delivery>,
+        delivery: Option<Delivery>,
     ) -> Result<TaskResult, TaskError> {
         spec.validate()
             .map_err(|e| TaskError::new(TaskErrorKind::InvalidRequest, e.to_string()))?;
@@ -100,7 +100,7 @@ impl RouterCtx {
         } else {
             None
         };
-        let mut sent = Sent::new(sink);
+        let mut sent = Sent::new(delivery);
         let mut tried = HashSet::new();
         let mut last = if advertised {
             TaskError::new(
