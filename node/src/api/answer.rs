@@ -169,6 +169,52 @@ pub(super) async fn answer(api: Api, prepared: Result<Prepared, ApiError>, kind:
     }
 }
 
+/// The log-probabilities one chunk adds to a choice.
+#[derive(Debug, Default)]
+struct Taken {
+    logprobs: Vec<TokenLogprob>,
+    /// Bytes of the choice's text before each token.
+    offsets: Vec<usize>,
+    /// Each token as text.
+    texts: Vec<String>,
+}
+
+/// Each token's share of the text. A character whose bytes are split over
+/// several tokens (byte-fallback tokens) goes to the token that completes
+/// it, and the tokens before get "", so that the tokens join to the text as
+/// OpenAI's clients and llama.cpp's tests expect; each token's own bytes are
+/// still in its `bytes`. `carry` holds an unfinished character between
+/// chunks: at most 3 bytes, as a longer run is never a valid prefix.
+fn token_texts(carry: &mut Vec<u8>, entries: &[TokenLogprob]) -> Vec<String> {
+    entries
+        .iter()
+        .map(|e| {
+            carry.extend_from_slice(&e.sampled.bytes);
+            match std::str::from_utf8(carry) {
+                Ok(s) => {
+                    let s = s.to_owned();
+                    carry.clear();
+                    s
+                }
+                // An unfinished character at the end: keep it for the next
+                // token.
+                Err(err) if err.error_len().is_none() => {
+                    let done = err.valid_up_to();
+                    let s = String::from_utf8_lossy(&carry[..done]).into_owned();
+                    carry.drain(..done);
+                    s
+                }
+                // Bytes that never make a character: shown as U+FFFD.
+                Err(_) => {
+                    let s = String::from_utf8_lossy(carry).into_owned();
+                    carry.clear();
+                    s
+                }
+            }
+        })
+        .collect()
+}
+
 /// What every chunk or body of one answer shares, and each choice's state.
 #[derive(Debug)]
 struct Answer {
@@ -188,6 +234,10 @@ struct Choice {
     logprobs: Vec<TokenLogprob>,
     /// Bytes of text before each logprob's token, for `text_offset`.
     offsets: Vec<usize>,
+    /// Each logprob's token as text (see [`token_texts`]).
+    token_texts: Vec<String>,
+    /// The start of a character whose last bytes have not come yet.
+    utf8_carry: Vec<u8>,
     /// Whether the stream sent this choice's role chunk.
     started: bool,
     result: Option<TaskResult>,
@@ -220,16 +270,17 @@ impl Answer {
         }
     }
 
-    /// OpenAI's log-probability object for `entries` of one choice.
-    fn logprobs_json(&self, entries: &[TokenLogprob], offsets: &[usize]) -> Value {
+    /// OpenAI's log-probability object for one choice's `taken` tokens.
+    fn logprobs_json(&self, taken: &Taken) -> Value {
         let Some(k) = self.logprobs else {
             return Value::Null;
         };
+        let (entries, offsets, texts) = (&taken.logprobs, &taken.offsets, &taken.texts);
         let token = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         match self.kind {
             Kind::Chat => json!({
-                "content": entries.iter().map(|e| json!({
-                    "token": token(&e.sampled.bytes),
+                "content": entries.iter().zip(texts).map(|(e, text)| json!({
+                    "token": text,
                     "logprob": e.sampled.logprob,
                     "bytes": e.sampled.bytes,
                     "top_logprobs": e.top.iter().take(k).map(|t| json!({
@@ -238,7 +289,7 @@ impl Answer {
                 })).collect::<Vec<_>>(),
             }),
             Kind::Text => json!({
-                "tokens": entries.iter().map(|e| token(&e.sampled.bytes)).collect::<Vec<_>>(),
+                "tokens": texts,
                 "token_logprobs": entries.iter().map(|e| e.sampled.logprob).collect::<Vec<_>>(),
                 "top_logprobs": entries.iter().map(|e| {
                     e.top.iter().take(k).map(|t| (token(&t.bytes), json!(t.logprob)))
@@ -250,9 +301,9 @@ impl Answer {
     }
 
     /// Takes a chunk into its choice; returns the log-probabilities it adds.
-    fn take(&mut self, index: usize, chunk: &TokenChunk) -> (Vec<TokenLogprob>, Vec<usize>) {
+    fn take(&mut self, index: usize, chunk: &TokenChunk) -> Taken {
         let Some(c) = self.choices.get_mut(index) else {
-            return (Vec::new(), Vec::new());
+            return Taken::default();
         };
         let mut offsets = Vec::with_capacity(chunk.logprobs.len());
         let mut at = c.text.len();
@@ -262,11 +313,17 @@ impl Answer {
         }
         c.text.push_str(&chunk.text);
         if self.logprobs.is_some() {
+            let texts = token_texts(&mut c.utf8_carry, &chunk.logprobs);
             c.logprobs.extend_from_slice(&chunk.logprobs);
             c.offsets.extend_from_slice(&offsets);
-            (chunk.logprobs.clone(), offsets)
+            c.token_texts.extend_from_slice(&texts);
+            Taken {
+                logprobs: chunk.logprobs.clone(),
+                offsets,
+                texts,
+            }
         } else {
-            (Vec::new(), Vec::new())
+            Taken::default()
         }
     }
 
@@ -312,7 +369,11 @@ impl Answer {
             .enumerate()
             .map(|(i, c)| {
                 let reason = c.result.as_ref().map(|r| openai::finish_reason(r.finish));
-                let logprobs = self.logprobs_json(&c.logprobs, &c.offsets);
+                let logprobs = self.logprobs_json(&Taken {
+                    logprobs: c.logprobs.clone(),
+                    offsets: c.offsets.clone(),
+                    texts: c.token_texts.clone(),
+                });
                 match self.kind {
                     Kind::Text => {
                         json!({"index": i, "text": c.text, "finish_reason": reason, "logprobs": logprobs})
@@ -375,14 +436,14 @@ impl Answer {
         let i = event.index;
         match event.what {
             What::Tokens(chunk) => {
-                let (lps, offsets) = self.take(i, &chunk);
-                if chunk.text.is_empty() && lps.is_empty() {
+                let taken = self.take(i, &chunk);
+                if chunk.text.is_empty() && taken.logprobs.is_empty() {
                     return false;
                 }
-                let logprobs = if lps.is_empty() {
+                let logprobs = if taken.logprobs.is_empty() {
                     Value::Null
                 } else {
-                    self.logprobs_json(&lps, &offsets)
+                    self.logprobs_json(&taken)
                 };
                 self.role_chunk(i, out);
                 let choice = match self.kind {
@@ -467,5 +528,42 @@ impl Streaming {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cactus_protocol::stream::TopLogprob;
+
+    fn entry(bytes: &[u8]) -> TokenLogprob {
+        TokenLogprob {
+            sampled: TopLogprob {
+                token: 0,
+                logprob: -1.0,
+                bytes: bytes.to_vec(),
+            },
+            top: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_character_split_over_tokens_goes_to_the_token_that_completes_it() {
+        let mut carry = Vec::new();
+        // "\u{a0}there": U+00A0 is two bytes, split over two tokens, and the
+        // second chunk starts in the middle of a three-byte character.
+        let first = token_texts(
+            &mut carry,
+            &[entry(&[0xc2]), entry(&[0xa0]), entry(b"there ")],
+        );
+        assert_eq!(first, ["", "\u{a0}", "there "]);
+        let euro = "€".as_bytes();
+        let second = token_texts(&mut carry, &[entry(&euro[..1])]);
+        assert_eq!(second, [""]);
+        let third = token_texts(&mut carry, &[entry(&euro[1..]), entry(&[0xff])]);
+        assert_eq!(third, ["€", "\u{fffd}"]);
+        assert!(carry.is_empty());
+        let joined: String = [first, second, third].concat().concat();
+        assert_eq!(joined, "\u{a0}there €\u{fffd}");
     }
 }
