@@ -116,5 +116,5 @@ stop_server
 
 # ----------------------------------------------------------------- table ---
 echo
-echo "llama.cpp $(cd "$TESTS/../../.." && git describe --tags 2>/dev/null || basename "$(dirname "$(dirname "$(dirname "$(dirname "$TESTS")")")")"), tests: ${FILES[*]}, model: $(basename "$MODEL")"
+echo "llama-server $("$BIN/llama-server" --version 2>&1 | head -n 1), tests: ${FILES[*]}, model: $(basename "$MODEL")"
 python3 scripts/llama_suite.py table "$WORK/llama.xml" "$WORK/router.xml" | tee "${SUITE_OUT:-/dev/null}"
