@@ -115,6 +115,8 @@ pub struct OrchestratorLoad {
     pub active: u32,
     /// Free slots, by its last advert.
     pub free_slots: u32,
+    /// Tasks waiting in its engine's queue, by its last advert.
+    pub queued: u32,
     /// Tasks this router sent it and has not seen finish: the router's
     /// queue to it.
     pub in_flight: u32,
@@ -150,6 +152,7 @@ pub struct Metrics {
     peers: Family<Label, Gauge>,
     orchestrator_active: Family<PeerLabel, Gauge>,
     orchestrator_free: Family<PeerLabel, Gauge>,
+    orchestrator_queued: Family<PeerLabel, Gauge>,
     orchestrator_in_flight: Family<PeerLabel, Gauge>,
     engine_active: Gauge,
     engine_queued: Gauge,
@@ -184,6 +187,7 @@ impl Metrics {
             peers: Family::default(),
             orchestrator_active: Family::default(),
             orchestrator_free: Family::default(),
+            orchestrator_queued: Family::default(),
             orchestrator_in_flight: Family::default(),
             engine_active: Gauge::default(),
             engine_queued: Gauge::default(),
@@ -249,6 +253,11 @@ impl Metrics {
                 "orchestrator_free_slots",
                 "Free slots of an orchestrator, by its last advert (routers)",
                 m.orchestrator_free.clone(),
+            );
+            r.register(
+                "orchestrator_queue_depth",
+                "Tasks waiting in an orchestrator's engine queue, by its last advert (routers)",
+                m.orchestrator_queued.clone(),
             );
             r.register(
                 "orchestrator_in_flight",
@@ -390,6 +399,7 @@ impl Metrics {
         for f in [
             &self.orchestrator_active,
             &self.orchestrator_free,
+            &self.orchestrator_queued,
             &self.orchestrator_in_flight,
         ] {
             f.clear();
@@ -402,6 +412,9 @@ impl Metrics {
             self.orchestrator_free
                 .get_or_create(&label)
                 .set(i64::from(l.free_slots));
+            self.orchestrator_queued
+                .get_or_create(&label)
+                .set(i64::from(l.queued));
             self.orchestrator_in_flight
                 .get_or_create(&label)
                 .set(i64::from(l.in_flight));
@@ -454,6 +467,7 @@ mod tests {
                 peer: PeerId::random(),
                 active: 1,
                 free_slots: 3,
+                queued: 2,
                 in_flight: u32::try_from(i).unwrap(),
             })
             .collect();
@@ -490,6 +504,9 @@ mod tests {
         assert!(text.contains(&format!(
             "cactus_orchestrator_in_flight{{orchestrator=\"{busiest}\"}} {}",
             MAX_ORCHESTRATOR_LABELS + 9
+        )));
+        assert!(text.contains(&format!(
+            "cactus_orchestrator_queue_depth{{orchestrator=\"{busiest}\"}} 2"
         )));
         let labelled = text
             .lines()

@@ -368,6 +368,9 @@ pub struct CapabilityAdvert {
     pub free_slots: u32,
     /// Worker slots in all.
     pub total_slots: u32,
+    /// Tasks waiting for a slot (the engine's queue).
+    #[serde(default)]
+    pub queued: u32,
     /// Asked price per work unit (see `contracts/SPEC.md`), in the chain's
     /// smallest unit.
     pub price_per_token: u64,

@@ -378,6 +378,7 @@ fn arb_advert() -> impl Strategy<Value = CapabilityAdvert> {
                 .collect(),
             free_slots: slots / 2,
             total_slots: slots,
+            queued: 0,
             price_per_token: price,
             account: Address([7; 32]),
             stake: price / 3,

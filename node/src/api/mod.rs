@@ -70,6 +70,10 @@ fn app(api: Api) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
+        // llama-server's paths, without `/v1`, for its clients.
+        .route("/models", get(models))
+        .route("/completions", post(completions))
+        .route("/chat/completions", post(chat_completions))
         .route("/v1/receipts/{task_id}", get(receipt))
         .route("/", get(status_page::page))
         .route("/metrics", get(metrics::metrics))

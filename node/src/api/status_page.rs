@@ -340,6 +340,7 @@ mod tests {
             }],
             free_slots: 3,
             total_slots: 4,
+            queued: 0,
             in_flight: 1,
             rtt: None,
             reputation: Default::default(),

@@ -121,6 +121,7 @@ mod tests {
             models: Vec::new(),
             free_slots: 1,
             total_slots: 2,
+            queued: 0,
             price_per_token: 10,
             account: Address([7; 32]),
             stake: 100,

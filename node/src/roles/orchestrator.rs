@@ -515,6 +515,7 @@ impl OrchestratorCtx {
             models: self.models.clone(),
             free_slots: self.engine.free_slots() as u32,
             total_slots: self.engine.slots() as u32,
+            queued: u32::try_from(self.engine.stats().queued).unwrap_or(u32::MAX),
             price_per_token: self.price_per_token,
             account: self.account,
             stake: self.stake,

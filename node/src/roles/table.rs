@@ -61,6 +61,8 @@ pub struct OrchestratorInfo {
     pub free_slots: u32,
     /// Slots in all.
     pub total_slots: u32,
+    /// Tasks waiting in its engine's queue, by its last advert.
+    pub queued: u32,
     /// Tasks in flight from this router.
     pub in_flight: u32,
     /// Moving average of round trips.
@@ -427,6 +429,7 @@ impl OrchestratorTable {
                 models: e.advert.models.clone(),
                 free_slots: e.advert.free_slots,
                 total_slots: e.advert.total_slots,
+                queued: e.advert.queued,
                 in_flight: e.in_flight,
                 rtt: e.rep.rtt_ms.map(Duration::from_millis),
                 reputation: e.rep.clone(),
@@ -470,6 +473,7 @@ mod tests {
                 .collect(),
             free_slots: free,
             total_slots: 4,
+            queued: 0,
             price_per_token: 1,
             account: cactus_protocol::contract::Address([1; 32]),
             stake: 1_000,

@@ -137,6 +137,7 @@ impl RouterCtx {
                 peer: o.peer,
                 active: o.total_slots.saturating_sub(o.free_slots),
                 free_slots: o.free_slots,
+                queued: o.queued,
                 in_flight: o.in_flight,
             })
             .collect()
