@@ -124,10 +124,10 @@ async fn main() -> Result<()> {
         None,
         task,
         Duration::from_secs(300),
-        |chunk| {
+        Some(&mut |chunk: &cactus_protocol::TokenChunk| {
             print!("{}", chunk.text);
             let _ = std::io::Write::flush(&mut std::io::stdout());
-        },
+        }),
     )
     .await?;
     let elapsed = started.elapsed();

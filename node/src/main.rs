@@ -255,23 +255,18 @@ async fn infer(args: InferArgs) -> Result<()> {
     };
     spec.validate().context("invalid request")?;
     let timeout = Duration::from_secs(args.timeout.max(1));
-    // Tokens are printed as they arrive; with --json, the whole answer at
-    // the end.
+    // Tokens are printed as they arrive; with --json, the whole answer comes
+    // at the end, from a result the router checked before any of it was
+    // shown.
     let json = args.json;
-    let result = client::submit(
-        args.reach.bootstrap,
-        args.reach.router,
-        spec,
-        timeout,
-        |chunk| {
-            if !json {
-                let mut out = std::io::stdout().lock();
-                let _ = out.write_all(chunk.text.as_bytes());
-                let _ = out.flush();
-            }
-        },
-    )
-    .await;
+    let mut print = |chunk: &cactus_protocol::TokenChunk| {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(chunk.text.as_bytes());
+        let _ = out.flush();
+    };
+    let live: Option<&mut (dyn FnMut(&cactus_protocol::TokenChunk) + Send)> =
+        if json { None } else { Some(&mut print) };
+    let result = client::submit(args.reach.bootstrap, args.reach.router, spec, timeout, live).await;
     let result = match result {
         Ok(r) => r,
         Err(e) => {

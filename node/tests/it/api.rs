@@ -465,3 +465,68 @@ async fn no_mangled_request_breaks_the_api() {
     s.orchestrator.shutdown().await;
     s.router.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_past_its_deadline_is_a_504() {
+    // One orchestrator that never answers, and a router that gives a task
+    // one second.
+    let gated = Arc::new(StubEngine::new("stub-a").gated());
+    let dir = tempfile::tempdir().unwrap();
+    let net = NetworkConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        ..NetworkConfig::default()
+    };
+    let router = Node::start(
+        NodeConfig {
+            role: Role::Router,
+            data_dir: dir.path().join("router"),
+            network: net.clone(),
+            api: Some("127.0.0.1:0".parse().unwrap()),
+            task_timeout: Duration::from_secs(1),
+            task_deadline: Duration::from_secs(2),
+            ..NodeConfig::default()
+        },
+        Keypair::generate_ed25519(),
+        None,
+    )
+    .await
+    .unwrap();
+    let addr = router.listen_addrs().await.unwrap()[0].clone();
+    let orchestrator = Node::start(
+        NodeConfig {
+            role: Role::Orchestrator,
+            data_dir: dir.path().join("orch"),
+            network: NetworkConfig {
+                bootstrap: vec![addr],
+                ..net
+            },
+            ..NodeConfig::default()
+        },
+        Keypair::generate_ed25519(),
+        Some(Arc::new(ThreadPool::new(gated.clone(), 1, 1)) as Arc<dyn Engine>),
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(LIMIT, router.wait_for_orchestrators(1))
+        .await
+        .unwrap()
+        .unwrap();
+    let api = router.api_addr().unwrap();
+    let (status, v) = post(api, "/v1/completions", json!({"prompt": "late"})).await;
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (504, &json!("deadline_exceeded")),
+        "{v}"
+    );
+    // The orchestrator was told to stop: its generation was cancelled.
+    let g = gated.clone();
+    tokio::time::timeout(
+        LIMIT,
+        tokio::task::spawn_blocking(move || g.wait_cancelled(1)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    orchestrator.shutdown().await;
+    router.shutdown().await;
+}

@@ -547,7 +547,8 @@ fn killing_the_orchestrator_mid_stream_resumes_the_stream_on_another() {
 
     // Greedy, long, and only the end-of-generation token could stop it
     // early: the orchestrator is mid-stream when its first tokens pass the
-    // router, and is killed then.
+    // router, and is killed then. Without --json, `infer` streams: it prints
+    // tokens as they come and says who served what on stderr.
     let max_tokens = 300;
     let client = Command::new(BIN)
         .args([
@@ -560,7 +561,6 @@ fn killing_the_orchestrator_mid_stream_resumes_the_stream_on_another() {
             &max_tokens.to_string(),
             "--temperature",
             "0",
-            "--json",
         ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -575,30 +575,40 @@ fn killing_the_orchestrator_mid_stream_resumes_the_stream_on_another() {
     orchs[victim].take().unwrap().kill9();
 
     let out = client.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
     // The client checked the stream against the receipt: every streamed
     // token is either one the victim produced (which the survivor's receipt
     // commits to as resumed) or one of the survivor's own, in order, and
     // the streamed text is the resumed text followed by the receipt's.
-    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.trim().len() > 20, "{text:?}");
     let survivor = &ids[1 - victim];
-    assert_eq!(answer["orchestrator"].as_str(), Some(survivor.as_str()));
-    assert_eq!(answer["receipt"]["verified"], true);
-    let resumed = answer["resumed_tokens"].as_u64().unwrap();
-    let own = answer["receipt"]["output_tokens"].as_u64().unwrap();
+    let summary = stderr
+        .lines()
+        .find(|l| l.starts_with("served by "))
+        .unwrap_or_else(|| panic!("no summary: {stderr}"));
     assert!(
-        resumed > 0,
-        "the victim streamed tokens before it died: {answer}"
+        summary.starts_with(&format!("served by {survivor} ")),
+        "{summary}"
     );
-    assert!(own > 0, "{answer}");
-    assert!(resumed + own <= max_tokens, "{answer}");
-    if answer["finish"] == "MaxTokens" {
-        assert_eq!(resumed + own, max_tokens, "{answer}");
-    }
+    assert!(summary.ends_with("receipt verified"), "{summary}");
+    let number_before = |marker: &str| -> u64 {
+        let head = summary.split(marker).next().unwrap();
+        head.split_whitespace().last().unwrap().parse().unwrap()
+    };
+    let own = number_before(" output tokens");
+    let resumed: u64 = summary
+        .split("resumed after ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("not resumed: {summary}"))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(resumed > 0 && own > 0, "{summary}");
+    assert!(resumed + own <= max_tokens, "{summary}");
     let line = router.wait_for("task done; receipt recorded");
     assert!(line.contains(&format!("output_tokens={own}")), "{line}");
 

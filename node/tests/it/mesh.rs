@@ -324,7 +324,7 @@ async fn client_finds_router_on_the_dht_through_a_bootstrap_node() {
                 None,
                 spec(None, "abc"),
                 LIMIT,
-                |_| {},
+                None,
             )
             .await
             {

@@ -114,7 +114,7 @@ impl RouterCtx {
         for attempt in 0..self.max_attempts {
             let passed = |attempt| {
                 TaskError::new(
-                    TaskErrorKind::Unavailable,
+                    TaskErrorKind::Cancelled,
                     format!(
                         "the task's deadline of {:?} passed after {attempt} attempts",
                         self.task_deadline
@@ -196,6 +196,19 @@ impl RouterCtx {
                 .await
             {
                 Attempt::Done(result) => return Ok(*result),
+                // Tokens the client was shown came from a result that
+                // failed its checks: they cannot be taken back, and going on
+                // from them would build on them.
+                Attempt::Retry(e) if e.kind == TaskErrorKind::BadResult && sent.tokens() > 0 => {
+                    return Err(TaskError::new(
+                        TaskErrorKind::BadResult,
+                        format!(
+                            "the {} tokens streamed so far came from a result that failed verification: {}",
+                            sent.tokens(),
+                            e.message
+                        ),
+                    ));
+                }
                 Attempt::Retry(e) => last = e,
                 Attempt::Stop(e) => return Err(e),
             }
@@ -292,7 +305,7 @@ impl RouterCtx {
                     .send_task(peer, TaskRequest::Cancel(assignment.task_id));
                 let _ = tokio::time::timeout(CANCEL_WAIT, cancel).await;
                 let e = TaskError::new(
-                    TaskErrorKind::Unavailable,
+                    TaskErrorKind::Cancelled,
                     format!("orchestrator {peer} did not answer in {timeout:?}"),
                 );
                 (e, AttemptFailure::Timeout)
