@@ -72,6 +72,8 @@ pub struct NodeConfig {
     /// Where a router serves its OpenAI-compatible HTTP API (off when
     /// `None`).
     pub api: Option<std::net::SocketAddr>,
+    /// HTTP requests the API serves at once; more are answered 429.
+    pub api_max_in_flight: usize,
     /// Where any node serves `GET /metrics` on its own (off when `None`; a
     /// router's API serves it too).
     pub metrics: Option<std::net::SocketAddr>,
@@ -123,6 +125,7 @@ impl Default for NodeConfig {
             price_per_token: 1,
             max_tasks: 256,
             api: None,
+            api_max_in_flight: crate::api::MAX_IN_FLIGHT,
             metrics: None,
             stake: 10_000,
             account: None,
@@ -383,8 +386,9 @@ impl Node {
             (Some(router), Some((bound, listener))) => {
                 tracing::info!(url = %format!("http://{bound}/v1"), "OpenAI-compatible API listening");
                 let (router, stop) = (Arc::clone(router), shutdown.child_token());
+                let max_in_flight = config.api_max_in_flight;
                 let task = tokio::spawn(async move {
-                    if let Err(e) = crate::api::serve(listener, router, stop).await {
+                    if let Err(e) = crate::api::serve(listener, router, max_in_flight, stop).await {
                         tracing::error!(error = %e, "the HTTP API stopped");
                     }
                 });

@@ -55,7 +55,11 @@ struct ChoiceEvent {
 
 /// Starts one task per choice; every choice's tokens and end come on the
 /// returned channel. A task stops when the channel's reader goes away.
-fn run_choices(api: &Api, prepared: &Prepared) -> mpsc::Receiver<ChoiceEvent> {
+fn run_choices(
+    api: &Api,
+    prepared: &Prepared,
+    permit: &Arc<OwnedSemaphorePermit>,
+) -> mpsc::Receiver<ChoiceEvent> {
     let n = prepared.n as usize;
     let (tx, rx) = mpsc::channel(TOKEN_SINK_CHUNKS * n);
     let client = api.router.network.local_peer_id();
@@ -66,7 +70,9 @@ fn run_choices(api: &Api, prepared: &Prepared) -> mpsc::Receiver<ChoiceEvent> {
         spec.sampling.seed = spec.sampling.seed.wrapping_add(index as u64);
         let router = Arc::clone(&api.router);
         let tx = tx.clone();
+        let permit = Arc::clone(permit);
         tokio::spawn(async move {
+            let _permit = permit;
             let (sink, mut tokens) = mpsc::channel(TOKEN_SINK_CHUNKS);
             let delivery = if live {
                 Delivery::Live(sink)
@@ -132,7 +138,9 @@ pub(super) async fn answer(api: Api, prepared: Result<Prepared, ApiError>, kind:
     let Ok(permit) = Arc::clone(&api.permits).try_acquire_owned() else {
         return ApiError::overloaded().into_response();
     };
-    let mut events = run_choices(&api, &prepared);
+    // The request's place lasts as long as any of its tasks.
+    let permit = Arc::new(permit);
+    let mut events = run_choices(&api, &prepared, &permit);
     // Nothing is sent before the first event, so that a task that fails at
     // once (no such model, no capacity) gets its HTTP status.
     let Some(first) = events.recv().await else {
@@ -504,7 +512,7 @@ struct Streaming {
     events: mpsc::Receiver<ChoiceEvent>,
     pending: VecDeque<Value>,
     done: bool,
-    _permit: OwnedSemaphorePermit,
+    _permit: Arc<OwnedSemaphorePermit>,
 }
 
 impl Streaming {

@@ -49,15 +49,17 @@ struct Api {
     permits: Arc<Semaphore>,
 }
 
-/// Serves the API on `listener` until `shutdown`.
+/// Serves the API on `listener` until `shutdown`, with at most
+/// `max_in_flight` requests at once (see [`MAX_IN_FLIGHT`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Arc<RouterCtx>,
+    max_in_flight: usize,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let api = Api {
         router,
-        permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        permits: Arc::new(Semaphore::new(max_in_flight.max(1))),
     };
     axum::serve(listener, app(api))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

@@ -530,3 +530,79 @@ async fn a_task_past_its_deadline_is_a_504() {
     orchestrator.shutdown().await;
     router.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_in_flight_cap_are_a_429_with_retry_after() {
+    let gated = Arc::new(StubEngine::new("stub-a").gated());
+    let dir = tempfile::tempdir().unwrap();
+    let net = NetworkConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        ..NetworkConfig::default()
+    };
+    let router = Node::start(
+        NodeConfig {
+            role: Role::Router,
+            data_dir: dir.path().join("router"),
+            network: net.clone(),
+            api: Some("127.0.0.1:0".parse().unwrap()),
+            api_max_in_flight: 1,
+            ..NodeConfig::default()
+        },
+        Keypair::generate_ed25519(),
+        None,
+    )
+    .await
+    .unwrap();
+    let addr = router.listen_addrs().await.unwrap()[0].clone();
+    let orchestrator = Node::start(
+        NodeConfig {
+            role: Role::Orchestrator,
+            data_dir: dir.path().join("orch"),
+            network: NetworkConfig {
+                bootstrap: vec![addr],
+                ..net
+            },
+            ..NodeConfig::default()
+        },
+        Keypair::generate_ed25519(),
+        Some(Arc::new(ThreadPool::new(gated.clone(), 1, 1)) as Arc<dyn Engine>),
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(LIMIT, router.wait_for_orchestrators(1))
+        .await
+        .unwrap()
+        .unwrap();
+    let api = router.api_addr().unwrap();
+    let held =
+        tokio::spawn(async move { post(api, "/v1/completions", json!({"prompt": "held"})).await });
+    let g = gated.clone();
+    tokio::time::timeout(
+        LIMIT,
+        tokio::task::spawn_blocking(move || g.wait_started(1)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    // The one place is taken: the next request is refused before it is
+    // read, with OpenAI's rate-limit error.
+    let (status, head, body) = http(
+        api,
+        "POST",
+        "/v1/completions",
+        json!({"prompt": "second"}).to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 1"),
+        "{head}"
+    );
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], "rate_limit_exceeded", "{v}");
+    gated.open_gate();
+    let (status, v) = tokio::time::timeout(LIMIT, held).await.unwrap().unwrap();
+    assert_eq!((status, &v["choices"][0]["text"]), (200, &json!("dleh")));
+    orchestrator.shutdown().await;
+    router.shutdown().await;
+}
