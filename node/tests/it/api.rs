@@ -23,24 +23,31 @@ struct Setup {
 }
 
 async fn setup(engine: Arc<StubEngine>, queue: usize) -> Setup {
+    setup_with(engine, queue, |_| {}).await
+}
+
+/// [`setup`], with the router's configuration changed by `router`.
+async fn setup_with(
+    engine: Arc<StubEngine>,
+    queue: usize,
+    router: impl FnOnce(&mut NodeConfig),
+) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let net = NetworkConfig {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
         ..NetworkConfig::default()
     };
-    let router = Node::start(
-        NodeConfig {
-            role: Role::Router,
-            data_dir: dir.path().join("router"),
-            network: net.clone(),
-            api: Some("127.0.0.1:0".parse().unwrap()),
-            ..NodeConfig::default()
-        },
-        Keypair::generate_ed25519(),
-        None,
-    )
-    .await
-    .unwrap();
+    let mut config = NodeConfig {
+        role: Role::Router,
+        data_dir: dir.path().join("router"),
+        network: net.clone(),
+        api: Some("127.0.0.1:0".parse().unwrap()),
+        ..NodeConfig::default()
+    };
+    router(&mut config);
+    let router = Node::start(config, Keypair::generate_ed25519(), None)
+        .await
+        .unwrap();
     let addr = router.listen_addrs().await.unwrap()[0].clone();
     let orchestrator = Node::start(
         NodeConfig {
@@ -471,47 +478,12 @@ async fn a_task_past_its_deadline_is_a_504() {
     // One orchestrator that never answers, and a router that gives a task
     // one second.
     let gated = Arc::new(StubEngine::new("stub-a").gated());
-    let dir = tempfile::tempdir().unwrap();
-    let net = NetworkConfig {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        ..NetworkConfig::default()
-    };
-    let router = Node::start(
-        NodeConfig {
-            role: Role::Router,
-            data_dir: dir.path().join("router"),
-            network: net.clone(),
-            api: Some("127.0.0.1:0".parse().unwrap()),
-            task_timeout: Duration::from_secs(1),
-            task_deadline: Duration::from_secs(2),
-            ..NodeConfig::default()
-        },
-        Keypair::generate_ed25519(),
-        None,
-    )
-    .await
-    .unwrap();
-    let addr = router.listen_addrs().await.unwrap()[0].clone();
-    let orchestrator = Node::start(
-        NodeConfig {
-            role: Role::Orchestrator,
-            data_dir: dir.path().join("orch"),
-            network: NetworkConfig {
-                bootstrap: vec![addr],
-                ..net
-            },
-            ..NodeConfig::default()
-        },
-        Keypair::generate_ed25519(),
-        Some(Arc::new(ThreadPool::new(gated.clone(), 1, 1)) as Arc<dyn Engine>),
-    )
-    .await
-    .unwrap();
-    tokio::time::timeout(LIMIT, router.wait_for_orchestrators(1))
-        .await
-        .unwrap()
-        .unwrap();
-    let api = router.api_addr().unwrap();
+    let s = setup_with(gated.clone(), 1, |c| {
+        c.task_timeout = Duration::from_secs(1);
+        c.task_deadline = Duration::from_secs(2);
+    })
+    .await;
+    let (api, router, orchestrator) = (s.api, s.router, s.orchestrator);
     let (status, v) = post(api, "/v1/completions", json!({"prompt": "late"})).await;
     assert_eq!(
         (status, &v["error"]["code"]),
@@ -534,46 +506,8 @@ async fn a_task_past_its_deadline_is_a_504() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_past_the_in_flight_cap_are_a_429_with_retry_after() {
     let gated = Arc::new(StubEngine::new("stub-a").gated());
-    let dir = tempfile::tempdir().unwrap();
-    let net = NetworkConfig {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        ..NetworkConfig::default()
-    };
-    let router = Node::start(
-        NodeConfig {
-            role: Role::Router,
-            data_dir: dir.path().join("router"),
-            network: net.clone(),
-            api: Some("127.0.0.1:0".parse().unwrap()),
-            api_max_in_flight: 1,
-            ..NodeConfig::default()
-        },
-        Keypair::generate_ed25519(),
-        None,
-    )
-    .await
-    .unwrap();
-    let addr = router.listen_addrs().await.unwrap()[0].clone();
-    let orchestrator = Node::start(
-        NodeConfig {
-            role: Role::Orchestrator,
-            data_dir: dir.path().join("orch"),
-            network: NetworkConfig {
-                bootstrap: vec![addr],
-                ..net
-            },
-            ..NodeConfig::default()
-        },
-        Keypair::generate_ed25519(),
-        Some(Arc::new(ThreadPool::new(gated.clone(), 1, 1)) as Arc<dyn Engine>),
-    )
-    .await
-    .unwrap();
-    tokio::time::timeout(LIMIT, router.wait_for_orchestrators(1))
-        .await
-        .unwrap()
-        .unwrap();
-    let api = router.api_addr().unwrap();
+    let s = setup_with(gated.clone(), 1, |c| c.api_max_in_flight = 1).await;
+    let (api, router, orchestrator) = (s.api, s.router, s.orchestrator);
     let held =
         tokio::spawn(async move { post(api, "/v1/completions", json!({"prompt": "held"})).await });
     let g = gated.clone();
