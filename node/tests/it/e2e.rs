@@ -371,43 +371,106 @@ fn three_processes_answer_on_the_real_model_with_a_logged_receipt() {
     }
 }
 
+/// A router and two orchestrators on the real model, each its own process.
+struct Pair {
+    /// The router's data dir, then the orchestrators'.
+    dirs: Vec<PathBuf>,
+    router: Proc,
+    /// The router's address, `/p2p/<id>` included.
+    addr: String,
+    /// The orchestrators' PeerIds.
+    ids: Vec<String>,
+    /// The orchestrators; `None` once killed.
+    orchs: Vec<Option<Proc>>,
+}
+
+impl Pair {
+    /// Starts them under `dir` and waits until the router knows both.
+    fn start(dir: &Path) -> Self {
+        let dirs: Vec<PathBuf> = ["router", "orch1", "orch2"]
+            .iter()
+            .map(|d| dir.join(d))
+            .collect();
+        let mut router = Proc::spawn(&[
+            "--role",
+            "router",
+            "--data-dir",
+            path(&dirs[0]),
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ]);
+        let addr = router.listen_addr();
+        let ids: Vec<String> = dirs[1..].iter().map(|d| id(d)).collect();
+        let model_arg = format!("{}:{}", super::model_path().display(), super::DEMO_SHA256);
+        let orchs = dirs[1..]
+            .iter()
+            .map(|d| {
+                Some(Proc::spawn(&[
+                    "--data-dir",
+                    path(d),
+                    "--listen",
+                    "/ip4/127.0.0.1/tcp/0",
+                    "--bootstrap",
+                    &addr,
+                    "--model",
+                    &model_arg,
+                    "--threads",
+                    "1",
+                ]))
+            })
+            .collect();
+        router.wait_for("known=2");
+        Self {
+            dirs,
+            router,
+            addr,
+            ids,
+            orchs,
+        }
+    }
+}
+
+/// Checks the router at `addr` settled one task, paid to `survivor`, with
+/// nothing pending and one failure for the other orchestrator; returns its
+/// status.
+fn paid_once_to(addr: &str, survivor: &str) -> serde_json::Value {
+    let out = run(&["status", "--bootstrap", addr, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["pending_payments"], 0, "{status}");
+    assert_eq!(status["receipts"], 1, "{status}");
+    for o in status["orchestrators"].as_array().unwrap() {
+        let expected = if o["peer"].as_str() == Some(survivor) {
+            (1, 0)
+        } else {
+            (0, 1)
+        };
+        assert_eq!(
+            (
+                o["successes"].as_u64().unwrap(),
+                o["failures"].as_u64().unwrap()
+            ),
+            expected,
+            "{status}"
+        );
+    }
+    status
+}
+
 #[test]
 fn killing_the_serving_orchestrator_fails_over_without_double_payment() {
-    let model = super::model_path();
     let tmp = tempfile::tempdir().unwrap();
-    let dirs: Vec<PathBuf> = ["router", "orch1", "orch2"]
-        .iter()
-        .map(|d| tmp.path().join(d))
-        .collect();
-    let mut router = Proc::spawn(&[
-        "--role",
-        "router",
-        "--data-dir",
-        path(&dirs[0]),
-        "--listen",
-        "/ip4/127.0.0.1/tcp/0",
-    ]);
-    let addr = router.listen_addr();
-    let ids: Vec<String> = dirs[1..].iter().map(|d| id(d)).collect();
-    let model_arg = format!("{}:{}", model.display(), super::DEMO_SHA256);
-    let mut orchs: Vec<Option<Proc>> = dirs[1..]
-        .iter()
-        .map(|d| {
-            Some(Proc::spawn(&[
-                "--data-dir",
-                path(d),
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-                "--bootstrap",
-                &addr,
-                "--model",
-                &model_arg,
-                "--threads",
-                "1",
-            ]))
-        })
-        .collect();
-    router.wait_for("known=2");
+    let Pair {
+        dirs,
+        mut router,
+        addr,
+        ids,
+        mut orchs,
+    } = Pair::start(tmp.path());
 
     // A long generation, so that the orchestrator is still generating when
     // it is killed.
@@ -452,29 +515,8 @@ fn killing_the_serving_orchestrator_fails_over_without_double_payment() {
     assert!(!answer["text"].as_str().unwrap().is_empty());
 
     // One payment, to the one that delivered; the killed attempt refunded.
-    let out = run(&["status", "--bootstrap", &addr, "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(status["pending_payments"], 0, "{status}");
-    assert_eq!(status["receipts"], 1, "{status}");
+    let status = paid_once_to(&addr, survivor);
     for o in status["orchestrators"].as_array().unwrap() {
-        let expected = if o["peer"].as_str() == Some(survivor.as_str()) {
-            (1, 0)
-        } else {
-            (0, 1)
-        };
-        assert_eq!(
-            (
-                o["successes"].as_u64().unwrap(),
-                o["failures"].as_u64().unwrap()
-            ),
-            expected,
-            "{status}"
-        );
         // The router's own record: the killed one counts as disconnected.
         let rep = &o["reputation"];
         let expected = if o["peer"].as_str() == Some(survivor.as_str()) {
@@ -509,41 +551,14 @@ fn killing_the_serving_orchestrator_fails_over_without_double_payment() {
 
 #[test]
 fn killing_the_orchestrator_mid_stream_resumes_the_stream_on_another() {
-    let model = super::model_path();
     let tmp = tempfile::tempdir().unwrap();
-    let dirs: Vec<PathBuf> = ["router", "orch1", "orch2"]
-        .iter()
-        .map(|d| tmp.path().join(d))
-        .collect();
-    let mut router = Proc::spawn(&[
-        "--role",
-        "router",
-        "--data-dir",
-        path(&dirs[0]),
-        "--listen",
-        "/ip4/127.0.0.1/tcp/0",
-    ]);
-    let addr = router.listen_addr();
-    let ids: Vec<String> = dirs[1..].iter().map(|d| id(d)).collect();
-    let model_arg = format!("{}:{}", model.display(), super::DEMO_SHA256);
-    let mut orchs: Vec<Option<Proc>> = dirs[1..]
-        .iter()
-        .map(|d| {
-            Some(Proc::spawn(&[
-                "--data-dir",
-                path(d),
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-                "--bootstrap",
-                &addr,
-                "--model",
-                &model_arg,
-                "--threads",
-                "1",
-            ]))
-        })
-        .collect();
-    router.wait_for("known=2");
+    let Pair {
+        dirs: _,
+        mut router,
+        addr,
+        ids,
+        mut orchs,
+    } = Pair::start(tmp.path());
 
     // Greedy, long, and only the end-of-generation token could stop it
     // early: the orchestrator is mid-stream when its first tokens pass the
@@ -614,30 +629,7 @@ fn killing_the_orchestrator_mid_stream_resumes_the_stream_on_another() {
 
     // Paid once, to the survivor, for its own tokens; the victim's attempt
     // refunded and counted against it.
-    let out = run(&["status", "--bootstrap", &addr, "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(status["pending_payments"], 0, "{status}");
-    assert_eq!(status["receipts"], 1, "{status}");
-    for o in status["orchestrators"].as_array().unwrap() {
-        let expected = if o["peer"].as_str() == Some(survivor.as_str()) {
-            (1, 0)
-        } else {
-            (0, 1)
-        };
-        assert_eq!(
-            (
-                o["successes"].as_u64().unwrap(),
-                o["failures"].as_u64().unwrap()
-            ),
-            expected,
-            "{status}"
-        );
-    }
+    paid_once_to(&addr, survivor);
 }
 
 #[test]
