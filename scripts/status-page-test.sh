@@ -37,64 +37,19 @@ fail() {
   exit 1
 }
 
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/status-page-test.XXXXXX")"
+# shellcheck source=scripts/local-cluster.sh
+. scripts/local-cluster.sh
+trap 'cluster_stop; rm -rf "$WORK"' EXIT
+
 # ------------------------------------------------------------- chromium ---
 if ! command -v chromium >/dev/null 2>&1; then
   echo "status-page-test: installing chromium"
-  if [ "$(id -u)" -eq 0 ]; then
-    SUDO=()
-  elif sudo -n true 2>/dev/null; then
-    SUDO=(sudo -n)
-  else
-    fail "chromium is missing and cannot be installed without root (apt-get install chromium)"
-  fi
-  "${SUDO[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq chromium >/dev/null
+  apt_install chromium
 fi
 
 # -------------------------------------------------------------- cluster ---
-MODEL="${CACTUS_TEST_MODEL:-$(scripts/fetch-model.sh)}"
-if [ "${STATUS_PAGE_PROFILE:-release}" = dev ]; then
-  cargo build --locked -p cactus-examples --example local_cluster
-  BIN="${CARGO_TARGET_DIR:-target}/debug/examples/local_cluster"
-else
-  cargo build --release --locked -p cactus-examples --example local_cluster
-  BIN="${CARGO_TARGET_DIR:-target}/release/examples/local_cluster"
-fi
-
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/status-page-test.XXXXXX")"
-CLUSTER=""
-cleanup() {
-  if [ -n "$CLUSTER" ] && kill -0 "$CLUSTER" 2>/dev/null; then
-    # The example shuts its nodes down in order on Ctrl-C.
-    kill -INT "$CLUSTER" 2>/dev/null || true
-    local deadline=$((SECONDS + STOP_TIMEOUT))
-    while kill -0 "$CLUSTER" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do
-      sleep 0.2
-    done
-    kill -KILL "$CLUSTER" 2>/dev/null || true
-  fi
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-# Polls until "$@" succeeds, failing after $1 seconds or if the cluster died.
-wait_for() {
-  local timeout="$1" what="$2"
-  shift 2
-  local deadline=$((SECONDS + timeout))
-  until "$@"; do
-    kill -0 "$CLUSTER" 2>/dev/null || fail "the cluster exited while waiting for $what"
-    [ "$SECONDS" -lt "$deadline" ] || fail "no $what after ${timeout}s"
-    sleep 0.5
-  done
-}
-
-"$BIN" "$MODEL" "Name a colour." --serve >"$WORK/cluster.log" 2>&1 &
-CLUSTER=$!
-# The example prints this once its first task is answered and it serves.
-wait_for "$START_TIMEOUT" "serving cluster" grep -q "serving until Ctrl-C" "$WORK/cluster.log"
-API="$(sed -n 's|^OpenAI API *\(http://[^ ]*\)/v1$|\1|p' "$WORK/cluster.log" | head -n 1)"
-[ -n "$API" ] || fail "the cluster printed no API address"
+cluster_start "${STATUS_PAGE_PROFILE:-release}"
 echo "status-page-test: cluster serving at $API"
 
 # ---------------------------------------------------------------- tasks ---
