@@ -15,22 +15,25 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-struct Setup {
+/// A router with its API on and one stub orchestrator, over loopback.
+pub(super) struct Setup {
     _dir: tempfile::TempDir,
-    router: Node,
-    orchestrator: Node,
-    api: SocketAddr,
+    pub(super) router: Node,
+    pub(super) orchestrator: Node,
+    pub(super) api: SocketAddr,
 }
 
 async fn setup(engine: Arc<StubEngine>, queue: usize) -> Setup {
-    setup_with(engine, queue, |_| {}).await
+    setup_with(engine, queue, |_| {}, |_| {}).await
 }
 
-/// [`setup`], with the router's configuration changed by `router`.
-async fn setup_with(
+/// [`setup`], with the router's and the orchestrator's configurations
+/// changed by `router` and `orchestrator`.
+pub(super) async fn setup_with(
     engine: Arc<StubEngine>,
     queue: usize,
     router: impl FnOnce(&mut NodeConfig),
+    orchestrator: impl FnOnce(&mut NodeConfig),
 ) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let net = NetworkConfig {
@@ -49,16 +52,18 @@ async fn setup_with(
         .await
         .unwrap();
     let addr = router.listen_addrs().await.unwrap()[0].clone();
-    let orchestrator = Node::start(
-        NodeConfig {
-            role: Role::Orchestrator,
-            data_dir: dir.path().join("orch"),
-            network: NetworkConfig {
-                bootstrap: vec![addr],
-                ..net
-            },
-            ..NodeConfig::default()
+    let mut config = NodeConfig {
+        role: Role::Orchestrator,
+        data_dir: dir.path().join("orch"),
+        network: NetworkConfig {
+            bootstrap: vec![addr],
+            ..net
         },
+        ..NodeConfig::default()
+    };
+    orchestrator(&mut config);
+    let orchestrator = Node::start(
+        config,
         Keypair::generate_ed25519(),
         Some(Arc::new(ThreadPool::new(engine, 1, queue)) as Arc<dyn Engine>),
     )
@@ -478,10 +483,15 @@ async fn a_task_past_its_deadline_is_a_504() {
     // One orchestrator that never answers, and a router that gives a task
     // one second.
     let gated = Arc::new(StubEngine::new("stub-a").gated());
-    let s = setup_with(gated.clone(), 1, |c| {
-        c.task_timeout = Duration::from_secs(1);
-        c.task_deadline = Duration::from_secs(2);
-    })
+    let s = setup_with(
+        gated.clone(),
+        1,
+        |c| {
+            c.task_timeout = Duration::from_secs(1);
+            c.task_deadline = Duration::from_secs(2);
+        },
+        |_| {},
+    )
     .await;
     let (api, router, orchestrator) = (s.api, s.router, s.orchestrator);
     let (status, v) = post(api, "/v1/completions", json!({"prompt": "late"})).await;
@@ -506,7 +516,7 @@ async fn a_task_past_its_deadline_is_a_504() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_past_the_in_flight_cap_are_a_429_with_retry_after() {
     let gated = Arc::new(StubEngine::new("stub-a").gated());
-    let s = setup_with(gated.clone(), 1, |c| c.api_max_in_flight = 1).await;
+    let s = setup_with(gated.clone(), 1, |c| c.api_max_in_flight = 1, |_| {}).await;
     let (api, router, orchestrator) = (s.api, s.router, s.orchestrator);
     let held =
         tokio::spawn(async move { post(api, "/v1/completions", json!({"prompt": "held"})).await });

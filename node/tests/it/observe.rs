@@ -2,18 +2,10 @@
 //! `GET /metrics` on the router's API port and on an orchestrator's
 //! `--metrics` port, with a stub orchestrator over loopback.
 
-use super::api::{http, post};
-use cactus_node::inference::Engine;
-use cactus_node::inference::pool::ThreadPool;
+use super::api::{http, post, setup_with};
 use cactus_node::inference::stub::StubEngine;
-use cactus_node::network::NetworkConfig;
-use cactus_node::{Node, NodeConfig, Role};
-use libp2p::identity::Keypair;
 use serde_json::json;
 use std::sync::Arc;
-use std::time::Duration;
-
-const LIMIT: Duration = Duration::from_secs(30);
 
 /// The value of the first sample line starting with `prefix`.
 fn sample(metrics: &str, prefix: &str) -> Option<f64> {
@@ -26,47 +18,15 @@ fn sample(metrics: &str, prefix: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_and_metrics_show_orchestrators_tasks_and_payments() {
-    let dir = tempfile::tempdir().unwrap();
-    let net = NetworkConfig {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        ..NetworkConfig::default()
-    };
-    let router = Node::start(
-        NodeConfig {
-            role: Role::Router,
-            data_dir: dir.path().join("router"),
-            network: net.clone(),
-            api: Some("127.0.0.1:0".parse().unwrap()),
-            ..NodeConfig::default()
-        },
-        Keypair::generate_ed25519(),
-        None,
-    )
-    .await
-    .unwrap();
-    let addr = router.listen_addrs().await.unwrap()[0].clone();
     let engine = Arc::new(StubEngine::new("stub-<b>"));
-    let orchestrator = Node::start(
-        NodeConfig {
-            role: Role::Orchestrator,
-            data_dir: dir.path().join("orch"),
-            network: NetworkConfig {
-                bootstrap: vec![addr],
-                ..net
-            },
-            metrics: Some("127.0.0.1:0".parse().unwrap()),
-            ..NodeConfig::default()
-        },
-        Keypair::generate_ed25519(),
-        Some(Arc::new(ThreadPool::new(engine, 1, 4)) as Arc<dyn Engine>),
+    let s = setup_with(
+        engine,
+        4,
+        |_| {},
+        |o| o.metrics = Some("127.0.0.1:0".parse().unwrap()),
     )
-    .await
-    .unwrap();
-    tokio::time::timeout(LIMIT, router.wait_for_orchestrators(1))
-        .await
-        .unwrap()
-        .unwrap();
-    let api = router.api_addr().unwrap();
+    .await;
+    let (api, router, orchestrator) = (s.api, s.router, s.orchestrator);
     let orch_peer = orchestrator.peer_id().to_string();
 
     // Before any task: the orchestrator, its (escaped) model, no tasks, the
