@@ -337,14 +337,11 @@ async fn bad_requests_get_openai_errors_naming_the_field() {
     s.router.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_capacity_is_a_503_with_retry_after() {
-    let gated = Arc::new(StubEngine::new("stub-a").gated());
-    let s = setup(gated.clone(), 0).await;
-    let api = s.api;
+/// Sends a completion that the gated stub holds, and waits until it does.
+async fn hold(api: SocketAddr, gated: &Arc<StubEngine>) -> tokio::task::JoinHandle<(u16, Value)> {
     let held =
         tokio::spawn(async move { post(api, "/v1/completions", json!({"prompt": "held"})).await });
-    let g = gated.clone();
+    let g = Arc::clone(gated);
     tokio::time::timeout(
         LIMIT,
         tokio::task::spawn_blocking(move || g.wait_started(1)),
@@ -352,6 +349,22 @@ async fn no_capacity_is_a_503_with_retry_after() {
     .await
     .unwrap()
     .unwrap();
+    held
+}
+
+/// Opens the gate: the held completion is answered.
+async fn release(gated: &StubEngine, held: tokio::task::JoinHandle<(u16, Value)>) {
+    gated.open_gate();
+    let (status, v) = tokio::time::timeout(LIMIT, held).await.unwrap().unwrap();
+    assert_eq!((status, &v["choices"][0]["text"]), (200, &json!("dleh")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_capacity_is_a_503_with_retry_after() {
+    let gated = Arc::new(StubEngine::new("stub-a").gated());
+    let s = setup(gated.clone(), 0).await;
+    let api = s.api;
+    let held = hold(api, &gated).await;
     let (status, head, body) = http(
         s.api,
         "POST",
@@ -364,9 +377,7 @@ async fn no_capacity_is_a_503_with_retry_after() {
         head.to_ascii_lowercase().contains("retry-after: 1"),
         "{head}"
     );
-    gated.open_gate();
-    let (status, v) = tokio::time::timeout(LIMIT, held).await.unwrap().unwrap();
-    assert_eq!((status, &v["choices"][0]["text"]), (200, &json!("dleh")));
+    release(&gated, held).await;
     s.orchestrator.shutdown().await;
     s.router.shutdown().await;
 }
@@ -518,16 +529,7 @@ async fn requests_past_the_in_flight_cap_are_a_429_with_retry_after() {
     let gated = Arc::new(StubEngine::new("stub-a").gated());
     let s = setup_with(gated.clone(), 1, |c| c.api_max_in_flight = 1, |_| {}).await;
     let (api, router, orchestrator) = (s.api, s.router, s.orchestrator);
-    let held =
-        tokio::spawn(async move { post(api, "/v1/completions", json!({"prompt": "held"})).await });
-    let g = gated.clone();
-    tokio::time::timeout(
-        LIMIT,
-        tokio::task::spawn_blocking(move || g.wait_started(1)),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let held = hold(api, &gated).await;
     // The one place is taken: the next request is refused before it is
     // read, with OpenAI's rate-limit error.
     let (status, head, body) = http(
@@ -544,9 +546,7 @@ async fn requests_past_the_in_flight_cap_are_a_429_with_retry_after() {
     );
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["error"]["code"], "rate_limit_exceeded", "{v}");
-    gated.open_gate();
-    let (status, v) = tokio::time::timeout(LIMIT, held).await.unwrap().unwrap();
-    assert_eq!((status, &v["choices"][0]["text"]), (200, &json!("dleh")));
+    release(&gated, held).await;
     orchestrator.shutdown().await;
     router.shutdown().await;
 }
