@@ -77,9 +77,10 @@ pub struct Behaviour {
     pub gossipsub: gossipsub::Behaviour,
     /// Task hand-off, one frame each way.
     pub tasks: request_response::Behaviour<TaskCodec>,
-    /// Token streams (`/cactus/stream/1`), opened and accepted through its
-    /// `Control` outside the event loop (see `streams.rs`).
-    pub streams: libp2p_stream::Behaviour,
+    /// Token streams (`/cactus/stream/1`), opened through its `Control`
+    /// and accepted through its queue, outside the event loop (see
+    /// `stream_behaviour.rs` and `streams.rs`).
+    pub streams: super::stream_behaviour::Behaviour,
     /// Circuit relay v2 client: reservations on relays, relayed dials.
     pub relay_client: relay::client::Behaviour,
     /// Circuit relay v2 server, on public nodes that opt in.
@@ -196,7 +197,7 @@ impl Behaviour {
             kad,
             gossipsub,
             tasks,
-            streams: libp2p_stream::Behaviour::new(),
+            streams: super::stream_behaviour::Behaviour::new(super::streams::protocol()),
         })
     }
 }

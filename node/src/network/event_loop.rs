@@ -105,7 +105,7 @@ pub(super) fn start(
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
     let (addr_tx, addr_rx) = watch::channel(Vec::new());
-    let event_loop = EventLoop {
+    let mut event_loop = EventLoop {
         swarm,
         commands: cmd_rx,
         events: ev_tx,
@@ -122,10 +122,17 @@ pub(super) fn start(
         p2p_metrics,
     };
     // Token streams are opened and accepted outside this loop.
-    let mut streams = event_loop.swarm.behaviour().streams.new_control();
-    let incoming = streams
-        .accept(super::streams::protocol())
-        .map_err(NetworkError::build)?;
+    let streams = event_loop.swarm.behaviour().streams.control();
+    let incoming = event_loop
+        .swarm
+        .behaviour_mut()
+        .streams
+        .take_incoming()
+        .ok_or_else(|| {
+            NetworkError::build(std::io::Error::other(
+                "the inbound stream queue was already taken",
+            ))
+        })?;
     tokio::spawn(super::streams::accept(
         incoming,
         event_loop.events.clone(),
@@ -227,7 +234,7 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.on_identify(e),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => self.on_ping(e),
             SwarmEvent::Behaviour(BehaviourEvent::Limits(e)) => match e {},
-            SwarmEvent::Behaviour(BehaviourEvent::Streams(())) => {}
+            SwarmEvent::Behaviour(BehaviourEvent::Streams(e)) => match e {},
             SwarmEvent::Behaviour(BehaviourEvent::RelayClient(e)) => self.on_relay_client(e),
             SwarmEvent::Behaviour(BehaviourEvent::RelayServer(e)) => {
                 tracing::debug!(event = ?e, "relay server");

@@ -154,7 +154,7 @@ pub struct Network {
     commands: mpsc::Sender<Command>,
     listen_addrs: watch::Receiver<Vec<Multiaddr>>,
     /// Opens token streams without going through the event loop.
-    streams: libp2p_stream::Control,
+    streams: super::stream_behaviour::Control,
 }
 
 impl std::fmt::Debug for Network {
@@ -170,7 +170,7 @@ impl Network {
         local_peer_id: PeerId,
         commands: mpsc::Sender<Command>,
         listen_addrs: watch::Receiver<Vec<Multiaddr>>,
-        streams: libp2p_stream::Control,
+        streams: super::stream_behaviour::Control,
     ) -> Self {
         Self {
             local_peer_id,
@@ -252,12 +252,7 @@ impl Network {
         request: &TaskRequest,
     ) -> Result<TaskStream, NetworkError> {
         let failed = |message: String| NetworkError::Stream { peer, message };
-        // Each open takes `&mut`: a clone per call keeps them concurrent.
-        let mut control = self.streams.clone();
-        let stream = control
-            .open_stream(peer, super::streams::protocol())
-            .await
-            .map_err(|e| failed(e.to_string()))?;
+        let stream = self.streams.open(peer).await.map_err(failed)?;
         TaskStream::start(stream, request)
             .await
             .map_err(|e| failed(e.to_string()))

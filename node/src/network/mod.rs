@@ -24,8 +24,10 @@
 //!   diagnostics report.
 //! - `behaviour.rs`: the composed libp2p behaviour and its limits.
 //! - `codec.rs`: framing of task requests and responses on a stream.
-//! - `streams.rs`: token streams (`libp2p-stream`): the acceptor, the
-//!   [`Reply`] an inbound request is answered through, and [`TaskStream`].
+//! - `streams.rs`: token streams: the acceptor, the [`Reply`] an inbound
+//!   request is answered through, and [`TaskStream`].
+//! - `stream_behaviour.rs`: the behaviour that opens token streams and
+//!   queues inbound ones.
 
 pub mod behaviour;
 pub mod codec;
@@ -36,6 +38,7 @@ mod gossip;
 mod handle;
 mod penalties;
 mod reachability;
+mod stream_behaviour;
 mod streams;
 
 pub use handle::{ConnectionKind, Diagnostics, Network, NetworkEvent};

@@ -1,9 +1,10 @@
-//! Token streams ([`STREAM_PROTOCOL`], over `libp2p-stream`): the opener
-//! writes one task request, the other side answers with token frames and an
-//! end frame (see [`cactus_protocol::stream`]).
+//! Token streams ([`STREAM_PROTOCOL`]): the opener writes one task request,
+//! the other side answers with token frames and an end frame (see
+//! [`cactus_protocol::stream`]).
 //!
-//! Streams live outside the swarm's event loop: `libp2p-stream` hands each
-//! one to a task, and the acceptor here reads an inbound stream's request in
+//! Streams live outside the swarm's event loop: they are opened through
+//! the `Control` of `stream_behaviour.rs` and arrive through its queue, and
+//! the acceptor here reads an inbound stream's request in
 //! its own task (at most [`MAX_INBOUND_STREAMS`] at once, each with
 //! [`REQUEST_READ_TIMEOUT`]) before handing it to the role as a
 //! [`NetworkEvent::InboundTask`] whose [`Reply`] is the stream. Every read is
@@ -12,7 +13,7 @@
 
 use super::NetworkEvent;
 use cactus_protocol::{STREAM_PROTOCOL, StreamFrame, TaskRequest, TaskResponse, Wire};
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::request_response::ResponseChannel;
 use libp2p::{PeerId, StreamProtocol};
 use std::io;
@@ -141,7 +142,7 @@ impl TaskStream {
 /// Accepts inbound token streams until `shutdown`: reads each one's request
 /// in its own task and hands it on as an [`NetworkEvent::InboundTask`].
 pub(super) async fn accept(
-    mut incoming: libp2p_stream::IncomingStreams,
+    mut incoming: mpsc::Receiver<super::stream_behaviour::Inbound>,
     events: mpsc::Sender<NetworkEvent>,
     shutdown: CancellationToken,
 ) {
@@ -149,7 +150,7 @@ pub(super) async fn accept(
     loop {
         let (peer, stream) = tokio::select! {
             _ = shutdown.cancelled() => return,
-            next = incoming.next() => match next {
+            next = incoming.recv() => match next {
                 Some(s) => s,
                 None => return,
             },
@@ -205,5 +206,61 @@ async fn read_request(
             "the node is overloaded",
         );
         let _ = reply.end(TaskResponse::Failed(busy)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{NetworkConfig, NetworkEvent, spawn};
+    use cactus_protocol::messages::Query;
+    use cactus_protocol::{StreamFrame, TaskError, TaskErrorKind, TaskRequest, TaskResponse};
+    use libp2p::identity::Keypair;
+    use std::time::Duration;
+    use tokio_util::sync::CancellationToken;
+
+    /// Streams opened at once are negotiated together and arrive in one
+    /// read of the connection; each must reach the role, not only the
+    /// first (`libp2p-stream`'s acceptor has room for one and resets the
+    /// rest, which broke dispatch to a busy orchestrator).
+    #[tokio::test]
+    async fn a_burst_of_streams_on_one_connection_is_accepted_whole() {
+        const BURST: usize = 48;
+        let shutdown = CancellationToken::new();
+        let config = NetworkConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            ..NetworkConfig::default()
+        };
+        let (server, mut events, _) = spawn(
+            Keypair::generate_ed25519(),
+            config.clone(),
+            shutdown.clone(),
+        )
+        .unwrap();
+        let (opener, _opener_events, _) =
+            spawn(Keypair::generate_ed25519(), config, shutdown.clone()).unwrap();
+        let addr = server.listen_addrs().await.unwrap()[0].clone();
+        let peer = opener.dial(addr).await.unwrap();
+        let streams = futures::future::join_all(
+            (0..BURST).map(|_| opener.open_stream(peer, &TaskRequest::Query(Query::Status))),
+        )
+        .await;
+        let mut streams: Vec<_> = streams.into_iter().map(Result::unwrap).collect();
+        let mut answered = 0;
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while answered < BURST {
+                if let NetworkEvent::InboundTask { channel, .. } = events.recv().await.unwrap() {
+                    let response =
+                        TaskResponse::Failed(TaskError::new(TaskErrorKind::InvalidRequest, "test"));
+                    server.respond(channel, response).await.unwrap();
+                    answered += 1;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("only {answered} of {BURST} requests reached the role"));
+        for s in &mut streams {
+            assert!(matches!(s.next().await.unwrap(), Some(StreamFrame::End(_))));
+        }
+        shutdown.cancel();
     }
 }
