@@ -50,24 +50,47 @@ pub enum ClientError {
     Timeout(Duration),
 }
 
-/// Finds a router: a DHT provider of [`ROUTER_PROVIDER_KEY`], preferring one
-/// we are already connected to.
+/// Finds a router: a DHT provider of [`ROUTER_PROVIDER_KEY`], drawn at
+/// random among those we are already connected to, else among all. Not the
+/// first by PeerId: anyone can grind a key that sorts first.
 pub async fn find_router(network: &Network) -> Result<PeerId, ClientError> {
+    use rand::seq::SliceRandom;
     let providers = network.find_providers(ROUTER_PROVIDER_KEY.to_vec()).await?;
     let connected = network.connected_peers().await?;
-    let mut providers: Vec<PeerId> = providers.into_iter().collect();
-    providers.sort_by_key(|p| (!connected.contains(p), *p));
-    providers.first().copied().ok_or(ClientError::NoRouter)
+    let (near, far): (Vec<PeerId>, Vec<PeerId>) =
+        providers.into_iter().partition(|p| connected.contains(p));
+    let pool = if near.is_empty() { far } else { near };
+    pool.choose(&mut rand::thread_rng())
+        .copied()
+        .ok_or(ClientError::NoRouter)
 }
 
-/// Checks an answer from `router` to a prompt hashing to `prompt_hash`:
-/// both receipt signatures, the prompt hash, the output hash and, for a
-/// resumed task, the tokens it resumed from.
-fn check_answer(
-    router: PeerId,
-    prompt_hash: &Digest,
-    result: &TaskResult,
-) -> Result<(), ClientError> {
+/// What a client asked, as its answer's receipt must show it.
+struct Asked {
+    prompt_hash: Digest,
+    /// The model's hash when the client named it by hash.
+    model: Option<cactus_protocol::ModelHash>,
+    format: cactus_protocol::PromptFormat,
+    sampling: cactus_protocol::SamplingParams,
+}
+
+impl Asked {
+    fn of(spec: &TaskSpec) -> Self {
+        Self {
+            prompt_hash: Digest::of(spec.prompt.as_bytes()),
+            model: spec.model.as_deref().and_then(|m| m.parse().ok()),
+            format: spec.format,
+            sampling: spec.sampling.clone(),
+        }
+    }
+}
+
+/// Checks an answer from `router` to what was `asked`: both receipt
+/// signatures, the prompt hash, the output hash, the model (when asked for
+/// by hash), the prompt format and the sampling parameters (a resumed task's
+/// receipt covers only what was left of `max_tokens`) and, for a resumed
+/// task, the tokens it resumed from.
+fn check_answer(router: PeerId, asked: &Asked, result: &TaskResult) -> Result<(), ClientError> {
     let body = &result.receipt.body;
     result
         .receipt
@@ -77,8 +100,23 @@ fn check_answer(
     if body.router != router {
         return bad("countersigned by another router");
     }
-    if &body.prompt_hash != prompt_hash {
+    if body.prompt_hash != asked.prompt_hash {
         return bad("prompt hash differs from the prompt sent");
+    }
+    if asked.model.is_some_and(|m| m != body.model) {
+        return bad("run on another model than the one asked for");
+    }
+    if body.format != asked.format {
+        return bad("the prompt was formatted otherwise than asked");
+    }
+    let resumed = result.resumed.as_ref().map_or(0, |r| r.tokens.len());
+    let mut sampling = asked.sampling.clone();
+    sampling.max_tokens = u32::try_from(resumed)
+        .ok()
+        .and_then(|r| sampling.max_tokens.checked_sub(r))
+        .ok_or_else(|| ClientError::BadReceipt("resumed from more tokens than asked for".into()))?;
+    if body.sampling != sampling {
+        return bad("sampled with other parameters than asked");
     }
     if body.output_hash != Digest::of(result.text.as_bytes()) {
         return bad("output hash differs from the text");
@@ -96,10 +134,10 @@ pub async fn submit_to(
     router: PeerId,
     spec: TaskSpec,
 ) -> Result<TaskResult, ClientError> {
-    let prompt_hash = Digest::of(spec.prompt.as_bytes());
+    let asked = Asked::of(&spec);
     match network.send_task(router, TaskRequest::Submit(spec)).await? {
         TaskResponse::Done(result) => {
-            check_answer(router, &prompt_hash, &result)?;
+            check_answer(router, &asked, &result)?;
             Ok(result)
         }
         TaskResponse::Failed(e) => Err(ClientError::Task(e)),
@@ -120,7 +158,7 @@ pub async fn submit_streaming(
     spec: TaskSpec,
     mut on_tokens: impl FnMut(&TokenChunk),
 ) -> Result<TaskResult, ClientError> {
-    let prompt_hash = Digest::of(spec.prompt.as_bytes());
+    let asked = Asked::of(&spec);
     let mut stream = network
         .open_stream(router, &TaskRequest::Submit(spec))
         .await?;
@@ -146,7 +184,7 @@ pub async fn submit_streaming(
                 text.push_str(&chunk.text);
             }
             Some(StreamFrame::End(TaskResponse::Done(result))) => {
-                check_answer(router, &prompt_hash, &result)?;
+                check_answer(router, &asked, &result)?;
                 let resumed = result.resumed.as_ref().map_or(&[][..], |r| &r.tokens[..]);
                 if tokens.len() != resumed.len() + result.tokens.len()
                     || !tokens.starts_with(resumed)

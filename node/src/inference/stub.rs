@@ -29,6 +29,9 @@ pub struct StubEngine {
     /// replays as if its model did so: a cheating orchestrator and, as a
     /// verifier, a lying one.
     lying: bool,
+    /// Reports this much more compute time than it spent: an orchestrator
+    /// padding its bill.
+    padding: Duration,
 }
 
 impl StubEngine {
@@ -41,7 +44,14 @@ impl StubEngine {
             },
             gate: None,
             lying: false,
+            padding: Duration::ZERO,
         }
+    }
+
+    /// Makes the stub claim `padding` more compute time than it spent.
+    pub fn padding_compute(mut self, padding: Duration) -> Self {
+        self.padding = padding;
+        self
     }
 
     /// Makes the stub cheat (see the field's docs).
@@ -148,7 +158,7 @@ impl Generator for StubEngine {
             tokens: text.chars().map(u32::from).collect(),
             text,
             finish,
-            compute: started.elapsed(),
+            compute: started.elapsed() + self.padding,
         })
     }
 

@@ -10,10 +10,9 @@ pub use replay::AcceptedReplay;
 use running::{RunningGuard, RunningSet};
 
 use crate::inference::{Engine, InferenceError, Job, Rejected, Stream};
-use crate::network::Network;
+use crate::network::{Network, NetworkError};
 use crate::roles::TokenSink;
 use crate::time::now_ms;
-use cactus_protocol::TaskRequest;
 use cactus_protocol::contract::Address;
 use cactus_protocol::delegation::{self, Delegation, MAX_DELEGATION_DEPTH};
 use cactus_protocol::market::{Bid, BidBody, TaskAdvert};
@@ -24,6 +23,7 @@ use cactus_protocol::{
     Assignment, CapabilityAdvert, Digest, ModelId, PROTOCOL_VERSION, ReceiptBody, TaskError,
     TaskErrorKind, TaskResponse, TaskResult, Wire,
 };
+use cactus_protocol::{StreamFrame, TaskRequest};
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
 use std::collections::{HashMap, HashSet};
@@ -313,10 +313,17 @@ impl OrchestratorCtx {
 
     /// Hands a task this node cannot take on to another orchestrator, signing
     /// the next link of its delegation chain, and checks the child's result
-    /// before passing it on: this node stays responsible for it. Without a
-    /// suitable child (or past the depth limit) the original refusal stands.
+    /// before passing it on: this node stays responsible for it. With
+    /// `tokens` (the task came on a token stream), the child's tokens go
+    /// there as it streams them. Without a suitable child (or past the depth
+    /// limit) the original refusal stands.
     #[tracing::instrument(skip_all, fields(task_id = %refused.assignment.task_id))]
-    pub async fn delegate(&self, router: PeerId, refused: Box<Refused>) -> TaskResponse {
+    pub async fn delegate(
+        &self,
+        router: PeerId,
+        refused: Box<Refused>,
+        tokens: Option<TokenSink>,
+    ) -> TaskResponse {
         let Refused {
             error,
             assignment,
@@ -362,16 +369,14 @@ impl OrchestratorCtx {
         let mut next = chain;
         next.push(link);
         tracing::info!(%child, depth = next.len(), reason = ?error.kind, "delegating task");
+        let request = TaskRequest::Delegate(Box::new(DelegatedTask {
+            assignment: assignment.clone(),
+            router,
+            chain: next,
+        }));
         let sent = tokio::time::timeout(
             Duration::from_millis(deadline - now),
-            self.network.send_task(
-                child,
-                TaskRequest::Delegate(Box::new(DelegatedTask {
-                    assignment: assignment.clone(),
-                    router,
-                    chain: next,
-                })),
-            ),
+            self.ask_child(child, request, tokens),
         )
         .await;
         match sent {
@@ -403,6 +408,41 @@ impl OrchestratorCtx {
                 TaskErrorKind::Unavailable,
                 format!("delegate {child} missed the deadline"),
             )),
+        }
+    }
+
+    /// Sends a delegated task to `child`: on a token stream when there is a
+    /// sink for its tokens (each chunk checked against its caps, then passed
+    /// on), as one request otherwise. A requester that stops taking tokens
+    /// ends the child's stream, which cancels its job.
+    async fn ask_child(
+        &self,
+        child: PeerId,
+        request: TaskRequest,
+        tokens: Option<TokenSink>,
+    ) -> Result<TaskResponse, NetworkError> {
+        let Some(sink) = tokens else {
+            return self.network.send_task(child, request).await;
+        };
+        let broke = |message: String| NetworkError::Stream {
+            peer: child,
+            message,
+        };
+        let mut stream = self.network.open_stream(child, &request).await?;
+        loop {
+            match stream.next().await.map_err(|e| broke(e.to_string()))? {
+                None => return Err(broke("the stream ended without an answer".into())),
+                Some(StreamFrame::Tokens(chunk)) => {
+                    chunk.validate().map_err(|e| broke(e.to_string()))?;
+                    if sink.send(chunk).await.is_err() {
+                        return Ok(TaskResponse::Failed(TaskError::new(
+                            TaskErrorKind::Cancelled,
+                            "the requester left",
+                        )));
+                    }
+                }
+                Some(StreamFrame::End(response)) => return Ok(response),
+            }
         }
     }
 

@@ -9,7 +9,7 @@ use cactus_node::roles::router::Verification;
 use cactus_node::{Node, NodeConfig, Role};
 use cactus_protocol::contract::TaskStatus;
 use cactus_protocol::messages::{Query, QueryAnswer};
-use cactus_protocol::{PromptFormat, SamplingParams, TaskErrorKind, TaskSpec};
+use cactus_protocol::{PromptFormat, SamplingParams, StreamFrame, TaskErrorKind, TaskSpec};
 use libp2p::Multiaddr;
 use libp2p::identity::Keypair;
 use std::sync::Arc;
@@ -564,6 +564,36 @@ async fn cheating_orchestrator_is_caught_by_replay_refused_and_slashed() {
     c.stop().await;
 }
 
+/// Compute time is self-reported and paid for: a receipt claiming more
+/// than passed between hand-off and result is refused, its escrow
+/// refunded, and the task answered by an honest orchestrator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_claiming_more_compute_than_passed_is_refused() {
+    let padder = Arc::new(StubEngine::new("stub").padding_compute(Duration::from_secs(3600)));
+    let c = Cluster::new(vec![Arc::new(StubEngine::new("stub")), padder]).await;
+    let padder = c.orchestrators[1].peer_id();
+    let chain = c.router.chain().unwrap().clone();
+    let account = cactus_node::chain::default_account(&padder);
+    // Tasks go to both (the draw explores); until the padder has been
+    // tried, keep asking.
+    for i in 0..40 {
+        let prompt = format!("task number {i}");
+        let result = c.submit(spec(Some("stub"), &prompt)).await.unwrap();
+        assert_ne!(result.receipt.body.orchestrator, padder);
+        assert!(result.receipt.body.compute_ms < 3_600_000);
+        let record = chain.orchestrator(account).await.unwrap().unwrap();
+        if record.failures > 0 {
+            // Refused, refunded, never paid.
+            assert_eq!(record.successes, 0);
+            let (_, escrow, _) = chain.totals().await.unwrap();
+            assert_eq!(escrow, 0);
+            c.stop().await;
+            return;
+        }
+    }
+    panic!("the padding orchestrator was never picked in 40 tasks");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_orchestrator_delegates_along_a_signed_chain_and_answers_for_it() {
     use cactus_protocol::{Assignment, TaskId, TaskRequest, TaskResponse};
@@ -627,6 +657,29 @@ async fn a_full_orchestrator_delegates_along_a_signed_chain_and_answers_for_it()
     cactus_protocol::verify::check_result(&second, &router, &a, &r).unwrap();
     // Handed to anyone but the assigned orchestrator, it is not valid.
     assert!(cactus_protocol::verify::check_result(&second, &router, &b, &r).is_err());
+    // Asked on a token stream, the delegate's tokens come through as token
+    // frames before the answer, not only inside it.
+    let third = assign(3, "third");
+    let mut stream = within(
+        c.client
+            .network()
+            .open_stream(a, &TaskRequest::Execute(third.clone())),
+    )
+    .await
+    .unwrap();
+    let mut streamed = Vec::new();
+    let r = within(async {
+        loop {
+            match stream.next().await.unwrap() {
+                Some(StreamFrame::Tokens(chunk)) => streamed.extend(chunk.tokens),
+                Some(StreamFrame::End(TaskResponse::Done(r))) => return r,
+                other => panic!("{other:?}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!((r.text.as_str(), r.receipt.body.orchestrator), ("driht", b));
+    assert_eq!(streamed, r.tokens);
     full.open_gate();
     let Ok(Ok(TaskResponse::Done(h))) = within(held).await else {
         panic!("the held task did not finish")

@@ -50,7 +50,7 @@ impl OrchestratorRole {
         self.serve(accepted.is_ok(), reply, work, move |tokens| async move {
             match accepted {
                 Ok(a) => o.finish(a, tokens).await,
-                Err(refused) => o.delegate(router, refused).await,
+                Err(refused) => o.delegate(router, refused, tokens).await,
             }
         });
     }

@@ -254,14 +254,18 @@ impl RouterCtx {
         };
         tracing::info!(task_id = %assignment.task_id, orchestrator = %peer, %connection, "handing task over");
         self.with_table(|t| t.adjust_in_flight(&peer, true));
+        let handed = std::time::Instant::now();
         let streamed =
             tokio::time::timeout(timeout, self.stream_attempt(peer, assignment, sent)).await;
+        // The most compute time the result may claim: it was made between
+        // the hand-off and its arrival.
+        let observed = handed.elapsed();
         self.with_table(|t| t.adjust_in_flight(&peer, false));
 
         let (error, failure) = match streamed {
             Ok(Ok(Streamed::Done(result, this))) => {
                 match self
-                    .accept(peer, assignment, *result, &connection, deadline)
+                    .accept(peer, assignment, *result, observed, &connection, deadline)
                     .await
                 {
                     Ok(mut result) => {

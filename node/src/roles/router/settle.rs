@@ -11,6 +11,19 @@ use libp2p::PeerId;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How much more compute time than the router saw pass between hand-off
+/// and result a receipt may claim: timer granularity on both sides.
+pub const COMPUTE_SLACK: Duration = Duration::from_millis(50);
+
+/// Whether a receipt's `compute_ms` fits in the `observed` time between
+/// hand-off and result, plus [`COMPUTE_SLACK`]. Compute time is
+/// self-reported and paid for: a claim beyond what could have happened is a
+/// bad result.
+pub fn compute_fits(compute_ms: u64, observed: Duration) -> bool {
+    let most = observed.saturating_add(COMPUTE_SLACK).as_millis();
+    u128::from(compute_ms) <= most
+}
+
 impl RouterCtx {
     /// The most a task can cost under the contract's formula (100 %
     /// reputation): what the router escrows. A prompt has at most one token per
@@ -33,6 +46,7 @@ impl RouterCtx {
         peer: PeerId,
         assignment: &Assignment,
         mut result: TaskResult,
+        observed: Duration,
         connection: &str,
         deadline: tokio::time::Instant,
     ) -> Result<TaskResult, TaskError> {
@@ -42,6 +56,17 @@ impl RouterCtx {
             return Err(TaskError::new(
                 TaskErrorKind::BadResult,
                 format!("orchestrator {peer}: {e}"),
+            ));
+        }
+        let compute_ms = result.receipt.body.compute_ms;
+        if !compute_fits(compute_ms, observed) {
+            tracing::warn!(orchestrator = %peer, compute_ms, observed_ms = observed.as_millis() as u64, "result claims more compute time than passed");
+            return Err(TaskError::new(
+                TaskErrorKind::BadResult,
+                format!(
+                    "orchestrator {peer} claims {compute_ms} ms of compute in {} ms",
+                    observed.as_millis()
+                ),
             ));
         }
         let bad =
@@ -157,5 +182,21 @@ impl RouterCtx {
             "task done; receipt recorded"
         );
         Ok(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compute_time_fits_in_what_the_router_saw_plus_the_slack() {
+        let observed = Duration::from_millis(800);
+        assert!(compute_fits(0, observed));
+        assert!(compute_fits(800, observed));
+        assert!(compute_fits(850, observed));
+        assert!(!compute_fits(851, observed));
+        assert!(!compute_fits(u64::MAX, observed));
+        assert!(compute_fits(u64::MAX, Duration::MAX));
     }
 }
