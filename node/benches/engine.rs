@@ -4,7 +4,8 @@
 //! - aggregate generation tokens/s at 1, 4 and 8 concurrent streams through
 //!   the mesh (client → router → orchestrator on loopback, the orchestrator
 //!   running `--slots 8`) ÷ `llama-server -np 8` driven the same way (target
-//!   ≥ 1.0 at 8 streams);
+//!   ≥ 1.0 at 8 streams), with the engine driven directly (no mesh) beside
+//!   them, which splits the gap between the engine and the mesh;
 //! - single-stream generation tokens/s through the mesh ÷ `llama-bench` tg
 //!   (target ≥ 0.97): the mesh figure is (n − 1) tokens over the time of an
 //!   n-token task less a 1-token one, so prefill and round trips cancel out;
@@ -260,6 +261,31 @@ fn llama_bench(tools: &Path, model: &Path, threads: u32, tokens: u32) -> f64 {
     v[0]["avg_ts"].as_f64().expect("avg_ts")
 }
 
+/// Runs `n` jobs on the engine at once, without the mesh; returns the
+/// output tokens and the wall time.
+fn direct(engine: &LlamaEngine, n: usize, tokens: u32) -> (u64, f64) {
+    let started = Instant::now();
+    let jobs: Vec<_> = (0..n)
+        .map(|i| {
+            let mut job = Job {
+                model: engine.models()[0].sha256,
+                prompt: PROMPTS[i % PROMPTS.len()].into(),
+                format: PromptFormat::Raw,
+                sampling: SamplingParams::default(),
+                deadline: None,
+                resume: None,
+            };
+            job.sampling.max_tokens = tokens;
+            engine.submit(job).unwrap()
+        })
+        .collect();
+    let total = jobs
+        .into_iter()
+        .map(|j| u64::from(j.blocking_finish().unwrap().output_tokens))
+        .sum();
+    (total, started.elapsed().as_secs_f64())
+}
+
 /// Time to the first token event of `job`, in seconds.
 fn ttft(engine: &LlamaEngine, job: Job) -> (f64, String) {
     let started = Instant::now();
@@ -312,23 +338,29 @@ fn main() {
     let mesh = Mesh::start(Arc::clone(&engine));
     mesh.concurrent(1, 8);
     println!(
-        "\n| concurrent streams | mesh tokens/s | llama-server -np {SLOTS} tokens/s | ratio | target |"
+        "\n| concurrent streams | mesh tokens/s | engine alone tokens/s | llama-server -np {SLOTS} tokens/s | ratio | target |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|");
     for n in [1usize, 4, 8] {
         let mut ours = Vec::new();
+        let mut alone = Vec::new();
         let mut theirs = Vec::new();
         for _ in 0..runs {
             let (t, s) = mesh.concurrent(n, tokens);
             ours.push(t as f64 / s);
+            let (t, s) = direct(&engine, n, tokens);
+            alone.push(t as f64 / s);
             let server = Arc::new(Server::start(&tools, &path, threads));
             server.concurrent(1, 8);
             let (t, s) = server.concurrent(n, tokens);
             theirs.push(t as f64 / s);
         }
-        let (o, t) = (median(ours), median(theirs));
+        let (o, a, t) = (median(ours), median(alone), median(theirs));
         let target = if n == 8 { "≥ 1.0" } else { "" };
-        println!("| {n} | {o:.1} | {t:.1} | {:.2} | {target} |", o / t);
+        println!(
+            "| {n} | {o:.1} | {a:.1} | {t:.1} | {:.2} | {target} |",
+            o / t
+        );
     }
 
     // 2. Single stream through the mesh against llama-bench's tg.
