@@ -2,9 +2,15 @@
 /// per-task escrow and payment, delegation split, slashing and receipt anchoring.
 ///
 /// `contracts/SPEC.md` is the specification; the Rust reference model
-/// `cactus_protocol::ledger` implements the same rules. All funds the module
+/// `cactus_protocol::contract` implements the same rules. All funds the module
 /// holds (stake, unbonding stake, escrow of pending tasks) sit in the primary
 /// fungible store of one vault object created at `initialize`.
+///
+/// Arithmetic on amounts is plain `u64` / `u128` arithmetic: an overflow or
+/// underflow aborts the whole transaction with the VM's arithmetic error
+/// (the Rust model reports it as code 4017). `pay_in` adds the amount to the
+/// vault's balance itself before transferring, so that a deposit the vault
+/// could not hold aborts here, in this module.
 module cactus::cactus_payment {
     use std::signer;
     use std::vector;
@@ -63,6 +69,8 @@ module cactus::cactus_payment {
     const E_INSUFFICIENT_BALANCE: u64 = 22;
     /// A bps field above 10 000, or `prompt_weight + output_weight == 0`.
     const E_INVALID_CONFIG: u64 = 23;
+    /// A slash names evidence an earlier slash already used.
+    const E_EVIDENCE_USED: u64 = 24;
 
     // --------------------------------------------------------------- constants
 
@@ -140,6 +148,15 @@ module cactus::cactus_payment {
         stake_held: u64,
         /// Sum of escrow over all pending tasks.
         escrow_held: u64,
+    }
+
+    /// The hashes of the evidence every slash so far was made on: each
+    /// evidence slashes once. Stored under the vault object's address (the
+    /// module can sign for it through `Config.vault`) and created by the first
+    /// slash, so that a package published before it existed upgrades
+    /// compatibly: `Ledger`'s layout stays as it was.
+    struct EvidenceLog has key {
+        used: Table<vector<u8>, bool>,
     }
 
     // ------------------------------------------------------------------ events
@@ -580,19 +597,26 @@ module cactus::cactus_payment {
 
     /// An authorized server slashes `ratio_bps` of an orchestrator's stake +
     /// unbonding (stake first): `reporter_bps` of it to the server, the rest to
-    /// the treasury.
+    /// the treasury. Each `evidence_hash` slashes once.
     public entry fun slash(
         server: &signer,
         orchestrator: address,
         ratio_bps: u64,
         evidence_hash: vector<u8>,
-    ) acquires Config, Ledger {
+    ) acquires Config, Ledger, EvidenceLog {
         assert_initialized();
         let config = borrow_global<Config>(@cactus);
         let ledger = borrow_global_mut<Ledger>(@cactus);
         let server_addr = signer::address_of(server);
         assert!(table::contains(&ledger.servers, server_addr), E_NOT_AUTHORIZED_SERVER);
         assert!(vector::length(&evidence_hash) == HASH_LEN, E_INVALID_ARGUMENT);
+        let log_addr = vault_address(config);
+        if (!exists<EvidenceLog>(log_addr)) {
+            let vault = object::generate_signer_for_extending(&config.vault);
+            move_to(&vault, EvidenceLog { used: table::new() });
+        };
+        let log = borrow_global_mut<EvidenceLog>(log_addr);
+        assert!(!table::contains(&log.used, evidence_hash), E_EVIDENCE_USED);
         assert!(table::contains(&ledger.orchestrators, orchestrator), E_NOT_REGISTERED);
         assert!(ratio_bps > 0 && ratio_bps <= config.max_slash_bps, E_INVALID_RATIO);
 
@@ -607,6 +631,7 @@ module cactus::cactus_payment {
         let reporter_cut = bps_of(amount, config.reporter_bps);
         pay_out(config, server_addr, reporter_cut);
         pay_out(config, config.treasury, amount - reporter_cut);
+        table::add(&mut log.used, copy evidence_hash, true);
         event::emit(Slashed { orchestrator, server: server_addr, ratio_bps, amount, reporter_cut, evidence_hash });
     }
 
@@ -812,11 +837,15 @@ module cactus::cactus_payment {
     }
 
     /// Moves `amount` from `payer`'s primary store into the vault, after
-    /// checking the balance covers it.
+    /// checking the balance covers it and the vault can hold it.
     fun pay_in(config: &Config, payer: &signer, amount: u64) {
         let balance = primary_fungible_store::balance(signer::address_of(payer), config.asset);
         assert!(balance >= amount, E_INSUFFICIENT_BALANCE);
-        primary_fungible_store::transfer(payer, config.asset, vault_address(config), amount);
+        let vault = vault_address(config);
+        // The vault's balance after the deposit: past u64::MAX this sum aborts
+        // with an arithmetic error here, before the framework's store would.
+        let _vault_after = primary_fungible_store::balance(vault, config.asset) + amount;
+        primary_fungible_store::transfer(payer, config.asset, vault, amount);
     }
 
     /// Pays `amount` out of the vault to `to`'s primary store (nothing if 0).

@@ -1,13 +1,13 @@
 #[test_only]
 /// The scenarios of `contracts/SPEC.md`, with the same names as the tests of the
-/// Rust reference model `cactus_protocol::ledger`.
+/// Rust reference model `cactus_protocol::contract`.
 module cactus::cactus_payment_tests {
     use std::option;
     use std::string;
     use std::vector;
     use aptos_framework::account;
     use aptos_framework::event;
-    use aptos_framework::fungible_asset::{Self, Metadata};
+    use aptos_framework::fungible_asset::{Self, Metadata, MintRef};
     use aptos_framework::object::{Self, Object};
     use aptos_framework::primary_fungible_store;
     use aptos_framework::timestamp;
@@ -26,6 +26,7 @@ module cactus::cactus_payment_tests {
 
     /// What each funded account starts with.
     const FUNDS: u64 = 100000;
+    const MAX_U64: u64 = 18446744073709551615;
 
     const TREASURY: address = @0x7ea5;
     const ISSUER: address = @0xfa;
@@ -34,6 +35,8 @@ module cactus::cactus_payment_tests {
     const ORCH3: address = @0x300;
     const SERVER: address = @0x400;
     const SERVER2: address = @0x500;
+    const WHALE: address = @0x600;
+    const WHALE2: address = @0x700;
 
     // ------------------------------------------------------------------ helpers
 
@@ -44,6 +47,12 @@ module cactus::cactus_payment_tests {
     /// Starts the clock at 0, creates a test fungible asset and funds the
     /// orchestrators and servers with `FUNDS` each.
     fun start(fx: &signer): Object<Metadata> {
+        let (asset, _mint_ref) = start_minting(fx);
+        asset
+    }
+
+    /// `start`, keeping the asset's mint ref to fund more accounts with.
+    fun start_minting(fx: &signer): (Object<Metadata>, MintRef) {
         timestamp::set_time_has_started_for_testing(fx);
         let issuer = signer_of(ISSUER);
         let ctor = object::create_named_object(&issuer, b"CACTUS_TEST_ASSET");
@@ -63,7 +72,7 @@ module cactus::cactus_payment_tests {
             primary_fungible_store::mint(&mint_ref, *vector::borrow(&funded, i), FUNDS);
             i = i + 1;
         };
-        object::object_from_constructor_ref<Metadata>(&ctor)
+        (object::object_from_constructor_ref<Metadata>(&ctor), mint_ref)
     }
 
     fun init_default(admin: &signer, asset: Object<Metadata>) {
@@ -642,6 +651,22 @@ module cactus::cactus_payment_tests {
         cactus_payment::slash(&signer_of(SERVER2), ORCH, 1000, hash(7));
     }
 
+    #[test(fx = @aptos_framework, admin = @cactus)]
+    #[expected_failure(abort_code = 24, location = cactus::cactus_payment)]
+    fun test_slash_with_used_evidence_aborts(fx: &signer, admin: &signer) {
+        let asset = ready(fx, admin);
+        let server = signer_of(SERVER);
+        cactus_payment::slash(&server, ORCH, 1000, hash(7));
+        // 10 % of 2000, then 10 % of 1800 on other evidence.
+        assert_orchestrator(ORCH, 1800, 0, 0, 0, 0, 0);
+        cactus_payment::slash(&server, ORCH, 1000, hash(8));
+        assert_orchestrator(ORCH, 1620, 0, 0, 0, 0, 0);
+        assert!(balance(asset, SERVER) == FUNDS + 20 + 18, 1);
+        assert_totals(1620, 0);
+        // The same evidence again slashes nothing.
+        cactus_payment::slash(&server, ORCH, 1000, hash(7));
+    }
+
     // ----------------------------------------------------------------- anchors
 
     #[test(fx = @aptos_framework, admin = @cactus)]
@@ -716,6 +741,21 @@ module cactus::cactus_payment_tests {
         assert_invariant();
         let (stake_held, escrow_held, _) = cactus_payment::totals();
         assert!(escrow_held == 0 && stake_held > 0, 1);
+    }
+
+    // -------------------------------------------------------------- arithmetic
+
+    #[test(fx = @aptos_framework, admin = @cactus)]
+    #[expected_failure(arithmetic_error, location = cactus::cactus_payment)]
+    fun test_stake_that_would_overflow_the_vault_aborts(fx: &signer, admin: &signer) {
+        let (asset, mint_ref) = start_minting(fx);
+        init_default(admin, asset);
+        primary_fungible_store::mint(&mint_ref, WHALE, MAX_U64);
+        primary_fungible_store::mint(&mint_ref, WHALE2, MAX_U64);
+        register(WHALE, MAX_U64 - MIN_STAKE);
+        assert_totals(MAX_U64 - MIN_STAKE, 0);
+        // One unit more than the vault can hold: the sum in `pay_in` aborts.
+        register(WHALE2, MIN_STAKE + 1);
     }
 
     // --------------------------------------------------------- not initialized

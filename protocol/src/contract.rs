@@ -11,6 +11,10 @@
 //! Every operation is an [`Op`], applied by [`State::apply`] on behalf of a
 //! signer at a given time. An operation either succeeds entirely or changes
 //! nothing, as a Move transaction does: all checks run before any mutation.
+//! Arithmetic on amounts is checked: where Move's `u64` (or `u128`) arithmetic
+//! would abort the transaction on overflow or underflow, the model returns
+//! [`Abort::ArithmeticError`]; every new value is computed before any is
+//! assigned.
 //! Local clusters persist the sequence of applied ops (see `cactus-node`'s
 //! embedded chain); replaying it rebuilds the state exactly.
 
@@ -63,6 +67,10 @@ pub struct State {
     pub tasks: BTreeMap<[u8; 16], Task>,
     /// Anchored receipt batches.
     pub anchors: Vec<Anchor>,
+    /// Hashes of the evidence of every slash so far: each evidence slashes
+    /// once. Absent from snapshots written before it existed (empty then).
+    #[serde(default)]
+    pub used_evidence: BTreeSet<[u8; 32]>,
 }
 
 /// `(stake_held, escrow_held, vault_balance)`, the `totals` view.
@@ -76,9 +84,91 @@ fn hash32(bytes: &[u8]) -> Result<[u8; 32], Abort> {
     bytes.try_into().map_err(|_| Abort::InvalidArgument)
 }
 
-fn mul_div(a: u64, b: u64, d: u64) -> u64 {
-    // a * b / d with d > 0, in u128; the results used here never exceed a.
-    (u128::from(a) * u128::from(b) / u128::from(d)) as u64
+/// `a + b`, or Move's arithmetic error.
+fn add(a: u64, b: u64) -> Result<u64, Abort> {
+    a.checked_add(b).ok_or(Abort::ArithmeticError)
+}
+
+/// `a - b`, or Move's arithmetic error.
+fn sub(a: u64, b: u64) -> Result<u64, Abort> {
+    a.checked_sub(b).ok_or(Abort::ArithmeticError)
+}
+
+/// `a + b` in `u128`, or Move's arithmetic error.
+fn add_wide(a: u128, b: u128) -> Result<u128, Abort> {
+    a.checked_add(b).ok_or(Abort::ArithmeticError)
+}
+
+/// `a * b` in `u128`, or Move's arithmetic error.
+fn mul_wide(a: u128, b: u128) -> Result<u128, Abort> {
+    a.checked_mul(b).ok_or(Abort::ArithmeticError)
+}
+
+/// `amount * bps / 10000` in `u128`, cast back to `u64` as Move's `bps_of`
+/// does (a result above `u64::MAX` is an arithmetic error there too).
+fn bps_of(amount: u128, bps: u64) -> Result<u64, Abort> {
+    let wide = mul_wide(amount, u128::from(bps))? / u128::from(BPS);
+    u64::try_from(wide).map_err(|_| Abort::ArithmeticError)
+}
+
+/// The balance and vault changes of one operation, worked out with checked
+/// arithmetic against the state before it. [`Transfers::commit`] applies them
+/// once every check of the operation has passed, so that a failing operation
+/// changes nothing.
+struct Transfers {
+    /// The vault's balance after the transfers so far.
+    vault: u64,
+    /// The balances the transfers so far changed, as they now stand.
+    balances: BTreeMap<Address, u64>,
+}
+
+impl Transfers {
+    fn new(state: &State) -> Self {
+        Self {
+            vault: state.vault,
+            balances: BTreeMap::new(),
+        }
+    }
+
+    fn balance(&self, state: &State, who: &Address) -> u64 {
+        self.balances
+            .get(who)
+            .copied()
+            .unwrap_or_else(|| state.balance(who))
+    }
+
+    /// Moves `amount` from `who` into the vault: `who`'s balance must cover
+    /// it (22), then the vault must be able to hold it (arithmetic error), as
+    /// in Move's `pay_in`.
+    fn pay_in(&mut self, state: &State, who: Address, amount: u64) -> Result<(), Abort> {
+        let balance = self.balance(state, &who);
+        if balance < amount {
+            return Err(Abort::InsufficientBalance);
+        }
+        let vault = add(self.vault, amount)?;
+        self.balances.insert(who, sub(balance, amount)?);
+        self.vault = vault;
+        Ok(())
+    }
+
+    /// Moves `amount` out of the vault to `who`; nothing for 0, as in Move's
+    /// `pay_out`. A balance that would pass `u64::MAX` is an arithmetic error
+    /// (in Move, the fungible-asset store's sum aborts).
+    fn pay_out(&mut self, state: &State, who: Address, amount: u64) -> Result<(), Abort> {
+        if amount == 0 {
+            return Ok(());
+        }
+        let vault = sub(self.vault, amount)?;
+        let balance = add(self.balance(state, &who), amount)?;
+        self.balances.insert(who, balance);
+        self.vault = vault;
+        Ok(())
+    }
+
+    fn commit(self, state: &mut State) {
+        state.vault = self.vault;
+        state.balances.extend(self.balances);
+    }
 }
 
 impl State {
@@ -93,6 +183,7 @@ impl State {
             servers: BTreeSet::new(),
             tasks: BTreeMap::new(),
             anchors: Vec::new(),
+            used_evidence: BTreeSet::new(),
         }
     }
 
@@ -103,25 +194,6 @@ impl State {
     /// `balance` of the payment asset held by `who` outside the contract.
     pub fn balance(&self, who: &Address) -> u64 {
         self.balances.get(who).copied().unwrap_or(0)
-    }
-
-    fn credit(&mut self, who: Address, amount: u64) {
-        let b = self.balances.entry(who).or_insert(0);
-        *b = b.saturating_add(amount);
-    }
-
-    /// Moves `amount` from `who` into the vault; the caller checked the balance.
-    fn pay_in(&mut self, who: Address, amount: u64) {
-        if let Some(b) = self.balances.get_mut(&who) {
-            *b -= amount;
-        }
-        self.vault += amount;
-    }
-
-    /// Moves `amount` out of the vault to `who`.
-    fn pay_out(&mut self, who: Address, amount: u64) {
-        self.vault -= amount;
-        self.credit(who, amount);
     }
 
     fn require_server(&self, who: &Address) -> Result<(), Abort> {
@@ -135,7 +207,8 @@ impl State {
     /// Applies `op` signed by `signer` at Unix time `now`: all or nothing.
     pub fn apply(&mut self, signer: Address, op: &Op, now: u64) -> Result<(), Abort> {
         if let Op::Mint { to, amount } = op {
-            self.credit(*to, *amount);
+            let balance = add(self.balance(to), *amount)?;
+            self.balances.insert(*to, balance);
             return Ok(());
         }
         if let Op::Initialize(config) = op {
@@ -173,10 +246,9 @@ impl State {
                 if *amount < config.min_stake {
                     return Err(Abort::StakeTooLow);
                 }
-                if self.balance(&signer) < *amount {
-                    return Err(Abort::InsufficientBalance);
-                }
-                self.pay_in(signer, *amount);
+                let mut moves = Transfers::new(self);
+                moves.pay_in(self, signer, *amount)?;
+                moves.commit(self);
                 self.orchestrators.insert(
                     signer,
                     Orchestrator {
@@ -191,15 +263,16 @@ impl State {
                 if *amount == 0 {
                     return Err(Abort::ZeroAmount);
                 }
-                if !self.orchestrators.contains_key(&signer) {
-                    return Err(Abort::NotRegistered);
-                }
-                if self.balance(&signer) < *amount {
-                    return Err(Abort::InsufficientBalance);
-                }
-                self.pay_in(signer, *amount);
+                let o = self
+                    .orchestrators
+                    .get(&signer)
+                    .ok_or(Abort::NotRegistered)?;
+                let mut moves = Transfers::new(self);
+                moves.pay_in(self, signer, *amount)?;
+                let stake = add(o.stake, *amount)?;
+                moves.commit(self);
                 if let Some(o) = self.orchestrators.get_mut(&signer) {
-                    o.stake += amount;
+                    o.stake = stake;
                 }
                 Ok(())
             }
@@ -214,13 +287,15 @@ impl State {
                 if *amount > o.stake {
                     return Err(Abort::InsufficientStake);
                 }
-                let left = o.stake - amount;
+                let left = sub(o.stake, *amount)?;
                 if left != 0 && left < config.min_stake {
                     return Err(Abort::StakeTooLow);
                 }
+                let unlock_at = add(now, config.unbonding_secs)?;
+                let unbonding = add(o.unbonding, *amount)?;
                 o.stake = left;
-                o.unbonding += amount;
-                o.unlock_at = now.saturating_add(config.unbonding_secs);
+                o.unbonding = unbonding;
+                o.unlock_at = unlock_at;
                 Ok(())
             }
             Op::Withdraw => {
@@ -234,11 +309,12 @@ impl State {
                 if now < o.unlock_at {
                     return Err(Abort::StillUnbonding);
                 }
-                let amount = o.unbonding;
+                let mut moves = Transfers::new(self);
+                moves.pay_out(self, signer, o.unbonding)?;
+                moves.commit(self);
                 if let Some(o) = self.orchestrators.get_mut(&signer) {
                     o.unbonding = 0;
                 }
-                self.pay_out(signer, amount);
                 Ok(())
             }
             Op::AuthorizeServer { server } => {
@@ -280,10 +356,9 @@ impl State {
                 if o.stake < config.min_stake {
                     return Err(Abort::OrchestratorIneligible);
                 }
-                if self.balance(&signer) < *max_payment {
-                    return Err(Abort::InsufficientBalance);
-                }
-                self.pay_in(signer, *max_payment);
+                let mut moves = Transfers::new(self);
+                moves.pay_in(self, signer, *max_payment)?;
+                moves.commit(self);
                 self.tasks.insert(
                     id,
                     Task {
@@ -326,27 +401,31 @@ impl State {
                     task.escrow,
                 )?;
                 // Split along the chain; the executor (last) gets the rest.
+                let mut moves = Transfers::new(self);
                 let mut remaining = payment;
-                let chain: Vec<Address> = std::iter::once(task.orchestrator)
-                    .chain(delegates.iter().copied())
-                    .collect();
-                for member in &chain[..chain.len() - 1] {
-                    let cut = mul_div(remaining, config.delegation_fee_bps, BPS);
-                    self.pay_out(*member, cut);
-                    remaining -= cut;
+                let mut executor = task.orchestrator;
+                for next in delegates {
+                    let cut = bps_of(u128::from(remaining), config.delegation_fee_bps)?;
+                    moves.pay_out(self, executor, cut)?;
+                    remaining = sub(remaining, cut)?;
+                    executor = *next;
                 }
-                let executor = chain[chain.len() - 1];
-                self.pay_out(executor, remaining);
-                self.pay_out(task.server, task.escrow - payment);
+                moves.pay_out(self, executor, remaining)?;
+                moves.pay_out(self, task.server, sub(task.escrow, payment)?)?;
+                let record =
+                    |who: &Address| self.orchestrators.get(who).ok_or(Abort::NotRegistered);
+                let successes = add(record(&task.orchestrator)?.successes, 1)?;
+                let executed_ms = add(record(&executor)?.compute_ms, *compute_ms)?;
+                moves.commit(self);
                 if let Some(t) = self.tasks.get_mut(&id) {
                     t.status = TaskStatus::Completed;
                     t.payment = payment;
                 }
                 if let Some(o) = self.orchestrators.get_mut(&task.orchestrator) {
-                    o.successes += 1;
+                    o.successes = successes;
                 }
                 if let Some(o) = self.orchestrators.get_mut(&executor) {
-                    o.compute_ms = o.compute_ms.saturating_add(*compute_ms);
+                    o.compute_ms = executed_ms;
                 }
                 Ok(())
             }
@@ -363,13 +442,20 @@ impl State {
                 if task.status != TaskStatus::Pending {
                     return Err(Abort::TaskNotPending);
                 }
-                self.pay_out(task.server, task.escrow);
+                let mut moves = Transfers::new(self);
+                moves.pay_out(self, task.server, task.escrow)?;
+                let o = self
+                    .orchestrators
+                    .get(&task.orchestrator)
+                    .ok_or(Abort::NotRegistered)?;
+                let failures = add(o.failures, 1)?;
+                moves.commit(self);
                 if let Some(t) = self.tasks.get_mut(&id) {
                     t.status = TaskStatus::Failed;
                     t.reason = *reason;
                 }
                 if let Some(o) = self.orchestrators.get_mut(&task.orchestrator) {
-                    o.failures += 1;
+                    o.failures = failures;
                 }
                 Ok(())
             }
@@ -379,7 +465,10 @@ impl State {
                 evidence_hash,
             } => {
                 self.require_server(&signer)?;
-                hash32(evidence_hash)?;
+                let evidence = hash32(evidence_hash)?;
+                if self.used_evidence.contains(&evidence) {
+                    return Err(Abort::EvidenceUsed);
+                }
                 let o = self
                     .orchestrators
                     .get(orchestrator)
@@ -387,16 +476,21 @@ impl State {
                 if *ratio_bps == 0 || *ratio_bps > config.max_slash_bps {
                     return Err(Abort::InvalidRatio);
                 }
-                let amount = mul_div(o.stake + o.unbonding, *ratio_bps, BPS);
+                let held = add_wide(u128::from(o.stake), u128::from(o.unbonding))?;
+                let amount = bps_of(held, *ratio_bps)?;
                 let from_stake = amount.min(o.stake);
-                let from_unbonding = amount - from_stake;
+                let stake = sub(o.stake, from_stake)?;
+                let unbonding = sub(o.unbonding, sub(amount, from_stake)?)?;
+                let reporter_cut = bps_of(u128::from(amount), config.reporter_bps)?;
+                let mut moves = Transfers::new(self);
+                moves.pay_out(self, signer, reporter_cut)?;
+                moves.pay_out(self, config.treasury, sub(amount, reporter_cut)?)?;
+                moves.commit(self);
                 if let Some(o) = self.orchestrators.get_mut(orchestrator) {
-                    o.stake -= from_stake;
-                    o.unbonding -= from_unbonding;
+                    o.stake = stake;
+                    o.unbonding = unbonding;
                 }
-                let reporter_cut = mul_div(amount, config.reporter_bps, BPS);
-                self.pay_out(signer, reporter_cut);
-                self.pay_out(config.treasury, amount - reporter_cut);
+                self.used_evidence.insert(evidence);
                 Ok(())
             }
             Op::AnchorReceipts {
@@ -455,31 +549,37 @@ impl State {
             .orchestrators
             .get(orchestrator)
             .ok_or(Abort::NotRegistered)?;
-        let units = u128::from(prompt_tokens) * u128::from(c.prompt_weight)
-            + u128::from(output_tokens) * u128::from(c.output_weight);
-        let base = units * u128::from(price_per_unit);
-        let credited_ms = u128::from(compute_ms).min(units * u128::from(c.ms_cap_per_unit));
-        let time_credit = credited_ms * u128::from(c.price_per_ms);
-        let rep_bps = 5000
-            + 5000 * (u128::from(o.successes) + 1)
-                / (u128::from(o.successes) + u128::from(o.failures) + 1);
-        let payment = (base + time_credit) * rep_bps / u128::from(BPS);
-        Ok(payment.min(u128::from(max_payment)) as u64)
+        // In u128 as in Move, where a product or sum past u128::MAX aborts.
+        let units = add_wide(
+            mul_wide(u128::from(prompt_tokens), u128::from(c.prompt_weight))?,
+            mul_wide(u128::from(output_tokens), u128::from(c.output_weight))?,
+        )?;
+        let base = mul_wide(units, u128::from(price_per_unit))?;
+        let ms_cap = mul_wide(units, u128::from(c.ms_cap_per_unit))?;
+        let credited_ms = u128::from(compute_ms).min(ms_cap);
+        let time_credit = mul_wide(credited_ms, u128::from(c.price_per_ms))?;
+        // Counters are u64, so these u128 sums and products cannot overflow.
+        let successes = u128::from(o.successes);
+        let rep_bps = 5000 + 5000 * (successes + 1) / (successes + u128::from(o.failures) + 1);
+        let gross = mul_wide(add_wide(base, time_credit)?, rep_bps)? / u128::from(BPS);
+        u64::try_from(gross.min(u128::from(max_payment))).map_err(|_| Abort::ArithmeticError)
     }
 
     /// The `totals` view: stake held (active + unbonding), escrow held, vault.
+    /// Both sums are parts of the vault's balance (the contract's invariant),
+    /// so they never pass `u64::MAX`; they saturate rather than panic.
     pub fn totals(&self) -> Totals {
         let stake = self
             .orchestrators
             .values()
-            .map(|o| o.stake + o.unbonding)
-            .sum();
+            .flat_map(|o| [o.stake, o.unbonding])
+            .fold(0, u64::saturating_add);
         let escrow = self
             .tasks
             .values()
             .filter(|t| t.status == TaskStatus::Pending)
             .map(|t| t.escrow)
-            .sum();
+            .fold(0, u64::saturating_add);
         (stake, escrow, self.vault)
     }
 

@@ -457,8 +457,11 @@ pub fn view_call(view: &View) -> Call {
     Call { function, args }
 }
 
-/// Every abort code of the module, in code order.
-pub const ABORTS: [Abort; 23] = [
+/// Every abort code of the module (its `E_*` constants), in code order.
+/// [`Abort::ArithmeticError`] is not among them: Move reports an overflow as
+/// the VM's `ARITHMETIC_ERROR` status, not as an abort of the module, and the
+/// Aptos backend passes that on as a failed transaction.
+pub const ABORTS: [Abort; 24] = [
     Abort::NotAdmin,
     Abort::AlreadyInitialized,
     Abort::NotInitialized,
@@ -482,6 +485,7 @@ pub const ABORTS: [Abort; 23] = [
     Abort::InvalidRatio,
     Abort::InsufficientBalance,
     Abort::InvalidConfig,
+    Abort::EvidenceUsed,
 ];
 
 /// The [`Abort`] with Move abort code `code` (`E_*`), if there is one.

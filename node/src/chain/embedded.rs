@@ -458,6 +458,66 @@ mod tests {
         assert_eq!(stake + escrow, vault);
     }
 
+    /// A snapshot written before `State::used_evidence` existed still loads,
+    /// with no evidence used.
+    #[test]
+    fn snapshots_from_before_the_evidence_log_load() {
+        /// `State` as it was serialized before the evidence log.
+        #[derive(Serialize)]
+        struct OldState<'a> {
+            admin: Address,
+            config: &'a Option<Config>,
+            balances: &'a std::collections::BTreeMap<Address, u64>,
+            vault: u64,
+            orchestrators: &'a std::collections::BTreeMap<Address, Orchestrator>,
+            servers: &'a std::collections::BTreeSet<Address>,
+            tasks: &'a std::collections::BTreeMap<[u8; 16], Task>,
+            anchors: &'a [Anchor],
+        }
+        let mut state = State::new(Address([1; 32]));
+        let settings = LocalSettings::default();
+        state
+            .apply(state.admin, &Op::Initialize(settings.config), 5)
+            .unwrap();
+        let old = OldState {
+            admin: state.admin,
+            config: &state.config,
+            balances: &state.balances,
+            vault: state.vault,
+            orchestrators: &state.orchestrators,
+            servers: &state.servers,
+            tasks: &state.tasks,
+            anchors: &state.anchors,
+        };
+        let back: State = decode(&encode(&old).unwrap(), Path::new(CHAIN_FILE)).unwrap();
+        assert!(back.used_evidence.is_empty());
+        assert_eq!(back, state);
+    }
+
+    /// Declared stakes the vault cannot hold together are refused, and the
+    /// vault does not wrap.
+    #[tokio::test]
+    async fn declared_stakes_that_would_overflow_the_vault_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let router = Address([1; 32]);
+        let chain =
+            Embedded(EmbeddedChain::open(dir.path(), router, &LocalSettings::default()).unwrap());
+        let peer = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        assert!(chain.admit(peer, Address([3; 32]), u64::MAX).await.unwrap());
+        let second = chain.admit(peer, Address([4; 32]), u64::MAX).await;
+        assert!(
+            matches!(second, Err(ChainError::Abort(Abort::ArithmeticError))),
+            "{second:?}"
+        );
+        assert_eq!(
+            chain.totals().await.unwrap(),
+            (u64::MAX, 0, u64::MAX),
+            "the vault holds the first stake only"
+        );
+    }
+
     #[tokio::test]
     async fn admits_by_declared_stake_and_checks_identity() {
         let dir = tempfile::tempdir().unwrap();

@@ -756,6 +756,52 @@ fn test_slash_unauthorized_fails() {
     assert_eq!(err(&mut s, orch(2), op), Abort::NotAuthorizedServer);
 }
 
+#[test]
+fn test_slash_with_used_evidence_aborts() {
+    let mut s = setup();
+    let slash = |o: Address, evidence: u8| Op::Slash {
+        orchestrator: o,
+        ratio_bps: 1_000,
+        evidence_hash: vec![evidence; 32],
+    };
+    ok(&mut s, server(), slash(orch(1), 7));
+    // 10 % of 2 000, then 10 % of 1 800 on other evidence.
+    assert_eq!(s.orchestrators[&orch(1)].stake, 1_800);
+    ok(&mut s, server(), slash(orch(1), 8));
+    assert_eq!(s.orchestrators[&orch(1)].stake, 1_620);
+    // The same evidence again slashes nothing: from the same server, against
+    // another orchestrator, or from another server.
+    assert_eq!(
+        err(&mut s, server(), slash(orch(1), 7)),
+        Abort::EvidenceUsed
+    );
+    assert_eq!(
+        err(&mut s, server(), slash(orch(2), 8)),
+        Abort::EvidenceUsed
+    );
+    ok(
+        &mut s,
+        admin(),
+        Op::AuthorizeServer {
+            server: other_server(),
+        },
+    );
+    assert_eq!(
+        err(&mut s, other_server(), slash(orch(1), 7)),
+        Abort::EvidenceUsed
+    );
+    // A slash that fails uses up nothing.
+    let zero = Op::Slash {
+        orchestrator: orch(2),
+        ratio_bps: 0,
+        evidence_hash: vec![9; 32],
+    };
+    assert_eq!(err(&mut s, server(), zero), Abort::InvalidRatio);
+    ok(&mut s, server(), slash(orch(2), 9));
+    assert_eq!(s.orchestrators[&orch(2)].stake, 1_800);
+    assert_eq!(s.used_evidence.len(), 3);
+}
+
 fn anchor(root_len: usize) -> Op {
     Op::AnchorReceipts {
         merkle_root: vec![3; root_len],
@@ -834,6 +880,91 @@ fn test_invariant_escrow_plus_stake_equals_balance() {
 }
 
 #[test]
+fn test_stake_that_would_overflow_the_vault_aborts() {
+    let mut s = State::new(admin());
+    ok(&mut s, admin(), Op::Initialize(config()));
+    let (whale, whale2) = (addr(0x61), addr(0x62));
+    for to in [whale, whale2] {
+        ok(
+            &mut s,
+            admin(),
+            Op::Mint {
+                to,
+                amount: u64::MAX,
+            },
+        );
+    }
+    let min = config().min_stake;
+    let register = |amount| Op::RegisterOrchestrator {
+        peer_id: vec![0x61; 38],
+        amount,
+    };
+    ok(&mut s, whale, register(u64::MAX - min));
+    assert_eq!(s.totals(), (u64::MAX - min, 0, u64::MAX - min));
+    // One unit more than the vault can hold.
+    assert_eq!(
+        err(&mut s, whale2, register(min + 1)),
+        Abort::ArithmeticError
+    );
+    // Exactly what it can hold; then nothing more goes in.
+    ok(&mut s, whale2, register(min));
+    assert_eq!(s.vault, u64::MAX);
+    assert_eq!(
+        err(&mut s, whale2, Op::AddStake { amount: 1 }),
+        Abort::ArithmeticError
+    );
+}
+
+/// Model-only: the other overflows Move aborts on (some in the framework's
+/// fungible-asset store rather than in the module, so the Move tests cannot
+/// name their location) abort here too, and change nothing.
+#[test]
+fn arithmetic_overflows_abort_and_change_nothing() {
+    let mut s = setup();
+    let full = |to| Op::Mint {
+        to,
+        amount: u64::MAX,
+    };
+    // The faucet cannot push a balance past u64::MAX.
+    assert_eq!(err(&mut s, admin(), full(orch(1))), Abort::ArithmeticError);
+    // Nor can a payout: the treasury's balance is full, so a slash is refused
+    // whole (stake, reporter's cut and the evidence stay as they were).
+    ok(&mut s, admin(), full(treasury()));
+    let slash = Op::Slash {
+        orchestrator: orch(1),
+        ratio_bps: 1_000,
+        evidence_hash: vec![1; 32],
+    };
+    assert_eq!(err(&mut s, server(), slash), Abort::ArithmeticError);
+    // u128 products of the payment formula.
+    ok(&mut s, server(), create(1, orch(1), u64::MAX, 1_000));
+    let huge = complete(1, u64::MAX, u64::MAX, 0, vec![]);
+    assert_eq!(err(&mut s, server(), huge), Abort::ArithmeticError);
+    assert_eq!(
+        s.quote_payment(&orch(1), u64::MAX, u64::MAX, u64::MAX, 0, 1_000),
+        Err(Abort::ArithmeticError)
+    );
+    // The executor's compute_ms counter.
+    ok(&mut s, server(), complete(1, 1, 1, u64::MAX, vec![]));
+    assert_eq!(s.orchestrators[&orch(1)].compute_ms, u64::MAX);
+    ok(&mut s, server(), create(2, orch(1), 1, 1_000));
+    assert_eq!(
+        err(&mut s, server(), complete(2, 1, 1, 1, vec![])),
+        Abort::ArithmeticError
+    );
+    // now + unbonding_secs.
+    let forever = Config {
+        unbonding_secs: u64::MAX,
+        ..config()
+    };
+    ok(&mut s, admin(), Op::SetConfig(forever));
+    assert_eq!(
+        err(&mut s, orch(2), Op::RequestUnstake { amount: 1_000 }),
+        Abort::ArithmeticError
+    );
+}
+
+#[test]
 fn abort_codes_match_the_spec_numbers() {
     let all = [
         (Abort::NotAdmin, 1),
@@ -859,6 +990,8 @@ fn abort_codes_match_the_spec_numbers() {
         (Abort::InvalidRatio, 21),
         (Abort::InsufficientBalance, 22),
         (Abort::InvalidConfig, 23),
+        (Abort::EvidenceUsed, 24),
+        (Abort::ArithmeticError, 4017),
     ];
     for (a, n) in all {
         assert_eq!(a.code(), n);

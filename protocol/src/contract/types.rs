@@ -109,6 +109,15 @@ pub enum Abort {
     /// An invalid configuration.
     #[error("E_INVALID_CONFIG (23)")]
     InvalidConfig = 23,
+    /// A slash naming evidence that has already slashed.
+    #[error("E_EVIDENCE_USED (24): this evidence has already been used for a slash")]
+    EvidenceUsed = 24,
+    /// An amount would pass `u64::MAX` or drop below 0 (or an intermediate
+    /// `u128` product would overflow). Move has no abort code for this: the
+    /// VM aborts the transaction with its `ARITHMETIC_ERROR` status, whose
+    /// number (4017) the model reports.
+    #[error("ARITHMETIC_ERROR (4017): an amount would overflow or underflow")]
+    ArithmeticError = 4017,
 }
 
 impl Abort {
@@ -152,7 +161,7 @@ impl Config {
         ]
         .iter()
         .all(|b| *b <= BPS);
-        if !bps_ok || self.prompt_weight.saturating_add(self.output_weight) == 0 {
+        if !bps_ok || (self.prompt_weight == 0 && self.output_weight == 0) {
             return Err(Abort::InvalidConfig);
         }
         Ok(())
@@ -309,7 +318,7 @@ pub enum Op {
         orchestrator: Address,
         /// Share of its stake, bps.
         ratio_bps: u64,
-        /// 32-byte evidence hash.
+        /// 32-byte evidence hash; each evidence slashes once.
         #[serde(with = "serde_bytes")]
         evidence_hash: Vec<u8>,
     },

@@ -256,11 +256,17 @@ fn table_is_consistent() {
 
 #[test]
 fn abort_codes_round_trip() {
-    for code in 1..=23 {
+    for code in 1..=24 {
         assert_eq!(abort_from_code(code).map(Abort::code), Some(code));
     }
+    assert_eq!(abort_from_code(24), Some(Abort::EvidenceUsed));
     assert_eq!(abort_from_code(0), None);
-    assert_eq!(abort_from_code(24), None);
+    assert_eq!(abort_from_code(25), None);
+    assert_eq!(
+        abort_from_code(Abort::ArithmeticError.code()),
+        None,
+        "the VM's arithmetic error is no abort code of the module"
+    );
     assert_eq!(
         abort_from_code(0x1_0001),
         None,

@@ -294,6 +294,8 @@ fn aborts_are_read_from_vm_status() {
     });
     let status = "Move abort in 0xcafe::cactus_payment: E_NOT_REGISTERED(0x8): not a registered orchestrator";
     assert_eq!(abort_in_module(status, &short), Some(Abort::NotRegistered));
+    let used = "Move abort in 0xcafe::cactus_payment: E_EVIDENCE_USED(0x18): A slash names evidence an earlier slash already used";
+    assert_eq!(abort_in_module(used, &short), Some(Abort::EvidenceUsed));
     // Embedded in a longer message (a view's 400 error).
     let wrapped = format!("Invalid input: {status}");
     assert_eq!(
