@@ -306,3 +306,102 @@ pub async fn submit(
     node.shutdown().await;
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cactus_protocol::receipt::{RECEIPT_VERSION, ReceiptBody};
+    use cactus_protocol::{FinishReason, PromptFormat, SamplingParams, TaskId};
+
+    /// A spec and an honest, countersigned answer to it; the router's id.
+    fn answered() -> (TaskSpec, TaskResult, PeerId) {
+        let orch = Keypair::generate_ed25519();
+        let router = Keypair::generate_ed25519();
+        let model = Digest::of(b"model");
+        let spec = TaskSpec {
+            model: Some(model.to_hex()),
+            prompt: "why?".into(),
+            format: PromptFormat::Chat,
+            sampling: SamplingParams {
+                max_tokens: 4,
+                temperature: 0.5,
+                ..SamplingParams::default()
+            },
+        };
+        let text = "because".to_owned();
+        let body = ReceiptBody {
+            version: RECEIPT_VERSION,
+            task_id: TaskId([3; 16]),
+            model,
+            prompt_hash: Digest::of(spec.prompt.as_bytes()),
+            output_hash: Digest::of(text.as_bytes()),
+            output_tokens_hash: Digest::of_tokens(&[10, 11]),
+            sampling: spec.sampling.clone(),
+            format: spec.format,
+            finish: FinishReason::EndOfGeneration,
+            prompt_tokens: 9,
+            output_tokens: 2,
+            compute_ms: 10,
+            orchestrator: orch.public().to_peer_id(),
+            router: router.public().to_peer_id(),
+            started_at_ms: 100,
+            finished_at_ms: 110,
+            delegation: None,
+            resumed: None,
+        };
+        let mut receipt = body.sign(&orch).unwrap();
+        receipt.countersign(&router).unwrap();
+        let result = TaskResult {
+            text,
+            tokens: vec![10, 11],
+            finish: FinishReason::EndOfGeneration,
+            receipt,
+            delegation: Vec::new(),
+            resumed: None,
+        };
+        (spec, result, router.public().to_peer_id())
+    }
+
+    #[test]
+    fn an_answer_is_checked_against_what_was_asked() {
+        let (spec, result, router) = answered();
+        check_answer(router, &Asked::of(&spec), &result).unwrap();
+        // Asked by name, the model cannot be checked here; asked by hash,
+        // another model's receipt is refused.
+        let by_name = TaskSpec {
+            model: Some("gemma".into()),
+            ..spec.clone()
+        };
+        check_answer(router, &Asked::of(&by_name), &result).unwrap();
+        let other_model = TaskSpec {
+            model: Some(Digest::of(b"other").to_hex()),
+            ..spec.clone()
+        };
+        let other_sampling = TaskSpec {
+            sampling: SamplingParams {
+                temperature: 0.0,
+                ..spec.sampling.clone()
+            },
+            ..spec.clone()
+        };
+        let other_format = TaskSpec {
+            format: PromptFormat::Raw,
+            ..spec.clone()
+        };
+        let other_prompt = TaskSpec {
+            prompt: "how?".into(),
+            ..spec.clone()
+        };
+        for wrong in [other_model, other_sampling, other_format, other_prompt] {
+            assert!(
+                matches!(
+                    check_answer(router, &Asked::of(&wrong), &result),
+                    Err(ClientError::BadReceipt(_))
+                ),
+                "{wrong:?}"
+            );
+        }
+        let stranger = Keypair::generate_ed25519().public().to_peer_id();
+        assert!(check_answer(stranger, &Asked::of(&spec), &result).is_err());
+    }
+}

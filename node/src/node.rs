@@ -376,6 +376,7 @@ impl Node {
             events,
             role,
             max_tasks: config.max_tasks,
+            per_peer: crate::roles::PeerBudget::new(crate::roles::tasks_per_peer(config.max_tasks)),
             timers: Timers {
                 provide_interval: Duration::from_secs(60),
                 prune_interval: Duration::from_secs(5),

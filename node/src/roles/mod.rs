@@ -126,12 +126,78 @@ pub fn wrong_role(request: &TaskRequest) -> TaskResponse {
     TaskResponse::Failed(TaskError::new(TaskErrorKind::WrongRole, what))
 }
 
+/// The share of the dispatcher's task budget one peer's requests may hold
+/// at once: a quarter, so that no single peer (a stranger, say) can spend
+/// all of it. A router's tasks at one orchestrator are usually bounded lower
+/// still, by the slots and queue places it advertises.
+pub fn tasks_per_peer(max_tasks: usize) -> usize {
+    (max_tasks / 4).max(1)
+}
+
+/// Handler tasks in flight per peer. An entry lives only while one of its
+/// [`PeerCharge`]s does, so there are never more entries than tasks.
+#[derive(Debug, Clone)]
+pub struct PeerBudget {
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<PeerId, usize>>>,
+    max: usize,
+}
+
+impl PeerBudget {
+    /// A budget of `max` tasks per peer.
+    pub fn new(max: usize) -> Self {
+        Self {
+            counts: Arc::default(),
+            max,
+        }
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<PeerId, usize>> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `peer` may start another task.
+    pub fn has_room(&self, peer: &PeerId) -> bool {
+        self.counts().get(peer).copied().unwrap_or(0) < self.max
+    }
+
+    /// Counts one task against `peer` until the charge is dropped.
+    pub fn charge(&self, peer: PeerId) -> PeerCharge {
+        *self.counts().entry(peer).or_insert(0) += 1;
+        PeerCharge {
+            budget: self.clone(),
+            peer,
+        }
+    }
+}
+
+/// One task counted against a peer's budget.
+#[derive(Debug)]
+pub struct PeerCharge {
+    budget: PeerBudget,
+    peer: PeerId,
+}
+
+impl Drop for PeerCharge {
+    fn drop(&mut self) {
+        let mut counts = self.budget.counts();
+        if let Some(n) = counts.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.peer);
+            }
+        }
+    }
+}
+
 /// The dispatcher's resources, lent to a role while it handles one event.
 #[derive(Debug)]
 pub struct Work<'a> {
     network: &'a Network,
     tasks: &'a mut JoinSet<()>,
     max_tasks: usize,
+    /// The peer whose request is being handled: tasks started for it count
+    /// against its share of the budget.
+    on_behalf_of: Option<(PeerId, &'a PeerBudget)>,
 }
 
 impl Work<'_> {
@@ -150,7 +216,11 @@ impl Work<'_> {
         if !self.has_room() {
             return false;
         }
-        self.tasks.spawn(task);
+        let charge = self.on_behalf_of.map(|(peer, budget)| budget.charge(peer));
+        self.tasks.spawn(async move {
+            let _charge = charge;
+            task.await;
+        });
         true
     }
 
@@ -191,6 +261,9 @@ pub struct Dispatcher {
     pub role: Arc<dyn Handler>,
     /// Tasks in flight at most; past it inbound tasks are refused as busy.
     pub max_tasks: usize,
+    /// Tasks in flight per peer; past its share a peer's requests are
+    /// refused as busy.
+    pub per_peer: PeerBudget,
     /// How often the role is ticked.
     pub timers: Timers,
 }
@@ -237,6 +310,7 @@ impl Dispatcher {
             network: &self.network,
             tasks,
             max_tasks: self.max_tasks,
+            on_behalf_of: None,
         }
     }
 
@@ -249,11 +323,19 @@ impl Dispatcher {
                 request,
                 channel,
             } => {
-                if !work.has_room() {
-                    let busy = TaskError::new(TaskErrorKind::Busy, "too many tasks in flight");
+                let refusal = if !work.has_room() {
+                    Some("too many tasks in flight")
+                } else if !self.per_peer.has_room(&peer) {
+                    Some("too many of this peer's tasks in flight")
+                } else {
+                    None
+                };
+                if let Some(message) = refusal {
+                    let busy = TaskError::new(TaskErrorKind::Busy, message);
                     work.respond(channel, TaskResponse::Failed(busy));
                     return;
                 }
+                work.on_behalf_of = Some((peer, &self.per_peer));
                 self.role.on_request(peer, request, channel, &mut work);
             }
             NetworkEvent::Advert(advert) => self.role.on_advert(advert, &mut work),
@@ -280,5 +362,19 @@ mod tests {
             other => panic!("not a refusal: {other:?}"),
         };
         assert!(refusal(TaskRequest::Query(Query::Status)).contains("not a router"));
+    }
+
+    #[test]
+    fn a_peer_has_a_share_of_the_budget_and_gets_it_back() {
+        let budget = PeerBudget::new(2);
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let first = budget.charge(a);
+        let second = budget.charge(a);
+        assert!(!budget.has_room(&a));
+        assert!(budget.has_room(&b));
+        drop(first);
+        assert!(budget.has_room(&a));
+        drop(second);
+        assert!(budget.counts().is_empty());
     }
 }

@@ -806,6 +806,32 @@ async fn invalid_task_adverts_and_bids_cost_the_sender_gossipsub_score() {
         .unwrap()
         .unwrap();
     assert!(score < 0.0, "score {score}");
+    // A valid bid from a key the router never admitted takes no place in
+    // the auction: it could never win.
+    let bid = BidBody {
+        advert_id: call.advert_id,
+        router: call.router,
+        orchestrator: rogue.peer_id(),
+        model: call.model,
+        price_per_unit: call.max_price_per_unit,
+        free_slots: 1,
+        account: cactus_protocol::contract::Address([1; 32]),
+        issued_at_ms: call.issued_at_ms,
+        expires_at_ms: call.deadline_ms + 1_000,
+    }
+    .sign(&rogue_key)
+    .unwrap();
+    let answer = within(
+        rogue
+            .network()
+            .send_task(c.router.peer_id(), TaskRequest::Bid(Box::new(bid))),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(&answer, TaskResponse::Failed(e) if e.message.contains("not an orchestrator admitted")),
+        "{answer:?}"
+    );
 
     // ...and, connected to the orchestrator too, publishes a call for bids
     // that breaks the rules (a 10-minute window, over the 60 s cap): the

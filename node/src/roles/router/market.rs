@@ -157,9 +157,13 @@ impl RouterCtx {
 
     /// Takes a bid into its open auction. An invalid bid (forged, expired,
     /// over the price cap, for another model) costs its sender gossipsub
-    /// score; a bid for an auction that has closed is only refused.
+    /// score; a bid for an auction that has closed is only refused, and so
+    /// is a valid bid from an orchestrator this router has not admitted: it
+    /// could never win, and must not take one of the auction's
+    /// [`MAX_BIDS`] places from those who can.
     pub async fn on_bid(&self, sender: PeerId, bid: Bid) -> TaskResponse {
         let now = crate::time::now_ms();
+        let admitted = self.with_table(|t| t.admitted_terms(&sender)).is_some();
         let verdict = {
             let mut open = self.market.open.lock().unwrap_or_else(|p| p.into_inner());
             match open.get_mut(&bid.body.advert_id) {
@@ -170,6 +174,9 @@ impl RouterCtx {
                         Err((false, e.to_string()))
                     }
                     Err(e) => Err((true, e.to_string())),
+                    Ok(()) if !admitted => {
+                        Err((false, "not an orchestrator admitted here".to_owned()))
+                    }
                     Ok(()) if auction.bids.iter().any(|b| b.body.orchestrator == sender) => {
                         Err((false, "one bid per orchestrator".to_owned()))
                     }
