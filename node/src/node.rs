@@ -322,6 +322,11 @@ impl Node {
                 if !chain.is_server(chain.account()).await? {
                     tracing::warn!(account = %chain.account(), "this router is not an authorized server on the chain: tasks will be refused");
                 }
+                // Escrow a previous run left pending is settled or refunded
+                // before any new task.
+                if let Err(e) = crate::roles::router::reconcile(chain.as_ref(), &receipts).await {
+                    tracing::error!(error = %e, "could not reconcile the tasks left pending");
+                }
                 chain_handle = Some(Arc::clone(&chain));
                 let appended = Arc::new(tokio::sync::Notify::new());
                 anchor_task = Some(tokio::spawn(anchor::run(

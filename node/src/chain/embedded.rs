@@ -15,7 +15,7 @@
 use super::{ChainBackend, ChainError};
 use cactus_protocol::TaskId;
 use cactus_protocol::contract::{
-    Abort, Address, Anchor, Config, Op, Orchestrator, State, Task, Totals,
+    Abort, Address, Anchor, Config, Op, Orchestrator, State, Task, TaskStatus, Totals,
 };
 use cactus_protocol::wire::SourceError;
 use futures::future::{BoxFuture, FutureExt};
@@ -360,6 +360,22 @@ impl ChainBackend for Embedded {
                 .and_then(|i| s.anchors.get(i).cloned())
         });
         async move { Ok(a) }.boxed()
+    }
+
+    fn pending_tasks(
+        &self,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Option<Vec<TaskId>>, ChainError>> {
+        let me = self.0.account;
+        let ids = self.0.with_state(|s| {
+            s.tasks
+                .iter()
+                .filter(|(_, t)| t.server == me && t.status == TaskStatus::Pending)
+                .take(limit)
+                .map(|(id, _)| TaskId(*id))
+                .collect()
+        });
+        async move { Ok(Some(ids)) }.boxed()
     }
 
     fn admit(

@@ -18,7 +18,7 @@ pub mod embedded;
 use cactus_protocol::TaskId;
 use cactus_protocol::contract::{Abort, Address, Anchor, Config, Op, Orchestrator, Task, Totals};
 use cactus_protocol::wire::SourceError;
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, FutureExt};
 use libp2p::PeerId;
 use std::path::PathBuf;
 
@@ -126,6 +126,16 @@ pub trait ChainBackend: Send + Sync + std::fmt::Debug + 'static {
     fn anchor_count(&self) -> BoxFuture<'_, Result<u64, ChainError>>;
     /// One anchored batch.
     fn anchor(&self, index: u64) -> BoxFuture<'_, Result<Option<Anchor>, ChainError>>;
+    /// Up to `limit` tasks this node's account escrowed that are still
+    /// pending: after a restart, what the router left behind. `None` when
+    /// the backend has no way to list them.
+    fn pending_tasks(
+        &self,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Option<Vec<TaskId>>, ChainError>> {
+        let _ = limit;
+        async { Ok(None) }.boxed()
+    }
     /// Decides whether the orchestrator `peer`, which says it is the chain
     /// account `account` with `declared_stake`, may be given tasks. A chain
     /// checks its registration (the PeerId on record must match) and stake; a

@@ -564,6 +564,58 @@ async fn cheating_orchestrator_is_caught_by_replay_refused_and_slashed() {
     c.stop().await;
 }
 
+/// A router that stops mid-task leaves the task's escrow pending on the
+/// chain; started again (same identity, same data dir) it refunds it, since
+/// no receipt was logged, before it takes new work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_restarted_mid_task_refunds_the_escrow_it_left_pending() {
+    let gated = Arc::new(StubEngine::new("stub").gated());
+    let dir = tempfile::tempdir().unwrap();
+    let key = Keypair::generate_ed25519();
+    let router = Node::start(config(Role::Router, dir.path(), vec![]), key.clone(), None)
+        .await
+        .unwrap();
+    let addr = first_addr(&router).await;
+    let orch = start_with(
+        config(Role::Orchestrator, dir.path(), vec![addr.clone()]),
+        Some(gated.clone()),
+    )
+    .await;
+    within(router.wait_for_orchestrators(1)).await.unwrap();
+    let client = start(Role::Client, dir.path(), vec![], None).await;
+    within(client.network().dial(addr)).await.unwrap();
+    let left = {
+        let network = client.network().clone();
+        let router = router.peer_id();
+        tokio::spawn(async move { client::submit_to(&network, router, spec(None, "left")).await })
+    };
+    let g = gated.clone();
+    within(tokio::task::spawn_blocking(move || g.wait_started(1)))
+        .await
+        .unwrap();
+    let account = cactus_node::chain::default_account(&orch.peer_id());
+    {
+        let chain = router.chain().unwrap();
+        let (_, escrowed, _) = chain.totals().await.unwrap();
+        assert!(escrowed > 0, "the task was escrowed");
+    }
+    router.shutdown().await;
+    assert!(within(left).await.unwrap().is_err());
+
+    let router = Node::start(config(Role::Router, dir.path(), vec![]), key, None)
+        .await
+        .unwrap();
+    let chain = router.chain().unwrap().clone();
+    let (_, escrowed, _) = chain.totals().await.unwrap();
+    assert_eq!(escrowed, 0, "nothing stays escrowed");
+    let record = chain.orchestrator(account).await.unwrap().unwrap();
+    assert_eq!((record.successes, record.failures), (0, 1));
+    gated.open_gate();
+    client.shutdown().await;
+    orch.shutdown().await;
+    router.shutdown().await;
+}
+
 /// Compute time is self-reported and paid for: a receipt claiming more
 /// than passed between hand-off and result is refused, its escrow
 /// refunded, and the task answered by an honest orchestrator.

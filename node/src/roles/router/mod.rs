@@ -34,6 +34,7 @@ mod dispatch;
 mod handler;
 mod market;
 mod query;
+mod reconcile;
 mod settle;
 mod slash;
 mod spot_check;
@@ -41,6 +42,7 @@ mod stream;
 
 pub use handler::RouterRole;
 pub use market::Market;
+pub use reconcile::{MAX_RECONCILED, Reconciled, reconcile};
 pub use spot_check::Verification;
 pub use stream::{Delivery, STALL_TIMEOUT};
 
