@@ -336,7 +336,10 @@ impl Node {
                     Arc::clone(&appended),
                     shutdown.child_token(),
                 )));
-                let t = Arc::new(Mutex::new(OrchestratorTable::new(config.stale_after)));
+                let t = Arc::new(Mutex::new(
+                    OrchestratorTable::new(config.stale_after)
+                        .with_max_price(config.max_price_per_unit),
+                ));
                 table = Some(Arc::clone(&t));
                 let ctx = Arc::new(RouterCtx {
                     network: network.clone(),

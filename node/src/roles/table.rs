@@ -97,6 +97,10 @@ pub struct OrchestratorTable {
     stale_after: Duration,
     /// Half-life of reputation counts.
     half_life_ms: u64,
+    /// The highest price per work unit the router pays: an orchestrator whose
+    /// advert asks more is never handed a task, whatever it asked when it
+    /// was admitted.
+    max_price: u64,
 }
 
 impl OrchestratorTable {
@@ -106,7 +110,15 @@ impl OrchestratorTable {
             entries: HashMap::new(),
             stale_after,
             half_life_ms: DEFAULT_HALF_LIFE_MS,
+            max_price: u64::MAX,
         }
+    }
+
+    /// Never hands a task to an orchestrator asking more than `max_price`
+    /// per work unit (the cap a call for bids also names).
+    pub fn with_max_price(mut self, max_price: u64) -> Self {
+        self.max_price = max_price;
+        self
     }
 
     /// Records an advert (already validated and authenticated).
@@ -349,6 +361,7 @@ impl OrchestratorTable {
             .iter()
             .filter(|(p, e)| {
                 usable(e)
+                    && e.advert.price_per_token <= self.max_price
                     && !exclude.contains(p)
                     && e.advert.models.iter().any(|m| &m.sha256 == model)
                     && i64::from(e.advert.free_slots) > i64::from(e.in_flight)
@@ -400,6 +413,7 @@ impl OrchestratorTable {
             .iter()
             .filter(|(p, e)| {
                 usable(e)
+                    && e.advert.price_per_token <= self.max_price
                     && !exclude.contains(p)
                     && e.advert.models.iter().any(|m| &m.sha256 == model)
                     && (!free_only || i64::from(e.advert.free_slots) > i64::from(e.in_flight))
@@ -548,6 +562,38 @@ mod tests {
             None
         );
         assert_eq!(t.eligible_len(), 2);
+    }
+
+    #[test]
+    fn an_orchestrator_asking_over_the_price_cap_is_never_picked() {
+        let now = Instant::now();
+        let mut t = OrchestratorTable::new(Duration::from_secs(30)).with_max_price(10);
+        let (cheap, dear) = (PeerId::random(), PeerId::random());
+        t.upsert(advert(cheap, 1, 4, &["m"]), now);
+        t.upsert(advert(dear, 1, 4, &["m"]), now);
+        for p in [cheap, dear] {
+            t.set_eligible(&p, true);
+        }
+        let model = Digest::of(b"m");
+        let none = HashSet::new();
+        let seed = Digest([9; 32]);
+        let task = cactus_protocol::TaskId([1; 16]);
+        // Admitted at a fair price, it raises it in a later advert.
+        let mut raised = advert(dear, 2, 4, &["m"]);
+        raised.price_per_token = 11;
+        raised.cache = vec![cactus_protocol::CachedPrefix {
+            model,
+            hash: Digest::of(b"k"),
+            bytes: 1,
+            tokens: 1,
+        }];
+        assert_eq!(t.upsert(raised, now), Upsert::Updated);
+        for i in 0..200u8 {
+            let task = cactus_protocol::TaskId([i; 16]);
+            assert_eq!(t.pick(&model, &none, &seed, &task), Some(cheap));
+        }
+        assert_eq!(t.pick_cached(&model, &none, b"k"), None);
+        assert_eq!(t.pick(&model, &HashSet::from([cheap]), &seed, &task), None);
     }
 
     #[test]
