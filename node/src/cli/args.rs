@@ -220,7 +220,8 @@ pub struct NodeArgs {
         value_name = "MS"
     )]
     pub bid_window: u64,
-    /// The highest price per work unit a router accepts in a bid.
+    /// The highest price per work unit a router pays: in a bid, or asked in
+    /// an orchestrator's advert (one asking more is never picked).
     #[arg(
         long,
         env = "CACTUS_MAX_PRICE",
