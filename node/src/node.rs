@@ -4,14 +4,14 @@
 use crate::chain::embedded::{Embedded, EmbeddedChain, LocalSettings};
 use crate::chain::{ChainBackend, ChainError};
 use crate::inference::Engine;
-use crate::metrics::{self, EngineLoad, Metrics};
+use crate::metrics::{self, Metrics};
 use crate::network::{self, Network, NetworkConfig, NetworkError};
 use crate::receipt_log::{ReceiptLog, ReceiptLogError};
 use crate::roles::anchor::{self, AnchorPolicy};
 use crate::roles::orchestrator::{OrchestratorCtx, OrchestratorRole};
-use crate::roles::router::{RouterCtx, RouterRole, Verification};
+use crate::roles::router::{RouterCtx, RouterRole, Verification, reconcile};
 use crate::roles::table::{OrchestratorInfo, OrchestratorTable};
-use crate::roles::{Dispatcher, Handler, NoRole, Timers};
+use crate::roles::{Dispatcher, Handler, NoRole, PeerBudget, Timers, tasks_per_peer};
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
 use std::path::PathBuf;
@@ -20,6 +20,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+mod refresh;
+use refresh::refresh_for;
 
 /// What a node does on the mesh.
 #[derive(
@@ -322,9 +325,8 @@ impl Node {
                 if !chain.is_server(chain.account()).await? {
                     tracing::warn!(account = %chain.account(), "this router is not an authorized server on the chain: tasks will be refused");
                 }
-                // Escrow a previous run left pending is settled or refunded
-                // before any new task.
-                if let Err(e) = crate::roles::router::reconcile(chain.as_ref(), &receipts).await {
+                // Escrow the last run left pending is settled first.
+                if let Err(e) = reconcile(chain.as_ref(), &receipts).await {
                     tracing::error!(error = %e, "could not reconcile the tasks left pending");
                 }
                 chain_handle = Some(Arc::clone(&chain));
@@ -384,7 +386,7 @@ impl Node {
             events,
             role,
             max_tasks: config.max_tasks,
-            per_peer: crate::roles::PeerBudget::new(crate::roles::tasks_per_peer(config.max_tasks)),
+            per_peer: PeerBudget::new(tasks_per_peer(config.max_tasks)),
             timers: Timers {
                 provide_interval: Duration::from_secs(60),
                 prune_interval: Duration::from_secs(5),
@@ -580,27 +582,4 @@ impl Node {
             let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
         }
     }
-}
-
-/// What a scrape reads fresh: a router's table, an orchestrator's engine.
-fn refresh_for(
-    router: Option<&Arc<RouterCtx>>,
-    engine: Option<&Arc<dyn Engine>>,
-) -> Option<metrics::server::Refresh> {
-    if let Some(router) = router {
-        let router = Arc::clone(router);
-        return Some(Arc::new(move |m: &Metrics| {
-            m.set_orchestrators(router.orchestrator_loads())
-        }));
-    }
-    let engine = Arc::clone(engine?);
-    Some(Arc::new(move |m: &Metrics| {
-        let s = engine.stats();
-        m.set_engine(EngineLoad {
-            active: s.active,
-            queued: s.queued,
-            free_slots: engine.free_slots(),
-            generated_tokens: s.generated_tokens,
-        });
-    }))
 }

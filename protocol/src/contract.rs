@@ -18,8 +18,10 @@
 //! Local clusters persist the sequence of applied ops (see `cactus-node`'s
 //! embedded chain); replaying it rebuilds the state exactly.
 
+mod transfers;
 mod types;
 
+use transfers::{Transfers, add, add_wide, bps_of, mul_wide, sub};
 pub use types::{Abort, Address, Anchor, Config, Op, Orchestrator, Task, TaskStatus};
 
 use serde::{Deserialize, Serialize};
@@ -82,93 +84,6 @@ fn task_id(bytes: &[u8]) -> Result<[u8; 16], Abort> {
 
 fn hash32(bytes: &[u8]) -> Result<[u8; 32], Abort> {
     bytes.try_into().map_err(|_| Abort::InvalidArgument)
-}
-
-/// `a + b`, or Move's arithmetic error.
-fn add(a: u64, b: u64) -> Result<u64, Abort> {
-    a.checked_add(b).ok_or(Abort::ArithmeticError)
-}
-
-/// `a - b`, or Move's arithmetic error.
-fn sub(a: u64, b: u64) -> Result<u64, Abort> {
-    a.checked_sub(b).ok_or(Abort::ArithmeticError)
-}
-
-/// `a + b` in `u128`, or Move's arithmetic error.
-fn add_wide(a: u128, b: u128) -> Result<u128, Abort> {
-    a.checked_add(b).ok_or(Abort::ArithmeticError)
-}
-
-/// `a * b` in `u128`, or Move's arithmetic error.
-fn mul_wide(a: u128, b: u128) -> Result<u128, Abort> {
-    a.checked_mul(b).ok_or(Abort::ArithmeticError)
-}
-
-/// `amount * bps / 10000` in `u128`, cast back to `u64` as Move's `bps_of`
-/// does (a result above `u64::MAX` is an arithmetic error there too).
-fn bps_of(amount: u128, bps: u64) -> Result<u64, Abort> {
-    let wide = mul_wide(amount, u128::from(bps))? / u128::from(BPS);
-    u64::try_from(wide).map_err(|_| Abort::ArithmeticError)
-}
-
-/// The balance and vault changes of one operation, worked out with checked
-/// arithmetic against the state before it. [`Transfers::commit`] applies them
-/// once every check of the operation has passed, so that a failing operation
-/// changes nothing.
-struct Transfers {
-    /// The vault's balance after the transfers so far.
-    vault: u64,
-    /// The balances the transfers so far changed, as they now stand.
-    balances: BTreeMap<Address, u64>,
-}
-
-impl Transfers {
-    fn new(state: &State) -> Self {
-        Self {
-            vault: state.vault,
-            balances: BTreeMap::new(),
-        }
-    }
-
-    fn balance(&self, state: &State, who: &Address) -> u64 {
-        self.balances
-            .get(who)
-            .copied()
-            .unwrap_or_else(|| state.balance(who))
-    }
-
-    /// Moves `amount` from `who` into the vault: `who`'s balance must cover
-    /// it (22), then the vault must be able to hold it (arithmetic error), as
-    /// in Move's `pay_in`.
-    fn pay_in(&mut self, state: &State, who: Address, amount: u64) -> Result<(), Abort> {
-        let balance = self.balance(state, &who);
-        if balance < amount {
-            return Err(Abort::InsufficientBalance);
-        }
-        let vault = add(self.vault, amount)?;
-        self.balances.insert(who, sub(balance, amount)?);
-        self.vault = vault;
-        Ok(())
-    }
-
-    /// Moves `amount` out of the vault to `who`; nothing for 0, as in Move's
-    /// `pay_out`. A balance that would pass `u64::MAX` is an arithmetic error
-    /// (in Move, the fungible-asset store's sum aborts).
-    fn pay_out(&mut self, state: &State, who: Address, amount: u64) -> Result<(), Abort> {
-        if amount == 0 {
-            return Ok(());
-        }
-        let vault = sub(self.vault, amount)?;
-        let balance = add(self.balance(state, &who), amount)?;
-        self.balances.insert(who, balance);
-        self.vault = vault;
-        Ok(())
-    }
-
-    fn commit(self, state: &mut State) {
-        state.vault = self.vault;
-        state.balances.extend(self.balances);
-    }
 }
 
 impl State {

@@ -829,23 +829,26 @@ async fn invalid_task_adverts_and_bids_cost_the_sender_gossipsub_score() {
     within(rogue.network().dial(c.router_addr.clone()))
         .await
         .unwrap();
-    let bid = BidBody {
-        advert_id: call.advert_id,
-        router: call.router,
-        orchestrator: rogue.peer_id(),
-        model: call.model,
-        price_per_unit: call.max_price_per_unit + 1,
-        free_slots: 1,
-        account: cactus_protocol::contract::Address([1; 32]),
-        issued_at_ms: call.issued_at_ms,
-        expires_at_ms: call.deadline_ms + 1_000,
-    }
-    .sign(&rogue_key)
-    .unwrap();
+    let bid = |price_per_unit| {
+        BidBody {
+            advert_id: call.advert_id,
+            router: call.router,
+            orchestrator: rogue.peer_id(),
+            model: call.model,
+            price_per_unit,
+            free_slots: 1,
+            account: cactus_protocol::contract::Address([1; 32]),
+            issued_at_ms: call.issued_at_ms,
+            expires_at_ms: call.deadline_ms + 1_000,
+        }
+        .sign(&rogue_key)
+        .unwrap()
+    };
+    let bid_over_cap = bid(call.max_price_per_unit + 1);
     let answer = within(
         rogue
             .network()
-            .send_task(c.router.peer_id(), TaskRequest::Bid(Box::new(bid))),
+            .send_task(c.router.peer_id(), TaskRequest::Bid(Box::new(bid_over_cap))),
     )
     .await
     .unwrap();
@@ -860,23 +863,11 @@ async fn invalid_task_adverts_and_bids_cost_the_sender_gossipsub_score() {
     assert!(score < 0.0, "score {score}");
     // A valid bid from a key the router never admitted takes no place in
     // the auction: it could never win.
-    let bid = BidBody {
-        advert_id: call.advert_id,
-        router: call.router,
-        orchestrator: rogue.peer_id(),
-        model: call.model,
-        price_per_unit: call.max_price_per_unit,
-        free_slots: 1,
-        account: cactus_protocol::contract::Address([1; 32]),
-        issued_at_ms: call.issued_at_ms,
-        expires_at_ms: call.deadline_ms + 1_000,
-    }
-    .sign(&rogue_key)
-    .unwrap();
+    let fair_bid = bid(call.max_price_per_unit);
     let answer = within(
         rogue
             .network()
-            .send_task(c.router.peer_id(), TaskRequest::Bid(Box::new(bid))),
+            .send_task(c.router.peer_id(), TaskRequest::Bid(Box::new(fair_bid))),
     )
     .await
     .unwrap();
