@@ -310,7 +310,8 @@ pub async fn submit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cactus_protocol::receipt::{RECEIPT_VERSION, ReceiptBody};
+    use crate::test_support::{countersigned, receipt_body};
+    use cactus_protocol::receipt::ReceiptBody;
     use cactus_protocol::{FinishReason, PromptFormat, SamplingParams, TaskId};
 
     /// A spec and an honest, countersigned answer to it; the router's id.
@@ -330,27 +331,14 @@ mod tests {
         };
         let text = "because".to_owned();
         let body = ReceiptBody {
-            version: RECEIPT_VERSION,
-            task_id: TaskId([3; 16]),
             model,
             prompt_hash: Digest::of(spec.prompt.as_bytes()),
             output_hash: Digest::of(text.as_bytes()),
-            output_tokens_hash: Digest::of_tokens(&[10, 11]),
             sampling: spec.sampling.clone(),
             format: spec.format,
-            finish: FinishReason::EndOfGeneration,
-            prompt_tokens: 9,
-            output_tokens: 2,
-            compute_ms: 10,
-            orchestrator: orch.public().to_peer_id(),
-            router: router.public().to_peer_id(),
-            started_at_ms: 100,
-            finished_at_ms: 110,
-            delegation: None,
-            resumed: None,
+            ..receipt_body(&orch, &router, TaskId([3; 16]))
         };
-        let mut receipt = body.sign(&orch).unwrap();
-        receipt.countersign(&router).unwrap();
+        let receipt = countersigned(body, &orch, &router);
         let result = TaskResult {
             text,
             tokens: vec![10, 11],

@@ -31,6 +31,8 @@ pub mod node;
 pub mod receipt_log;
 pub mod report;
 pub mod roles;
+#[cfg(test)]
+mod test_support;
 pub mod time;
 
 pub use cactus_protocol as protocol;

@@ -141,36 +141,23 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::{countersigned, receipt_body};
     use cactus_protocol::contract::Address;
     use cactus_protocol::merkle::{self, AnchorProof};
-    use cactus_protocol::receipt::{RECEIPT_VERSION, ReceiptBody};
-    use cactus_protocol::{Digest, FinishReason, PromptFormat, Receipt, SamplingParams, TaskId};
+    use cactus_protocol::receipt::ReceiptBody;
+    use cactus_protocol::{Digest, PromptFormat, Receipt, TaskId};
     use libp2p::identity::Keypair;
 
     fn receipt(orch: &Keypair, router: &Keypair, id: u8) -> Receipt {
         let body = ReceiptBody {
-            version: RECEIPT_VERSION,
-            task_id: TaskId([id; 16]),
             model: Digest([2; 32]),
             prompt_hash: Digest::of(b"prompt"),
             output_hash: Digest::of(b"output"),
-            output_tokens_hash: Digest::of_tokens(&[10, 11]),
             format: PromptFormat::Chat,
-            sampling: SamplingParams::default(),
-            finish: FinishReason::EndOfGeneration,
             prompt_tokens: 3,
-            output_tokens: 2,
-            compute_ms: 10,
-            orchestrator: orch.public().to_peer_id(),
-            router: router.public().to_peer_id(),
-            started_at_ms: 100,
-            finished_at_ms: 110,
-            delegation: None,
-            resumed: None,
+            ..receipt_body(orch, router, TaskId([id; 16]))
         };
-        let mut r = body.sign(orch).unwrap();
-        r.countersign(router).unwrap();
-        r
+        countersigned(body, orch, router)
     }
 
     fn anchored(receipts: &[Receipt], i: usize) -> (ReceiptBundle, Anchor) {

@@ -117,9 +117,8 @@ async fn receipt_of(
 mod tests {
     use super::*;
     use crate::chain::embedded::{Embedded, EmbeddedChain, LocalSettings};
+    use crate::test_support::{countersigned, receipt_body};
     use cactus_protocol::contract::{Address, TaskStatus};
-    use cactus_protocol::receipt::{RECEIPT_VERSION, ReceiptBody};
-    use cactus_protocol::{Digest, FinishReason, PromptFormat, SamplingParams};
     use libp2p::identity::Keypair;
 
     /// A router's embedded chain with one registered orchestrator, and its
@@ -176,29 +175,7 @@ mod tests {
     /// A countersigned receipt for task `id`, as the router logs it.
     fn receipt(router: &Keypair, id: TaskId) -> cactus_protocol::receipt::Receipt {
         let orch = Keypair::generate_ed25519();
-        let body = ReceiptBody {
-            version: RECEIPT_VERSION,
-            task_id: id,
-            model: Digest::of(b"model"),
-            prompt_hash: Digest::of(b"why?"),
-            output_hash: Digest::of(b"because"),
-            output_tokens_hash: Digest::of_tokens(&[10, 11]),
-            sampling: SamplingParams::default(),
-            format: PromptFormat::Raw,
-            finish: FinishReason::EndOfGeneration,
-            prompt_tokens: 9,
-            output_tokens: 2,
-            compute_ms: 10,
-            orchestrator: orch.public().to_peer_id(),
-            router: router.public().to_peer_id(),
-            started_at_ms: 100,
-            finished_at_ms: 110,
-            delegation: None,
-            resumed: None,
-        };
-        let mut r = body.sign(&orch).unwrap();
-        r.countersign(router).unwrap();
-        r
+        countersigned(receipt_body(&orch, router, id), &orch, router)
     }
 
     #[tokio::test]
