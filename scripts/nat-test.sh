@@ -272,6 +272,10 @@ count_lines() { # file string...
 
 ORCH_A=$("$NODE_BIN" id --data-dir "$WORK/orchA")
 ORCH_B=$("$NODE_BIN" id --data-dir "$WORK/orchB")
+# The orchestrators follow the router's ledger: they serve the routers its
+# embedded chain authorizes (they join through the bootstrap node, so they
+# name it with --ledger).
+RTR_ID=$("$NODE_BIN" id --data-dir "$WORK/rtr")
 say "orchestrators: A=$ORCH_A (behind natA), B=$ORCH_B (behind natB)"
 
 start_node boot boot "$BOOT_BIN" --listen "/ip4/$BOOT_IP/tcp/4001" \
@@ -292,7 +296,7 @@ start_node rtr rtr "$NODE_BIN" --role router --listen "/ip4/$RTR_IP/tcp/4002" \
 for o in A B; do
   start_node "orch$o" "lan$o" "$NODE_BIN" --listen /ip4/0.0.0.0/tcp/0 \
     --listen /ip4/0.0.0.0/udp/0/quic-v1 --bootstrap "$BOOT_ADDR" --target-peers 1 \
-    --model "$CACTUS_TEST_MODEL" --threads 1 --slots 1 --data-dir "$WORK/orch$o"
+    --ledger "$RTR_ID" --model "$CACTUS_TEST_MODEL" --threads 1 --slots 1 --data-dir "$WORK/orch$o"
 done
 
 # Both orchestrators must have joined the router (each by its own PeerId, so

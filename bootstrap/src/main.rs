@@ -50,6 +50,8 @@ fn main() {
         max_price: 0,
         stake: 0,
         account: None,
+        ledger: None,
+        authorize_servers: Vec::new(),
         anchor_batch: 1,
         anchor_interval: 30,
         chain: cli::ChainKind::Embedded,

@@ -18,11 +18,14 @@
 
 #[path = "support/mod.rs"]
 mod support;
+use cactus_node::chain::default_account;
+use cactus_node::chain::embedded::LocalSettings;
 use cactus_node::client;
 use cactus_node::inference::Engine;
 use cactus_node::inference::llama::{LlamaConfig, LlamaEngine};
 use cactus_node::inference::model_file::ModelSpec;
 use cactus_node::network::NetworkConfig;
+use cactus_node::node::ChainChoice;
 use cactus_node::{Node, NodeConfig, Role};
 use cactus_protocol::{PromptFormat, SamplingParams, TaskSpec};
 use libp2p::PeerId;
@@ -110,21 +113,36 @@ fn main() {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
             ..NetworkConfig::default()
         };
-        let router = |name: &str, prefix_routing: bool| {
+        // The orchestrators follow the aware router's ledger (their first
+        // bootstrap peer), which authorizes the blind router too.
+        let blind_key = Keypair::generate_ed25519();
+        let blind_account = default_account(&blind_key.public().to_peer_id());
+        let router = |name: &str, prefix_routing: bool, key: Keypair, servers| {
             Node::start(
                 NodeConfig {
                     role: Role::Router,
                     data_dir: dir.path().join(name),
                     network: net.clone(),
                     prefix_routing,
+                    chain: ChainChoice::Embedded(LocalSettings {
+                        servers,
+                        ..LocalSettings::default()
+                    }),
                     ..NodeConfig::default()
                 },
-                Keypair::generate_ed25519(),
+                key,
                 None,
             )
         };
-        let aware = router("aware", true).await.unwrap();
-        let blind = router("blind", false).await.unwrap();
+        let aware = router(
+            "aware",
+            true,
+            Keypair::generate_ed25519(),
+            vec![blind_account],
+        )
+        .await
+        .unwrap();
+        let blind = router("blind", false, blind_key, vec![]).await.unwrap();
         let addrs = vec![
             aware.listen_addrs().await.unwrap()[0].clone(),
             blind.listen_addrs().await.unwrap()[0].clone(),

@@ -77,6 +77,7 @@ impl Outcome {
                 TaskErrorKind::Unavailable => "unavailable",
                 TaskErrorKind::BadResult => "bad_result",
                 TaskErrorKind::Cancelled => "cancelled",
+                TaskErrorKind::Unauthorized => "unauthorized",
                 _ => "other",
             },
         }

@@ -8,6 +8,7 @@ use crate::metrics::{self, Metrics};
 use crate::network::{self, Network, NetworkConfig, NetworkError};
 use crate::receipt_log::{ReceiptLog, ReceiptLogError};
 use crate::roles::anchor::{self, AnchorPolicy};
+use crate::roles::orchestrator::gate::Gate;
 use crate::roles::orchestrator::{OrchestratorCtx, OrchestratorRole};
 use crate::roles::router::{RouterCtx, RouterRole, Verification, reconcile};
 use crate::roles::table::{OrchestratorInfo, OrchestratorTable};
@@ -86,6 +87,9 @@ pub struct NodeConfig {
     pub account: Option<cactus_protocol::contract::Address>,
     /// The chain a router settles on.
     pub chain: ChainChoice,
+    /// The node whose ledger an orchestrator follows: it serves only the
+    /// routers that ledger authorizes [default: the first bootstrap peer].
+    pub ledger: Option<PeerId>,
     /// When a router anchors its receipts.
     pub anchor: AnchorPolicy,
     /// How a router spot-checks results.
@@ -133,6 +137,7 @@ impl Default for NodeConfig {
             stake: 10_000,
             account: None,
             chain: ChainChoice::Embedded(LocalSettings::default()),
+            ledger: None,
             anchor: AnchorPolicy::default(),
             verification: Verification::default(),
         }
@@ -293,7 +298,12 @@ impl Node {
                     config.stake,
                 );
                 ctx.delegation = config.delegation;
-                Arc::new(OrchestratorRole::new(Arc::new(ctx), config.advert_interval))
+                let gate = Gate::following(config.ledger, &config.network.bootstrap);
+                Arc::new(OrchestratorRole::new(
+                    Arc::new(ctx),
+                    config.advert_interval,
+                    Arc::new(gate),
+                ))
             }
             Role::Router => {
                 let receipts = {

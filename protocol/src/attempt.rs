@@ -43,9 +43,12 @@ impl AttemptFailure {
     /// Classifies an orchestrator's refusal by the kind of error it sent.
     pub fn of_refusal(kind: TaskErrorKind) -> Self {
         match kind {
-            TaskErrorKind::Busy | TaskErrorKind::NoSuchModel | TaskErrorKind::Unavailable => {
-                Self::Refused
-            }
+            // Another orchestrator may have room, the model, or follow a
+            // ledger that authorizes this router.
+            TaskErrorKind::Busy
+            | TaskErrorKind::NoSuchModel
+            | TaskErrorKind::Unavailable
+            | TaskErrorKind::Unauthorized => Self::Refused,
             TaskErrorKind::Inference => Self::Inference,
             // Stopped at its deadline: it did not finish in time.
             TaskErrorKind::Cancelled => Self::Timeout,
@@ -119,7 +122,7 @@ mod tests {
     #[test]
     fn refusals_are_classified_by_their_error_kind() {
         use TaskErrorKind as K;
-        for k in [K::Busy, K::NoSuchModel, K::Unavailable] {
+        for k in [K::Busy, K::NoSuchModel, K::Unavailable, K::Unauthorized] {
             assert_eq!(AttemptFailure::of_refusal(k), AttemptFailure::Refused);
         }
         assert_eq!(

@@ -154,6 +154,22 @@ pub enum Query {
     Receipt(TaskId),
     /// An anchored batch, by index.
     Anchor(u64),
+    /// What the router's ledger says of a peer: whether it is an authorized
+    /// server, whether it is an admitted orchestrator. Orchestrators ask the
+    /// ledger they follow before they serve a peer.
+    Standing(PeerId),
+}
+
+/// A ledger's answer about one peer ([`Query::Standing`]). On the embedded
+/// ledger a peer's account is derived from its PeerId, so both answers are
+/// about that PeerId and no other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Standing {
+    /// The peer is an authorized server (a router that may assign tasks).
+    pub server: bool,
+    /// The peer is a registered orchestrator, under its own PeerId, with at
+    /// least the contract's minimum stake.
+    pub orchestrator: bool,
 }
 
 /// Most orchestrators one status answer lists.
@@ -204,6 +220,8 @@ pub enum QueryAnswer {
     Receipt(Option<Box<crate::merkle::ReceiptBundle>>),
     /// Answer to [`Query::Anchor`].
     Anchor(Option<crate::contract::Anchor>),
+    /// Answer to [`Query::Standing`].
+    Standing(Standing),
 }
 
 /// A request of the task protocol.
@@ -299,6 +317,9 @@ pub enum TaskErrorKind {
     BadResult,
     /// The task was stopped: its router cancelled it or its deadline passed.
     Cancelled,
+    /// The ledger this node follows does not authorize the requester for
+    /// this request (not an authorized router, not an admitted orchestrator).
+    Unauthorized,
 }
 
 /// A failed task.

@@ -151,6 +151,7 @@ fn arb_query() -> impl Strategy<Value = Query> {
         Just(Query::Status),
         any::<[u8; 16]>().prop_map(|id| Query::Receipt(TaskId(id))),
         any::<u64>().prop_map(Query::Anchor),
+        arb_keypair().prop_map(|k| Query::Standing(k.public().to_peer_id())),
     ]
 }
 
@@ -287,6 +288,12 @@ fn arb_answer() -> impl Strategy<Value = QueryAnswer> {
         Just(QueryAnswer::Anchor(None)),
         bundle.prop_map(|b| QueryAnswer::Receipt(Some(Box::new(b)))),
         status.prop_map(|s| QueryAnswer::Status(Box::new(s))),
+        (any::<bool>(), any::<bool>()).prop_map(|(server, orchestrator)| {
+            QueryAnswer::Standing(Standing {
+                server,
+                orchestrator,
+            })
+        }),
     ]
 }
 
@@ -354,6 +361,8 @@ fn arb_response() -> impl Strategy<Value = TaskResponse> {
                 })
             ),
         ("\\PC{0,100}").prop_map(|m| TaskResponse::Failed(TaskError::new(TaskErrorKind::Busy, m))),
+        ("\\PC{0,100}")
+            .prop_map(|m| TaskResponse::Failed(TaskError::new(TaskErrorKind::Unauthorized, m))),
         arb_answer().prop_map(TaskResponse::Answer),
         Just(TaskResponse::BidReceived),
     ]

@@ -44,6 +44,10 @@ pub struct LocalSettings {
     pub config: Config,
     /// What the router's account is credited at initialization, to escrow tasks with.
     pub server_funds: u64,
+    /// Other routers' accounts, authorized as servers at every open (the
+    /// router itself always is).
+    #[serde(default)]
+    pub servers: Vec<Address>,
 }
 
 impl Default for LocalSettings {
@@ -62,6 +66,7 @@ impl Default for LocalSettings {
                 delegation_fee_bps: 1_000,
             },
             server_funds: 1_000_000_000,
+            servers: Vec::new(),
         }
     }
 }
@@ -136,6 +141,11 @@ impl EmbeddedChain {
                     amount: settings.server_funds,
                 },
             )?;
+        }
+        for &server in &settings.servers {
+            if !chain.with_state(|s| s.servers.contains(&server)) {
+                chain.apply(account, Op::AuthorizeServer { server })?;
+            }
         }
         Ok(chain)
     }

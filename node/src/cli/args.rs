@@ -246,6 +246,22 @@ pub struct NodeArgs {
     /// derived from its PeerId, as embedded chains use].
     #[arg(long, env = "CACTUS_ACCOUNT", value_name = "ADDRESS", value_parser = parse_address)]
     pub account: Option<cactus_protocol::contract::Address>,
+    /// The node whose ledger an orchestrator follows, by PeerId: it serves
+    /// only the routers that ledger authorizes, and takes delegated tasks
+    /// only from orchestrators it admits [default: the first --bootstrap
+    /// address's peer].
+    #[arg(long, env = "CACTUS_LEDGER", value_name = "PEER_ID")]
+    pub ledger: Option<libp2p::PeerId>,
+    /// Another router, by PeerId, that this router's embedded chain
+    /// authorizes as a server, so that orchestrators following this ledger
+    /// serve it too; repeatable (comma-separated in the variable).
+    #[arg(
+        long = "authorize-server",
+        env = "CACTUS_AUTHORIZE_SERVERS",
+        value_name = "PEER_ID",
+        value_delimiter = ','
+    )]
+    pub authorize_servers: Vec<libp2p::PeerId>,
     /// The chain that settles tasks: `embedded` (a local chain in the data
     /// dir, for local clusters) or `aptos` (a deployed cactus_payment contract; needs a
     /// build with the `aptos` feature).
@@ -354,6 +370,15 @@ impl NodeArgs {
             metrics: self.metrics,
             stake: self.stake,
             account: self.account,
+            ledger: self.ledger,
+            chain: crate::node::ChainChoice::Embedded(crate::chain::embedded::LocalSettings {
+                servers: self
+                    .authorize_servers
+                    .iter()
+                    .map(crate::chain::default_account)
+                    .collect(),
+                ..Default::default()
+            }),
             anchor: crate::roles::anchor::AnchorPolicy {
                 batch: self.anchor_batch.max(1),
                 max_age: Duration::from_secs(self.anchor_interval.max(1)),

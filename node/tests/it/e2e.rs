@@ -860,6 +860,9 @@ fn a_process_serving_a_substituted_model_is_caught_and_slashed() {
 fn two_routers_racing_for_one_orchestrator_make_it_delegate_and_pay_along_the_chain() {
     let model = super::model_path();
     let tmp = tempfile::tempdir().unwrap();
+    // The orchestrators follow the first router's ledger, which authorizes
+    // the second router too.
+    let r2_id = id(&tmp.path().join("r2"));
     let mut r1 = Proc::spawn(&[
         "--role",
         "router",
@@ -867,6 +870,8 @@ fn two_routers_racing_for_one_orchestrator_make_it_delegate_and_pay_along_the_ch
         path(&tmp.path().join("r1")),
         "--listen",
         "/ip4/127.0.0.1/tcp/0",
+        "--authorize-server",
+        &r2_id,
     ]);
     let addr1 = r1.listen_addr();
     let mut r2 = Proc::spawn(&[
@@ -1011,4 +1016,71 @@ fn two_routers_racing_for_one_orchestrator_make_it_delegate_and_pay_along_the_ch
     a.terminate();
     r2.terminate();
     r1.terminate();
+}
+
+/// A router that the orchestrators' ledger has not authorized gets no work:
+/// the orchestrator refuses its tasks as unauthorized (the router then has
+/// nobody to place them with), while the ledger's own router is served.
+#[test]
+fn a_router_the_ledger_has_not_authorized_gets_no_work() {
+    let model = super::model_path();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut ledger = Proc::spawn(&[
+        "--role",
+        "router",
+        "--data-dir",
+        path(&tmp.path().join("ledger")),
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+    ]);
+    let addr = ledger.listen_addr();
+    let mut other = Proc::spawn(&[
+        "--role",
+        "router",
+        "--data-dir",
+        path(&tmp.path().join("other")),
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--bootstrap",
+        &addr,
+    ]);
+    let other_addr = other.listen_addr();
+    let model_arg = format!("{}:{}", model.display(), super::DEMO_SHA256);
+    let mut orch = Proc::spawn(&[
+        "--data-dir",
+        path(&tmp.path().join("orch")),
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--bootstrap",
+        &addr,
+        "--model",
+        &model_arg,
+        "--threads",
+        "1",
+    ]);
+    orch.wait_for("serving the routers this ledger authorizes");
+    ledger.wait_for("known=1");
+    other.wait_for("known=1");
+    let infer = |router: &str| {
+        run(&[
+            "infer",
+            "--router",
+            router,
+            "--prompt",
+            "Say hello.",
+            "--max-tokens",
+            "8",
+        ])
+    };
+    let out = infer(&other_addr);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Unauthorized"), "{err}");
+    orch.wait_for("refused a request");
+    let out = infer(&addr);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -1,10 +1,13 @@
 //! Nodes in one process on loopback, with the stub engine.
 
+use cactus_node::chain::default_account;
+use cactus_node::chain::embedded::LocalSettings;
 use cactus_node::client::{self, ClientError};
 use cactus_node::inference::Engine;
 use cactus_node::inference::pool::ThreadPool;
 use cactus_node::inference::stub::StubEngine;
 use cactus_node::network::NetworkConfig;
+use cactus_node::node::ChainChoice;
 use cactus_node::roles::router::Verification;
 use cactus_node::{Node, NodeConfig, Role};
 use cactus_protocol::contract::TaskStatus;
@@ -103,12 +106,32 @@ impl Cluster {
         queue: usize,
         router_config: impl FnOnce(NodeConfig) -> NodeConfig,
     ) -> Self {
+        Self::build(engines, queue, router_config, false).await
+    }
+
+    /// Whose client may also assign tasks to orchestrators itself: the
+    /// router's ledger authorizes it as a server.
+    async fn with_client_as_server(engines: Vec<Arc<StubEngine>>, queue: usize) -> Self {
+        Self::build(engines, queue, |c| c, true).await
+    }
+
+    async fn build(
+        engines: Vec<Arc<StubEngine>>,
+        queue: usize,
+        router_config: impl FnOnce(NodeConfig) -> NodeConfig,
+        client_is_server: bool,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let router = start_with(
-            router_config(config(Role::Router, dir.path(), vec![])),
-            None,
-        )
-        .await;
+        let client_key = Keypair::generate_ed25519();
+        let mut router_config = router_config(config(Role::Router, dir.path(), vec![]));
+        if client_is_server {
+            let client = client_key.public().to_peer_id();
+            router_config.chain = ChainChoice::Embedded(LocalSettings {
+                servers: vec![default_account(&client)],
+                ..LocalSettings::default()
+            });
+        }
+        let router = start_with(router_config, None).await;
         let router_addr = first_addr(&router).await;
         let mut orchestrators = Vec::new();
         for e in engines {
@@ -118,7 +141,9 @@ impl Cluster {
         within(router.wait_for_orchestrators(orchestrators.len()))
             .await
             .unwrap();
-        let client = start(Role::Client, dir.path(), vec![], None).await;
+        let client = Node::start(config(Role::Client, dir.path(), vec![]), client_key, None)
+            .await
+            .unwrap();
         within(client.network().dial(router_addr.clone()))
             .await
             .unwrap();
@@ -260,7 +285,7 @@ async fn busy_orchestrator_is_skipped_for_a_free_one() {
     // place does not answer. So no failed attempt is on its record, and no
     // escrow is left behind.
     let chain = c.router.chain().unwrap();
-    let gated_account = cactus_node::chain::default_account(&c.orchestrators[0].peer_id());
+    let gated_account = default_account(&c.orchestrators[0].peer_id());
     let record = chain.orchestrator(gated_account).await.unwrap().unwrap();
     assert_eq!((record.successes, record.failures), (1, 0));
     assert_eq!(chain.totals().await.unwrap().1, 0, "no escrow left behind");
@@ -305,10 +330,12 @@ async fn client_finds_router_on_the_dht_through_a_bootstrap_node() {
         None,
     )
     .await;
-    let orch = start(
-        Role::Orchestrator,
-        dir.path(),
-        vec![boot_addr.clone()],
+    // It follows the router's ledger, which it does not bootstrap through.
+    let orch = start_with(
+        NodeConfig {
+            ledger: Some(router.peer_id()),
+            ..config(Role::Orchestrator, dir.path(), vec![boot_addr.clone()])
+        },
         Some(Arc::new(StubEngine::new("stub-b"))),
     )
     .await;
@@ -382,7 +409,7 @@ async fn tasks_are_escrowed_paid_and_anchored() {
     let result = c.submit(spec(None, "pay me")).await.unwrap();
     let body = &result.receipt.body;
     let chain = c.router.chain().unwrap();
-    let account = cactus_node::chain::default_account(&c.orchestrators[0].peer_id());
+    let account = default_account(&c.orchestrators[0].peer_id());
 
     // Paid by the contract's formula: (prompt + 4 x output tokens) x price 1,
     // full reputation, no time credit on the default embedded chain.
@@ -464,6 +491,7 @@ async fn orchestrator_without_listen_address_serves_through_a_relay() {
             target_peers: 1,
             ..NetworkConfig::default()
         },
+        ledger: Some(router.peer_id()),
         ..config(Role::Orchestrator, dir.path(), vec![])
     };
     let orch = start_with(hidden, Some(Arc::new(StubEngine::new("stub-r")))).await;
@@ -514,7 +542,7 @@ async fn cheating_orchestrator_is_caught_by_replay_refused_and_slashed() {
     .await;
     let liar = c.orchestrators[2].peer_id();
     let chain = c.router.chain().unwrap().clone();
-    let account = |p| cactus_node::chain::default_account(&p);
+    let account = |p| default_account(&p);
     // Every result is replayed: the liar's are refused and the task is
     // retried on an honest orchestrator, so clients only see honest answers.
     let mut caught = Vec::new();
@@ -593,7 +621,7 @@ async fn a_router_restarted_mid_task_refunds_the_escrow_it_left_pending() {
     within(tokio::task::spawn_blocking(move || g.wait_started(1)))
         .await
         .unwrap();
-    let account = cactus_node::chain::default_account(&orch.peer_id());
+    let account = default_account(&orch.peer_id());
     {
         let chain = router.chain().unwrap();
         let (_, escrowed, _) = chain.totals().await.unwrap();
@@ -625,7 +653,7 @@ async fn a_receipt_claiming_more_compute_than_passed_is_refused() {
     let c = Cluster::new(vec![Arc::new(StubEngine::new("stub")), padder]).await;
     let padder = c.orchestrators[1].peer_id();
     let chain = c.router.chain().unwrap().clone();
-    let account = cactus_node::chain::default_account(&padder);
+    let account = default_account(&padder);
     // Tasks go to both (the draw explores); until the padder has been
     // tried, keep asking.
     for i in 0..40 {
@@ -652,7 +680,7 @@ async fn a_full_orchestrator_delegates_along_a_signed_chain_and_answers_for_it()
     let full = Arc::new(StubEngine::new("stub").gated());
     let free = Arc::new(StubEngine::new("stub"));
     // One slot, no queue each.
-    let c = Cluster::with_queue(vec![full.clone(), free], 0).await;
+    let c = Cluster::with_client_as_server(vec![full.clone(), free], 0).await;
     let (a, b) = (c.orchestrators[0].peer_id(), c.orchestrators[1].peer_id());
     // The client plays a router that assigns two tasks to the first
     // orchestrator directly, so that the second finds it full.
@@ -932,6 +960,118 @@ async fn invalid_task_adverts_and_bids_cost_the_sender_gossipsub_score() {
         matches!(&r, Err(ClientError::Task(e)) if e.kind == TaskErrorKind::Busy),
         "{r:?}"
     );
+    rogue.shutdown().await;
+    c.stop().await;
+}
+
+/// Only the routers its ledger authorizes get work from an orchestrator:
+/// a stranger's `Execute`, `Delegate` and `Replay` (by request and on a
+/// token stream) are refused as unauthorized and cost it gossipsub score; a
+/// router with its own ledger, which the orchestrator's does not authorize,
+/// cannot place a task; the authorized router's tasks still run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_routers_the_ledger_authorizes_get_work() {
+    use cactus_protocol::fraud::ReplayRequest;
+    use cactus_protocol::messages::DelegatedTask;
+    use cactus_protocol::{Assignment, TaskId, TaskRequest, TaskResponse, delegation};
+    let engine = Arc::new(StubEngine::new("stub"));
+    let c = Cluster::new(vec![engine.clone()]).await;
+    let (orch, router) = (&c.orchestrators[0], c.router.peer_id());
+    let o = orch.peer_id();
+    let done = c.submit(spec(None, "hello")).await.unwrap();
+
+    let rogue_key = Keypair::generate_ed25519();
+    let rogue = Node::start(
+        config(Role::Client, c._dir.path(), vec![]),
+        rogue_key.clone(),
+        None,
+    )
+    .await
+    .unwrap();
+    within(rogue.network().dial(first_addr(orch).await))
+        .await
+        .unwrap();
+    let assignment = Assignment {
+        task_id: TaskId([7; 16]),
+        model: engine.model().sha256,
+        prompt: "steal".into(),
+        format: PromptFormat::Raw,
+        sampling: SamplingParams::default(),
+        deadline_ms: u64::MAX,
+        resume: None,
+    };
+    // A well-signed link: the rogue claims the authorized router's task.
+    let link =
+        delegation::extend(&[], &rogue_key, assignment.task_id, router, o, u64::MAX).unwrap();
+    let requests = [
+        TaskRequest::Execute(assignment.clone()),
+        TaskRequest::Delegate(Box::new(DelegatedTask {
+            assignment: assignment.clone(),
+            router,
+            chain: vec![link],
+        })),
+        TaskRequest::Replay(Box::new(ReplayRequest {
+            receipt: done.receipt.clone(),
+            prompt: "hello".into(),
+            tokens: done.tokens.clone(),
+            text: done.text.clone(),
+        })),
+    ];
+    let unauthorized = |a: &TaskResponse| matches!(a, TaskResponse::Failed(e) if e.kind == TaskErrorKind::Unauthorized);
+    for request in requests {
+        let answer = within(rogue.network().send_task(o, request)).await.unwrap();
+        assert!(unauthorized(&answer), "{answer:?}");
+    }
+    let mut stream = within(
+        rogue
+            .network()
+            .open_stream(o, &TaskRequest::Execute(assignment.clone())),
+    )
+    .await
+    .unwrap();
+    match within(stream.next()).await.unwrap() {
+        Some(StreamFrame::End(answer)) => assert!(unauthorized(&answer), "{answer:?}"),
+        other => panic!("{other:?}"),
+    }
+    within(async {
+        loop {
+            let score = orch.network().peer_score(rogue.peer_id()).await.unwrap();
+            if score.unwrap_or(0.0) < 0.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    // A router keeping its own ledger admits the orchestrator there, but the
+    // orchestrator follows the first router's ledger, which does not
+    // authorize this one.
+    let second = start(
+        Role::Router,
+        &c._dir.path().join("second"),
+        vec![c.router_addr.clone()],
+        None,
+    )
+    .await;
+    within(second.wait_for_orchestrators(1)).await.unwrap();
+    within(c.client.network().dial(first_addr(&second).await))
+        .await
+        .unwrap();
+    let refused = within(client::submit_to(
+        c.client.network(),
+        second.peer_id(),
+        spec(None, "refused"),
+    ))
+    .await;
+    assert!(
+        matches!(&refused, Err(ClientError::Task(e)) if e.kind == TaskErrorKind::Unauthorized),
+        "{refused:?}"
+    );
+    // The authorized router's tasks still run.
+    let again = c.submit(spec(None, "again")).await.unwrap();
+    assert_eq!(again.text, "niaga");
+    second.shutdown().await;
     rogue.shutdown().await;
     c.stop().await;
 }

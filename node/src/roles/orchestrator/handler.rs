@@ -1,9 +1,16 @@
 //! What the dispatcher hands an orchestrator, and where each piece goes.
 
 use super::OrchestratorCtx;
+use super::gate::{Gate, Need};
+use crate::network::Network;
 use crate::roles::{Handler, Reply, TOKEN_SINK_CHUNKS, Tick, TokenSink, Work, forward};
 use cactus_protocol::delegation::Delegation;
-use cactus_protocol::{Assignment, CapabilityAdvert, TaskAdvert, TaskRequest, TaskResponse};
+use cactus_protocol::fraud::ReplayRequest;
+use cactus_protocol::messages::DelegatedTask;
+use cactus_protocol::{
+    Assignment, CapabilityAdvert, TaskAdvert, TaskError, TaskErrorKind, TaskRequest, TaskResponse,
+};
+use futures::future::{BoxFuture, FutureExt};
 use libp2p::PeerId;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,23 +23,130 @@ const REPLY_CHECK: Duration = Duration::from_millis(200);
 /// The orchestrator role as the dispatcher sees it.
 #[derive(Debug)]
 pub struct OrchestratorRole {
-    ctx: Arc<OrchestratorCtx>,
-    /// Set when the advert changed (a slot was taken or freed, a peer joined
-    /// the topic); the next advert tick publishes it.
-    dirty: Arc<AtomicBool>,
+    serve: Serve,
+    /// Who may ask what: the ledger this node follows.
+    gate: Arc<Gate>,
     last_advert: Mutex<Option<Instant>>,
     /// The advert is published at least this often, changed or not.
     refresh: Duration,
 }
 
+/// A request whose senders the gate has to admit before it runs.
+#[derive(Debug)]
+enum Gated {
+    Execute(Box<Assignment>),
+    Delegate(Box<DelegatedTask>),
+    Replay(Box<ReplayRequest>),
+}
+
+/// What running an admitted request needs; cloned into the task that asks
+/// the ledger first when a sender's standing is not known yet.
+#[derive(Debug, Clone)]
+struct Serve {
+    ctx: Arc<OrchestratorCtx>,
+    /// Set when the advert changed (a slot was taken or freed, a peer joined
+    /// the topic); the next advert tick publishes it.
+    dirty: Arc<AtomicBool>,
+}
+
 impl OrchestratorRole {
-    /// A role serving `ctx`, re-advertising at least every `refresh`.
-    pub fn new(ctx: Arc<OrchestratorCtx>, refresh: Duration) -> Self {
+    /// A role serving `ctx`, re-advertising at least every `refresh`,
+    /// serving only whom `gate` admits.
+    pub fn new(ctx: Arc<OrchestratorCtx>, refresh: Duration, gate: Arc<Gate>) -> Self {
         Self {
-            ctx,
-            dirty: Arc::new(AtomicBool::new(true)),
+            serve: Serve {
+                ctx,
+                dirty: Arc::new(AtomicBool::new(true)),
+            },
+            gate,
             last_advert: Mutex::new(None),
             refresh,
+        }
+    }
+
+    /// Runs `request` from `peer` once every `(peer, need)` is met: at once
+    /// when the gate remembers them all, otherwise in a task that asks the
+    /// ledger first. A sender that falls short is refused and penalised.
+    fn gated(
+        &self,
+        peer: PeerId,
+        needs: Vec<(PeerId, Need)>,
+        request: Gated,
+        reply: Reply,
+        work: &mut Work<'_>,
+    ) {
+        let mut unknown = false;
+        for &(who, need) in &needs {
+            match self.gate.cached(&who) {
+                Some(s) if need.met_by(s) => {}
+                Some(_) => {
+                    let e = self.gate.refusal(who, need);
+                    refuse(work.network().clone(), peer, e, reply, work);
+                    return;
+                }
+                None => unknown = true,
+            }
+        }
+        let network = work.network().clone();
+        if !unknown {
+            work.spawn(self.serve.start(peer, request, reply, network));
+            return;
+        }
+        let (gate, serve) = (Arc::clone(&self.gate), self.serve.clone());
+        work.spawn(async move {
+            for (who, need) in needs {
+                if let Err(e) = gate.check(&network, who, need).await {
+                    if e.kind == TaskErrorKind::Unauthorized {
+                        tracing::info!(from = %peer, error = %e.message, "refused a request");
+                        let _ = network.penalise(peer).await;
+                    }
+                    let _ = network.respond(reply, TaskResponse::Failed(e)).await;
+                    return;
+                }
+            }
+            serve.start(peer, request, reply, network.clone()).await;
+        });
+    }
+}
+
+/// Refuses `peer`'s request with `e` and penalises the peer.
+fn refuse(network: Network, peer: PeerId, e: TaskError, reply: Reply, work: &mut Work<'_>) {
+    tracing::info!(from = %peer, error = %e.message, "refused a request");
+    work.respond(reply, TaskResponse::Failed(e));
+    work.spawn_control(async move {
+        let _ = network.penalise(peer).await;
+    });
+}
+
+impl Serve {
+    /// Starts an admitted request: whatever it takes (a slot) is taken now;
+    /// the future runs it to its answer.
+    fn start(
+        &self,
+        peer: PeerId,
+        request: Gated,
+        reply: Reply,
+        network: Network,
+    ) -> BoxFuture<'static, ()> {
+        match request {
+            // The sender is the router that assigned the task.
+            Gated::Execute(assignment) => {
+                self.run_or_delegate(peer, *assignment, Vec::new(), reply, network)
+            }
+            Gated::Delegate(task) => {
+                let task = *task;
+                self.run_or_delegate(task.router, task.assignment, task.chain, reply, network)
+            }
+            Gated::Replay(request) => {
+                let accepted = self.ctx.accept_replay(peer, request);
+                let o = Arc::clone(&self.ctx);
+                self.serve(accepted.is_ok(), reply, network, |_| async move {
+                    match accepted {
+                        Ok(a) => o.finish_replay(a).await,
+                        Err(e) => TaskResponse::Failed(e),
+                    }
+                })
+            }
         }
     }
 
@@ -43,22 +157,28 @@ impl OrchestratorRole {
         assignment: Assignment,
         chain: Vec<Delegation>,
         reply: Reply,
-        work: &mut Work<'_>,
-    ) {
+        network: Network,
+    ) -> BoxFuture<'static, ()> {
         let accepted = self.ctx.accept(router, assignment, chain);
         let o = Arc::clone(&self.ctx);
-        self.serve(accepted.is_ok(), reply, work, move |tokens| async move {
+        self.serve(accepted.is_ok(), reply, network, move |tokens| async move {
             match accepted {
                 Ok(a) => o.finish(a, tokens).await,
                 Err(refused) => o.delegate(router, refused, tokens).await,
             }
-        });
+        })
     }
 
-    /// Answers a request with what `response` computes, in a task. A taken
-    /// slot (`took`) changes the advert now, and again when the slot is
-    /// free. On a token stream, `response` is given a sink for the tokens.
-    fn serve<F, Fut>(&self, took: bool, reply: Reply, work: &mut Work<'_>, response: F)
+    /// Answers a request with what `response` computes. A taken slot
+    /// (`took`) changes the advert now, and again when the slot is free. On
+    /// a token stream, `response` is given a sink for the tokens.
+    fn serve<F, Fut>(
+        &self,
+        took: bool,
+        reply: Reply,
+        network: Network,
+        response: F,
+    ) -> BoxFuture<'static, ()>
     where
         F: FnOnce(Option<TokenSink>) -> Fut,
         Fut: Future<Output = TaskResponse> + Send + 'static,
@@ -71,17 +191,16 @@ impl OrchestratorRole {
             Reply::Stream(stream) => {
                 let (tx, rx) = tokio::sync::mpsc::channel(TOKEN_SINK_CHUNKS);
                 let response = response(Some(tx));
-                work.spawn(async move {
+                return async move {
                     forward(stream, rx, response).await;
                     dirty.store(true, Ordering::Relaxed);
-                });
-                return;
+                }
+                .boxed();
             }
             channel => channel,
         };
         let response = response(None);
-        let network = work.network().clone();
-        work.spawn(async move {
+        async move {
             // A requester that went away (its connection closed, or it gave
             // up) closes the reply channel: the work stops then, which
             // cancels its generation.
@@ -100,38 +219,41 @@ impl OrchestratorRole {
                 tracing::info!("the requester left; its task is stopped");
             }
             dirty.store(true, Ordering::Relaxed);
-        });
+        }
+        .boxed()
     }
 }
 
 impl Handler for OrchestratorRole {
     fn on_request(&self, peer: PeerId, request: TaskRequest, reply: Reply, work: &mut Work<'_>) {
         match request {
-            // The sender is the router that assigned the task.
-            TaskRequest::Execute(assignment) => {
-                self.run_or_delegate(peer, assignment, Vec::new(), reply, work)
-            }
+            TaskRequest::Execute(assignment) => self.gated(
+                peer,
+                vec![(peer, Need::Server)],
+                Gated::Execute(Box::new(assignment)),
+                reply,
+                work,
+            ),
             TaskRequest::Delegate(task) => {
-                if let Err(e) = self.ctx.check_delegated(&peer, &task) {
+                // The chain's signatures first: they cost no ledger query.
+                if let Err(e) = self.serve.ctx.check_delegated(&peer, &task) {
                     tracing::info!(from = %peer, error = %e.message, "refused a delegated task");
                     work.respond(reply, TaskResponse::Failed(e));
                     return;
                 }
-                let task = *task;
-                self.run_or_delegate(task.router, task.assignment, task.chain, reply, work)
+                let needs = vec![(peer, Need::Orchestrator), (task.router, Need::Server)];
+                self.gated(peer, needs, Gated::Delegate(task), reply, work)
             }
-            TaskRequest::Replay(request) => {
-                let accepted = self.ctx.accept_replay(peer, request);
-                let o = Arc::clone(&self.ctx);
-                self.serve(accepted.is_ok(), reply, work, |_| async move {
-                    match accepted {
-                        Ok(a) => o.finish_replay(a).await,
-                        Err(e) => TaskResponse::Failed(e),
-                    }
-                });
-            }
+            TaskRequest::Replay(request) => self.gated(
+                peer,
+                vec![(peer, Need::Server)],
+                Gated::Replay(request),
+                reply,
+                work,
+            ),
+            // Only the router that assigned a running task may cancel it.
             TaskRequest::Cancel(task_id) => {
-                let found = self.ctx.cancel(&peer, &task_id);
+                let found = self.serve.ctx.cancel(&peer, &task_id);
                 work.respond(reply, TaskResponse::Cancelled(found));
             }
             other => work.respond(reply, crate::roles::wrong_role(&other)),
@@ -139,7 +261,7 @@ impl Handler for OrchestratorRole {
     }
 
     fn on_advert(&self, advert: CapabilityAdvert, work: &mut Work<'_>) {
-        if self.ctx.note_peer(&advert) && work.has_room() {
+        if self.serve.ctx.note_peer(&advert) && work.has_room() {
             // Its advertised addresses let this node dial it to delegate a
             // task.
             let addrs: Vec<libp2p::Multiaddr> =
@@ -156,12 +278,23 @@ impl Handler for OrchestratorRole {
         if !work.has_room() {
             return;
         }
-        let Some(bid) = self.ctx.bid_for(&advert) else {
+        let router = advert.body.router;
+        // Bids go only to routers the ledger authorizes; an unknown one is
+        // asked about in the bidding task.
+        let known = self.gate.cached(&router);
+        if known.is_some_and(|s| !Need::Server.met_by(s)) {
+            return;
+        }
+        let Some(bid) = self.serve.ctx.bid_for(&advert) else {
             return;
         };
         let network = work.network().clone();
-        let router = advert.body.router;
+        let gate = Arc::clone(&self.gate);
         work.spawn(async move {
+            if known.is_none() && gate.check(&network, router, Need::Server).await.is_err() {
+                tracing::debug!(%router, "no bid: not an authorized router");
+                return;
+            }
             match network
                 .send_task(router, TaskRequest::Bid(Box::new(bid)))
                 .await
@@ -177,7 +310,7 @@ impl Handler for OrchestratorRole {
     fn on_peer_subscribed(&self) {
         // A new subscriber should hear this node's advert soon, not at the
         // next refresh.
-        self.dirty.store(true, Ordering::Relaxed);
+        self.serve.dirty.store(true, Ordering::Relaxed);
     }
 
     fn on_tick(&self, tick: Tick, work: &mut Work<'_>) {
@@ -187,12 +320,12 @@ impl Handler for OrchestratorRole {
         {
             let mut last = self.last_advert.lock().unwrap_or_else(|p| p.into_inner());
             let due = last.is_none_or(|t| t.elapsed() >= self.refresh);
-            if !(self.dirty.swap(false, Ordering::Relaxed) || due) {
+            if !(self.serve.dirty.swap(false, Ordering::Relaxed) || due) {
                 return;
             }
             *last = Some(Instant::now());
         }
-        match self.ctx.advert() {
+        match self.serve.ctx.advert() {
             Ok(bytes) => {
                 let network = work.network().clone();
                 work.spawn_control(async move {

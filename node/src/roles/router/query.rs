@@ -5,7 +5,7 @@ use crate::chain::ChainError;
 use crate::receipt_log::ReceiptLogError;
 use crate::report::status::{StatusError, router_status};
 use cactus_protocol::merkle::ReceiptBundle;
-use cactus_protocol::messages::{Query, QueryAnswer};
+use cactus_protocol::messages::{Query, QueryAnswer, Standing};
 use cactus_protocol::{TaskError, TaskErrorKind, TaskResponse};
 use std::sync::Arc;
 
@@ -65,6 +65,30 @@ impl RouterCtx {
                 Ok(QueryAnswer::Receipt(found))
             }
             Query::Anchor(i) => Ok(QueryAnswer::Anchor(self.chain.anchor(i).await?)),
+            Query::Standing(peer) => {
+                // The account a PeerId has on this ledger: on the embedded
+                // chain it is derived from the PeerId, so the answer binds
+                // it. This router's own is its chain account (on Aptos, a
+                // key of its own, which the contract does not bind to a
+                // PeerId yet: an orchestrator takes the router it follows
+                // at its word about itself).
+                let account = if peer == self.network.local_peer_id() {
+                    self.chain.account()
+                } else {
+                    crate::chain::default_account(&peer)
+                };
+                let server = self.chain.is_server(account).await?;
+                let record = self.chain.orchestrator(account).await?;
+                let min_stake = self.chain.config().await?.map(|c| c.min_stake);
+                let orchestrator = match (record, min_stake) {
+                    (Some(o), Some(min)) => o.peer_id == peer.to_bytes() && o.stake >= min,
+                    _ => false,
+                };
+                Ok(QueryAnswer::Standing(Standing {
+                    server,
+                    orchestrator,
+                }))
+            }
             Query::Status => {
                 let known = self.with_table(|t| {
                     t.snapshot()
