@@ -8,7 +8,9 @@ use cactus_node::inference::pool::ThreadPool;
 use cactus_node::inference::stub::StubEngine;
 use cactus_node::network::NetworkConfig;
 use cactus_node::node::ChainChoice;
+use cactus_node::receipt_log::ReceiptLog;
 use cactus_node::roles::router::Verification;
+use cactus_node::time::now_ms;
 use cactus_node::{Node, NodeConfig, Role};
 use cactus_protocol::contract::TaskStatus;
 use cactus_protocol::messages::{Query, QueryAnswer};
@@ -589,7 +591,75 @@ async fn cheating_orchestrator_is_caught_by_replay_refused_and_slashed() {
         assert_eq!(r.stake, 10_000);
     }
     assert_eq!(c.router.fraud_evidence(16).await.unwrap().len(), 1);
-    c.stop().await;
+    // The ban is in the router's store: it outlives the router.
+    let Cluster {
+        _dir: dir,
+        router,
+        orchestrators,
+        client,
+        ..
+    } = c;
+    client.shutdown().await;
+    for o in orchestrators {
+        o.shutdown().await;
+    }
+    router.shutdown().await;
+    let log = ReceiptLog::open(dir.path()).unwrap();
+    assert!(log.banned_until(&liar, now_ms()).unwrap().is_some());
+}
+
+/// A ban stored by an earlier run keeps the orchestrator out after a
+/// restart, while others are admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_ban_keeps_an_orchestrator_out_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let banned_key = Keypair::generate_ed25519();
+    let banned_peer = banned_key.public().to_peer_id();
+    {
+        let log = ReceiptLog::open(dir.path()).unwrap();
+        log.ban(&banned_peer, now_ms() + 3_600_000, now_ms())
+            .unwrap();
+    }
+    let router = start(Role::Router, dir.path(), vec![], None).await;
+    let addr = first_addr(&router).await;
+    let banned = Node::start(
+        config(
+            Role::Orchestrator,
+            &dir.path().join("b"),
+            vec![addr.clone()],
+        ),
+        banned_key,
+        Some(
+            Arc::new(ThreadPool::new(Arc::new(StubEngine::new("stub")), 1, QUEUE))
+                as Arc<dyn Engine>,
+        ),
+    )
+    .await
+    .unwrap();
+    let honest = start(
+        Role::Orchestrator,
+        &dir.path().join("h"),
+        vec![addr],
+        Some(Arc::new(StubEngine::new("stub"))),
+    )
+    .await;
+    within(router.wait_for_verdicts(2)).await.unwrap();
+    let verdicts: Vec<_> = router
+        .orchestrators()
+        .iter()
+        .map(|o| (o.peer, o.eligible))
+        .collect();
+    assert!(
+        verdicts.contains(&(honest.peer_id(), Some(true))),
+        "{verdicts:?}"
+    );
+    assert!(
+        verdicts.contains(&(banned_peer, Some(false))),
+        "{verdicts:?}"
+    );
+    banned.shutdown().await;
+    honest.shutdown().await;
+    router.shutdown().await;
 }
 
 /// A router that stops mid-task leaves the task's escrow pending on the

@@ -22,12 +22,37 @@ impl RouterCtx {
         let addrs: Vec<libp2p::Multiaddr> =
             advert.addrs.iter().filter_map(|a| a.parse().ok()).collect();
         let _ = self.network.add_addresses(peer, addrs).await;
-        // What this router remembers of it survives restarts.
+        // What this router remembers of it survives restarts: its record,
+        // and a ban.
         let receipts = Arc::clone(&self.receipts);
-        if let Ok(Ok(Some(rep))) =
-            tokio::task::spawn_blocking(move || receipts.reputation(&peer)).await
-        {
-            self.with_table(|t| t.set_reputation(&peer, rep));
+        let now = crate::time::now_ms();
+        let remembered = tokio::task::spawn_blocking(move || {
+            (
+                receipts.reputation(&peer),
+                receipts.banned_until(&peer, now),
+            )
+        })
+        .await;
+        let banned = match remembered {
+            Ok((rep, banned)) => {
+                if let Ok(Some(rep)) = rep {
+                    self.with_table(|t| t.set_reputation(&peer, rep));
+                }
+                banned
+            }
+            Err(e) => Err(crate::receipt_log::ReceiptLogError::Join(e)),
+        };
+        match banned {
+            Ok(None) => {}
+            Ok(Some(until_ms)) => {
+                tracing::warn!(orchestrator = %peer, until_ms, "orchestrator refused: banned");
+                return self.refuse_banned(&peer, sizes);
+            }
+            Err(e) => {
+                // Unknown is not clean.
+                tracing::error!(orchestrator = %peer, error = %e, "could not read the ban list: not admitted");
+                return self.refuse_banned(&peer, sizes);
+            }
         }
         let admitted = match self.chain.admit(peer, account, stake).await {
             Ok(ok) => ok,
@@ -54,6 +79,14 @@ impl RouterCtx {
             } else {
                 tracing::warn!(orchestrator = %peer, %account, stake, "orchestrator refused: not registered with the minimum stake");
             }
+            sizes.send_replace(t.counts());
+        });
+    }
+
+    fn refuse_banned(&self, peer: &libp2p::PeerId, sizes: &watch::Sender<(usize, usize)>) {
+        self.with_table(|t| {
+            t.set_eligible(peer, false);
+            t.ban(peer);
             sizes.send_replace(t.counts());
         });
     }

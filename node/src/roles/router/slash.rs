@@ -5,6 +5,9 @@ use super::RouterCtx;
 use cactus_protocol::contract::Op;
 use cactus_protocol::fraud::FraudEvidence;
 
+/// How long a router refuses an orchestrator caught in fraud: thirty days.
+pub const FRAUD_BAN_MS: u64 = 30 * 24 * 3600 * 1000;
+
 impl RouterCtx {
     /// Slashes the orchestrator that signed a fraudulent receipt (the
     /// evidence's accused) and stops using it; returns whether the chain
@@ -16,6 +19,15 @@ impl RouterCtx {
             return false;
         };
         self.with_table(|t| t.ban(&accused));
+        // The ban is kept in the receipt log, so a restart does not lift it.
+        let (log, now) = (std::sync::Arc::clone(&self.receipts), crate::time::now_ms());
+        let kept = tokio::task::spawn_blocking(move || {
+            log.ban(&accused, now.saturating_add(FRAUD_BAN_MS), now)
+        })
+        .await;
+        if !matches!(kept, Ok(Ok(()))) {
+            tracing::error!(orchestrator = %accused, "the ban could not be stored: it lasts until a restart");
+        }
         let Ok(hash) = evidence.hash() else {
             return false;
         };
