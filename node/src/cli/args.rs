@@ -59,6 +59,15 @@ pub struct MeshArgs {
         value_name = "N"
     )]
     pub max_connections: u32,
+    /// Inbound connections one IP address may hold (relayed ones are not
+    /// counted), so that one host cannot take every slot with many PeerIds.
+    #[arg(
+        long,
+        env = "CACTUS_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 32,
+        value_name = "N"
+    )]
+    pub max_connections_per_ip: usize,
     /// Serve as a circuit relay (and AutoNAT dial-back server) for nodes
     /// behind NATs; for nodes with a public address. Bootstrap nodes always do.
     #[arg(long, env = "CACTUS_RELAY")]
@@ -105,6 +114,7 @@ impl MeshArgs {
         }
         c.bootstrap = self.bootstrap.clone();
         c.max_connections = self.max_connections;
+        c.max_connections_per_ip = self.max_connections_per_ip;
         c.relay_client = !self.no_relay_client;
         c.target_peers = self.target_peers;
         c.external = self.external.clone();

@@ -8,7 +8,7 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
     StreamProtocol, autonat, connection_limits, dcutr, gossipsub, identify, identity::Keypair, kad,
-    ping, relay, request_response,
+    memory_connection_limits, ping, relay, request_response,
 };
 use sha2::{Digest as _, Sha256};
 use std::time::Duration;
@@ -16,11 +16,24 @@ use std::time::Duration;
 /// Identify protocol version string: peers that do not speak it are not Cactus nodes.
 pub const IDENTIFY_PROTOCOL: &str = "/cactus/id/1";
 
+/// Share of the machine's memory past which the node takes no new
+/// connection (libp2p's memory-based connection limit): a flood of
+/// connections holding half-sent requests meets a refusal before the
+/// machine swaps.
+pub const MAX_MEMORY_SHARE: f64 = 0.9;
+
+/// Relay reservations one peer may hold on a relay server.
+pub const RELAY_RESERVATIONS_PER_PEER: usize = 4;
+/// Relayed circuits one peer may have open through a relay server at once.
+pub const RELAY_CIRCUITS_PER_PEER: usize = 8;
+
 /// Limits of the behaviour; see [`super::NetworkConfig`].
 #[derive(Debug, Clone)]
 pub struct BehaviourLimits {
     /// Established connections in all.
     pub max_connections: u32,
+    /// Inbound connections from one IP address.
+    pub max_connections_per_ip: usize,
     /// How long a task request may take end to end.
     pub request_timeout: Duration,
     /// Task streams open at once per connection.
@@ -67,6 +80,12 @@ impl Default for RelayLimits {
 pub struct Behaviour {
     /// Caps connections, so no peer can exhaust us.
     pub limits: connection_limits::Behaviour,
+    /// Caps inbound connections per IP address, so no host can with many
+    /// PeerIds.
+    pub ip_limits: super::ip_limits::Behaviour,
+    /// Refuses new connections while the process uses more than
+    /// `MAX_MEMORY_SHARE` of the machine's memory.
+    pub memory: memory_connection_limits::Behaviour,
     /// Exchanges listen addresses, protocols and agent versions.
     pub identify: identify::Behaviour,
     /// Liveness and round-trip time, used by the router as latency.
@@ -174,7 +193,9 @@ impl Behaviour {
                 peer_id,
                 relay::Config {
                     max_reservations: l.max_reservations,
+                    max_reservations_per_peer: RELAY_RESERVATIONS_PER_PEER,
                     max_circuits: l.max_circuits,
+                    max_circuits_per_peer: RELAY_CIRCUITS_PER_PEER,
                     max_circuit_duration: l.max_circuit_duration,
                     max_circuit_bytes: l.max_circuit_bytes,
                     ..relay::Config::default()
@@ -192,6 +213,8 @@ impl Behaviour {
                 .then(autonat::v2::server::Behaviour::default)
                 .into(),
             limits: connection_limits::Behaviour::new(conn_limits),
+            ip_limits: super::ip_limits::Behaviour::new(limits.max_connections_per_ip),
+            memory: memory_connection_limits::Behaviour::with_max_percentage(MAX_MEMORY_SHARE),
             identify,
             ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5))),
             kad,

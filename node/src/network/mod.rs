@@ -36,6 +36,7 @@ mod discovery;
 mod event_loop;
 mod gossip;
 mod handle;
+mod ip_limits;
 mod penalties;
 mod reachability;
 mod stream_behaviour;
@@ -63,6 +64,8 @@ pub struct NetworkConfig {
     pub kad_server: Option<bool>,
     /// Established connections in all.
     pub max_connections: u32,
+    /// Inbound connections from one IP address (relayed ones not counted).
+    pub max_connections_per_ip: usize,
     /// Discovered peers are dialled until this many are connected.
     pub target_peers: usize,
     /// How long one task request may take end to end.
@@ -100,6 +103,7 @@ impl Default for NetworkConfig {
             bootstrap: Vec::new(),
             kad_server: None,
             max_connections: 256,
+            max_connections_per_ip: 32,
             target_peers: 16,
             // Longer than a router's whole task deadline (540 s), so that a
             // client never gives up on a task the router still settles.
@@ -185,6 +189,7 @@ pub fn spawn(
 > {
     let limits = behaviour::BehaviourLimits {
         max_connections: config.max_connections,
+        max_connections_per_ip: config.max_connections_per_ip,
         request_timeout: config.request_timeout,
         max_concurrent_streams: 64,
         relay_server: config.relay_server,

@@ -1145,3 +1145,38 @@ async fn only_routers_the_ledger_authorizes_get_work() {
     rogue.shutdown().await;
     c.stop().await;
 }
+
+/// One IP address holds at most `max_connections_per_ip` inbound
+/// connections, however many PeerIds it uses; when one closes, there is
+/// room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_ip_address_holds_at_most_its_share_of_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut router_config = config(Role::Router, dir.path(), vec![]);
+    router_config.network.max_connections_per_ip = 2;
+    let router = start_with(router_config, None).await;
+    let addr = first_addr(&router).await;
+    let mut peers = Vec::new();
+    for _ in 0..2 {
+        let p = start(Role::Client, dir.path(), vec![], None).await;
+        within(p.network().dial(addr.clone())).await.unwrap();
+        peers.push(p);
+    }
+    let third = start(Role::Client, dir.path(), vec![], None).await;
+    let denied = within(third.network().dial(addr.clone())).await;
+    assert!(denied.is_err(), "{denied:?}");
+    if let Some(p) = peers.pop() {
+        p.shutdown().await;
+    }
+    within(async {
+        while third.network().dial(addr.clone()).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    third.shutdown().await;
+    for p in peers {
+        p.shutdown().await;
+    }
+    router.shutdown().await;
+}
