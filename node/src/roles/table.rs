@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 /// Most orchestrators tracked at once.
 pub const MAX_ORCHESTRATORS: usize = 4096;
+/// Soonest the chain is asked again about an orchestrator whose advert
+/// changed its account or stake.
+pub const READMIT_MIN_GAP: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -27,6 +30,9 @@ struct Entry {
     admitted: Option<(cactus_protocol::contract::Address, u64)>,
     /// Caught cheating: never picked again by this router.
     banned: bool,
+    /// When the chain was last asked about it: a new account or stake is
+    /// checked again no sooner than [`READMIT_MIN_GAP`] after.
+    judged_at: Instant,
     /// This router's record of it (persisted in the router's receipt log).
     rep: Reputation,
 }
@@ -131,13 +137,19 @@ impl OrchestratorTable {
                 return Upsert::Ignored;
             }
             // A new account or declared stake is checked by the chain again
-            // before the orchestrator gets more work.
+            // before the orchestrator gets more work; not more often than
+            // READMIT_MIN_GAP, so that flipping it costs the sender, not the
+            // chain.
             let changed = advert.account != e.advert.account || advert.stake != e.advert.stake;
+            if changed && now.saturating_duration_since(e.judged_at) < READMIT_MIN_GAP {
+                return Upsert::Ignored;
+            }
             e.advert = advert;
             e.seen = now;
             if changed {
                 e.eligible = None;
                 e.admitted = None;
+                e.judged_at = now;
                 return Upsert::Joined;
             }
             return Upsert::Updated;
@@ -145,15 +157,19 @@ impl OrchestratorTable {
         if self.entries.len() >= MAX_ORCHESTRATORS {
             self.prune(now);
             if self.entries.len() >= MAX_ORCHESTRATORS {
-                // Make room by forgetting the one heard from longest ago.
-                if let Some(oldest) = self
+                // Make room by forgetting the one not admitted heard from
+                // longest ago: strangers' adverts never push out an
+                // orchestrator the chain admitted.
+                let Some(oldest) = self
                     .entries
                     .iter()
+                    .filter(|(_, e)| e.eligible != Some(true))
                     .min_by_key(|(_, e)| e.seen)
                     .map(|(p, _)| *p)
-                {
-                    self.entries.remove(&oldest);
-                }
+                else {
+                    return Upsert::Ignored;
+                };
+                self.entries.remove(&oldest);
             }
         }
         self.entries.insert(
@@ -165,6 +181,7 @@ impl OrchestratorTable {
                 eligible: None,
                 admitted: None,
                 banned: false,
+                judged_at: now,
                 rep: Reputation::default(),
             },
         );

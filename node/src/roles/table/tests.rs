@@ -160,3 +160,58 @@ fn the_longest_cached_prefix_with_a_free_slot_is_picked() {
         None
     );
 }
+
+#[test]
+fn a_changed_stake_is_checked_again_no_more_often_than_the_gap() {
+    let t0 = Instant::now();
+    let mut t = OrchestratorTable::new(Duration::from_secs(30));
+    let p = PeerId::random();
+    assert_eq!(t.upsert(advert(p, 1, 1, &["a"]), t0), Upsert::Joined);
+    let mut flipped = advert(p, 2, 1, &["a"]);
+    flipped.stake += 1;
+    assert_eq!(
+        t.upsert(flipped.clone(), t0 + Duration::from_secs(1)),
+        Upsert::Ignored
+    );
+    let later = t0 + READMIT_MIN_GAP;
+    assert_eq!(t.upsert(flipped, later), Upsert::Joined);
+}
+
+#[test]
+fn strangers_never_push_an_admitted_orchestrator_out() {
+    let t0 = Instant::now();
+    let mut t = OrchestratorTable::new(Duration::from_secs(3600));
+    let admitted = PeerId::random();
+    t.upsert(advert(admitted, 1, 1, &["a"]), t0);
+    t.set_eligible(&admitted, true);
+    let first_stranger = PeerId::random();
+    t.upsert(advert(first_stranger, 1, 1, &["a"]), t0);
+    for i in 2..MAX_ORCHESTRATORS {
+        let at = t0 + Duration::from_millis(i as u64);
+        assert_eq!(
+            t.upsert(advert(PeerId::random(), 1, 1, &["a"]), at),
+            Upsert::Joined
+        );
+    }
+    assert_eq!(t.len(), MAX_ORCHESTRATORS);
+    // Full: a newcomer takes the place of the stalest stranger.
+    let at = t0 + Duration::from_secs(10);
+    assert_eq!(
+        t.upsert(advert(PeerId::random(), 1, 1, &["a"]), at),
+        Upsert::Joined
+    );
+    let peers: Vec<PeerId> = t.snapshot().iter().map(|o| o.peer).collect();
+    assert!(peers.contains(&admitted));
+    assert!(!peers.contains(&first_stranger));
+    // With only admitted orchestrators left, a newcomer is not taken in.
+    let mut full = OrchestratorTable::new(Duration::from_secs(3600));
+    for _ in 0..MAX_ORCHESTRATORS {
+        let p = PeerId::random();
+        full.upsert(advert(p, 1, 1, &["a"]), t0);
+        full.set_eligible(&p, true);
+    }
+    assert_eq!(
+        full.upsert(advert(PeerId::random(), 1, 1, &["a"]), at),
+        Upsert::Ignored
+    );
+}
