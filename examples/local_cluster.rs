@@ -16,10 +16,12 @@
 #![allow(clippy::print_stdout)] // An example prints its results.
 
 use anyhow::{Context, Result, bail};
+use cactus_node::chain::embedded::LocalSettings;
 use cactus_node::inference::Engine;
 use cactus_node::inference::llama::{LlamaConfig, LlamaEngine};
 use cactus_node::inference::model_file::ModelSpec;
 use cactus_node::network::NetworkConfig;
+use cactus_node::node::ChainChoice;
 use cactus_node::{Node, NodeConfig, Role, cli, client};
 use cactus_protocol::{PromptFormat, SamplingParams, TaskSpec};
 use libp2p::identity::Keypair;
@@ -65,6 +67,9 @@ async fn main() -> Result<()> {
             network: loopback.clone(),
             // The OpenAI-compatible API on a free loopback port.
             api: Some("127.0.0.1:0".parse()?),
+            // A development ledger: its faucet funds the orchestrators'
+            // stakes (`cactus-node --dev-faucet`).
+            chain: ChainChoice::Embedded(LocalSettings::dev()),
             ..NodeConfig::default()
         },
         Keypair::generate_ed25519(),

@@ -287,7 +287,7 @@ BOOT_ADDR=$(grep -m1 -o "${boot_pattern//./\\.}[[:alnum:]]*" "$WORK/boot.log")
 BOOT_ADDR=${BOOT_ADDR#listening address=}
 say "bootstrap: $BOOT_ADDR"
 
-start_node rtr rtr "$NODE_BIN" --role router --listen "/ip4/$RTR_IP/tcp/4002" \
+start_node rtr rtr "$NODE_BIN" --role router --dev-faucet --listen "/ip4/$RTR_IP/tcp/4002" \
   --bootstrap "$BOOT_ADDR" --data-dir "$WORK/rtr"
 # --target-peers 1: an orchestrator keeps only its bootstrap connection and
 # does not dial the router itself, as a home node with many peers might not.

@@ -52,6 +52,7 @@ fn main() {
         account: None,
         ledger: None,
         authorize_servers: Vec::new(),
+        dev_faucet: false,
         anchor_batch: 1,
         anchor_interval: 30,
         chain: cli::ChainKind::Embedded,

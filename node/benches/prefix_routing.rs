@@ -113,36 +113,45 @@ fn main() {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
             ..NetworkConfig::default()
         };
-        // The orchestrators follow the aware router's ledger (their first
-        // bootstrap peer), which authorizes the blind router too.
+        // The aware router keeps the cluster's ledger (a development one,
+        // whose faucet funds the orchestrators' stakes) and authorizes the
+        // blind router, which settles on it.
         let blind_key = Keypair::generate_ed25519();
         let blind_account = default_account(&blind_key.public().to_peer_id());
-        let router = |name: &str, prefix_routing: bool, key: Keypair, servers| {
+        let router = |name: &str, prefix_routing: bool, key: Keypair, chain, bootstrap| {
             Node::start(
                 NodeConfig {
                     role: Role::Router,
                     data_dir: dir.path().join(name),
-                    network: net.clone(),
+                    network: NetworkConfig {
+                        bootstrap,
+                        ..net.clone()
+                    },
                     prefix_routing,
-                    chain: ChainChoice::Embedded(LocalSettings {
-                        servers,
-                        ..LocalSettings::default()
-                    }),
+                    chain,
                     ..NodeConfig::default()
                 },
                 key,
                 None,
             )
         };
-        let aware = router(
-            "aware",
-            true,
-            Keypair::generate_ed25519(),
-            vec![blind_account],
+        let ledger = ChainChoice::Embedded(LocalSettings {
+            servers: vec![blind_account],
+            ..LocalSettings::dev()
+        });
+        let aware = router("aware", true, Keypair::generate_ed25519(), ledger, vec![])
+            .await
+            .unwrap();
+        let aware_addr = aware.listen_addrs().await.unwrap()[0].clone();
+        let blind = router(
+            "blind",
+            false,
+            blind_key,
+            ChainChoice::Remote(aware.peer_id()),
+            vec![aware_addr],
         )
         .await
         .unwrap();
-        let blind = router("blind", false, blind_key, vec![]).await.unwrap();
         let addrs = vec![
             aware.listen_addrs().await.unwrap()[0].clone(),
             blind.listen_addrs().await.unwrap()[0].clone(),

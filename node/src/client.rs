@@ -233,6 +233,42 @@ pub async fn connect(
     router: Option<Multiaddr>,
     timeout: Duration,
 ) -> Result<(Node, PeerId), ClientError> {
+    connect_as(Keypair::generate_ed25519(), bootstrap, router, timeout).await
+}
+
+/// Asks the ledger router (`router`, or one found through `bootstrap`) for
+/// the account of `key`'s PeerId, applying `tx` to it first when given: the
+/// ledger acts on that PeerId's own account only, which the connection
+/// authenticates.
+pub async fn account(
+    key: Keypair,
+    bootstrap: &[Multiaddr],
+    router: Option<Multiaddr>,
+    timeout: Duration,
+    tx: Option<cactus_protocol::messages::Transaction>,
+) -> Result<cactus_protocol::messages::AccountView, ClientError> {
+    let me = key.public().to_peer_id();
+    let (node, ledger) = connect_as(key, bootstrap, router, timeout).await?;
+    let request = match tx {
+        Some(tx) => TaskRequest::Transact(tx),
+        None => TaskRequest::Query(Query::Account(me)),
+    };
+    let answer = tokio::time::timeout(timeout, node.network().send_task(ledger, request)).await;
+    node.shutdown().await;
+    match answer.map_err(|_| ClientError::Timeout(timeout))?? {
+        TaskResponse::Answer(QueryAnswer::Account(view)) => Ok(view),
+        TaskResponse::Failed(e) => Err(ClientError::Task(e)),
+        _ => Err(ClientError::Unexpected),
+    }
+}
+
+/// [`connect`] as the node of `key`.
+pub async fn connect_as(
+    key: Keypair,
+    bootstrap: &[Multiaddr],
+    router: Option<Multiaddr>,
+    timeout: Duration,
+) -> Result<(Node, PeerId), ClientError> {
     let config = NodeConfig {
         role: Role::Client,
         network: NetworkConfig {
@@ -247,7 +283,7 @@ pub async fn connect(
         },
         ..NodeConfig::default()
     };
-    let node = Node::start(config, Keypair::generate_ed25519(), None)
+    let node = Node::start(config, key, None)
         .await
         .map_err(|e| ClientError::Start(Box::new(e)))?;
     let found = tokio::time::timeout(timeout, async {

@@ -5,7 +5,8 @@
 use anyhow::{Context, Result, bail};
 use cactus_node::chain::embedded::EmbeddedChain;
 use cactus_node::cli::commands::{
-    Cli, Command, DoctorArgs, InferArgs, LogArgs, ReceiptCmd, SourceArgs, StatusArgs,
+    AccountAction, AccountArgs, Cli, Command, DoctorArgs, InferArgs, LogArgs, ReceiptCmd,
+    SourceArgs, StatusArgs,
 };
 use cactus_node::cli::{self, NodeArgs};
 use cactus_node::client;
@@ -13,7 +14,9 @@ use cactus_node::protocol::merkle::ReceiptBundle;
 use cactus_node::protocol::messages::{Query, QueryAnswer};
 use cactus_node::protocol::{PromptFormat, SamplingParams, TaskId, TaskSpec};
 use cactus_node::receipt_log::{RECEIPT_LOG_FILE, ReceiptLog};
-use cactus_node::report::output::{BundleJson, FraudJson, InferJson, ReceiptJson, StatusJson};
+use cactus_node::report::output::{
+    AccountJson, BundleJson, FraudJson, InferJson, ReceiptJson, StatusJson,
+};
 use cactus_node::report::{self, audit, diagnose, status};
 use clap::{CommandFactory, Parser};
 use std::io::Write;
@@ -63,7 +66,41 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Some(Command::Status(args)) => status(args).await,
         Some(Command::Receipt(cmd)) => receipt(cmd).await,
         Some(Command::Doctor(args)) => doctor(args).await,
+        Some(Command::Account(args)) => account(args).await,
     }
+}
+
+async fn account(args: AccountArgs) -> Result<()> {
+    use cactus_node::protocol::messages::Transaction;
+    cli::init_tracing("warn");
+    if args.reach.is_empty() {
+        bail!("name the ledger router: --router <its /p2p address> (or --bootstrap)");
+    }
+    let key = cactus_node::identity::load_or_create(&args.data.resolve())?;
+    let timeout = Duration::from_secs(args.timeout.max(1));
+    let (boot, router) = (&args.reach.bootstrap, args.reach.router.clone());
+    let call = |tx| client::account(key.clone(), boot, router.clone(), timeout, tx);
+    let tx = match args.action {
+        AccountAction::Balance => None,
+        AccountAction::Faucet => Some(Transaction::Faucet),
+        AccountAction::Stake { amount } => {
+            let now = call(None).await?;
+            Some(match now.orchestrator {
+                Some(_) => Transaction::AddStake { amount },
+                None => Transaction::Register { stake: amount },
+            })
+        }
+        AccountAction::Unstake { amount } => Some(Transaction::Unstake { amount }),
+        AccountAction::Withdraw => Some(Transaction::Withdraw),
+    };
+    let view = AccountJson::from(&call(tx).await?);
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string(&view)?)?;
+    } else {
+        writeln!(out, "{view}")?;
+    }
+    Ok(())
 }
 
 async fn run_node(args: NodeArgs) -> Result<()> {

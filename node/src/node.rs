@@ -2,14 +2,13 @@
 //! inference engine, started together and stopped in order.
 
 use crate::chain::embedded::{Embedded, EmbeddedChain, LocalSettings};
+use crate::chain::remote::RemoteLedger;
 use crate::chain::{ChainBackend, ChainError};
 use crate::inference::Engine;
 use crate::metrics::{self, Metrics};
 use crate::network::{self, Network, NetworkConfig, NetworkError};
 use crate::receipt_log::{ReceiptLog, ReceiptLogError};
 use crate::roles::anchor::{self, AnchorPolicy};
-use crate::roles::orchestrator::gate::Gate;
-use crate::roles::orchestrator::{OrchestratorCtx, OrchestratorRole};
 use crate::roles::router::{RouterCtx, RouterRole, Verification, reconcile};
 use crate::roles::table::{OrchestratorInfo, OrchestratorTable};
 use crate::roles::{Dispatcher, Handler, NoRole, PeerBudget, Timers, tasks_per_peer};
@@ -22,6 +21,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+mod orchestrator;
 mod refresh;
 use refresh::refresh_for;
 
@@ -103,6 +103,8 @@ pub enum ChainChoice {
     Embedded(LocalSettings),
     /// A chain backend built by the caller (e.g. Aptos).
     Backend(Arc<dyn ChainBackend>),
+    /// The embedded chain another node keeps (`--ledger`), over the mesh.
+    Remote(PeerId),
 }
 
 impl std::fmt::Debug for ChainChoice {
@@ -110,6 +112,7 @@ impl std::fmt::Debug for ChainChoice {
         match self {
             Self::Embedded(s) => f.debug_tuple("Embedded").field(s).finish(),
             Self::Backend(b) => write!(f, "Backend({})", b.account()),
+            Self::Remote(p) => write!(f, "Remote({p})"),
         }
     }
 }
@@ -136,7 +139,9 @@ impl Default for NodeConfig {
             metrics: None,
             stake: 10_000,
             account: None,
-            chain: ChainChoice::Embedded(LocalSettings::default()),
+            // In-process clusters (tests, examples, benches) run a
+            // development ledger; `cactus-node` only with --dev-faucet.
+            chain: ChainChoice::Embedded(LocalSettings::dev()),
             ledger: None,
             anchor: AnchorPolicy::default(),
             verification: Verification::default(),
@@ -280,30 +285,11 @@ impl Node {
         let role: Arc<dyn Handler> = match config.role {
             Role::Orchestrator => {
                 let engine = engine.ok_or(NodeError::NoModels)?;
-                let models = engine.models();
-                if models.is_empty() {
+                if engine.models().is_empty() {
                     return Err(NodeError::NoModels);
                 }
                 engine_handle = Some(Arc::clone(&engine));
-                let p = engine;
-                let mut ctx = OrchestratorCtx::new(
-                    network.clone(),
-                    key,
-                    models,
-                    p,
-                    config.price_per_token,
-                    config
-                        .account
-                        .unwrap_or_else(|| crate::chain::default_account(&local_peer)),
-                    config.stake,
-                );
-                ctx.delegation = config.delegation;
-                let gate = Gate::following(config.ledger, &config.network.bootstrap);
-                Arc::new(OrchestratorRole::new(
-                    Arc::new(ctx),
-                    config.advert_interval,
-                    Arc::new(gate),
-                ))
+                orchestrator::role(&config, &network, key, engine, &shutdown)
             }
             Role::Router => {
                 let receipts = {
@@ -321,6 +307,9 @@ impl Node {
                 receipts_handle = Some(Arc::clone(&receipts));
                 let chain: Arc<dyn ChainBackend> = match &config.chain {
                     ChainChoice::Backend(b) => Arc::clone(b),
+                    ChainChoice::Remote(ledger) => {
+                        Arc::new(RemoteLedger::connect(network.clone(), *ledger).await?)
+                    }
                     ChainChoice::Embedded(settings) => {
                         let (dir, settings) = (config.data_dir.clone(), settings.clone());
                         let account = crate::chain::default_account(&local_peer);

@@ -152,6 +152,7 @@ fn arb_query() -> impl Strategy<Value = Query> {
         any::<[u8; 16]>().prop_map(|id| Query::Receipt(TaskId(id))),
         any::<u64>().prop_map(Query::Anchor),
         arb_keypair().prop_map(|k| Query::Standing(k.public().to_peer_id())),
+        arb_keypair().prop_map(|k| Query::Account(k.public().to_peer_id())),
     ]
 }
 
@@ -192,6 +193,14 @@ fn arb_request() -> impl Strategy<Value = TaskRequest> {
                 }))
             })
         }),
+        prop_oneof![
+            Just(Transaction::Faucet),
+            any::<u64>().prop_map(|stake| Transaction::Register { stake }),
+            any::<u64>().prop_map(|amount| Transaction::AddStake { amount }),
+            any::<u64>().prop_map(|amount| Transaction::Unstake { amount }),
+            Just(Transaction::Withdraw),
+        ]
+        .prop_map(TaskRequest::Transact),
     ]
 }
 
@@ -294,6 +303,23 @@ fn arb_answer() -> impl Strategy<Value = QueryAnswer> {
                 orchestrator,
             })
         }),
+        (any::<[u8; 32]>(), any::<u64>(), any::<Option<(u64, u64)>>()).prop_map(
+            |(account, balance, orch)| {
+                QueryAnswer::Account(AccountView {
+                    account: Address(account),
+                    balance,
+                    orchestrator: orch.map(|(stake, unbonding)| Orchestrator {
+                        peer_id: vec![1; 38],
+                        stake,
+                        unbonding,
+                        unlock_at: 7,
+                        successes: 1,
+                        failures: 2,
+                        compute_ms: 3,
+                    }),
+                })
+            }
+        ),
     ]
 }
 
@@ -434,7 +460,7 @@ proptest! {
             TaskRequest::Query(_) => {}
             TaskRequest::Replay(r) => prop_assert!(r.validate().is_ok()),
             TaskRequest::Delegate(d) => prop_assert!(d.assignment.validate().is_ok()),
-            TaskRequest::Bid(_) | TaskRequest::Cancel(_) => {}
+            TaskRequest::Bid(_) | TaskRequest::Cancel(_) | TaskRequest::Transact(_) => {}
         }
     }
 

@@ -15,8 +15,9 @@
 use super::{ChainBackend, ChainError};
 use cactus_protocol::TaskId;
 use cactus_protocol::contract::{
-    Abort, Address, Anchor, Config, Op, Orchestrator, State, Task, TaskStatus, Totals,
+    Address, Anchor, Config, Op, Orchestrator, State, Task, TaskStatus, Totals,
 };
+use cactus_protocol::messages::Transaction;
 use cactus_protocol::wire::SourceError;
 use futures::future::{BoxFuture, FutureExt};
 use libp2p::PeerId;
@@ -48,7 +49,28 @@ pub struct LocalSettings {
     /// router itself always is).
     #[serde(default)]
     pub servers: Vec<Address>,
+    /// Development ledgers only: each peer may top its balance up to this
+    /// amount for free (`Transaction::Faucet`). `None` (the default, and
+    /// what `cactus-node` runs without `--dev-faucet`): money only comes
+    /// from the router's initial funds.
+    #[serde(default)]
+    pub dev_faucet: Option<u64>,
 }
+
+impl LocalSettings {
+    /// A development ledger: the defaults plus a faucet of `FAUCET_AMOUNT`
+    /// per peer (what in-process clusters, examples and benches run).
+    pub fn dev() -> Self {
+        Self {
+            dev_faucet: Some(FAUCET_AMOUNT),
+            ..Self::default()
+        }
+    }
+}
+
+/// What a dev faucet tops a balance up to: a hundred times the default
+/// orchestrator stake.
+pub const FAUCET_AMOUNT: u64 = 1_000_000;
 
 impl Default for LocalSettings {
     fn default() -> Self {
@@ -67,6 +89,7 @@ impl Default for LocalSettings {
             },
             server_funds: 1_000_000_000,
             servers: Vec::new(),
+            dev_faucet: None,
         }
     }
 }
@@ -95,6 +118,8 @@ pub struct EmbeddedChain {
     inner: Mutex<Inner>,
     account: Address,
     path: PathBuf,
+    /// See [`LocalSettings::dev_faucet`].
+    faucet: Option<u64>,
 }
 
 impl std::fmt::Debug for EmbeddedChain {
@@ -130,6 +155,7 @@ impl EmbeddedChain {
             }),
             account,
             path: path.clone(),
+            faucet: settings.dev_faucet,
         });
         if chain.with_state(|s| s.config.is_none()) {
             chain.apply(account, Op::Initialize(settings.config.clone()))?;
@@ -167,6 +193,7 @@ impl EmbeddedChain {
             }),
             account,
             path,
+            faucet: None,
         }))
     }
 
@@ -372,11 +399,11 @@ impl ChainBackend for Embedded {
         async move { Ok(a) }.boxed()
     }
 
-    fn pending_tasks(
+    fn pending_tasks_of(
         &self,
+        me: Address,
         limit: usize,
     ) -> BoxFuture<'_, Result<Option<Vec<TaskId>>, ChainError>> {
-        let me = self.0.account;
         let ids = self.0.with_state(|s| {
             s.tasks
                 .iter()
@@ -392,37 +419,64 @@ impl ChainBackend for Embedded {
         &self,
         peer: PeerId,
         account: Address,
-        declared_stake: u64,
+        _declared_stake: u64,
     ) -> BoxFuture<'_, Result<bool, ChainError>> {
+        // Stake is never minted for an advert: an orchestrator registers
+        // itself with money it holds (`transact`), as on any chain.
         self.0.blocking(move |c| {
-            let known = c.with_state(|s| s.orchestrators.get(&account).map(|o| o.peer_id.clone()));
-            match known {
-                Some(peer_id) if peer_id != peer.to_bytes() => return Ok(false),
-                Some(_) => {}
-                None if declared_stake == 0 => return Ok(false),
-                None => {
-                    // Local faucet, then registration on the orchestrator's behalf.
+            Ok(c.with_state(|s| {
+                s.orchestrators
+                    .get(&account)
+                    .is_some_and(|o| o.peer_id == peer.to_bytes())
+                    && s.is_eligible(&account)
+            }))
+        })
+    }
+
+    fn balance(&self, who: Address) -> BoxFuture<'_, Result<u64, ChainError>> {
+        let b = self.0.with_state(|s| s.balance(&who));
+        async move { Ok(b) }.boxed()
+    }
+
+    fn transact(&self, peer: PeerId, tx: Transaction) -> BoxFuture<'_, Result<(), ChainError>> {
+        self.0.blocking(move |c| {
+            let account = super::default_account(&peer);
+            match tx {
+                Transaction::Faucet => {
+                    let Some(amount) = c.faucet else {
+                        return Err(ChainError::Unsupported(
+                            "this ledger has no faucet (a development ledger is started with --dev-faucet)",
+                        ));
+                    };
+                    let have = c.with_state(|s| s.balance(&account));
+                    if have >= amount {
+                        return Ok(());
+                    }
                     c.apply(
                         c.account,
                         Op::Mint {
                             to: account,
-                            amount: declared_stake,
+                            amount: amount - have,
                         },
-                    )?;
-                    match c.apply(
-                        account,
-                        Op::RegisterOrchestrator {
-                            peer_id: peer.to_bytes(),
-                            amount: declared_stake,
-                        },
-                    ) {
-                        Ok(()) => {}
-                        Err(ChainError::Abort(Abort::StakeTooLow)) => return Ok(false),
-                        Err(e) => return Err(e),
-                    }
+                    )
                 }
+                Transaction::Register { stake } => c.apply(
+                    account,
+                    Op::RegisterOrchestrator {
+                        peer_id: peer.to_bytes(),
+                        amount: stake,
+                    },
+                ),
+                Transaction::AddStake { amount } => c.apply(account, Op::AddStake { amount }),
+                Transaction::Unstake { amount } => {
+                    c.apply(account, Op::RequestUnstake { amount })
+                }
+                Transaction::Withdraw => c.apply(account, Op::Withdraw),
+                Transaction::Apply(Op::Mint { .. }) => Err(ChainError::Unsupported(
+                    "only the ledger's faucet mints",
+                )),
+                Transaction::Apply(op) => c.apply(account, op),
             }
-            Ok(c.with_state(|s| s.is_eligible(&account)))
         })
     }
 }
@@ -430,6 +484,7 @@ impl ChainBackend for Embedded {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cactus_protocol::contract::Abort;
 
     #[test]
     fn operations_survive_reopen_and_snapshots() {
@@ -520,54 +575,78 @@ mod tests {
         assert_eq!(back, state);
     }
 
-    /// Declared stakes the vault cannot hold together are refused, and the
-    /// vault does not wrap.
+    /// Stake comes from the orchestrator's own balance: a declared stake is
+    /// never minted, a faucet exists only on a dev ledger, tops up to its
+    /// amount and no further, and each peer acts on its own account only.
     #[tokio::test]
-    async fn declared_stakes_that_would_overflow_the_vault_are_refused() {
+    async fn stake_is_moved_from_a_funded_account_never_minted() {
         let dir = tempfile::tempdir().unwrap();
         let router = Address([1; 32]);
-        let chain =
-            Embedded(EmbeddedChain::open(dir.path(), router, &LocalSettings::default()).unwrap());
-        let peer = libp2p::identity::Keypair::generate_ed25519()
-            .public()
-            .to_peer_id();
-        assert!(chain.admit(peer, Address([3; 32]), u64::MAX).await.unwrap());
-        let second = chain.admit(peer, Address([4; 32]), u64::MAX).await;
-        assert!(
-            matches!(second, Err(ChainError::Abort(Abort::ArithmeticError))),
-            "{second:?}"
-        );
-        assert_eq!(
-            chain.totals().await.unwrap(),
-            (u64::MAX, 0, u64::MAX),
-            "the vault holds the first stake only"
-        );
-    }
-
-    #[tokio::test]
-    async fn admits_by_declared_stake_and_checks_identity() {
-        let dir = tempfile::tempdir().unwrap();
-        let router = Address([1; 32]);
-        let chain =
+        let plain =
             Embedded(EmbeddedChain::open(dir.path(), router, &LocalSettings::default()).unwrap());
         let key = libp2p::identity::Keypair::generate_ed25519();
         let peer = key.public().to_peer_id();
         let account = super::super::default_account(&peer);
         assert!(
-            !chain.admit(peer, account, 999).await.unwrap(),
-            "below the minimum"
+            !plain.admit(peer, account, u64::MAX).await.unwrap(),
+            "declared, not held"
         );
-        let other = Address([3; 32]);
-        assert!(chain.admit(peer, other, 5_000).await.unwrap());
+        assert!(matches!(
+            plain.transact(peer, Transaction::Faucet).await,
+            Err(ChainError::Unsupported(_))
+        ));
         assert_eq!(
-            chain.orchestrator(other).await.unwrap().unwrap().stake,
+            plain
+                .transact(peer, Transaction::Register { stake: 5_000 })
+                .await,
+            Err(ChainError::Abort(Abort::InsufficientBalance))
+        );
+        drop(plain);
+
+        let dir = tempfile::tempdir().unwrap();
+        let dev = Embedded(EmbeddedChain::open(dir.path(), router, &LocalSettings::dev()).unwrap());
+        let (_, _, vault) = dev.totals().await.unwrap();
+        dev.transact(peer, Transaction::Faucet).await.unwrap();
+        dev.transact(peer, Transaction::Faucet).await.unwrap();
+        assert_eq!(
+            dev.balance(account).await.unwrap(),
+            FAUCET_AMOUNT,
+            "tops up, once"
+        );
+        assert!(
+            !dev.admit(peer, account, 5_000).await.unwrap(),
+            "funded, not staked"
+        );
+        dev.transact(peer, Transaction::Register { stake: 5_000 })
+            .await
+            .unwrap();
+        assert!(dev.admit(peer, account, 5_000).await.unwrap());
+        assert_eq!(dev.balance(account).await.unwrap(), FAUCET_AMOUNT - 5_000);
+        assert_eq!(dev.totals().await.unwrap(), (5_000, 0, vault + 5_000));
+        // The stake on record is what counts, whatever is declared.
+        assert!(dev.admit(peer, account, u64::MAX).await.unwrap());
+        assert_eq!(
+            dev.orchestrator(account).await.unwrap().unwrap().stake,
             5_000
         );
-        // Same account, another PeerId: refused.
+        // Another PeerId claiming the account is refused.
         let stranger = libp2p::identity::Keypair::generate_ed25519()
             .public()
             .to_peer_id();
-        assert!(!chain.admit(stranger, other, 5_000).await.unwrap());
-        assert!(chain.is_server(router).await.unwrap());
+        assert!(!dev.admit(stranger, account, 5_000).await.unwrap());
+        // Staking more than the balance aborts where Move would.
+        assert_eq!(
+            dev.transact(peer, Transaction::AddStake { amount: u64::MAX })
+                .await,
+            Err(ChainError::Abort(Abort::InsufficientBalance))
+        );
+        dev.transact(peer, Transaction::Unstake { amount: 1_000 })
+            .await
+            .unwrap();
+        assert_eq!(
+            dev.orchestrator(account).await.unwrap().unwrap().stake,
+            4_000
+        );
+        assert!(dev.is_server(router).await.unwrap());
     }
 }

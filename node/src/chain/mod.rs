@@ -14,6 +14,7 @@ pub mod abi;
 #[cfg(feature = "aptos")]
 pub mod aptos;
 pub mod embedded;
+pub mod remote;
 
 use cactus_protocol::TaskId;
 use cactus_protocol::contract::{Abort, Address, Anchor, Config, Op, Orchestrator, Task, Totals};
@@ -82,6 +83,12 @@ pub enum ChainError {
     /// The `cactus_payment` contract has not been initialized.
     #[error("chain backend: the cactus_payment contract is not initialized")]
     NotInitialized,
+    /// The node keeping the ledger did not answer as it should.
+    #[error("chain backend: {0}")]
+    Remote(String),
+    /// This backend cannot do what was asked.
+    #[error("chain backend: {0}")]
+    Unsupported(&'static str),
     /// The Aptos node or SDK failed.
     #[cfg(feature = "aptos")]
     #[error("chain backend: {0}")]
@@ -133,13 +140,48 @@ pub trait ChainBackend: Send + Sync + std::fmt::Debug + 'static {
         &self,
         limit: usize,
     ) -> BoxFuture<'_, Result<Option<Vec<TaskId>>, ChainError>> {
-        let _ = limit;
+        self.pending_tasks_of(self.account(), limit)
+    }
+    /// Up to `limit` pending tasks `server` escrowed (`None` when the
+    /// backend cannot list them).
+    fn pending_tasks_of(
+        &self,
+        server: Address,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Option<Vec<TaskId>>, ChainError>> {
+        let _ = (server, limit);
         async { Ok(None) }.boxed()
     }
+    /// The balance of `who` outside the vault.
+    fn balance(&self, who: Address) -> BoxFuture<'_, Result<u64, ChainError>> {
+        let _ = who;
+        async {
+            Err(ChainError::Unsupported(
+                "this chain's balances are read with its own tools",
+            ))
+        }
+        .boxed()
+    }
+    /// Applies `tx` to the account of `peer`, for that peer: what a ledger
+    /// node does for the peers following it. Only the embedded chain does;
+    /// on a public chain each party signs its own transactions.
+    fn transact(
+        &self,
+        peer: PeerId,
+        tx: cactus_protocol::messages::Transaction,
+    ) -> BoxFuture<'_, Result<(), ChainError>> {
+        let _ = (peer, tx);
+        async {
+            Err(ChainError::Unsupported(
+                "this chain takes transactions from their signers directly",
+            ))
+        }
+        .boxed()
+    }
     /// Decides whether the orchestrator `peer`, which says it is the chain
-    /// account `account` with `declared_stake`, may be given tasks. A chain
-    /// checks its registration (the PeerId on record must match) and stake; a
-    /// embedded chain registers it with the declared stake first.
+    /// account `account` with `declared_stake`, may be given tasks: the chain
+    /// must hold its registration under that PeerId with at least the
+    /// minimum stake (the declared stake is never taken on trust).
     fn admit(
         &self,
         peer: PeerId,

@@ -272,6 +272,11 @@ pub struct NodeArgs {
         value_delimiter = ','
     )]
     pub authorize_servers: Vec<libp2p::PeerId>,
+    /// Development only: the router's embedded ledger gives every peer that
+    /// asks free funds (up to a fixed amount each), so that a local cluster
+    /// can stake without a funded account. Never on a ledger holding value.
+    #[arg(long, env = "CACTUS_DEV_FAUCET")]
+    pub dev_faucet: bool,
     /// The chain that settles tasks: `embedded` (a local chain in the data
     /// dir, for local clusters) or `aptos` (a deployed cactus_payment contract; needs a
     /// build with the `aptos` feature).
@@ -361,6 +366,21 @@ pub fn parse_address(s: &str) -> Result<cactus_protocol::contract::Address, Stri
 }
 
 impl NodeArgs {
+    /// The embedded chain these flags describe.
+    fn embedded_chain(&self) -> crate::node::ChainChoice {
+        crate::node::ChainChoice::Embedded(crate::chain::embedded::LocalSettings {
+            servers: self
+                .authorize_servers
+                .iter()
+                .map(crate::chain::default_account)
+                .collect(),
+            dev_faucet: self
+                .dev_faucet
+                .then_some(crate::chain::embedded::FAUCET_AMOUNT),
+            ..Default::default()
+        })
+    }
+
     /// The node settings these flags describe.
     pub fn node_config(&self) -> NodeConfig {
         let advert = Duration::from_secs(self.advert_interval.max(1));
@@ -381,14 +401,14 @@ impl NodeArgs {
             stake: self.stake,
             account: self.account,
             ledger: self.ledger,
-            chain: crate::node::ChainChoice::Embedded(crate::chain::embedded::LocalSettings {
-                servers: self
-                    .authorize_servers
-                    .iter()
-                    .map(crate::chain::default_account)
-                    .collect(),
-                ..Default::default()
-            }),
+            // A router naming another node's ledger settles there; any
+            // other keeps (or, orchestrators, follows) an embedded one.
+            chain: match self.ledger {
+                Some(ledger) if self.role == Role::Router => {
+                    crate::node::ChainChoice::Remote(ledger)
+                }
+                _ => self.embedded_chain(),
+            },
             anchor: crate::roles::anchor::AnchorPolicy {
                 batch: self.anchor_batch.max(1),
                 max_age: Duration::from_secs(self.anchor_interval.max(1)),

@@ -52,10 +52,55 @@ pub enum Command {
     /// Exports or verifies receipts with their anchor proofs.
     #[command(subcommand)]
     Receipt(ReceiptCmd),
+    /// Shows or changes this node's account on the cluster's ledger (a
+    /// router's embedded chain): balance and stake, staking, unstaking,
+    /// withdrawing, and, on a ledger started with --dev-faucet, free funds.
+    Account(AccountArgs),
     /// Checks this machine's reachability: listen and observed addresses,
     /// the AutoNAT verdict, relay reservations, a hole punch to a given peer,
     /// and what to do about it, in plain words.
     Doctor(DoctorArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AccountArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: AccountAction,
+    /// The node whose account it is (its identity's data dir).
+    #[command(flatten)]
+    pub data: DataDirArgs,
+    /// How to reach the ledger router (`--router` names it).
+    #[command(flatten)]
+    pub reach: RouterArgs,
+    /// Seconds to wait for the mesh and the answer.
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
+    /// Print the account as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `cactus-node account` does.
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum AccountAction {
+    /// Shows the balance, and the stake if registered as an orchestrator.
+    Balance,
+    /// Development ledgers only: tops the balance up from the faucet.
+    Faucet,
+    /// Stakes `AMOUNT` from the balance (registering as an orchestrator the
+    /// first time).
+    Stake {
+        /// Amount, in the chain's smallest unit.
+        amount: u64,
+    },
+    /// Starts unbonding `AMOUNT` of the stake.
+    Unstake {
+        /// Amount, in the chain's smallest unit.
+        amount: u64,
+    },
+    /// Withdraws unbonded stake once its unbonding period has passed.
+    Withdraw,
 }
 
 #[derive(Debug, clap::Args)]

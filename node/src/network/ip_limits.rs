@@ -9,11 +9,11 @@
 
 use libp2p::PeerId;
 use libp2p::core::transport::PortUse;
-use libp2p::core::{ConnectedPoint, Endpoint, Multiaddr};
+use libp2p::core::{Endpoint, Multiaddr};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{
-    ConnectionClosed, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler,
-    THandlerInEvent, THandlerOutEvent, ToSwarm, dummy,
+    ConnectionClosed, ConnectionDenied, ConnectionId, FromSwarm, ListenFailure, NetworkBehaviour,
+    THandler, THandlerInEvent, THandlerOutEvent, ToSwarm, dummy,
 };
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -91,13 +91,18 @@ impl NetworkBehaviour for Behaviour {
 
     fn handle_established_inbound_connection(
         &mut self,
-        _: ConnectionId,
+        id: ConnectionId,
         _: PeerId,
         _: &Multiaddr,
         remote: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        // Checked again: several may have been pending at once.
+        // Checked again (several may have been pending at once) and counted
+        // at once, so that the next one sees it.
         self.check(remote)?;
+        if let Some(ip) = ip_of(remote) {
+            *self.by_ip.entry(ip).or_insert(0) += 1;
+            self.counted.insert(id, ip);
+        }
         Ok(dummy::ConnectionHandler)
     }
 
@@ -113,26 +118,20 @@ impl NetworkBehaviour for Behaviour {
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
-        match event {
-            FromSwarm::ConnectionEstablished(e) => {
-                if let ConnectedPoint::Listener { send_back_addr, .. } = e.endpoint
-                    && let Some(ip) = ip_of(send_back_addr)
-                {
-                    *self.by_ip.entry(ip).or_insert(0) += 1;
-                    self.counted.insert(e.connection_id, ip);
-                }
+        // A connection counted when established is released when it closes,
+        // or when another behaviour refused it after this one counted it.
+        let id = match event {
+            FromSwarm::ConnectionClosed(ConnectionClosed { connection_id, .. }) => connection_id,
+            FromSwarm::ListenFailure(ListenFailure { connection_id, .. }) => connection_id,
+            _ => return,
+        };
+        if let Some(ip) = self.counted.remove(&id)
+            && let Some(n) = self.by_ip.get_mut(&ip)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.by_ip.remove(&ip);
             }
-            FromSwarm::ConnectionClosed(ConnectionClosed { connection_id, .. }) => {
-                if let Some(ip) = self.counted.remove(&connection_id)
-                    && let Some(n) = self.by_ip.get_mut(&ip)
-                {
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        self.by_ip.remove(&ip);
-                    }
-                }
-            }
-            _ => {}
         }
     }
 

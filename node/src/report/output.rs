@@ -223,6 +223,53 @@ impl BundleJson {
     }
 }
 
+/// `cactus-node account --json`: an account on the cluster's ledger.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccountJson {
+    /// The account, 0x-prefixed hex.
+    pub account: String,
+    /// Balance outside the vault.
+    pub balance: u64,
+    /// Whether it is registered as an orchestrator.
+    pub registered: bool,
+    /// Active stake.
+    pub stake: u64,
+    /// Stake unbonding.
+    pub unbonding: u64,
+    /// When the unbonding stake may be withdrawn (Unix seconds).
+    pub unlock_at: u64,
+}
+
+impl From<&cactus_protocol::messages::AccountView> for AccountJson {
+    fn from(v: &cactus_protocol::messages::AccountView) -> Self {
+        let o = v.orchestrator.as_ref();
+        Self {
+            account: v.account.to_hex(),
+            balance: v.balance,
+            registered: o.is_some(),
+            stake: o.map_or(0, |o| o.stake),
+            unbonding: o.map_or(0, |o| o.unbonding),
+            unlock_at: o.map_or(0, |o| o.unlock_at),
+        }
+    }
+}
+
+impl std::fmt::Display for AccountJson {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "account {}\nbalance {}", self.account, self.balance)?;
+        if self.registered {
+            write!(
+                f,
+                "\nstake {}\nunbonding {} (withdrawable from {})",
+                self.stake, self.unbonding, self.unlock_at
+            )?;
+        } else {
+            write!(f, "\nnot registered as an orchestrator")?;
+        }
+        Ok(())
+    }
+}
+
 /// `cactus-node status --json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusJson {

@@ -122,6 +122,7 @@ pub fn wrong_role(request: &TaskRequest) -> TaskResponse {
         | TaskRequest::Delegate(_)
         | TaskRequest::Cancel(_) => "this node is not an orchestrator",
         TaskRequest::Query(_) => "this node keeps no receipt log (not a router)",
+        TaskRequest::Transact(_) => "this node keeps no ledger (not a router)",
     };
     TaskResponse::Failed(TaskError::new(TaskErrorKind::WrongRole, what))
 }

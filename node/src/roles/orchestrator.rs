@@ -1,6 +1,7 @@
 //! The orchestrator role: runs assigned tasks on the inference engine, signs their
 //! receipts, and keeps its capability advert fresh.
 
+pub mod enrol;
 pub mod gate;
 mod handler;
 mod pump;

@@ -170,6 +170,7 @@ fn three_processes_answer_on_the_real_model_with_a_logged_receipt() {
     let mut router = Proc::spawn(&[
         "--role",
         "router",
+        "--dev-faucet",
         "--data-dir",
         path(&dirs[0]),
         "--listen",
@@ -394,6 +395,7 @@ impl Pair {
         let mut router = Proc::spawn(&[
             "--role",
             "router",
+            "--dev-faucet",
             "--data-dir",
             path(&dirs[0]),
             "--listen",
@@ -639,6 +641,7 @@ fn a_call_for_bids_places_a_task_when_every_orchestrator_is_busy() {
     let mut router = Proc::spawn(&[
         "--role",
         "router",
+        "--dev-faucet",
         "--data-dir",
         path(&tmp.path().join("router")),
         "--listen",
@@ -719,6 +722,7 @@ fn a_process_serving_a_substituted_model_is_caught_and_slashed() {
     let mut router = Proc::spawn(&[
         "--role",
         "router",
+        "--dev-faucet",
         "--data-dir",
         path(&tmp.path().join("router")),
         "--listen",
@@ -866,6 +870,7 @@ fn two_routers_racing_for_one_orchestrator_make_it_delegate_and_pay_along_the_ch
     let mut r1 = Proc::spawn(&[
         "--role",
         "router",
+        "--dev-faucet",
         "--data-dir",
         path(&tmp.path().join("r1")),
         "--listen",
@@ -874,6 +879,8 @@ fn two_routers_racing_for_one_orchestrator_make_it_delegate_and_pay_along_the_ch
         &r2_id,
     ]);
     let addr1 = r1.listen_addr();
+    // The second router settles on the first one's ledger.
+    let r1_id = addr1.rsplit('/').next().unwrap().to_owned();
     let mut r2 = Proc::spawn(&[
         "--role",
         "router",
@@ -883,6 +890,8 @@ fn two_routers_racing_for_one_orchestrator_make_it_delegate_and_pay_along_the_ch
         "/ip4/127.0.0.1/tcp/0",
         "--bootstrap",
         &addr1,
+        "--ledger",
+        &r1_id,
     ]);
     let addr2 = r2.listen_addr();
     let model_arg = format!("{}:{}", model.display(), super::DEMO_SHA256);
@@ -1018,9 +1027,11 @@ fn two_routers_racing_for_one_orchestrator_make_it_delegate_and_pay_along_the_ch
     r1.terminate();
 }
 
-/// A router that the orchestrators' ledger has not authorized gets no work:
-/// the orchestrator refuses its tasks as unauthorized (the router then has
-/// nobody to place them with), while the ledger's own router is served.
+/// A router that the cluster's ledger has not authorized gets no work: it
+/// sees the orchestrator on the ledger it follows, but the ledger refuses
+/// to escrow its tasks (and the orchestrator would refuse them too, which
+/// `mesh::only_routers_the_ledger_authorizes_get_work` shows), while the
+/// ledger's own router is served.
 #[test]
 fn a_router_the_ledger_has_not_authorized_gets_no_work() {
     let model = super::model_path();
@@ -1028,12 +1039,14 @@ fn a_router_the_ledger_has_not_authorized_gets_no_work() {
     let mut ledger = Proc::spawn(&[
         "--role",
         "router",
+        "--dev-faucet",
         "--data-dir",
         path(&tmp.path().join("ledger")),
         "--listen",
         "/ip4/127.0.0.1/tcp/0",
     ]);
     let addr = ledger.listen_addr();
+    let ledger_id = addr.rsplit('/').next().unwrap().to_owned();
     let mut other = Proc::spawn(&[
         "--role",
         "router",
@@ -1043,6 +1056,8 @@ fn a_router_the_ledger_has_not_authorized_gets_no_work() {
         "/ip4/127.0.0.1/tcp/0",
         "--bootstrap",
         &addr,
+        "--ledger",
+        &ledger_id,
     ]);
     let other_addr = other.listen_addr();
     let model_arg = format!("{}:{}", model.display(), super::DEMO_SHA256);
@@ -1058,7 +1073,7 @@ fn a_router_the_ledger_has_not_authorized_gets_no_work() {
         "--threads",
         "1",
     ]);
-    orch.wait_for("serving the routers this ledger authorizes");
+    orch.wait_for("registered on the ledger");
     ledger.wait_for("known=1");
     other.wait_for("known=1");
     let infer = |router: &str| {
@@ -1076,11 +1091,96 @@ fn a_router_the_ledger_has_not_authorized_gets_no_work() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("Unauthorized"), "{err}");
-    orch.wait_for("refused a request");
+    assert!(err.contains("not an authorized server"), "{err}");
     let out = infer(&addr);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `cactus-node account` acts on the node's own account on the ledger: a
+/// dev faucet funds it, stake moves from the balance into the vault and
+/// back out through unbonding, a withdrawal before the unbonding period
+/// ends is refused with the contract's reason, and a ledger without a dev
+/// faucet gives nothing away.
+#[test]
+fn account_commands_move_money_on_the_ledger() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut dev = Proc::spawn(&[
+        "--role",
+        "router",
+        "--dev-faucet",
+        "--data-dir",
+        path(&tmp.path().join("dev")),
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+    ]);
+    let addr = dev.listen_addr();
+    let me = tmp.path().join("me");
+    let account = |ledger: &str, action: &[&str]| -> Output {
+        let mut args = vec![
+            "account",
+            "--router",
+            ledger,
+            "--data-dir",
+            path(&me),
+            "--json",
+        ];
+        args.extend_from_slice(action);
+        run(&args)
+    };
+    let json = |out: Output| -> serde_json::Value {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let v = json(account(&addr, &["balance"]));
+    assert_eq!(
+        (v["balance"].as_u64(), v["registered"].as_bool()),
+        (Some(0), Some(false))
+    );
+    let v = json(account(&addr, &["faucet"]));
+    let funds = v["balance"].as_u64().unwrap();
+    assert!(funds >= 5_000, "{v}");
+    let v = json(account(&addr, &["stake", "5000"]));
+    assert_eq!(v["registered"], true);
+    assert_eq!(v["stake"].as_u64(), Some(5_000));
+    assert_eq!(v["balance"].as_u64(), Some(funds - 5_000));
+    let v = json(account(&addr, &["stake", "1000"]));
+    assert_eq!(v["stake"].as_u64(), Some(6_000));
+    let v = json(account(&addr, &["unstake", "2000"]));
+    assert_eq!(
+        (v["stake"].as_u64(), v["unbonding"].as_u64()),
+        (Some(4_000), Some(2_000))
+    );
+    let out = account(&addr, &["withdraw"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("E_STILL_UNBONDING"), "{err}");
+
+    // A ledger without --dev-faucet gives nothing away.
+    let mut plain = Proc::spawn(&[
+        "--role",
+        "router",
+        "--data-dir",
+        path(&tmp.path().join("plain")),
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+    ]);
+    let plain_addr = plain.listen_addr();
+    let out = account(&plain_addr, &["faucet"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no faucet"), "{err}");
+    let out = account(&plain_addr, &["stake", "5000"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("E_INSUFFICIENT_BALANCE"), "{err}");
+    drop(dev);
+    drop(plain);
 }

@@ -130,7 +130,7 @@ impl Cluster {
             let client = client_key.public().to_peer_id();
             router_config.chain = ChainChoice::Embedded(LocalSettings {
                 servers: vec![default_account(&client)],
-                ..LocalSettings::default()
+                ..LocalSettings::dev()
             });
         }
         let router = start_with(router_config, None).await;
@@ -1114,13 +1114,18 @@ async fn only_routers_the_ledger_authorizes_get_work() {
     })
     .await;
 
-    // A router keeping its own ledger admits the orchestrator there, but the
-    // orchestrator follows the first router's ledger, which does not
-    // authorize this one.
-    let second = start(
-        Role::Router,
-        &c._dir.path().join("second"),
-        vec![c.router_addr.clone()],
+    // A second router settling on the same ledger, which does not authorize
+    // it: it sees the orchestrator there but can escrow no task (and the
+    // orchestrator would refuse it anyway, as above).
+    let second = start_with(
+        NodeConfig {
+            chain: ChainChoice::Remote(router),
+            ..config(
+                Role::Router,
+                &c._dir.path().join("second"),
+                vec![c.router_addr.clone()],
+            )
+        },
         None,
     )
     .await;
@@ -1162,6 +1167,13 @@ async fn one_ip_address_holds_at_most_its_share_of_connections() {
         within(p.network().dial(addr.clone())).await.unwrap();
         peers.push(p);
     }
+    // Both are counted at the router before the third comes.
+    within(async {
+        while router.network().connected_peers().await.unwrap().len() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
     let third = start(Role::Client, dir.path(), vec![], None).await;
     let denied = within(third.network().dial(addr.clone())).await;
     assert!(denied.is_err(), "{denied:?}");
@@ -1179,4 +1191,164 @@ async fn one_ip_address_holds_at_most_its_share_of_connections() {
         p.shutdown().await;
     }
     router.shutdown().await;
+}
+
+/// Stake is moved from a funded account, never minted from what an advert
+/// declares: on a ledger without a faucet an orchestrator with no funds is
+/// refused whatever it declares, while one whose account was funded stakes
+/// from it and is admitted with what it moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stake_comes_from_funds_never_from_the_advert() {
+    use cactus_protocol::contract::Op;
+    let dir = tempfile::tempdir().unwrap();
+    let router = start_with(
+        NodeConfig {
+            chain: ChainChoice::Embedded(LocalSettings::default()),
+            ..config(Role::Router, dir.path(), vec![])
+        },
+        None,
+    )
+    .await;
+    let addr = first_addr(&router).await;
+    let chain = router.chain().unwrap().clone();
+    let funded_key = Keypair::generate_ed25519();
+    let funded = default_account(&funded_key.public().to_peer_id());
+    chain
+        .submit(Op::Mint {
+            to: funded,
+            amount: 25_000,
+        })
+        .await
+        .unwrap();
+    let (stake_before, _, vault_before) = chain.totals().await.unwrap();
+    let engine = || {
+        Some(
+            Arc::new(ThreadPool::new(Arc::new(StubEngine::new("stub")), 1, QUEUE))
+                as Arc<dyn Engine>,
+        )
+    };
+    let pauper = Node::start(
+        NodeConfig {
+            stake: u64::MAX / 2,
+            ..config(
+                Role::Orchestrator,
+                &dir.path().join("p"),
+                vec![addr.clone()],
+            )
+        },
+        Keypair::generate_ed25519(),
+        engine(),
+    )
+    .await
+    .unwrap();
+    let staker = Node::start(
+        config(Role::Orchestrator, &dir.path().join("s"), vec![addr]),
+        funded_key,
+        engine(),
+    )
+    .await
+    .unwrap();
+    within(router.wait_for_verdicts(2)).await.unwrap();
+    let verdicts: Vec<_> = router
+        .orchestrators()
+        .iter()
+        .map(|o| (o.peer, o.eligible))
+        .collect();
+    assert!(
+        verdicts.contains(&(pauper.peer_id(), Some(false))),
+        "{verdicts:?}"
+    );
+    assert!(
+        verdicts.contains(&(staker.peer_id(), Some(true))),
+        "{verdicts:?}"
+    );
+    let pauper_account = default_account(&pauper.peer_id());
+    assert_eq!(chain.orchestrator(pauper_account).await.unwrap(), None);
+    let record = chain.orchestrator(funded).await.unwrap().unwrap();
+    assert_eq!(record.stake, NodeConfig::default().stake);
+    assert_eq!(chain.balance(funded).await.unwrap(), 25_000 - record.stake);
+    // The stake moved into the vault; nothing was created.
+    let (stake_after, _, vault_after) = chain.totals().await.unwrap();
+    assert_eq!(stake_after - stake_before, record.stake);
+    assert_eq!(vault_after - vault_before, record.stake);
+    pauper.shutdown().await;
+    staker.shutdown().await;
+    router.shutdown().await;
+}
+
+/// A second router of a cluster settles on the first one's ledger over the
+/// mesh, as the ledger authorized it: its tasks are escrowed from its own
+/// account there and paid to the orchestrator's record there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_settles_on_the_ledger_it_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let second_key = Keypair::generate_ed25519();
+    let second_account = default_account(&second_key.public().to_peer_id());
+    let ledger = start_with(
+        NodeConfig {
+            chain: ChainChoice::Embedded(LocalSettings {
+                servers: vec![second_account],
+                ..LocalSettings::dev()
+            }),
+            ..config(Role::Router, dir.path(), vec![])
+        },
+        None,
+    )
+    .await;
+    let addr = first_addr(&ledger).await;
+    let orch = start(
+        Role::Orchestrator,
+        &dir.path().join("o"),
+        vec![addr.clone()],
+        Some(Arc::new(StubEngine::new("stub"))),
+    )
+    .await;
+    within(ledger.wait_for_orchestrators(1)).await.unwrap();
+    let second = Node::start(
+        NodeConfig {
+            chain: ChainChoice::Remote(ledger.peer_id()),
+            ..config(Role::Router, &dir.path().join("second"), vec![addr])
+        },
+        second_key,
+        None,
+    )
+    .await
+    .unwrap();
+    within(second.wait_for_orchestrators(1)).await.unwrap();
+    let chain = ledger.chain().unwrap().clone();
+    let funds = chain.balance(second_account).await.unwrap();
+    assert!(funds > 0, "funded from the dev faucet");
+    let client = start(Role::Client, dir.path(), vec![], None).await;
+    within(client.network().dial(first_addr(&second).await))
+        .await
+        .unwrap();
+    let done = within(client::submit_to(
+        client.network(),
+        second.peer_id(),
+        spec(None, "settled"),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(done.receipt.body.router, second.peer_id());
+    let task = chain
+        .task(done.receipt.body.task_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(task.status, TaskStatus::Completed);
+    assert_eq!(task.server, second_account);
+    let record = chain
+        .orchestrator(default_account(&orch.peer_id()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.successes, 1);
+    assert!(
+        chain.balance(second_account).await.unwrap() < funds,
+        "it paid"
+    );
+    client.shutdown().await;
+    second.shutdown().await;
+    orch.shutdown().await;
+    ledger.shutdown().await;
 }

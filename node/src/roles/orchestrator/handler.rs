@@ -29,6 +29,8 @@ pub struct OrchestratorRole {
     last_advert: Mutex<Option<Instant>>,
     /// The advert is published at least this often, changed or not.
     refresh: Duration,
+    /// Adverts wait until this is set (see `enrol.rs`).
+    ready: Arc<AtomicBool>,
 }
 
 /// A request whose senders the gate has to admit before it runs.
@@ -61,7 +63,14 @@ impl OrchestratorRole {
             gate,
             last_advert: Mutex::new(None),
             refresh,
+            ready: Arc::new(AtomicBool::new(true)),
         }
+    }
+
+    /// Holds adverts back until the returned flag is set.
+    pub fn hold_adverts(&self) -> Arc<AtomicBool> {
+        self.ready.store(false, Ordering::Relaxed);
+        Arc::clone(&self.ready)
     }
 
     /// Runs `request` from `peer` once every `(peer, need)` is met: at once
@@ -314,7 +323,7 @@ impl Handler for OrchestratorRole {
     }
 
     fn on_tick(&self, tick: Tick, work: &mut Work<'_>) {
-        if tick != Tick::Advert {
+        if tick != Tick::Advert || !self.ready.load(Ordering::Relaxed) {
             return;
         }
         {

@@ -4,8 +4,9 @@
 
 use super::RouterCtx;
 use super::stream::{Delivery, Sent, Streamed};
+use crate::chain::ChainError;
 use cactus_protocol::attempt::AttemptFailure;
-use cactus_protocol::contract::{Address, Op};
+use cactus_protocol::contract::{Abort, Address, Op};
 use cactus_protocol::messages::cache_key;
 use cactus_protocol::{
     Assignment, TaskError, TaskErrorKind, TaskId, TaskRequest, TaskResponse, TaskResult, TaskSpec,
@@ -240,6 +241,13 @@ impl RouterCtx {
         };
         if let Err(e) = self.chain.submit(create).await {
             tracing::warn!(orchestrator = %peer, error = %e, "the chain refused to escrow the task");
+            if e == ChainError::Abort(Abort::NotAuthorizedServer) {
+                // No orchestrator would take it from this router.
+                return Attempt::Stop(TaskError::new(
+                    TaskErrorKind::Unauthorized,
+                    format!("this router is not an authorized server on its ledger: {e}"),
+                ));
+            }
             return Attempt::Retry(TaskError::new(
                 TaskErrorKind::Unavailable,
                 format!("chain: {e}"),

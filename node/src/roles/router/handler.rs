@@ -60,6 +60,14 @@ impl Handler for RouterRole {
                     let _ = network.respond(reply, response).await;
                 });
             }
+            // On its own account only: the ledger signs as the sender's
+            // PeerId, which the connection authenticated.
+            TaskRequest::Transact(tx) => {
+                work.spawn(async move {
+                    let response = r.transact(peer, tx).await;
+                    let _ = network.respond(reply, response).await;
+                });
+            }
             other => work.respond(reply, crate::roles::wrong_role(&other)),
         }
     }

@@ -5,7 +5,10 @@ use crate::chain::ChainError;
 use crate::receipt_log::ReceiptLogError;
 use crate::report::status::{StatusError, router_status};
 use cactus_protocol::merkle::ReceiptBundle;
-use cactus_protocol::messages::{Query, QueryAnswer, Standing};
+use cactus_protocol::messages::{
+    AccountView, LedgerAnswer, LedgerView, MAX_PENDING_LISTED, Query, QueryAnswer, Standing,
+    Transaction,
+};
 use cactus_protocol::{TaskError, TaskErrorKind, TaskResponse};
 use std::sync::Arc;
 
@@ -65,18 +68,18 @@ impl RouterCtx {
                 Ok(QueryAnswer::Receipt(found))
             }
             Query::Anchor(i) => Ok(QueryAnswer::Anchor(self.chain.anchor(i).await?)),
+            Query::Status => {
+                let known = self.with_table(|t| {
+                    t.snapshot()
+                        .into_iter()
+                        .map(|o| (o.peer, o.account, o.reputation).into())
+                        .collect()
+                });
+                let status = router_status(&*self.chain, Arc::clone(&self.receipts), known).await?;
+                Ok(QueryAnswer::Status(Box::new(status)))
+            }
             Query::Standing(peer) => {
-                // The account a PeerId has on this ledger: on the embedded
-                // chain it is derived from the PeerId, so the answer binds
-                // it. This router's own is its chain account (on Aptos, a
-                // key of its own, which the contract does not bind to a
-                // PeerId yet: an orchestrator takes the router it follows
-                // at its word about itself).
-                let account = if peer == self.network.local_peer_id() {
-                    self.chain.account()
-                } else {
-                    crate::chain::default_account(&peer)
-                };
+                let account = self.account_of(&peer);
                 let server = self.chain.is_server(account).await?;
                 let record = self.chain.orchestrator(account).await?;
                 let min_stake = self.chain.config().await?.map(|c| c.min_stake);
@@ -89,15 +92,88 @@ impl RouterCtx {
                     orchestrator,
                 }))
             }
-            Query::Status => {
-                let known = self.with_table(|t| {
-                    t.snapshot()
-                        .into_iter()
-                        .map(|o| (o.peer, o.account, o.reputation).into())
-                        .collect()
-                });
-                let status = router_status(&*self.chain, Arc::clone(&self.receipts), known).await?;
-                Ok(QueryAnswer::Status(Box::new(status)))
+            Query::Ledger(view) => Ok(QueryAnswer::Ledger(self.view(view).await?)),
+            Query::Account(peer) => {
+                let account = self.account_of(&peer);
+                Ok(QueryAnswer::Account(AccountView {
+                    account,
+                    balance: self.chain.balance(account).await?,
+                    orchestrator: self.chain.orchestrator(account).await?,
+                }))
+            }
+        }
+    }
+
+    /// The account a PeerId has on this router's ledger: on the embedded
+    /// chain it is derived from the PeerId, so an answer about it binds the
+    /// PeerId. This router's own is its chain account (on Aptos, a key of
+    /// its own, which the contract does not bind to a PeerId yet: an
+    /// orchestrator takes the router it follows at its word about itself).
+    fn account_of(&self, peer: &libp2p::PeerId) -> cactus_protocol::contract::Address {
+        if *peer == self.network.local_peer_id() {
+            self.chain.account()
+        } else {
+            crate::chain::default_account(peer)
+        }
+    }
+
+    /// Reads one view of this router's chain.
+    async fn view(&self, view: LedgerView) -> Result<LedgerAnswer, ChainError> {
+        let c = &self.chain;
+        Ok(match view {
+            LedgerView::Config => LedgerAnswer::Config(c.config().await?),
+            LedgerView::Orchestrator(a) => LedgerAnswer::Orchestrator(c.orchestrator(a).await?),
+            LedgerView::IsServer(a) => LedgerAnswer::IsServer(c.is_server(a).await?),
+            LedgerView::Task(id) => LedgerAnswer::Task(c.task(id).await?),
+            LedgerView::Totals => LedgerAnswer::Totals(c.totals().await?),
+            LedgerView::AnchorCount => LedgerAnswer::Count(c.anchor_count().await?),
+            LedgerView::Balance(a) => LedgerAnswer::Count(c.balance(a).await?),
+            LedgerView::PendingTasks { server, limit } => {
+                let limit = limit.min(MAX_PENDING_LISTED) as usize;
+                LedgerAnswer::Tasks(c.pending_tasks_of(server, limit).await?)
+            }
+        })
+    }
+
+    /// Applies a peer's transaction to its own account on this router's
+    /// ledger (the embedded chain; other chains refuse) and answers with
+    /// the account as it stands after; an operation (`Apply`) is answered
+    /// with whether it applied or the contract's abort.
+    pub async fn transact(&self, peer: libp2p::PeerId, tx: Transaction) -> TaskResponse {
+        let is_op = matches!(tx, Transaction::Apply(_));
+        let what = if is_op {
+            String::new()
+        } else {
+            format!("{tx:?}")
+        };
+        let result = self.chain.transact(peer, tx).await;
+        if is_op {
+            let answer = match result {
+                Ok(()) => LedgerAnswer::Applied,
+                Err(ChainError::Abort(a)) => LedgerAnswer::Refused(a),
+                Err(e) => {
+                    return TaskResponse::Failed(TaskError::new(
+                        TaskErrorKind::Unavailable,
+                        with_sources(&e),
+                    ));
+                }
+            };
+            return TaskResponse::Answer(QueryAnswer::Ledger(answer));
+        }
+        match result {
+            Ok(()) => {
+                tracing::info!(%peer, transaction = %what, "ledger transaction applied");
+                self.answer(Query::Account(peer)).await
+            }
+            Err(ChainError::Abort(a)) => TaskResponse::Failed(TaskError::new(
+                TaskErrorKind::InvalidRequest,
+                format!("the ledger refused it: {a}"),
+            )),
+            Err(ChainError::Unsupported(why)) => {
+                TaskResponse::Failed(TaskError::new(TaskErrorKind::InvalidRequest, why))
+            }
+            Err(e) => {
+                TaskResponse::Failed(TaskError::new(TaskErrorKind::Unavailable, with_sources(&e)))
             }
         }
     }

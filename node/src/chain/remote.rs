@@ -1,0 +1,243 @@
+//! A ledger kept by another node: a router that follows another router's
+//! embedded chain (`--ledger`) reads and writes it over the mesh.
+//!
+//! Reads are [`Query::Ledger`] views; writes are [`Transaction::Apply`]
+//! operations, which the ledger applies as the account of this node's
+//! PeerId (the connection authenticates it), so this node can only ever act
+//! as itself. A contract abort comes back as [`ChainError::Abort`], exactly
+//! as from a local chain.
+
+use super::{ChainBackend, ChainError};
+use crate::network::Network;
+use cactus_protocol::TaskId;
+use cactus_protocol::contract::{Address, Anchor, Config, Op, Orchestrator, Task, Totals};
+use cactus_protocol::messages::{
+    LedgerAnswer, LedgerView, MAX_PENDING_LISTED, Query, QueryAnswer, Transaction,
+};
+use cactus_protocol::{TaskRequest, TaskResponse};
+use futures::future::{BoxFuture, FutureExt};
+use libp2p::PeerId;
+use std::time::Duration;
+
+/// How long a router starting on another node's ledger waits for it.
+pub const CONNECT_WAIT: Duration = Duration::from_secs(30);
+
+/// How long the ledger has to answer one call.
+pub const LEDGER_CALL_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The ledger of the node `ledger`, used as this node's chain.
+#[derive(Debug, Clone)]
+pub struct RemoteLedger {
+    network: Network,
+    ledger: PeerId,
+    account: Address,
+}
+
+impl RemoteLedger {
+    /// The ledger kept by `ledger`, acting as this node's own account.
+    pub fn new(network: Network, ledger: PeerId) -> Self {
+        let account = super::default_account(&network.local_peer_id());
+        Self {
+            network,
+            ledger,
+            account,
+        }
+    }
+
+    /// The node keeping the ledger.
+    pub fn ledger(&self) -> PeerId {
+        self.ledger
+    }
+
+    /// Connects to the ledger of `ledger`: waits (up to
+    /// [`CONNECT_WAIT`]) until it answers, then, on a development ledger,
+    /// tops this node's balance up from its faucet so it can escrow tasks.
+    pub async fn connect(network: Network, ledger: PeerId) -> Result<Self, ChainError> {
+        let me = Self::new(network, ledger);
+        let started = tokio::time::Instant::now();
+        loop {
+            match me.config().await {
+                Ok(_) => break,
+                Err(e) if started.elapsed() >= CONNECT_WAIT => return Err(e),
+                Err(e) => {
+                    tracing::debug!(%ledger, error = %e, "waiting for the ledger");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+        match me.call(TaskRequest::Transact(Transaction::Faucet)).await {
+            Ok(_) => {
+                tracing::info!(%ledger, account = %me.account, "funded from the ledger's dev faucet")
+            }
+            Err(e) => {
+                tracing::info!(%ledger, error = %e, "no dev faucet: escrow comes from this account's own funds")
+            }
+        }
+        Ok(me)
+    }
+
+    async fn call(&self, request: TaskRequest) -> Result<QueryAnswer, ChainError> {
+        let unavailable =
+            |why: String| ChainError::Remote(format!("the ledger {}: {why}", self.ledger));
+        let sent = self.network.send_task(self.ledger, request);
+        match tokio::time::timeout(LEDGER_CALL_TIMEOUT, sent).await {
+            Ok(Ok(TaskResponse::Answer(a))) => Ok(a),
+            Ok(Ok(TaskResponse::Failed(e))) => Err(unavailable(e.message)),
+            Ok(Ok(_)) => Err(unavailable("an answer of the wrong kind".into())),
+            Ok(Err(e)) => Err(unavailable(e.to_string())),
+            Err(_) => Err(unavailable("no answer in time".into())),
+        }
+    }
+
+    async fn view(&self, view: LedgerView) -> Result<LedgerAnswer, ChainError> {
+        match self.call(TaskRequest::Query(Query::Ledger(view))).await? {
+            QueryAnswer::Ledger(a) => Ok(a),
+            _ => Err(self.mismatch()),
+        }
+    }
+
+    fn mismatch(&self) -> ChainError {
+        ChainError::Remote(format!(
+            "the ledger {} answered a view with another",
+            self.ledger
+        ))
+    }
+}
+
+impl ChainBackend for RemoteLedger {
+    fn account(&self) -> Address {
+        self.account
+    }
+
+    fn submit(&self, op: Op) -> BoxFuture<'_, Result<(), ChainError>> {
+        async move {
+            let request = TaskRequest::Transact(Transaction::Apply(op));
+            match self.call(request).await? {
+                QueryAnswer::Ledger(LedgerAnswer::Applied) => Ok(()),
+                QueryAnswer::Ledger(LedgerAnswer::Refused(abort)) => Err(ChainError::Abort(abort)),
+                _ => Err(self.mismatch()),
+            }
+        }
+        .boxed()
+    }
+
+    fn config(&self) -> BoxFuture<'_, Result<Option<Config>, ChainError>> {
+        async move {
+            match self.view(LedgerView::Config).await? {
+                LedgerAnswer::Config(c) => Ok(c),
+                _ => Err(self.mismatch()),
+            }
+        }
+        .boxed()
+    }
+
+    fn orchestrator(
+        &self,
+        who: Address,
+    ) -> BoxFuture<'_, Result<Option<Orchestrator>, ChainError>> {
+        async move {
+            match self.view(LedgerView::Orchestrator(who)).await? {
+                LedgerAnswer::Orchestrator(o) => Ok(o),
+                _ => Err(self.mismatch()),
+            }
+        }
+        .boxed()
+    }
+
+    fn is_server(&self, who: Address) -> BoxFuture<'_, Result<bool, ChainError>> {
+        async move {
+            match self.view(LedgerView::IsServer(who)).await? {
+                LedgerAnswer::IsServer(b) => Ok(b),
+                _ => Err(self.mismatch()),
+            }
+        }
+        .boxed()
+    }
+
+    fn task(&self, id: TaskId) -> BoxFuture<'_, Result<Option<Task>, ChainError>> {
+        async move {
+            match self.view(LedgerView::Task(id)).await? {
+                LedgerAnswer::Task(t) => Ok(t),
+                _ => Err(self.mismatch()),
+            }
+        }
+        .boxed()
+    }
+
+    fn totals(&self) -> BoxFuture<'_, Result<Totals, ChainError>> {
+        async move {
+            match self.view(LedgerView::Totals).await? {
+                LedgerAnswer::Totals(t) => Ok(t),
+                _ => Err(self.mismatch()),
+            }
+        }
+        .boxed()
+    }
+
+    fn anchor_count(&self) -> BoxFuture<'_, Result<u64, ChainError>> {
+        async move {
+            match self.view(LedgerView::AnchorCount).await? {
+                LedgerAnswer::Count(n) => Ok(n),
+                _ => Err(self.mismatch()),
+            }
+        }
+        .boxed()
+    }
+
+    fn anchor(&self, index: u64) -> BoxFuture<'_, Result<Option<Anchor>, ChainError>> {
+        async move {
+            match self.call(TaskRequest::Query(Query::Anchor(index))).await? {
+                QueryAnswer::Anchor(a) => Ok(a),
+                _ => Err(self.mismatch()),
+            }
+        }
+        .boxed()
+    }
+
+    fn balance(&self, who: Address) -> BoxFuture<'_, Result<u64, ChainError>> {
+        async move {
+            match self.view(LedgerView::Balance(who)).await? {
+                LedgerAnswer::Count(n) => Ok(n),
+                _ => Err(self.mismatch()),
+            }
+        }
+        .boxed()
+    }
+
+    fn pending_tasks_of(
+        &self,
+        server: Address,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Option<Vec<TaskId>>, ChainError>> {
+        let limit = u32::try_from(limit)
+            .unwrap_or(u32::MAX)
+            .min(MAX_PENDING_LISTED);
+        async move {
+            match self
+                .view(LedgerView::PendingTasks { server, limit })
+                .await?
+            {
+                LedgerAnswer::Tasks(t) => Ok(t),
+                _ => Err(self.mismatch()),
+            }
+        }
+        .boxed()
+    }
+
+    fn admit(
+        &self,
+        peer: PeerId,
+        account: Address,
+        _declared_stake: u64,
+    ) -> BoxFuture<'_, Result<bool, ChainError>> {
+        async move {
+            let (Some(record), Some(config)) =
+                (self.orchestrator(account).await?, self.config().await?)
+            else {
+                return Ok(false);
+            };
+            Ok(record.peer_id == peer.to_bytes() && record.stake >= config.min_stake)
+        }
+        .boxed()
+    }
+}
