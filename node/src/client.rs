@@ -27,6 +27,9 @@ pub enum ClientError {
     /// No router was found on the mesh.
     #[error("no router found on the mesh (is a node running with --role router?)")]
     NoRouter,
+    /// Routers were found, but none the ledger authorizes.
+    #[error("no router found that the ledger {0} authorizes")]
+    NoAuthorizedRouter(PeerId),
     /// The network failed.
     #[error(transparent)]
     Network(#[from] NetworkError),
@@ -50,20 +53,50 @@ pub enum ClientError {
     Timeout(Duration),
 }
 
-/// Finds a router: a DHT provider of [`ROUTER_PROVIDER_KEY`], drawn at
-/// random among those we are already connected to, else among all. Not the
-/// first by PeerId: anyone can grind a key that sorts first.
-pub async fn find_router(network: &Network) -> Result<PeerId, ClientError> {
+/// Finds a router: a DHT provider of [`ROUTER_PROVIDER_KEY`] that `ledger`
+/// calls an authorized server, drawn at random, those we are already
+/// connected to first. Not the first by PeerId: anyone can grind a key that
+/// sorts first, and anyone can announce itself as a router. When the ledger
+/// cannot be asked (none named, or the node named keeps none, such as a
+/// bootstrap node), the draw is among all providers.
+pub async fn find_router(network: &Network, ledger: Option<PeerId>) -> Result<PeerId, ClientError> {
     use rand::seq::SliceRandom;
     let providers = network.find_providers(ROUTER_PROVIDER_KEY.to_vec()).await?;
     let connected = network.connected_peers().await?;
-    let (near, far): (Vec<PeerId>, Vec<PeerId>) =
+    let (mut near, mut far): (Vec<PeerId>, Vec<PeerId>) =
         providers.into_iter().partition(|p| connected.contains(p));
-    let pool = if near.is_empty() { far } else { near };
-    pool.choose(&mut rand::thread_rng())
-        .copied()
-        .ok_or(ClientError::NoRouter)
+    near.shuffle(&mut rand::thread_rng());
+    far.shuffle(&mut rand::thread_rng());
+    let candidates: Vec<PeerId> = near.into_iter().chain(far).collect();
+    let Some(ledger) = ledger else {
+        return candidates.first().copied().ok_or(ClientError::NoRouter);
+    };
+    let mut refused = 0;
+    for &candidate in candidates.iter().take(MAX_ROUTERS_ASKED) {
+        let asked = network
+            .send_task(ledger, TaskRequest::Query(Query::Standing(candidate)))
+            .await;
+        match asked {
+            Ok(TaskResponse::Answer(QueryAnswer::Standing(s))) if s.server => return Ok(candidate),
+            Ok(TaskResponse::Answer(QueryAnswer::Standing(_))) => {
+                tracing::warn!(router = %candidate, %ledger, "not an authorized router on the ledger: skipped");
+                refused += 1;
+            }
+            _ => {
+                tracing::warn!(%ledger, "the ledger cannot say which routers it authorizes: picking among all");
+                return candidates.first().copied().ok_or(ClientError::NoRouter);
+            }
+        }
+    }
+    Err(if refused > 0 {
+        ClientError::NoAuthorizedRouter(ledger)
+    } else {
+        ClientError::NoRouter
+    })
 }
+
+/// Routers a client asks its ledger about at most, when looking for one.
+pub const MAX_ROUTERS_ASKED: usize = 16;
 
 /// What a client asked, as its answer's receipt must show it.
 struct Asked {
@@ -301,7 +334,10 @@ pub async fn connect_as(
                 Some(e) => ClientError::NoBootstrap(e),
                 None => ClientError::NoBootstrapGiven,
             }),
-            None => find_router(node.network()).await,
+            None => {
+                let ledger = crate::roles::orchestrator::gate::first_peer(bootstrap);
+                find_router(node.network(), ledger).await
+            }
         }
     })
     .await

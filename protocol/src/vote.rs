@@ -4,10 +4,12 @@
 //! asking as soon as the vote is settled. The rules, kept here as pure
 //! functions so that anyone can check a router's decision from its reports:
 //!
-//! - fraud needs [`FRAUD_VOTES`] verifiers that find the result off the model:
-//!   one verifier's word never blames anyone;
-//! - the result is cleared when the verifiers that clear it outnumber those
-//!   that do not;
+//! - a verdict either way needs a quorum of [`QUORUM`] agreeing reports that
+//!   outnumber the others: one verifier's word never blames anyone, and one
+//!   verifier's word never clears a result either (a cheater's accomplice
+//!   drawn first cannot vouch for it alone);
+//! - fraud needs [`FRAUD_VOTES`] (the quorum) verifiers that find the result
+//!   off the model, more than clear it;
 //! - otherwise (too few verifiers could answer) there is no majority: the
 //!   result is accepted unchecked and nobody is blamed.
 //!
@@ -15,8 +17,10 @@
 //! falsely, or run another model, and the router records a bad result
 //! against them.
 
+/// Agreeing reports a verdict needs, either way.
+pub const QUORUM: usize = 2;
 /// Verifiers that must find a result off the model for it to be fraud.
-pub const FRAUD_VOTES: usize = 2;
+pub const FRAUD_VOTES: usize = QUORUM;
 /// Most verifiers asked for one result; some may be unable to answer, so a
 /// few more than [`FRAUD_VOTES`] + 1.
 pub const MAX_VERIFIERS_ASKED: usize = 6;
@@ -65,16 +69,16 @@ impl Tally {
         }
     }
 
-    /// Whether asking more verifiers could not change the decision.
+    /// Whether a verdict is reached: asking more verifiers stops here.
     pub fn settled(&self) -> bool {
-        self.guilty >= FRAUD_VOTES || self.cleared > self.guilty
+        self.decision() != Decision::NoMajority
     }
 
     /// The decision on the votes gathered, once asking has stopped.
     pub fn decision(&self) -> Decision {
-        if self.guilty >= FRAUD_VOTES {
+        if self.guilty >= FRAUD_VOTES && self.guilty > self.cleared {
             Decision::Fraud
-        } else if self.cleared > self.guilty {
+        } else if self.cleared >= QUORUM && self.cleared > self.guilty {
             Decision::Cleared
         } else {
             Decision::NoMajority
@@ -128,10 +132,14 @@ mod tests {
     }
 
     #[test]
-    fn a_first_clearing_report_settles_the_vote() {
+    fn one_clearing_report_is_not_a_quorum() {
         let t = tally(&[false]);
+        assert!(!t.settled(), "one verifier never vouches alone");
+        assert_eq!(t.decision(), Decision::NoMajority);
+        let t = tally(&[false, false]);
         assert!(t.settled());
         assert_eq!(t.decision(), Decision::Cleared);
+        assert_eq!(t.outvoted(), Outvoted::None);
     }
 
     #[test]

@@ -1143,6 +1143,27 @@ async fn only_routers_the_ledger_authorizes_get_work() {
         matches!(&refused, Err(ClientError::Task(e)) if e.kind == TaskErrorKind::Unauthorized),
         "{refused:?}"
     );
+    // A client looking for a router on the DHT finds both, and picks only
+    // the one the ledger authorizes.
+    within(async {
+        let key = cactus_protocol::ROUTER_PROVIDER_KEY.to_vec();
+        while c
+            .client
+            .network()
+            .find_providers(key.clone())
+            .await
+            .unwrap()
+            .len()
+            < 2
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    for _ in 0..10 {
+        let picked = within(client::find_router(c.client.network(), Some(router))).await;
+        assert_eq!(picked.unwrap(), router);
+    }
     // The authorized router's tasks still run.
     let again = c.submit(spec(None, "again")).await.unwrap();
     assert_eq!(again.text, "niaga");
@@ -1351,4 +1372,64 @@ async fn a_router_settles_on_the_ledger_it_follows() {
     second.shutdown().await;
     orch.shutdown().await;
     ledger.shutdown().await;
+}
+
+/// Two verifiers that would lie about an honest result, once no longer
+/// staked, cannot get it refused or its orchestrator slashed: only reports
+/// from verifiers staked at that moment count, and one report (or none) is
+/// no quorum. Their own tasks are refused by the chain, so the honest one
+/// serves them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_unstaked_verifiers_cannot_get_an_honest_orchestrator_slashed() {
+    use cactus_protocol::messages::Transaction;
+    use cactus_protocol::{TaskRequest, TaskResponse};
+    let c = Cluster::custom(
+        vec![
+            Arc::new(StubEngine::new("stub")),
+            Arc::new(StubEngine::new("stub").lying()),
+            Arc::new(StubEngine::new("stub").lying()),
+        ],
+        4,
+        |c| NodeConfig {
+            verification: Verification {
+                share_ppm: 1_000_000,
+                ..Verification::default()
+            },
+            ..c
+        },
+    )
+    .await;
+    let honest = c.orchestrators[0].peer_id();
+    // The liars take their stake back; the router admitted them before.
+    for liar in &c.orchestrators[1..] {
+        let unstake = Transaction::Unstake {
+            amount: NodeConfig::default().stake,
+        };
+        let answer = within(
+            liar.network()
+                .send_task(c.router.peer_id(), TaskRequest::Transact(unstake)),
+        )
+        .await
+        .unwrap();
+        assert!(
+            matches!(&answer, TaskResponse::Answer(QueryAnswer::Account(a)) if a.orchestrator.as_ref().is_some_and(|o| o.stake == 0)),
+            "{answer:?}"
+        );
+    }
+    for i in 0..4 {
+        let prompt = format!("honest {i}");
+        let result = c.submit(spec(Some("stub"), &prompt)).await.unwrap();
+        assert_eq!(result.text, prompt.chars().rev().collect::<String>());
+        assert_eq!(result.receipt.body.orchestrator, honest);
+    }
+    assert!(c.router.fraud_evidence(16).await.unwrap().is_empty());
+    let chain = c.router.chain().unwrap().clone();
+    let record = chain
+        .orchestrator(default_account(&honest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.stake, NodeConfig::default().stake, "not slashed");
+    assert_eq!(record.successes, 4);
+    c.stop().await;
 }

@@ -27,6 +27,17 @@ pub const MAX_STANDINGS: usize = 4096;
 /// How long the ledger has to answer.
 pub const LEDGER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The peer of the first address that names one (`/p2p/<id>`): by default,
+/// the ledger a node follows.
+pub fn first_peer(addrs: &[libp2p::Multiaddr]) -> Option<PeerId> {
+    addrs.iter().find_map(|a| {
+        a.iter().find_map(|p| match p {
+            libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+            _ => None,
+        })
+    })
+}
+
 /// What a request needs its peer to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {
@@ -72,14 +83,7 @@ impl Gate {
     /// A gate asking `ledger`, or else the first bootstrap peer that names
     /// its PeerId (on a local cluster, the router everyone joins through).
     pub fn following(ledger: Option<PeerId>, bootstrap: &[libp2p::Multiaddr]) -> Self {
-        let ledger = ledger.or_else(|| {
-            bootstrap.iter().find_map(|a| {
-                a.iter().find_map(|p| match p {
-                    libp2p::multiaddr::Protocol::P2p(id) => Some(id),
-                    _ => None,
-                })
-            })
-        });
+        let ledger = ledger.or_else(|| first_peer(bootstrap));
         match ledger {
             Some(l) => tracing::info!(ledger = %l, "serving the routers this ledger authorizes"),
             None => tracing::warn!(

@@ -118,13 +118,27 @@ impl RouterCtx {
         Some(report)
     }
 
+    /// Whether `verifier` is, on the chain at this moment, registered under
+    /// its PeerId with at least the minimum stake.
+    async fn staked_now(&self, verifier: &PeerId) -> bool {
+        let Some((account, _)) = self.with_table(|t| t.admitted_terms(verifier)) else {
+            return false;
+        };
+        match self.chain.orchestrator(account).await {
+            Ok(Some(o)) => o.peer_id == verifier.to_bytes() && o.stake >= self.contract.min_stake,
+            _ => false,
+        }
+    }
+
     /// Replays a result on other admitted orchestrators serving the model
-    /// (never the one assigned, nor any node of its delegation chain) and
-    /// decides by majority: the result is fraud when two verifiers find it
-    /// off the model, cleared when the verifiers that clear it outnumber
-    /// those that do not. A verifier outvoted is recorded as a bad result.
-    /// Without a majority (too few verifiers answer) the result is accepted
-    /// and nobody is blamed: one verifier's word is never enough.
+    /// (never the one assigned, nor any node of its delegation chain), drawn
+    /// by the seeded scheduler, and decides by a quorum of reports from
+    /// verifiers staked at that moment (`cactus_protocol::vote`): fraud when
+    /// two find it off the model and outnumber those clearing it, cleared
+    /// when two clear it and outnumber the others. A verifier outvoted is
+    /// recorded as a bad result. Without a quorum (too few verifiers
+    /// answer) the result is accepted and nobody is blamed: one verifier's
+    /// word is never enough either way.
     pub(super) async fn spot_check(
         &self,
         peer: PeerId,
@@ -164,6 +178,12 @@ impl RouterCtx {
             let Some(report) = self.replay_on(verifier, &request, deadline).await else {
                 continue;
             };
+            // Only a verifier staked now votes: one that has unstaked since
+            // it was admitted risks nothing on its word.
+            if !self.staked_now(&verifier).await {
+                tracing::warn!(%verifier, task_id = %assignment.task_id, "a verifier no longer staked: its report does not count");
+                continue;
+            }
             let verdict = report.body.findings.judge(&request.receipt.body, tolerance);
             tracing::info!(
                 task_id = %assignment.task_id, orchestrator = %peer, %verifier,
