@@ -15,7 +15,7 @@
 use super::{ChainBackend, ChainError};
 use cactus_protocol::TaskId;
 use cactus_protocol::contract::{
-    Address, Anchor, Config, Op, Orchestrator, State, Task, TaskStatus, Totals,
+    Abort, Address, Anchor, Config, Op, Orchestrator, State, Task, TaskStatus, Totals,
 };
 use cactus_protocol::messages::Transaction;
 use cactus_protocol::wire::SourceError;
@@ -37,6 +37,11 @@ const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
 const OPS: TableDefinition<u64, &[u8]> = TableDefinition::new("ops");
 /// `0` → the newest snapshot: the state after the operations before `next_seq`.
 const SNAPSHOT: TableDefinition<u8, &[u8]> = TableDefinition::new("snapshot");
+/// Settled (completed or failed) tasks by id. They leave the in-memory
+/// state, and so every snapshot, the moment they settle: the state holds
+/// only what is still pending, and a ledger of any number of settled tasks
+/// reopens in the time its pending ones take.
+const SETTLED: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("settled_tasks");
 
 /// Settings of a embedded chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,6 +173,7 @@ impl EmbeddedChain {
                 },
             )?;
         }
+        chain.compact()?;
         for &server in &settings.servers {
             if !chain.with_state(|s| s.servers.contains(&server)) {
                 chain.apply(account, Op::AuthorizeServer { server })?;
@@ -209,6 +215,7 @@ impl EmbeddedChain {
         {
             tx.open_table(OPS).map_err(db_err(path))?;
             tx.open_table(SNAPSHOT).map_err(db_err(path))?;
+            tx.open_table(SETTLED).map_err(db_err(path))?;
         }
         tx.commit().map_err(db_err(path))?;
         let tx = db.begin_read().map_err(db_err(path))?;
@@ -240,8 +247,60 @@ impl EmbeddedChain {
                     abort,
                 })?;
             next_seq = seq.value() + 1;
+            // As `apply` did: a task settled by this operation went to the
+            // settled table in the operation's own transaction.
+            take_settled(&mut state);
         }
         Ok((state, next_seq))
+    }
+
+    /// Moves every settled task out of the state into the settled table,
+    /// and snapshots what is left, in one transaction: what a chain written
+    /// before settled tasks had their own table needs once (its snapshot
+    /// still holds them); a no-op otherwise.
+    fn compact(&self) -> Result<(), ChainError> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner
+            .state
+            .tasks
+            .values()
+            .all(|t| t.status == TaskStatus::Pending)
+        {
+            return Ok(());
+        }
+        let mut state = inner.state.clone();
+        let settled = take_settled(&mut state);
+        let snap = encode(&Snapshot {
+            next_seq: inner.next_seq,
+            state: state.clone(),
+        })?;
+        let tx = inner.db.begin_write().map_err(db_err(&self.path))?;
+        {
+            let mut table = tx.open_table(SETTLED).map_err(db_err(&self.path))?;
+            for (id, task) in &settled {
+                table
+                    .insert(id, encode(task)?.as_slice())
+                    .map_err(db_err(&self.path))?;
+            }
+            let mut snaps = tx.open_table(SNAPSHOT).map_err(db_err(&self.path))?;
+            snaps
+                .insert(0, snap.as_slice())
+                .map_err(db_err(&self.path))?;
+        }
+        tx.commit().map_err(db_err(&self.path))?;
+        inner.state = state;
+        Ok(())
+    }
+
+    /// A settled task, from the settled table.
+    fn settled(&self, id: &[u8; 16]) -> Result<Option<Task>, ChainError> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = inner.db.begin_read().map_err(db_err(&self.path))?;
+        let table = tx.open_table(SETTLED).map_err(db_err(&self.path))?;
+        match table.get(id).map_err(db_err(&self.path))? {
+            Some(v) => Ok(Some(decode(v.value(), &self.path)?)),
+            None => Ok(None),
+        }
     }
 
     fn with_state<T>(&self, f: impl FnOnce(&State) -> T) -> T {
@@ -253,8 +312,20 @@ impl EmbeddedChain {
     pub fn apply(&self, signer: Address, op: Op) -> Result<(), ChainError> {
         let now = now_secs();
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        // A settled task's id stays taken, as the contract's task table
+        // keeps it.
+        if let Op::CreateTask { task_id, .. } = &op
+            && let Ok(id) = <[u8; 16]>::try_from(task_id.as_slice())
+        {
+            let tx = inner.db.begin_read().map_err(db_err(&self.path))?;
+            let table = tx.open_table(SETTLED).map_err(db_err(&self.path))?;
+            if table.get(&id).map_err(db_err(&self.path))?.is_some() {
+                return Err(ChainError::Abort(Abort::TaskExists));
+            }
+        }
         let mut next = inner.state.clone();
         next.apply(signer, &op, now)?;
+        let settled = take_settled(&mut next);
         let seq = inner.next_seq;
         let record = encode(&Record { signer, now, op })?;
         let snapshot = if (seq + 1).is_multiple_of(SNAPSHOT_EVERY) {
@@ -270,6 +341,12 @@ impl EmbeddedChain {
             let mut ops = tx.open_table(OPS).map_err(db_err(&self.path))?;
             ops.insert(seq, record.as_slice())
                 .map_err(db_err(&self.path))?;
+            let mut table = tx.open_table(SETTLED).map_err(db_err(&self.path))?;
+            for (id, task) in &settled {
+                table
+                    .insert(id, encode(task)?.as_slice())
+                    .map_err(db_err(&self.path))?;
+            }
             if let Some(snap) = &snapshot {
                 let mut snaps = tx.open_table(SNAPSHOT).map_err(db_err(&self.path))?;
                 snaps
@@ -315,6 +392,19 @@ impl EmbeddedChain {
         }
         .boxed()
     }
+}
+
+/// Takes the settled tasks out of `state`.
+fn take_settled(state: &mut State) -> Vec<([u8; 16], Task)> {
+    let ids: Vec<[u8; 16]> = state
+        .tasks
+        .iter()
+        .filter(|(_, t)| t.status != TaskStatus::Pending)
+        .map(|(id, _)| *id)
+        .collect();
+    ids.into_iter()
+        .filter_map(|id| state.tasks.remove(&id).map(|t| (id, t)))
+        .collect()
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, ChainError> {
@@ -376,8 +466,10 @@ impl ChainBackend for Embedded {
     }
 
     fn task(&self, id: TaskId) -> BoxFuture<'_, Result<Option<Task>, ChainError>> {
-        let t = self.0.with_state(|s| s.tasks.get(&id.0).cloned());
-        async move { Ok(t) }.boxed()
+        match self.0.with_state(|s| s.tasks.get(&id.0).cloned()) {
+            Some(t) => async move { Ok(Some(t)) }.boxed(),
+            None => self.0.blocking(move |c| c.settled(&id.0)),
+        }
     }
 
     fn totals(&self) -> BoxFuture<'_, Result<Totals, ChainError>> {
@@ -484,7 +576,6 @@ impl ChainBackend for Embedded {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cactus_protocol::contract::Abort;
 
     #[test]
     fn operations_survive_reopen_and_snapshots() {
@@ -648,5 +739,83 @@ mod tests {
             4_000
         );
         assert!(dev.is_server(router).await.unwrap());
+    }
+
+    /// Settled tasks leave the state, and so every snapshot, for a table of
+    /// their own: a ledger holding a million of them reopens with a state
+    /// of its pending tasks only, finds each settled one, and never lets
+    /// one's id be used again.
+    #[tokio::test]
+    async fn a_million_settled_tasks_stay_out_of_the_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let (router, orch) = (Address([1; 32]), Address([2; 32]));
+        let c = EmbeddedChain::open(dir.path(), router, &LocalSettings::default()).unwrap();
+        c.apply(
+            router,
+            Op::Mint {
+                to: orch,
+                amount: 5_000,
+            },
+        )
+        .unwrap();
+        let register = Op::RegisterOrchestrator {
+            peer_id: vec![9; 38],
+            amount: 2_000,
+        };
+        c.apply(orch, register).unwrap();
+        let create = |id: [u8; 16]| Op::CreateTask {
+            task_id: id.to_vec(),
+            orchestrator: orch,
+            price_per_unit: 1,
+            max_payment: 10,
+        };
+        c.apply(router, create([0xff; 16])).unwrap();
+        c.apply(router, create([0xfe; 16])).unwrap();
+        let fail = Op::FailTask {
+            task_id: vec![0xff; 16],
+            reason: 1,
+        };
+        c.apply(router, fail).unwrap();
+        // Settled through the contract: out of the state at once.
+        assert_eq!(c.state().tasks.len(), 1, "only the pending one");
+        let settled = c.settled(&[0xff; 16]).unwrap().unwrap();
+        assert_eq!(settled.status, TaskStatus::Failed);
+        // A million more settled tasks, as that table holds them (written
+        // directly: applying two million operations would only be slower).
+        {
+            let inner = c.inner.lock().unwrap();
+            let tx = inner.db.begin_write().unwrap();
+            {
+                let mut table = tx.open_table(SETTLED).unwrap();
+                let bytes = encode(&settled).unwrap();
+                for i in 0..1_000_000u64 {
+                    let mut id = [0u8; 16];
+                    id[..8].copy_from_slice(&i.to_le_bytes());
+                    table.insert(&id, bytes.as_slice()).unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        }
+        let expected = c.state();
+        drop(c);
+        let c =
+            Embedded(EmbeddedChain::open(dir.path(), router, &LocalSettings::default()).unwrap());
+        assert_eq!(c.0.state(), expected);
+        assert!(
+            encode(&c.0.state()).unwrap().len() < 64 * 1024,
+            "the snapshot stays small"
+        );
+        let mut last = [0u8; 16];
+        last[..8].copy_from_slice(&999_999u64.to_le_bytes());
+        assert_eq!(c.task(TaskId(last)).await.unwrap(), Some(settled.clone()));
+        assert_eq!(
+            c.submit(create(last)).await,
+            Err(ChainError::Abort(Abort::TaskExists)),
+            "a settled id stays taken"
+        );
+        let pending = c.task(TaskId([0xfe; 16])).await.unwrap().unwrap();
+        assert_eq!(pending.status, TaskStatus::Pending);
+        let (stake, escrow, vault) = c.totals().await.unwrap();
+        assert_eq!(stake + escrow, vault);
     }
 }

@@ -1184,3 +1184,88 @@ fn account_commands_move_money_on_the_ledger() {
     drop(dev);
     drop(plain);
 }
+
+/// A router killed with SIGKILL mid-task leaves the task's escrow pending on
+/// its chain; started again on the same data dir, it reconciles before
+/// taking any task: nothing stays escrowed, and the attempt counts as the
+/// orchestrator's failure, not as a payment.
+#[test]
+fn a_router_killed_mid_task_leaves_no_pending_escrow_after_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("router");
+    let router_args = |dir: &Path| -> Vec<String> {
+        ["--role", "router", "--dev-faucet", "--data-dir"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                path(dir).to_owned(),
+                "--listen".into(),
+                "/ip4/127.0.0.1/tcp/0".into(),
+            ])
+            .collect()
+    };
+    let args = router_args(&dir);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut router = Proc::spawn(&args);
+    let addr = router.listen_addr();
+    let model_arg = format!("{}:{}", super::model_path().display(), super::DEMO_SHA256);
+    let orch_dir = tmp.path().join("orch");
+    let _orch = Proc::spawn(&[
+        "--data-dir",
+        path(&orch_dir),
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--bootstrap",
+        &addr,
+        "--model",
+        &model_arg,
+        "--threads",
+        "1",
+    ]);
+    router.wait_for("known=1");
+    let mut client = Command::new(BIN)
+        .args([
+            "infer",
+            "--router",
+            &addr,
+            "--prompt",
+            "Write a long story about a cactus in the desert.",
+            "--max-tokens",
+            "400",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    router.wait_for("handing task over");
+    // SIGKILL: no shutdown path runs.
+    drop(router);
+    let _ = client.wait();
+
+    let mut router = Proc::spawn(&args);
+    let addr = router.listen_addr();
+    let reconciled = "tasks left pending by the last run reconciled";
+    if !router.seen(reconciled) {
+        router.wait_for(reconciled);
+    }
+    let out = run(&["status", "--router", &addr, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["pending_payments"], 0, "{v}");
+    let orch_id = id(&orch_dir);
+    let o = v["orchestrators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["peer"] == orch_id.as_str())
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(
+        (o["successes"].as_u64(), o["failures"].as_u64()),
+        (Some(0), Some(1)),
+        "{v}"
+    );
+}
