@@ -71,6 +71,8 @@ module cactus::cactus_payment {
     const E_INVALID_CONFIG: u64 = 23;
     /// A slash names evidence an earlier slash already used.
     const E_EVIDENCE_USED: u64 = 24;
+    /// `expire_task` on a task whose deadline has not passed.
+    const E_TASK_NOT_EXPIRED: u64 = 25;
 
     // --------------------------------------------------------------- constants
 
@@ -83,6 +85,12 @@ module cactus::cactus_payment {
     const STATUS_PENDING: u8 = 0;
     const STATUS_COMPLETED: u8 = 1;
     const STATUS_FAILED: u8 = 2;
+    /// Seconds after its creation when anyone may expire a task still
+    /// pending (`expire_task`): a server that died or walked away cannot keep
+    /// an escrow locked.
+    const TASK_EXPIRY_SECS: u64 = 86400;
+    /// The `reason` an expired task fails with.
+    const REASON_EXPIRED: u8 = 7;
     const VAULT_SEED: vector<u8> = b"cactus_payment_vault";
 
     // ------------------------------------------------------------------- state
@@ -157,6 +165,14 @@ module cactus::cactus_payment {
     /// compatibly: `Ledger`'s layout stays as it was.
     struct EvidenceLog has key {
         used: Table<vector<u8>, bool>,
+    }
+
+    /// When each pending task was created, for its deadline. Stored under the
+    /// vault object's address and created by the first task, as
+    /// `EvidenceLog` is, so that `Task`'s and `Ledger`'s layouts stay and
+    /// the package upgrades compatibly; an entry goes when its task settles.
+    struct TaskClock has key {
+        created: Table<vector<u8>, u64>,
     }
 
     // ------------------------------------------------------------------ events
@@ -466,7 +482,7 @@ module cactus::cactus_payment {
         orchestrator: address,
         price_per_unit: u64,
         max_payment: u64,
-    ) acquires Config, Ledger {
+    ) acquires Config, Ledger, TaskClock {
         assert_initialized();
         let config = borrow_global<Config>(@cactus);
         let ledger = borrow_global_mut<Ledger>(@cactus);
@@ -490,7 +506,41 @@ module cactus::cactus_payment {
             reason: 0,
         });
         ledger.escrow_held = ledger.escrow_held + max_payment;
+        let clock_addr = vault_address(config);
+        if (!exists<TaskClock>(clock_addr)) {
+            let vault = object::generate_signer_for_extending(&config.vault);
+            move_to(&vault, TaskClock { created: table::new() });
+        };
+        let clock = borrow_global_mut<TaskClock>(clock_addr);
+        table::add(&mut clock.created, copy task_id, timestamp::now_seconds());
         event::emit(TaskCreated { task_id, server: server_addr, orchestrator, price_per_unit, max_payment });
+    }
+
+    /// Anyone may expire a task still pending `TASK_EXPIRY_SECS` after its
+    /// creation: the whole escrow goes back to the server that paid it, the
+    /// task fails with `REASON_EXPIRED`, and nobody's counters change (the
+    /// orchestrator may not be the one at fault). A task created before the
+    /// clock existed counts as created at time 0.
+    public entry fun expire_task(_anyone: &signer, task_id: vector<u8>) acquires Config, Ledger, TaskClock {
+        assert_initialized();
+        let config = borrow_global<Config>(@cactus);
+        let ledger = borrow_global_mut<Ledger>(@cactus);
+        assert!(vector::length(&task_id) == TASK_ID_LEN, E_INVALID_ARGUMENT);
+        assert!(table::contains(&ledger.tasks, task_id), E_TASK_NOT_FOUND);
+        let task = table::borrow_mut(&mut ledger.tasks, task_id);
+        assert!(task.status == STATUS_PENDING, E_TASK_NOT_PENDING);
+        let created = created_at(config, &task_id);
+        assert!(timestamp::now_seconds() >= created + TASK_EXPIRY_SECS, E_TASK_NOT_EXPIRED);
+
+        let server_addr = task.server;
+        let orchestrator = task.orchestrator;
+        let refund = task.escrow;
+        task.status = STATUS_FAILED;
+        task.reason = REASON_EXPIRED;
+        ledger.escrow_held = ledger.escrow_held - refund;
+        pay_out(config, server_addr, refund);
+        forget_clock(config, &task_id);
+        event::emit(TaskFailed { task_id, server: server_addr, orchestrator, reason: REASON_EXPIRED, refund });
     }
 
     /// The task's server completes it: the payment (see `quote_payment`) is
@@ -504,7 +554,7 @@ module cactus::cactus_payment {
         compute_ms: u64,
         delegates: vector<address>,
         receipt_hash: vector<u8>,
-    ) acquires Config, Ledger {
+    ) acquires Config, Ledger, TaskClock {
         assert_initialized();
         let config = borrow_global<Config>(@cactus);
         let ledger = borrow_global_mut<Ledger>(@cactus);
@@ -553,6 +603,7 @@ module cactus::cactus_payment {
         let exec = table::borrow_mut(&mut ledger.orchestrators, executor);
         exec.compute_ms = exec.compute_ms + compute_ms;
         ledger.escrow_held = ledger.escrow_held - escrow;
+        forget_clock(config, &task_id);
 
         event::emit(TaskCompleted {
             task_id,
@@ -570,7 +621,7 @@ module cactus::cactus_payment {
 
     /// The task's server fails it: the whole escrow is refunded to the server
     /// and the orchestrator's failure count grows.
-    public entry fun fail_task(server: &signer, task_id: vector<u8>, reason: u8) acquires Config, Ledger {
+    public entry fun fail_task(server: &signer, task_id: vector<u8>, reason: u8) acquires Config, Ledger, TaskClock {
         assert_initialized();
         let config = borrow_global<Config>(@cactus);
         let ledger = borrow_global_mut<Ledger>(@cactus);
@@ -590,6 +641,7 @@ module cactus::cactus_payment {
         orch.failures = orch.failures + 1;
         ledger.escrow_held = ledger.escrow_held - refund;
         pay_out(config, server_addr, refund);
+        forget_clock(config, &task_id);
         event::emit(TaskFailed { task_id, server: server_addr, orchestrator, reason, refund });
     }
 
@@ -834,6 +886,25 @@ module cactus::cactus_payment {
 
     fun vault_address(config: &Config): address {
         object::address_from_extend_ref(&config.vault)
+    }
+
+    /// When a task was created (0 if before the clock existed).
+    fun created_at(config: &Config, task_id: &vector<u8>): u64 acquires TaskClock {
+        let clock_addr = vault_address(config);
+        if (!exists<TaskClock>(clock_addr)) { return 0 };
+        let clock = borrow_global<TaskClock>(clock_addr);
+        if (!table::contains(&clock.created, *task_id)) { return 0 };
+        *table::borrow(&clock.created, *task_id)
+    }
+
+    /// Drops a settled task's creation time.
+    fun forget_clock(config: &Config, task_id: &vector<u8>) acquires TaskClock {
+        let clock_addr = vault_address(config);
+        if (!exists<TaskClock>(clock_addr)) { return };
+        let clock = borrow_global_mut<TaskClock>(clock_addr);
+        if (table::contains(&clock.created, *task_id)) {
+            table::remove(&mut clock.created, *task_id);
+        };
     }
 
     /// Moves `amount` from `payer`'s primary store into the vault, after

@@ -609,6 +609,32 @@ module cactus::cactus_payment_tests {
         cactus_payment::fail_task(&signer_of(SERVER), task_id(1), 3);
     }
 
+    #[test(fx = @aptos_framework, admin = @cactus)]
+    fun test_expire_task_refunds_its_server_after_the_deadline(fx: &signer, admin: &signer) {
+        let asset = ready(fx, admin);
+        timestamp::update_global_time_for_test_secs(1000);
+        create(2000);
+        timestamp::update_global_time_for_test_secs(1000 + 86400);
+        // Anyone may: here the orchestrator itself.
+        cactus_payment::expire_task(&signer_of(ORCH), task_id(1));
+        let (_, _, _, _, status, payment) = cactus_payment::get_task(task_id(1));
+        assert!(status == 2 && payment == 0, 1);
+        assert!(balance(asset, SERVER) == FUNDS, 2);
+        // Nobody's counters change.
+        assert_orchestrator(ORCH, 2000, 0, 0, 0, 0, 0);
+        assert_totals(2000, 0);
+    }
+
+    #[test(fx = @aptos_framework, admin = @cactus)]
+    #[expected_failure(abort_code = 25, location = cactus::cactus_payment)]
+    fun test_expire_task_before_the_deadline_aborts(fx: &signer, admin: &signer) {
+        ready(fx, admin);
+        timestamp::update_global_time_for_test_secs(1000);
+        create(2000);
+        timestamp::update_global_time_for_test_secs(1000 + 86400 - 1);
+        cactus_payment::expire_task(&signer_of(ORCH), task_id(1));
+    }
+
     // ------------------------------------------------------------------- slash
 
     #[test(fx = @aptos_framework, admin = @cactus)]

@@ -295,6 +295,29 @@ pub async fn account(
     }
 }
 
+/// Asks the ledger router (`router`, or one found through `bootstrap`) to
+/// apply `op` as the account of `key`'s PeerId: `Ok(Err(abort))` when the
+/// contract refused it.
+pub async fn apply_op(
+    key: Keypair,
+    bootstrap: &[Multiaddr],
+    router: Option<Multiaddr>,
+    timeout: Duration,
+    op: cactus_protocol::contract::Op,
+) -> Result<Result<(), cactus_protocol::contract::Abort>, ClientError> {
+    use cactus_protocol::messages::{LedgerAnswer, Transaction};
+    let (node, ledger) = connect_as(key, bootstrap, router, timeout).await?;
+    let request = TaskRequest::Transact(Transaction::Apply(op));
+    let answer = tokio::time::timeout(timeout, node.network().send_task(ledger, request)).await;
+    node.shutdown().await;
+    match answer.map_err(|_| ClientError::Timeout(timeout))?? {
+        TaskResponse::Answer(QueryAnswer::Ledger(LedgerAnswer::Applied)) => Ok(Ok(())),
+        TaskResponse::Answer(QueryAnswer::Ledger(LedgerAnswer::Refused(a))) => Ok(Err(a)),
+        TaskResponse::Failed(e) => Err(ClientError::Task(e)),
+        _ => Err(ClientError::Unexpected),
+    }
+}
+
 /// [`connect`] as the node of `key`.
 pub async fn connect_as(
     key: Keypair,

@@ -80,7 +80,23 @@ async fn account(args: AccountArgs) -> Result<()> {
     let timeout = Duration::from_secs(args.timeout.max(1));
     let (boot, router) = (&args.reach.bootstrap, args.reach.router.clone());
     let call = |tx| client::account(key.clone(), boot, router.clone(), timeout, tx);
-    let tx = match args.action {
+    let tx = match args.action.clone() {
+        AccountAction::Expire { task_id } => {
+            let mut id = [0u8; 16];
+            hex::decode_to_slice(task_id.trim(), &mut id)
+                .context("the task id is 32 hex characters")?;
+            let op = cactus_node::protocol::contract::Op::ExpireTask {
+                task_id: id.to_vec(),
+            };
+            client::apply_op(key.clone(), boot, router.clone(), timeout, op)
+                .await?
+                .map_err(|abort| anyhow::anyhow!("the ledger refused it: {abort}"))?;
+            writeln!(
+                std::io::stdout().lock(),
+                "task {task_id} expired: its escrow is refunded"
+            )?;
+            return Ok(());
+        }
         AccountAction::Balance => None,
         AccountAction::Faucet => Some(Transaction::Faucet),
         AccountAction::Stake { amount } => {

@@ -48,7 +48,14 @@ pub mod reason {
     pub const INFERENCE: u8 = 5;
     /// The request was invalid for it (prompt too long...).
     pub const INVALID: u8 = 6;
+    /// Nobody settled it before its deadline (`expire_task`).
+    pub const EXPIRED: u8 = 7;
 }
+
+/// Seconds after its creation when anyone may expire a task still pending
+/// (`expire_task`), refunding its escrow: a server that died or walked away
+/// cannot keep it locked.
+pub const TASK_EXPIRY_SECS: u64 = 86_400;
 
 /// The whole contract state, plus account balances of the payment asset.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +80,11 @@ pub struct State {
     /// once. Absent from snapshots written before it existed (empty then).
     #[serde(default)]
     pub used_evidence: BTreeSet<[u8; 32]>,
+    /// When each pending task was created (Unix seconds), for its deadline;
+    /// an entry goes when its task settles. Absent from snapshots written
+    /// before it existed: such tasks count as created at 0.
+    #[serde(default)]
+    pub task_created: BTreeMap<[u8; 16], u64>,
 }
 
 /// `(stake_held, escrow_held, vault_balance)`, the `totals` view.
@@ -99,6 +111,7 @@ impl State {
             tasks: BTreeMap::new(),
             anchors: Vec::new(),
             used_evidence: BTreeSet::new(),
+            task_created: BTreeMap::new(),
         }
     }
 
@@ -286,6 +299,7 @@ impl State {
                         reason: 0,
                     },
                 );
+                self.task_created.insert(id, now);
                 Ok(())
             }
             Op::CompleteTask {
@@ -342,6 +356,7 @@ impl State {
                 if let Some(o) = self.orchestrators.get_mut(&executor) {
                     o.compute_ms = executed_ms;
                 }
+                self.task_created.remove(&id);
                 Ok(())
             }
             Op::FailTask {
@@ -372,6 +387,27 @@ impl State {
                 if let Some(o) = self.orchestrators.get_mut(&task.orchestrator) {
                     o.failures = failures;
                 }
+                self.task_created.remove(&id);
+                Ok(())
+            }
+            Op::ExpireTask { task_id: id } => {
+                let id = task_id(id)?;
+                let task = self.tasks.get(&id).ok_or(Abort::TaskNotFound)?.clone();
+                if task.status != TaskStatus::Pending {
+                    return Err(Abort::TaskNotPending);
+                }
+                let created = self.task_created.get(&id).copied().unwrap_or(0);
+                if now < add(created, TASK_EXPIRY_SECS)? {
+                    return Err(Abort::TaskNotExpired);
+                }
+                let mut moves = Transfers::new(self);
+                moves.pay_out(self, task.server, task.escrow)?;
+                moves.commit(self);
+                if let Some(t) = self.tasks.get_mut(&id) {
+                    t.status = TaskStatus::Failed;
+                    t.reason = reason::EXPIRED;
+                }
+                self.task_created.remove(&id);
                 Ok(())
             }
             Op::Slash {

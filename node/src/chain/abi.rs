@@ -140,6 +140,8 @@ pub const COMPLETE_TASK: Function = entry(
 );
 /// `fail_task(server, task_id, reason)`.
 pub const FAIL_TASK: Function = entry("fail_task", &["&signer", "vector<u8>", "u8"]);
+/// `expire_task(anyone, task_id)`.
+pub const EXPIRE_TASK: Function = entry("expire_task", &["&signer", "vector<u8>"]);
 /// `slash(server, orchestrator, ratio_bps, evidence_hash)`.
 pub const SLASH: Function = entry("slash", &["&signer", "address", "u64", "vector<u8>"]);
 /// `anchor_receipts(server, merkle_root, count, first_task, last_task)`.
@@ -198,6 +200,7 @@ pub const FUNCTIONS: &[Function] = &[
     CREATE_TASK,
     COMPLETE_TASK,
     FAIL_TASK,
+    EXPIRE_TASK,
     SLASH,
     ANCHOR_RECEIPTS,
     GET_CONFIG,
@@ -356,6 +359,7 @@ pub fn entry_call(op: &Op, asset: Option<Address>) -> Result<Call, AbiError> {
         Op::FailTask { task_id, reason } => {
             call(&FAIL_TASK, vec![V::Bytes(task_id.clone()), V::U8(*reason)])
         }
+        Op::ExpireTask { task_id } => call(&EXPIRE_TASK, vec![V::Bytes(task_id.clone())]),
         Op::Slash {
             orchestrator,
             ratio_bps,

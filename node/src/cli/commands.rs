@@ -82,7 +82,7 @@ pub struct AccountArgs {
 }
 
 /// What `cactus-node account` does.
-#[derive(Debug, Clone, Copy, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum AccountAction {
     /// Shows the balance, and the stake if registered as an orchestrator.
     Balance,
@@ -101,6 +101,12 @@ pub enum AccountAction {
     },
     /// Withdraws unbonded stake once its unbonding period has passed.
     Withdraw,
+    /// Expires a task still pending a day after its creation (anyone may):
+    /// its escrow goes back to whoever paid it.
+    Expire {
+        /// The task id (32 hex characters).
+        task_id: String,
+    },
 }
 
 #[derive(Debug, clap::Args)]

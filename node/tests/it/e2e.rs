@@ -1162,6 +1162,11 @@ fn account_commands_move_money_on_the_ledger() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("E_STILL_UNBONDING"), "{err}");
+    // Anyone may ask to expire a task; the contract decides.
+    let out = account(&addr, &["expire", "00112233445566778899aabbccddeeff"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("E_TASK_NOT_FOUND"), "{err}");
 
     // A ledger without --dev-faucet gives nothing away.
     let mut plain = Proc::spawn(&[
@@ -1243,12 +1248,11 @@ fn a_router_killed_mid_task_leaves_no_pending_escrow_after_restart() {
     let _ = client.wait();
 
     let mut router = Proc::spawn(&args);
-    let addr = router.listen_addr();
     let reconciled = "tasks left pending by the last run reconciled";
-    if !router.seen(reconciled) {
-        router.wait_for(reconciled);
-    }
-    let out = run(&["status", "--router", &addr, "--json"]);
+    router.wait_for(reconciled);
+    // The chain as the restarted router left it (its files, once stopped).
+    router.terminate();
+    let out = run(&["status", "--data-dir", path(&dir), "--json"]);
     assert!(
         out.status.success(),
         "{}",

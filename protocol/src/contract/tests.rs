@@ -668,6 +668,44 @@ fn test_fail_task_refunds() {
 }
 
 #[test]
+fn test_expire_task_refunds_its_server_after_the_deadline() {
+    let mut s = setup();
+    s.apply(server(), &create(1, orch(1), 2, 5_000), 1_000)
+        .unwrap();
+    let record = s.orchestrators[&orch(1)].clone();
+    // Anyone may: here the orchestrator itself.
+    let expire = Op::ExpireTask { task_id: id(1) };
+    s.apply(orch(1), &expire, 1_000 + TASK_EXPIRY_SECS).unwrap();
+    invariant(&s);
+    let t = &s.tasks[&[1; 16]];
+    assert_eq!(
+        (t.status, t.reason, t.payment),
+        (TaskStatus::Failed, reason::EXPIRED, 0)
+    );
+    assert_eq!(s.balance(&server()), 100_000);
+    assert_eq!(
+        s.orchestrators[&orch(1)],
+        record,
+        "nobody's counters change"
+    );
+    assert!(s.task_created.is_empty());
+}
+
+#[test]
+fn test_expire_task_before_the_deadline_aborts() {
+    let mut s = setup();
+    s.apply(server(), &create(1, orch(1), 2, 5_000), 1_000)
+        .unwrap();
+    let before = s.clone();
+    let expire = Op::ExpireTask { task_id: id(1) };
+    assert_eq!(
+        s.apply(orch(1), &expire, 1_000 + TASK_EXPIRY_SECS - 1),
+        Err(Abort::TaskNotExpired)
+    );
+    assert_eq!(s, before);
+}
+
+#[test]
 fn test_fail_task_not_pending_fails() {
     let mut s = setup();
     ok(&mut s, server(), create(1, orch(1), 2, 5_000));
@@ -967,6 +1005,7 @@ fn arithmetic_overflows_abort_and_change_nothing() {
 #[test]
 fn abort_codes_match_the_spec_numbers() {
     let all = [
+        (Abort::TaskNotExpired, 25),
         (Abort::NotAdmin, 1),
         (Abort::AlreadyInitialized, 2),
         (Abort::NotInitialized, 3),

@@ -112,6 +112,9 @@ pub enum Abort {
     /// A slash naming evidence that has already slashed.
     #[error("E_EVIDENCE_USED (24): this evidence has already been used for a slash")]
     EvidenceUsed = 24,
+    /// Expiring a task before its deadline.
+    #[error("E_TASK_NOT_EXPIRED (25): the task's deadline has not passed")]
+    TaskNotExpired = 25,
     /// An amount would pass `u64::MAX` or drop below 0 (or an intermediate
     /// `u128` product would overflow). Move has no abort code for this: the
     /// VM aborts the transaction with its `ARITHMETIC_ERROR` status, whose
@@ -311,6 +314,12 @@ pub enum Op {
         task_id: Vec<u8>,
         /// Reason code.
         reason: u8,
+    },
+    /// `expire_task(task_id)`: anyone, once the task's deadline has passed.
+    ExpireTask {
+        /// 16-byte task id.
+        #[serde(with = "serde_bytes")]
+        task_id: Vec<u8>,
     },
     /// `slash(orchestrator, ratio_bps, evidence_hash)`.
     Slash {

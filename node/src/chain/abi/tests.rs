@@ -55,6 +55,9 @@ pub(crate) fn every_chain_op() -> Vec<Op> {
             task_id: vec![3; 16],
             reason: 2,
         },
+        Op::ExpireTask {
+            task_id: vec![2; 16],
+        },
         Op::Slash {
             orchestrator: Address([4; 32]),
             ratio_bps: 500,
