@@ -48,10 +48,17 @@ pub async fn enrol(
     shutdown: &CancellationToken,
 ) -> Result<AccountView, TaskError> {
     let me = network.local_peer_id();
+    let mut tries = 0u32;
     loop {
         match enrol_once(network, ledger, me, stake).await {
             Err(e) if e.kind == TaskErrorKind::Unavailable => {
-                tracing::debug!(%ledger, error = %e.message, "ledger not reached yet");
+                // Said once at info level: adverts wait until this succeeds.
+                if tries == 0 {
+                    tracing::info!(%ledger, error = %e.message, "ledger not reached yet; adverts wait for it");
+                } else {
+                    tracing::debug!(%ledger, error = %e.message, "ledger not reached yet");
+                }
+                tries = tries.saturating_add(1);
                 tokio::select! {
                     _ = shutdown.cancelled() => return Err(e),
                     _ = tokio::time::sleep(ENROL_RETRY) => {}
