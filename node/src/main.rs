@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use cactus_node::chain::embedded::EmbeddedChain;
 use cactus_node::cli::commands::{
     AccountAction, AccountArgs, Cli, Command, DoctorArgs, InferArgs, LogArgs, ReceiptCmd,
-    SourceArgs, StatusArgs,
+    RouterArgs, SourceArgs, StatusArgs,
 };
 use cactus_node::cli::{self, NodeArgs};
 use cactus_node::client;
@@ -218,8 +218,25 @@ async fn receipt(cmd: ReceiptCmd) -> Result<()> {
             }
             Ok(())
         }
-        ReceiptCmd::Verify { file, source, json } => {
+        ReceiptCmd::Verify {
+            file,
+            source,
+            ledger,
+            json,
+        } => {
             let text = report::read_small_file(&file, MAX_RECEIPT_FILE)?;
+            // The anchor comes from the ledger itself when one is named.
+            let source = match ledger {
+                Some(l) => SourceArgs {
+                    reach: RouterArgs {
+                        bootstrap: Vec::new(),
+                        router: Some(l),
+                    },
+                    data_dir: None,
+                    timeout: source.timeout,
+                },
+                None => source,
+            };
             let checks = audit::audit(&text, |i| anchor_at(&source, i)).await;
             let mut out = std::io::stdout().lock();
             if json {

@@ -193,6 +193,10 @@ pub enum ReceiptCmd {
         file: PathBuf,
         #[command(flatten)]
         source: SourceArgs,
+        /// Read the anchor from this node's ledger (the router keeping the
+        /// cluster's chain) rather than take the router's word for it.
+        #[arg(long, value_name = "MULTIADDR", conflicts_with = "data_dir")]
+        ledger: Option<Multiaddr>,
         /// Print the checks as one JSON array.
         #[arg(long)]
         json: bool,

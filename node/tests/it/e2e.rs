@@ -295,6 +295,13 @@ fn three_processes_answer_on_the_real_model_with_a_logged_receipt() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // The anchor read from the ledger itself (here the router keeps it).
+    let out = run(&["receipt", "verify", path(&bundle), "--ledger", &addr]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     // kill -9: nothing the router committed is lost.
     router.kill9();
