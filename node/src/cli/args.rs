@@ -256,9 +256,10 @@ pub struct NodeArgs {
     /// derived from its PeerId, as embedded chains use].
     #[arg(long, env = "CACTUS_ACCOUNT", value_name = "ADDRESS", value_parser = parse_address)]
     pub account: Option<cactus_protocol::contract::Address>,
-    /// The node whose ledger an orchestrator follows, by PeerId: it serves
-    /// only the routers that ledger authorizes, and takes delegated tasks
-    /// only from orchestrators it admits [default: the first --bootstrap
+    /// The node keeping the cluster's ledger (a router's embedded chain), by
+    /// PeerId. An orchestrator stakes there and serves only the routers it
+    /// authorizes; a router naming one settles there instead of keeping a
+    /// chain of its own [default for orchestrators: the first --bootstrap
     /// address's peer].
     #[arg(long, env = "CACTUS_LEDGER", value_name = "PEER_ID")]
     pub ledger: Option<libp2p::PeerId>,
