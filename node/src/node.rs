@@ -81,7 +81,7 @@ pub struct NodeConfig {
     /// Where any node serves `GET /metrics` on its own (off when `None`; a
     /// router's API serves it too).
     pub metrics: Option<std::net::SocketAddr>,
-    /// Stake an orchestrator declares (registered with it on an embedded chain).
+    /// Stake an orchestrator registers with, from its own account on the ledger.
     pub stake: u64,
     /// An orchestrator's account on the chain [default: its PeerId's local address].
     pub account: Option<cactus_protocol::contract::Address>,

@@ -7,10 +7,14 @@
 //! newest snapshot. A kill -9 at any point therefore loses no committed
 //! operation and never leaves half of one.
 //!
-//! A local cluster has one operator, so the embedded chain also plays the
-//! chain's other parties: the router is the module admin and an authorized
-//! server, and it registers each orchestrator it hears from with the stake the
-//! orchestrator declares (`--stake`), minted from a local faucet.
+//! Settled tasks leave the in-memory state for their own table in the
+//! transaction that settles them, so snapshots hold only what is pending.
+//!
+//! The router keeping it is the module admin and an authorized server. It
+//! registers nobody: other peers act on their own accounts through
+//! [`ChainBackend::transact`] (the account derived from their PeerId), and
+//! money is created only at initialization (the router's funds) and, on a
+//! development ledger, by its faucet.
 
 use super::{ChainBackend, ChainError};
 use cactus_protocol::TaskId;

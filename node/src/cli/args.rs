@@ -243,8 +243,9 @@ pub struct NodeArgs {
     /// delegating the others to orchestrators it knows from their adverts.
     #[arg(long, env = "CACTUS_NO_DELEGATION")]
     pub no_delegation: bool,
-    /// Stake an orchestrator declares; on an embedded chain the router
-    /// registers it with this stake.
+    /// Stake an orchestrator registers with, moved from its own account on
+    /// the ledger at start-up (on a --dev-faucet ledger, funded from the
+    /// faucet first); routers count the stake the ledger holds.
     #[arg(
         long,
         env = "CACTUS_STAKE",
