@@ -368,7 +368,7 @@ impl AptosChain {
         let (Some(orchestrator), Some(config)) = (orchestrator?, config?) else {
             return Ok(false);
         };
-        Ok(orchestrator.peer_id == peer.to_bytes() && orchestrator.stake >= config.min_stake)
+        Ok(orchestrator.admits(&peer, config.min_stake))
     }
 }
 

@@ -236,7 +236,7 @@ impl ChainBackend for RemoteLedger {
             else {
                 return Ok(false);
             };
-            Ok(record.peer_id == peer.to_bytes() && record.stake >= config.min_stake)
+            Ok(record.admits(&peer, config.min_stake))
         }
         .boxed()
     }

@@ -191,6 +191,15 @@ pub struct Orchestrator {
     pub compute_ms: u64,
 }
 
+impl Orchestrator {
+    /// Whether this record admits `peer` as an orchestrator: registered under
+    /// that PeerId, with at least `min_stake` active. The one rule routers,
+    /// ledgers and spot checks apply.
+    pub fn admits(&self, peer: &libp2p_identity::PeerId, min_stake: u64) -> bool {
+        self.peer_id == peer.to_bytes() && self.stake >= min_stake
+    }
+}
+
 /// Where a task stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[repr(u8)]

@@ -84,7 +84,7 @@ impl RouterCtx {
                 let record = self.chain.orchestrator(account).await?;
                 let min_stake = self.chain.config().await?.map(|c| c.min_stake);
                 let orchestrator = match (record, min_stake) {
-                    (Some(o), Some(min)) => o.peer_id == peer.to_bytes() && o.stake >= min,
+                    (Some(o), Some(min)) => o.admits(&peer, min),
                     _ => false,
                 };
                 Ok(QueryAnswer::Standing(Standing {

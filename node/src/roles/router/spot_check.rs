@@ -125,7 +125,7 @@ impl RouterCtx {
             return false;
         };
         match self.chain.orchestrator(account).await {
-            Ok(Some(o)) => o.peer_id == verifier.to_bytes() && o.stake >= self.contract.min_stake,
+            Ok(Some(o)) => o.admits(verifier, self.contract.min_stake),
             _ => false,
         }
     }
