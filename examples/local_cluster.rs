@@ -1,8 +1,10 @@
 //! A local Cactus cluster in one process: a router (which is also the
 //! bootstrap node) and two orchestrators serving the real demo model on
 //! loopback. It waits until the router has heard both orchestrators' adverts,
-//! sends a prompt through the mesh, and prints the answer, the orchestrator
-//! that served it and the verified receipt.
+//! funds a client from the dev faucet (a deposit at the router, which pays
+//! for its tasks), sends a prompt through the mesh, and prints the answer,
+//! the orchestrator that served it and the verified receipt. It also makes
+//! an API key for that client and prints it, for the OpenAI-compatible API.
 //!
 //! ```text
 //! cargo run --release -p cactus-examples --example local_cluster -- <model.gguf> [prompt] [--serve]
@@ -78,8 +80,26 @@ async fn main() -> Result<()> {
     .await?;
     let router_addr = router.listen_addrs().await?[0].clone();
     println!("router + bootstrap  {router_addr}");
+
+    // A client with a deposit at the router, from the dev faucet
+    // (`cactus-node account faucet` and `account deposit`), and an API key
+    // charging its account (`cactus-node keys create`).
+    let client_key = Keypair::generate_ed25519();
+    let client_account = cactus_node::chain::default_account(&client_key.public().to_peer_id());
+    client::fund_key(
+        client_key.clone(),
+        &[],
+        Some(router_addr.clone()),
+        500_000,
+        Duration::from_secs(30),
+    )
+    .await
+    .context("funding the client")?;
+    let (api_key, _) =
+        cactus_node::api::keys::create(&data.join("router"), client_account, "local-cluster")?;
     if let Some(api) = router.api_addr() {
         println!("OpenAI API          http://{api}/v1");
+        println!("API key             {api_key}");
     }
 
     let mut orchestrators = Vec::new();
@@ -119,12 +139,14 @@ async fn main() -> Result<()> {
             max_tokens: 64,
             ..SamplingParams::default()
         },
+        max_price_per_unit: None,
     };
     println!("\nprompt: {prompt}");
     print!("answer: ");
     let started = Instant::now();
     // The answer streams in as the orchestrator samples it.
     let result = client::submit(
+        client_key,
         vec![router_addr.clone()],
         None,
         task,
@@ -182,11 +204,11 @@ async fn main() -> Result<()> {
 
     if serve {
         println!(
-            "\nserving until Ctrl-C; from another terminal:\n  cactus-node infer --router {router_addr} --prompt \"...\""
+            "\nserving until Ctrl-C; from another terminal (a client pays from its deposit at the router):\n  cactus-node account faucet --router {router_addr}\n  cactus-node account deposit 100000 --router {router_addr}\n  cactus-node infer --router {router_addr} --prompt \"...\""
         );
         if let Some(api) = router.api_addr() {
             println!(
-                "  curl http://{api}/v1/chat/completions -H 'Content-Type: application/json' \\\n    -d '{{\"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'"
+                "  curl http://{api}/v1/chat/completions -H 'Authorization: Bearer {api_key}' \\\n    -H 'Content-Type: application/json' \\\n    -d '{{\"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'"
             );
         }
         tokio::signal::ctrl_c().await?;

@@ -111,6 +111,10 @@ SERVER=$!
 wait_for "$START_TIMEOUT" "serving cluster" grep -q "serving until Ctrl-C" "$WORK/cluster.log"
 PORT="$(sed -n 's|^OpenAI API *http://127\.0\.0\.1:\([0-9]*\)/v1$|\1|p' "$WORK/cluster.log" | head -n 1)"
 [ -n "$PORT" ] || fail "the cluster printed no API address on 127.0.0.1"
+# The router charges the example's funded client, by the key it printed.
+CACTUS_API_KEY="$(sed -n 's|^API key *\(sk-cactus-[0-9a-f]*\)$|\1|p' "$WORK/cluster.log" | head -n 1)"
+[ -n "$CACTUS_API_KEY" ] || fail "the cluster printed no API key"
+export CACTUS_API_KEY
 echo "llama-server-suite: router on port $PORT: $(run_suite "$PORT" "$WORK/router.xml")"
 stop_server
 

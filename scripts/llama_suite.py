@@ -6,13 +6,18 @@ tests directory on PYTHONPATH) it sends the suite's OpenAI endpoints to their
 `/v1/...` paths: llama-server answers both `/chat/completions` and
 `/v1/chat/completions`, the router only the latter, and the comparison is
 about what the endpoints answer, not where they live. Every other path
-(`/tokenize`, `/apply-template`, ...) is left as the test wrote it.
+(`/tokenize`, `/apply-template`, ...) is left as the test wrote it. With
+CACTUS_API_KEY set (the router's run), every request the suite makes, through
+`requests` or through the OpenAI client's `httpx`, carries that key as
+`Authorization: Bearer`: the router charges a key's account, llama-server
+needs none.
 
 As a program, `python3 llama_suite.py table <llama-server.xml> <router.xml>`
 prints a Markdown table of both runs' JUnit reports: one row per test, its
 result on each server, and the first line of the router's failure.
 """
 
+import os
 import sys
 import xml.etree.ElementTree as ET
 
@@ -32,6 +37,33 @@ def pytest_configure(config):
         return original(self, path, host)
 
     utils.ServerProcess.make_url = make_url
+
+    key = os.environ.get("CACTUS_API_KEY")
+    if key:
+        authorize_everything(key)
+
+
+def authorize_everything(key):
+    """Sends `key` with every HTTP request made through requests or httpx."""
+    import httpx
+    import requests
+
+    bearer = f"Bearer {key}"
+    send_requests = requests.Session.request
+
+    def request(self, method, url, **kwargs):
+        kwargs["headers"] = {**(kwargs.get("headers") or {}), "Authorization": bearer}
+        return send_requests(self, method, url, **kwargs)
+
+    requests.Session.request = request
+    for cls in (httpx.Client, httpx.AsyncClient):
+        send_httpx = cls.send
+
+        def send(self, req, *args, _send=send_httpx, **kwargs):
+            req.headers["Authorization"] = bearer
+            return _send(self, req, *args, **kwargs)
+
+        cls.send = send
 
 
 def results(path):

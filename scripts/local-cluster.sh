@@ -44,7 +44,8 @@ wait_for() {
 
 # Builds the example with profile $1 (release or dev), starts it on the demo
 # model (CACTUS_TEST_MODEL, or fetched), waits until it serves, and sets API
-# to its HTTP address (without /v1). Its log is $WORK/cluster.log.
+# to its HTTP address (without /v1) and API_KEY to the key the example made
+# for its funded client. Its log is $WORK/cluster.log.
 cluster_start() {
   local model bin
   model="${CACTUS_TEST_MODEL:-$(scripts/fetch-model.sh)}"
@@ -61,4 +62,6 @@ cluster_start() {
   wait_for "$START_TIMEOUT" "serving cluster" grep -q "serving until Ctrl-C" "$WORK/cluster.log"
   API="$(sed -n 's|^OpenAI API *\(http://[^ ]*\)/v1$|\1|p' "$WORK/cluster.log" | head -n 1)"
   [ -n "$API" ] || fail "the cluster printed no API address"
+  API_KEY="$(sed -n 's|^API key *\(sk-cactus-[0-9a-f]*\)$|\1|p' "$WORK/cluster.log" | head -n 1)"
+  [ -n "$API_KEY" ] || fail "the cluster printed no API key"
 }

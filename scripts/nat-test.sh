@@ -322,9 +322,21 @@ print(v["orchestrator"])
 # same one. Tasks are therefore sent in pairs at once to orchestrators with one
 # slot each (--slots 1): while one orchestrator's only slot is busy, the
 # router hands the other task to the other one.
+# Clients pay from a deposit at the router: two client identities (one per
+# task of a pair) each fund theirs from the router's dev faucet, as a user
+# would with `account faucet` and `account deposit`.
+RTR_ADDR="/ip4/$RTR_IP/tcp/4002/p2p/$RTR_ID"
+for c in 1 2; do
+  for step in faucet "deposit 500000"; do
+    # shellcheck disable=SC2086 # $step is a subcommand and its argument
+    ip netns exec "$TAG-cli" "$NODE_BIN" account --router "$RTR_ADDR" --data-dir "$WORK/cli$c" \
+      $step >>"$WORK/cli-account.log" 2>&1 ||
+      die "client $c: account $step failed: $(tail -n 5 "$WORK/cli-account.log")"
+  done
+done
 launch_infer() { # n
   timeout "$INFER_TIMEOUT" ip netns exec "$TAG-cli" "$NODE_BIN" infer --bootstrap "$BOOT_ADDR" \
-    --prompt "$PROMPT" --max-tokens 16 --json --timeout $((INFER_TIMEOUT - 10)) \
+    --data-dir "$WORK/cli$((($1 - 1) % 2 + 1))" --prompt "$PROMPT" --max-tokens 16 --json --timeout $((INFER_TIMEOUT - 10)) \
     >"$WORK/infer-$1.json" 2>"$WORK/infer-$1.log" &
   HELPER_PIDS+=("$!")
 }

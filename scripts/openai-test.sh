@@ -53,6 +53,6 @@ cluster_start "${OPENAI_TEST_PROFILE:-release}"
 echo "openai-test: cluster serving at $API"
 
 # --------------------------------------------------------------- checks ---
-timeout "$RUN_TIMEOUT" "$WORK/venv/bin/python" scripts/openai_client_test.py "$API" \
+timeout "$RUN_TIMEOUT" "$WORK/venv/bin/python" scripts/openai_client_test.py "$API" "$API_KEY" \
   || fail "some checks failed (FAIL lines above)"
 echo "openai-test: passed"

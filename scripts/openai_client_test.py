@@ -2,11 +2,11 @@
 
 Run by scripts/openai-test.sh against a live local cluster:
 
-    python3 scripts/openai_client_test.py http://127.0.0.1:<port>
+    python3 scripts/openai_client_test.py http://127.0.0.1:<port> <api key>
 
 Every check prints one "PASS name" or "FAIL name: why" line; the exit status
 is 1 when any check failed. Generation goes through the unmodified client
-(base_url = <api>/v1, any api_key); error statuses are read at the HTTP level
+(base_url = <api>/v1, the cluster's API key); error statuses are read at the HTTP level
 with urllib, so that what a client sees on the wire is what is checked.
 """
 
@@ -20,8 +20,9 @@ import openai
 from openai import OpenAI
 
 API = sys.argv[1].rstrip("/")
+API_KEY = sys.argv[2]
 TIMEOUT_S = 120  # one request, on two CPU cores
-client = OpenAI(base_url=f"{API}/v1", api_key="any", timeout=TIMEOUT_S, max_retries=0)
+client = OpenAI(base_url=f"{API}/v1", api_key=API_KEY, timeout=TIMEOUT_S, max_retries=0)
 results = []
 
 
@@ -42,10 +43,12 @@ def check(fn):
     return fn
 
 
-def http(method, path, body=None, raw=None):
+def http(method, path, body=None, raw=None, key=API_KEY):
     """(status, parsed JSON or text) of one request, whatever the status."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     req = urllib.request.Request(f"{API}{path}", data=data, method=method)
+    if key is not None:
+        req.add_header("Authorization", f"Bearer {key}")
     if data is not None:
         req.add_header("Content-Type", "application/json")
     try:
@@ -306,6 +309,20 @@ def check_http_body_over_cap():
     prompt = "cactus " * (800 * 1024 // 7)  # over the 576 KiB cap
     e = error_of(*http("POST", "/v1/completions", {"model": MODEL, "prompt": prompt}), 413)
     assert e["type"] == "invalid_request_error", e
+
+
+@check
+def check_http_without_a_valid_key():
+    for key in (None, "sk-cactus-not-a-key"):
+        e = error_of(*http("POST", "/v1/chat/completions", {"model": MODEL, "messages": CHAT}, key=key), 401)
+        assert e["code"] == "invalid_api_key", e
+    try:
+        OpenAI(base_url=f"{API}/v1", api_key="wrong", timeout=TIMEOUT_S, max_retries=0).chat.completions.create(
+            model=MODEL, messages=CHAT, max_tokens=4
+        )
+        raise AssertionError("a wrong key was served")
+    except openai.AuthenticationError:
+        pass
 
 
 @check

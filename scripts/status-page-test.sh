@@ -57,7 +57,8 @@ TASK_IDS=()
 for prompt in "Say hello." "Count to three."; do
   body="$(python3 -c 'import json,sys; print(json.dumps({"messages":[{"role":"user","content":sys.argv[1]}],"max_tokens":16}))' "$prompt")"
   answer="$(curl -sS --fail-with-body --max-time "$TASK_TIMEOUT" "$API/v1/chat/completions" \
-    -H 'Content-Type: application/json' -d "$body")" || fail "task '$prompt' failed: $answer"
+    -H "Authorization: Bearer $API_KEY" -H 'Content-Type: application/json' -d "$body")" \
+    || fail "task '$prompt' failed: $answer"
   id="$(printf '%s' "$answer" | python3 -c 'import json,sys; print(json.load(sys.stdin)["cactus"][0]["task_id"])')" \
     || fail "no task id in the answer: $answer"
   TASK_IDS+=("$id")

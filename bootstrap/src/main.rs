@@ -48,6 +48,7 @@ fn main() {
         no_delegation: true,
         bid_window: 500,
         max_price: 0,
+        fee_bps: 0,
         stake: 0,
         account: None,
         ledger: None,

@@ -1,10 +1,12 @@
 /// Cactus payments on Aptos: orchestrator stake, authorized servers (routers),
-/// per-task escrow and payment, delegation split, slashing and receipt anchoring.
+/// client deposits, per-task escrow and payment, router fees, delegation
+/// split, slashing and receipt anchoring.
 ///
 /// `contracts/SPEC.md` is the specification; the Rust reference model
 /// `cactus_protocol::contract` implements the same rules. All funds the module
-/// holds (stake, unbonding stake, escrow of pending tasks) sit in the primary
-/// fungible store of one vault object created at `initialize`.
+/// holds (stake, unbonding stake, escrow of pending tasks, client deposits)
+/// sit in the primary fungible store of one vault object created at
+/// `initialize`.
 ///
 /// Arithmetic on amounts is plain `u64` / `u128` arithmetic: an overflow or
 /// underflow aborts the whole transaction with the VM's arithmetic error
@@ -73,6 +75,13 @@ module cactus::cactus_payment {
     const E_EVIDENCE_USED: u64 = 24;
     /// `expire_task` on a task whose deadline has not passed.
     const E_TASK_NOT_EXPIRED: u64 = 25;
+    /// A client's deposit at a server does not cover what is to be escrowed
+    /// or withdrawn.
+    const E_INSUFFICIENT_DEPOSIT: u64 = 26;
+    /// A server fee above 10 000 bps.
+    const E_INVALID_FEE: u64 = 27;
+    /// A task priced above the most its client pays per unit.
+    const E_PRICE_ABOVE_CAP: u64 = 28;
 
     // --------------------------------------------------------------- constants
 
@@ -91,6 +100,8 @@ module cactus::cactus_payment {
     const TASK_EXPIRY_SECS: u64 = 86400;
     /// The `reason` an expired task fails with.
     const REASON_EXPIRED: u8 = 7;
+    /// A client's price cap when it set none.
+    const NO_CAP: u64 = 18446744073709551615;
     const VAULT_SEED: vector<u8> = b"cactus_payment_vault";
 
     // ------------------------------------------------------------------- state
@@ -175,6 +186,40 @@ module cactus::cactus_payment {
         created: Table<vector<u8>, u64>,
     }
 
+    /// The key of a client's deposit at one server.
+    struct Tab has copy, drop, store {
+        client: address,
+        server: address,
+    }
+
+    /// Who funds a pending client task, the server's fee rate at its
+    /// creation, and the fee escrowed beside its payment.
+    struct ClientTask has store, drop {
+        client: address,
+        fee_bps: u64,
+        fee_escrow: u64,
+    }
+
+    /// Clients' money. A client deposits at a server (`deposit`); only that
+    /// server may escrow from that deposit, for the client's tasks
+    /// (`create_client_task`), and only up to the client's price cap; what a
+    /// task does not spend goes back to the deposit, which the client may
+    /// withdraw at any time. Each server sets its fee, a share of each
+    /// payment charged to the client on top of it. Stored under the vault
+    /// object's address and created on first use, as `EvidenceLog` is.
+    struct ClientBook has key {
+        /// What each client has left at each server; no zero entries.
+        tabs: Table<Tab, u64>,
+        /// The most each client pays per work unit (`NO_CAP` when absent).
+        caps: Table<address, u64>,
+        /// Each server's fee, bps of the payment (0 when absent).
+        fees: Table<address, u64>,
+        /// Pending tasks a client funds.
+        tasks: Table<vector<u8>, ClientTask>,
+        /// Sum of all tabs and of the fee escrows of pending client tasks.
+        held: u64,
+    }
+
     // ------------------------------------------------------------------ events
 
     #[event]
@@ -251,6 +296,55 @@ module cactus::cactus_payment {
         server: address,
         orchestrator: address,
         reason: u8,
+        refund: u64,
+    }
+
+    #[event]
+    /// A client put money on its tab at a server.
+    struct Deposited has drop, store {
+        client: address,
+        server: address,
+        amount: u64,
+    }
+
+    #[event]
+    /// A client took money back from its tab at a server.
+    struct DepositWithdrawn has drop, store {
+        client: address,
+        server: address,
+        amount: u64,
+    }
+
+    #[event]
+    /// A client set the most it pays per work unit.
+    struct PriceCapSet has drop, store {
+        client: address,
+        max_price_per_unit: u64,
+    }
+
+    #[event]
+    /// A server set its fee.
+    struct ServerFeeSet has drop, store {
+        server: address,
+        fee_bps: u64,
+    }
+
+    #[event]
+    /// A server opened a task funded by a client (a `TaskCreated` comes with it).
+    struct ClientTaskCreated has drop, store {
+        task_id: vector<u8>,
+        client: address,
+        fee_escrow: u64,
+    }
+
+    #[event]
+    /// A client-funded task settled: the server took `fee`, `refund` went
+    /// back to the client's tab.
+    struct ClientTaskSettled has drop, store {
+        task_id: vector<u8>,
+        client: address,
+        server: address,
+        fee: u64,
         refund: u64,
     }
 
@@ -472,10 +566,89 @@ module cactus::cactus_payment {
         event::emit(ServerRevoked { server });
     }
 
+    // ------------------------------------------------------------------ clients
+
+    /// The caller, a client, puts `amount` on its tab at `server`, an
+    /// authorized server: money that server may escrow for the client's
+    /// tasks, and that the client may take back (`withdraw_deposit`).
+    public entry fun deposit(
+        client: &signer,
+        server: address,
+        amount: u64,
+    ) acquires Config, Ledger, ClientBook {
+        assert_initialized();
+        let config = borrow_global<Config>(@cactus);
+        let ledger = borrow_global<Ledger>(@cactus);
+        assert!(amount > 0, E_ZERO_AMOUNT);
+        assert!(table::contains(&ledger.servers, server), E_SERVER_NOT_FOUND);
+        pay_in(config, client, amount);
+        ensure_book(config);
+        let book = borrow_global_mut<ClientBook>(vault_address(config));
+        let client_addr = signer::address_of(client);
+        let tab = Tab { client: client_addr, server };
+        let on_tab = tab_of(book, tab);
+        set_tab(book, tab, on_tab + amount);
+        book.held = book.held + amount;
+        event::emit(Deposited { client: client_addr, server, amount });
+    }
+
+    /// The caller, a client, takes `amount` back from its tab at `server`.
+    /// What pending tasks escrowed is not on the tab: it comes back when
+    /// they settle or expire.
+    public entry fun withdraw_deposit(
+        client: &signer,
+        server: address,
+        amount: u64,
+    ) acquires Config, ClientBook {
+        assert_initialized();
+        let config = borrow_global<Config>(@cactus);
+        assert!(amount > 0, E_ZERO_AMOUNT);
+        let book_addr = vault_address(config);
+        assert!(exists<ClientBook>(book_addr), E_INSUFFICIENT_DEPOSIT);
+        let book = borrow_global_mut<ClientBook>(book_addr);
+        let client_addr = signer::address_of(client);
+        let tab = Tab { client: client_addr, server };
+        let on_tab = tab_of(book, tab);
+        assert!(on_tab >= amount, E_INSUFFICIENT_DEPOSIT);
+
+        set_tab(book, tab, on_tab - amount);
+        book.held = book.held - amount;
+        pay_out(config, client_addr, amount);
+        event::emit(DepositWithdrawn { client: client_addr, server, amount });
+    }
+
+    /// The caller, a client, sets the most it pays per work unit: no server
+    /// may open a task for it at a higher price.
+    public entry fun set_max_price(client: &signer, max_price_per_unit: u64) acquires Config, ClientBook {
+        assert_initialized();
+        let config = borrow_global<Config>(@cactus);
+        ensure_book(config);
+        let book = borrow_global_mut<ClientBook>(vault_address(config));
+        let client_addr = signer::address_of(client);
+        table::upsert(&mut book.caps, client_addr, max_price_per_unit);
+        event::emit(PriceCapSet { client: client_addr, max_price_per_unit });
+    }
+
+    /// An authorized server sets its fee: `fee_bps` of each payment of the
+    /// tasks it opens from now on, charged to the client on top.
+    public entry fun set_server_fee(server: &signer, fee_bps: u64) acquires Config, Ledger, ClientBook {
+        assert_initialized();
+        let config = borrow_global<Config>(@cactus);
+        let ledger = borrow_global<Ledger>(@cactus);
+        let server_addr = signer::address_of(server);
+        assert!(table::contains(&ledger.servers, server_addr), E_NOT_AUTHORIZED_SERVER);
+        assert!(fee_bps <= (BPS as u64), E_INVALID_FEE);
+        ensure_book(config);
+        let book = borrow_global_mut<ClientBook>(vault_address(config));
+        table::upsert(&mut book.fees, server_addr, fee_bps);
+        event::emit(ServerFeeSet { server: server_addr, fee_bps });
+    }
+
     // -------------------------------------------------------------------- tasks
 
     /// An authorized server opens a task for `orchestrator`, escrowing
-    /// `max_payment` from its own balance into the vault.
+    /// `max_payment` from its own balance into the vault. (Routers open
+    /// their clients' tasks with `create_client_task`.)
     public entry fun create_task(
         server: &signer,
         task_id: vector<u8>,
@@ -487,41 +660,58 @@ module cactus::cactus_payment {
         let config = borrow_global<Config>(@cactus);
         let ledger = borrow_global_mut<Ledger>(@cactus);
         let server_addr = signer::address_of(server);
-        assert!(table::contains(&ledger.servers, server_addr), E_NOT_AUTHORIZED_SERVER);
-        assert!(vector::length(&task_id) == TASK_ID_LEN, E_INVALID_ARGUMENT);
-        assert!(max_payment > 0, E_ZERO_AMOUNT);
-        assert!(!table::contains(&ledger.tasks, task_id), E_TASK_EXISTS);
-        assert!(table::contains(&ledger.orchestrators, orchestrator), E_NOT_REGISTERED);
-        let orch = table::borrow(&ledger.orchestrators, orchestrator);
-        assert!(orch.stake >= config.min_stake, E_ORCHESTRATOR_INELIGIBLE);
+        assert_can_open(config, ledger, server_addr, &task_id, orchestrator, max_payment);
         pay_in(config, server, max_payment);
+        open_task(config, ledger, server_addr, task_id, orchestrator, price_per_unit, max_payment);
+    }
 
-        table::add(&mut ledger.tasks, task_id, Task {
-            server: server_addr,
-            orchestrator,
-            price_per_unit,
-            escrow: max_payment,
-            status: STATUS_PENDING,
-            payment: 0,
-            reason: 0,
-        });
-        ledger.escrow_held = ledger.escrow_held + max_payment;
-        let clock_addr = vault_address(config);
-        if (!exists<TaskClock>(clock_addr)) {
-            let vault = object::generate_signer_for_extending(&config.vault);
-            move_to(&vault, TaskClock { created: table::new() });
-        };
-        let clock = borrow_global_mut<TaskClock>(clock_addr);
-        table::add(&mut clock.created, copy task_id, timestamp::now_seconds());
-        event::emit(TaskCreated { task_id, server: server_addr, orchestrator, price_per_unit, max_payment });
+    /// An authorized server opens a task for `orchestrator` that `client`
+    /// pays for: `max_payment`, plus the server's fee on it, move from the
+    /// client's deposit at this server to escrow. The price must be within
+    /// the client's cap.
+    public entry fun create_client_task(
+        server: &signer,
+        client: address,
+        task_id: vector<u8>,
+        orchestrator: address,
+        price_per_unit: u64,
+        max_payment: u64,
+    ) acquires Config, Ledger, TaskClock, ClientBook {
+        assert_initialized();
+        let config = borrow_global<Config>(@cactus);
+        let ledger = borrow_global_mut<Ledger>(@cactus);
+        let server_addr = signer::address_of(server);
+        assert_can_open(config, ledger, server_addr, &task_id, orchestrator, max_payment);
+        let book_addr = vault_address(config);
+        assert!(exists<ClientBook>(book_addr), E_INSUFFICIENT_DEPOSIT);
+        let book = borrow_global_mut<ClientBook>(book_addr);
+        assert!(price_per_unit <= cap_of(book, client), E_PRICE_ABOVE_CAP);
+        let fee_bps = fee_of(book, server_addr);
+        let fee_escrow = bps_of(max_payment, fee_bps);
+        let total = max_payment + fee_escrow;
+        let tab = Tab { client, server: server_addr };
+        let on_tab = tab_of(book, tab);
+        assert!(on_tab >= total, E_INSUFFICIENT_DEPOSIT);
+
+        set_tab(book, tab, on_tab - total);
+        // The payment's part moves to the ledger's escrow; the fee's part
+        // stays in the book, held for this task.
+        book.held = book.held - max_payment;
+        table::add(&mut book.tasks, copy task_id, ClientTask { client, fee_bps, fee_escrow });
+        event::emit(ClientTaskCreated { task_id: copy task_id, client, fee_escrow });
+        open_task(config, ledger, server_addr, task_id, orchestrator, price_per_unit, max_payment);
     }
 
     /// Anyone may expire a task still pending `TASK_EXPIRY_SECS` after its
-    /// creation: the whole escrow goes back to the server that paid it, the
+    /// creation: the whole escrow goes back to whoever paid it (the client's
+    /// deposit, or the server), the
     /// task fails with `REASON_EXPIRED`, and nobody's counters change (the
     /// orchestrator may not be the one at fault). A task created before the
     /// clock existed counts as created at time 0.
-    public entry fun expire_task(_anyone: &signer, task_id: vector<u8>) acquires Config, Ledger, TaskClock {
+    public entry fun expire_task(
+        _anyone: &signer,
+        task_id: vector<u8>,
+    ) acquires Config, Ledger, TaskClock, ClientBook {
         assert_initialized();
         let config = borrow_global<Config>(@cactus);
         let ledger = borrow_global_mut<Ledger>(@cactus);
@@ -538,14 +728,17 @@ module cactus::cactus_payment {
         task.status = STATUS_FAILED;
         task.reason = REASON_EXPIRED;
         ledger.escrow_held = ledger.escrow_held - refund;
-        pay_out(config, server_addr, refund);
+        settle_payer(config, &task_id, server_addr, refund, 0);
         forget_clock(config, &task_id);
         event::emit(TaskFailed { task_id, server: server_addr, orchestrator, reason: REASON_EXPIRED, refund });
     }
 
     /// The task's server completes it: the payment (see `quote_payment`) is
     /// split along `[orchestrator] ++ delegates`, the rest of the escrow is
-    /// refunded to the server.
+    /// refunded to whoever paid it (see `settle_payer`). Payments go to the
+    /// orchestrators' accounts, not to their stake: staking more is their
+    /// own decision (`add_stake`), and earnings are not locked behind
+    /// unbonding.
     public entry fun complete_task(
         server: &signer,
         task_id: vector<u8>,
@@ -554,7 +747,7 @@ module cactus::cactus_payment {
         compute_ms: u64,
         delegates: vector<address>,
         receipt_hash: vector<u8>,
-    ) acquires Config, Ledger, TaskClock {
+    ) acquires Config, Ledger, TaskClock, ClientBook {
         assert_initialized();
         let config = borrow_global<Config>(@cactus);
         let ledger = borrow_global_mut<Ledger>(@cactus);
@@ -593,7 +786,7 @@ module cactus::cactus_payment {
         let executor = *vector::borrow(&chain, last);
         pay_out(config, executor, remaining);
         let refund = escrow - payment;
-        pay_out(config, server_addr, refund);
+        settle_payer(config, &task_id, server_addr, refund, payment);
 
         let task = table::borrow_mut(&mut ledger.tasks, task_id);
         task.status = STATUS_COMPLETED;
@@ -619,9 +812,13 @@ module cactus::cactus_payment {
         });
     }
 
-    /// The task's server fails it: the whole escrow is refunded to the server
-    /// and the orchestrator's failure count grows.
-    public entry fun fail_task(server: &signer, task_id: vector<u8>, reason: u8) acquires Config, Ledger, TaskClock {
+    /// The task's server fails it: the whole escrow is refunded to whoever
+    /// paid it and the orchestrator's failure count grows.
+    public entry fun fail_task(
+        server: &signer,
+        task_id: vector<u8>,
+        reason: u8,
+    ) acquires Config, Ledger, TaskClock, ClientBook {
         assert_initialized();
         let config = borrow_global<Config>(@cactus);
         let ledger = borrow_global_mut<Ledger>(@cactus);
@@ -640,7 +837,7 @@ module cactus::cactus_payment {
         let orch = table::borrow_mut(&mut ledger.orchestrators, orchestrator);
         orch.failures = orch.failures + 1;
         ledger.escrow_held = ledger.escrow_held - refund;
-        pay_out(config, server_addr, refund);
+        settle_payer(config, &task_id, server_addr, refund, 0);
         forget_clock(config, &task_id);
         event::emit(TaskFailed { task_id, server: server_addr, orchestrator, reason, refund });
     }
@@ -788,8 +985,41 @@ module cactus::cactus_payment {
     }
 
     #[view]
+    /// `(deposit, max_price_per_unit)`: what `client` has on its tab at
+    /// `server`, and the most it pays per work unit (u64's maximum when it
+    /// set no cap).
+    public fun get_client(client: address, server: address): (u64, u64) acquires Config, ClientBook {
+        assert_initialized();
+        let config = borrow_global<Config>(@cactus);
+        let book_addr = vault_address(config);
+        if (!exists<ClientBook>(book_addr)) { return (0, NO_CAP) };
+        let book = borrow_global<ClientBook>(book_addr);
+        (tab_of(book, Tab { client, server }), cap_of(book, client))
+    }
+
+    #[view]
+    /// `server`'s fee, bps of each payment.
+    public fun get_server_fee(server: address): u64 acquires Config, ClientBook {
+        assert_initialized();
+        let config = borrow_global<Config>(@cactus);
+        let book_addr = vault_address(config);
+        if (!exists<ClientBook>(book_addr)) { return 0 };
+        fee_of(borrow_global<ClientBook>(book_addr), server)
+    }
+
+    #[view]
+    /// All clients' deposits, plus the fees escrowed for pending client tasks.
+    public fun deposits_held(): u64 acquires Config, ClientBook {
+        assert_initialized();
+        let config = borrow_global<Config>(@cactus);
+        let book_addr = vault_address(config);
+        if (!exists<ClientBook>(book_addr)) { return 0 };
+        borrow_global<ClientBook>(book_addr).held
+    }
+
+    #[view]
     /// `(stake_held, escrow_held, vault_balance)`; stake_held includes unbonding.
-    /// The module keeps `stake_held + escrow_held == vault_balance`.
+    /// The module keeps `stake_held + escrow_held + deposits_held() == vault_balance`.
     public fun totals(): (u64, u64, u64) acquires Config, Ledger {
         assert_initialized();
         let config = borrow_global<Config>(@cactus);
@@ -853,6 +1083,120 @@ module cactus::cactus_payment {
             };
             i = i + 1;
         };
+    }
+
+    /// The checks every task opening makes, in this order.
+    fun assert_can_open(
+        config: &Config,
+        ledger: &Ledger,
+        server_addr: address,
+        task_id: &vector<u8>,
+        orchestrator: address,
+        max_payment: u64,
+    ) {
+        assert!(table::contains(&ledger.servers, server_addr), E_NOT_AUTHORIZED_SERVER);
+        assert!(vector::length(task_id) == TASK_ID_LEN, E_INVALID_ARGUMENT);
+        assert!(max_payment > 0, E_ZERO_AMOUNT);
+        assert!(!table::contains(&ledger.tasks, *task_id), E_TASK_EXISTS);
+        assert!(table::contains(&ledger.orchestrators, orchestrator), E_NOT_REGISTERED);
+        let orch = table::borrow(&ledger.orchestrators, orchestrator);
+        assert!(orch.stake >= config.min_stake, E_ORCHESTRATOR_INELIGIBLE);
+    }
+
+    /// Records a task whose `max_payment` is already in the vault, and when
+    /// it was created.
+    fun open_task(
+        config: &Config,
+        ledger: &mut Ledger,
+        server_addr: address,
+        task_id: vector<u8>,
+        orchestrator: address,
+        price_per_unit: u64,
+        max_payment: u64,
+    ) acquires TaskClock {
+        table::add(&mut ledger.tasks, copy task_id, Task {
+            server: server_addr,
+            orchestrator,
+            price_per_unit,
+            escrow: max_payment,
+            status: STATUS_PENDING,
+            payment: 0,
+            reason: 0,
+        });
+        ledger.escrow_held = ledger.escrow_held + max_payment;
+        let clock_addr = vault_address(config);
+        if (!exists<TaskClock>(clock_addr)) {
+            let vault = object::generate_signer_for_extending(&config.vault);
+            move_to(&vault, TaskClock { created: table::new() });
+        };
+        let clock = borrow_global_mut<TaskClock>(clock_addr);
+        table::add(&mut clock.created, copy task_id, timestamp::now_seconds());
+        event::emit(TaskCreated { task_id, server: server_addr, orchestrator, price_per_unit, max_payment });
+    }
+
+    /// Gives back what a settled task did not spend. For a client's task:
+    /// the server takes its fee on `payment` from the fee escrow, and the
+    /// rest of that escrow plus `refund` go back to the client's tab. For a
+    /// server's own task: `refund` goes back to the server.
+    fun settle_payer(
+        config: &Config,
+        task_id: &vector<u8>,
+        server: address,
+        refund: u64,
+        payment: u64,
+    ) acquires ClientBook {
+        let book_addr = vault_address(config);
+        if (exists<ClientBook>(book_addr)) {
+            let book = borrow_global_mut<ClientBook>(book_addr);
+            if (table::contains(&book.tasks, *task_id)) {
+                let ClientTask { client, fee_bps, fee_escrow } = table::remove(&mut book.tasks, *task_id);
+                let fee = bps_of(payment, fee_bps);
+                let back = refund + (fee_escrow - fee);
+                let tab = Tab { client, server };
+                let on_tab = tab_of(book, tab);
+                set_tab(book, tab, on_tab + back);
+                book.held = book.held + refund - fee;
+                pay_out(config, server, fee);
+                event::emit(ClientTaskSettled { task_id: *task_id, client, server, fee, refund: back });
+                return
+            };
+        };
+        pay_out(config, server, refund);
+    }
+
+    /// Creates the client book under the vault's address if it is missing.
+    fun ensure_book(config: &Config) {
+        if (!exists<ClientBook>(vault_address(config))) {
+            let vault = object::generate_signer_for_extending(&config.vault);
+            move_to(&vault, ClientBook {
+                tabs: table::new(),
+                caps: table::new(),
+                fees: table::new(),
+                tasks: table::new(),
+                held: 0,
+            });
+        };
+    }
+
+    fun tab_of(book: &ClientBook, tab: Tab): u64 {
+        if (table::contains(&book.tabs, tab)) { *table::borrow(&book.tabs, tab) } else { 0 }
+    }
+
+    /// Sets a tab, dropping it at 0.
+    fun set_tab(book: &mut ClientBook, tab: Tab, amount: u64) {
+        if (amount == 0) {
+            if (table::contains(&book.tabs, tab)) { table::remove(&mut book.tabs, tab); };
+        } else {
+            table::upsert(&mut book.tabs, tab, amount);
+        }
+    }
+
+    fun cap_of(book: &ClientBook, client: address): u64 {
+        if (table::contains(&book.caps, client)) { *table::borrow(&book.caps, client) } else { NO_CAP }
+    }
+
+    fun fee_of(book: &ClientBook, server: address): u64 {
+        if (table::contains(&book.fees, server)) { *table::borrow(&book.fees, server) } else { 0 }
     }
 
     /// `min(escrow, (base + time_credit) * rep_bps / 10000)`, see SPEC.md.

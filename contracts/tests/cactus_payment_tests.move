@@ -37,6 +37,7 @@ module cactus::cactus_payment_tests {
     const SERVER2: address = @0x500;
     const WHALE: address = @0x600;
     const WHALE2: address = @0x700;
+    const CLIENT: address = @0x800;
 
     // ------------------------------------------------------------------ helpers
 
@@ -66,7 +67,7 @@ module cactus::cactus_payment_tests {
             string::utf8(b""),
         );
         let mint_ref = fungible_asset::generate_mint_ref(&ctor);
-        let funded = vector[ORCH, ORCH2, ORCH3, SERVER, SERVER2];
+        let funded = vector[ORCH, ORCH2, ORCH3, SERVER, SERVER2, CLIENT];
         let i = 0;
         while (i < vector::length(&funded)) {
             primary_fungible_store::mint(&mint_ref, *vector::borrow(&funded, i), FUNDS);
@@ -164,12 +165,31 @@ module cactus::cactus_payment_tests {
         let (s, e, vault) = cactus_payment::totals();
         assert!(s == stake_held, 110);
         assert!(e == escrow_held, 111);
-        assert!(s + e == vault, 112);
+        assert!(s + e + cactus_payment::deposits_held() == vault, 112);
     }
 
     fun assert_invariant() {
         let (s, e, vault) = cactus_payment::totals();
-        assert!(s + e == vault, 120);
+        assert!(s + e + cactus_payment::deposits_held() == vault, 120);
+    }
+
+    /// `ready`, SERVER's fee at 10 %, CLIENT's deposit of 10000 at SERVER.
+    fun client_ready(fx: &signer, admin: &signer): Object<Metadata> {
+        let asset = ready(fx, admin);
+        cactus_payment::set_server_fee(&signer_of(SERVER), 1000);
+        cactus_payment::deposit(&signer_of(CLIENT), SERVER, 10000);
+        asset
+    }
+
+    /// Task 1 of SERVER for ORCH at price 10, paid by CLIENT, escrow `max_payment` (+ the fee's).
+    fun create_for_client(max_payment: u64) {
+        cactus_payment::create_client_task(&signer_of(SERVER), CLIENT, task_id(1), ORCH, 10, max_payment);
+    }
+
+    fun assert_client(tab: u64, cap: u64) {
+        let (t, c) = cactus_payment::get_client(CLIENT, SERVER);
+        assert!(t == tab, 130);
+        assert!(c == cap, 131);
     }
 
     // -------------------------------------------------------------- initialize
@@ -635,6 +655,122 @@ module cactus::cactus_payment_tests {
         cactus_payment::expire_task(&signer_of(ORCH), task_id(1));
     }
 
+    // ----------------------------------------------------------------- clients
+
+    #[test(fx = @aptos_framework, admin = @cactus)]
+    fun test_deposit_and_withdraw_deposit(fx: &signer, admin: &signer) {
+        let asset = ready(fx, admin);
+        let client = signer_of(CLIENT);
+        cactus_payment::deposit(&client, SERVER, 5000);
+        assert_client(5000, MAX_U64);
+        assert!(cactus_payment::deposits_held() == 5000, 1);
+        assert!(balance(asset, CLIENT) == FUNDS - 5000, 2);
+        cactus_payment::withdraw_deposit(&client, SERVER, 2000);
+        assert_client(3000, MAX_U64);
+        cactus_payment::withdraw_deposit(&client, SERVER, 3000);
+        assert_client(0, MAX_U64);
+        assert!(balance(asset, CLIENT) == FUNDS, 3);
+        assert_totals(2000, 0);
+        assert!(vector::length(&event::emitted_events<cactus_payment::Deposited>()) == 1, 4);
+    }
+
+    #[test(fx = @aptos_framework, admin = @cactus)]
+    #[expected_failure(abort_code = 13, location = cactus::cactus_payment)]
+    fun test_deposit_at_unknown_server_fails(fx: &signer, admin: &signer) {
+        ready(fx, admin);
+        cactus_payment::deposit(&signer_of(CLIENT), SERVER2, 5000);
+    }
+
+    #[test(fx = @aptos_framework, admin = @cactus)]
+    #[expected_failure(abort_code = 26, location = cactus::cactus_payment)]
+    fun test_withdraw_deposit_above_tab_fails(fx: &signer, admin: &signer) {
+        ready(fx, admin);
+        cactus_payment::deposit(&signer_of(CLIENT), SERVER, 100);
+        cactus_payment::withdraw_deposit(&signer_of(CLIENT), SERVER, 101);
+    }
+
+    #[test(fx = @aptos_framework, admin = @cactus)]
+    fun test_client_task_pays_orchestrator_and_fee_and_refunds_client(fx: &signer, admin: &signer) {
+        let asset = client_ready(fx, admin);
+        assert!(cactus_payment::get_server_fee(SERVER) == 1000, 1);
+        create_for_client(2000);
+        // 2000 for the payment and 200 for the fee left the tab.
+        assert_client(7800, MAX_U64);
+        assert_totals(2000, 2000);
+        complete(task_id(1), vector[]);
+        // Payment 800, fee 80: the rest comes back to the tab.
+        let (_, _, _, _, status, payment) = cactus_payment::get_task(task_id(1));
+        assert!(status == 1 && payment == 800, 2);
+        assert_client(10000 - 800 - 80, MAX_U64);
+        assert!(balance(asset, ORCH) == FUNDS - 2000 + 800, 3);
+        assert!(balance(asset, SERVER) == FUNDS + 80, 4);
+        assert!(balance(asset, CLIENT) == FUNDS - 10000, 5);
+        assert_totals(2000, 0);
+        assert!(cactus_payment::deposits_held() == 9120, 6);
+    }
+
+    #[test(fx = @aptos_framework, admin = @cactus)]
+    #[expected_failure(abort_code = 26, location = cactus::cactus_payment)]
+    fun test_client_task_beyond_the_deposit_fails(fx: &signer, admin: &signer) {
+        client_ready(fx, admin);
+        // 10000 + its 10 % fee is more than the tab holds.
+        create_for_client(10000);
+    }
+
+    #[test(fx = @aptos_framework, admin = @cactus)]
+    #[expected_failure(abort_code = 26, location = cactus::cactus_payment)]
+    fun test_client_task_from_another_servers_deposit_fails(fx: &signer, admin: &signer) {
+        client_ready(fx, admin);
+        cactus_payment::authorize_server(admin, SERVER2);
+        cactus_payment::create_client_task(&signer_of(SERVER2), CLIENT, task_id(1), ORCH, 10, 100);
+    }
+
+    #[test(fx = @aptos_framework, admin = @cactus)]
+    #[expected_failure(abort_code = 28, location = cactus::cactus_payment)]
+    fun test_client_task_above_price_cap_fails(fx: &signer, admin: &signer) {
+        client_ready(fx, admin);
+        cactus_payment::set_max_price(&signer_of(CLIENT), 9);
+        assert_client(10000, 9);
+        create_for_client(100);
+    }
+
+    #[test(fx = @aptos_framework, admin = @cactus)]
+    fun test_failed_client_task_refunds_the_client(fx: &signer, admin: &signer) {
+        let asset = client_ready(fx, admin);
+        create_for_client(2000);
+        cactus_payment::fail_task(&signer_of(SERVER), task_id(1), 3);
+        assert_client(10000, MAX_U64);
+        assert!(balance(asset, SERVER) == FUNDS, 1);
+        assert_orchestrator(ORCH, 2000, 0, 0, 0, 1, 0);
+        assert_totals(2000, 0);
+    }
+
+    #[test(fx = @aptos_framework, admin = @cactus)]
+    fun test_expired_client_task_refunds_the_client(fx: &signer, admin: &signer) {
+        let asset = client_ready(fx, admin);
+        timestamp::update_global_time_for_test_secs(1000);
+        create_for_client(2000);
+        timestamp::update_global_time_for_test_secs(1000 + 86400);
+        cactus_payment::expire_task(&signer_of(CLIENT), task_id(1));
+        assert_client(10000, MAX_U64);
+        assert!(balance(asset, SERVER) == FUNDS, 1);
+        assert_totals(2000, 0);
+    }
+
+    #[test(fx = @aptos_framework, admin = @cactus)]
+    #[expected_failure(abort_code = 27, location = cactus::cactus_payment)]
+    fun test_server_fee_above_bps_fails(fx: &signer, admin: &signer) {
+        ready(fx, admin);
+        cactus_payment::set_server_fee(&signer_of(SERVER), 10001);
+    }
+
+    #[test(fx = @aptos_framework, admin = @cactus)]
+    #[expected_failure(abort_code = 14, location = cactus::cactus_payment)]
+    fun test_server_fee_unauthorized_fails(fx: &signer, admin: &signer) {
+        ready(fx, admin);
+        cactus_payment::set_server_fee(&signer_of(SERVER2), 100);
+    }
+
     // ------------------------------------------------------------------- slash
 
     #[test(fx = @aptos_framework, admin = @cactus)]
@@ -764,6 +900,20 @@ module cactus::cactus_payment_tests {
         cactus_payment::withdraw(&orch);
         assert_invariant();
         cactus_payment::anchor_receipts(&server, hash(4), 3, task_id(1), task_id(3));
+        assert_invariant();
+        let client = signer_of(CLIENT);
+        cactus_payment::set_server_fee(&server, 1234);
+        cactus_payment::deposit(&client, SERVER, 7777);
+        assert_invariant();
+        cactus_payment::create_client_task(&server, CLIENT, task_id(4), ORCH2, 5, 999);
+        assert_invariant();
+        cactus_payment::create_client_task(&server, CLIENT, task_id(5), ORCH2, 3, 1001);
+        assert_invariant();
+        cactus_payment::complete_task(&server, task_id(4), 9, 21, 77, vector[], hash(5));
+        assert_invariant();
+        cactus_payment::fail_task(&server, task_id(5), 1);
+        assert_invariant();
+        cactus_payment::withdraw_deposit(&client, SERVER, 1000);
         assert_invariant();
         let (stake_held, escrow_held, _) = cactus_payment::totals();
         assert!(escrow_held == 0 && stake_held > 0, 1);

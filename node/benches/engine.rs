@@ -23,6 +23,7 @@
 
 #[path = "support/mod.rs"]
 mod support;
+use cactus_node::chain::embedded::FAUCET_AMOUNT;
 use cactus_node::client;
 use cactus_node::inference::llama::{LlamaConfig, LlamaEngine};
 use cactus_node::inference::model_file::ModelSpec;
@@ -116,6 +117,11 @@ impl Mesh {
             .await
             .unwrap();
             client.network().dial(addr).await.unwrap();
+            // Its tasks are paid from a deposit at the router (dev faucet).
+            let r = router.peer_id();
+            client::fund_from_faucet(client.network(), r, r, FAUCET_AMOUNT)
+                .await
+                .unwrap();
             (router, orch, client)
         });
         Self {
@@ -156,6 +162,7 @@ fn spec(prompt: &str, max_tokens: u32) -> TaskSpec {
             max_tokens,
             ..SamplingParams::default()
         },
+        max_price_per_unit: None,
     }
 }
 

@@ -20,6 +20,7 @@
 
 #[path = "support/mod.rs"]
 mod support;
+use cactus_node::chain::embedded::FAUCET_AMOUNT;
 use cactus_node::client;
 use cactus_node::inference::llama::{LlamaConfig, LlamaEngine, backend};
 use cactus_node::inference::model_file::ModelSpec;
@@ -178,6 +179,11 @@ fn main() {
         .await
         .unwrap();
         client_node.network().dial(addr).await.unwrap();
+        // Its tasks are paid from a deposit at the router (dev faucet).
+        let r = router.peer_id();
+        client::fund_from_faucet(client_node.network(), r, r, FAUCET_AMOUNT)
+            .await
+            .unwrap();
         (router, orch, client_node)
     });
     let mesh = |spec: TaskSpec| {
@@ -197,6 +203,7 @@ fn main() {
         prompt: PROMPT.into(),
         format: PromptFormat::Raw,
         sampling: sampling.clone(),
+        max_price_per_unit: None,
     };
 
     // Warm-up: one of each, not counted.

@@ -19,6 +19,7 @@
 #[path = "support/mod.rs"]
 mod support;
 use cactus_node::chain::default_account;
+use cactus_node::chain::embedded::FAUCET_AMOUNT;
 use cactus_node::chain::embedded::LocalSettings;
 use cactus_node::client;
 use cactus_node::inference::Engine;
@@ -81,6 +82,7 @@ async fn chat(client: &Node, router: PeerId, n: usize) -> Vec<f64> {
                 temperature: 0.0,
                 ..SamplingParams::default()
             },
+            max_price_per_unit: None,
         };
         let started = Instant::now();
         let mut first = None;
@@ -215,6 +217,13 @@ fn main() {
         .unwrap();
         for a in addrs {
             client.network().dial(a).await.unwrap();
+        }
+        // Its tasks are paid from a deposit at each router, on the ledger
+        // both follow (dev faucet).
+        for r in [aware.peer_id(), blind.peer_id()] {
+            client::fund_from_faucet(client.network(), aware.peer_id(), r, FAUCET_AMOUNT / 2)
+                .await
+                .unwrap();
         }
         (aware, blind, client, orchs)
     });

@@ -296,26 +296,83 @@ pub async fn account(
 }
 
 /// Asks the ledger router (`router`, or one found through `bootstrap`) to
-/// apply `op` as the account of `key`'s PeerId: `Ok(Err(abort))` when the
-/// contract refused it.
+/// apply the operation `op` makes of the ledger's PeerId, as the account of
+/// `key`'s PeerId: `Ok(Err(abort))` when the contract refused it.
 pub async fn apply_op(
     key: Keypair,
     bootstrap: &[Multiaddr],
     router: Option<Multiaddr>,
     timeout: Duration,
+    op: impl FnOnce(PeerId) -> cactus_protocol::contract::Op,
+) -> Result<Result<(), cactus_protocol::contract::Abort>, ClientError> {
+    let (node, ledger) = connect_as(key, bootstrap, router, timeout).await?;
+    let answer = tokio::time::timeout(timeout, apply(node.network(), ledger, op(ledger))).await;
+    node.shutdown().await;
+    answer.map_err(|_| ClientError::Timeout(timeout))?
+}
+
+/// Applies `op` on the ledger of `ledger` as `network`'s own account:
+/// `Ok(Err(abort))` when the contract refused it.
+pub async fn apply(
+    network: &Network,
+    ledger: PeerId,
     op: cactus_protocol::contract::Op,
 ) -> Result<Result<(), cactus_protocol::contract::Abort>, ClientError> {
     use cactus_protocol::messages::{LedgerAnswer, Transaction};
-    let (node, ledger) = connect_as(key, bootstrap, router, timeout).await?;
     let request = TaskRequest::Transact(Transaction::Apply(op));
-    let answer = tokio::time::timeout(timeout, node.network().send_task(ledger, request)).await;
-    node.shutdown().await;
-    match answer.map_err(|_| ClientError::Timeout(timeout))?? {
+    match network.send_task(ledger, request).await? {
         TaskResponse::Answer(QueryAnswer::Ledger(LedgerAnswer::Applied)) => Ok(Ok(())),
         TaskResponse::Answer(QueryAnswer::Ledger(LedgerAnswer::Refused(a))) => Ok(Err(a)),
         TaskResponse::Failed(e) => Err(ClientError::Task(e)),
         _ => Err(ClientError::Unexpected),
     }
+}
+
+/// Development ledgers only: tops the account of `network`'s node up from
+/// the faucet of `ledger`, then deposits `amount` of it at the router
+/// `server` (by PeerId), which escrows this client's tasks from it. What
+/// in-process clusters, examples and benches do for their clients.
+pub async fn fund_from_faucet(
+    network: &Network,
+    ledger: PeerId,
+    server: PeerId,
+    amount: u64,
+) -> Result<(), ClientError> {
+    use cactus_protocol::messages::Transaction;
+    let topped = TaskRequest::Transact(Transaction::Faucet);
+    if let TaskResponse::Failed(e) = network.send_task(ledger, topped).await? {
+        return Err(ClientError::Task(e));
+    }
+    let deposit = cactus_protocol::contract::Op::Deposit {
+        server: crate::chain::default_account(&server),
+        amount,
+    };
+    apply(network, ledger, deposit).await?.map_err(|abort| {
+        ClientError::Task(TaskError::new(
+            cactus_protocol::TaskErrorKind::PaymentRequired,
+            format!("the ledger refused the deposit: {abort}"),
+        ))
+    })
+}
+
+/// Development ledgers only: joins the mesh as `key` and funds its account
+/// at the ledger router `router` (or the one found through `bootstrap`):
+/// [`fund_from_faucet`], depositing `amount` at that router.
+pub async fn fund_key(
+    key: Keypair,
+    bootstrap: &[Multiaddr],
+    router: Option<Multiaddr>,
+    amount: u64,
+    timeout: Duration,
+) -> Result<(), ClientError> {
+    let (node, ledger) = connect_as(key, bootstrap, router, timeout).await?;
+    let funded = tokio::time::timeout(
+        timeout,
+        fund_from_faucet(node.network(), ledger, ledger, amount),
+    )
+    .await;
+    node.shutdown().await;
+    funded.map_err(|_| ClientError::Timeout(timeout))?
 }
 
 /// [`connect`] as the node of `key`.
@@ -374,20 +431,22 @@ pub async fn connect_as(
     }
 }
 
-/// Joins the mesh with a throwaway identity, submits one task and leaves.
+/// Joins the mesh as `key`, submits one task and leaves: the deposit of
+/// `key`'s account at the router pays for it.
 /// With `on_tokens`, the task goes on a token stream and `on_tokens` sees
 /// its tokens as they come (live: a result that fails the router's checks
 /// after its tokens were shown ends in an error); without, the answer comes
 /// whole, from a result the router checked. With `router` set, that router
 /// is used instead of a DHT lookup.
 pub async fn submit(
+    key: Keypair,
     bootstrap: Vec<Multiaddr>,
     router: Option<Multiaddr>,
     spec: TaskSpec,
     timeout: Duration,
     on_tokens: Option<&mut (dyn FnMut(&TokenChunk) + Send)>,
 ) -> Result<TaskResult, ClientError> {
-    let (node, router) = connect(&bootstrap, router, timeout).await?;
+    let (node, router) = connect_as(key, &bootstrap, router, timeout).await?;
     tracing::debug!(%router, "submitting task");
     let network = node.network();
     let result = tokio::time::timeout(timeout, async {
@@ -423,6 +482,7 @@ mod tests {
                 temperature: 0.5,
                 ..SamplingParams::default()
             },
+            max_price_per_unit: None,
         };
         let text = "because".to_owned();
         let body = ReceiptBody {

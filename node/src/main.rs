@@ -5,8 +5,8 @@
 use anyhow::{Context, Result, bail};
 use cactus_node::chain::embedded::EmbeddedChain;
 use cactus_node::cli::commands::{
-    AccountAction, AccountArgs, Cli, Command, DoctorArgs, InferArgs, LogArgs, ReceiptCmd,
-    RouterArgs, SourceArgs, StatusArgs,
+    AccountAction, AccountArgs, Cli, Command, DoctorArgs, InferArgs, KeysAction, KeysArgs, LogArgs,
+    ReceiptCmd, RouterArgs, SourceArgs, StatusArgs,
 };
 use cactus_node::cli::{self, NodeArgs};
 use cactus_node::client;
@@ -67,7 +67,45 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Some(Command::Receipt(cmd)) => receipt(cmd).await,
         Some(Command::Doctor(args)) => doctor(args).await,
         Some(Command::Account(args)) => account(args).await,
+        Some(Command::Keys(args)) => keys(args),
     }
+}
+
+fn keys(args: KeysArgs) -> Result<()> {
+    use cactus_node::api::keys;
+    let dir = args.data.resolve();
+    let mut out = std::io::stdout().lock();
+    match args.action {
+        KeysAction::Create { account, name } => {
+            let account = match cli::parse_address(&account) {
+                Ok(a) => a,
+                Err(_) => {
+                    let peer: libp2p::PeerId = account
+                        .parse()
+                        .context("--account is 0x and 64 hex digits, or a PeerId")?;
+                    cactus_node::chain::default_account(&peer)
+                }
+            };
+            let (key, record) = keys::create(&dir, account, &name)?;
+            writeln!(out, "{key}")?;
+            writeln!(
+                std::io::stderr(),
+                "key {} for account {} (shown once; the router keeps only its hash)",
+                record.id(),
+                record.account
+            )?;
+        }
+        KeysAction::List => {
+            for k in keys::list(&dir)? {
+                writeln!(out, "{} {} {}", k.id(), k.account, k.name)?;
+            }
+        }
+        KeysAction::Revoke { which } => match keys::revoke(&dir, &which)? {
+            0 => bail!("no key has the id or name {which:?}"),
+            n => writeln!(out, "revoked {n} key(s)")?,
+        },
+    }
+    Ok(())
 }
 
 async fn account(args: AccountArgs) -> Result<()> {
@@ -80,23 +118,51 @@ async fn account(args: AccountArgs) -> Result<()> {
     let timeout = Duration::from_secs(args.timeout.max(1));
     let (boot, router) = (&args.reach.bootstrap, args.reach.router.clone());
     let call = |tx| client::account(key.clone(), boot, router.clone(), timeout, tx);
-    let tx = match args.action.clone() {
+    use cactus_node::protocol::contract::Op;
+    let server = |at: Option<libp2p::PeerId>, ledger| {
+        cactus_node::chain::default_account(&at.unwrap_or(ledger))
+    };
+    let op: Option<Box<dyn FnOnce(libp2p::PeerId) -> Op>> = match args.action.clone() {
         AccountAction::Expire { task_id } => {
             let mut id = [0u8; 16];
             hex::decode_to_slice(task_id.trim(), &mut id)
                 .context("the task id is 32 hex characters")?;
-            let op = cactus_node::protocol::contract::Op::ExpireTask {
+            Some(Box::new(move |_| Op::ExpireTask {
                 task_id: id.to_vec(),
-            };
-            client::apply_op(key.clone(), boot, router.clone(), timeout, op)
-                .await?
-                .map_err(|abort| anyhow::anyhow!("the ledger refused it: {abort}"))?;
+            }))
+        }
+        AccountAction::Deposit { amount, at } => Some(Box::new(move |ledger| Op::Deposit {
+            server: server(at, ledger),
+            amount,
+        })),
+        AccountAction::WithdrawDeposit { amount, at } => {
+            Some(Box::new(move |ledger| Op::WithdrawDeposit {
+                server: server(at, ledger),
+                amount,
+            }))
+        }
+        AccountAction::Cap { max_price_per_unit } => {
+            Some(Box::new(move |_| Op::SetMaxPrice { max_price_per_unit }))
+        }
+        _ => None,
+    };
+    if let Some(op) = op {
+        client::apply_op(key.clone(), boot, router.clone(), timeout, op)
+            .await?
+            .map_err(|abort| anyhow::anyhow!("the ledger refused it: {abort}"))?;
+        if let AccountAction::Expire { task_id } = &args.action {
             writeln!(
                 std::io::stdout().lock(),
                 "task {task_id} expired: its escrow is refunded"
             )?;
             return Ok(());
         }
+    }
+    let tx = match args.action.clone() {
+        AccountAction::Expire { .. }
+        | AccountAction::Deposit { .. }
+        | AccountAction::WithdrawDeposit { .. }
+        | AccountAction::Cap { .. } => None,
         AccountAction::Balance => None,
         AccountAction::Faucet => Some(Transaction::Faucet),
         AccountAction::Stake { amount } => {
@@ -322,8 +388,10 @@ async fn infer(args: InferArgs) -> Result<()> {
             n_probs: 0,
             grammar,
         },
+        max_price_per_unit: args.max_price,
     };
     spec.validate().context("invalid request")?;
+    let key = cactus_node::identity::load_or_create(&args.data.resolve())?;
     let timeout = Duration::from_secs(args.timeout.max(1));
     // Tokens are printed as they arrive; with --json, the whole answer comes
     // at the end, from a result the router checked before any of it was
@@ -336,7 +404,8 @@ async fn infer(args: InferArgs) -> Result<()> {
     };
     let live: Option<&mut (dyn FnMut(&cactus_protocol::TokenChunk) + Send)> =
         if json { None } else { Some(&mut print) };
-    let result = client::submit(args.reach.bootstrap, args.reach.router, spec, timeout, live).await;
+    let (boot, router) = (args.reach.bootstrap, args.reach.router);
+    let result = client::submit(key, boot, router, spec, timeout, live).await;
     let result = match result {
         Ok(r) => r,
         Err(e) => {

@@ -78,6 +78,7 @@ impl Outcome {
                 TaskErrorKind::BadResult => "bad_result",
                 TaskErrorKind::Cancelled => "cancelled",
                 TaskErrorKind::Unauthorized => "unauthorized",
+                TaskErrorKind::PaymentRequired => "payment_required",
                 _ => "other",
             },
         }

@@ -64,6 +64,9 @@ pub struct NodeConfig {
     pub bid_window: Duration,
     /// The highest price per work unit a router accepts in a bid.
     pub max_price_per_unit: u64,
+    /// A router's fee, bps of each payment, charged to clients on top
+    /// (set on the chain at start-up).
+    pub fee_bps: u64,
     /// Orchestrators tried per task (routers).
     pub max_attempts: usize,
     /// Send a task first to an orchestrator whose prompt cache holds its
@@ -130,6 +133,7 @@ impl Default for NodeConfig {
             delegation: true,
             bid_window: Duration::from_millis(500),
             max_price_per_unit: 1_000,
+            fee_bps: crate::roles::router::DEFAULT_FEE_BPS,
             max_attempts: 3,
             prefix_routing: true,
             price_per_token: 1,
@@ -328,6 +332,7 @@ impl Node {
                 if let Err(e) = reconcile(chain.as_ref(), &receipts).await {
                     tracing::error!(error = %e, "could not reconcile the tasks left pending");
                 }
+                crate::roles::router::set_fee(chain.as_ref(), config.fee_bps).await;
                 chain_handle = Some(Arc::clone(&chain));
                 let appended = Arc::new(tokio::sync::Notify::new());
                 anchor_task = Some(tokio::spawn(anchor::run(
@@ -397,8 +402,10 @@ impl Node {
                 tracing::info!(url = %format!("http://{bound}/v1"), "OpenAI-compatible API listening");
                 let (router, stop) = (Arc::clone(router), shutdown.child_token());
                 let max_in_flight = config.api_max_in_flight;
+                let keys = crate::api::keys::ApiKeys::new(&config.data_dir);
                 let task = tokio::spawn(async move {
-                    if let Err(e) = crate::api::serve(listener, router, max_in_flight, stop).await {
+                    let served = crate::api::serve(listener, router, keys, max_in_flight, stop);
+                    if let Err(e) = served.await {
                         tracing::error!(error = %e, "the HTTP API stopped");
                     }
                 });

@@ -1,6 +1,6 @@
 //! The reference model of the `cactus_payment` contract: stake, server
-//! authorization, escrowed tasks, payments, delegation splits, slashing and
-//! receipt anchors, as a pure state machine.
+//! authorization, client deposits, escrowed tasks, payments, server fees,
+//! delegation splits, slashing and receipt anchors, as a pure state machine.
 //!
 //! `contracts/SPEC.md` is the specification; the Move module
 //! `contracts/sources/cactus_payment.move` and this model implement it with the
@@ -18,9 +18,11 @@
 //! Local clusters persist the sequence of applied ops (see `cactus-node`'s
 //! embedded chain); replaying it rebuilds the state exactly.
 
+mod clients;
 mod transfers;
 mod types;
 
+pub use clients::{ClientTask, Clients, NO_CAP, Tab};
 use transfers::{Transfers, add, add_wide, bps_of, mul_wide, sub};
 pub use types::{Abort, Address, Anchor, Config, Op, Orchestrator, Task, TaskStatus};
 
@@ -85,6 +87,10 @@ pub struct State {
     /// before it existed: such tasks count as created at 0.
     #[serde(default)]
     pub task_created: BTreeMap<[u8; 16], u64>,
+    /// Clients' deposits, caps, server fees and client-funded tasks. Absent
+    /// from snapshots written before it existed (empty then).
+    #[serde(default)]
+    pub clients: Clients,
 }
 
 /// `(stake_held, escrow_held, vault_balance)`, the `totals` view.
@@ -112,6 +118,7 @@ impl State {
             anchors: Vec::new(),
             used_evidence: BTreeSet::new(),
             task_created: BTreeMap::new(),
+            clients: Clients::default(),
         }
     }
 
@@ -269,39 +276,45 @@ impl State {
                 price_per_unit,
                 max_payment,
             } => {
-                self.require_server(&signer)?;
-                let id = task_id(id)?;
-                if *max_payment == 0 {
-                    return Err(Abort::ZeroAmount);
-                }
-                if self.tasks.contains_key(&id) {
-                    return Err(Abort::TaskExists);
-                }
-                let o = self
-                    .orchestrators
-                    .get(orchestrator)
-                    .ok_or(Abort::NotRegistered)?;
-                if o.stake < config.min_stake {
-                    return Err(Abort::OrchestratorIneligible);
-                }
+                let id = self.check_open(&config, &signer, id, orchestrator, *max_payment)?;
                 let mut moves = Transfers::new(self);
                 moves.pay_in(self, signer, *max_payment)?;
                 moves.commit(self);
-                self.tasks.insert(
+                self.open_task(
                     id,
-                    Task {
-                        server: signer,
-                        orchestrator: *orchestrator,
-                        price_per_unit: *price_per_unit,
-                        escrow: *max_payment,
-                        status: TaskStatus::Pending,
-                        payment: 0,
-                        reason: 0,
-                    },
+                    signer,
+                    *orchestrator,
+                    *price_per_unit,
+                    *max_payment,
+                    now,
                 );
-                self.task_created.insert(id, now);
                 Ok(())
             }
+            Op::CreateClientTask {
+                client,
+                task_id: id,
+                orchestrator,
+                price_per_unit,
+                max_payment,
+            } => self.create_client_task(
+                &config,
+                signer,
+                *client,
+                id,
+                *orchestrator,
+                *price_per_unit,
+                *max_payment,
+                now,
+            ),
+            Op::Deposit { server, amount } => self.deposit(signer, *server, *amount),
+            Op::WithdrawDeposit { server, amount } => {
+                self.withdraw_deposit(signer, *server, *amount)
+            }
+            Op::SetMaxPrice { max_price_per_unit } => {
+                self.set_max_price(signer, *max_price_per_unit);
+                Ok(())
+            }
+            Op::SetServerFee { fee_bps } => self.set_server_fee(signer, *fee_bps),
             Op::CompleteTask {
                 task_id: id,
                 prompt_tokens,
@@ -340,12 +353,19 @@ impl State {
                     executor = *next;
                 }
                 moves.pay_out(self, executor, remaining)?;
-                moves.pay_out(self, task.server, sub(task.escrow, payment)?)?;
+                let payback = self.settle_payer(
+                    &mut moves,
+                    &id,
+                    task.server,
+                    sub(task.escrow, payment)?,
+                    payment,
+                )?;
                 let record =
                     |who: &Address| self.orchestrators.get(who).ok_or(Abort::NotRegistered);
                 let successes = add(record(&task.orchestrator)?.successes, 1)?;
                 let executed_ms = add(record(&executor)?.compute_ms, *compute_ms)?;
                 moves.commit(self);
+                self.apply_payback(payback);
                 if let Some(t) = self.tasks.get_mut(&id) {
                     t.status = TaskStatus::Completed;
                     t.payment = payment;
@@ -373,13 +393,14 @@ impl State {
                     return Err(Abort::TaskNotPending);
                 }
                 let mut moves = Transfers::new(self);
-                moves.pay_out(self, task.server, task.escrow)?;
+                let payback = self.settle_payer(&mut moves, &id, task.server, task.escrow, 0)?;
                 let o = self
                     .orchestrators
                     .get(&task.orchestrator)
                     .ok_or(Abort::NotRegistered)?;
                 let failures = add(o.failures, 1)?;
                 moves.commit(self);
+                self.apply_payback(payback);
                 if let Some(t) = self.tasks.get_mut(&id) {
                     t.status = TaskStatus::Failed;
                     t.reason = *reason;
@@ -401,8 +422,9 @@ impl State {
                     return Err(Abort::TaskNotExpired);
                 }
                 let mut moves = Transfers::new(self);
-                moves.pay_out(self, task.server, task.escrow)?;
+                let payback = self.settle_payer(&mut moves, &id, task.server, task.escrow, 0)?;
                 moves.commit(self);
+                self.apply_payback(payback);
                 if let Some(t) = self.tasks.get_mut(&id) {
                     t.status = TaskStatus::Failed;
                     t.reason = reason::EXPIRED;
@@ -468,6 +490,58 @@ impl State {
                 Ok(())
             }
         }
+    }
+
+    /// The checks every task opening makes, in Move's order; the task id.
+    fn check_open(
+        &self,
+        config: &Config,
+        server: &Address,
+        id: &[u8],
+        orchestrator: &Address,
+        max_payment: u64,
+    ) -> Result<[u8; 16], Abort> {
+        self.require_server(server)?;
+        let id = task_id(id)?;
+        if max_payment == 0 {
+            return Err(Abort::ZeroAmount);
+        }
+        if self.tasks.contains_key(&id) {
+            return Err(Abort::TaskExists);
+        }
+        let o = self
+            .orchestrators
+            .get(orchestrator)
+            .ok_or(Abort::NotRegistered)?;
+        if o.stake < config.min_stake {
+            return Err(Abort::OrchestratorIneligible);
+        }
+        Ok(id)
+    }
+
+    /// Records a task whose escrow is already in the vault.
+    fn open_task(
+        &mut self,
+        id: [u8; 16],
+        server: Address,
+        orchestrator: Address,
+        price_per_unit: u64,
+        max_payment: u64,
+        now: u64,
+    ) {
+        self.tasks.insert(
+            id,
+            Task {
+                server,
+                orchestrator,
+                price_per_unit,
+                escrow: max_payment,
+                status: TaskStatus::Pending,
+                payment: 0,
+                reason: 0,
+            },
+        );
+        self.task_created.insert(id, now);
     }
 
     fn check_delegation(&self, orchestrator: &Address, delegates: &[Address]) -> Result<(), Abort> {

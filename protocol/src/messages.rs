@@ -35,6 +35,10 @@ pub struct TaskSpec {
     pub format: PromptFormat,
     /// Sampling parameters.
     pub sampling: SamplingParams,
+    /// The most the client pays per work unit: no orchestrator asking more
+    /// is picked. `None`: the cap the client set on the ledger, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_price_per_unit: Option<u64>,
 }
 
 impl TaskSpec {
@@ -326,6 +330,9 @@ pub enum TaskErrorKind {
     /// The ledger this node follows does not authorize the requester for
     /// this request (not an authorized router, not an admitted orchestrator).
     Unauthorized,
+    /// The client's deposit at the router does not cover the task, or no
+    /// orchestrator works within the client's price cap. Nothing was run.
+    PaymentRequired,
 }
 
 /// A failed task.

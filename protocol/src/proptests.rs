@@ -90,6 +90,7 @@ fn arb_spec() -> impl Strategy<Value = TaskSpec> {
             prompt,
             format,
             sampling,
+            max_price_per_unit: None,
         })
 }
 
@@ -317,6 +318,8 @@ fn arb_answer() -> impl Strategy<Value = QueryAnswer> {
                         failures: 2,
                         compute_ms: 3,
                     }),
+                    deposit: balance / 2,
+                    max_price_per_unit: 9,
                 })
             }
         ),
@@ -524,6 +527,7 @@ fn oversized_messages_are_refused_when_encoding() {
         prompt: "x".repeat(TaskRequest::MAX_BYTES),
         format: PromptFormat::Raw,
         sampling: SamplingParams::default(),
+        max_price_per_unit: None,
     };
     assert!(matches!(
         TaskRequest::Submit(spec.clone()).encode(),
@@ -542,6 +546,7 @@ fn one_type_is_not_decoded_as_another() {
         prompt: "hi".into(),
         format: PromptFormat::Chat,
         sampling: SamplingParams::default(),
+        max_price_per_unit: None,
     });
     let bytes = req.encode().unwrap();
     assert!(matches!(

@@ -11,7 +11,7 @@ use super::Api;
 use super::error::ApiError;
 use super::openai::{self, Prepared};
 use crate::roles::TOKEN_SINK_CHUNKS;
-use crate::roles::router::Delivery;
+use crate::roles::router::{Delivery, Payer};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use cactus_protocol::stream::TokenLogprob;
@@ -57,12 +57,12 @@ struct ChoiceEvent {
 /// returned channel. A task stops when the channel's reader goes away.
 fn run_choices(
     api: &Api,
+    payer: Payer,
     prepared: &Prepared,
     permit: &Arc<OwnedSemaphorePermit>,
 ) -> mpsc::Receiver<ChoiceEvent> {
     let n = prepared.n as usize;
     let (tx, rx) = mpsc::channel(TOKEN_SINK_CHUNKS * n);
-    let client = api.router.network.local_peer_id();
     let live = prepared.stream;
     for index in 0..n {
         let mut spec = prepared.spec.clone();
@@ -79,7 +79,7 @@ fn run_choices(
             } else {
                 Delivery::Checked(sink)
             };
-            let serve = router.serve_streaming(client, spec, Some(delivery));
+            let serve = router.serve_streaming(payer, spec, Some(delivery));
             tokio::pin!(serve);
             let mut open = true;
             let response = loop {
@@ -130,8 +130,12 @@ fn task_error(response: TaskResponse) -> ApiError {
 }
 
 /// Runs the request and answers it.
-pub(super) async fn answer(api: Api, prepared: Result<Prepared, ApiError>, kind: Kind) -> Response {
-    let prepared = match prepared {
+pub(super) async fn answer(
+    api: Api,
+    prepared: Result<(Payer, Prepared), ApiError>,
+    kind: Kind,
+) -> Response {
+    let (payer, prepared) = match prepared {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
@@ -140,7 +144,7 @@ pub(super) async fn answer(api: Api, prepared: Result<Prepared, ApiError>, kind:
     };
     // The request's place lasts as long as any of its tasks.
     let permit = Arc::new(permit);
-    let mut events = run_choices(&api, &prepared, &permit);
+    let mut events = run_choices(&api, payer, &prepared, &permit);
     // Nothing is sent before the first event, so that a task that fails at
     // once (no such model, no capacity) gets its HTTP status.
     let Some(first) = events.recv().await else {

@@ -63,6 +63,14 @@ impl ApiError {
         }
     }
 
+    /// A request without a valid API key.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self {
+            code: Some("invalid_api_key"),
+            ..Self::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message)
+        }
+    }
+
     /// Nothing at that path.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "invalid_request_error", message)
@@ -131,6 +139,11 @@ impl From<TaskError> for ApiError {
                 Some("deadline_exceeded"),
             ),
             TaskErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "server_error", None),
+            TaskErrorKind::PaymentRequired => (
+                StatusCode::PAYMENT_REQUIRED,
+                "insufficient_quota",
+                Some("insufficient_quota"),
+            ),
             _ => (StatusCode::BAD_GATEWAY, "server_error", None),
         };
         Self {

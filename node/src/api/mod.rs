@@ -12,21 +12,27 @@
 //! - `GET /`: a status page for a person ([`status_page`]);
 //! - `GET /metrics`: Prometheus metrics ([`crate::metrics`]).
 //!
+//! Completions need `Authorization: Bearer <key>`: the key names the client
+//! account whose deposit at this router pays ([`keys`]); without a valid
+//! one the answer is 401, and without a deposit 402.
+//!
 //! Bodies are capped before parsing ([`MAX_BODY_BYTES`]); requests in flight
 //! are capped ([`MAX_IN_FLIGHT`], then 429). Errors use OpenAI's JSON shape
 //! ([`error::ApiError`]).
 
 mod answer;
 pub mod error;
+pub mod keys;
 mod metrics;
 pub mod openai;
 pub mod status_page;
 
-use crate::roles::router::RouterCtx;
+use crate::roles::router::{Payer, RouterCtx};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use cactus_protocol::messages::MAX_PROMPT_BYTES;
@@ -47,19 +53,23 @@ pub const MAX_IN_FLIGHT: usize = 256;
 struct Api {
     router: Arc<RouterCtx>,
     permits: Arc<Semaphore>,
+    keys: Arc<keys::ApiKeys>,
 }
 
 /// Serves the API on `listener` until `shutdown`, with at most
-/// `max_in_flight` requests at once (see [`MAX_IN_FLIGHT`]).
+/// `max_in_flight` requests at once (see [`MAX_IN_FLIGHT`]), charging each
+/// request to the account its key names (`keys`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Arc<RouterCtx>,
+    keys: keys::ApiKeys,
     max_in_flight: usize,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let api = Api {
         router,
         permits: Arc::new(Semaphore::new(max_in_flight.max(1))),
+        keys: Arc::new(keys),
     };
     axum::serve(listener, app(api))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -157,18 +167,54 @@ fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     })
 }
 
-async fn completions(State(api): State<Api>, b: Result<Bytes, BytesRejection>) -> Response {
-    let prepared = body(b).and_then(|b| {
+/// Who pays for a request: the account its API key names.
+fn payer(api: &Api, headers: &HeaderMap) -> Result<Payer, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(ApiError::unauthorized(
+            "no API key: send `Authorization: Bearer <key>` (a router's keys are made with `cactus-node keys create`)",
+        ));
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| ApiError::unauthorized("the Authorization header is `Bearer <key>`"))?;
+    let account = api
+        .keys
+        .account_of(key)
+        .ok_or_else(|| ApiError::unauthorized("invalid API key"))?;
+    Ok(Payer {
+        peer: api.router.network.local_peer_id(),
+        account,
+    })
+}
+
+async fn completions(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> Response {
+    let prepared = payer(&api, &headers).and_then(|payer| {
+        let b = body(b)?;
         let sampling = openai::parse::<Sampling>(&b)?;
-        openai::parse::<CompletionRequest>(&b)?.prepare(&sampling)
+        Ok((
+            payer,
+            openai::parse::<CompletionRequest>(&b)?.prepare(&sampling)?,
+        ))
     });
     answer::answer(api, prepared, answer::Kind::Text).await
 }
 
-async fn chat_completions(State(api): State<Api>, b: Result<Bytes, BytesRejection>) -> Response {
-    let prepared = body(b).and_then(|b| {
+async fn chat_completions(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> Response {
+    let prepared = payer(&api, &headers).and_then(|payer| {
+        let b = body(b)?;
         let sampling = openai::parse::<Sampling>(&b)?;
-        openai::parse::<ChatRequest>(&b)?.prepare(&sampling)
+        Ok((payer, openai::parse::<ChatRequest>(&b)?.prepare(&sampling)?))
     });
     answer::answer(api, prepared, answer::Kind::Chat).await
 }

@@ -258,6 +258,7 @@ impl Sampling {
             prompt,
             format,
             sampling,
+            max_price_per_unit: None,
         };
         spec.validate()?;
         Ok(Prepared {

@@ -125,6 +125,19 @@ pub const CREATE_TASK: Function = entry(
     "create_task",
     &["&signer", "vector<u8>", "address", "u64", "u64"],
 );
+/// `create_client_task(server, client, task_id, orchestrator, price_per_unit, max_payment)`.
+pub const CREATE_CLIENT_TASK: Function = entry(
+    "create_client_task",
+    &["&signer", "address", "vector<u8>", "address", "u64", "u64"],
+);
+/// `deposit(client, server, amount)`.
+pub const DEPOSIT: Function = entry("deposit", &["&signer", "address", "u64"]);
+/// `withdraw_deposit(client, server, amount)`.
+pub const WITHDRAW_DEPOSIT: Function = entry("withdraw_deposit", &["&signer", "address", "u64"]);
+/// `set_max_price(client, max_price_per_unit)`.
+pub const SET_MAX_PRICE: Function = entry("set_max_price", &["&signer", "u64"]);
+/// `set_server_fee(server, fee_bps)`.
+pub const SET_SERVER_FEE: Function = entry("set_server_fee", &["&signer", "u64"]);
 /// `complete_task(server, task_id, prompt_tokens, output_tokens, compute_ms, delegates, receipt_hash)`.
 pub const COMPLETE_TASK: Function = entry(
     "complete_task",
@@ -178,6 +191,12 @@ pub const QUOTE_PAYMENT: Function = view(
 );
 /// `totals()`: `(stake_held, escrow_held, vault_balance)`.
 pub const TOTALS: Function = view("totals", &[], "(u64, u64, u64)");
+/// `get_client(client, server)`: `(deposit, max_price_per_unit)`.
+pub const GET_CLIENT: Function = view("get_client", &["address", "address"], "(u64, u64)");
+/// `get_server_fee(server)`.
+pub const GET_SERVER_FEE: Function = view("get_server_fee", &["address"], "u64");
+/// `deposits_held()`.
+pub const DEPOSITS_HELD: Function = view("deposits_held", &[], "u64");
 /// `anchor_count()`.
 pub const ANCHOR_COUNT: Function = view("anchor_count", &[], "u64");
 /// `get_anchor(index)`; aborts `E_INVALID_ARGUMENT` when `index >= anchor_count()`.
@@ -198,6 +217,11 @@ pub const FUNCTIONS: &[Function] = &[
     AUTHORIZE_SERVER,
     REVOKE_SERVER,
     CREATE_TASK,
+    CREATE_CLIENT_TASK,
+    DEPOSIT,
+    WITHDRAW_DEPOSIT,
+    SET_MAX_PRICE,
+    SET_SERVER_FEE,
     COMPLETE_TASK,
     FAIL_TASK,
     EXPIRE_TASK,
@@ -209,6 +233,9 @@ pub const FUNCTIONS: &[Function] = &[
     GET_TASK,
     QUOTE_PAYMENT,
     TOTALS,
+    GET_CLIENT,
+    GET_SERVER_FEE,
+    DEPOSITS_HELD,
     ANCHOR_COUNT,
     GET_ANCHOR,
 ];
@@ -338,6 +365,33 @@ pub fn entry_call(op: &Op, asset: Option<Address>) -> Result<Call, AbiError> {
                 V::U64(*max_payment),
             ],
         ),
+        Op::CreateClientTask {
+            client,
+            task_id,
+            orchestrator,
+            price_per_unit,
+            max_payment,
+        } => call(
+            &CREATE_CLIENT_TASK,
+            vec![
+                V::Address(*client),
+                V::Bytes(task_id.clone()),
+                V::Address(*orchestrator),
+                V::U64(*price_per_unit),
+                V::U64(*max_payment),
+            ],
+        ),
+        Op::Deposit { server, amount } => {
+            call(&DEPOSIT, vec![V::Address(*server), V::U64(*amount)])
+        }
+        Op::WithdrawDeposit { server, amount } => call(
+            &WITHDRAW_DEPOSIT,
+            vec![V::Address(*server), V::U64(*amount)],
+        ),
+        Op::SetMaxPrice { max_price_per_unit } => {
+            call(&SET_MAX_PRICE, vec![V::U64(*max_price_per_unit)])
+        }
+        Op::SetServerFee { fee_bps } => call(&SET_SERVER_FEE, vec![V::U64(*fee_bps)]),
         Op::CompleteTask {
             task_id,
             prompt_tokens,
@@ -422,6 +476,17 @@ pub enum View {
     },
     /// `totals()`.
     Totals,
+    /// `get_client(client, server)`.
+    Client {
+        /// The client.
+        client: Address,
+        /// The server its deposit is at.
+        server: Address,
+    },
+    /// `get_server_fee(server)`.
+    ServerFee(Address),
+    /// `deposits_held()`.
+    DepositsHeld,
     /// `anchor_count()`.
     AnchorCount,
     /// `get_anchor(index)`.
@@ -455,6 +520,11 @@ pub fn view_call(view: &View) -> Call {
             ],
         ),
         View::Totals => (&TOTALS, vec![]),
+        View::Client { client, server } => {
+            (&GET_CLIENT, vec![V::Address(*client), V::Address(*server)])
+        }
+        View::ServerFee(server) => (&GET_SERVER_FEE, vec![V::Address(*server)]),
+        View::DepositsHeld => (&DEPOSITS_HELD, vec![]),
         View::AnchorCount => (&ANCHOR_COUNT, vec![]),
         View::Anchor(index) => (&GET_ANCHOR, vec![V::U64(*index)]),
     };
@@ -465,7 +535,7 @@ pub fn view_call(view: &View) -> Call {
 /// [`Abort::ArithmeticError`] is not among them: Move reports an overflow as
 /// the VM's `ARITHMETIC_ERROR` status, not as an abort of the module, and the
 /// Aptos backend passes that on as a failed transaction.
-pub const ABORTS: [Abort; 24] = [
+pub const ABORTS: [Abort; 28] = [
     Abort::NotAdmin,
     Abort::AlreadyInitialized,
     Abort::NotInitialized,
@@ -490,6 +560,10 @@ pub const ABORTS: [Abort; 24] = [
     Abort::InsufficientBalance,
     Abort::InvalidConfig,
     Abort::EvidenceUsed,
+    Abort::TaskNotExpired,
+    Abort::InsufficientDeposit,
+    Abort::InvalidFee,
+    Abort::PriceAboveCap,
 ];
 
 /// The [`Abort`] with Move abort code `code` (`E_*`), if there is one.

@@ -344,6 +344,23 @@ impl AptosChain {
         Ok((p.u64(0)?, p.u64(1)?, p.u64(2)?))
     }
 
+    async fn get_client(&self, client: Address, server: Address) -> Result<(u64, u64), AptosError> {
+        let call = abi::view_call(&View::Client { client, server });
+        let Some(values) = self.view_opt(&call, &[Abort::NotInitialized]).await? else {
+            return Ok((0, cactus_protocol::contract::NO_CAP));
+        };
+        let p = Parsed::new(&call, &values, 2)?;
+        Ok((p.u64(0)?, p.u64(1)?))
+    }
+
+    async fn get_server_fee(&self, server: Address) -> Result<u64, AptosError> {
+        let call = abi::view_call(&View::ServerFee(server));
+        let Some(values) = self.view_opt(&call, &[Abort::NotInitialized]).await? else {
+            return Ok(0);
+        };
+        Parsed::new(&call, &values, 1)?.u64(0)
+    }
+
     async fn get_anchor_count(&self) -> Result<u64, AptosError> {
         let call = abi::view_call(&View::AnchorCount);
         let Some(values) = self.view_opt(&call, &[Abort::NotInitialized]).await? else {
@@ -406,6 +423,18 @@ impl ChainBackend for AptosChain {
 
     fn totals(&self) -> BoxFuture<'_, Result<Totals, ChainError>> {
         async move { Ok(self.get_totals().await?) }.boxed()
+    }
+
+    fn client(
+        &self,
+        client: Address,
+        server: Address,
+    ) -> BoxFuture<'_, Result<(u64, u64), ChainError>> {
+        async move { Ok(self.get_client(client, server).await?) }.boxed()
+    }
+
+    fn server_fee(&self, server: Address) -> BoxFuture<'_, Result<u64, ChainError>> {
+        async move { Ok(self.get_server_fee(server).await?) }.boxed()
     }
 
     fn anchor_count(&self) -> BoxFuture<'_, Result<u64, ChainError>> {

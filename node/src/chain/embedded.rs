@@ -481,6 +481,22 @@ impl ChainBackend for Embedded {
         async move { Ok(t) }.boxed()
     }
 
+    fn client(
+        &self,
+        client: Address,
+        server: Address,
+    ) -> BoxFuture<'_, Result<(u64, u64), ChainError>> {
+        let c = self
+            .0
+            .with_state(|s| (s.clients.tab(client, server), s.clients.cap(&client)));
+        async move { Ok(c) }.boxed()
+    }
+
+    fn server_fee(&self, server: Address) -> BoxFuture<'_, Result<u64, ChainError>> {
+        let f = self.0.with_state(|s| s.clients.fee(&server));
+        async move { Ok(f) }.boxed()
+    }
+
     fn anchor_count(&self) -> BoxFuture<'_, Result<u64, ChainError>> {
         let n = self.0.with_state(|s| s.anchors.len() as u64);
         async move { Ok(n) }.boxed()

@@ -129,6 +129,15 @@ pub trait ChainBackend: Send + Sync + std::fmt::Debug + 'static {
     fn task(&self, id: TaskId) -> BoxFuture<'_, Result<Option<Task>, ChainError>>;
     /// `(stake_held, escrow_held, vault_balance)`.
     fn totals(&self) -> BoxFuture<'_, Result<Totals, ChainError>>;
+    /// `(deposit, max_price_per_unit)`: what `client` has on its tab at
+    /// `server`, and the most it pays per work unit.
+    fn client(
+        &self,
+        client: Address,
+        server: Address,
+    ) -> BoxFuture<'_, Result<(u64, u64), ChainError>>;
+    /// `server`'s fee, bps of each payment, charged to clients on top.
+    fn server_fee(&self, server: Address) -> BoxFuture<'_, Result<u64, ChainError>>;
     /// Anchored batches so far.
     fn anchor_count(&self) -> BoxFuture<'_, Result<u64, ChainError>>;
     /// One anchored batch.

@@ -174,6 +174,33 @@ impl ChainBackend for RemoteLedger {
         .boxed()
     }
 
+    fn client(
+        &self,
+        client: Address,
+        server: Address,
+    ) -> BoxFuture<'_, Result<(u64, u64), ChainError>> {
+        async move {
+            match self.view(LedgerView::Client { client, server }).await? {
+                LedgerAnswer::Client {
+                    deposit,
+                    max_price_per_unit,
+                } => Ok((deposit, max_price_per_unit)),
+                _ => Err(self.mismatch()),
+            }
+        }
+        .boxed()
+    }
+
+    fn server_fee(&self, server: Address) -> BoxFuture<'_, Result<u64, ChainError>> {
+        async move {
+            match self.view(LedgerView::ServerFee(server)).await? {
+                LedgerAnswer::Count(n) => Ok(n),
+                _ => Err(self.mismatch()),
+            }
+        }
+        .boxed()
+    }
+
     fn anchor_count(&self) -> BoxFuture<'_, Result<u64, ChainError>> {
         async move {
             match self.view(LedgerView::AnchorCount).await? {

@@ -239,6 +239,16 @@ pub struct NodeArgs {
         value_name = "UNITS"
     )]
     pub max_price: u64,
+    /// A router's fee, in basis points of each payment, charged to the
+    /// client on top of it (set on the chain at start-up).
+    #[arg(
+        long,
+        env = "CACTUS_FEE_BPS",
+        default_value_t = crate::roles::router::DEFAULT_FEE_BPS,
+        value_name = "BPS",
+        value_parser = clap::value_parser!(u64).range(0..=10_000)
+    )]
+    pub fee_bps: u64,
     /// An orchestrator runs only the tasks it can take itself, instead of
     /// delegating the others to orchestrators it knows from their adverts.
     #[arg(long, env = "CACTUS_NO_DELEGATION")]
@@ -397,6 +407,7 @@ impl NodeArgs {
             delegation: !self.no_delegation,
             bid_window: Duration::from_millis(self.bid_window.max(1)),
             max_price_per_unit: self.max_price,
+            fee_bps: self.fee_bps,
             price_per_token: self.price_per_token,
             api: self.api,
             metrics: self.metrics,

@@ -56,6 +56,10 @@ pub enum Command {
     /// router's embedded chain): balance and stake, staking, unstaking,
     /// withdrawing, and, on a ledger started with --dev-faucet, free funds.
     Account(AccountArgs),
+    /// Makes, lists and revokes a router's API keys (run on the router's
+    /// machine, with its --data-dir): `Authorization: Bearer <key>` charges
+    /// an HTTP request to the client account the key names.
+    Keys(KeysArgs),
     /// Checks this machine's reachability: listen and observed addresses,
     /// the AutoNAT verdict, relay reservations, a hole punch to a given peer,
     /// and what to do about it, in plain words.
@@ -81,6 +85,39 @@ pub struct AccountArgs {
     pub json: bool,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct KeysArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: KeysAction,
+    /// The router's data dir, where its keys are kept (hashed).
+    #[command(flatten)]
+    pub data: DataDirArgs,
+}
+
+/// What `cactus-node keys` does.
+#[derive(Debug, Clone, Subcommand)]
+pub enum KeysAction {
+    /// Makes a key and prints it, this once; requests with it are charged
+    /// to ACCOUNT's deposit at this router.
+    Create {
+        /// The client's account: 0x and 64 hex digits, or the client's
+        /// PeerId (its account on an embedded ledger).
+        #[arg(long, value_name = "ACCOUNT|PEER_ID")]
+        account: String,
+        /// A label to find the key by.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// Lists the keys: id, account, name.
+    List,
+    /// Revokes the keys with this id (from `list`) or name.
+    Revoke {
+        /// The key's id or name.
+        which: String,
+    },
+}
+
 /// What `cactus-node account` does.
 #[derive(Debug, Clone, Subcommand)]
 pub enum AccountAction {
@@ -101,6 +138,29 @@ pub enum AccountAction {
     },
     /// Withdraws unbonded stake once its unbonding period has passed.
     Withdraw,
+    /// Deposits `AMOUNT` from the balance at a router, as a client: that
+    /// router escrows this account's tasks from it.
+    Deposit {
+        /// Amount, in the chain's smallest unit.
+        amount: u64,
+        /// The router, by PeerId [default: the ledger's own router].
+        #[arg(long, value_name = "PEER_ID")]
+        at: Option<libp2p::PeerId>,
+    },
+    /// Takes `AMOUNT` of a deposit back to the balance.
+    WithdrawDeposit {
+        /// Amount, in the chain's smallest unit.
+        amount: u64,
+        /// The router, by PeerId [default: the ledger's own router].
+        #[arg(long, value_name = "PEER_ID")]
+        at: Option<libp2p::PeerId>,
+    },
+    /// Sets the most this account pays per work unit as a client: no
+    /// router may open a task for it at a higher price.
+    Cap {
+        /// Price per work unit, in the chain's smallest unit.
+        max_price_per_unit: u64,
+    },
     /// Expires a task still pending a day after its creation (anyone may):
     /// its escrow goes back to whoever paid it.
     Expire {
@@ -207,6 +267,14 @@ pub enum ReceiptCmd {
 pub struct InferArgs {
     #[command(flatten)]
     pub reach: RouterArgs,
+    /// The client's identity: its account's deposit at the router pays for
+    /// the task (`cactus-node account deposit`).
+    #[command(flatten)]
+    pub data: DataDirArgs,
+    /// The most to pay per work unit: no orchestrator asking more is
+    /// picked [default: the cap set on the ledger, if any].
+    #[arg(long, value_name = "UNITS")]
+    pub max_price: Option<u64>,
     /// What to ask (through the model's chat template unless --raw).
     #[arg(long)]
     pub prompt: String,

@@ -93,6 +93,7 @@ mod tests {
             prompt: "hello".into(),
             format: PromptFormat::Chat,
             sampling: SamplingParams::default(),
+            max_price_per_unit: None,
         });
         let mut out = Cursor::new(Vec::new());
         TaskCodec

@@ -238,6 +238,10 @@ pub struct AccountJson {
     pub unbonding: u64,
     /// When the unbonding stake may be withdrawn (Unix seconds).
     pub unlock_at: u64,
+    /// Deposited, as a client, at the ledger's router.
+    pub deposit: u64,
+    /// The most it pays per work unit as a client (`null`: no cap).
+    pub max_price_per_unit: Option<u64>,
 }
 
 impl From<&cactus_protocol::messages::AccountView> for AccountJson {
@@ -250,13 +254,23 @@ impl From<&cactus_protocol::messages::AccountView> for AccountJson {
             stake: o.map_or(0, |o| o.stake),
             unbonding: o.map_or(0, |o| o.unbonding),
             unlock_at: o.map_or(0, |o| o.unlock_at),
+            deposit: v.deposit,
+            max_price_per_unit: (v.max_price_per_unit != cactus_protocol::contract::NO_CAP)
+                .then_some(v.max_price_per_unit),
         }
     }
 }
 
 impl std::fmt::Display for AccountJson {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "account {}\nbalance {}", self.account, self.balance)?;
+        write!(
+            f,
+            "account {}\nbalance {}\ndeposit at the ledger's router {}",
+            self.account, self.balance, self.deposit
+        )?;
+        if let Some(cap) = self.max_price_per_unit {
+            write!(f, "\nprice cap {cap} per work unit")?;
+        }
         if self.registered {
             write!(
                 f,

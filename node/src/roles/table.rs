@@ -258,6 +258,16 @@ impl OrchestratorTable {
         })
     }
 
+    /// `(orchestrator, asked price)` of every usable orchestrator serving
+    /// `model`.
+    pub fn prices(&self, model: &ModelHash) -> Vec<(PeerId, u64)> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| usable(e) && e.advert.models.iter().any(|m| &m.sha256 == model))
+            .map(|(p, e)| (*p, e.advert.price_per_token))
+            .collect()
+    }
+
     /// Records a ping round trip.
     pub fn record_rtt(&mut self, peer: &PeerId, rtt: Duration) {
         if let Some(e) = self.entries.get_mut(peer) {

@@ -8,12 +8,47 @@ use cactus_node::network::NetworkConfig;
 use cactus_node::{Node, NodeConfig, Role};
 use libp2p::identity::Keypair;
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LIMIT: Duration = Duration::from_secs(30);
+
+/// The API key of each running setup's funded client, by API address.
+static KEYS: Mutex<Option<HashMap<SocketAddr, String>>> = Mutex::new(None);
+
+fn key_of(api: SocketAddr) -> Option<String> {
+    KEYS.lock().unwrap().as_ref()?.get(&api).cloned()
+}
+
+/// What each setup's client deposits at the router.
+const DEPOSIT: u64 = 1_000_000;
+
+/// A client account with `deposit` (if any) at `router`, from its dev
+/// faucet, and an API key charging it: what `cactus-node account` and
+/// `cactus-node keys create` make.
+pub(super) async fn client_key(
+    router: &Node,
+    data_dir: &std::path::Path,
+    deposit: u64,
+) -> (String, cactus_protocol::contract::Address) {
+    use cactus_protocol::messages::Transaction;
+    let chain = router.chain().unwrap();
+    let payer = Keypair::generate_ed25519().public().to_peer_id();
+    if deposit > 0 {
+        chain.transact(payer, Transaction::Faucet).await.unwrap();
+        let op = cactus_protocol::contract::Op::Deposit {
+            server: chain.account(),
+            amount: deposit,
+        };
+        chain.transact(payer, Transaction::Apply(op)).await.unwrap();
+    }
+    let account = cactus_node::chain::default_account(&payer);
+    let (key, _) = cactus_node::api::keys::create(data_dir, account, "test").unwrap();
+    (key, account)
+}
 
 /// A router with its API on and one stub orchestrator, over loopback.
 pub(super) struct Setup {
@@ -74,6 +109,11 @@ pub(super) async fn setup_with(
         .unwrap()
         .unwrap();
     let api = router.api_addr().expect("the API listens");
+    let (key, _) = client_key(&router, &dir.path().join("router"), DEPOSIT).await;
+    KEYS.lock()
+        .unwrap()
+        .get_or_insert_with(HashMap::new)
+        .insert(api, key);
     Setup {
         _dir: dir,
         router,
@@ -82,17 +122,30 @@ pub(super) async fn setup_with(
     }
 }
 
-/// One HTTP/1.1 exchange; returns the status, the raw head and the body.
+/// One HTTP/1.1 exchange with the setup's API key; returns the status, the
+/// raw head and the body.
 pub(super) async fn http(
     addr: SocketAddr,
     method: &str,
     path: &str,
     body: &[u8],
 ) -> (u16, String, String) {
+    http_as(addr, key_of(addr).as_deref(), method, path, body).await
+}
+
+/// [`http`] with `key` (none: no Authorization header).
+pub(super) async fn http_as(
+    addr: SocketAddr,
+    key: Option<&str>,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> (u16, String, String) {
     let exchange = async {
         let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
         );
         c.write_all(head.as_bytes()).await.unwrap();
@@ -234,6 +287,57 @@ async fn the_api_serves_models_completions_chats_and_receipts() {
     assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 5);
     s.orchestrator.shutdown().await;
     s.router.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_charged_to_the_account_their_key_names() {
+    let s = setup(Arc::new(StubEngine::new("stub-a")), 4).await;
+    // Keys made before the first request, so that the router reads them at
+    // once (it rereads its key file within a second of a change).
+    let dir = s._dir.path().join("router");
+    let (broke, _) = client_key(&s.router, &dir, 0).await;
+    let (paying, account) = client_key(&s.router, &dir, 50_000).await;
+    let body = json!({"model": "stub-a", "prompt": "hello", "max_tokens": 4}).to_string();
+    let call = |key: Option<String>| {
+        let body = body.clone();
+        async move {
+            let (status, _, text) = http_as(
+                s.api,
+                key.as_deref(),
+                "POST",
+                "/v1/completions",
+                body.as_bytes(),
+            )
+            .await;
+            (
+                status,
+                serde_json::from_str::<Value>(&text).unwrap_or(Value::Null),
+            )
+        }
+    };
+    // No key, or one the router did not make: 401, nothing runs.
+    for key in [None, Some("sk-cactus-0000".to_owned())] {
+        let (status, e) = call(key).await;
+        assert_eq!(status, 401, "{e}");
+        assert_eq!(e["error"]["code"], "invalid_api_key", "{e}");
+    }
+    // A key whose account has no deposit here: 402 before any work.
+    let (status, e) = call(Some(broke)).await;
+    assert_eq!(status, 402, "{e}");
+    assert_eq!(e["error"]["code"], "insufficient_quota", "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no deposit"),
+        "{e}"
+    );
+    // A funded key: served, paid from its account's deposit.
+    let (status, c) = call(Some(paying)).await;
+    assert_eq!(status, 200, "{c}");
+    let chain = s.router.chain().unwrap();
+    let (left, _) = chain.client(account, chain.account()).await.unwrap();
+    assert!(left < 50_000, "{left}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -135,9 +135,32 @@ fn run(args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn infer_json(bootstrap: &str, prompt: &str) -> serde_json::Value {
+/// What a test client deposits at its router.
+const DEPOSIT: u64 = 500_000;
+
+/// Makes the client identity in `dir` and gives it a deposit at `router` (a
+/// /p2p address of a router keeping a dev ledger), from the faucet, as a
+/// user would: `account faucet`, then `account deposit`. Returns `dir`.
+fn funded_client(router: &str, dir: &Path) -> PathBuf {
+    let deposit = DEPOSIT.to_string();
+    for action in [&["faucet"][..], &["deposit", &deposit]] {
+        let mut args = vec!["account", "--router", router, "--data-dir", path(dir)];
+        args.extend_from_slice(action);
+        let out = run(&args);
+        assert!(
+            out.status.success(),
+            "account {action:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    dir.to_path_buf()
+}
+
+fn infer_json(bootstrap: &str, client: &Path, prompt: &str) -> serde_json::Value {
     let out = run(&[
         "infer",
+        "--data-dir",
+        path(client),
         "--bootstrap",
         bootstrap,
         "--prompt",
@@ -205,12 +228,31 @@ fn three_processes_answer_on_the_real_model_with_a_logged_receipt() {
         .collect();
     router.wait_for("known=2");
 
+    // A client without a deposit is refused before any work is done.
+    let stranger = tmp.path().join("stranger");
+    let out = run(&[
+        "infer",
+        "--data-dir",
+        path(&stranger),
+        "--bootstrap",
+        &addr,
+        "--prompt",
+        "hi",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("PaymentRequired") && err.contains("no deposit"),
+        "{err}"
+    );
+
+    let me = funded_client(&addr, &tmp.path().join("client"));
     let prompt = "The capital of France is";
-    let a = infer_json(&addr, prompt);
+    let a = infer_json(&addr, &me, prompt);
     // The honest result passed its replay on the other process's model.
     let check = router.wait_for("spot check");
     assert!(check.contains("verdict=Ok"), "{check}");
-    let b = infer_json(&addr, prompt);
+    let b = infer_json(&addr, &me, prompt);
     let text = a["text"].as_str().unwrap();
     assert!(!text.trim().is_empty(), "{a}");
     // Greedy decoding: the same answer, whichever orchestrator served it, at
@@ -240,6 +282,8 @@ fn three_processes_answer_on_the_real_model_with_a_logged_receipt() {
     // A model nobody serves: a clear error, not a hang.
     let out = run(&[
         "infer",
+        "--data-dir",
+        path(&me),
         "--bootstrap",
         &addr,
         "--prompt",
@@ -273,6 +317,26 @@ fn three_processes_answer_on_the_real_model_with_a_logged_receipt() {
         .map(|o| o["successes"].as_u64().unwrap())
         .sum();
     assert_eq!(done, 2, "{status}");
+
+    // The client paid for both tasks from its deposit, the router's fee on
+    // top; nothing is left in escrow.
+    let out = run(&[
+        "account",
+        "--router",
+        &addr,
+        "--data-dir",
+        path(&me),
+        "--json",
+        "balance",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let client: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let left = client["deposit"].as_u64().unwrap();
+    assert!(left < DEPOSIT && left > DEPOSIT / 2, "{client}");
     let bundle = tmp.path().join("receipt.json");
     let task = a["receipt"]["task_id"].as_str().unwrap();
     let out = run(&[
@@ -390,6 +454,8 @@ struct Pair {
     ids: Vec<String>,
     /// The orchestrators; `None` once killed.
     orchs: Vec<Option<Proc>>,
+    /// A client's data dir, with a deposit at the router.
+    client: PathBuf,
 }
 
 impl Pair {
@@ -429,12 +495,14 @@ impl Pair {
             })
             .collect();
         router.wait_for("known=2");
+        let client = funded_client(&addr, &dir.join("client"));
         Self {
             dirs,
             router,
             addr,
             ids,
             orchs,
+            client,
         }
     }
 }
@@ -479,6 +547,7 @@ fn killing_the_serving_orchestrator_fails_over_without_double_payment() {
         addr,
         ids,
         mut orchs,
+        client: me,
     } = Pair::start(tmp.path());
 
     // A long generation, so that the orchestrator is still generating when
@@ -486,6 +555,8 @@ fn killing_the_serving_orchestrator_fails_over_without_double_payment() {
     let client = Command::new(BIN)
         .args([
             "infer",
+            "--data-dir",
+            path(&me),
             "--bootstrap",
             &addr,
             "--prompt",
@@ -567,6 +638,7 @@ fn killing_the_orchestrator_mid_stream_resumes_the_stream_on_another() {
         addr,
         ids,
         mut orchs,
+        client: me,
     } = Pair::start(tmp.path());
 
     // Greedy, long, and only the end-of-generation token could stop it
@@ -577,6 +649,8 @@ fn killing_the_orchestrator_mid_stream_resumes_the_stream_on_another() {
     let client = Command::new(BIN)
         .args([
             "infer",
+            "--data-dir",
+            path(&me),
             "--bootstrap",
             &addr,
             "--prompt",
@@ -679,10 +753,13 @@ fn a_call_for_bids_places_a_task_when_every_orchestrator_is_busy() {
     // The first task takes the only slot; for the second, sent once the
     // first is handed over, the router's table has no free slot, so it
     // calls for bids and the orchestrator bids with its queue place.
-    let client = |prompt: &str| {
+    let dirs = [1, 2].map(|n| funded_client(&addr, &tmp.path().join(format!("client{n}"))));
+    let client = |me: &Path, prompt: &str| {
         Command::new(BIN)
             .args([
                 "infer",
+                "--data-dir",
+                path(me),
                 "--bootstrap",
                 &addr,
                 "--prompt",
@@ -697,9 +774,9 @@ fn a_call_for_bids_places_a_task_when_every_orchestrator_is_busy() {
             .spawn()
             .unwrap()
     };
-    let first = client("Once upon a time");
+    let first = client(&dirs[0], "Once upon a time");
     router.wait_for("handing task over");
-    let clients = [first, client("The history of the bicycle")];
+    let clients = [first, client(&dirs[1], "The history of the bicycle")];
     let award = router.wait_for("task awarded to the best bid");
     assert!(award.contains(&format!("winner={orch_id}")), "{award}");
     for c in clients {
@@ -779,9 +856,12 @@ fn a_process_serving_a_substituted_model_is_caught_and_slashed() {
         "The capital of France is",
         "Photosynthesis is the process by which",
     ];
+    let me = funded_client(&addr, &tmp.path().join("client"));
     for prompt in prompts.iter().cycle().take(12) {
         let out = run(&[
             "infer",
+            "--data-dir",
+            path(&me),
             "--bootstrap",
             &addr,
             "--prompt",
@@ -964,6 +1044,7 @@ fn two_routers_racing_for_one_orchestrator_make_it_delegate_and_pay_along_the_ch
             max_tokens: 96,
             ..Default::default()
         },
+        max_price_per_unit: None,
     };
     let mut delegated = None;
     for _ in 0..12 {
@@ -1083,9 +1164,12 @@ fn a_router_the_ledger_has_not_authorized_gets_no_work() {
     orch.wait_for("registered on the ledger");
     ledger.wait_for("known=1");
     other.wait_for("known=1");
+    let me = funded_client(&addr, &tmp.path().join("client"));
     let infer = |router: &str| {
         run(&[
             "infer",
+            "--data-dir",
+            path(&me),
             "--router",
             router,
             "--prompt",
@@ -1235,9 +1319,12 @@ fn a_router_killed_mid_task_leaves_no_pending_escrow_after_restart() {
         "1",
     ]);
     router.wait_for("known=1");
+    let me = funded_client(&addr, &tmp.path().join("client"));
     let mut client = Command::new(BIN)
         .args([
             "infer",
+            "--data-dir",
+            path(&me),
             "--router",
             &addr,
             "--prompt",

@@ -69,12 +69,46 @@ async fn first_addr(node: &Node) -> Multiaddr {
     node.listen_addrs().await.unwrap()[0].clone()
 }
 
+/// What a test client deposits at its router, from the dev faucet.
+const DEPOSIT: u64 = 500_000;
+
+/// Funds `client` (connected to `router`, which keeps the ledger) from the
+/// dev faucet and deposits [`DEPOSIT`] at the router, which its tasks are
+/// escrowed from.
+async fn fund(client: &Node, router: &Node) {
+    let (ledger, server) = (router.peer_id(), router.peer_id());
+    within(client::fund_from_faucet(
+        client.network(),
+        ledger,
+        server,
+        DEPOSIT,
+    ))
+    .await
+    .unwrap();
+}
+
+/// A client identity with a deposit at `router`, made through a node of
+/// its own that then leaves.
+async fn funded_key(router: &Node, dir: &std::path::Path) -> Keypair {
+    let key = Keypair::generate_ed25519();
+    let node = Node::start(config(Role::Client, dir, vec![]), key.clone(), None)
+        .await
+        .unwrap();
+    within(node.network().dial(first_addr(router).await))
+        .await
+        .unwrap();
+    fund(&node, router).await;
+    node.shutdown().await;
+    key
+}
+
 fn spec(model: Option<&str>, prompt: &str) -> TaskSpec {
     TaskSpec {
         model: model.map(str::to_owned),
         prompt: prompt.into(),
         format: PromptFormat::Raw,
         sampling: SamplingParams::default(),
+        max_price_per_unit: None,
     }
 }
 
@@ -149,6 +183,7 @@ impl Cluster {
         within(client.network().dial(router_addr.clone()))
             .await
             .unwrap();
+        fund(&client, &router).await;
         Self {
             _dir: dir,
             router,
@@ -346,9 +381,11 @@ async fn client_finds_router_on_the_dht_through_a_bootstrap_node() {
     within(router.wait_for_orchestrators(1)).await.unwrap();
     // The router announces itself on the DHT when it has peers; ask until the
     // record is there (each lookup is a real DHT query, not a sleep).
+    let key = funded_key(&router, dir.path()).await;
     let result = within(async {
         loop {
             match client::submit(
+                key.clone(),
                 vec![boot_addr.clone()],
                 None,
                 spec(None, "abc"),
@@ -426,7 +463,10 @@ async fn tasks_are_escrowed_paid_and_anchored() {
         (record.stake, record.successes, record.failures),
         (10_000, 1, 0)
     );
-    assert_eq!(chain.totals().await.unwrap(), (10_000, 0, 10_000));
+    // The vault holds the stake and what is left of the client's deposit.
+    let client = default_account(&c.client.peer_id());
+    let (left, _) = chain.client(client, chain.account()).await.unwrap();
+    assert_eq!(chain.totals().await.unwrap(), (10_000, 0, 10_000 + left));
 
     // Anchored by its Merkle root; the proof leads to the anchored root.
     assert_eq!(c.router.anchor_now(64).await.unwrap(), 1);
@@ -471,6 +511,90 @@ async fn tasks_are_escrowed_paid_and_anchored() {
     c.stop().await;
 }
 
+#[tokio::test]
+async fn clients_pay_from_their_deposit_and_the_router_earns_its_fee() {
+    let c = Cluster::custom(vec![Arc::new(StubEngine::new("stub-a"))], QUEUE, |c| {
+        NodeConfig {
+            fee_bps: 2_000,
+            ..c
+        }
+    })
+    .await;
+    let chain = Arc::clone(c.router.chain().unwrap());
+    let (me, router) = (default_account(&c.client.peer_id()), chain.account());
+    let router_funds = chain.balance(router).await.unwrap();
+
+    // Paid from the deposit: the payment, and the router's 20 % on top.
+    let result = c.submit(spec(None, "pay me")).await.unwrap();
+    let task = chain
+        .task(result.receipt.body.task_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let fee = task.payment * 2_000 / 10_000;
+    assert!(fee > 0, "{task:?}");
+    assert_eq!(
+        chain.client(me, router).await.unwrap(),
+        (
+            DEPOSIT - task.payment - fee,
+            cactus_protocol::contract::NO_CAP
+        )
+    );
+    assert_eq!(
+        chain.balance(router).await.unwrap(),
+        router_funds + fee,
+        "the router earns its fee and pays for nothing"
+    );
+
+    // Nothing is escrowed, nobody is picked, for a task whose cap is below
+    // every orchestrator's price: asked with the task, or set on the ledger.
+    let refused = |r: Result<_, ClientError>| match r {
+        Err(ClientError::Task(e)) => assert_eq!(e.kind, TaskErrorKind::PaymentRequired, "{e:?}"),
+        other => panic!("expected PaymentRequired, got {other:?}"),
+    };
+    let mut capped = spec(None, "too dear");
+    capped.max_price_per_unit = Some(0);
+    refused(c.submit(capped).await);
+    let cap = cactus_protocol::contract::Op::SetMaxPrice {
+        max_price_per_unit: 0,
+    };
+    within(client::apply(c.client.network(), c.router.peer_id(), cap))
+        .await
+        .unwrap()
+        .unwrap();
+    refused(c.submit(spec(None, "still too dear")).await);
+
+    // A client without a deposit is refused before any work is done.
+    let stranger = Node::start(
+        config(Role::Client, c._dir.path(), vec![]),
+        Keypair::generate_ed25519(),
+        None,
+    )
+    .await
+    .unwrap();
+    within(stranger.network().dial(c.router_addr.clone()))
+        .await
+        .unwrap();
+    refused(
+        within(client::submit_to(
+            stranger.network(),
+            c.router.peer_id(),
+            spec(None, "free lunch"),
+        ))
+        .await,
+    );
+    let record = chain
+        .orchestrator(default_account(&c.orchestrators[0].peer_id()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((record.successes, record.failures), (1, 0), "one task ran");
+    assert_eq!(chain.totals().await.unwrap().1, 0, "nothing in escrow");
+    assert_eq!(chain.pending_tasks(8).await.unwrap(), Some(vec![]));
+    stranger.shutdown().await;
+    c.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orchestrator_without_listen_address_serves_through_a_relay() {
     let dir = tempfile::tempdir().unwrap();
@@ -506,6 +630,7 @@ async fn orchestrator_without_listen_address_serves_through_a_relay() {
     within(client_node.network().dial(first_addr(&router).await))
         .await
         .unwrap();
+    fund(&client_node, &router).await;
     let result = within(client::submit_to(
         client_node.network(),
         router.peer_id(),
@@ -682,6 +807,7 @@ async fn a_router_restarted_mid_task_refunds_the_escrow_it_left_pending() {
     within(router.wait_for_orchestrators(1)).await.unwrap();
     let client = start(Role::Client, dir.path(), vec![], None).await;
     within(client.network().dial(addr)).await.unwrap();
+    fund(&client, &router).await;
     let left = {
         let network = client.network().clone();
         let router = router.peer_id();
@@ -1343,6 +1469,17 @@ async fn a_router_settles_on_the_ledger_it_follows() {
     within(client.network().dial(first_addr(&second).await))
         .await
         .unwrap();
+    // Its deposit is at the second router, on the ledger that router follows.
+    within(client.network().dial(first_addr(&ledger).await))
+        .await
+        .unwrap();
+    let deposit = client::fund_from_faucet(
+        client.network(),
+        ledger.peer_id(),
+        second.peer_id(),
+        DEPOSIT,
+    );
+    within(deposit).await.unwrap();
     let done = within(client::submit_to(
         client.network(),
         second.peer_id(),
@@ -1364,9 +1501,14 @@ async fn a_router_settles_on_the_ledger_it_follows() {
         .unwrap()
         .unwrap();
     assert_eq!(record.successes, 1);
+    // The client paid, from its deposit at the second router; the second
+    // router paid nothing.
+    let client_account = default_account(&client.peer_id());
+    let (left, _) = chain.client(client_account, second_account).await.unwrap();
+    assert!(left < DEPOSIT, "the client paid");
     assert!(
-        chain.balance(second_account).await.unwrap() < funds,
-        "it paid"
+        chain.balance(second_account).await.unwrap() >= funds,
+        "the router paid nothing"
     );
     client.shutdown().await;
     second.shutdown().await;

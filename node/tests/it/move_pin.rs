@@ -122,3 +122,36 @@ fn abi_table_matches_the_move_source() {
         mismatches.join("\n  ")
     );
 }
+
+/// Every `const E_*: u64 = N;` of the Move module is the abort the Rust side
+/// knows by that name and number, and the Rust side knows no other.
+#[test]
+fn abort_codes_match_the_move_source() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let source =
+        std::fs::read_to_string(root.join("contracts/sources/cactus_payment.move")).unwrap();
+    let mut in_move = Vec::new();
+    for line in source.lines() {
+        let Some(rest) = line.trim().strip_prefix("const E_") else {
+            continue;
+        };
+        let (name, value) = rest.split_once(": u64 = ").expect("const E_X: u64 = N;");
+        let code: u64 = value.trim_end_matches(';').parse().unwrap();
+        in_move.push((format!("E_{name}"), code));
+    }
+    assert_eq!(
+        in_move.len(),
+        abi::ABORTS.len(),
+        "the Move module has {} abort codes, abi::ABORTS {}",
+        in_move.len(),
+        abi::ABORTS.len()
+    );
+    for (name, code) in in_move {
+        let rust = abi::abort_from_code(code)
+            .unwrap_or_else(|| panic!("{name} = {code} has no Abort on the Rust side"));
+        assert!(
+            rust.to_string().starts_with(&format!("{name} ({code})")),
+            "{name} = {code} in Move, but the Rust abort with that code reads {rust}"
+        );
+    }
+}

@@ -269,6 +269,10 @@ async fn a_mesh_catches_and_slashes_a_substituted_model() {
     .await
     .unwrap();
     client.network().dial(addr).await.unwrap();
+    let (ledger, server) = (router.peer_id(), router.peer_id());
+    cactus_node::client::fund_from_faucet(client.network(), ledger, server, 1_000_000)
+        .await
+        .unwrap();
 
     let mut evidence = Vec::new();
     // The cheater is drawn for about one task in seven once the honest
@@ -284,6 +288,7 @@ async fn a_mesh_catches_and_slashes_a_substituted_model() {
                 max_tokens: 64,
                 ..SamplingParams::default()
             },
+            max_price_per_unit: None,
         };
         let result = tokio::time::timeout(
             limit,

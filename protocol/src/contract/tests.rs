@@ -58,7 +58,10 @@ fn err(s: &mut State, who: Address, op: Op) -> Abort {
 
 fn invariant(s: &State) {
     let (stake, escrow, vault) = s.totals();
-    assert_eq!(stake + escrow, vault);
+    assert_eq!(stake + escrow + s.deposits_held(), vault);
+    let tabs: u64 = s.clients.tabs.values().sum();
+    let fees: u64 = s.clients.tasks.values().map(|t| t.fee_escrow).sum();
+    assert_eq!(tabs + fees, s.deposits_held());
 }
 
 /// Initialized; two servers funded (one authorized); orchestrators 1..=3
@@ -908,13 +911,39 @@ fn test_invariant_escrow_plus_stake_equals_balance() {
             },
         ),
         (server(), create(3, orch(3), 1, 50)),
+        (server(), Op::SetServerFee { fee_bps: 1_234 }),
+        (
+            client(),
+            Op::Deposit {
+                server: server(),
+                amount: 7_777,
+            },
+        ),
+        (server(), client_create(4, 5, 999)),
+        (server(), client_create(5, 3, 1_001)),
+        (server(), complete(4, 9, 21, 77, vec![])),
+        (
+            server(),
+            Op::FailTask {
+                task_id: id(5),
+                reason: 1,
+            },
+        ),
+        (
+            client(),
+            Op::WithdrawDeposit {
+                server: server(),
+                amount: 1_000,
+            },
+        ),
     ];
+    fund(&mut s, client(), 100_000);
     for (who, op) in ops {
         ok(&mut s, who, op);
     }
     // And across the board: nothing was created or destroyed but by Mint.
     let outside: u64 = s.balances.values().sum();
-    assert_eq!(outside + s.vault, 2 * 100_000 + 3 * 10_000);
+    assert_eq!(outside + s.vault, 3 * 100_000 + 3 * 10_000);
 }
 
 #[test]
@@ -1006,6 +1035,9 @@ fn arithmetic_overflows_abort_and_change_nothing() {
 fn abort_codes_match_the_spec_numbers() {
     let all = [
         (Abort::TaskNotExpired, 25),
+        (Abort::InsufficientDeposit, 26),
+        (Abort::InvalidFee, 27),
+        (Abort::PriceAboveCap, 28),
         (Abort::NotAdmin, 1),
         (Abort::AlreadyInitialized, 2),
         (Abort::NotInitialized, 3),
@@ -1035,4 +1067,194 @@ fn abort_codes_match_the_spec_numbers() {
     for (a, n) in all {
         assert_eq!(a.code(), n);
     }
+}
+
+// ------------------------------------------------------------------ clients
+
+fn client() -> Address {
+    addr(0xc1)
+}
+
+fn fund(s: &mut State, who: Address, amount: u64) {
+    ok(s, admin(), Op::Mint { to: who, amount });
+}
+
+/// Task `task` of `server()` for orchestrator 1, paid by `client()`.
+fn client_create(task: u8, price: u64, max: u64) -> Op {
+    Op::CreateClientTask {
+        client: client(),
+        task_id: id(task),
+        orchestrator: orch(1),
+        price_per_unit: price,
+        max_payment: max,
+    }
+}
+
+fn deposit(amount: u64) -> Op {
+    Op::Deposit {
+        server: server(),
+        amount,
+    }
+}
+
+/// `setup`, the server's fee at 10 %, the client's deposit of 10 000 there.
+fn client_ready() -> State {
+    let mut s = setup();
+    fund(&mut s, client(), 100_000);
+    ok(&mut s, server(), Op::SetServerFee { fee_bps: 1_000 });
+    ok(&mut s, client(), deposit(10_000));
+    s
+}
+
+fn client_view(s: &State) -> (u64, u64) {
+    (s.clients.tab(client(), server()), s.clients.cap(&client()))
+}
+
+#[test]
+fn test_deposit_and_withdraw_deposit() {
+    let mut s = setup();
+    fund(&mut s, client(), 100_000);
+    ok(&mut s, client(), deposit(5_000));
+    assert_eq!(client_view(&s), (5_000, NO_CAP));
+    assert_eq!(s.deposits_held(), 5_000);
+    assert_eq!(s.balance(&client()), 95_000);
+    let withdraw = |amount| Op::WithdrawDeposit {
+        server: server(),
+        amount,
+    };
+    ok(&mut s, client(), withdraw(2_000));
+    assert_eq!(client_view(&s), (3_000, NO_CAP));
+    ok(&mut s, client(), withdraw(3_000));
+    assert_eq!(client_view(&s), (0, NO_CAP));
+    assert!(s.clients.tabs.is_empty(), "an empty tab is dropped");
+    assert_eq!(s.balance(&client()), 100_000);
+}
+
+#[test]
+fn test_deposit_at_unknown_server_fails() {
+    let mut s = setup();
+    fund(&mut s, client(), 100_000);
+    let op = Op::Deposit {
+        server: other_server(),
+        amount: 5_000,
+    };
+    assert_eq!(err(&mut s, client(), op), Abort::ServerNotFound);
+}
+
+#[test]
+fn test_withdraw_deposit_above_tab_fails() {
+    let mut s = setup();
+    fund(&mut s, client(), 100_000);
+    ok(&mut s, client(), deposit(100));
+    let op = Op::WithdrawDeposit {
+        server: server(),
+        amount: 101,
+    };
+    assert_eq!(err(&mut s, client(), op), Abort::InsufficientDeposit);
+}
+
+#[test]
+fn test_client_task_pays_orchestrator_and_fee_and_refunds_client() {
+    let mut s = client_ready();
+    assert_eq!(s.clients.fee(&server()), 1_000);
+    ok(&mut s, server(), client_create(1, 2, 5_000));
+    // 5 000 for the payment and 500 for the fee left the tab.
+    assert_eq!(client_view(&s), (4_500, NO_CAP));
+    assert_eq!(s.totals(), (6_000, 5_000, 6_000 + 5_000 + 5_000));
+    // Payment 680 (as in test_complete_task_pays_and_refunds), fee 68.
+    ok(&mut s, server(), complete(1, 10, 20, 500, vec![]));
+    let t = &s.tasks[&[1; 16]];
+    assert_eq!((t.status, t.payment), (TaskStatus::Completed, 680));
+    assert_eq!(client_view(&s), (10_000 - 680 - 68, NO_CAP));
+    assert_eq!(s.balance(&orch(1)), 8_000 + 680);
+    assert_eq!(s.balance(&server()), 100_000 + 68);
+    assert_eq!(s.balance(&client()), 90_000);
+    assert_eq!(s.deposits_held(), 9_252);
+    assert!(s.clients.tasks.is_empty());
+}
+
+#[test]
+fn test_client_task_beyond_the_deposit_fails() {
+    let mut s = client_ready();
+    // 10 000 plus its 10 % fee is more than the tab holds.
+    assert_eq!(
+        err(&mut s, server(), client_create(1, 2, 10_000)),
+        Abort::InsufficientDeposit
+    );
+}
+
+#[test]
+fn test_client_task_from_another_servers_deposit_fails() {
+    let mut s = client_ready();
+    ok(
+        &mut s,
+        admin(),
+        Op::AuthorizeServer {
+            server: other_server(),
+        },
+    );
+    assert_eq!(
+        err(&mut s, other_server(), client_create(1, 2, 100)),
+        Abort::InsufficientDeposit
+    );
+}
+
+#[test]
+fn test_client_task_above_price_cap_fails() {
+    let mut s = client_ready();
+    ok(
+        &mut s,
+        client(),
+        Op::SetMaxPrice {
+            max_price_per_unit: 9,
+        },
+    );
+    assert_eq!(client_view(&s), (10_000, 9));
+    assert_eq!(
+        err(&mut s, server(), client_create(1, 10, 100)),
+        Abort::PriceAboveCap
+    );
+}
+
+#[test]
+fn test_failed_client_task_refunds_the_client() {
+    let mut s = client_ready();
+    ok(&mut s, server(), client_create(1, 2, 5_000));
+    let fail = Op::FailTask {
+        task_id: id(1),
+        reason: 3,
+    };
+    ok(&mut s, server(), fail);
+    assert_eq!(client_view(&s), (10_000, NO_CAP));
+    assert_eq!(s.balance(&server()), 100_000);
+    assert_eq!(s.orchestrators[&orch(1)].failures, 1);
+    assert_eq!(s.totals(), (6_000, 0, 6_000 + 10_000));
+}
+
+#[test]
+fn test_expired_client_task_refunds_the_client() {
+    let mut s = client_ready();
+    s.apply(server(), &client_create(1, 2, 5_000), 1_000)
+        .unwrap();
+    let expire = Op::ExpireTask { task_id: id(1) };
+    s.apply(client(), &expire, 1_000 + TASK_EXPIRY_SECS)
+        .unwrap();
+    invariant(&s);
+    assert_eq!(client_view(&s), (10_000, NO_CAP));
+    assert_eq!(s.balance(&server()), 100_000);
+    assert_eq!(s.totals(), (6_000, 0, 6_000 + 10_000));
+}
+
+#[test]
+fn test_server_fee_above_bps_fails() {
+    let mut s = setup();
+    let op = Op::SetServerFee { fee_bps: 10_001 };
+    assert_eq!(err(&mut s, server(), op), Abort::InvalidFee);
+}
+
+#[test]
+fn test_server_fee_unauthorized_fails() {
+    let mut s = setup();
+    let op = Op::SetServerFee { fee_bps: 100 };
+    assert_eq!(err(&mut s, other_server(), op), Abort::NotAuthorizedServer);
 }

@@ -115,6 +115,16 @@ pub enum Abort {
     /// Expiring a task before its deadline.
     #[error("E_TASK_NOT_EXPIRED (25): the task's deadline has not passed")]
     TaskNotExpired = 25,
+    /// A client's deposit at the server does not cover the escrow or the
+    /// withdrawal.
+    #[error("E_INSUFFICIENT_DEPOSIT (26): the client's deposit at this router does not cover it")]
+    InsufficientDeposit = 26,
+    /// A server fee above 10 000 bps.
+    #[error("E_INVALID_FEE (27): a fee is at most 10000 bps")]
+    InvalidFee = 27,
+    /// A task priced above what its client pays at most.
+    #[error("E_PRICE_ABOVE_CAP (28): the price is above the client's cap")]
+    PriceAboveCap = 28,
     /// An amount would pass `u64::MAX` or drop below 0 (or an intermediate
     /// `u128` product would overflow). Move has no abort code for this: the
     /// VM aborts the transaction with its `ARITHMETIC_ERROR` status, whose
@@ -215,7 +225,7 @@ pub enum TaskStatus {
 /// A task in the contract.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Task {
-    /// The server that created (and pays for) it.
+    /// The server that created it (and pays for it, unless a client does).
     pub server: Address,
     /// The responsible orchestrator.
     pub orchestrator: Address,
@@ -286,6 +296,44 @@ pub enum Op {
     RevokeServer {
         /// The server's account.
         server: Address,
+    },
+    /// `deposit(server, amount)`: signed by a client.
+    Deposit {
+        /// The server the deposit is for.
+        server: Address,
+        /// Amount.
+        amount: u64,
+    },
+    /// `withdraw_deposit(server, amount)`: signed by a client.
+    WithdrawDeposit {
+        /// The server the deposit is at.
+        server: Address,
+        /// Amount.
+        amount: u64,
+    },
+    /// `set_max_price(max_price_per_unit)`: signed by a client.
+    SetMaxPrice {
+        /// The most the client pays per work unit.
+        max_price_per_unit: u64,
+    },
+    /// `set_server_fee(fee_bps)`: signed by a server.
+    SetServerFee {
+        /// Share of each payment charged on top to the client, bps.
+        fee_bps: u64,
+    },
+    /// `create_client_task(client, task_id, orchestrator, price_per_unit, max_payment)`.
+    CreateClientTask {
+        /// The paying client.
+        client: Address,
+        /// 16-byte task id.
+        #[serde(with = "serde_bytes")]
+        task_id: Vec<u8>,
+        /// Responsible orchestrator.
+        orchestrator: Address,
+        /// Price per work unit.
+        price_per_unit: u64,
+        /// Amount escrowed for the payment (the fee's escrow comes on top).
+        max_payment: u64,
     },
     /// `create_task(task_id, orchestrator, price_per_unit, max_payment)`.
     CreateTask {

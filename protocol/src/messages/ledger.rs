@@ -37,6 +37,15 @@ pub enum LedgerView {
     AnchorCount,
     /// A balance outside the vault.
     Balance(crate::contract::Address),
+    /// A client's deposit at a server, and its price cap.
+    Client {
+        /// The client.
+        client: crate::contract::Address,
+        /// The server.
+        server: crate::contract::Address,
+    },
+    /// A server's fee, bps.
+    ServerFee(crate::contract::Address),
     /// Up to `limit` (at most [`MAX_PENDING_LISTED`]) pending tasks a server
     /// escrowed.
     PendingTasks {
@@ -60,8 +69,16 @@ pub enum LedgerAnswer {
     Task(Option<crate::contract::Task>),
     /// [`LedgerView::Totals`].
     Totals(crate::contract::Totals),
-    /// [`LedgerView::AnchorCount`] and [`LedgerView::Balance`].
+    /// [`LedgerView::AnchorCount`], [`LedgerView::Balance`] and
+    /// [`LedgerView::ServerFee`].
     Count(u64),
+    /// [`LedgerView::Client`].
+    Client {
+        /// What the client has on its tab at the server.
+        deposit: u64,
+        /// The most it pays per work unit.
+        max_price_per_unit: u64,
+    },
     /// [`LedgerView::PendingTasks`]; `None` when the ledger cannot list
     /// them.
     Tasks(Option<Vec<TaskId>>),
@@ -81,6 +98,17 @@ pub struct AccountView {
     pub balance: u64,
     /// Its record as an orchestrator, if registered.
     pub orchestrator: Option<crate::contract::Orchestrator>,
+    /// What it has deposited, as a client, at the ledger node's router
+    /// account (absent from answers of older nodes: 0).
+    #[serde(default)]
+    pub deposit: u64,
+    /// The most it pays per work unit, as a client.
+    #[serde(default = "no_cap")]
+    pub max_price_per_unit: u64,
+}
+
+fn no_cap() -> u64 {
+    crate::contract::NO_CAP
 }
 
 /// What a peer may ask a ledger node to do with its own account. The ledger

@@ -66,6 +66,7 @@ fn a_maximal_sampling_fits_every_message_that_carries_it() {
         prompt: "x".repeat(MAX_PROMPT_BYTES),
         format: PromptFormat::Raw,
         sampling: s,
+        max_price_per_unit: None,
     };
     spec.validate().unwrap();
     TaskRequest::Submit(spec).encode().unwrap();

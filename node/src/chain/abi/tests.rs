@@ -58,6 +58,25 @@ pub(crate) fn every_chain_op() -> Vec<Op> {
         Op::ExpireTask {
             task_id: vec![2; 16],
         },
+        Op::CreateClientTask {
+            client: Address([9; 32]),
+            task_id: vec![4; 16],
+            orchestrator: Address([4; 32]),
+            price_per_unit: 2,
+            max_payment: 30,
+        },
+        Op::Deposit {
+            server: Address([5; 32]),
+            amount: 40,
+        },
+        Op::WithdrawDeposit {
+            server: Address([5; 32]),
+            amount: 4,
+        },
+        Op::SetMaxPrice {
+            max_price_per_unit: 3,
+        },
+        Op::SetServerFee { fee_bps: 100 },
         Op::Slash {
             orchestrator: Address([4; 32]),
             ratio_bps: 500,
@@ -215,6 +234,12 @@ fn every_view_maps_to_a_well_typed_view_call() {
             max_payment: 5,
         },
         View::Totals,
+        View::Client {
+            client: Address([1; 32]),
+            server: Address([2; 32]),
+        },
+        View::ServerFee(Address([2; 32])),
+        View::DepositsHeld,
         View::AnchorCount,
         View::Anchor(3),
     ];
@@ -259,12 +284,12 @@ fn table_is_consistent() {
 
 #[test]
 fn abort_codes_round_trip() {
-    for code in 1..=24 {
+    for code in 1..=28 {
         assert_eq!(abort_from_code(code).map(Abort::code), Some(code));
     }
-    assert_eq!(abort_from_code(24), Some(Abort::EvidenceUsed));
+    assert_eq!(abort_from_code(28), Some(Abort::PriceAboveCap));
     assert_eq!(abort_from_code(0), None);
-    assert_eq!(abort_from_code(25), None);
+    assert_eq!(abort_from_code(29), None);
     assert_eq!(
         abort_from_code(Abort::ArithmeticError.code()),
         None,

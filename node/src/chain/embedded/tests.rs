@@ -27,18 +27,58 @@ fn operations_survive_reopen_and_snapshots() {
             },
         )
         .unwrap();
-        // Enough operations to cross a snapshot.
+        // A client's deposit, a fee and a cap: the client book is in the
+        // snapshots too.
+        let client = Address([3; 32]);
+        let client_ops = [
+            (
+                router,
+                Op::Mint {
+                    to: client,
+                    amount: 5_000,
+                },
+            ),
+            (
+                client,
+                Op::Deposit {
+                    server: router,
+                    amount: 4_000,
+                },
+            ),
+            (router, Op::SetServerFee { fee_bps: 500 }),
+            (
+                client,
+                Op::SetMaxPrice {
+                    max_price_per_unit: 7,
+                },
+            ),
+        ];
+        for (who, op) in client_ops {
+            c.apply(who, op).unwrap();
+        }
+        // Enough operations to cross a snapshot, half of them client tasks.
         for i in 0..SNAPSHOT_EVERY + 3 {
             let mut id = vec![0; 16];
             id[..8].copy_from_slice(&i.to_le_bytes());
-            let create = Op::CreateTask {
-                task_id: id.clone(),
-                orchestrator: orch,
-                price_per_unit: 1,
-                max_payment: 10,
+            let create = if i % 2 == 0 {
+                Op::CreateTask {
+                    task_id: id.clone(),
+                    orchestrator: orch,
+                    price_per_unit: 1,
+                    max_payment: 10,
+                }
+            } else {
+                Op::CreateClientTask {
+                    client,
+                    task_id: id.clone(),
+                    orchestrator: orch,
+                    price_per_unit: 1,
+                    max_payment: 10,
+                }
             };
             c.apply(router, create).unwrap();
         }
+        assert!(!c.state().clients.tasks.is_empty());
         // A refused operation is not logged and changes nothing.
         let before = c.state();
         let err = c.apply(orch, Op::Withdraw).unwrap_err();
@@ -51,9 +91,9 @@ fn operations_survive_reopen_and_snapshots() {
     drop(c);
     let c = EmbeddedChain::open_existing(dir.path()).unwrap();
     assert_eq!(c.state(), expected);
-    assert_eq!(c.len().unwrap(), 3 + 2 + SNAPSHOT_EVERY + 3);
+    assert_eq!(c.len().unwrap(), 3 + 2 + 4 + SNAPSHOT_EVERY + 3);
     let (stake, escrow, vault) = c.state().totals();
-    assert_eq!(stake + escrow, vault);
+    assert_eq!(stake + escrow + c.state().deposits_held(), vault);
 }
 
 /// A snapshot written before `State::used_evidence` existed still loads,

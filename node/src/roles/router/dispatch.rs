@@ -1,6 +1,7 @@
-//! A client's task end to end: pick an orchestrator (or call for bids),
-//! escrow, hand over, and on failure settle the attempt and try another,
-//! within the client's deadline.
+//! A client's task end to end: check the client can pay, pick an
+//! orchestrator within its price cap (or call for bids), escrow from the
+//! client's deposit, hand over, and on failure settle the attempt and try
+//! another, within the client's deadline.
 
 use super::RouterCtx;
 use super::stream::{Delivery, Sent, Streamed};
@@ -21,6 +22,16 @@ const REPLAY_RESERVE: Duration = Duration::from_secs(60);
 /// the router gave up on.
 const CANCEL_WAIT: Duration = Duration::from_secs(2);
 
+/// Who a task is for, and whose deposit at this router pays for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Payer {
+    /// The client's peer (this router's own for HTTP API requests).
+    pub peer: PeerId,
+    /// The ledger account its tasks are escrowed from: a mesh client's own
+    /// (derived from its PeerId), or the one an API key names.
+    pub account: Address,
+}
+
 /// How one attempt ended.
 enum Attempt {
     Done(Box<TaskResult>),
@@ -31,20 +42,28 @@ enum Attempt {
 }
 impl RouterCtx {
     /// Serves one client submission end to end.
-    pub async fn serve(&self, client: PeerId, spec: TaskSpec) -> TaskResponse {
-        self.serve_streaming(client, spec, None).await
+    pub async fn serve(&self, payer: Payer, spec: TaskSpec) -> TaskResponse {
+        self.serve_streaming(payer, spec, None).await
+    }
+
+    /// A mesh client, paying from its own account.
+    pub fn payer_of(&self, peer: PeerId) -> Payer {
+        Payer {
+            peer,
+            account: self.account_of(&peer),
+        }
     }
 
     /// Serves one client submission end to end; with `tokens`, its tokens
     /// go there too (see [`Delivery`]; a sink that closes stops the task).
-    #[tracing::instrument(skip_all, fields(client = %client))]
+    #[tracing::instrument(skip_all, fields(client = %payer.peer, account = %payer.account))]
     pub async fn serve_streaming(
         &self,
-        client: PeerId,
+        payer: Payer,
         spec: TaskSpec,
         tokens: Option<Delivery>,
     ) -> TaskResponse {
-        match self.try_serve(spec, tokens).await {
+        match self.try_serve(payer, spec, tokens).await {
             Ok(r) => TaskResponse::Done(r),
             Err(e) => {
                 self.metrics
@@ -57,6 +76,7 @@ impl RouterCtx {
 
     async fn try_serve(
         &self,
+        payer: Payer,
         spec: TaskSpec,
         delivery: Option<Delivery>,
     ) -> Result<TaskResult, TaskError> {
@@ -83,6 +103,15 @@ impl RouterCtx {
                 None => return Err(unserved()),
             },
         };
+        // Before any work: the client must have a deposit here, and
+        // orchestrators asking more than it pays are out of the running.
+        let cap = self.price_cap(&payer, spec.max_price_per_unit).await?;
+        let prices = self.with_table(|t| t.prices(&model));
+        let over_cap: Vec<PeerId> = prices
+            .iter()
+            .filter(|(_, price)| *price > cap)
+            .map(|(peer, _)| *peer)
+            .collect();
         let started = tokio::time::Instant::now();
         let deadline = started + self.task_deadline;
         let mut assignment = Assignment {
@@ -102,8 +131,15 @@ impl RouterCtx {
             None
         };
         let mut sent = Sent::new(delivery);
-        let mut tried = HashSet::new();
-        let mut last = if advertised {
+        let mut tried: HashSet<PeerId> = over_cap.iter().copied().collect();
+        let mut last = if !prices.is_empty() && over_cap.len() == prices.len() {
+            TaskError::new(
+                TaskErrorKind::PaymentRequired,
+                format!(
+                    "every orchestrator serving {what} asks more than {cap} per work unit, the most this client pays"
+                ),
+            )
+        } else if advertised {
             TaskError::new(
                 TaskErrorKind::Busy,
                 format!("every orchestrator serving {what} is busy, and none bid for the task"),
@@ -164,7 +200,7 @@ impl RouterCtx {
                 Some(c) => Some(c),
                 None if !auctioned => {
                     auctioned = true;
-                    self.auction(&assignment, &tried)
+                    self.auction(&assignment, &tried, cap)
                         .await
                         .map(|(p, account, price)| (p, Some((account, price))))
                 }
@@ -193,7 +229,7 @@ impl RouterCtx {
             tried.insert(peer);
             tracing::info!(task_id = %assignment.task_id, orchestrator = %peer, attempt, by_bid = terms.is_some(), resumed = assignment.resume.as_ref().map(|r| r.tokens.len()), "dispatching task");
             match self
-                .attempt(peer, terms, &assignment, timeout, deadline, &mut sent)
+                .attempt(payer.account, peer, terms, &assignment, deadline, &mut sent)
                 .await
             {
                 Attempt::Done(result) => return Ok(*result),
@@ -217,27 +253,63 @@ impl RouterCtx {
         Err(last)
     }
 
-    /// One hand-off to one orchestrator, settled on the chain.
+    /// The most `payer` pays per work unit for a task: the cap it asked
+    /// for, within the cap it set on the ledger. A client without a deposit
+    /// here is told so before any work is done.
+    async fn price_cap(&self, payer: &Payer, asked: Option<u64>) -> Result<u64, TaskError> {
+        let server = self.chain.account();
+        let (deposit, cap) = self
+            .chain
+            .client(payer.account, server)
+            .await
+            .map_err(|e| TaskError::new(TaskErrorKind::Unavailable, format!("chain: {e}")))?;
+        if deposit == 0 {
+            // Nobody can deposit at a router its ledger does not authorize:
+            // say that, not what the client cannot fix.
+            if !self.chain.is_server(server).await.unwrap_or(true) {
+                return Err(TaskError::new(
+                    TaskErrorKind::Unauthorized,
+                    "this router is not an authorized server on its ledger",
+                ));
+            }
+            return Err(TaskError::new(
+                TaskErrorKind::PaymentRequired,
+                format!(
+                    "account {} has no deposit at this router (account {server}): deposit with `cactus-node account deposit <amount>`",
+                    payer.account
+                ),
+            ));
+        }
+        Ok(asked.map_or(cap, |a| a.min(cap)))
+    }
+
+    /// One hand-off to one orchestrator, escrowed from `payer`'s deposit and
+    /// settled on the chain. The deadline of the attempt is the
+    /// assignment's.
     async fn attempt(
         &self,
+        payer: Address,
         peer: PeerId,
         terms: Option<(Address, u64)>,
         assignment: &Assignment,
-        timeout: Duration,
         deadline: tokio::time::Instant,
         sent: &mut Sent,
     ) -> Attempt {
+        let timeout =
+            Duration::from_millis(assignment.deadline_ms.saturating_sub(crate::time::now_ms()));
         let Some((account, price)) = terms.or_else(|| self.with_table(|t| t.terms(&peer))) else {
             return Attempt::Retry(TaskError::new(
                 TaskErrorKind::Unavailable,
                 "orchestrator left",
             ));
         };
-        let create = Op::CreateTask {
+        let max_payment = self.escrow_for(assignment, price);
+        let create = Op::CreateClientTask {
+            client: payer,
             task_id: assignment.task_id.0.to_vec(),
             orchestrator: account,
             price_per_unit: price,
-            max_payment: self.escrow_for(assignment, price),
+            max_payment,
         };
         if let Err(e) = self.chain.submit(create).await {
             tracing::warn!(orchestrator = %peer, error = %e, "the chain refused to escrow the task");
@@ -246,6 +318,14 @@ impl RouterCtx {
                 return Attempt::Stop(TaskError::new(
                     TaskErrorKind::Unauthorized,
                     format!("this router is not an authorized server on its ledger: {e}"),
+                ));
+            }
+            if e == ChainError::Abort(Abort::InsufficientDeposit) {
+                return Attempt::Stop(TaskError::new(
+                    TaskErrorKind::PaymentRequired,
+                    format!(
+                        "the deposit of account {payer} at this router does not cover the task's escrow of {max_payment} plus the router's fee: deposit more with `cactus-node account deposit <amount>`"
+                    ),
                 ));
             }
             return Attempt::Retry(TaskError::new(

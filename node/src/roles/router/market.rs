@@ -62,12 +62,15 @@ impl RouterCtx {
     /// Publishes a call for bids for `assignment` on the task topic, gathers
     /// bids for the bid window and returns the best by the scheduler's score:
     /// `(orchestrator, account, price)`. Only orchestrators this router has
-    /// admitted (stake checked) can win.
+    /// admitted (stake checked) can win, and only at a price within
+    /// `max_price` (the client's cap).
     pub(super) async fn auction(
         &self,
         assignment: &Assignment,
         exclude: &HashSet<PeerId>,
+        max_price: u64,
     ) -> Option<(PeerId, Address, u64)> {
+        let max_price = max_price.min(self.market.max_price_per_unit);
         let now = crate::time::now_ms();
         let window = self.market.bid_window;
         let body = TaskAdvertBody {
@@ -76,7 +79,7 @@ impl RouterCtx {
             model: assignment.model,
             prompt_bytes: assignment.prompt.len() as u32,
             max_tokens: assignment.sampling.max_tokens,
-            max_price_per_unit: self.market.max_price_per_unit,
+            max_price_per_unit: max_price,
             issued_at_ms: now,
             deadline_ms: now + window.as_millis() as u64,
         };
@@ -120,7 +123,9 @@ impl RouterCtx {
             .unwrap_or_default();
         let bids: Vec<Bid> = bids
             .into_iter()
-            .filter(|b| !exclude.contains(&b.body.orchestrator))
+            .filter(|b| {
+                !exclude.contains(&b.body.orchestrator) && b.body.price_per_unit <= max_price
+            })
             .collect();
         let keys: Vec<(PeerId, u64, u32)> = bids
             .iter()

@@ -40,9 +40,11 @@ mod slash;
 mod spot_check;
 mod stream;
 
+pub use dispatch::Payer;
 pub use handler::RouterRole;
 pub use market::Market;
 pub use reconcile::{MAX_RECONCILED, Reconciled, reconcile};
+pub use settle::{DEFAULT_FEE_BPS, set_fee};
 pub use spot_check::Verification;
 pub use stream::{Delivery, STALL_TIMEOUT};
 

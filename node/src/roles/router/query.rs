@@ -95,10 +95,14 @@ impl RouterCtx {
             Query::Ledger(view) => Ok(QueryAnswer::Ledger(self.view(view).await?)),
             Query::Account(peer) => {
                 let account = self.account_of(&peer);
+                let (deposit, max_price_per_unit) =
+                    self.chain.client(account, self.chain.account()).await?;
                 Ok(QueryAnswer::Account(AccountView {
                     account,
                     balance: self.chain.balance(account).await?,
                     orchestrator: self.chain.orchestrator(account).await?,
+                    deposit,
+                    max_price_per_unit,
                 }))
             }
         }
@@ -109,7 +113,7 @@ impl RouterCtx {
     /// PeerId. This router's own is its chain account (on Aptos, a key of
     /// its own, which the contract does not bind to a PeerId yet: an
     /// orchestrator takes the router it follows at its word about itself).
-    fn account_of(&self, peer: &libp2p::PeerId) -> cactus_protocol::contract::Address {
+    pub(super) fn account_of(&self, peer: &libp2p::PeerId) -> cactus_protocol::contract::Address {
         if *peer == self.network.local_peer_id() {
             self.chain.account()
         } else {
@@ -128,6 +132,14 @@ impl RouterCtx {
             LedgerView::Totals => LedgerAnswer::Totals(c.totals().await?),
             LedgerView::AnchorCount => LedgerAnswer::Count(c.anchor_count().await?),
             LedgerView::Balance(a) => LedgerAnswer::Count(c.balance(a).await?),
+            LedgerView::Client { client, server } => {
+                let (deposit, max_price_per_unit) = c.client(client, server).await?;
+                LedgerAnswer::Client {
+                    deposit,
+                    max_price_per_unit,
+                }
+            }
+            LedgerView::ServerFee(s) => LedgerAnswer::Count(c.server_fee(s).await?),
             LedgerView::PendingTasks { server, limit } => {
                 let limit = limit.min(MAX_PENDING_LISTED) as usize;
                 LedgerAnswer::Tasks(c.pending_tasks_of(server, limit).await?)

@@ -24,6 +24,24 @@ pub fn compute_fits(compute_ms: u64, observed: Duration) -> bool {
     u128::from(compute_ms) <= most
 }
 
+/// A router's fee unless it sets another (`--fee-bps`): 1 % of each
+/// payment, charged to the client on top.
+pub const DEFAULT_FEE_BPS: u64 = 100;
+
+/// Sets this router's fee on the chain when it differs: what clients pay
+/// it on top of each payment, from the tasks it opens from now on. A chain
+/// that refuses (this router is not authorized yet) is logged, not fatal.
+pub async fn set_fee(chain: &dyn crate::chain::ChainBackend, fee_bps: u64) {
+    match chain.server_fee(chain.account()).await {
+        Ok(now) if now == fee_bps => {}
+        Ok(_) => match chain.submit(Op::SetServerFee { fee_bps }).await {
+            Ok(()) => tracing::info!(fee_bps, "router fee set on the chain"),
+            Err(e) => tracing::warn!(fee_bps, error = %e, "could not set the router's fee"),
+        },
+        Err(e) => tracing::warn!(error = %e, "could not read the router's fee"),
+    }
+}
+
 impl RouterCtx {
     /// The most a task can cost under the contract's formula (100 %
     /// reputation): what the router escrows. A prompt has at most one token per
