@@ -82,6 +82,8 @@ module cactus::cactus_payment {
     const E_INVALID_FEE: u64 = 27;
     /// A task priced above the most its client pays per unit.
     const E_PRICE_ABOVE_CAP: u64 = 28;
+    /// The PeerId is already bound to another server.
+    const E_PEER_TAKEN: u64 = 29;
 
     // --------------------------------------------------------------- constants
 
@@ -220,6 +222,16 @@ module cactus::cactus_payment {
         held: u64,
     }
 
+    /// Which PeerId each authorized server's router runs as, and back: what
+    /// an orchestrator reading the chain checks before it serves a peer
+    /// (`server_of_peer`). Set by the admin (`set_server_peer`), dropped
+    /// with the authorization (`revoke_server`). Stored under the vault
+    /// object's address and created on first use, as `EvidenceLog` is.
+    struct ServerPeers has key {
+        peer_of: Table<address, vector<u8>>,
+        server_of: Table<vector<u8>, address>,
+    }
+
     // ------------------------------------------------------------------ events
 
     #[event]
@@ -256,6 +268,13 @@ module cactus::cactus_payment {
     /// The admin authorized a server.
     struct ServerAuthorized has drop, store {
         server: address,
+    }
+
+    #[event]
+    /// The admin bound a server to the PeerId its router runs as.
+    struct ServerPeerSet has drop, store {
+        server: address,
+        peer_id: vector<u8>,
     }
 
     #[event]
@@ -555,15 +574,50 @@ module cactus::cactus_payment {
         event::emit(ServerAuthorized { server });
     }
 
-    /// Revokes an authorized server. Admin only.
-    public entry fun revoke_server(admin: &signer, server: address) acquires Config, Ledger {
+    /// Revokes an authorized server, and its PeerId binding. Admin only.
+    public entry fun revoke_server(admin: &signer, server: address) acquires Config, Ledger, ServerPeers {
         assert_initialized();
         let config = borrow_global<Config>(@cactus);
         assert!(signer::address_of(admin) == config.admin, E_NOT_ADMIN);
         let ledger = borrow_global_mut<Ledger>(@cactus);
         assert!(table::contains(&ledger.servers, server), E_SERVER_NOT_FOUND);
         table::remove(&mut ledger.servers, server);
+        let peers_addr = vault_address(config);
+        if (exists<ServerPeers>(peers_addr)) {
+            unbind_server(borrow_global_mut<ServerPeers>(peers_addr), server);
+        };
         event::emit(ServerRevoked { server });
+    }
+
+    /// Binds the authorized `server` to `peer_id`, the PeerId its router
+    /// runs as: orchestrators serve that PeerId as this server. A server has
+    /// one PeerId (a new one replaces the old) and a PeerId one server.
+    /// Admin only.
+    public entry fun set_server_peer(
+        admin: &signer,
+        server: address,
+        peer_id: vector<u8>,
+    ) acquires Config, Ledger, ServerPeers {
+        assert_initialized();
+        let config = borrow_global<Config>(@cactus);
+        assert!(signer::address_of(admin) == config.admin, E_NOT_ADMIN);
+        let ledger = borrow_global<Ledger>(@cactus);
+        assert!(table::contains(&ledger.servers, server), E_SERVER_NOT_FOUND);
+        let peer_len = vector::length(&peer_id);
+        assert!(peer_len >= 1 && peer_len <= MAX_PEER_ID_LEN, E_INVALID_ARGUMENT);
+        let peers_addr = vault_address(config);
+        if (!exists<ServerPeers>(peers_addr)) {
+            let vault = object::generate_signer_for_extending(&config.vault);
+            move_to(&vault, ServerPeers { peer_of: table::new(), server_of: table::new() });
+        };
+        let peers = borrow_global_mut<ServerPeers>(peers_addr);
+        if (table::contains(&peers.server_of, peer_id)) {
+            assert!(*table::borrow(&peers.server_of, peer_id) == server, E_PEER_TAKEN);
+        };
+        unbind_server(peers, server);
+        table::add(&mut peers.peer_of, server, copy peer_id);
+        table::add(&mut peers.server_of, copy peer_id, server);
+        event::emit(ServerPeerSet { server, peer_id });
     }
 
     // ------------------------------------------------------------------ clients
@@ -944,6 +998,19 @@ module cactus::cactus_payment {
     }
 
     #[view]
+    /// The authorized server whose router runs as `peer_id`; aborts with
+    /// `E_SERVER_NOT_FOUND` when no server is bound to it.
+    public fun server_of_peer(peer_id: vector<u8>): address acquires Config, ServerPeers {
+        assert_initialized();
+        let config = borrow_global<Config>(@cactus);
+        let peers_addr = vault_address(config);
+        assert!(exists<ServerPeers>(peers_addr), E_SERVER_NOT_FOUND);
+        let peers = borrow_global<ServerPeers>(peers_addr);
+        assert!(table::contains(&peers.server_of, peer_id), E_SERVER_NOT_FOUND);
+        *table::borrow(&peers.server_of, peer_id)
+    }
+
+    #[view]
     /// Whether `addr` is an authorized server.
     public fun is_server(addr: address): bool acquires Ledger {
         assert_initialized();
@@ -1162,6 +1229,14 @@ module cactus::cactus_payment {
             };
         };
         pay_out(config, server, refund);
+    }
+
+    /// Drops `server`'s PeerId binding, if it has one.
+    fun unbind_server(peers: &mut ServerPeers, server: address) {
+        if (table::contains(&peers.peer_of, server)) {
+            let old = table::remove(&mut peers.peer_of, server);
+            table::remove(&mut peers.server_of, old);
+        };
     }
 
     /// Creates the client book under the vault's address if it is missing.

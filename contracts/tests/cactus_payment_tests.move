@@ -655,6 +655,59 @@ module cactus::cactus_payment_tests {
         cactus_payment::expire_task(&signer_of(ORCH), task_id(1));
     }
 
+    // ------------------------------------------------------------ server peers
+
+    #[test(fx = @aptos_framework, admin = @cactus)]
+    fun test_set_server_peer_binds_a_server(fx: &signer, admin: &signer) {
+        ready(fx, admin);
+        cactus_payment::set_server_peer(admin, SERVER, b"12D3KooWRouterA");
+        assert!(cactus_payment::server_of_peer(b"12D3KooWRouterA") == SERVER, 1);
+        cactus_payment::set_server_peer(admin, SERVER, b"12D3KooWRouterB");
+        assert!(cactus_payment::server_of_peer(b"12D3KooWRouterB") == SERVER, 2);
+        assert!(vector::length(&event::emitted_events<cactus_payment::ServerPeerSet>()) == 2, 3);
+    }
+
+    #[test(fx = @aptos_framework, admin = @cactus)]
+    #[expected_failure(abort_code = 13, location = cactus::cactus_payment)]
+    fun test_server_peer_replaced_is_unbound(fx: &signer, admin: &signer) {
+        ready(fx, admin);
+        cactus_payment::set_server_peer(admin, SERVER, b"12D3KooWRouterA");
+        cactus_payment::set_server_peer(admin, SERVER, b"12D3KooWRouterB");
+        cactus_payment::server_of_peer(b"12D3KooWRouterA");
+    }
+
+    #[test(fx = @aptos_framework, admin = @cactus)]
+    #[expected_failure(abort_code = 13, location = cactus::cactus_payment)]
+    fun test_revoked_server_peer_is_unbound(fx: &signer, admin: &signer) {
+        ready(fx, admin);
+        cactus_payment::set_server_peer(admin, SERVER, b"12D3KooWRouterA");
+        cactus_payment::revoke_server(admin, SERVER);
+        cactus_payment::server_of_peer(b"12D3KooWRouterA");
+    }
+
+    #[test(fx = @aptos_framework, admin = @cactus)]
+    #[expected_failure(abort_code = 1, location = cactus::cactus_payment)]
+    fun test_set_server_peer_not_admin_fails(fx: &signer, admin: &signer) {
+        ready(fx, admin);
+        cactus_payment::set_server_peer(&signer_of(SERVER), SERVER, b"12D3KooWRouterA");
+    }
+
+    #[test(fx = @aptos_framework, admin = @cactus)]
+    #[expected_failure(abort_code = 13, location = cactus::cactus_payment)]
+    fun test_set_server_peer_unknown_server_fails(fx: &signer, admin: &signer) {
+        ready(fx, admin);
+        cactus_payment::set_server_peer(admin, SERVER2, b"12D3KooWRouterA");
+    }
+
+    #[test(fx = @aptos_framework, admin = @cactus)]
+    #[expected_failure(abort_code = 29, location = cactus::cactus_payment)]
+    fun test_set_server_peer_taken_fails(fx: &signer, admin: &signer) {
+        ready(fx, admin);
+        cactus_payment::authorize_server(admin, SERVER2);
+        cactus_payment::set_server_peer(admin, SERVER, b"12D3KooWRouterA");
+        cactus_payment::set_server_peer(admin, SERVER2, b"12D3KooWRouterA");
+    }
+
     // ----------------------------------------------------------------- clients
 
     #[test(fx = @aptos_framework, admin = @cactus)]

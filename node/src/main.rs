@@ -111,16 +111,19 @@ fn keys(args: KeysArgs) -> Result<()> {
 async fn account(args: AccountArgs) -> Result<()> {
     use cactus_node::protocol::messages::Transaction;
     cli::init_tracing("warn");
+    let key = cactus_node::identity::load_or_create(&args.data.resolve())?;
+    if args.aptos.aptos_url.is_some() {
+        return account_on_aptos(&args, &key.public().to_peer_id()).await;
+    }
     if args.reach.is_empty() {
         bail!("name the ledger router: --router <its /p2p address> (or --bootstrap)");
     }
-    let key = cactus_node::identity::load_or_create(&args.data.resolve())?;
     let timeout = Duration::from_secs(args.timeout.max(1));
     let (boot, router) = (&args.reach.bootstrap, args.reach.router.clone());
     let call = |tx| client::account(key.clone(), boot, router.clone(), timeout, tx);
     use cactus_node::protocol::contract::Op;
-    let server = |at: Option<libp2p::PeerId>, ledger| {
-        cactus_node::chain::default_account(&at.unwrap_or(ledger))
+    let server = |at: Option<cactus_node::protocol::contract::Address>, ledger| {
+        at.unwrap_or_else(|| cactus_node::chain::default_account(&ledger))
     };
     let op: Option<Box<dyn FnOnce(libp2p::PeerId) -> Op>> = match args.action.clone() {
         AccountAction::Expire { task_id } => {
@@ -183,6 +186,64 @@ async fn account(args: AccountArgs) -> Result<()> {
         writeln!(out, "{view}")?;
     }
     Ok(())
+}
+
+/// `cactus-node account` on the Aptos contract: the same actions, as the
+/// contract's entry functions signed with the node's Aptos key.
+#[cfg(feature = "aptos")]
+async fn account_on_aptos(args: &AccountArgs, peer: &libp2p::PeerId) -> Result<()> {
+    use cactus_node::chain::ChainBackend;
+    use cactus_node::chain::aptos::{AptosChain, AptosConfig};
+    let a = &args.aptos;
+    let chain = AptosChain::connect(AptosConfig {
+        url: a.aptos_url.clone().context("--aptos-url")?,
+        key_file: a.aptos_key_file.clone().context("--aptos-key-file")?,
+        contract: a.contract_address.context("--contract-address")?,
+    })?;
+    let me = chain.account();
+    if matches!(args.action, AccountAction::Faucet) {
+        bail!("the Aptos contract has no faucet: fund {me} with the payment asset's own tools");
+    }
+    let registered = chain.orchestrator(me).await?.is_some();
+    let server = match &args.action {
+        AccountAction::Deposit { at, .. } | AccountAction::WithdrawDeposit { at, .. } => *at,
+        _ => None,
+    };
+    if let Some(op) = args
+        .action
+        .op(peer, registered, None)
+        .map_err(anyhow::Error::msg)?
+    {
+        chain.submit(op).await?;
+    }
+    let orchestrator = chain.orchestrator(me).await?;
+    let (deposit, cap) = match server {
+        Some(s) => chain.client(me, s).await?,
+        None => (0, cactus_node::protocol::contract::NO_CAP),
+    };
+    let view = serde_json::json!({
+        "account": me.to_hex(),
+        "registered": orchestrator.is_some(),
+        "stake": orchestrator.as_ref().map_or(0, |o| o.stake),
+        "unbonding": orchestrator.as_ref().map_or(0, |o| o.unbonding),
+        "unlock_at": orchestrator.as_ref().map_or(0, |o| o.unlock_at),
+        "deposit": deposit,
+        "max_price_per_unit": (cap != cactus_node::protocol::contract::NO_CAP).then_some(cap),
+    });
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{view}")?;
+    } else {
+        writeln!(out, "{}", serde_json::to_string_pretty(&view)?)?;
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "aptos"))]
+async fn account_on_aptos(_: &AccountArgs, _: &libp2p::PeerId) -> Result<()> {
+    bail!(
+        "this binary was built without the `aptos` feature: cargo build --profile dist --features aptos"
+    )
 }
 
 async fn run_node(args: NodeArgs) -> Result<()> {

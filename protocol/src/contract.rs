@@ -91,6 +91,10 @@ pub struct State {
     /// from snapshots written before it existed (empty then).
     #[serde(default)]
     pub clients: Clients,
+    /// The PeerId each authorized server's router runs as
+    /// (`set_server_peer`); absent from older snapshots (empty then).
+    #[serde(default)]
+    pub server_peers: BTreeMap<Address, Vec<u8>>,
 }
 
 /// `(stake_held, escrow_held, vault_balance)`, the `totals` view.
@@ -119,6 +123,7 @@ impl State {
             used_evidence: BTreeSet::new(),
             task_created: BTreeMap::new(),
             clients: Clients::default(),
+            server_peers: BTreeMap::new(),
         }
     }
 
@@ -268,6 +273,23 @@ impl State {
                 if !self.servers.remove(server) {
                     return Err(Abort::ServerNotFound);
                 }
+                self.server_peers.remove(server);
+                Ok(())
+            }
+            Op::SetServerPeer { server, peer_id } => {
+                if signer != self.admin {
+                    return Err(Abort::NotAdmin);
+                }
+                if !self.servers.contains(server) {
+                    return Err(Abort::ServerNotFound);
+                }
+                if peer_id.is_empty() || peer_id.len() > MAX_PEER_ID_BYTES {
+                    return Err(Abort::InvalidArgument);
+                }
+                if self.server_of_peer(peer_id).is_some_and(|s| s != *server) {
+                    return Err(Abort::PeerTaken);
+                }
+                self.server_peers.insert(*server, peer_id.clone());
                 Ok(())
             }
             Op::CreateTask {
@@ -606,6 +628,15 @@ impl State {
             .map(|t| t.escrow)
             .fold(0, u64::saturating_add);
         (stake, escrow, self.vault)
+    }
+
+    /// The `server_of_peer` view: the authorized server bound to the PeerId
+    /// `peer_id` (bytes), if any.
+    pub fn server_of_peer(&self, peer_id: &[u8]) -> Option<Address> {
+        self.server_peers
+            .iter()
+            .find(|(_, p)| p.as_slice() == peer_id)
+            .map(|(s, _)| *s)
     }
 
     /// Whether `who` is an authorized server.

@@ -120,6 +120,9 @@ pub const WITHDRAW: Function = entry("withdraw", &["&signer"]);
 pub const AUTHORIZE_SERVER: Function = entry("authorize_server", &["&signer", "address"]);
 /// `revoke_server(admin, server)`.
 pub const REVOKE_SERVER: Function = entry("revoke_server", &["&signer", "address"]);
+/// `set_server_peer(admin, server, peer_id)`.
+pub const SET_SERVER_PEER: Function =
+    entry("set_server_peer", &["&signer", "address", "vector<u8>"]);
 /// `create_task(server, task_id, orchestrator, price_per_unit, max_payment)`.
 pub const CREATE_TASK: Function = entry(
     "create_task",
@@ -175,6 +178,8 @@ pub const GET_ORCHESTRATOR: Function = view(
     &["address"],
     "(vector<u8>, u64, u64, u64, u64, u64, u64)",
 );
+/// `server_of_peer(peer_id)`; aborts `E_SERVER_NOT_FOUND` when none is bound.
+pub const SERVER_OF_PEER: Function = view("server_of_peer", &["vector<u8>"], "address");
 /// `is_server(addr)`.
 pub const IS_SERVER: Function = view("is_server", &["address"], "bool");
 /// `get_task(task_id)`; aborts `E_TASK_NOT_FOUND` when unknown.
@@ -216,6 +221,7 @@ pub const FUNCTIONS: &[Function] = &[
     WITHDRAW,
     AUTHORIZE_SERVER,
     REVOKE_SERVER,
+    SET_SERVER_PEER,
     CREATE_TASK,
     CREATE_CLIENT_TASK,
     DEPOSIT,
@@ -230,6 +236,7 @@ pub const FUNCTIONS: &[Function] = &[
     GET_CONFIG,
     GET_ORCHESTRATOR,
     IS_SERVER,
+    SERVER_OF_PEER,
     GET_TASK,
     QUOTE_PAYMENT,
     TOTALS,
@@ -351,6 +358,10 @@ pub fn entry_call(op: &Op, asset: Option<Address>) -> Result<Call, AbiError> {
         Op::Withdraw => call(&WITHDRAW, vec![]),
         Op::AuthorizeServer { server } => call(&AUTHORIZE_SERVER, vec![V::Address(*server)]),
         Op::RevokeServer { server } => call(&REVOKE_SERVER, vec![V::Address(*server)]),
+        Op::SetServerPeer { server, peer_id } => call(
+            &SET_SERVER_PEER,
+            vec![V::Address(*server), V::Bytes(peer_id.clone())],
+        ),
         Op::CreateTask {
             task_id,
             orchestrator,
@@ -457,6 +468,8 @@ pub enum View {
     Orchestrator(Address),
     /// `is_server(addr)`.
     IsServer(Address),
+    /// `server_of_peer(peer_id)`.
+    ServerOfPeer(Vec<u8>),
     /// `get_task(task_id)`.
     Task(TaskId),
     /// `quote_payment(..)`.
@@ -500,6 +513,7 @@ pub fn view_call(view: &View) -> Call {
         View::Config => (&GET_CONFIG, vec![]),
         View::Orchestrator(who) => (&GET_ORCHESTRATOR, vec![V::Address(*who)]),
         View::IsServer(who) => (&IS_SERVER, vec![V::Address(*who)]),
+        View::ServerOfPeer(peer) => (&SERVER_OF_PEER, vec![V::Bytes(peer.clone())]),
         View::Task(id) => (&GET_TASK, vec![V::Bytes(id.0.to_vec())]),
         View::QuotePayment {
             orchestrator,
@@ -535,7 +549,7 @@ pub fn view_call(view: &View) -> Call {
 /// [`Abort::ArithmeticError`] is not among them: Move reports an overflow as
 /// the VM's `ARITHMETIC_ERROR` status, not as an abort of the module, and the
 /// Aptos backend passes that on as a failed transaction.
-pub const ABORTS: [Abort; 28] = [
+pub const ABORTS: [Abort; 29] = [
     Abort::NotAdmin,
     Abort::AlreadyInitialized,
     Abort::NotInitialized,
@@ -564,6 +578,7 @@ pub const ABORTS: [Abort; 28] = [
     Abort::InsufficientDeposit,
     Abort::InvalidFee,
     Abort::PriceAboveCap,
+    Abort::PeerTaken,
 ];
 
 /// The [`Abort`] with Move abort code `code` (`E_*`), if there is one.

@@ -353,6 +353,16 @@ impl AptosChain {
         Ok((p.u64(0)?, p.u64(1)?))
     }
 
+    /// The server bound to `peer` (`server_of_peer` aborts 13 when none is).
+    async fn get_server_of_peer(&self, peer: PeerId) -> Result<Option<Address>, AptosError> {
+        let call = abi::view_call(&View::ServerOfPeer(peer.to_bytes()));
+        let absent = [Abort::ServerNotFound, Abort::NotInitialized];
+        let Some(values) = self.view_opt(&call, &absent).await? else {
+            return Ok(None);
+        };
+        Parsed::new(&call, &values, 1)?.address(0).map(Some)
+    }
+
     async fn get_server_fee(&self, server: Address) -> Result<u64, AptosError> {
         let call = abi::view_call(&View::ServerFee(server));
         let Some(values) = self.view_opt(&call, &[Abort::NotInitialized]).await? else {
@@ -431,6 +441,10 @@ impl ChainBackend for AptosChain {
         server: Address,
     ) -> BoxFuture<'_, Result<(u64, u64), ChainError>> {
         async move { Ok(self.get_client(client, server).await?) }.boxed()
+    }
+
+    fn server_of_peer(&self, peer: PeerId) -> BoxFuture<'_, Result<Option<Address>, ChainError>> {
+        async move { Ok(self.get_server_of_peer(peer).await?) }.boxed()
     }
 
     fn server_fee(&self, server: Address) -> BoxFuture<'_, Result<u64, ChainError>> {

@@ -492,6 +492,15 @@ impl ChainBackend for Embedded {
         async move { Ok(c) }.boxed()
     }
 
+    fn server_of_peer(&self, peer: PeerId) -> BoxFuture<'_, Result<Option<Address>, ChainError>> {
+        let derived = super::default_account(&peer);
+        let s = self.0.with_state(|s| {
+            s.server_of_peer(&peer.to_bytes())
+                .or_else(|| s.is_server(&derived).then_some(derived))
+        });
+        async move { Ok(s) }.boxed()
+    }
+
     fn server_fee(&self, server: Address) -> BoxFuture<'_, Result<u64, ChainError>> {
         let f = self.0.with_state(|s| s.clients.fee(&server));
         async move { Ok(f) }.boxed()
@@ -587,6 +596,15 @@ impl ChainBackend for Embedded {
                 Transaction::Apply(Op::Mint { .. }) => Err(ChainError::Unsupported(
                     "only the ledger's faucet mints",
                 )),
+                // A peer registers under its own PeerId only, which the
+                // connection authenticated.
+                Transaction::Apply(Op::RegisterOrchestrator { peer_id, .. })
+                    if peer_id != peer.to_bytes() =>
+                {
+                    Err(ChainError::Unsupported(
+                        "an orchestrator registers under its own PeerId only",
+                    ))
+                }
                 Transaction::Apply(op) => c.apply(account, op),
             }
         })

@@ -136,6 +136,16 @@ pub trait ChainBackend: Send + Sync + std::fmt::Debug + 'static {
         client: Address,
         server: Address,
     ) -> BoxFuture<'_, Result<(u64, u64), ChainError>>;
+    /// The authorized server whose router runs as `peer`, if any: the
+    /// chain's binding (`set_server_peer`), or on a chain that binds none,
+    /// the account the PeerId derives when that is a server.
+    fn server_of_peer(&self, peer: PeerId) -> BoxFuture<'_, Result<Option<Address>, ChainError>> {
+        async move {
+            let derived = default_account(&peer);
+            Ok(self.is_server(derived).await?.then_some(derived))
+        }
+        .boxed()
+    }
     /// `server`'s fee, bps of each payment, charged to clients on top.
     fn server_fee(&self, server: Address) -> BoxFuture<'_, Result<u64, ChainError>>;
     /// Anchored batches so far.

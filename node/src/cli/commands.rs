@@ -77,12 +77,30 @@ pub struct AccountArgs {
     /// How to reach the ledger router (`--router` names it).
     #[command(flatten)]
     pub reach: RouterArgs,
+    /// Act on the Aptos contract instead, signing with this node's Aptos key.
+    #[command(flatten)]
+    pub aptos: AptosArgs,
     /// Seconds to wait for the mesh and the answer.
     #[arg(long, default_value_t = 30)]
     pub timeout: u64,
     /// Print the account as one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The Aptos contract to act on, for commands that can (`account`): all
+/// three, or none for the embedded ledger.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AptosArgs {
+    /// Aptos fullnode REST URL: act on the cactus_payment contract there.
+    #[arg(long, env = "CACTUS_APTOS_URL", value_name = "URL", requires_all = ["aptos_key_file", "contract_address"])]
+    pub aptos_url: Option<String>,
+    /// File holding the account's Aptos ed25519 private key in hex.
+    #[arg(long, env = "CACTUS_APTOS_KEY_FILE", value_name = "FILE")]
+    pub aptos_key_file: Option<PathBuf>,
+    /// Address the cactus_payment module is published at.
+    #[arg(long, env = "CACTUS_CONTRACT_ADDRESS", value_name = "ADDRESS", value_parser = super::args::parse_address)]
+    pub contract_address: Option<cactus_protocol::contract::Address>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -118,6 +136,65 @@ pub enum KeysAction {
     },
 }
 
+/// An account given as 0x and 64 hex digits, or as a PeerId (its account on
+/// an embedded ledger).
+pub fn parse_account(s: &str) -> Result<cactus_protocol::contract::Address, String> {
+    if let Ok(a) = super::args::parse_address(s) {
+        return Ok(a);
+    }
+    s.parse::<libp2p::PeerId>()
+        .map(|p| crate::chain::default_account(&p))
+        .map_err(|_| format!("expected an account (0x and 64 hex digits) or a PeerId, got {s:?}"))
+}
+
+impl AccountAction {
+    /// The contract operation this action is, for an account whose PeerId
+    /// is `peer`, registered as an orchestrator or not; `server` is the
+    /// router a deposit is at when `--at` names none. `None`: a read, or
+    /// the faucet (no operation of the contract).
+    pub fn op(
+        &self,
+        peer: &libp2p::PeerId,
+        registered: bool,
+        server: Option<cactus_protocol::contract::Address>,
+    ) -> Result<Option<cactus_protocol::contract::Op>, String> {
+        use cactus_protocol::contract::Op;
+        let at = |at: &Option<cactus_protocol::contract::Address>| {
+            at.or(server)
+                .ok_or_else(|| "name the router with --at <its account>".to_owned())
+        };
+        Ok(Some(match self {
+            Self::Balance | Self::Faucet => return Ok(None),
+            Self::Stake { amount } if registered => Op::AddStake { amount: *amount },
+            Self::Stake { amount } => Op::RegisterOrchestrator {
+                peer_id: peer.to_bytes(),
+                amount: *amount,
+            },
+            Self::Unstake { amount } => Op::RequestUnstake { amount: *amount },
+            Self::Withdraw => Op::Withdraw,
+            Self::Expire { task_id } => {
+                let mut id = [0u8; 16];
+                hex::decode_to_slice(task_id.trim(), &mut id)
+                    .map_err(|_| "the task id is 32 hex characters".to_owned())?;
+                Op::ExpireTask {
+                    task_id: id.to_vec(),
+                }
+            }
+            Self::Deposit { amount, at: a } => Op::Deposit {
+                server: at(a)?,
+                amount: *amount,
+            },
+            Self::WithdrawDeposit { amount, at: a } => Op::WithdrawDeposit {
+                server: at(a)?,
+                amount: *amount,
+            },
+            Self::Cap { max_price_per_unit } => Op::SetMaxPrice {
+                max_price_per_unit: *max_price_per_unit,
+            },
+        }))
+    }
+}
+
 /// What `cactus-node account` does.
 #[derive(Debug, Clone, Subcommand)]
 pub enum AccountAction {
@@ -143,17 +220,19 @@ pub enum AccountAction {
     Deposit {
         /// Amount, in the chain's smallest unit.
         amount: u64,
-        /// The router, by PeerId [default: the ledger's own router].
-        #[arg(long, value_name = "PEER_ID")]
-        at: Option<libp2p::PeerId>,
+        /// The router: its PeerId, or its account (0x...; needed on
+        /// Aptos) [default: the ledger's own router].
+        #[arg(long, value_name = "PEER_ID|ACCOUNT", value_parser = parse_account)]
+        at: Option<cactus_protocol::contract::Address>,
     },
     /// Takes `AMOUNT` of a deposit back to the balance.
     WithdrawDeposit {
         /// Amount, in the chain's smallest unit.
         amount: u64,
-        /// The router, by PeerId [default: the ledger's own router].
-        #[arg(long, value_name = "PEER_ID")]
-        at: Option<libp2p::PeerId>,
+        /// The router: its PeerId, or its account (0x...; needed on
+        /// Aptos) [default: the ledger's own router].
+        #[arg(long, value_name = "PEER_ID|ACCOUNT", value_parser = parse_account)]
+        at: Option<cactus_protocol::contract::Address>,
     },
     /// Sets the most this account pays per work unit as a client: no
     /// router may open a task for it at a higher price.
@@ -360,4 +439,82 @@ pub struct LogArgs {
     /// Most entries to print.
     #[arg(long, default_value_t = 1000)]
     pub limit: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cactus_protocol::contract::{Address, Op};
+
+    #[test]
+    fn account_actions_are_the_contracts_operations() {
+        let peer = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        let router = Address([5; 32]);
+        let op = |action: AccountAction, registered| action.op(&peer, registered, Some(router));
+        assert_eq!(op(AccountAction::Balance, false), Ok(None));
+        assert_eq!(op(AccountAction::Faucet, false), Ok(None));
+        assert_eq!(
+            op(AccountAction::Stake { amount: 9 }, false),
+            Ok(Some(Op::RegisterOrchestrator {
+                peer_id: peer.to_bytes(),
+                amount: 9
+            }))
+        );
+        assert_eq!(
+            op(AccountAction::Stake { amount: 9 }, true),
+            Ok(Some(Op::AddStake { amount: 9 }))
+        );
+        let elsewhere = Address([6; 32]);
+        assert_eq!(
+            op(
+                AccountAction::Deposit {
+                    amount: 3,
+                    at: Some(elsewhere)
+                },
+                false
+            ),
+            Ok(Some(Op::Deposit {
+                server: elsewhere,
+                amount: 3
+            }))
+        );
+        assert_eq!(
+            op(
+                AccountAction::WithdrawDeposit {
+                    amount: 2,
+                    at: None
+                },
+                false
+            ),
+            Ok(Some(Op::WithdrawDeposit {
+                server: router,
+                amount: 2
+            }))
+        );
+        assert!(
+            AccountAction::Deposit {
+                amount: 3,
+                at: None
+            }
+            .op(&peer, false, None)
+            .is_err(),
+            "on Aptos the router must be named"
+        );
+        assert!(
+            op(
+                AccountAction::Expire {
+                    task_id: "xyz".into()
+                },
+                false
+            )
+            .is_err()
+        );
+        assert_eq!(
+            parse_account(&peer.to_string()),
+            Ok(crate::chain::default_account(&peer))
+        );
+        assert_eq!(parse_account(&router.to_hex()), Ok(router));
+    }
 }

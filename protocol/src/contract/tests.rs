@@ -1038,6 +1038,7 @@ fn abort_codes_match_the_spec_numbers() {
         (Abort::InsufficientDeposit, 26),
         (Abort::InvalidFee, 27),
         (Abort::PriceAboveCap, 28),
+        (Abort::PeerTaken, 29),
         (Abort::NotAdmin, 1),
         (Abort::AlreadyInitialized, 2),
         (Abort::NotInitialized, 3),
@@ -1257,4 +1258,73 @@ fn test_server_fee_unauthorized_fails() {
     let mut s = setup();
     let op = Op::SetServerFee { fee_bps: 100 };
     assert_eq!(err(&mut s, other_server(), op), Abort::NotAuthorizedServer);
+}
+
+// ------------------------------------------------------------ server peers
+
+fn bind(server: Address, peer: &[u8]) -> Op {
+    Op::SetServerPeer {
+        server,
+        peer_id: peer.to_vec(),
+    }
+}
+
+#[test]
+fn test_set_server_peer_binds_a_server() {
+    let mut s = setup();
+    ok(&mut s, admin(), bind(server(), b"12D3KooWRouterA"));
+    assert_eq!(s.server_of_peer(b"12D3KooWRouterA"), Some(server()));
+    ok(&mut s, admin(), bind(server(), b"12D3KooWRouterB"));
+    assert_eq!(s.server_of_peer(b"12D3KooWRouterB"), Some(server()));
+}
+
+#[test]
+fn test_server_peer_replaced_is_unbound() {
+    let mut s = setup();
+    ok(&mut s, admin(), bind(server(), b"12D3KooWRouterA"));
+    ok(&mut s, admin(), bind(server(), b"12D3KooWRouterB"));
+    assert_eq!(s.server_of_peer(b"12D3KooWRouterA"), None);
+}
+
+#[test]
+fn test_revoked_server_peer_is_unbound() {
+    let mut s = setup();
+    ok(&mut s, admin(), bind(server(), b"12D3KooWRouterA"));
+    ok(&mut s, admin(), Op::RevokeServer { server: server() });
+    assert_eq!(s.server_of_peer(b"12D3KooWRouterA"), None);
+}
+
+#[test]
+fn test_set_server_peer_not_admin_fails() {
+    let mut s = setup();
+    assert_eq!(
+        err(&mut s, server(), bind(server(), b"12D3KooWRouterA")),
+        Abort::NotAdmin
+    );
+}
+
+#[test]
+fn test_set_server_peer_unknown_server_fails() {
+    let mut s = setup();
+    assert_eq!(
+        err(&mut s, admin(), bind(other_server(), b"12D3KooWRouterA")),
+        Abort::ServerNotFound
+    );
+}
+
+#[test]
+fn test_set_server_peer_taken_fails() {
+    let mut s = setup();
+    ok(
+        &mut s,
+        admin(),
+        Op::AuthorizeServer {
+            server: other_server(),
+        },
+    );
+    ok(&mut s, admin(), bind(server(), b"12D3KooWRouterA"));
+    assert_eq!(
+        err(&mut s, admin(), bind(other_server(), b"12D3KooWRouterA")),
+        Abort::PeerTaken
+    );
 }

@@ -125,6 +125,9 @@ pub enum Abort {
     /// A task priced above what its client pays at most.
     #[error("E_PRICE_ABOVE_CAP (28): the price is above the client's cap")]
     PriceAboveCap = 28,
+    /// A PeerId already bound to another server.
+    #[error("E_PEER_TAKEN (29): the PeerId is bound to another server")]
+    PeerTaken = 29,
     /// An amount would pass `u64::MAX` or drop below 0 (or an intermediate
     /// `u128` product would overflow). Move has no abort code for this: the
     /// VM aborts the transaction with its `ARITHMETIC_ERROR` status, whose
@@ -296,6 +299,14 @@ pub enum Op {
     RevokeServer {
         /// The server's account.
         server: Address,
+    },
+    /// `set_server_peer(server, peer_id)`: admin only.
+    SetServerPeer {
+        /// The server's account.
+        server: Address,
+        /// The PeerId its router runs as.
+        #[serde(with = "serde_bytes")]
+        peer_id: Vec<u8>,
     },
     /// `deposit(server, amount)`: signed by a client.
     Deposit {

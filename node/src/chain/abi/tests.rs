@@ -77,6 +77,10 @@ pub(crate) fn every_chain_op() -> Vec<Op> {
             max_price_per_unit: 3,
         },
         Op::SetServerFee { fee_bps: 100 },
+        Op::SetServerPeer {
+            server: Address([5; 32]),
+            peer_id: vec![1; 38],
+        },
         Op::Slash {
             orchestrator: Address([4; 32]),
             ratio_bps: 500,
@@ -224,6 +228,7 @@ fn every_view_maps_to_a_well_typed_view_call() {
         View::Config,
         View::Orchestrator(Address([1; 32])),
         View::IsServer(Address([1; 32])),
+        View::ServerOfPeer(vec![1; 38]),
         View::Task(TaskId([2; 16])),
         View::QuotePayment {
             orchestrator: Address([1; 32]),
@@ -284,12 +289,12 @@ fn table_is_consistent() {
 
 #[test]
 fn abort_codes_round_trip() {
-    for code in 1..=28 {
+    for code in 1..=29 {
         assert_eq!(abort_from_code(code).map(Abort::code), Some(code));
     }
-    assert_eq!(abort_from_code(28), Some(Abort::PriceAboveCap));
+    assert_eq!(abort_from_code(29), Some(Abort::PeerTaken));
     assert_eq!(abort_from_code(0), None);
-    assert_eq!(abort_from_code(29), None);
+    assert_eq!(abort_from_code(30), None);
     assert_eq!(
         abort_from_code(Abort::ArithmeticError.code()),
         None,

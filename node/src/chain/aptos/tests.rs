@@ -594,6 +594,12 @@ mod fake_node {
                 ),
                 "get_orchestrator" => abort("E_NOT_REGISTERED", 8),
                 "is_server" => ("200 OK", json!([true])),
+                "server_of_peer" if args[0] == json!(format!("0x{}", hex::encode(peer))) => {
+                    ("200 OK", json!([format!("0x{}", "0d".repeat(32))]))
+                }
+                "server_of_peer" => abort("E_SERVER_NOT_FOUND", 13),
+                "get_client" => ("200 OK", json!(["123", "9"])),
+                "get_server_fee" => ("200 OK", json!(["100"])),
                 "get_anchor" => abort("E_INVALID_ARGUMENT", 5),
                 "anchor_count" => ("200 OK", json!(["0"])),
                 _ => (
@@ -693,6 +699,16 @@ async fn talks_to_a_rest_node() {
         .public()
         .to_peer_id();
     assert!(!chain.admit(stranger, registered, 1_000_000).await.unwrap());
+
+    // The server a PeerId is bound to, if any; a client's deposit and cap;
+    // a server's fee.
+    assert_eq!(
+        chain.server_of_peer(peer).await.unwrap(),
+        Some(Address([0x0d; 32]))
+    );
+    assert_eq!(chain.server_of_peer(stranger).await.unwrap(), None);
+    assert_eq!(chain.client(registered, CONTRACT).await.unwrap(), (123, 9));
+    assert_eq!(chain.server_fee(CONTRACT).await.unwrap(), 100);
 
     // A transaction that the module aborts.
     let op = Op::AnchorReceipts {

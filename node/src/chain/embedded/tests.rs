@@ -191,6 +191,16 @@ async fn stake_is_moved_from_a_funded_account_never_minted() {
         .public()
         .to_peer_id();
     assert!(!dev.admit(stranger, account, 5_000).await.unwrap());
+    // Nobody registers under another's PeerId through a raw operation.
+    let claim = Op::RegisterOrchestrator {
+        peer_id: peer.to_bytes(),
+        amount: 1_000,
+    };
+    dev.transact(stranger, Transaction::Faucet).await.unwrap();
+    assert!(matches!(
+        dev.transact(stranger, Transaction::Apply(claim)).await,
+        Err(ChainError::Unsupported(_))
+    ));
     // Staking more than the balance aborts where Move would.
     assert_eq!(
         dev.transact(peer, Transaction::AddStake { amount: u64::MAX })

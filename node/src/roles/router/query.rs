@@ -80,7 +80,13 @@ impl RouterCtx {
             }
             Query::Standing(peer) => {
                 let account = self.account_of(&peer);
-                let server = self.chain.is_server(account).await?;
+                // A peer is a server when the chain binds its PeerId to an
+                // authorized server (this router: its own account).
+                let server = if peer == self.network.local_peer_id() {
+                    self.chain.is_server(account).await?
+                } else {
+                    self.chain.server_of_peer(peer).await?.is_some()
+                };
                 let record = self.chain.orchestrator(account).await?;
                 let min_stake = self.chain.config().await?.map(|c| c.min_stake);
                 let orchestrator = match (record, min_stake) {
@@ -111,8 +117,8 @@ impl RouterCtx {
     /// The account a PeerId has on this router's ledger: on the embedded
     /// chain it is derived from the PeerId, so an answer about it binds the
     /// PeerId. This router's own is its chain account (on Aptos, a key of
-    /// its own, which the contract does not bind to a PeerId yet: an
-    /// orchestrator takes the router it follows at its word about itself).
+    /// its own; other routers' PeerIds are bound by `set_server_peer`, see
+    /// `ChainBackend::server_of_peer`).
     pub(super) fn account_of(&self, peer: &libp2p::PeerId) -> cactus_protocol::contract::Address {
         if *peer == self.network.local_peer_id() {
             self.chain.account()
