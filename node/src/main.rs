@@ -5,8 +5,8 @@
 use anyhow::{Context, Result, bail};
 use cactus_node::chain::embedded::EmbeddedChain;
 use cactus_node::cli::commands::{
-    AccountAction, AccountArgs, Cli, Command, DoctorArgs, InferArgs, KeysAction, KeysArgs, LogArgs,
-    ReceiptCmd, RouterArgs, SourceArgs, StatusArgs,
+    AccountAction, AccountArgs, AptosArgs, Cli, Command, DoctorArgs, InferArgs, KeysAction,
+    KeysArgs, LogArgs, ReceiptCmd, RouterArgs, SourceArgs, StatusArgs,
 };
 use cactus_node::cli::{self, NodeArgs};
 use cactus_node::client;
@@ -190,16 +190,8 @@ async fn account(args: AccountArgs) -> Result<()> {
 
 /// `cactus-node account` on the Aptos contract: the same actions, as the
 /// contract's entry functions signed with the node's Aptos key.
-#[cfg(feature = "aptos")]
 async fn account_on_aptos(args: &AccountArgs, peer: &libp2p::PeerId) -> Result<()> {
-    use cactus_node::chain::ChainBackend;
-    use cactus_node::chain::aptos::{AptosChain, AptosConfig};
-    let a = &args.aptos;
-    let chain = AptosChain::connect(AptosConfig {
-        url: a.aptos_url.clone().context("--aptos-url")?,
-        key_file: a.aptos_key_file.clone().context("--aptos-key-file")?,
-        contract: a.contract_address.context("--contract-address")?,
-    })?;
+    let chain = aptos_chain(&args.aptos)?;
     let me = chain.account();
     if matches!(args.action, AccountAction::Faucet) {
         bail!("the Aptos contract has no faucet: fund {me} with the payment asset's own tools");
@@ -237,13 +229,6 @@ async fn account_on_aptos(args: &AccountArgs, peer: &libp2p::PeerId) -> Result<(
         writeln!(out, "{}", serde_json::to_string_pretty(&view)?)?;
     }
     Ok(())
-}
-
-#[cfg(not(feature = "aptos"))]
-async fn account_on_aptos(_: &AccountArgs, _: &libp2p::PeerId) -> Result<()> {
-    bail!(
-        "this binary was built without the `aptos` feature: cargo build --profile dist --features aptos"
-    )
 }
 
 async fn run_node(args: NodeArgs) -> Result<()> {
@@ -349,9 +334,15 @@ async fn receipt(cmd: ReceiptCmd) -> Result<()> {
             file,
             source,
             ledger,
+            aptos,
             json,
         } => {
             let text = report::read_small_file(&file, MAX_RECEIPT_FILE)?;
+            if aptos.aptos_url.is_some() {
+                let chain = aptos_chain(&aptos)?;
+                let checks = audit::audit(&text, |i| chain.anchor(i)).await;
+                return print_checks(&checks, json);
+            }
             // The anchor comes from the ledger itself when one is named.
             let source = match ledger {
                 Some(l) => SourceArgs {
@@ -365,20 +356,43 @@ async fn receipt(cmd: ReceiptCmd) -> Result<()> {
                 None => source,
             };
             let checks = audit::audit(&text, |i| anchor_at(&source, i)).await;
-            let mut out = std::io::stdout().lock();
-            if json {
-                writeln!(out, "{}", serde_json::to_string(&checks)?)?;
-            } else {
-                for c in &checks {
-                    writeln!(out, "{c}")?;
-                }
-            }
-            if checks.iter().any(|c| !c.passed) {
-                bail!("receipt verification failed");
-            }
-            Ok(())
+            print_checks(&checks, json)
         }
     }
+}
+
+/// Prints a receipt's checks; an error when one failed.
+fn print_checks(checks: &[audit::Check], json: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string(checks)?)?;
+    } else {
+        for c in checks {
+            writeln!(out, "{c}")?;
+        }
+    }
+    if checks.iter().any(|c| !c.passed) {
+        bail!("receipt verification failed");
+    }
+    Ok(())
+}
+
+/// The Aptos contract the flags name.
+#[cfg(feature = "aptos")]
+fn aptos_chain(a: &AptosArgs) -> Result<std::sync::Arc<dyn cactus_node::chain::ChainBackend>> {
+    use cactus_node::chain::aptos::{AptosChain, AptosConfig};
+    Ok(AptosChain::connect(AptosConfig {
+        url: a.aptos_url.clone().context("--aptos-url")?,
+        key_file: a.aptos_key_file.clone().context("--aptos-key-file")?,
+        contract: a.contract_address.context("--contract-address")?,
+    })?)
+}
+
+#[cfg(not(feature = "aptos"))]
+fn aptos_chain(_: &AptosArgs) -> Result<std::sync::Arc<dyn cactus_node::chain::ChainBackend>> {
+    bail!(
+        "this binary was built without the `aptos` feature: cargo build --profile dist --features aptos"
+    )
 }
 
 /// The batch anchored at `index`, from the chain in `--data-dir` or the

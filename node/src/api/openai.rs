@@ -44,6 +44,9 @@ pub struct Sampling {
     n: Option<u32>,
     stream: Option<bool>,
     stream_options: Option<StreamOptions>,
+    /// Cactus's extension: the most the client pays per work unit; no
+    /// orchestrator asking more is picked.
+    max_price_per_unit: Option<u64>,
 }
 
 /// `response_format`.
@@ -258,7 +261,7 @@ impl Sampling {
             prompt,
             format,
             sampling,
-            max_price_per_unit: None,
+            max_price_per_unit: self.max_price_per_unit,
         };
         spec.validate()?;
         Ok(Prepared {

@@ -336,6 +336,9 @@ pub enum ReceiptCmd {
         /// cluster's chain) rather than take the router's word for it.
         #[arg(long, value_name = "MULTIADDR", conflicts_with = "data_dir")]
         ledger: Option<Multiaddr>,
+        /// Read the anchor from the Aptos contract itself.
+        #[command(flatten)]
+        aptos: AptosArgs,
         /// Print the checks as one JSON array.
         #[arg(long)]
         json: bool,

@@ -338,6 +338,21 @@ async fn requests_are_charged_to_the_account_their_key_names() {
     let chain = s.router.chain().unwrap();
     let (left, _) = chain.client(account, chain.account()).await.unwrap();
     assert!(left < 50_000, "{left}");
+    // A cap below every orchestrator's price: 402, nothing escrowed.
+    let capped =
+        json!({"model": "stub-a", "prompt": "hello", "max_tokens": 4, "max_price_per_unit": 0});
+    let key = key_of(s.api);
+    let (status, _, text) = http_as(
+        s.api,
+        key.as_deref(),
+        "POST",
+        "/v1/completions",
+        capped.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 402, "{text}");
+    assert!(text.contains("most this client pays"), "{text}");
+    assert_eq!(chain.totals().await.unwrap().1, 0, "nothing in escrow");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1036,6 +1036,14 @@ fn two_routers_racing_for_one_orchestrator_make_it_delegate_and_pay_along_the_ch
     });
     let peer_of = |a: &str| -> libp2p::PeerId { a.rsplit('/').next().unwrap().parse().unwrap() };
     let (p1, p2) = (peer_of(&addr1), peer_of(&addr2));
+    // It pays from a deposit at each router, on the first router's ledger.
+    rt.block_on(async {
+        for server in [p1, p2] {
+            cactus_node::client::fund_from_faucet(client.network(), p1, server, DEPOSIT)
+                .await
+                .unwrap();
+        }
+    });
     let spec = || cactus_protocol::TaskSpec {
         model: None,
         prompt: "Write a short story about a cactus.".into(),
