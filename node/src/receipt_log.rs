@@ -20,6 +20,9 @@ pub const RECEIPT_LOG_FILE: &str = "receipts.redb";
 /// dir that still has it is moved to the new name when the log opens.
 const OLD_RECEIPT_LOG_FILE: &str = "ledger.redb";
 
+mod journal;
+pub use journal::MAX_JOURNALED;
+
 /// Receipt frames by task id.
 const RECEIPTS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("receipts");
 /// Task ids in the order their receipts were appended.
@@ -138,6 +141,8 @@ impl ReceiptLog {
             tx.open_table(REPUTATION).map_err(|e| log.db_err(e))?;
             tx.open_table(FRAUD).map_err(|e| log.db_err(e))?;
             tx.open_table(BANS).map_err(|e| log.db_err(e))?;
+            tx.open_table(journal::ESCROWED)
+                .map_err(|e| log.db_err(e))?;
         }
         tx.commit().map_err(|e| log.db_err(e))?;
         Ok(log)

@@ -520,6 +520,10 @@ impl ChainBackend for Embedded {
         async move { Ok(a) }.boxed()
     }
 
+    fn lists_pending(&self) -> bool {
+        true
+    }
+
     fn pending_tasks_of(
         &self,
         me: Address,

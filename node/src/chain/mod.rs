@@ -161,6 +161,11 @@ pub trait ChainBackend: Send + Sync + std::fmt::Debug + 'static {
     ) -> BoxFuture<'_, Result<Option<Vec<TaskId>>, ChainError>> {
         self.pending_tasks_of(self.account(), limit)
     }
+    /// Whether [`Self::pending_tasks_of`] lists pending tasks; when it does
+    /// not, a router keeps its own escrow journal (`receipt_log::journal`).
+    fn lists_pending(&self) -> bool {
+        false
+    }
     /// Up to `limit` pending tasks `server` escrowed (`None` when the
     /// backend cannot list them).
     fn pending_tasks_of(

@@ -231,6 +231,11 @@ impl ChainBackend for RemoteLedger {
         .boxed()
     }
 
+    /// The ledger node keeps an embedded chain, which lists them.
+    fn lists_pending(&self) -> bool {
+        true
+    }
+
     fn pending_tasks_of(
         &self,
         server: Address,

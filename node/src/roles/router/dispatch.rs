@@ -311,8 +311,18 @@ impl RouterCtx {
             price_per_unit: price,
             max_payment,
         };
+        if let Err(e) = self.journal_escrow(assignment.task_id).await {
+            return Attempt::Stop(TaskError::new(
+                TaskErrorKind::Unavailable,
+                format!("the router's escrow journal: {e}"),
+            ));
+        }
         if let Err(e) = self.chain.submit(create).await {
             tracing::warn!(orchestrator = %peer, error = %e, "the chain refused to escrow the task");
+            if matches!(e, ChainError::Abort(_)) {
+                // Refused: nothing was escrowed.
+                self.journal_settled(assignment.task_id).await;
+            }
             if e == ChainError::Abort(Abort::NotAuthorizedServer) {
                 // No orchestrator would take it from this router.
                 return Attempt::Stop(TaskError::new(
@@ -416,7 +426,7 @@ impl RouterCtx {
 
     /// Fails an attempt on the chain: its escrow goes back.
     async fn refund(&self, assignment: &Assignment, failure: AttemptFailure) {
-        if let Err(e) = self
+        match self
             .chain
             .submit(Op::FailTask {
                 task_id: assignment.task_id.0.to_vec(),
@@ -424,7 +434,10 @@ impl RouterCtx {
             })
             .await
         {
-            tracing::error!(task_id = %assignment.task_id, error = %e, "could not refund a failed task on the chain");
+            Ok(()) => self.journal_settled(assignment.task_id).await,
+            Err(e) => {
+                tracing::error!(task_id = %assignment.task_id, error = %e, "could not refund a failed task on the chain")
+            }
         }
     }
 }

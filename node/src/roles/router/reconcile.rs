@@ -11,6 +11,10 @@
 //!
 //! A delegated task's delegates are not in its receipt (only the chain's
 //! hash), so one found done is paid to the assigned orchestrator alone.
+//!
+//! Which tasks are pending comes from the chain when it can list them, and
+//! otherwise (Aptos) from the router's escrow journal, each entry checked
+//! against the chain's record of the task.
 
 use crate::chain::{ChainBackend, ChainError};
 use crate::receipt_log::ReceiptLog;
@@ -33,14 +37,38 @@ pub struct Reconciled {
     pub failed: usize,
 }
 
-/// Settles or refunds every task `chain`'s account left pending. Returns
-/// `None` when the chain cannot list pending tasks.
+/// Settles or refunds every task `chain`'s account left pending: those the
+/// chain lists, or those in the escrow journal that the chain still holds
+/// pending. `None` when neither can say (the journal unreadable).
 pub async fn reconcile(
     chain: &dyn ChainBackend,
     receipts: &Arc<ReceiptLog>,
 ) -> Result<Option<Reconciled>, ChainError> {
-    let Some(pending) = chain.pending_tasks(MAX_RECONCILED).await? else {
-        return Ok(None);
+    let journal = !chain.lists_pending();
+    let pending = match chain.pending_tasks(MAX_RECONCILED).await? {
+        Some(listed) if !journal => listed,
+        _ => {
+            let log = Arc::clone(receipts);
+            let ids = match tokio::task::spawn_blocking(move || log.journaled(MAX_RECONCILED)).await
+            {
+                Ok(Ok(ids)) => ids,
+                other => {
+                    tracing::error!(error = ?other.err(), "the escrow journal is unreadable: pending tasks not reconciled");
+                    return Ok(None);
+                }
+            };
+            let mut pending = Vec::new();
+            for id in ids {
+                match chain.task(id).await? {
+                    Some(t) if t.status == cactus_protocol::contract::TaskStatus::Pending => {
+                        pending.push(id)
+                    }
+                    // Settled, or never escrowed (the escrow failed).
+                    _ => forget(receipts, id).await,
+                }
+            }
+            pending
+        }
     };
     let mut done = Reconciled::default();
     for id in pending {
@@ -82,7 +110,11 @@ pub async fn reconcile(
             },
         };
         let paying = matches!(op, Op::CompleteTask { .. });
-        match chain.submit(op).await {
+        let result = chain.submit(op).await;
+        if journal && result.is_ok() {
+            forget(receipts, id).await;
+        }
+        match result {
             Ok(()) if paying => done.settled += 1,
             Ok(()) => done.refunded += 1,
             Err(e) => {
@@ -100,6 +132,42 @@ pub async fn reconcile(
         );
     }
     Ok(Some(done))
+}
+
+/// Drops task `id` from the escrow journal (logged when that fails: the
+/// next start checks it against the chain again).
+pub(super) async fn forget(receipts: &Arc<ReceiptLog>, id: TaskId) {
+    let log = Arc::clone(receipts);
+    match tokio::task::spawn_blocking(move || log.journal_settled(&id)).await {
+        Ok(Ok(())) => {}
+        other => {
+            tracing::warn!(task_id = %id, error = ?other.err(), "could not drop a settled task from the escrow journal")
+        }
+    }
+}
+
+impl super::RouterCtx {
+    /// Notes task `id` in the escrow journal before it is escrowed, on a
+    /// chain that cannot list pending tasks; durable when this returns.
+    pub(super) async fn journal_escrow(&self, id: TaskId) -> Result<(), String> {
+        if self.chain.lists_pending() {
+            return Ok(());
+        }
+        let log = Arc::clone(&self.receipts);
+        let now = crate::time::now_ms();
+        match tokio::task::spawn_blocking(move || log.journal_escrow(&id, now)).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Drops task `id` from the escrow journal once it is settled (or was
+    /// never escrowed).
+    pub(super) async fn journal_settled(&self, id: TaskId) {
+        if !self.chain.lists_pending() {
+            forget(&self.receipts, id).await;
+        }
+    }
 }
 
 async fn receipt_of(
@@ -210,6 +278,129 @@ mod tests {
         assert_eq!(
             reconcile(&chain, &receipts).await.unwrap(),
             Some(Reconciled::default())
+        );
+    }
+
+    /// A chain that cannot list pending tasks, as Aptos: the embedded chain
+    /// behind it, every other call passed on.
+    #[derive(Debug)]
+    struct Unlisted(Embedded);
+
+    impl ChainBackend for Unlisted {
+        fn account(&self) -> Address {
+            self.0.account()
+        }
+        fn submit(&self, op: Op) -> futures::future::BoxFuture<'_, Result<(), ChainError>> {
+            self.0.submit(op)
+        }
+        fn config(
+            &self,
+        ) -> futures::future::BoxFuture<
+            '_,
+            Result<Option<cactus_protocol::contract::Config>, ChainError>,
+        > {
+            self.0.config()
+        }
+        fn orchestrator(
+            &self,
+            who: Address,
+        ) -> futures::future::BoxFuture<
+            '_,
+            Result<Option<cactus_protocol::contract::Orchestrator>, ChainError>,
+        > {
+            self.0.orchestrator(who)
+        }
+        fn is_server(
+            &self,
+            who: Address,
+        ) -> futures::future::BoxFuture<'_, Result<bool, ChainError>> {
+            self.0.is_server(who)
+        }
+        fn task(
+            &self,
+            id: TaskId,
+        ) -> futures::future::BoxFuture<
+            '_,
+            Result<Option<cactus_protocol::contract::Task>, ChainError>,
+        > {
+            self.0.task(id)
+        }
+        fn totals(
+            &self,
+        ) -> futures::future::BoxFuture<'_, Result<cactus_protocol::contract::Totals, ChainError>>
+        {
+            self.0.totals()
+        }
+        fn client(
+            &self,
+            client: Address,
+            server: Address,
+        ) -> futures::future::BoxFuture<'_, Result<(u64, u64), ChainError>> {
+            self.0.client(client, server)
+        }
+        fn server_fee(
+            &self,
+            server: Address,
+        ) -> futures::future::BoxFuture<'_, Result<u64, ChainError>> {
+            self.0.server_fee(server)
+        }
+        fn anchor_count(&self) -> futures::future::BoxFuture<'_, Result<u64, ChainError>> {
+            self.0.anchor_count()
+        }
+        fn anchor(
+            &self,
+            index: u64,
+        ) -> futures::future::BoxFuture<
+            '_,
+            Result<Option<cactus_protocol::contract::Anchor>, ChainError>,
+        > {
+            self.0.anchor(index)
+        }
+        fn admit(
+            &self,
+            peer: libp2p::PeerId,
+            account: Address,
+            declared: u64,
+        ) -> futures::future::BoxFuture<'_, Result<bool, ChainError>> {
+            self.0.admit(peer, account, declared)
+        }
+    }
+
+    #[tokio::test]
+    async fn without_a_listing_chain_the_escrow_journal_says_what_to_reconcile() {
+        let (_dir, key, chain, receipts, orch) = router();
+        let (done, lost, never) = (TaskId([1; 16]), TaskId([2; 16]), TaskId([3; 16]));
+        for id in [done, lost] {
+            receipts.journal_escrow(&id, 1).unwrap();
+            escrow(&chain, orch, id);
+        }
+        // Noted, then the router died before its escrow went through.
+        receipts.journal_escrow(&never, 1).unwrap();
+        receipts.append(&receipt(&key, done)).unwrap();
+        let chain = Unlisted(chain);
+        assert_eq!(chain.pending_tasks(10).await.unwrap(), None);
+
+        let r = reconcile(&chain, &receipts).await.unwrap().unwrap();
+        assert_eq!(
+            r,
+            Reconciled {
+                settled: 1,
+                refunded: 1,
+                failed: 0
+            }
+        );
+        assert_eq!(
+            chain.task(done).await.unwrap().unwrap().status,
+            TaskStatus::Completed
+        );
+        assert_eq!(
+            chain.task(lost).await.unwrap().unwrap().status,
+            TaskStatus::Failed
+        );
+        assert_eq!(chain.totals().await.unwrap().1, 0, "nothing left in escrow");
+        assert!(
+            receipts.journaled(10).unwrap().is_empty(),
+            "the journal is empty"
         );
     }
 }

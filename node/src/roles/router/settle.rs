@@ -179,6 +179,7 @@ impl RouterCtx {
             }
         }
         if settled {
+            self.journal_settled(assignment.task_id).await;
             // What the contract paid (it may be less than the escrow): read
             // back, since the chain applies the orchestrator's reputation.
             let paid = match self.chain.task(assignment.task_id).await {
