@@ -220,6 +220,9 @@ module cactus::cactus_payment {
         tasks: Table<vector<u8>, ClientTask>,
         /// Sum of all tabs and of the fee escrows of pending client tasks.
         held: u64,
+        /// The account each client PeerId pays from (`bind_client_peer`):
+        /// what a router charges a task submitted over the mesh.
+        peers: Table<vector<u8>, address>,
     }
 
     /// Which PeerId each authorized server's router runs as, and back: what
@@ -339,6 +342,13 @@ module cactus::cactus_payment {
     struct PriceCapSet has drop, store {
         client: address,
         max_price_per_unit: u64,
+    }
+
+    #[event]
+    /// A client named the PeerId it submits tasks as.
+    struct ClientPeerBound has drop, store {
+        client: address,
+        peer_id: vector<u8>,
     }
 
     #[event]
@@ -681,6 +691,22 @@ module cactus::cactus_payment {
         let client_addr = signer::address_of(client);
         table::upsert(&mut book.caps, client_addr, max_price_per_unit);
         event::emit(PriceCapSet { client: client_addr, max_price_per_unit });
+    }
+
+    /// The caller, a client, names `peer_id` as the PeerId it submits tasks
+    /// as over the mesh: routers charge that PeerId's tasks to the caller's
+    /// deposits. A later binding of the same PeerId replaces it (binding
+    /// another's PeerId only pays for that peer's tasks).
+    public entry fun bind_client_peer(client: &signer, peer_id: vector<u8>) acquires Config, ClientBook {
+        assert_initialized();
+        let config = borrow_global<Config>(@cactus);
+        let peer_len = vector::length(&peer_id);
+        assert!(peer_len >= 1 && peer_len <= MAX_PEER_ID_LEN, E_INVALID_ARGUMENT);
+        ensure_book(config);
+        let book = borrow_global_mut<ClientBook>(vault_address(config));
+        let client_addr = signer::address_of(client);
+        table::upsert(&mut book.peers, copy peer_id, client_addr);
+        event::emit(ClientPeerBound { client: client_addr, peer_id });
     }
 
     /// An authorized server sets its fee: `fee_bps` of each payment of the
@@ -1065,6 +1091,18 @@ module cactus::cactus_payment {
     }
 
     #[view]
+    /// `(bound, client)`: whether a client bound `peer_id`, and which.
+    public fun client_of_peer(peer_id: vector<u8>): (bool, address) acquires Config, ClientBook {
+        assert_initialized();
+        let config = borrow_global<Config>(@cactus);
+        let book_addr = vault_address(config);
+        if (!exists<ClientBook>(book_addr)) { return (false, @0x0) };
+        let book = borrow_global<ClientBook>(book_addr);
+        if (!table::contains(&book.peers, peer_id)) { return (false, @0x0) };
+        (true, *table::borrow(&book.peers, peer_id))
+    }
+
+    #[view]
     /// `server`'s fee, bps of each payment.
     public fun get_server_fee(server: address): u64 acquires Config, ClientBook {
         assert_initialized();
@@ -1249,6 +1287,7 @@ module cactus::cactus_payment {
                 fees: table::new(),
                 tasks: table::new(),
                 held: 0,
+                peers: table::new(),
             });
         };
     }

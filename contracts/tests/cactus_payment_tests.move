@@ -811,6 +811,27 @@ module cactus::cactus_payment_tests {
     }
 
     #[test(fx = @aptos_framework, admin = @cactus)]
+    fun test_bind_client_peer(fx: &signer, admin: &signer) {
+        ready(fx, admin);
+        let (bound, _) = cactus_payment::client_of_peer(b"12D3KooWClient");
+        assert!(!bound, 1);
+        cactus_payment::bind_client_peer(&signer_of(CLIENT), b"12D3KooWClient");
+        let (bound, client) = cactus_payment::client_of_peer(b"12D3KooWClient");
+        assert!(bound && client == CLIENT, 2);
+        // A later binding of the same PeerId replaces it.
+        cactus_payment::bind_client_peer(&signer_of(SERVER2), b"12D3KooWClient");
+        let (_, client) = cactus_payment::client_of_peer(b"12D3KooWClient");
+        assert!(client == SERVER2, 3);
+    }
+
+    #[test(fx = @aptos_framework, admin = @cactus)]
+    #[expected_failure(abort_code = 5, location = cactus::cactus_payment)]
+    fun test_bind_client_peer_bad_peer_id_fails(fx: &signer, admin: &signer) {
+        ready(fx, admin);
+        cactus_payment::bind_client_peer(&signer_of(CLIENT), vector[]);
+    }
+
+    #[test(fx = @aptos_framework, admin = @cactus)]
     #[expected_failure(abort_code = 27, location = cactus::cactus_payment)]
     fun test_server_fee_above_bps_fails(fx: &signer, admin: &signer) {
         ready(fx, admin);

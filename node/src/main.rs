@@ -147,6 +147,10 @@ async fn account(args: AccountArgs) -> Result<()> {
         AccountAction::Cap { max_price_per_unit } => {
             Some(Box::new(move |_| Op::SetMaxPrice { max_price_per_unit }))
         }
+        AccountAction::BindPeer => {
+            let peer_id = key.public().to_peer_id().to_bytes();
+            Some(Box::new(move |_| Op::BindClientPeer { peer_id }))
+        }
         _ => None,
     };
     if let Some(op) = op {
@@ -165,7 +169,8 @@ async fn account(args: AccountArgs) -> Result<()> {
         AccountAction::Expire { .. }
         | AccountAction::Deposit { .. }
         | AccountAction::WithdrawDeposit { .. }
-        | AccountAction::Cap { .. } => None,
+        | AccountAction::Cap { .. }
+        | AccountAction::BindPeer => None,
         AccountAction::Balance => None,
         AccountAction::Faucet => Some(Transaction::Faucet),
         AccountAction::Stake { amount } => {

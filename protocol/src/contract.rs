@@ -337,6 +337,7 @@ impl State {
                 Ok(())
             }
             Op::SetServerFee { fee_bps } => self.set_server_fee(signer, *fee_bps),
+            Op::BindClientPeer { peer_id } => self.bind_client_peer(signer, peer_id),
             Op::CompleteTask {
                 task_id: id,
                 prompt_tokens,

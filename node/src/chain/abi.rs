@@ -137,6 +137,8 @@ pub const CREATE_CLIENT_TASK: Function = entry(
 pub const DEPOSIT: Function = entry("deposit", &["&signer", "address", "u64"]);
 /// `withdraw_deposit(client, server, amount)`.
 pub const WITHDRAW_DEPOSIT: Function = entry("withdraw_deposit", &["&signer", "address", "u64"]);
+/// `bind_client_peer(client, peer_id)`.
+pub const BIND_CLIENT_PEER: Function = entry("bind_client_peer", &["&signer", "vector<u8>"]);
 /// `set_max_price(client, max_price_per_unit)`.
 pub const SET_MAX_PRICE: Function = entry("set_max_price", &["&signer", "u64"]);
 /// `set_server_fee(server, fee_bps)`.
@@ -198,6 +200,8 @@ pub const QUOTE_PAYMENT: Function = view(
 pub const TOTALS: Function = view("totals", &[], "(u64, u64, u64)");
 /// `get_client(client, server)`: `(deposit, max_price_per_unit)`.
 pub const GET_CLIENT: Function = view("get_client", &["address", "address"], "(u64, u64)");
+/// `client_of_peer(peer_id)`: `(bound, client)`.
+pub const CLIENT_OF_PEER: Function = view("client_of_peer", &["vector<u8>"], "(bool, address)");
 /// `get_server_fee(server)`.
 pub const GET_SERVER_FEE: Function = view("get_server_fee", &["address"], "u64");
 /// `deposits_held()`.
@@ -227,6 +231,7 @@ pub const FUNCTIONS: &[Function] = &[
     DEPOSIT,
     WITHDRAW_DEPOSIT,
     SET_MAX_PRICE,
+    BIND_CLIENT_PEER,
     SET_SERVER_FEE,
     COMPLETE_TASK,
     FAIL_TASK,
@@ -241,6 +246,7 @@ pub const FUNCTIONS: &[Function] = &[
     QUOTE_PAYMENT,
     TOTALS,
     GET_CLIENT,
+    CLIENT_OF_PEER,
     GET_SERVER_FEE,
     DEPOSITS_HELD,
     ANCHOR_COUNT,
@@ -403,6 +409,7 @@ pub fn entry_call(op: &Op, asset: Option<Address>) -> Result<Call, AbiError> {
             call(&SET_MAX_PRICE, vec![V::U64(*max_price_per_unit)])
         }
         Op::SetServerFee { fee_bps } => call(&SET_SERVER_FEE, vec![V::U64(*fee_bps)]),
+        Op::BindClientPeer { peer_id } => call(&BIND_CLIENT_PEER, vec![V::Bytes(peer_id.clone())]),
         Op::CompleteTask {
             task_id,
             prompt_tokens,
@@ -498,6 +505,8 @@ pub enum View {
     },
     /// `get_server_fee(server)`.
     ServerFee(Address),
+    /// `client_of_peer(peer_id)`.
+    ClientOfPeer(Vec<u8>),
     /// `deposits_held()`.
     DepositsHeld,
     /// `anchor_count()`.
@@ -538,6 +547,7 @@ pub fn view_call(view: &View) -> Call {
             (&GET_CLIENT, vec![V::Address(*client), V::Address(*server)])
         }
         View::ServerFee(server) => (&GET_SERVER_FEE, vec![V::Address(*server)]),
+        View::ClientOfPeer(peer) => (&CLIENT_OF_PEER, vec![V::Bytes(peer.clone())]),
         View::DepositsHeld => (&DEPOSITS_HELD, vec![]),
         View::AnchorCount => (&ANCHOR_COUNT, vec![]),
         View::Anchor(index) => (&GET_ANCHOR, vec![V::U64(*index)]),

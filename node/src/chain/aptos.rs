@@ -363,6 +363,15 @@ impl AptosChain {
         Parsed::new(&call, &values, 1)?.address(0).map(Some)
     }
 
+    async fn get_client_of_peer(&self, peer: PeerId) -> Result<Option<Address>, AptosError> {
+        let call = abi::view_call(&View::ClientOfPeer(peer.to_bytes()));
+        let Some(values) = self.view_opt(&call, &[Abort::NotInitialized]).await? else {
+            return Ok(None);
+        };
+        let p = Parsed::new(&call, &values, 2)?;
+        Ok(p.bool(0)?.then_some(p.address(1)?))
+    }
+
     async fn get_server_fee(&self, server: Address) -> Result<u64, AptosError> {
         let call = abi::view_call(&View::ServerFee(server));
         let Some(values) = self.view_opt(&call, &[Abort::NotInitialized]).await? else {
@@ -445,6 +454,10 @@ impl ChainBackend for AptosChain {
 
     fn server_of_peer(&self, peer: PeerId) -> BoxFuture<'_, Result<Option<Address>, ChainError>> {
         async move { Ok(self.get_server_of_peer(peer).await?) }.boxed()
+    }
+
+    fn client_of_peer(&self, peer: PeerId) -> BoxFuture<'_, Result<Option<Address>, ChainError>> {
+        async move { Ok(self.get_client_of_peer(peer).await?) }.boxed()
     }
 
     fn server_fee(&self, server: Address) -> BoxFuture<'_, Result<u64, ChainError>> {

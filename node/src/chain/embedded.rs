@@ -501,6 +501,11 @@ impl ChainBackend for Embedded {
         async move { Ok(s) }.boxed()
     }
 
+    fn client_of_peer(&self, peer: PeerId) -> BoxFuture<'_, Result<Option<Address>, ChainError>> {
+        let c = self.0.with_state(|s| s.client_of_peer(&peer.to_bytes()));
+        async move { Ok(c) }.boxed()
+    }
+
     fn server_fee(&self, server: Address) -> BoxFuture<'_, Result<u64, ChainError>> {
         let f = self.0.with_state(|s| s.clients.fee(&server));
         async move { Ok(f) }.boxed()

@@ -146,6 +146,12 @@ pub trait ChainBackend: Send + Sync + std::fmt::Debug + 'static {
         }
         .boxed()
     }
+    /// The client account that bound `peer` as the PeerId it submits
+    /// tasks as (`bind_client_peer`), if one did.
+    fn client_of_peer(&self, peer: PeerId) -> BoxFuture<'_, Result<Option<Address>, ChainError>> {
+        let _ = peer;
+        async { Ok(None) }.boxed()
+    }
     /// `server`'s fee, bps of each payment, charged to clients on top.
     fn server_fee(&self, server: Address) -> BoxFuture<'_, Result<u64, ChainError>>;
     /// Anchored batches so far.

@@ -188,6 +188,9 @@ impl AccountAction {
                 server: at(a)?,
                 amount: *amount,
             },
+            Self::BindPeer => Op::BindClientPeer {
+                peer_id: peer.to_bytes(),
+            },
             Self::Cap { max_price_per_unit } => Op::SetMaxPrice {
                 max_price_per_unit: *max_price_per_unit,
             },
@@ -234,6 +237,10 @@ pub enum AccountAction {
         #[arg(long, value_name = "PEER_ID|ACCOUNT", value_parser = parse_account)]
         at: Option<cactus_protocol::contract::Address>,
     },
+    /// Names this node's PeerId as the one whose tasks over the mesh this
+    /// account pays for (on Aptos, where a PeerId names no account, a
+    /// client does this once before `infer`).
+    BindPeer,
     /// Sets the most this account pays per work unit as a client: no
     /// router may open a task for it at a higher price.
     Cap {

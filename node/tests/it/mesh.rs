@@ -591,6 +591,33 @@ async fn clients_pay_from_their_deposit_and_the_router_earns_its_fee() {
     assert_eq!((record.successes, record.failures), (1, 0), "one task ran");
     assert_eq!(chain.totals().await.unwrap().1, 0, "nothing in escrow");
     assert_eq!(chain.pending_tasks(8).await.unwrap(), Some(vec![]));
+
+    // An account that binds a PeerId pays for that peer's tasks (how a
+    // client whose account its PeerId does not name, on Aptos, pays).
+    let ops = [
+        cactus_protocol::contract::Op::SetMaxPrice {
+            max_price_per_unit: u64::MAX,
+        },
+        cactus_protocol::contract::Op::BindClientPeer {
+            peer_id: stranger.peer_id().to_bytes(),
+        },
+    ];
+    for op in ops {
+        within(client::apply(c.client.network(), c.router.peer_id(), op))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let (before, _) = chain.client(me, router).await.unwrap();
+    within(client::submit_to(
+        stranger.network(),
+        c.router.peer_id(),
+        spec(None, "on my friend"),
+    ))
+    .await
+    .unwrap();
+    let (after, _) = chain.client(me, router).await.unwrap();
+    assert!(after < before, "the binding account paid");
     stranger.shutdown().await;
     c.stop().await;
 }

@@ -50,6 +50,10 @@ pub struct Clients {
     pub tasks: BTreeMap<[u8; 16], ClientTask>,
     /// Sum of all tabs and of the fee escrows of pending client tasks.
     pub held: u64,
+    /// The account each client PeerId (bytes) pays from
+    /// (`bind_client_peer`).
+    #[serde(default)]
+    pub peers: BTreeMap<Vec<u8>, Address>,
 }
 
 impl Clients {
@@ -144,6 +148,24 @@ impl State {
     /// `set_max_price(max_price_per_unit)`, signed by the client.
     pub(super) fn set_max_price(&mut self, client: Address, max_price_per_unit: u64) {
         self.clients.caps.insert(client, max_price_per_unit);
+    }
+
+    /// `bind_client_peer(peer_id)`, signed by the client.
+    pub(super) fn bind_client_peer(
+        &mut self,
+        client: Address,
+        peer_id: &[u8],
+    ) -> Result<(), Abort> {
+        if peer_id.is_empty() || peer_id.len() > super::MAX_PEER_ID_BYTES {
+            return Err(Abort::InvalidArgument);
+        }
+        self.clients.peers.insert(peer_id.to_vec(), client);
+        Ok(())
+    }
+
+    /// The `client_of_peer` view: the client that bound `peer_id`, if any.
+    pub fn client_of_peer(&self, peer_id: &[u8]) -> Option<Address> {
+        self.clients.peers.get(peer_id).copied()
     }
 
     /// `set_server_fee(fee_bps)`, signed by the server.

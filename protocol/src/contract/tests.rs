@@ -1247,6 +1247,34 @@ fn test_expired_client_task_refunds_the_client() {
 }
 
 #[test]
+fn test_bind_client_peer() {
+    let mut s = setup();
+    assert_eq!(s.client_of_peer(b"12D3KooWClient"), None);
+    let bind = |who: Address| {
+        (
+            who,
+            Op::BindClientPeer {
+                peer_id: b"12D3KooWClient".to_vec(),
+            },
+        )
+    };
+    let (who, op) = bind(client());
+    ok(&mut s, who, op);
+    assert_eq!(s.client_of_peer(b"12D3KooWClient"), Some(client()));
+    // A later binding of the same PeerId replaces it.
+    let (who, op) = bind(other_server());
+    ok(&mut s, who, op);
+    assert_eq!(s.client_of_peer(b"12D3KooWClient"), Some(other_server()));
+}
+
+#[test]
+fn test_bind_client_peer_bad_peer_id_fails() {
+    let mut s = setup();
+    let op = Op::BindClientPeer { peer_id: vec![] };
+    assert_eq!(err(&mut s, client(), op), Abort::InvalidArgument);
+}
+
+#[test]
 fn test_server_fee_above_bps_fails() {
     let mut s = setup();
     let op = Op::SetServerFee { fee_bps: 10_001 };

@@ -327,6 +327,12 @@ pub enum Op {
         /// The most the client pays per work unit.
         max_price_per_unit: u64,
     },
+    /// `bind_client_peer(peer_id)`: signed by a client.
+    BindClientPeer {
+        /// The PeerId it submits tasks as over the mesh.
+        #[serde(with = "serde_bytes")]
+        peer_id: Vec<u8>,
+    },
     /// `set_server_fee(fee_bps)`: signed by a server.
     SetServerFee {
         /// Share of each payment charged on top to the client, bps.

@@ -77,6 +77,9 @@ pub(crate) fn every_chain_op() -> Vec<Op> {
             max_price_per_unit: 3,
         },
         Op::SetServerFee { fee_bps: 100 },
+        Op::BindClientPeer {
+            peer_id: vec![2; 38],
+        },
         Op::SetServerPeer {
             server: Address([5; 32]),
             peer_id: vec![1; 38],
@@ -245,6 +248,7 @@ fn every_view_maps_to_a_well_typed_view_call() {
         },
         View::ServerFee(Address([2; 32])),
         View::DepositsHeld,
+        View::ClientOfPeer(vec![2; 38]),
         View::AnchorCount,
         View::Anchor(3),
     ];

@@ -600,6 +600,10 @@ mod fake_node {
                 "server_of_peer" => abort("E_SERVER_NOT_FOUND", 13),
                 "get_client" => ("200 OK", json!(["123", "9"])),
                 "get_server_fee" => ("200 OK", json!(["100"])),
+                "client_of_peer" if args[0] == json!(format!("0x{}", hex::encode(peer))) => {
+                    ("200 OK", json!([true, format!("0x{}", "0e".repeat(32))]))
+                }
+                "client_of_peer" => ("200 OK", json!([false, "0x0"])),
                 "get_anchor" => abort("E_INVALID_ARGUMENT", 5),
                 "anchor_count" => ("200 OK", json!(["0"])),
                 _ => (
@@ -709,6 +713,11 @@ async fn talks_to_a_rest_node() {
     assert_eq!(chain.server_of_peer(stranger).await.unwrap(), None);
     assert_eq!(chain.client(registered, CONTRACT).await.unwrap(), (123, 9));
     assert_eq!(chain.server_fee(CONTRACT).await.unwrap(), 100);
+    assert_eq!(
+        chain.client_of_peer(peer).await.unwrap(),
+        Some(Address([0x0e; 32]))
+    );
+    assert_eq!(chain.client_of_peer(stranger).await.unwrap(), None);
 
     // A transaction that the module aborts.
     let op = Op::AnchorReceipts {

@@ -46,12 +46,15 @@ impl RouterCtx {
         self.serve_streaming(payer, spec, None).await
     }
 
-    /// A mesh client, paying from its own account.
-    pub fn payer_of(&self, peer: PeerId) -> Payer {
-        Payer {
-            peer,
-            account: self.account_of(&peer),
-        }
+    /// A mesh client, paying from the account that bound its PeerId on the
+    /// chain (`bind_client_peer`; how an Aptos client pays over the mesh),
+    /// or else from the account its PeerId derives.
+    pub async fn payer_of(&self, peer: PeerId) -> Payer {
+        let account = match self.chain.client_of_peer(peer).await {
+            Ok(Some(bound)) => bound,
+            _ => self.account_of(&peer),
+        };
+        Payer { peer, account }
     }
 
     /// Serves one client submission end to end; with `tokens`, its tokens

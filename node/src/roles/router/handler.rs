@@ -38,13 +38,13 @@ impl Handler for RouterRole {
                     let (tx, rx) = tokio::sync::mpsc::channel(TOKEN_SINK_CHUNKS);
                     work.spawn(async move {
                         let live = Some(super::Delivery::Live(tx));
-                        let payer = r.payer_of(peer);
+                        let payer = r.payer_of(peer).await;
                         forward(stream, rx, r.serve_streaming(payer, spec, live)).await;
                     });
                 }
                 reply => {
                     work.spawn(async move {
-                        let response = r.serve(r.payer_of(peer), spec).await;
+                        let response = r.serve(r.payer_of(peer).await, spec).await;
                         let _ = network.respond(reply, response).await;
                     });
                 }
