@@ -190,18 +190,26 @@ fn payer(api: &Api, headers: &HeaderMap) -> Result<Payer, ApiError> {
     })
 }
 
+/// Who pays, then the request: the key is checked before the body is read.
+fn request(
+    api: &Api,
+    headers: &HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+    prepare: impl FnOnce(&Bytes, &Sampling) -> Result<openai::Prepared, ApiError>,
+) -> Result<(Payer, openai::Prepared), ApiError> {
+    let payer = payer(api, headers)?;
+    let b = body(b)?;
+    let sampling = openai::parse::<Sampling>(&b)?;
+    Ok((payer, prepare(&b, &sampling)?))
+}
+
 async fn completions(
     State(api): State<Api>,
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let prepared = payer(&api, &headers).and_then(|payer| {
-        let b = body(b)?;
-        let sampling = openai::parse::<Sampling>(&b)?;
-        Ok((
-            payer,
-            openai::parse::<CompletionRequest>(&b)?.prepare(&sampling)?,
-        ))
+    let prepared = request(&api, &headers, b, |b, sampling| {
+        openai::parse::<CompletionRequest>(b)?.prepare(sampling)
     });
     answer::answer(api, prepared, answer::Kind::Text).await
 }
@@ -211,10 +219,8 @@ async fn chat_completions(
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let prepared = payer(&api, &headers).and_then(|payer| {
-        let b = body(b)?;
-        let sampling = openai::parse::<Sampling>(&b)?;
-        Ok((payer, openai::parse::<ChatRequest>(&b)?.prepare(&sampling)?))
+    let prepared = request(&api, &headers, b, |b, sampling| {
+        openai::parse::<ChatRequest>(b)?.prepare(sampling)
     });
     answer::answer(api, prepared, answer::Kind::Chat).await
 }

@@ -2,6 +2,10 @@
 //! from funded accounts.
 
 use super::*;
+use crate::chain::ChainBackend;
+use cactus_protocol::TaskId;
+use cactus_protocol::contract::{Anchor, Orchestrator};
+use cactus_protocol::messages::Transaction;
 
 #[test]
 fn operations_survive_reopen_and_snapshots() {
