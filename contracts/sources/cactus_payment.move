@@ -82,7 +82,7 @@ module cactus::cactus_payment {
     const E_INVALID_FEE: u64 = 27;
     /// A task priced above the most its client pays per unit.
     const E_PRICE_ABOVE_CAP: u64 = 28;
-    /// The PeerId is already bound to another server.
+    /// The PeerId is already bound to another server, or to another client.
     const E_PEER_TAKEN: u64 = 29;
 
     // --------------------------------------------------------------- constants
@@ -695,8 +695,9 @@ module cactus::cactus_payment {
 
     /// The caller, a client, names `peer_id` as the PeerId it submits tasks
     /// as over the mesh: routers charge that PeerId's tasks to the caller's
-    /// deposits. A later binding of the same PeerId replaces it (binding
-    /// another's PeerId only pays for that peer's tasks).
+    /// deposits. First come: a PeerId bound to another client stays theirs,
+    /// so nobody can redirect a client's tasks to an empty account (and
+    /// binding another's PeerId would only pay for that peer's tasks).
     public entry fun bind_client_peer(client: &signer, peer_id: vector<u8>) acquires Config, ClientBook {
         assert_initialized();
         let config = borrow_global<Config>(@cactus);
@@ -705,6 +706,9 @@ module cactus::cactus_payment {
         ensure_book(config);
         let book = borrow_global_mut<ClientBook>(vault_address(config));
         let client_addr = signer::address_of(client);
+        if (table::contains(&book.peers, peer_id)) {
+            assert!(*table::borrow(&book.peers, peer_id) == client_addr, E_PEER_TAKEN);
+        };
         table::upsert(&mut book.peers, copy peer_id, client_addr);
         event::emit(ClientPeerBound { client: client_addr, peer_id });
     }

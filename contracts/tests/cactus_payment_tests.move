@@ -818,10 +818,18 @@ module cactus::cactus_payment_tests {
         cactus_payment::bind_client_peer(&signer_of(CLIENT), b"12D3KooWClient");
         let (bound, client) = cactus_payment::client_of_peer(b"12D3KooWClient");
         assert!(bound && client == CLIENT, 2);
-        // A later binding of the same PeerId replaces it.
-        cactus_payment::bind_client_peer(&signer_of(SERVER2), b"12D3KooWClient");
+        // Binding it again is harmless.
+        cactus_payment::bind_client_peer(&signer_of(CLIENT), b"12D3KooWClient");
         let (_, client) = cactus_payment::client_of_peer(b"12D3KooWClient");
-        assert!(client == SERVER2, 3);
+        assert!(client == CLIENT, 3);
+    }
+
+    #[test(fx = @aptos_framework, admin = @cactus)]
+    #[expected_failure(abort_code = 29, location = cactus::cactus_payment)]
+    fun test_bind_client_peer_of_another_client_fails(fx: &signer, admin: &signer) {
+        ready(fx, admin);
+        cactus_payment::bind_client_peer(&signer_of(CLIENT), b"12D3KooWClient");
+        cactus_payment::bind_client_peer(&signer_of(SERVER2), b"12D3KooWClient");
     }
 
     #[test(fx = @aptos_framework, admin = @cactus)]

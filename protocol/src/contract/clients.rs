@@ -159,6 +159,10 @@ impl State {
         if peer_id.is_empty() || peer_id.len() > super::MAX_PEER_ID_BYTES {
             return Err(Abort::InvalidArgument);
         }
+        // First come: nobody redirects another client's tasks.
+        if self.client_of_peer(peer_id).is_some_and(|c| c != client) {
+            return Err(Abort::PeerTaken);
+        }
         self.clients.peers.insert(peer_id.to_vec(), client);
         Ok(())
     }

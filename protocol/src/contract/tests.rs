@@ -1261,10 +1261,20 @@ fn test_bind_client_peer() {
     let (who, op) = bind(client());
     ok(&mut s, who, op);
     assert_eq!(s.client_of_peer(b"12D3KooWClient"), Some(client()));
-    // A later binding of the same PeerId replaces it.
-    let (who, op) = bind(other_server());
+    // Binding it again is harmless.
+    let (who, op) = bind(client());
     ok(&mut s, who, op);
-    assert_eq!(s.client_of_peer(b"12D3KooWClient"), Some(other_server()));
+    assert_eq!(s.client_of_peer(b"12D3KooWClient"), Some(client()));
+}
+
+#[test]
+fn test_bind_client_peer_of_another_client_fails() {
+    let mut s = setup();
+    let op = || Op::BindClientPeer {
+        peer_id: b"12D3KooWClient".to_vec(),
+    };
+    ok(&mut s, client(), op());
+    assert_eq!(err(&mut s, other_server(), op()), Abort::PeerTaken);
 }
 
 #[test]

@@ -125,8 +125,8 @@ pub enum Abort {
     /// A task priced above what its client pays at most.
     #[error("E_PRICE_ABOVE_CAP (28): the price is above the client's cap")]
     PriceAboveCap = 28,
-    /// A PeerId already bound to another server.
-    #[error("E_PEER_TAKEN (29): the PeerId is bound to another server")]
+    /// A PeerId already bound to another server, or to another client.
+    #[error("E_PEER_TAKEN (29): the PeerId is bound to another account")]
     PeerTaken = 29,
     /// An amount would pass `u64::MAX` or drop below 0 (or an intermediate
     /// `u128` product would overflow). Move has no abort code for this: the
