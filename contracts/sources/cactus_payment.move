@@ -1041,6 +1041,14 @@ module cactus::cactus_payment {
     }
 
     #[view]
+    /// `addr`'s balance of the payment asset, outside the vault.
+    public fun balance_of(addr: address): u64 acquires Config {
+        assert_initialized();
+        let config = borrow_global<Config>(@cactus);
+        primary_fungible_store::balance(addr, config.asset)
+    }
+
+    #[view]
     /// Whether `addr` is an authorized server.
     public fun is_server(addr: address): bool acquires Ledger {
         assert_initialized();

@@ -718,6 +718,7 @@ module cactus::cactus_payment_tests {
         assert_client(5000, MAX_U64);
         assert!(cactus_payment::deposits_held() == 5000, 1);
         assert!(balance(asset, CLIENT) == FUNDS - 5000, 2);
+        assert!(cactus_payment::balance_of(CLIENT) == FUNDS - 5000, 5);
         cactus_payment::withdraw_deposit(&client, SERVER, 2000);
         assert_client(3000, MAX_U64);
         cactus_payment::withdraw_deposit(&client, SERVER, 3000);

@@ -220,6 +220,7 @@ async fn account_on_aptos(args: &AccountArgs, peer: &libp2p::PeerId) -> Result<(
     };
     let view = serde_json::json!({
         "account": me.to_hex(),
+        "balance": chain.balance(me).await?,
         "registered": orchestrator.is_some(),
         "stake": orchestrator.as_ref().map_or(0, |o| o.stake),
         "unbonding": orchestrator.as_ref().map_or(0, |o| o.unbonding),

@@ -182,6 +182,8 @@ pub const GET_ORCHESTRATOR: Function = view(
 );
 /// `server_of_peer(peer_id)`; aborts `E_SERVER_NOT_FOUND` when none is bound.
 pub const SERVER_OF_PEER: Function = view("server_of_peer", &["vector<u8>"], "address");
+/// `balance_of(addr)`: the payment asset outside the vault.
+pub const BALANCE_OF: Function = view("balance_of", &["address"], "u64");
 /// `is_server(addr)`.
 pub const IS_SERVER: Function = view("is_server", &["address"], "bool");
 /// `get_task(task_id)`; aborts `E_TASK_NOT_FOUND` when unknown.
@@ -241,6 +243,7 @@ pub const FUNCTIONS: &[Function] = &[
     GET_CONFIG,
     GET_ORCHESTRATOR,
     IS_SERVER,
+    BALANCE_OF,
     SERVER_OF_PEER,
     GET_TASK,
     QUOTE_PAYMENT,
@@ -475,6 +478,8 @@ pub enum View {
     Orchestrator(Address),
     /// `is_server(addr)`.
     IsServer(Address),
+    /// `balance_of(addr)`.
+    BalanceOf(Address),
     /// `server_of_peer(peer_id)`.
     ServerOfPeer(Vec<u8>),
     /// `get_task(task_id)`.
@@ -522,6 +527,7 @@ pub fn view_call(view: &View) -> Call {
         View::Config => (&GET_CONFIG, vec![]),
         View::Orchestrator(who) => (&GET_ORCHESTRATOR, vec![V::Address(*who)]),
         View::IsServer(who) => (&IS_SERVER, vec![V::Address(*who)]),
+        View::BalanceOf(who) => (&BALANCE_OF, vec![V::Address(*who)]),
         View::ServerOfPeer(peer) => (&SERVER_OF_PEER, vec![V::Bytes(peer.clone())]),
         View::Task(id) => (&GET_TASK, vec![V::Bytes(id.0.to_vec())]),
         View::QuotePayment {

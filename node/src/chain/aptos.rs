@@ -372,6 +372,14 @@ impl AptosChain {
         Ok(p.bool(0)?.then_some(p.address(1)?))
     }
 
+    async fn get_balance(&self, who: Address) -> Result<u64, AptosError> {
+        let call = abi::view_call(&View::BalanceOf(who));
+        let Some(values) = self.view_opt(&call, &[Abort::NotInitialized]).await? else {
+            return Ok(0);
+        };
+        Parsed::new(&call, &values, 1)?.u64(0)
+    }
+
     async fn get_server_fee(&self, server: Address) -> Result<u64, AptosError> {
         let call = abi::view_call(&View::ServerFee(server));
         let Some(values) = self.view_opt(&call, &[Abort::NotInitialized]).await? else {
@@ -458,6 +466,10 @@ impl ChainBackend for AptosChain {
 
     fn client_of_peer(&self, peer: PeerId) -> BoxFuture<'_, Result<Option<Address>, ChainError>> {
         async move { Ok(self.get_client_of_peer(peer).await?) }.boxed()
+    }
+
+    fn balance(&self, who: Address) -> BoxFuture<'_, Result<u64, ChainError>> {
+        async move { Ok(self.get_balance(who).await?) }.boxed()
     }
 
     fn server_fee(&self, server: Address) -> BoxFuture<'_, Result<u64, ChainError>> {

@@ -231,6 +231,7 @@ fn every_view_maps_to_a_well_typed_view_call() {
         View::Config,
         View::Orchestrator(Address([1; 32])),
         View::IsServer(Address([1; 32])),
+        View::BalanceOf(Address([1; 32])),
         View::ServerOfPeer(vec![1; 38]),
         View::Task(TaskId([2; 16])),
         View::QuotePayment {

@@ -600,6 +600,7 @@ mod fake_node {
                 "server_of_peer" => abort("E_SERVER_NOT_FOUND", 13),
                 "get_client" => ("200 OK", json!(["123", "9"])),
                 "get_server_fee" => ("200 OK", json!(["100"])),
+                "balance_of" => ("200 OK", json!(["4242"])),
                 "client_of_peer" if args[0] == json!(format!("0x{}", hex::encode(peer))) => {
                     ("200 OK", json!([true, format!("0x{}", "0e".repeat(32))]))
                 }
@@ -713,6 +714,7 @@ async fn talks_to_a_rest_node() {
     assert_eq!(chain.server_of_peer(stranger).await.unwrap(), None);
     assert_eq!(chain.client(registered, CONTRACT).await.unwrap(), (123, 9));
     assert_eq!(chain.server_fee(CONTRACT).await.unwrap(), 100);
+    assert_eq!(chain.balance(registered).await.unwrap(), 4242);
     assert_eq!(
         chain.client_of_peer(peer).await.unwrap(),
         Some(Address([0x0e; 32]))
