@@ -10,7 +10,7 @@
 //! than a transaction.
 
 use cactus_protocol::TaskId;
-use cactus_protocol::contract::{Abort, Address, Config, Op};
+use cactus_protocol::contract::{Address, Config, Op};
 
 /// The module's name under the contract address.
 pub const MODULE: &str = "cactus_payment";
@@ -561,46 +561,8 @@ pub fn view_call(view: &View) -> Call {
     Call { function, args }
 }
 
-/// Every abort code of the module (its `E_*` constants), in code order.
-/// [`Abort::ArithmeticError`] is not among them: Move reports an overflow as
-/// the VM's `ARITHMETIC_ERROR` status, not as an abort of the module, and the
-/// Aptos backend passes that on as a failed transaction.
-pub const ABORTS: [Abort; 29] = [
-    Abort::NotAdmin,
-    Abort::AlreadyInitialized,
-    Abort::NotInitialized,
-    Abort::ZeroAmount,
-    Abort::InvalidArgument,
-    Abort::StakeTooLow,
-    Abort::AlreadyRegistered,
-    Abort::NotRegistered,
-    Abort::InsufficientStake,
-    Abort::NothingUnbonding,
-    Abort::StillUnbonding,
-    Abort::ServerAlreadyAuthorized,
-    Abort::ServerNotFound,
-    Abort::NotAuthorizedServer,
-    Abort::TaskExists,
-    Abort::TaskNotFound,
-    Abort::TaskNotPending,
-    Abort::WrongServer,
-    Abort::OrchestratorIneligible,
-    Abort::InvalidDelegation,
-    Abort::InvalidRatio,
-    Abort::InsufficientBalance,
-    Abort::InvalidConfig,
-    Abort::EvidenceUsed,
-    Abort::TaskNotExpired,
-    Abort::InsufficientDeposit,
-    Abort::InvalidFee,
-    Abort::PriceAboveCap,
-    Abort::PeerTaken,
-];
-
-/// The [`Abort`] with Move abort code `code` (`E_*`), if there is one.
-pub fn abort_from_code(code: u64) -> Option<Abort> {
-    ABORTS.iter().copied().find(|a| a.code() == code)
-}
+mod aborts;
+pub use aborts::{ABORTS, abort_from_code};
 
 #[cfg(test)]
 pub(crate) mod tests;

@@ -1,4 +1,5 @@
 use super::*;
+use cactus_protocol::contract::Abort;
 use std::collections::BTreeSet;
 
 /// A contract configuration with a distinct value in every field; the
