@@ -27,8 +27,9 @@ const CANCEL_WAIT: Duration = Duration::from_secs(2);
 pub struct Payer {
     /// The client's peer (this router's own for HTTP API requests).
     pub peer: PeerId,
-    /// The ledger account its tasks are escrowed from: a mesh client's own
-    /// (derived from its PeerId), or the one an API key names.
+    /// The ledger account its tasks are escrowed from: for a mesh client,
+    /// the account that bound its PeerId, else the one its PeerId derives;
+    /// for an HTTP request, the one its API key names.
     pub account: Address,
 }
 
