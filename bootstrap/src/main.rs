@@ -44,6 +44,7 @@ fn main() {
         price_per_token: 0,
         advert_interval: 10,
         task_timeout: 300,
+        stall_timeout: 30,
         task_deadline: 540,
         no_delegation: true,
         bid_window: 500,

@@ -58,6 +58,9 @@ pub struct NodeConfig {
     pub task_timeout: Duration,
     /// How long a client's task may take in all, retries included (routers).
     pub task_deadline: Duration,
+    /// Longest silence of a streaming orchestrator, once its tokens flow,
+    /// before the task resumes on another (routers).
+    pub stall_timeout: Duration,
     /// Whether an orchestrator delegates tasks it cannot take.
     pub delegation: bool,
     /// How long a router's call for bids stays open.
@@ -130,6 +133,7 @@ impl Default for NodeConfig {
             stale_after: Duration::from_secs(35),
             task_timeout: Duration::from_secs(300),
             task_deadline: Duration::from_secs(540),
+            stall_timeout: crate::roles::router::STALL_TIMEOUT,
             delegation: true,
             bid_window: Duration::from_millis(500),
             max_price_per_unit: 1_000,
@@ -357,6 +361,7 @@ impl Node {
                     appended,
                     task_timeout: config.task_timeout,
                     task_deadline: config.task_deadline,
+                    stall_timeout: config.stall_timeout,
                     max_attempts: config.max_attempts,
                     prefix_routing: config.prefix_routing,
                     verification: {

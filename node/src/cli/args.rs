@@ -212,6 +212,15 @@ pub struct NodeArgs {
         value_name = "SECS"
     )]
     pub task_timeout: u64,
+    /// Seconds a streaming orchestrator may fall silent, once its tokens
+    /// flow, before a router resumes the task on another.
+    #[arg(
+        long,
+        env = "CACTUS_STALL_TIMEOUT",
+        default_value_t = 30,
+        value_name = "SECS"
+    )]
+    pub stall_timeout: u64,
     /// Seconds a router spends on one client task in all, retries on other
     /// orchestrators and spot checks included (clients wait 660 s at most).
     #[arg(
@@ -404,6 +413,7 @@ impl NodeArgs {
             stale_after: advert * 3 + Duration::from_secs(5),
             task_timeout: Duration::from_secs(self.task_timeout.max(1)),
             task_deadline: Duration::from_secs(self.task_deadline.max(1)),
+            stall_timeout: Duration::from_secs(self.stall_timeout.max(1)),
             delegation: !self.no_delegation,
             bid_window: Duration::from_millis(self.bid_window.max(1)),
             max_price_per_unit: self.max_price,

@@ -3,10 +3,11 @@
 //! tested with llama.cpp on a real model.
 
 use super::pool::Generator;
-use super::{Engine, Generation, InferenceError, Job, Rejected, ReplayReceiver, Stream};
+use super::{Engine, Event, Generation, InferenceError, Job, Rejected, ReplayReceiver, Stream};
 use cactus_protocol::fraud::{PositionGap, ReplayFindings, ReplayRequest};
 use cactus_protocol::{Digest, FinishReason, ModelId};
-use std::sync::{Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// Where generations wait in a gated stub.
@@ -140,15 +141,15 @@ impl Generator for StubEngine {
                 };
             }
         }
-        let reversed = self.answer(&job.prompt);
+        // A resumed task continues after the tokens (characters) it was
+        // given; `max_tokens` counts the rest.
+        let done = job.resume.as_ref().map_or(0, |r| r.tokens.len());
+        let rest: String = self.answer(&job.prompt).chars().skip(done).collect();
         let max = job.sampling.max_tokens as usize;
-        let (text, finish) = if reversed.chars().count() > max {
-            (
-                reversed.chars().take(max).collect(),
-                FinishReason::MaxTokens,
-            )
+        let (text, finish) = if rest.chars().count() > max {
+            (rest.chars().take(max).collect(), FinishReason::MaxTokens)
         } else {
-            (reversed, FinishReason::EndOfGeneration)
+            (rest, FinishReason::EndOfGeneration)
         };
         Ok(Generation {
             output_tokens: text.chars().count() as u32,
@@ -213,7 +214,7 @@ impl Generator for StubEngine {
 /// running a cheaper one. Test support for spot checks, with real engines
 /// inside.
 pub struct Substitute {
-    inner: std::sync::Arc<dyn Engine>,
+    inner: Arc<dyn Engine>,
     claims: ModelId,
 }
 
@@ -227,7 +228,7 @@ impl std::fmt::Debug for Substitute {
 
 impl Substitute {
     /// Runs `inner`'s first model, claiming to be `claims`.
-    pub fn new(inner: std::sync::Arc<dyn Engine>, claims: ModelId) -> Self {
+    pub fn new(inner: Arc<dyn Engine>, claims: ModelId) -> Self {
         Self { inner, claims }
     }
 }
@@ -254,6 +255,100 @@ impl Engine for Substitute {
             return Err(Rejected::Stopped);
         };
         self.inner.submit(Job { model: real, ..job })
+    }
+
+    fn replay(&self, request: Box<ReplayRequest>) -> Result<ReplayReceiver, Rejected> {
+        self.inner.replay(request)
+    }
+}
+
+/// An engine whose first generation, of all the engines sharing its
+/// `armed` flag, streams `after` tokens of the stub's answer and then falls
+/// silent, holding its sequence until the reader goes away: an orchestrator
+/// that stalls mid-stream. Every other generation runs on `inner`.
+#[derive(Debug)]
+pub struct StallsOnce {
+    inner: Arc<dyn Engine>,
+    stub: Arc<StubEngine>,
+    armed: Arc<AtomicBool>,
+    after: usize,
+    /// Stalled generations whose reader has gone.
+    released: Arc<AtomicUsize>,
+}
+
+impl StallsOnce {
+    /// `stub`'s answers, run on `inner` (a pool around `stub`), except the
+    /// first generation taken while `armed` is set.
+    pub fn new(
+        stub: Arc<StubEngine>,
+        inner: Arc<dyn Engine>,
+        armed: Arc<AtomicBool>,
+        after: usize,
+    ) -> Self {
+        Self {
+            inner,
+            stub,
+            armed,
+            after,
+            released: Arc::default(),
+        }
+    }
+
+    /// Stalled generations whose reader has gone (the router gave up on
+    /// them).
+    pub fn released(&self) -> usize {
+        self.released.load(Ordering::Acquire)
+    }
+}
+
+impl Engine for StallsOnce {
+    fn models(&self) -> Vec<ModelId> {
+        self.inner.models()
+    }
+
+    fn slots(&self) -> usize {
+        self.inner.slots()
+    }
+
+    fn free_slots(&self) -> usize {
+        self.inner.free_slots()
+    }
+
+    fn has_room(&self) -> bool {
+        self.inner.has_room()
+    }
+
+    fn submit(&self, job: Job) -> Result<Stream, Rejected> {
+        if !self.armed.swap(false, Ordering::AcqRel) {
+            return self.inner.submit(job);
+        }
+        let (tx, stream) = Stream::channel();
+        let tokens: Vec<char> = self
+            .stub
+            .answer(&job.prompt)
+            .chars()
+            .take(self.after)
+            .collect();
+        let released = Arc::clone(&self.released);
+        std::thread::spawn(move || {
+            for c in tokens {
+                let token = Event::Token {
+                    id: u32::from(c),
+                    text: c.to_string(),
+                    logprobs: None,
+                };
+                if tx.try_token(token).is_err() {
+                    break;
+                }
+            }
+            // Silent from here on, as a hung process is, until the reader
+            // drops the stream.
+            while !tx.is_closed() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            released.fetch_add(1, Ordering::AcqRel);
+        });
+        Ok(stream)
     }
 
     fn replay(&self, request: Box<ReplayRequest>) -> Result<ReplayReceiver, Rejected> {

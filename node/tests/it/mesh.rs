@@ -5,7 +5,7 @@ use cactus_node::chain::embedded::LocalSettings;
 use cactus_node::client::{self, ClientError};
 use cactus_node::inference::Engine;
 use cactus_node::inference::pool::ThreadPool;
-use cactus_node::inference::stub::StubEngine;
+use cactus_node::inference::stub::{StallsOnce, StubEngine};
 use cactus_node::network::NetworkConfig;
 use cactus_node::node::ChainChoice;
 use cactus_node::receipt_log::ReceiptLog;
@@ -18,6 +18,7 @@ use cactus_protocol::{PromptFormat, SamplingParams, StreamFrame, TaskErrorKind, 
 use libp2p::Multiaddr;
 use libp2p::identity::Keypair;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Bound on every wait in these tests; they finish in well under a second
@@ -157,6 +158,19 @@ impl Cluster {
         router_config: impl FnOnce(NodeConfig) -> NodeConfig,
         client_is_server: bool,
     ) -> Self {
+        let engines = engines
+            .into_iter()
+            .map(|e| Arc::new(ThreadPool::new(e, 1, queue)) as Arc<dyn Engine>)
+            .collect();
+        Self::with_engines(engines, router_config, client_is_server).await
+    }
+
+    /// Orchestrators running `engines` as they are.
+    async fn with_engines(
+        engines: Vec<Arc<dyn Engine>>,
+        router_config: impl FnOnce(NodeConfig) -> NodeConfig,
+        client_is_server: bool,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let client_key = Keypair::generate_ed25519();
         let mut router_config = router_config(config(Role::Router, dir.path(), vec![]));
@@ -172,7 +186,11 @@ impl Cluster {
         let mut orchestrators = Vec::new();
         for e in engines {
             let config = config(Role::Orchestrator, dir.path(), vec![router_addr.clone()]);
-            orchestrators.push(start_queued(config, Some(e), queue).await);
+            orchestrators.push(
+                Node::start(config, Keypair::generate_ed25519(), Some(e))
+                    .await
+                    .unwrap(),
+            );
         }
         within(router.wait_for_orchestrators(orchestrators.len()))
             .await
@@ -352,6 +370,95 @@ async fn a_router_that_gives_up_on_a_task_stops_it_on_its_orchestrator() {
     gated.open_gate();
     let served = c.submit(spec(None, "next")).await.unwrap();
     assert_eq!(served.text, "txen");
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn an_orchestrator_that_stalls_mid_stream_is_resumed_on_another() {
+    // Two orchestrators; whichever takes the task first streams 3 tokens
+    // and then hangs without closing anything.
+    let armed = Arc::new(AtomicBool::new(true));
+    let engines: Vec<Arc<StallsOnce>> = (0..2)
+        .map(|_| {
+            let stub = Arc::new(StubEngine::new("stub-a"));
+            let pool = Arc::new(ThreadPool::new(stub.clone(), 1, QUEUE));
+            Arc::new(StallsOnce::new(stub, pool, Arc::clone(&armed), 3))
+        })
+        .collect();
+    let c = Cluster::with_engines(
+        engines
+            .iter()
+            .map(|e| Arc::clone(e) as Arc<dyn Engine>)
+            .collect(),
+        |c| NodeConfig {
+            stall_timeout: Duration::from_millis(300),
+            ..c
+        },
+        false,
+    )
+    .await;
+    let chain = Arc::clone(c.router.chain().unwrap());
+    let balances = |chain: Arc<dyn cactus_node::chain::ChainBackend>,
+                    peers: Vec<libp2p::PeerId>| async move {
+        let mut out = Vec::new();
+        for p in peers {
+            out.push(chain.balance(default_account(&p)).await.unwrap());
+        }
+        out
+    };
+    let peers: Vec<_> = c.orchestrators.iter().map(Node::peer_id).collect();
+    let before = balances(Arc::clone(&chain), peers.clone()).await;
+
+    let mut streamed = String::new();
+    let mut chunks = Vec::new();
+    let result = within(client::submit_streaming(
+        c.client.network(),
+        c.router.peer_id(),
+        spec(Some("stub-a"), "a stalled stream"),
+        |chunk| {
+            streamed.push_str(&chunk.text);
+            chunks.push(chunk.tokens.clone());
+        },
+    ))
+    .await
+    .unwrap();
+
+    // One uninterrupted answer: the stalled node's 3 tokens, then the rest
+    // from the other; nothing repeated, nothing missing (the client checked
+    // the stream against the receipt too).
+    assert!(!armed.load(Ordering::Acquire), "no orchestrator stalled");
+    assert_eq!(result.full_text(), "maerts dellats a");
+    assert_eq!(streamed, "maerts dellats a");
+    let resumed = result.resumed.as_ref().expect("the task resumed");
+    assert_eq!(resumed.shown, "mae");
+    assert_eq!(resumed.tokens.len(), 3);
+    assert_eq!(result.tokens.len(), 13);
+    assert_eq!(chunks.concat().len(), 16);
+
+    // The receipt is the second orchestrator's, for its own 13 tokens; the
+    // stalled one signed nothing, was paid nothing, and its sequence was
+    // stopped when the router gave up on it.
+    let body = &result.receipt.body;
+    assert_eq!(body.output_tokens, 13);
+    let stalled = within(async {
+        loop {
+            if let Some(i) = engines.iter().position(|e| e.released() == 1) {
+                break i;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let served = 1 - stalled;
+    assert_eq!(body.orchestrator, peers[served]);
+    let task = chain.task(body.task_id).await.unwrap().unwrap();
+    assert_eq!(task.status, TaskStatus::Completed);
+    let after = balances(Arc::clone(&chain), peers.clone()).await;
+    assert_eq!(
+        after[stalled], before[stalled],
+        "the stalled orchestrator is not paid"
+    );
+    assert_eq!(after[served], before[served] + task.payment);
     c.stop().await;
 }
 

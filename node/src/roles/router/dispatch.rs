@@ -399,17 +399,16 @@ impl RouterCtx {
             }
             Ok(Err(e)) => {
                 tracing::warn!(orchestrator = %peer, error = %e.0.message, tokens = sent.tokens(), "attempt failed mid-task");
+                if e.1 == AttemptFailure::Timeout {
+                    // Stalled: its stream may look open to it for as long
+                    // as it has nothing to write.
+                    self.cancel_on(peer, assignment).await;
+                }
                 e
             }
             Err(_) => {
                 tracing::warn!(orchestrator = %peer, "orchestrator timed out");
-                // It may still be generating: tell it to stop and free the
-                // slot, then go on (briefly: the answer only says whether it
-                // had the task).
-                let cancel = self
-                    .network
-                    .send_task(peer, TaskRequest::Cancel(assignment.task_id));
-                let _ = tokio::time::timeout(CANCEL_WAIT, cancel).await;
+                self.cancel_on(peer, assignment).await;
                 let e = TaskError::new(
                     TaskErrorKind::Cancelled,
                     format!("orchestrator {peer} did not answer in {timeout:?}"),
@@ -426,6 +425,15 @@ impl RouterCtx {
         } else {
             Attempt::Stop(error)
         }
+    }
+
+    /// Tells `peer`, which may still be generating, to stop and free the
+    /// slot; waits briefly (the answer only says whether it had the task).
+    async fn cancel_on(&self, peer: PeerId, assignment: &Assignment) {
+        let cancel = self
+            .network
+            .send_task(peer, TaskRequest::Cancel(assignment.task_id));
+        let _ = tokio::time::timeout(CANCEL_WAIT, cancel).await;
     }
 
     /// Fails an attempt on the chain: its escrow goes back.

@@ -79,6 +79,9 @@ pub struct RouterCtx {
     pub task_timeout: Duration,
     /// How long a client's task may take in all, retries included.
     pub task_deadline: Duration,
+    /// Longest silence between two frames of a token stream, once tokens
+    /// flow, before the orchestrator counts as stalled.
+    pub stall_timeout: Duration,
     /// Orchestrators tried per task before giving up.
     pub max_attempts: usize,
     /// Whether a task goes first to an orchestrator whose prompt cache holds

@@ -14,8 +14,9 @@ use cactus_protocol::{
 use libp2p::PeerId;
 use std::time::Duration;
 
-/// Longest silence between two frames, once tokens flow, before the
-/// orchestrator counts as stalled and the task resumes elsewhere. Before
+/// Default longest silence between two frames, once tokens flow, before the
+/// orchestrator counts as stalled and the task resumes elsewhere
+/// ([`RouterCtx::stall_timeout`]). Before
 /// the first token (a long prompt's prefill) only the attempt's timeout
 /// applies.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -206,13 +207,13 @@ impl RouterCtx {
             let next = if this.tokens.is_empty() {
                 stream.next().await
             } else {
-                match tokio::time::timeout(STALL_TIMEOUT, stream.next()).await {
+                match tokio::time::timeout(self.stall_timeout, stream.next()).await {
                     Ok(next) => next,
                     Err(_) => {
                         return Err((
                             TaskError::new(
                                 TaskErrorKind::Unavailable,
-                                format!("orchestrator {peer} stalled for {STALL_TIMEOUT:?}"),
+                                format!("orchestrator {peer} stalled for {:?}", self.stall_timeout),
                             ),
                             AttemptFailure::Timeout,
                         ));
