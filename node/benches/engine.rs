@@ -21,6 +21,8 @@
 //! ```
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/llama.rs"]
+mod llama;
 #[path = "support/mod.rs"]
 mod support;
 use cactus_node::chain::embedded::FAUCET_AMOUNT;
@@ -32,24 +34,10 @@ use cactus_node::network::NetworkConfig;
 use cactus_node::{Node, NodeConfig, Role};
 use cactus_protocol::{PromptFormat, SamplingParams, TaskSpec};
 use libp2p::identity::Keypair;
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{env_or, median, model_path};
+use support::{PROMPTS, env_or, median, model_path};
 
-/// Prompts that keep a small model talking.
-const PROMPTS: [&str; 8] = [
-    "Write a long story about a cactus that learns to walk across the desert.",
-    "Count from one to two hundred, separated by commas: one, two, three,",
-    "Explain in detail how a bicycle stays upright, step by step.",
-    "List every country in Europe with its capital city:",
-    "Describe a journey by train from Lisbon to Moscow, day by day.",
-    "Write a recipe book chapter about bread, with many recipes.",
-    "Tell the history of the Roman Empire from its founding to its fall.",
-    "Write a long poem about the sea, the wind and the stars.",
-];
 const SLOTS: usize = 8;
 const CTX_PER_SLOT: u32 = 1024;
 
@@ -166,108 +154,6 @@ fn spec(prompt: &str, max_tokens: u32) -> TaskSpec {
     }
 }
 
-/// llama-server on a free loopback port, started and waited for.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    fn start(tools: &Path, model: &Path, threads: u32) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(tools.join("llama-server"))
-            .args(["-m", &model.display().to_string()])
-            .args(["-t", &threads.to_string(), "-tb", &threads.to_string()])
-            .args(["-np", &SLOTS.to_string()])
-            .args(["-c", &(CTX_PER_SLOT * SLOTS as u32).to_string()])
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("llama-server starts");
-        let s = Self { child, port };
-        let end = Instant::now() + Duration::from_secs(120);
-        while s.get("/health").is_none_or(|b| !b.contains("ok")) {
-            assert!(Instant::now() < end, "llama-server did not come up");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        s
-    }
-
-    fn http(&self, request: &str) -> Option<String> {
-        let mut c = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        c.write_all(request.as_bytes()).ok()?;
-        let mut out = String::new();
-        c.read_to_string(&mut out).ok()?;
-        Some(out.split_once("\r\n\r\n")?.1.to_owned())
-    }
-
-    fn get(&self, path: &str) -> Option<String> {
-        self.http(&format!(
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-        ))
-    }
-
-    /// One completion; returns the tokens it generated.
-    fn complete(&self, prompt: &str, tokens: u32) -> u64 {
-        let body = serde_json::json!({
-            "prompt": prompt, "n_predict": tokens, "temperature": 0.0, "cache_prompt": false,
-        })
-        .to_string();
-        let answer = self
-            .http(&format!(
-                "POST /completion HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            ))
-            .expect("llama-server answers");
-        let v: serde_json::Value = serde_json::from_str(answer.trim()).expect("JSON answer");
-        v["tokens_predicted"].as_u64().expect("tokens_predicted")
-    }
-
-    fn concurrent(self: &Arc<Self>, n: usize, tokens: u32) -> (u64, f64) {
-        let started = Instant::now();
-        let threads: Vec<_> = (0..n)
-            .map(|i| {
-                let s = Arc::clone(self);
-                std::thread::spawn(move || s.complete(PROMPTS[i % PROMPTS.len()], tokens))
-            })
-            .collect();
-        let total = threads.into_iter().map(|t| t.join().unwrap()).sum();
-        (total, started.elapsed().as_secs_f64())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// llama-bench's tg figure (tokens/s) for `tokens` tokens.
-fn llama_bench(tools: &Path, model: &Path, threads: u32, tokens: u32) -> f64 {
-    let out = Command::new(tools.join("llama-bench"))
-        .args(["-m", &model.display().to_string()])
-        .args([
-            "-t",
-            &threads.to_string(),
-            "-p",
-            "0",
-            "-n",
-            &tokens.to_string(),
-        ])
-        .args(["-r", "3", "-o", "json"])
-        .stderr(Stdio::null())
-        .output()
-        .expect("llama-bench runs");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("llama-bench JSON");
-    v[0]["avg_ts"].as_f64().expect("avg_ts")
-}
-
 /// Runs `n` jobs on the engine at once, without the mesh; returns the
 /// output tokens and the wall time.
 fn direct(engine: &LlamaEngine, n: usize, tokens: u32) -> (u64, f64) {
@@ -315,10 +201,7 @@ fn main() {
         "no model at {}: run scripts/fetch-model.sh or set BENCH_MODEL",
         path.display()
     );
-    let tools = PathBuf::from(
-        std::env::var_os("LLAMA_TOOLS")
-            .expect("set LLAMA_TOOLS to llama.cpp's tools (scripts/llama-tools.sh prints it)"),
-    );
+    let tools = llama::tools();
     let threads: u32 = env_or("BENCH_THREADS", 2);
     let tokens: u32 = env_or("BENCH_TOKENS", 64);
     let runs: usize = env_or("BENCH_RUNS", 3);
@@ -357,9 +240,12 @@ fn main() {
             ours.push(t as f64 / s);
             let (t, s) = direct(&engine, n, tokens);
             alone.push(t as f64 / s);
-            let server = Arc::new(Server::start(&tools, &path, threads));
-            server.concurrent(1, 8);
-            let (t, s) = server.concurrent(n, tokens);
+            let server = llama::Server::start(&tools, &path, threads, SLOTS, CTX_PER_SLOT);
+            llama::complete(server.addr, None, "Warm up.", 8);
+            let prompts: Vec<String> = (0..n)
+                .map(|i| format!("Request {i}. {}", PROMPTS[i % PROMPTS.len()]))
+                .collect();
+            let (t, s) = llama::concurrent(server.addr, None, &prompts, tokens);
             theirs.push(t as f64 / s);
         }
         let (o, a, t) = (median(ours), median(alone), median(theirs));
@@ -378,7 +264,7 @@ fn main() {
         let (_, one) = mesh.concurrent(1, 1);
         let (n, all) = mesh.concurrent(1, long);
         ours.push((n - 1) as f64 / (all - one));
-        theirs.push(llama_bench(&tools, &path, threads, long));
+        theirs.push(llama::llama_bench(&tools, &path, threads, long));
     }
     let (o, t) = (median(ours), median(theirs));
     println!(
@@ -386,6 +272,10 @@ fn main() {
     );
     println!("|---|---|---|---|---|");
     println!("| 1 | {o:.1} | {t:.1} | {:.3} | ≥ 0.97 |", o / t);
+    println!(
+        "SUMMARY|single-stream tokens/s through the mesh vs llama-bench tg{long}|{o:.1}|{t:.1}|{:.3}|≥ 0.97",
+        o / t
+    );
     drop(mesh);
 
     // 3. A chat's second turn, prompt cache on and off.
@@ -434,6 +324,12 @@ fn main() {
     println!(
         "| {} prompt chars | {:.1} ms | {:.1} ms | {:.3} | ≤ 0.3 |",
         context.len(),
+        h * 1e3,
+        m * 1e3,
+        h / m
+    );
+    println!(
+        "SUMMARY|chat turn 2 time to first token, prompt cache vs none (ms)|{:.1}|{:.1}|{:.3}|≤ 0.3",
         h * 1e3,
         m * 1e3,
         h / m

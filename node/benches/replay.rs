@@ -25,6 +25,7 @@ mod support;
 use cactus_node::inference::llama::{LlamaConfig, LlamaEngine, quantize_q2k};
 use cactus_node::inference::model_file::ModelSpec;
 use cactus_node::inference::{Blocking, Engine, Generation, Job};
+use cactus_node::roles::router::Verification;
 use cactus_protocol::fraud::ReplayRequest;
 use cactus_protocol::receipt::RECEIPT_VERSION;
 use cactus_protocol::{Digest, PromptFormat, ReceiptBody, SamplingParams, TaskId};
@@ -170,6 +171,16 @@ fn main() {
         med * 100.0,
         lo * 100.0,
         hi * 100.0
+    );
+    // What spot checks cost the network per unit of generation: the share
+    // of results checked, times the replays a verdict needs, times a
+    // replay's cost.
+    let share = f64::from(Verification::default().share_ppm) / 1e6;
+    let replays = cactus_protocol::vote::QUORUM as f64;
+    println!(
+        "SUMMARY|verification compute ÷ generation compute, default spot-check rate ({:.0} %, {replays} replays)|{:.4}|-|-|-",
+        share * 100.0,
+        share * replays * med
     );
     let (_, hmed, hmax) = quantiles(honest_gaps.clone());
     let (cmin, cmed, _) = quantiles(cheat_gaps.clone());

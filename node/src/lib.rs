@@ -23,6 +23,9 @@ pub mod api;
 pub mod chain;
 pub mod cli;
 pub mod client;
+#[cfg(feature = "test-utils")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod inference;
 pub mod metrics;

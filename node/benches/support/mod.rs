@@ -12,6 +12,7 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 /// `BENCH_MODEL`, or the demo model where `scripts/fetch-model.sh` puts it.
+#[allow(dead_code)] // Not every bench runs the model.
 pub fn model_path() -> PathBuf {
     std::env::var_os("BENCH_MODEL")
         .map(PathBuf::from)
@@ -32,3 +33,25 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
+
+/// The `q` quantile (0..=1) of `v`, nearest rank.
+#[allow(dead_code)] // Not every bench takes quantiles.
+pub fn percentile(v: &[f64], q: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+/// Prompts that keep a small model talking.
+#[allow(dead_code)] // Only the benches that generate use them.
+pub const PROMPTS: [&str; 8] = [
+    "Write a long story about a cactus that learns to walk across the desert.",
+    "Count from one to two hundred, separated by commas: one, two, three,",
+    "Explain in detail how a bicycle stays upright, step by step.",
+    "List every country in Europe with its capital city:",
+    "Describe a journey by train from Lisbon to Moscow, day by day.",
+    "Write a recipe book chapter about bread, with many recipes.",
+    "Tell the history of the Roman Empire from its founding to its fall.",
+    "Write a long poem about the sea, the wind and the stars.",
+];

@@ -25,12 +25,18 @@ pub const CONNECT_WAIT: Duration = Duration::from_secs(30);
 /// How long the ledger has to answer one call.
 pub const LEDGER_CALL_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Calls to the ledger in flight at once; more wait their turn here, so
+/// that a burst (a hundred orchestrators to admit at start-up) never
+/// exceeds the streams the ledger accepts on one connection (64).
+pub const MAX_LEDGER_CALLS: usize = 32;
+
 /// The ledger of the node `ledger`, used as this node's chain.
 #[derive(Debug, Clone)]
 pub struct RemoteLedger {
     network: Network,
     ledger: PeerId,
     account: Address,
+    calls: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl RemoteLedger {
@@ -41,6 +47,7 @@ impl RemoteLedger {
             network,
             ledger,
             account,
+            calls: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_LEDGER_CALLS)),
         }
     }
 
@@ -79,6 +86,11 @@ impl RemoteLedger {
     async fn call(&self, request: TaskRequest) -> Result<QueryAnswer, ChainError> {
         let unavailable =
             |why: String| ChainError::Remote(format!("the ledger {}: {why}", self.ledger));
+        let _turn = self
+            .calls
+            .acquire()
+            .await
+            .map_err(|_| unavailable("closed".into()))?;
         let sent = self.network.send_task(self.ledger, request);
         match tokio::time::timeout(LEDGER_CALL_TIMEOUT, sent).await {
             Ok(Ok(TaskResponse::Answer(a))) => Ok(a),

@@ -19,7 +19,7 @@ use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, kad, ping};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -149,10 +149,14 @@ pub(super) fn start(
 impl EventLoop {
     async fn run(mut self, shutdown: CancellationToken) {
         let mut forgive = tokio::time::interval(PENALTY_DECAY_INTERVAL);
+        let every = self.config.bootstrap_redial.max(Duration::from_millis(100));
+        let mut redial = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 at = forgive.tick() => self.decay_penalties(at.into_std()),
+                _ = redial.tick() => self.redial_bootstrap(),
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 command = self.commands.recv() => match command {
                     Some(c) => self.on_command(c),
@@ -161,6 +165,27 @@ impl EventLoop {
             }
         }
         tracing::debug!("network event loop stopped");
+    }
+
+    /// Dials the bootstrap peers this node is not connected to (one dial
+    /// each, libp2p drops it if one is already under way).
+    fn redial_bootstrap(&mut self) {
+        for addr in &self.config.bootstrap {
+            let Some(peer) = peer_id_of(addr) else {
+                continue;
+            };
+            if self.swarm.is_connected(&peer) {
+                continue;
+            }
+            tracing::debug!(%peer, %addr, "bootstrap peer not connected: dialling it again");
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                .addresses(vec![addr.clone()])
+                .condition(libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(%peer, error = %e, "bootstrap redial not started");
+            }
+        }
     }
 
     fn decay_penalties(&mut self, now: Instant) {

@@ -28,12 +28,16 @@
 //!   request is answered through, and [`TaskStream`].
 //! - `stream_behaviour.rs`: the behaviour that opens token streams and
 //!   queues inbound ones.
+//! - `fuzzing.rs` (feature `test-utils`): wrappers through which the fuzz
+//!   targets reach the gossip validator, the codec and the frame reader.
 
 pub mod behaviour;
 pub mod codec;
 mod commands;
 mod discovery;
 mod event_loop;
+#[cfg(feature = "test-utils")]
+pub(crate) mod fuzzing;
 mod gossip;
 mod handle;
 mod ip_limits;
@@ -58,6 +62,10 @@ pub struct NetworkConfig {
     pub listen: Vec<Multiaddr>,
     /// Peers to join through; each may end in `/p2p/<peer id>`.
     pub bootstrap: Vec<Multiaddr>,
+    /// How often a bootstrap peer (one named with `/p2p/<peer id>`) that is
+    /// not connected is dialled again: a router that restarts, or a link
+    /// that broke, is rejoined without a restart here.
+    pub bootstrap_redial: Duration,
     /// Whether this node answers Kademlia queries (`Some(true)`: public
     /// nodes), only asks (`Some(false)`), or decides by whether AutoNAT
     /// confirms a public address (`None`).
@@ -101,6 +109,7 @@ impl Default for NetworkConfig {
                     .unwrap_or_else(|_| Multiaddr::empty()),
             ],
             bootstrap: Vec::new(),
+            bootstrap_redial: Duration::from_secs(10),
             kad_server: None,
             max_connections: 256,
             max_connections_per_ip: 32,

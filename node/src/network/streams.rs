@@ -13,7 +13,7 @@
 
 use super::NetworkEvent;
 use cactus_protocol::{STREAM_PROTOCOL, StreamFrame, TaskRequest, TaskResponse, Wire};
-use futures::{AsyncReadExt, AsyncWriteExt};
+use futures::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use libp2p::request_response::ResponseChannel;
 use libp2p::{PeerId, StreamProtocol};
 use std::io;
@@ -33,8 +33,9 @@ pub fn protocol() -> StreamProtocol {
 }
 
 /// Reads one length-prefixed frame of `T`; `Ok(None)` at a clean end of the
-/// stream.
-async fn read_frame<T: Wire>(io: &mut libp2p::Stream) -> io::Result<Option<T>> {
+/// stream. Generic over the reader so that the fuzz targets can drive it
+/// over bytes in memory (`crate::fuzzing`).
+pub(super) async fn read_frame<T: Wire, R: AsyncRead + Unpin>(io: &mut R) -> io::Result<Option<T>> {
     let mut len = [0u8; 4];
     match io.read_exact(&mut len).await {
         Ok(()) => {}
@@ -171,21 +172,23 @@ async fn read_request(
     permit: OwnedSemaphorePermit,
     events: mpsc::Sender<NetworkEvent>,
 ) {
-    let request =
-        match tokio::time::timeout(REQUEST_READ_TIMEOUT, read_frame::<TaskRequest>(&mut stream))
-            .await
-        {
-            Ok(Ok(Some(r))) => r,
-            Ok(Ok(None)) => return,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "unreadable request on a token stream");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "no request on a token stream in time");
-                return;
-            }
-        };
+    let request = match tokio::time::timeout(
+        REQUEST_READ_TIMEOUT,
+        read_frame::<TaskRequest, _>(&mut stream),
+    )
+    .await
+    {
+        Ok(Ok(Some(r))) => r,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "unreadable request on a token stream");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no request on a token stream in time");
+            return;
+        }
+    };
     let reply = StreamReply {
         stream,
         _permit: permit,

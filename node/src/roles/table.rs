@@ -141,12 +141,17 @@ impl OrchestratorTable {
             // READMIT_MIN_GAP, so that flipping it costs the sender, not the
             // chain.
             let changed = advert.account != e.advert.account || advert.stake != e.advert.stake;
-            if changed && now.saturating_duration_since(e.judged_at) < READMIT_MIN_GAP {
+            let since = now.saturating_duration_since(e.judged_at);
+            if changed && since < READMIT_MIN_GAP {
                 return Upsert::Ignored;
             }
+            // No verdict yet that long after the check began: the chain
+            // could not answer (an overloaded or restarting ledger), so a
+            // later advert asks again.
+            let unjudged = e.eligible.is_none() && since >= READMIT_MIN_GAP;
             e.advert = advert;
             e.seen = now;
-            if changed {
+            if changed || unjudged {
                 e.eligible = None;
                 e.admitted = None;
                 e.judged_at = now;

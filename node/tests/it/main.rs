@@ -13,11 +13,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+mod adversarial;
 mod api;
 #[cfg(feature = "aptos")]
 mod aptos_live;
 mod e2e;
 mod engine;
+mod fuzz_replay;
 mod mesh;
 mod move_pin;
 mod observe;

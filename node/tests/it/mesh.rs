@@ -463,6 +463,42 @@ async fn an_orchestrator_that_stalls_mid_stream_is_resumed_on_another() {
 }
 
 #[tokio::test]
+async fn orchestrators_rejoin_a_router_that_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = Keypair::generate_ed25519();
+    // The router comes back with the same identity, port and data dir, as
+    // a restarted process does.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let router_config = || {
+        let mut c = config(Role::Router, &dir.path().join("router"), vec![]);
+        c.network.listen = vec![format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()];
+        c
+    };
+    let router = Node::start(router_config(), key.clone(), None)
+        .await
+        .unwrap();
+    let addr = first_addr(&router).await;
+    let mut orchestrator = config(Role::Orchestrator, &dir.path().join("o"), vec![addr]);
+    orchestrator.network.bootstrap_redial = Duration::from_millis(200);
+    orchestrator.advert_interval = Duration::from_millis(500);
+    let orchestrator = start_with(orchestrator, Some(Arc::new(StubEngine::new("stub-a")))).await;
+    within(router.wait_for_orchestrators(1)).await.unwrap();
+
+    router.shutdown().await;
+    let router = Node::start(router_config(), key, None).await.unwrap();
+    // Without a redial the orchestrator would stay cut off: it is not
+    // restarted, and the new router process knows nobody.
+    within(router.wait_for_orchestrators(1)).await.unwrap();
+    assert_eq!(router.orchestrators()[0].peer, orchestrator.peer_id());
+    orchestrator.shutdown().await;
+    router.shutdown().await;
+}
+
+#[tokio::test]
 async fn client_finds_router_on_the_dht_through_a_bootstrap_node() {
     let dir = tempfile::tempdir().unwrap();
     let boot = start(Role::Bootstrap, dir.path(), vec![], None).await;

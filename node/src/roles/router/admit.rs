@@ -57,8 +57,10 @@ impl RouterCtx {
         let admitted = match self.chain.admit(peer, account, stake).await {
             Ok(ok) => ok,
             Err(e) => {
-                tracing::warn!(orchestrator = %peer, error = %e, "chain check failed");
-                false
+                // Not a refusal: the orchestrator stays unjudged, and one of
+                // its later adverts asks again (see `OrchestratorTable::upsert`).
+                tracing::warn!(orchestrator = %peer, error = %e, "chain check failed; asked again on a later advert");
+                return;
             }
         };
         let held = if admitted {

@@ -178,6 +178,27 @@ fn a_changed_stake_is_checked_again_no_more_often_than_the_gap() {
 }
 
 #[test]
+fn an_orchestrator_the_chain_could_not_judge_is_asked_about_again() {
+    let t0 = Instant::now();
+    let mut t = OrchestratorTable::new(Duration::from_secs(3600));
+    let p = PeerId::random();
+    assert_eq!(t.upsert(advert(p, 1, 1, &["a"]), t0), Upsert::Joined);
+    // The check failed: no verdict. Soon after, an advert is only news.
+    let soon = t0 + Duration::from_secs(1);
+    assert_eq!(t.upsert(advert(p, 2, 1, &["a"]), soon), Upsert::Updated);
+    // Later, it is judged again.
+    let later = t0 + READMIT_MIN_GAP;
+    assert_eq!(t.upsert(advert(p, 3, 1, &["a"]), later), Upsert::Joined);
+    // A verdict given, refused or not, stands.
+    t.set_eligible(&p, false);
+    let much_later = later + READMIT_MIN_GAP * 3;
+    assert_eq!(
+        t.upsert(advert(p, 4, 1, &["a"]), much_later),
+        Upsert::Updated
+    );
+}
+
+#[test]
 fn strangers_never_push_an_admitted_orchestrator_out() {
     let t0 = Instant::now();
     let mut t = OrchestratorTable::new(Duration::from_secs(3600));

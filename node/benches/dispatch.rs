@@ -1,0 +1,367 @@
+//! Dispatch overhead: what the mesh adds to a task that computes nothing.
+//!
+//! In one process, on loopback, interleaved in rounds so that the machine's
+//! noise hits all three alike:
+//!
+//! - a plain TCP round trip of 64 bytes (`TCP_NODELAY`), the floor;
+//! - a bare libp2p request-response round trip (TCP + Noise + Yamux, the
+//!   task protocol's own codec, a small request and answer), the anchor: a
+//!   task crosses two such hops, client → router and router → orchestrator;
+//! - a 1-token task through Cactus: a client submits to a router, which
+//!   escrows on its embedded ledger, hands the task to an orchestrator (the
+//!   stub engine, which costs nothing), checks and countersigns the receipt,
+//!   settles, logs the receipt durably and answers. Timed at the client.
+//!
+//! Targets: p50 ≤ 1 ms, p99 ≤ 5 ms, and ≤ 1.5× two bare request-response
+//! hops. Prints a table and `SUMMARY|...` lines for `scripts/bench.sh`.
+//!
+//! ```text
+//! cargo bench -p cactus-node --bench dispatch
+//! BENCH_ROUNDS=2000 cargo bench -p cactus-node --bench dispatch
+//! ```
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/mod.rs"]
+mod support;
+use cactus_node::chain::embedded::FAUCET_AMOUNT;
+use cactus_node::client;
+use cactus_node::inference::Engine;
+use cactus_node::inference::pool::ThreadPool;
+use cactus_node::inference::stub::StubEngine;
+use cactus_node::network::NetworkConfig;
+use cactus_node::network::codec::TaskCodec;
+use cactus_node::{Node, NodeConfig, Role};
+use cactus_protocol::{
+    PromptFormat, SamplingParams, TASK_PROTOCOL, TaskId, TaskRequest, TaskResponse, TaskSpec,
+};
+use futures::StreamExt;
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::{Swarm, SwarmEvent};
+use libp2p::{Multiaddr, StreamProtocol, noise, tcp, yamux};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::{env_or, percentile};
+
+/// Rounds of each measurement per batch; batches alternate between the
+/// three.
+const BATCH: usize = 50;
+
+fn main() {
+    let rounds: usize = env_or("BENCH_ROUNDS", 500).max(BATCH);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    let tcp = TcpEcho::start();
+    let mut bare = rt.block_on(BareRequestResponse::start());
+    let mesh = rt.block_on(Mesh::start());
+    // Warm up every path (connections, caches, the ledger's first pages).
+    tcp.round_trips(BATCH);
+    rt.block_on(bare.round_trips(BATCH));
+    rt.block_on(mesh.tasks(BATCH));
+
+    let (mut t, mut b, mut m) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds / BATCH {
+        t.extend(tcp.round_trips(BATCH));
+        b.extend(rt.block_on(bare.round_trips(BATCH)));
+        m.extend(rt.block_on(mesh.tasks(BATCH)));
+    }
+    rt.block_on(mesh.stop());
+
+    let ms = |v: &[f64], q: f64| percentile(v, q) * 1e3;
+    println!("{rounds} round trips each, loopback, one process\n");
+    println!("| what | p50 (ms) | p99 (ms) |");
+    println!("|---|---|---|");
+    println!(
+        "| plain TCP round trip, 64 B | {:.3} | {:.3} |",
+        ms(&t, 0.5),
+        ms(&t, 0.99)
+    );
+    println!(
+        "| bare libp2p request-response (TCP + Noise + Yamux) | {:.3} | {:.3} |",
+        ms(&b, 0.5),
+        ms(&b, 0.99)
+    );
+    println!(
+        "| two bare request-response hops | {:.3} | {:.3} |",
+        2.0 * ms(&b, 0.5),
+        2.0 * ms(&b, 0.99)
+    );
+    println!(
+        "| 1-token task through router and orchestrator (stub engine) | {:.3} | {:.3} |",
+        ms(&m, 0.5),
+        ms(&m, 0.99)
+    );
+    for (q, name, target) in [
+        (0.5, "p50", "≤ 1 ms; ≤ 1.5×"),
+        (0.99, "p99", "≤ 5 ms; ≤ 1.5×"),
+    ] {
+        let (ours, hops) = (ms(&m, q), 2.0 * ms(&b, q));
+        println!(
+            "SUMMARY|dispatch {name} of a 1-token task vs two bare req-resp hops (ms)|{ours:.3}|{hops:.3}|{:.2}|{target}",
+            ours / hops
+        );
+    }
+    println!(
+        "SUMMARY|plain TCP round trip p50, the floor (ms)|{:.3}|-|-|-",
+        ms(&t, 0.5)
+    );
+    // What one durable commit costs on this disk: a task makes several
+    // (the escrow, the receipt log, the settlement).
+    let f = fsyncs(BATCH);
+    println!(
+        "SUMMARY|one durable write (4 KiB + fdatasync) on the data dir's disk, p50 (ms)|{:.3}|-|-|-",
+        ms(&f, 0.5)
+    );
+}
+
+/// `n` 4 KiB writes, each followed by `fdatasync`; the time of each.
+fn fsyncs(n: usize) -> Vec<f64> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = std::fs::File::create(dir.path().join("sync")).unwrap();
+    (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            f.write_all(&[0u8; 4096]).unwrap();
+            f.sync_data().unwrap();
+            t.elapsed().as_secs_f64()
+        })
+        .collect()
+}
+
+/// A thread echoing 64-byte messages back on one TCP connection.
+struct TcpEcho {
+    client: std::cell::RefCell<TcpStream>,
+}
+
+impl TcpEcho {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.set_nodelay(true).unwrap();
+            let mut buf = [0u8; 64];
+            while s.read_exact(&mut buf).is_ok() {
+                if s.write_all(&buf).is_err() {
+                    return;
+                }
+            }
+        });
+        let client = TcpStream::connect(addr).unwrap();
+        client.set_nodelay(true).unwrap();
+        Self {
+            client: std::cell::RefCell::new(client),
+        }
+    }
+
+    fn round_trips(&self, n: usize) -> Vec<f64> {
+        let mut c = self.client.borrow_mut();
+        let mut buf = [7u8; 64];
+        (0..n)
+            .map(|_| {
+                let t = Instant::now();
+                c.write_all(&buf).unwrap();
+                c.read_exact(&mut buf).unwrap();
+                t.elapsed().as_secs_f64()
+            })
+            .collect()
+    }
+}
+
+type RrSwarm = Swarm<request_response::Behaviour<TaskCodec>>;
+
+fn rr_swarm() -> RrSwarm {
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| {
+            request_response::Behaviour::new(
+                [(StreamProtocol::new(TASK_PROTOCOL), ProtocolSupport::Full)],
+                request_response::Config::default(),
+            )
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build()
+}
+
+/// Two bare swarms speaking the task protocol's codec: one asks, the
+/// other answers at once.
+struct BareRequestResponse {
+    client: RrSwarm,
+    server: libp2p::PeerId,
+}
+
+impl BareRequestResponse {
+    async fn start() -> Self {
+        let mut server = rr_swarm();
+        server
+            .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .unwrap();
+        let addr: Multiaddr = loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = server.select_next_some().await {
+                break address;
+            }
+        };
+        let peer = *server.local_peer_id();
+        tokio::spawn(async move {
+            loop {
+                if let SwarmEvent::Behaviour(request_response::Event::Message {
+                    message: request_response::Message::Request { channel, .. },
+                    ..
+                }) = server.select_next_some().await
+                {
+                    let _ = server
+                        .behaviour_mut()
+                        .send_response(channel, TaskResponse::Cancelled(false));
+                }
+            }
+        });
+        let mut client = rr_swarm();
+        client.dial(addr.with(Protocol::P2p(peer))).unwrap();
+        Self {
+            client,
+            server: peer,
+        }
+    }
+
+    async fn round_trips(&mut self, n: usize) -> Vec<f64> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            self.client
+                .behaviour_mut()
+                .send_request(&self.server, TaskRequest::Cancel(TaskId([1; 16])));
+            loop {
+                match self.client.select_next_some().await {
+                    SwarmEvent::Behaviour(request_response::Event::Message {
+                        message: request_response::Message::Response { .. },
+                        ..
+                    }) => break,
+                    SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                        error,
+                        ..
+                    }) => panic!("bare request failed: {error}"),
+                    _ => {}
+                }
+            }
+            out.push(t.elapsed().as_secs_f64());
+        }
+        out
+    }
+}
+
+/// A router, a stub orchestrator and a funded client on loopback.
+struct Mesh {
+    _dir: tempfile::TempDir,
+    router: Node,
+    orchestrator: Node,
+    client: Node,
+}
+
+impl Mesh {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let net = NetworkConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            ..NetworkConfig::default()
+        };
+        let router = Node::start(
+            NodeConfig {
+                role: Role::Router,
+                data_dir: dir.path().join("router"),
+                network: net.clone(),
+                ..NodeConfig::default()
+            },
+            Keypair::generate_ed25519(),
+            None,
+        )
+        .await
+        .unwrap();
+        let addr = router.listen_addrs().await.unwrap()[0].clone();
+        let stub = Arc::new(StubEngine::new("stub"));
+        let orchestrator = Node::start(
+            NodeConfig {
+                role: Role::Orchestrator,
+                data_dir: dir.path().join("orchestrator"),
+                network: NetworkConfig {
+                    bootstrap: vec![addr.clone()],
+                    ..net.clone()
+                },
+                ..NodeConfig::default()
+            },
+            Keypair::generate_ed25519(),
+            Some(Arc::new(ThreadPool::new(stub, 1, 4)) as Arc<dyn Engine>),
+        )
+        .await
+        .unwrap();
+        tokio::time::timeout(Duration::from_secs(60), router.wait_for_orchestrators(1))
+            .await
+            .unwrap()
+            .unwrap();
+        let client = Node::start(
+            NodeConfig {
+                role: Role::Client,
+                data_dir: dir.path().join("client"),
+                network: NetworkConfig {
+                    listen: vec![],
+                    ..net
+                },
+                ..NodeConfig::default()
+            },
+            Keypair::generate_ed25519(),
+            None,
+        )
+        .await
+        .unwrap();
+        client.network().dial(addr).await.unwrap();
+        let r = router.peer_id();
+        client::fund_from_faucet(client.network(), r, r, FAUCET_AMOUNT)
+            .await
+            .unwrap();
+        Self {
+            _dir: dir,
+            router,
+            orchestrator,
+            client,
+        }
+    }
+
+    /// `n` 1-token tasks one after another; the time of each.
+    async fn tasks(&self, n: usize) -> Vec<f64> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let spec = TaskSpec {
+                model: None,
+                prompt: "a".into(),
+                format: PromptFormat::Raw,
+                sampling: SamplingParams {
+                    max_tokens: 1,
+                    ..SamplingParams::default()
+                },
+                max_price_per_unit: None,
+            };
+            let t = Instant::now();
+            let result = client::submit_to(self.client.network(), self.router.peer_id(), spec)
+                .await
+                .unwrap();
+            out.push(t.elapsed().as_secs_f64());
+            assert_eq!(result.receipt.body.output_tokens, 1);
+        }
+        out
+    }
+
+    async fn stop(self) {
+        self.client.shutdown().await;
+        self.orchestrator.shutdown().await;
+        self.router.shutdown().await;
+    }
+}
