@@ -88,15 +88,7 @@ impl EventLoop {
                     .map_err(|e| NetworkError::Publish(Arc::new(e)));
                 let _ = reply.send(r);
             }
-            Command::Penalise { peer } => {
-                if let Some(score) = self.penalties.penalise(peer) {
-                    self.swarm
-                        .behaviour_mut()
-                        .gossipsub
-                        .set_application_score(&peer, score);
-                    tracing::info!(%peer, application_score = score, "penalised a misbehaving peer");
-                }
-            }
+            Command::Penalise { peer } => self.penalise(peer),
             Command::PeerScore { peer, reply } => {
                 let _ = reply.send(self.swarm.behaviour().gossipsub.peer_score(&peer));
             }

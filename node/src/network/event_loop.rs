@@ -188,6 +188,17 @@ impl EventLoop {
         }
     }
 
+    /// Lowers `peer`'s application score for misbehaviour.
+    pub(super) fn penalise(&mut self, peer: PeerId) {
+        if let Some(score) = self.penalties.penalise(peer) {
+            self.swarm
+                .behaviour_mut()
+                .gossipsub
+                .set_application_score(&peer, score);
+            tracing::info!(%peer, application_score = score, "penalised a misbehaving peer");
+        }
+    }
+
     fn decay_penalties(&mut self, now: Instant) {
         let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
         for (peer, score) in self.penalties.decay(now) {
@@ -395,7 +406,17 @@ impl EventLoop {
                 }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
-                tracing::debug!(%peer, %error, "inbound task stream failed");
+                // A request our codec could not read (oversize, truncated,
+                // malformed: `InvalidData`) is the sender's doing; a closed
+                // or timed-out stream may not be.
+                if let request_response::InboundFailure::Io(e) = &error
+                    && e.kind() == std::io::ErrorKind::InvalidData
+                {
+                    tracing::info!(%peer, error = %e, "unreadable task request");
+                    self.penalise(peer);
+                } else {
+                    tracing::debug!(%peer, %error, "inbound task stream failed");
+                }
             }
             request_response::Event::ResponseSent { .. } => {}
         }
