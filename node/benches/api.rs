@@ -20,19 +20,15 @@
 //! ```
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/cluster.rs"]
+mod cluster;
 #[path = "support/llama.rs"]
 mod llama;
 #[path = "support/mod.rs"]
 mod support;
-use cactus_node::chain::default_account;
-use cactus_node::chain::embedded::FAUCET_AMOUNT;
-use cactus_node::client;
-use cactus_node::inference::Engine;
 use cactus_node::inference::llama::{LlamaConfig, LlamaEngine};
 use cactus_node::inference::model_file::ModelSpec;
-use cactus_node::network::NetworkConfig;
-use cactus_node::{Node, NodeConfig, Role};
-use libp2p::identity::Keypair;
+use cluster::Cluster;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -43,89 +39,37 @@ const CTX_PER_SLOT: u32 = 1024;
 
 /// A router serving the API, one orchestrator, and an API key whose
 /// account has a deposit at the router.
-struct Cluster {
+struct Api {
     rt: tokio::runtime::Runtime,
     _dir: tempfile::TempDir,
-    router: Node,
-    orchestrator: Node,
-    api: SocketAddr,
+    nodes: Cluster,
+    addr: SocketAddr,
     key: String,
 }
 
-impl Cluster {
+impl Api {
     fn start(engine: Arc<LlamaEngine>) -> Self {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let (router, orchestrator, key) = rt.block_on(async {
-            let net = NetworkConfig {
-                listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-                ..NetworkConfig::default()
-            };
-            let router = Node::start(
-                NodeConfig {
-                    role: Role::Router,
-                    data_dir: dir.path().join("router"),
-                    network: net.clone(),
-                    api: Some("127.0.0.1:0".parse().unwrap()),
-                    ..NodeConfig::default()
-                },
-                Keypair::generate_ed25519(),
-                None,
-            )
-            .await
-            .unwrap();
-            let addr = router.listen_addrs().await.unwrap()[0].clone();
-            let orchestrator = Node::start(
-                NodeConfig {
-                    role: Role::Orchestrator,
-                    data_dir: dir.path().join("orchestrator"),
-                    network: NetworkConfig {
-                        bootstrap: vec![addr.clone()],
-                        ..net
-                    },
-                    ..NodeConfig::default()
-                },
-                Keypair::generate_ed25519(),
-                Some(engine as Arc<dyn Engine>),
-            )
-            .await
-            .unwrap();
-            tokio::time::timeout(Duration::from_secs(60), router.wait_for_orchestrators(1))
-                .await
-                .unwrap()
-                .unwrap();
-            let client = Keypair::generate_ed25519();
-            let account = default_account(&client.public().to_peer_id());
-            client::fund_key(
-                client,
-                &[],
-                Some(addr),
-                FAUCET_AMOUNT,
-                Duration::from_secs(30),
-            )
-            .await
-            .unwrap();
-            let (key, _) =
-                cactus_node::api::keys::create(&dir.path().join("router"), account, "bench")
-                    .unwrap();
-            (router, orchestrator, key)
-        });
-        let api = router.api_addr().expect("the router serves its API");
+        let nodes = rt.block_on(Cluster::start(dir.path(), engine, true));
+        let (key, _) = cactus_node::api::keys::create(
+            &dir.path().join("router"),
+            nodes.client_account(),
+            "bench",
+        )
+        .unwrap();
+        let addr = nodes.router.api_addr().expect("the router serves its API");
         Self {
             rt,
             _dir: dir,
-            router,
-            orchestrator,
-            api,
+            nodes,
+            addr,
             key,
         }
     }
 
     fn stop(self) {
-        self.rt.block_on(async {
-            self.orchestrator.shutdown().await;
-            self.router.shutdown().await;
-        });
+        self.rt.block_on(self.nodes.stop());
     }
 }
 
@@ -180,14 +124,15 @@ fn main() {
     let mut summary = Vec::new();
     let mut ttft = None;
     for &n in &streams {
-        let cluster = Cluster::start(load(&path, threads, n));
+        let cluster = Api::start(load(&path, threads, n));
         let server = llama::Server::start(&tools, &path, threads, n, CTX_PER_SLOT);
         let key = Some(cluster.key.as_str());
-        llama::complete(cluster.api, key, "Warm up.", 4);
+        llama::complete(cluster.addr, key, "Warm up.", 4);
         llama::complete(server.addr, None, "Warm up.", 4);
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for r in 0..runs {
-            let (t, s) = llama::concurrent(cluster.api, key, &prompts(n, &format!("a{r}")), tokens);
+            let (t, s) =
+                llama::concurrent(cluster.addr, key, &prompts(n, &format!("a{r}")), tokens);
             ours.push(t as f64 / s);
             let (t, s) =
                 llama::concurrent(server.addr, None, &prompts(n, &format!("b{r}")), tokens);
@@ -207,7 +152,7 @@ fn main() {
             let (mut ours, mut theirs) = (Vec::new(), Vec::new());
             for r in 0..runs * 3 {
                 let p = |side: &str| format!("Session {side}{r}. {context}\nSummary:");
-                ours.push(llama::time_to_first_token(cluster.api, key, &p("a"), 4));
+                ours.push(llama::time_to_first_token(cluster.addr, key, &p("a"), 4));
                 theirs.push(llama::time_to_first_token(server.addr, None, &p("b"), 4));
             }
             let ms = |v: Vec<Duration>| median(v.iter().map(|d| d.as_secs_f64() * 1e3).collect());

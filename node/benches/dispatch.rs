@@ -21,21 +21,20 @@
 //! ```
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/cluster.rs"]
+mod cluster;
 #[path = "support/mod.rs"]
 mod support;
-use cactus_node::chain::embedded::FAUCET_AMOUNT;
 use cactus_node::client;
 use cactus_node::inference::Engine;
 use cactus_node::inference::pool::ThreadPool;
 use cactus_node::inference::stub::StubEngine;
-use cactus_node::network::NetworkConfig;
 use cactus_node::network::codec::TaskCodec;
-use cactus_node::{Node, NodeConfig, Role};
 use cactus_protocol::{
     PromptFormat, SamplingParams, TASK_PROTOCOL, TaskId, TaskRequest, TaskResponse, TaskSpec,
 };
+use cluster::Cluster;
 use futures::StreamExt;
-use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{Swarm, SwarmEvent};
@@ -262,77 +261,16 @@ impl BareRequestResponse {
 /// A router, a stub orchestrator and a funded client on loopback.
 struct Mesh {
     _dir: tempfile::TempDir,
-    router: Node,
-    orchestrator: Node,
-    client: Node,
+    nodes: Cluster,
 }
 
 impl Mesh {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let net = NetworkConfig {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-            ..NetworkConfig::default()
-        };
-        let router = Node::start(
-            NodeConfig {
-                role: Role::Router,
-                data_dir: dir.path().join("router"),
-                network: net.clone(),
-                ..NodeConfig::default()
-            },
-            Keypair::generate_ed25519(),
-            None,
-        )
-        .await
-        .unwrap();
-        let addr = router.listen_addrs().await.unwrap()[0].clone();
         let stub = Arc::new(StubEngine::new("stub"));
-        let orchestrator = Node::start(
-            NodeConfig {
-                role: Role::Orchestrator,
-                data_dir: dir.path().join("orchestrator"),
-                network: NetworkConfig {
-                    bootstrap: vec![addr.clone()],
-                    ..net.clone()
-                },
-                ..NodeConfig::default()
-            },
-            Keypair::generate_ed25519(),
-            Some(Arc::new(ThreadPool::new(stub, 1, 4)) as Arc<dyn Engine>),
-        )
-        .await
-        .unwrap();
-        tokio::time::timeout(Duration::from_secs(60), router.wait_for_orchestrators(1))
-            .await
-            .unwrap()
-            .unwrap();
-        let client = Node::start(
-            NodeConfig {
-                role: Role::Client,
-                data_dir: dir.path().join("client"),
-                network: NetworkConfig {
-                    listen: vec![],
-                    ..net
-                },
-                ..NodeConfig::default()
-            },
-            Keypair::generate_ed25519(),
-            None,
-        )
-        .await
-        .unwrap();
-        client.network().dial(addr).await.unwrap();
-        let r = router.peer_id();
-        client::fund_from_faucet(client.network(), r, r, FAUCET_AMOUNT)
-            .await
-            .unwrap();
-        Self {
-            _dir: dir,
-            router,
-            orchestrator,
-            client,
-        }
+        let engine = Arc::new(ThreadPool::new(stub, 1, 4)) as Arc<dyn Engine>;
+        let nodes = Cluster::start(dir.path(), engine, false).await;
+        Self { _dir: dir, nodes }
     }
 
     /// `n` 1-token tasks one after another; the time of each.
@@ -350,9 +288,13 @@ impl Mesh {
                 max_price_per_unit: None,
             };
             let t = Instant::now();
-            let result = client::submit_to(self.client.network(), self.router.peer_id(), spec)
-                .await
-                .unwrap();
+            let result = client::submit_to(
+                self.nodes.client.network(),
+                self.nodes.router.peer_id(),
+                spec,
+            )
+            .await
+            .unwrap();
             out.push(t.elapsed().as_secs_f64());
             assert_eq!(result.receipt.body.output_tokens, 1);
         }
@@ -360,8 +302,6 @@ impl Mesh {
     }
 
     async fn stop(self) {
-        self.client.shutdown().await;
-        self.orchestrator.shutdown().await;
-        self.router.shutdown().await;
+        self.nodes.stop().await;
     }
 }

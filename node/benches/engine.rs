@@ -21,21 +21,20 @@
 //! ```
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/cluster.rs"]
+mod cluster;
 #[path = "support/llama.rs"]
 mod llama;
 #[path = "support/mod.rs"]
 mod support;
-use cactus_node::chain::embedded::FAUCET_AMOUNT;
 use cactus_node::client;
 use cactus_node::inference::llama::{LlamaConfig, LlamaEngine};
 use cactus_node::inference::model_file::ModelSpec;
 use cactus_node::inference::{Engine, Event, Job};
-use cactus_node::network::NetworkConfig;
-use cactus_node::{Node, NodeConfig, Role};
 use cactus_protocol::{PromptFormat, SamplingParams, TaskSpec};
-use libp2p::identity::Keypair;
+use cluster::Cluster;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use support::{PROMPTS, env_or, median, model_path};
 
 const SLOTS: usize = 8;
@@ -44,80 +43,24 @@ const CTX_PER_SLOT: u32 = 1024;
 /// An in-process router, orchestrator and client on loopback.
 struct Mesh {
     rt: tokio::runtime::Runtime,
-    router: Node,
-    client: Node,
-    _orch: Node,
+    _dir: tempfile::TempDir,
+    nodes: Cluster,
 }
 
 impl Mesh {
     fn start(engine: Arc<LlamaEngine>) -> Self {
         let rt = tokio::runtime::Runtime::new().unwrap();
-        let (router, orch, client) = rt.block_on(async {
-            let net = NetworkConfig {
-                listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-                ..NetworkConfig::default()
-            };
-            let dir =
-                std::env::temp_dir().join(format!("cactus-bench-engine-{}", std::process::id()));
-            let router = Node::start(
-                NodeConfig {
-                    role: Role::Router,
-                    data_dir: dir,
-                    network: net.clone(),
-                    ..NodeConfig::default()
-                },
-                Keypair::generate_ed25519(),
-                None,
-            )
-            .await
-            .unwrap();
-            let addr = router.listen_addrs().await.unwrap()[0].clone();
-            let orch = Node::start(
-                NodeConfig {
-                    role: Role::Orchestrator,
-                    network: NetworkConfig {
-                        bootstrap: vec![addr.clone()],
-                        ..net.clone()
-                    },
-                    ..NodeConfig::default()
-                },
-                Keypair::generate_ed25519(),
-                Some(engine as Arc<dyn Engine>),
-            )
-            .await
-            .unwrap();
-            tokio::time::timeout(Duration::from_secs(60), router.wait_for_orchestrators(1))
-                .await
-                .unwrap()
-                .unwrap();
-            let client = Node::start(
-                NodeConfig {
-                    role: Role::Client,
-                    network: NetworkConfig {
-                        listen: vec![],
-                        ..net
-                    },
-                    ..NodeConfig::default()
-                },
-                Keypair::generate_ed25519(),
-                None,
-            )
-            .await
-            .unwrap();
-            client.network().dial(addr).await.unwrap();
-            // Its tasks are paid from a deposit at the router (dev faucet).
-            let r = router.peer_id();
-            client::fund_from_faucet(client.network(), r, r, FAUCET_AMOUNT)
-                .await
-                .unwrap();
-            (router, orch, client)
-        });
+        let dir = tempfile::tempdir().unwrap();
+        let nodes = rt.block_on(Cluster::start(dir.path(), engine, false));
         Self {
             rt,
-            router,
-            client,
-            _orch: orch,
+            _dir: dir,
+            nodes,
         }
+    }
+
+    fn stop(self) {
+        self.rt.block_on(self.nodes.stop());
     }
 
     /// Runs `n` tasks at once; returns the output tokens and the wall time.
@@ -127,8 +70,8 @@ impl Mesh {
             let tasks: Vec<_> = (0..n)
                 .map(|i| {
                     let spec = spec(PROMPTS[i % PROMPTS.len()], tokens);
-                    let network = self.client.network().clone();
-                    let router = self.router.peer_id();
+                    let network = self.nodes.client.network().clone();
+                    let router = self.nodes.router.peer_id();
                     tokio::spawn(async move { client::submit_to(&network, router, spec).await })
                 })
                 .collect();
@@ -276,7 +219,7 @@ fn main() {
         "SUMMARY|single-stream tokens/s through the mesh vs llama-bench tg{long}|{o:.1}|{t:.1}|{:.3}|≥ 0.97",
         o / t
     );
-    drop(mesh);
+    mesh.stop();
 
     // 3. A chat's second turn, prompt cache on and off.
     let model = engine.models()[0].sha256;
