@@ -18,17 +18,16 @@
 //! ```
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/cluster.rs"]
+mod cluster;
 #[path = "support/mod.rs"]
 mod support;
-use cactus_node::chain::embedded::FAUCET_AMOUNT;
 use cactus_node::client;
 use cactus_node::inference::llama::{LlamaConfig, LlamaEngine, backend};
 use cactus_node::inference::model_file::ModelSpec;
 use cactus_node::inference::{Blocking, Engine, Job};
-use cactus_node::network::NetworkConfig;
-use cactus_node::{Node, NodeConfig, Role};
 use cactus_protocol::{PromptFormat, SamplingParams, TaskSpec};
-use libp2p::identity::Keypair;
+use cluster::Cluster;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
@@ -36,7 +35,7 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::sampling::LlamaSampler;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use support::{env_or, median, model_path};
 
 const PROMPT: &str = "Write a long story about a cactus that learns to walk across the desert.";
@@ -127,69 +126,16 @@ fn main() {
     };
 
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (router, orch, client_node) = rt.block_on(async {
-        let net = NetworkConfig {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-            ..NetworkConfig::default()
-        };
-        let dir = std::env::temp_dir().join(format!("cactus-bench-{}", std::process::id()));
-        let router = Node::start(
-            NodeConfig {
-                role: Role::Router,
-                data_dir: dir,
-                network: net.clone(),
-                ..NodeConfig::default()
-            },
-            Keypair::generate_ed25519(),
-            None,
-        )
-        .await
-        .unwrap();
-        let addr = router.listen_addrs().await.unwrap()[0].clone();
-        let orch = Node::start(
-            NodeConfig {
-                role: Role::Orchestrator,
-                network: NetworkConfig {
-                    bootstrap: vec![addr.clone()],
-                    ..net.clone()
-                },
-                ..NodeConfig::default()
-            },
-            Keypair::generate_ed25519(),
-            Some(engine.clone() as Arc<dyn Engine>),
-        )
-        .await
-        .unwrap();
-        tokio::time::timeout(Duration::from_secs(60), router.wait_for_orchestrators(1))
-            .await
-            .unwrap()
-            .unwrap();
-        let client_node = Node::start(
-            NodeConfig {
-                role: Role::Client,
-                network: NetworkConfig {
-                    listen: vec![],
-                    ..net
-                },
-                ..NodeConfig::default()
-            },
-            Keypair::generate_ed25519(),
-            None,
-        )
-        .await
-        .unwrap();
-        client_node.network().dial(addr).await.unwrap();
-        // Its tasks are paid from a deposit at the router (dev faucet).
-        let r = router.peer_id();
-        client::fund_from_faucet(client_node.network(), r, r, FAUCET_AMOUNT)
-            .await
-            .unwrap();
-        (router, orch, client_node)
-    });
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = rt.block_on(Cluster::start(
+        dir.path(),
+        engine.clone() as Arc<dyn Engine>,
+        false,
+    ));
     let mesh = |spec: TaskSpec| {
         rt.block_on(async {
             let started = Instant::now();
-            let r = client::submit_to(client_node.network(), router.peer_id(), spec)
+            let r = client::submit_to(nodes.client.network(), nodes.router.peer_id(), spec)
                 .await
                 .unwrap();
             (
@@ -249,9 +195,5 @@ fn main() {
         m / d
     );
 
-    rt.block_on(async {
-        client_node.shutdown().await;
-        orch.shutdown().await;
-        router.shutdown().await;
-    });
+    rt.block_on(nodes.stop());
 }
