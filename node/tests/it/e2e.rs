@@ -1010,11 +1010,13 @@ fn two_routers_racing_for_one_orchestrator_make_it_delegate_and_pay_along_the_ch
     let b = orch(&b_dir, "100", "2");
     r1.wait_for("known=2");
     r2.wait_for("known=2");
-    // Both routers hand A a task at the same moment, each before A's advert
-    // says it is full: A takes one and delegates the other to B, which it
-    // knows from its adverts. (The race is the point: one router never sends
-    // a task to an orchestrator it knows is full.) One client submits to both
-    // routers at once, so that the two tasks leave together.
+    // Both routers hand A a task, each before A's advert says it is full: A
+    // takes one and delegates the other to B, which it knows from its
+    // adverts. (The race is the point: one router never sends a task to an
+    // orchestrator it knows is full.) The client submits to the second router
+    // first and to the first one the moment the second hands its task over:
+    // the first router then still has A's last advert, saying it is free,
+    // until A's next advert (at most ADVERT_MIN_GAP later) reaches it.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let client_dir = tempfile::tempdir().unwrap();
     let client = rt.block_on(async {
@@ -1056,14 +1058,12 @@ fn two_routers_racing_for_one_orchestrator_make_it_delegate_and_pay_along_the_ch
     };
     let mut delegated = None;
     for _ in 0..12 {
-        let (x, y) = rt.block_on(async {
-            let n = client.network();
-            tokio::join!(
-                cactus_node::client::submit_to(n, p1, spec()),
-                cactus_node::client::submit_to(n, p2, spec())
-            )
-        });
-        for r in [x, y] {
+        let (n, task) = (client.network().clone(), spec());
+        let second = rt.spawn(async move { cactus_node::client::submit_to(&n, p2, task).await });
+        r2.wait_for("handing task over");
+        let first = rt.block_on(cactus_node::client::submit_to(client.network(), p1, spec()));
+        let second = rt.block_on(second).unwrap();
+        for r in [first, second] {
             r.unwrap().receipt.verify().unwrap();
         }
         for (i, r) in [&mut r1, &mut r2].into_iter().enumerate() {
