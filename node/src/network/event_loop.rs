@@ -27,6 +27,8 @@ use tokio_util::sync::CancellationToken;
 const COMMAND_QUEUE: usize = 256;
 /// Events queued for the role logic; when full, inbound tasks are refused.
 const EVENT_QUEUE: usize = 1024;
+/// The soonest a bootstrap peer is dialled again after it dropped.
+const MIN_REDIAL: Duration = Duration::from_millis(250);
 
 /// A reply the loop owes a caller, kept until the swarm answers.
 pub(super) type Reply<T> = oneshot::Sender<Result<T, NetworkError>>;
@@ -52,6 +54,12 @@ pub(super) struct EventLoop {
     pub(super) provided: Vec<Vec<u8>>,
     /// libp2p's own metrics, recorded from the swarm's events.
     p2p_metrics: libp2p::metrics::Metrics,
+    /// The wait before the next bootstrap redial: short right after a
+    /// bootstrap peer drops (a restarting router is back within seconds),
+    /// doubling while it stays away, up to `config.bootstrap_redial`.
+    redial_backoff: Duration,
+    /// When the bootstrap peers are next redialled.
+    redial_at: tokio::time::Instant,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -105,6 +113,7 @@ pub(super) fn start(
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
     let (addr_tx, addr_rx) = watch::channel(Vec::new());
+    let redial = config.bootstrap_redial.max(MIN_REDIAL);
     let mut event_loop = EventLoop {
         swarm,
         commands: cmd_rx,
@@ -120,6 +129,8 @@ pub(super) fn start(
         bootstrapped: false,
         provided: Vec::new(),
         p2p_metrics,
+        redial_backoff: redial,
+        redial_at: tokio::time::Instant::now() + redial,
     };
     // Token streams are opened and accepted outside this loop.
     let streams = event_loop.swarm.behaviour().streams.control();
@@ -149,14 +160,11 @@ pub(super) fn start(
 impl EventLoop {
     async fn run(mut self, shutdown: CancellationToken) {
         let mut forgive = tokio::time::interval(PENALTY_DECAY_INTERVAL);
-        let every = self.config.bootstrap_redial.max(Duration::from_millis(100));
-        let mut redial = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 at = forgive.tick() => self.decay_penalties(at.into_std()),
-                _ = redial.tick() => self.redial_bootstrap(),
+                _ = tokio::time::sleep_until(self.redial_at) => self.redial_bootstrap(),
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 command = self.commands.recv() => match command {
                     Some(c) => self.on_command(c),
@@ -168,8 +176,12 @@ impl EventLoop {
     }
 
     /// Dials the bootstrap peers this node is not connected to (one dial
-    /// each, libp2p drops it if one is already under way).
+    /// each, libp2p drops it if one is already under way), and sets when to
+    /// try again: sooner while one is away, never more often than
+    /// [`MIN_REDIAL`].
     fn redial_bootstrap(&mut self) {
+        let every = self.config.bootstrap_redial.max(MIN_REDIAL);
+        let mut away = false;
         for addr in &self.config.bootstrap {
             let Some(peer) = peer_id_of(addr) else {
                 continue;
@@ -177,6 +189,7 @@ impl EventLoop {
             if self.swarm.is_connected(&peer) {
                 continue;
             }
+            away = true;
             tracing::debug!(%peer, %addr, "bootstrap peer not connected: dialling it again");
             let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
                 .addresses(vec![addr.clone()])
@@ -186,6 +199,12 @@ impl EventLoop {
                 tracing::debug!(%peer, error = %e, "bootstrap redial not started");
             }
         }
+        self.redial_backoff = if away {
+            (self.redial_backoff * 2).clamp(MIN_REDIAL, every)
+        } else {
+            every
+        };
+        self.redial_at = tokio::time::Instant::now() + self.redial_backoff;
     }
 
     /// Lowers `peer`'s application score for misbehaviour.
@@ -368,6 +387,16 @@ impl EventLoop {
         if gone {
             tracing::debug!(%peer, "disconnected");
             self.emit(NetworkEvent::Disconnected(peer));
+            let bootstrap = self
+                .config
+                .bootstrap
+                .iter()
+                .any(|a| peer_id_of(a) == Some(peer));
+            if bootstrap {
+                // Try it again soon, then less and less often.
+                self.redial_backoff = MIN_REDIAL;
+                self.redial_at = self.redial_at.min(tokio::time::Instant::now() + MIN_REDIAL);
+            }
         }
     }
 

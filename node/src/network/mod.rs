@@ -62,9 +62,11 @@ pub struct NetworkConfig {
     pub listen: Vec<Multiaddr>,
     /// Peers to join through; each may end in `/p2p/<peer id>`.
     pub bootstrap: Vec<Multiaddr>,
-    /// How often a bootstrap peer (one named with `/p2p/<peer id>`) that is
-    /// not connected is dialled again: a router that restarts, or a link
-    /// that broke, is rejoined without a restart here.
+    /// How often, at most, a bootstrap peer (one named with `/p2p/<peer
+    /// id>`) that is not connected is dialled again: a router that
+    /// restarts, or a link that broke, is rejoined without a restart here.
+    /// Right after such a peer drops it is redialled within a quarter
+    /// second, then at doubling intervals up to this one.
     pub bootstrap_redial: Duration,
     /// Whether this node answers Kademlia queries (`Some(true)`: public
     /// nodes), only asks (`Some(false)`), or decides by whether AutoNAT

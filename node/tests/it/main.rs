@@ -1,6 +1,8 @@
 //! Integration tests of cactus-node, one binary (one link step for all):
 //!
 //! - `api`: the router's OpenAI-compatible HTTP API with stub orchestrators.
+//! - `chaos`: kill -9, restarts, cut connections and shaped packets under a
+//!   seeded load of tasks (ignored: `scripts/chaos-test.sh` runs it).
 //! - `observe`: the router's status page and the nodes' `/metrics`.
 //! - `mesh`: several nodes in one process over loopback TCP, with the stub
 //!   engine: adverts, task round trips, failures, DHT router discovery.
@@ -17,6 +19,7 @@ mod adversarial;
 mod api;
 #[cfg(feature = "aptos")]
 mod aptos_live;
+mod chaos;
 mod e2e;
 mod engine;
 mod fuzz_replay;

@@ -16,6 +16,10 @@ use libp2p::PeerId;
 use std::collections::HashSet;
 use std::time::Duration;
 
+/// How long after a start, while no orchestrator at all has joined, a model
+/// nobody serves counts as one whose orchestrators have not rejoined yet
+/// (Unavailable, not NoSuchModel).
+const WARM_UP: Duration = Duration::from_secs(30);
 /// Time kept back from an attempt for replaying its result.
 const REPLAY_RESERVE: Duration = Duration::from_secs(60);
 /// How long a router waits for an orchestrator to confirm it stopped a task
@@ -88,6 +92,18 @@ impl RouterCtx {
             .map_err(|e| TaskError::new(TaskErrorKind::InvalidRequest, e.to_string()))?;
         let what = spec.model.as_deref().unwrap_or("any model").to_owned();
         let unserved = || {
+            let up = self.started_at.elapsed();
+            if up < WARM_UP && self.with_table(|t| t.is_empty()) {
+                // Its orchestrators redial a restarted router within
+                // seconds: ask the client to come back, not to give up.
+                return TaskError::new(
+                    TaskErrorKind::Unavailable,
+                    format!(
+                        "no orchestrator serving {what} has joined yet (this router started {}s ago); try again shortly",
+                        up.as_secs()
+                    ),
+                );
+            }
             TaskError::new(
                 TaskErrorKind::NoSuchModel,
                 format!("no orchestrator on the mesh serves {what}"),

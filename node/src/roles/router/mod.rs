@@ -95,6 +95,10 @@ pub struct RouterCtx {
     /// The node's metrics: outcomes, payments and spot checks are counted
     /// where they are decided.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// When this router started: for a while after, while it knows no
+    /// orchestrator at all, a model nobody serves is one whose orchestrators
+    /// have not rejoined, not an unknown one.
+    pub started_at: std::time::Instant,
 }
 
 impl std::fmt::Debug for RouterCtx {
