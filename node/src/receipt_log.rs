@@ -115,6 +115,14 @@ pub struct ReceiptLog {
     path: PathBuf,
 }
 
+impl Drop for ReceiptLog {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            tracing::warn!(error = %e, "the receipt log could not sync its last reputation records");
+        }
+    }
+}
+
 impl ReceiptLog {
     /// Opens (or creates) the receipt log in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self, ReceiptLogError> {
@@ -146,6 +154,13 @@ impl ReceiptLog {
         }
         tx.commit().map_err(|e| log.db_err(e))?;
         Ok(log)
+    }
+
+    /// Makes every write so far durable (the reputation records are
+    /// written without a sync of their own).
+    pub fn flush(&self) -> Result<(), ReceiptLogError> {
+        let tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        tx.commit().map_err(|e| self.db_err(e))
     }
 
     fn db_err(&self, e: impl Into<redb::Error>) -> ReceiptLogError {
@@ -278,14 +293,20 @@ impl ReceiptLog {
             })
     }
 
-    /// Stores the router's record of an orchestrator.
+    /// Stores the router's record of an orchestrator. Not synced on its
+    /// own: the next durable write (the next receipt appended, or the log
+    /// closing) makes it durable, so a kill -9 can lose the records updated
+    /// since. Reputation is a moving average; a task's receipt, escrow and
+    /// payment are what must never be lost, and this saves a disk sync per
+    /// task.
     pub fn save_reputation(
         &self,
         peer: &libp2p::PeerId,
         rep: &Reputation,
     ) -> Result<(), ReceiptLogError> {
         let bytes = cbor4ii::serde::to_vec(Vec::new(), rep).map_err(|e| self.encode_err(e))?;
-        let tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        let mut tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        tx.set_durability(redb::Durability::None);
         {
             let mut table = tx.open_table(REPUTATION).map_err(|e| self.db_err(e))?;
             let key = peer.to_bytes();
