@@ -1,6 +1,6 @@
 //! The composed libp2p behaviour of a Cactus node.
 
-use super::codec::TaskCodec;
+use super::codec::NodeCodec;
 use cactus_protocol::{
     CAPABILITY_TOPIC, CapabilityAdvert, KAD_PROTOCOL, TASK_PROTOCOL, TASK_TOPIC, Wire,
 };
@@ -95,7 +95,7 @@ pub struct Behaviour {
     /// Capability adverts (signed, strictly validated).
     pub gossipsub: gossipsub::Behaviour,
     /// Task hand-off, one frame each way.
-    pub tasks: request_response::Behaviour<TaskCodec>,
+    pub tasks: request_response::Behaviour<NodeCodec>,
     /// Token streams (`/cactus/stream/1`), opened through its `Control`
     /// and accepted through its queue, outside the event loop (see
     /// `stream_behaviour.rs` and `streams.rs`).
@@ -178,7 +178,7 @@ impl Behaviour {
             })?;
 
         let tasks = request_response::Behaviour::with_codec(
-            TaskCodec,
+            NodeCodec,
             [(
                 StreamProtocol::new(TASK_PROTOCOL),
                 request_response::ProtocolSupport::Full,

@@ -78,12 +78,128 @@ impl libp2p::request_response::Codec for TaskCodec {
     }
 }
 
+/// A task request as the node reads it off a stream: the request, or why
+/// it could not be read (over the cap, cut short, not a frame). libp2p's
+/// request-response drops a request its codec fails to read without saying
+/// who sent it; read this way, the event loop learns the sender and
+/// penalises it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WireRequest {
+    /// A request that decoded.
+    Task(Box<TaskRequest>),
+    /// Bytes that did not decode as a request, and why; never written.
+    Unreadable(String),
+}
+
+/// The node's codec for [`cactus_protocol::TASK_PROTOCOL`]: [`TaskCodec`]'s
+/// frames, with undecodable requests handed up as
+/// [`WireRequest::Unreadable`] instead of failing the stream.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NodeCodec;
+
+impl libp2p::request_response::Codec for NodeCodec {
+    type Protocol = StreamProtocol;
+    type Request = WireRequest;
+    type Response = TaskResponse;
+
+    async fn read_request<T>(&mut self, _: &Self::Protocol, io: &mut T) -> io::Result<WireRequest>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        match read_capped::<TaskRequest, _>(io).await {
+            Ok(r) => Ok(WireRequest::Task(Box::new(r))),
+            // A decoding failure is the sender's doing; a broken stream
+            // (reset, timed out) may not be, and stays an I/O error.
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                Ok(WireRequest::Unreadable(e.to_string()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn read_response<T>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut T,
+    ) -> io::Result<Self::Response>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_capped(io).await
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut T,
+        req: WireRequest,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        match req {
+            WireRequest::Task(r) => write_frame(io, r.as_ref()).await,
+            WireRequest::Unreadable(_) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "an unreadable request is never sent",
+            )),
+        }
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut T,
+        res: Self::Response,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &res).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use cactus_protocol::{PromptFormat, SamplingParams, TaskSpec};
     use futures::io::Cursor;
     use libp2p::request_response::Codec as _;
+
+    #[tokio::test]
+    async fn the_node_codec_hands_up_unreadable_requests_with_their_reason() {
+        let proto = StreamProtocol::new(cactus_protocol::TASK_PROTOCOL);
+        let req = TaskRequest::Cancel(cactus_protocol::TaskId([3; 16]));
+        let mut out = Cursor::new(Vec::new());
+        NodeCodec
+            .write_request(&proto, &mut out, WireRequest::Task(Box::new(req.clone())))
+            .await
+            .unwrap();
+        let bytes = out.into_inner();
+        let read = |b: Vec<u8>| async move {
+            NodeCodec
+                .read_request(&proto_of(), &mut Cursor::new(b))
+                .await
+                .unwrap()
+        };
+        assert_eq!(read(bytes.clone()).await, WireRequest::Task(Box::new(req)));
+        let cut = bytes[..bytes.len() / 2].to_vec();
+        let huge = vec![0u8; TaskRequest::MAX_BYTES + 10];
+        for bad in [cut, huge, b"not a frame".to_vec(), Vec::new()] {
+            assert!(matches!(read(bad).await, WireRequest::Unreadable(_)));
+        }
+        // Never written.
+        let mut out = Cursor::new(Vec::new());
+        let e = NodeCodec
+            .write_request(&proto, &mut out, WireRequest::Unreadable("x".into()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    fn proto_of() -> StreamProtocol {
+        StreamProtocol::new(cactus_protocol::TASK_PROTOCOL)
+    }
 
     #[tokio::test]
     async fn round_trip_and_cap() {

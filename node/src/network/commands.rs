@@ -52,7 +52,7 @@ impl EventLoop {
                     .swarm
                     .behaviour_mut()
                     .tasks
-                    .send_request(&peer, *request);
+                    .send_request(&peer, super::codec::WireRequest::Task(request));
                 self.pending_requests.insert(id, (peer, reply));
             }
             Command::Respond { channel, response } => {

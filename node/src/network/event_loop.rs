@@ -6,12 +6,13 @@
 //! [`penalties`](super::penalties).
 
 use super::behaviour::{Behaviour, BehaviourEvent};
+use super::codec::WireRequest;
 use super::gossip::{self, Topics};
 use super::handle::Command;
 use super::penalties::{PENALTY_DECAY_INTERVAL, Penalties};
 use super::reachability::{Reachability, is_circuit, listen_addr_is_external, peer_id_of};
 use super::{Network, NetworkConfig, NetworkError, NetworkEvent};
-use cactus_protocol::{TaskRequest, TaskResponse};
+use cactus_protocol::TaskResponse;
 use futures::StreamExt;
 use libp2p::core::ConnectedPoint;
 use libp2p::request_response::{self, OutboundRequestId};
@@ -400,17 +401,28 @@ impl EventLoop {
         }
     }
 
-    fn on_tasks(&mut self, event: request_response::Event<TaskRequest, TaskResponse>) {
+    fn on_tasks(&mut self, event: request_response::Event<WireRequest, TaskResponse>) {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
-                    request, channel, ..
+                    request: WireRequest::Task(request),
+                    channel,
+                    ..
                 } => {
                     self.emit(NetworkEvent::InboundTask {
                         peer,
-                        request,
+                        request: *request,
                         channel: channel.into(),
                     });
+                }
+                request_response::Message::Request {
+                    request: WireRequest::Unreadable(why),
+                    ..
+                } => {
+                    // Over the cap, cut short or malformed: the sender's
+                    // doing. Dropping the channel closes its stream.
+                    tracing::info!(%peer, error = %why, "unreadable task request");
+                    self.penalise(peer);
                 }
                 request_response::Message::Response {
                     request_id,
@@ -435,17 +447,10 @@ impl EventLoop {
                 }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
-                // A request our codec could not read (oversize, truncated,
-                // malformed: `InvalidData`) is the sender's doing; a closed
-                // or timed-out stream may not be.
-                if let request_response::InboundFailure::Io(e) = &error
-                    && e.kind() == std::io::ErrorKind::InvalidData
-                {
-                    tracing::info!(%peer, error = %e, "unreadable task request");
-                    self.penalise(peer);
-                } else {
-                    tracing::debug!(%peer, %error, "inbound task stream failed");
-                }
+                // A closed or timed-out stream, which may not be the
+                // sender's doing (unreadable requests arrive as
+                // `WireRequest::Unreadable`).
+                tracing::debug!(%peer, %error, "inbound task stream failed");
             }
             request_response::Event::ResponseSent { .. } => {}
         }

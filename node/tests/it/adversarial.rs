@@ -21,7 +21,8 @@
 //! still reach it and its tasks still run; and task adverts with a bad
 //! signature or replayed by a peer that did not sign them cost their
 //! publisher score, while a stale one (expired on the way) is dropped
-//! without blaming anyone.
+//! without blaming anyone; and task requests the node cannot read (cut
+//! short, over the cap, malformed) cost their sender score each time.
 
 use cactus_node::client;
 use cactus_node::fuzzing::{GossipOutcome, GossipTopic, gossip_validate};
@@ -492,4 +493,197 @@ async fn bad_signature_and_replayed_task_adverts_cost_score_and_stale_ones_do_no
     assert!(score(o, replayer).await < 0.0);
     shutdown.cancel();
     orchestrator.shutdown().await;
+}
+
+/// Raw bytes on the task protocol: what a peer whose codec is broken, or
+/// hostile, sends.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+impl libp2p::request_response::Codec for RawCodec {
+    type Protocol = libp2p::StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, _: &Self::Protocol, _: &mut T) -> std::io::Result<Vec<u8>>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        Err(std::io::Error::other("this peer only asks"))
+    }
+
+    async fn read_response<T>(&mut self, _: &Self::Protocol, io: &mut T) -> std::io::Result<Vec<u8>>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        use futures::AsyncReadExt;
+        let mut buf = Vec::new();
+        io.take(1 << 20).read_to_end(&mut buf).await?;
+        Ok(buf)
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        use futures::AsyncWriteExt;
+        io.write_all(&req).await?;
+        io.close().await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &Self::Protocol,
+        _: &mut T,
+        _: Vec<u8>,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        Err(std::io::Error::other("this peer only asks"))
+    }
+}
+
+/// A task request the node's codec cannot read (cut short, over the cap,
+/// or not a frame at all) costs its sender score each time, and the node
+/// keeps answering a well-formed request from another peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_task_requests_cost_their_sender_score() {
+    use futures::StreamExt;
+    use libp2p::request_response::{self, ProtocolSupport};
+    let shutdown = CancellationToken::new();
+    let config = NetworkConfig {
+        listen: loopback(),
+        ..NetworkConfig::default()
+    };
+    let (node, mut events, _) =
+        network::spawn(Keypair::generate_ed25519(), config, shutdown.clone()).unwrap();
+    // The node answers every readable request, as a role would.
+    let answering = node.clone();
+    tokio::spawn(async move {
+        while let Some(e) = events.recv().await {
+            if let network::NetworkEvent::InboundTask { channel, .. } = e {
+                let _ = answering
+                    .respond(channel, cactus_protocol::TaskResponse::Cancelled(false))
+                    .await;
+            }
+        }
+    });
+    let addr = within(async {
+        loop {
+            if let Some(a) = node.listen_addrs().await.unwrap().into_iter().next() {
+                break a;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    })
+    .await;
+
+    let mut attacker = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| {
+            request_response::Behaviour::<RawCodec>::new(
+                [(
+                    libp2p::StreamProtocol::new(cactus_protocol::TASK_PROTOCOL),
+                    ProtocolSupport::Outbound,
+                )],
+                request_response::Config::default(),
+            )
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(LIMIT))
+        .build();
+    let attacker_id = *attacker.local_peer_id();
+    attacker.dial(addr.clone()).unwrap();
+
+    let valid = cactus_protocol::TaskRequest::Submit(TaskSpec {
+        model: None,
+        prompt: "hello".into(),
+        format: PromptFormat::Raw,
+        sampling: SamplingParams::default(),
+        max_price_per_unit: None,
+    })
+    .encode()
+    .unwrap();
+    let truncated = valid[..valid.len() / 2].to_vec();
+    let oversize = vec![0u8; cactus_protocol::TaskRequest::MAX_BYTES + 1];
+    let mut malformed = valid.clone();
+    let last = malformed.len() - 1;
+    malformed[last] ^= 0xff;
+    let mut before = score(&node, attacker_id).await;
+    for (what, bytes) in [
+        ("truncated", truncated),
+        ("oversize", oversize),
+        ("malformed", malformed),
+    ] {
+        attacker
+            .behaviour_mut()
+            .send_request(&node.local_peer_id(), bytes);
+        // The node closes the stream without an answer.
+        within(async {
+            loop {
+                if let libp2p::swarm::SwarmEvent::Behaviour(
+                    request_response::Event::OutboundFailure { .. }
+                    | request_response::Event::Message { .. },
+                ) = attacker.select_next_some().await
+                {
+                    break;
+                }
+            }
+        })
+        .await;
+        // The attacker's swarm must keep running while the node judges it.
+        let judged = async {
+            loop {
+                let now = score(&node, attacker_id).await;
+                if now < before {
+                    break now;
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        };
+        let drive = async {
+            loop {
+                attacker.select_next_some().await;
+            }
+        };
+        let now = within(async {
+            tokio::select! {
+                s = judged => s,
+                () = drive => unreachable!(),
+            }
+        })
+        .await;
+        println!("{what} request: the sender's score went from {before} to {now}");
+        before = now;
+    }
+
+    // A peer sending well-formed requests is still answered.
+    let honest = bare_peer(Keypair::generate_ed25519(), &addr, &shutdown).await;
+    let answer = within(honest.send_task(
+        node.local_peer_id(),
+        cactus_protocol::TaskRequest::Submit(TaskSpec {
+            model: None,
+            prompt: "hello".into(),
+            format: PromptFormat::Raw,
+            sampling: SamplingParams::default(),
+            max_price_per_unit: None,
+        }),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(answer, cactus_protocol::TaskResponse::Cancelled(false));
+    assert!(score(&node, honest.local_peer_id()).await >= 0.0);
+    shutdown.cancel();
 }
