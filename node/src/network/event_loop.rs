@@ -55,10 +55,15 @@ pub(super) struct EventLoop {
     pub(super) provided: Vec<Vec<u8>>,
     /// libp2p's own metrics, recorded from the swarm's events.
     p2p_metrics: libp2p::metrics::Metrics,
-    /// The wait before the next bootstrap redial: short right after a
-    /// bootstrap peer drops (a restarting router is back within seconds),
-    /// doubling while it stays away, up to `config.bootstrap_redial`.
+    /// The wait before the next bootstrap redial after a bootstrap peer
+    /// drops: [`MIN_REDIAL`] once every bootstrap peer was found connected
+    /// at two checks in a row (a restarting router is back within seconds),
+    /// doubling with every check that finds one away, up to
+    /// `config.bootstrap_redial`. A peer that drops us again and again
+    /// (one at its connection limit, say) is not redialled in a tight loop.
     redial_backoff: Duration,
+    /// Whether the last redial check found every bootstrap peer connected.
+    redial_settled: bool,
     /// When the bootstrap peers are next redialled.
     redial_at: tokio::time::Instant,
 }
@@ -130,7 +135,8 @@ pub(super) fn start(
         bootstrapped: false,
         provided: Vec::new(),
         p2p_metrics,
-        redial_backoff: redial,
+        redial_backoff: MIN_REDIAL,
+        redial_settled: false,
         redial_at: tokio::time::Instant::now() + redial,
     };
     // Token streams are opened and accepted outside this loop.
@@ -178,8 +184,8 @@ impl EventLoop {
 
     /// Dials the bootstrap peers this node is not connected to (one dial
     /// each, libp2p drops it if one is already under way), and sets when to
-    /// try again: sooner while one is away, never more often than
-    /// [`MIN_REDIAL`].
+    /// check again: after the backoff while one is away (see
+    /// `redial_backoff`), after `config.bootstrap_redial` otherwise.
     fn redial_bootstrap(&mut self) {
         let every = self.config.bootstrap_redial.max(MIN_REDIAL);
         let mut away = false;
@@ -200,12 +206,17 @@ impl EventLoop {
                 tracing::debug!(%peer, error = %e, "bootstrap redial not started");
             }
         }
-        self.redial_backoff = if away {
-            (self.redial_backoff * 2).clamp(MIN_REDIAL, every)
+        let now = tokio::time::Instant::now();
+        if away {
+            self.redial_at = now + self.redial_backoff;
+            self.redial_backoff = (self.redial_backoff * 2).min(every);
         } else {
-            every
-        };
-        self.redial_at = tokio::time::Instant::now() + self.redial_backoff;
+            self.redial_at = now + every;
+            if self.redial_settled {
+                self.redial_backoff = MIN_REDIAL;
+            }
+        }
+        self.redial_settled = !away;
     }
 
     /// Lowers `peer`'s application score for misbehaviour.
@@ -395,8 +406,8 @@ impl EventLoop {
                 .any(|a| peer_id_of(a) == Some(peer));
             if bootstrap {
                 // Try it again soon, then less and less often.
-                self.redial_backoff = MIN_REDIAL;
-                self.redial_at = self.redial_at.min(tokio::time::Instant::now() + MIN_REDIAL);
+                let soon = tokio::time::Instant::now() + self.redial_backoff;
+                self.redial_at = self.redial_at.min(soon);
             }
         }
     }

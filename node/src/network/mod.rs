@@ -66,7 +66,8 @@ pub struct NetworkConfig {
     /// id>`) that is not connected is dialled again: a router that
     /// restarts, or a link that broke, is rejoined without a restart here.
     /// Right after such a peer drops it is redialled within a quarter
-    /// second, then at doubling intervals up to this one.
+    /// second (less often when it keeps dropping), then at doubling
+    /// intervals up to this one.
     pub bootstrap_redial: Duration,
     /// Whether this node answers Kademlia queries (`Some(true)`: public
     /// nodes), only asks (`Some(false)`), or decides by whether AutoNAT

@@ -92,11 +92,11 @@ impl Drop for Netns {
 #[test]
 #[ignore = "minutes long and wants root: run by scripts/chaos-test.sh"]
 fn chaos() {
-    if std::env::var_os(IN_NETNS).is_none() && is_root() && sh("ip", &["netns", "list"]) {
+    let name = format!("cactus-chaos-{}", std::process::id());
+    if std::env::var_os(IN_NETNS).is_none() && is_root() && sh("ip", &["netns", "add", &name]) {
         // Run this very test again inside a namespace of its own, where
         // shaping loopback and cutting connections touch nothing else.
-        let ns = Netns(format!("cactus-chaos-{}", std::process::id()));
-        assert!(sh("ip", &["netns", "add", &ns.0]), "ip netns add failed");
+        let ns = Netns(name);
         assert!(sh("ip", &["-n", &ns.0, "link", "set", "lo", "up"]));
         // A real link's MTU, so that shaping sees packets of a real size.
         assert!(sh("ip", &["-n", &ns.0, "link", "set", "lo", "mtu", "1500"]));
@@ -113,7 +113,9 @@ fn chaos() {
     }
     let net = std::env::var_os(IN_NETNS).is_some();
     if !net {
-        println!("chaos: not root, so no namespace: process faults only (no shaping, no cuts)");
+        println!(
+            "chaos: no network namespace of our own (not root, or no `ip netns`): process faults only (no shaping, no cuts)"
+        );
     }
     run(Settings {
         seed: env_or("CHAOS_SEED", 1),
@@ -206,6 +208,14 @@ impl Node {
             .unwrap();
         self.child = Some(child);
         self.starts += 1;
+    }
+
+    /// Whether the process ended without being told to: a crash. It is
+    /// then taken as down.
+    fn crashed(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status)
     }
 
     fn kill9(&mut self) {
@@ -361,6 +371,8 @@ struct Faults {
     cuts: u32,
     shaped: u32,
     steps: u32,
+    /// Processes that ended on their own: none may.
+    crashes: Vec<String>,
 }
 
 /// What the fault thread did, and the nodes back, all running.
@@ -394,6 +406,15 @@ fn chaos_loop(
         if let Some(s) = net.filter(|_| shaped) {
             s.off();
             shaped = false;
+        }
+        for (i, o) in orchestrators.iter_mut().enumerate() {
+            if let Some(status) = o.crashed() {
+                faults.crashes.push(format!("{} ({status})", o.name));
+                down.insert(i, Instant::now());
+            }
+        }
+        if let Some(status) = router.crashed() {
+            faults.crashes.push(format!("router ({status})"));
         }
         let now = Instant::now();
         down.retain(|&i, back_at| {
@@ -729,7 +750,7 @@ fn run(s: Settings) {
     let workload = started.elapsed();
     stop_tx.send(()).unwrap();
     let ChaosDone {
-        faults,
+        mut faults,
         mut router,
         mut orchestrators,
     } = chaos.join().unwrap();
@@ -767,6 +788,9 @@ fn run(s: Settings) {
     // The router stops cleanly; the orchestrators need not.
     router.terminate();
     for o in &mut orchestrators {
+        if let Some(status) = o.crashed() {
+            faults.crashes.push(format!("{} ({status})", o.name));
+        }
         o.kill9();
     }
 
@@ -886,8 +910,13 @@ fn run(s: Settings) {
 
     println!("chaos: seed {} done in {workload:.1?} of tasks", s.seed);
     println!(
-        "chaos: faults: {} steps, {} orchestrator kills, {} router kills, {} connection cuts, {} shaped spells",
-        faults.steps, faults.orchestrator_kills, faults.router_kills, faults.cuts, faults.shaped
+        "chaos: faults: {} steps, {} orchestrator kills, {} router kills, {} connection cuts, {} shaped spells; {} crashes",
+        faults.steps,
+        faults.orchestrator_kills,
+        faults.router_kills,
+        faults.cuts,
+        faults.shaped,
+        faults.crashes.len()
     );
     println!(
         "chaos: starts: router {}, orchestrators {}",
@@ -919,4 +948,9 @@ fn run(s: Settings) {
         answers.len()
     );
     assert_eq!(lost, 0, "tasks lost");
+    assert!(
+        faults.crashes.is_empty(),
+        "processes crashed: {:?}",
+        faults.crashes
+    );
 }

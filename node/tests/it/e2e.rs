@@ -1057,7 +1057,7 @@ fn two_routers_racing_for_one_orchestrator_make_it_delegate_and_pay_along_the_ch
         max_price_per_unit: None,
     };
     let mut delegated = None;
-    for _ in 0..12 {
+    for _ in 0..20 {
         let (n, task) = (client.network().clone(), spec());
         let second = rt.spawn(async move { cactus_node::client::submit_to(&n, p2, task).await });
         r2.wait_for("handing task over");
