@@ -8,7 +8,6 @@
 
 use cactus_protocol::fraud::FraudEvidence;
 use cactus_protocol::merkle::AnchorProof;
-use cactus_protocol::reputation::Reputation;
 use cactus_protocol::wire::SourceError;
 use cactus_protocol::{Receipt, TaskId, Wire};
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -21,6 +20,7 @@ pub const RECEIPT_LOG_FILE: &str = "receipts.redb";
 const OLD_RECEIPT_LOG_FILE: &str = "ledger.redb";
 
 mod journal;
+mod reputation;
 pub use journal::MAX_JOURNALED;
 
 /// Receipt frames by task id.
@@ -33,10 +33,6 @@ const PENDING: TableDefinition<u64, &[u8; 16]> = TableDefinition::new("pending_a
 const PROOFS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("anchor_proofs");
 /// Largest stored proof read back.
 const MAX_PROOF_BYTES: usize = 8 * 1024;
-/// Reputation records (CBOR) by orchestrator PeerId bytes.
-const REPUTATION: TableDefinition<&[u8], &[u8]> = TableDefinition::new("reputation");
-/// Largest stored reputation record read back.
-const MAX_REPUTATION_BYTES: usize = 1024;
 /// Fraud evidence (CBOR `FraudEvidence`) by the accused task's id.
 const FRAUD: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("fraud_evidence");
 /// Banned PeerIds → when the ban ends (Unix ms).
@@ -146,7 +142,8 @@ impl ReceiptLog {
             tx.open_table(ORDER).map_err(|e| log.db_err(e))?;
             tx.open_table(PENDING).map_err(|e| log.db_err(e))?;
             tx.open_table(PROOFS).map_err(|e| log.db_err(e))?;
-            tx.open_table(REPUTATION).map_err(|e| log.db_err(e))?;
+            tx.open_table(reputation::REPUTATION)
+                .map_err(|e| log.db_err(e))?;
             tx.open_table(FRAUD).map_err(|e| log.db_err(e))?;
             tx.open_table(BANS).map_err(|e| log.db_err(e))?;
             tx.open_table(journal::ESCROWED)
@@ -272,76 +269,6 @@ impl ReceiptLog {
         cbor4ii::serde::from_slice(v.value())
             .map(Some)
             .map_err(|_| ReceiptLogError::Corrupt(*id))
-    }
-
-    /// The router's stored record of an orchestrator.
-    pub fn reputation(&self, peer: &libp2p::PeerId) -> Result<Option<Reputation>, ReceiptLogError> {
-        let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
-        let table = tx.open_table(REPUTATION).map_err(|e| self.db_err(e))?;
-        let key = peer.to_bytes();
-        let Some(v) = table.get(key.as_slice()).map_err(|e| self.db_err(e))? else {
-            return Ok(None);
-        };
-        if v.value().len() > MAX_REPUTATION_BYTES {
-            return Err(self.oversized("oversized reputation record"));
-        }
-        cbor4ii::serde::from_slice(v.value())
-            .map(Some)
-            .map_err(|e| ReceiptLogError::Decode {
-                path: self.path.clone(),
-                source: SourceError::new(e),
-            })
-    }
-
-    /// Stores the router's record of an orchestrator. Not synced on its
-    /// own: the next durable write (the next receipt appended, or the log
-    /// closing) makes it durable, so a kill -9 can lose the records updated
-    /// since. Reputation is a moving average; a task's receipt, escrow and
-    /// payment are what must never be lost, and this saves a disk sync per
-    /// task.
-    pub fn save_reputation(
-        &self,
-        peer: &libp2p::PeerId,
-        rep: &Reputation,
-    ) -> Result<(), ReceiptLogError> {
-        let bytes = cbor4ii::serde::to_vec(Vec::new(), rep).map_err(|e| self.encode_err(e))?;
-        let mut tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
-        tx.set_durability(redb::Durability::None);
-        {
-            let mut table = tx.open_table(REPUTATION).map_err(|e| self.db_err(e))?;
-            let key = peer.to_bytes();
-            table
-                .insert(key.as_slice(), bytes.as_slice())
-                .map_err(|e| self.db_err(e))?;
-        }
-        tx.commit().map_err(|e| self.db_err(e))
-    }
-
-    /// Up to `limit` stored records, by PeerId.
-    pub fn reputations(
-        &self,
-        limit: usize,
-    ) -> Result<Vec<(libp2p::PeerId, Reputation)>, ReceiptLogError> {
-        let tx = self.db.begin_read().map_err(|e| self.db_err(e))?;
-        let table = tx.open_table(REPUTATION).map_err(|e| self.db_err(e))?;
-        let mut out = Vec::new();
-        for entry in table
-            .range::<&[u8]>(..)
-            .map_err(|e| self.db_err(e))?
-            .take(limit)
-        {
-            let (k, v) = entry.map_err(|e| self.db_err(e))?;
-            let (Ok(peer), true) = (
-                libp2p::PeerId::from_bytes(k.value()),
-                v.value().len() <= MAX_REPUTATION_BYTES,
-            ) else {
-                continue;
-            };
-            if let Ok(rep) = cbor4ii::serde::from_slice(v.value()) {
-                out.push((peer, rep));
-            }
-        }
-        Ok(out)
     }
 
     /// Bans `peer` until `until_ms` (a longer ban already recorded stays);
@@ -484,6 +411,7 @@ impl ReceiptLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cactus_protocol::reputation::Reputation;
     use cactus_protocol::{Digest, ReceiptBody, SamplingParams, receipt::RECEIPT_VERSION};
     use libp2p::identity::Keypair;
 

@@ -119,13 +119,13 @@ impl libp2p::request_response::Codec for NodeCodec {
 
     async fn read_response<T>(
         &mut self,
-        _: &Self::Protocol,
+        protocol: &Self::Protocol,
         io: &mut T,
     ) -> io::Result<Self::Response>
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_capped(io).await
+        TaskCodec.read_response(protocol, io).await
     }
 
     async fn write_request<T>(
@@ -148,14 +148,14 @@ impl libp2p::request_response::Codec for NodeCodec {
 
     async fn write_response<T>(
         &mut self,
-        _: &Self::Protocol,
+        protocol: &Self::Protocol,
         io: &mut T,
         res: Self::Response,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &res).await
+        TaskCodec.write_response(protocol, io, res).await
     }
 }
 
