@@ -607,15 +607,16 @@ async fn unreadable_task_requests_cost_their_sender_score() {
     let attacker_id = *attacker.local_peer_id();
     attacker.dial(addr.clone()).unwrap();
 
-    let valid = cactus_protocol::TaskRequest::Submit(TaskSpec {
-        model: None,
-        prompt: "hello".into(),
-        format: PromptFormat::Raw,
-        sampling: SamplingParams::default(),
-        max_price_per_unit: None,
-    })
-    .encode()
-    .unwrap();
+    let hello = || {
+        cactus_protocol::TaskRequest::Submit(TaskSpec {
+            model: None,
+            prompt: "hello".into(),
+            format: PromptFormat::Raw,
+            sampling: SamplingParams::default(),
+            max_price_per_unit: None,
+        })
+    };
+    let valid = hello().encode().unwrap();
     let truncated = valid[..valid.len() / 2].to_vec();
     let oversize = vec![0u8; cactus_protocol::TaskRequest::MAX_BYTES + 1];
     let mut malformed = valid.clone();
@@ -671,18 +672,9 @@ async fn unreadable_task_requests_cost_their_sender_score() {
 
     // A peer sending well-formed requests is still answered.
     let honest = bare_peer(Keypair::generate_ed25519(), &addr, &shutdown).await;
-    let answer = within(honest.send_task(
-        node.local_peer_id(),
-        cactus_protocol::TaskRequest::Submit(TaskSpec {
-            model: None,
-            prompt: "hello".into(),
-            format: PromptFormat::Raw,
-            sampling: SamplingParams::default(),
-            max_price_per_unit: None,
-        }),
-    ))
-    .await
-    .unwrap();
+    let answer = within(honest.send_task(node.local_peer_id(), hello()))
+        .await
+        .unwrap();
     assert_eq!(answer, cactus_protocol::TaskResponse::Cancelled(false));
     assert!(score(&node, honest.local_peer_id()).await >= 0.0);
     shutdown.cancel();
