@@ -24,7 +24,9 @@
 //!     (`Network::publish_advert`: the advert the role would send, with a
 //!     marker price and a newer sequence number); the delay per (advert,
 //!     router) is until that router's table holds the marker, polled every
-//!     250 µs (the resolution, plus the time of a table snapshot);
+//!     250 µs (the resolution) by looking that orchestrator up
+//!     (`Node::orchestrator`: copying whole tables 4000 times a second
+//!     took a core of its own at N = 100 and slowed the mesh it measured);
 //!     *lost* = pairs not seen within 5 s;
 //! - **bare gossipsub**: N plain libp2p swarms (TCP + Noise + Yamux +
 //!   gossipsub with its default config, signed messages), node i dialling
@@ -524,9 +526,7 @@ fn cactus(rt: &tokio::runtime::Runtime, n: usize, messages: usize, rss_before_kb
         let orch = &orchestrators[order[i % want]];
         let peer = orch.peer_id();
         let known = routers[0]
-            .orchestrators()
-            .into_iter()
-            .find(|o| o.peer == peer)
+            .orchestrator(&peer)
             .expect("router 0 knows every orchestrator");
         let marker = 100 + i as u64;
         let advert = CapabilityAdvert {
@@ -557,9 +557,8 @@ fn cactus(rt: &tokio::runtime::Runtime, n: usize, messages: usize, rss_before_kb
                     continue;
                 }
                 let has = router
-                    .orchestrators()
-                    .iter()
-                    .any(|o| o.peer == peer && o.price_per_token == marker);
+                    .orchestrator(&peer)
+                    .is_some_and(|o| o.price_per_token == marker);
                 if has {
                     seen[m] = true;
                     delays.push(ms(sent.elapsed()));

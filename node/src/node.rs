@@ -486,6 +486,15 @@ impl Node {
             .unwrap_or_default()
     }
 
+    /// What a router knows of one orchestrator (`None` when it knows
+    /// nothing of it, or is not a router): one lookup, where
+    /// [`Self::orchestrators`] copies the whole table.
+    pub fn orchestrator(&self, peer: &PeerId) -> Option<OrchestratorInfo> {
+        self.table
+            .as_ref()
+            .and_then(|t| t.lock().unwrap_or_else(|p| p.into_inner()).get(peer))
+    }
+
     /// Waits until a router has admitted at least `n` orchestrators. Only a
     /// router keeps a table: on any other node this returns
     /// [`NetworkError::Shutdown`] at once for `n > 0`.

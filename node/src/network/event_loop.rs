@@ -154,6 +154,7 @@ pub(super) fn start(
     tokio::spawn(super::streams::accept(
         incoming,
         event_loop.events.clone(),
+        cmd_tx.downgrade(),
         shutdown.clone(),
     ));
     let handle = tokio::spawn(event_loop.run(shutdown));

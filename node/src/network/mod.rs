@@ -47,6 +47,7 @@ mod stream_behaviour;
 mod streams;
 
 pub use handle::{ConnectionKind, Diagnostics, Network, NetworkEvent};
+pub use stream_behaviour::{Behaviour as StreamBehaviour, Control as StreamControl};
 pub use streams::{MAX_INBOUND_STREAMS, Reply, StreamReply, TaskStream};
 
 use libp2p::{Multiaddr, PeerId, identity::Keypair, noise, tcp, yamux};

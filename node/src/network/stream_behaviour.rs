@@ -25,8 +25,8 @@ use libp2p::swarm::handler::{
 };
 use libp2p::swarm::{
     ConnectionClosed, ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId,
-    DialFailure, FromSwarm, NetworkBehaviour, NotifyHandler, StreamUpgradeError, SubstreamProtocol,
-    THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
+    DialError, DialFailure, FromSwarm, NetworkBehaviour, NotifyHandler, StreamUpgradeError,
+    SubstreamProtocol, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 use libp2p::{PeerId, Stream, StreamProtocol};
 use std::collections::{HashMap, VecDeque};
@@ -226,6 +226,12 @@ impl NetworkBehaviour for Behaviour {
                     }
                 }
             }
+            // Our dial was skipped because another one to the peer is
+            // under way: its connection (or its failure) settles the opens.
+            FromSwarm::DialFailure(DialFailure {
+                error: DialError::DialPeerConditionFalse(_),
+                ..
+            }) => {}
             FromSwarm::DialFailure(DialFailure {
                 peer_id: Some(peer),
                 error,

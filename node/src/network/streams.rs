@@ -142,9 +142,14 @@ impl TaskStream {
 
 /// Accepts inbound token streams until `shutdown`: reads each one's request
 /// in its own task and hands it on as an [`NetworkEvent::InboundTask`].
+/// A request that is over its cap, cut short or malformed costs its sender
+/// score through `commands` (the event loop's queue, held weakly so that
+/// the loop still stops when the last [`super::Network`] handle goes; when
+/// the queue is full the penalty is skipped rather than waited for).
 pub(super) async fn accept(
     mut incoming: mpsc::Receiver<super::stream_behaviour::Inbound>,
     events: mpsc::Sender<NetworkEvent>,
+    commands: mpsc::WeakSender<super::handle::Command>,
     shutdown: CancellationToken,
 ) {
     let places = Arc::new(Semaphore::new(MAX_INBOUND_STREAMS));
@@ -161,8 +166,8 @@ pub(super) async fn accept(
             tracing::debug!(%peer, "too many inbound token streams; one reset");
             continue;
         };
-        let events = events.clone();
-        tokio::spawn(read_request(peer, stream, permit, events));
+        let (events, commands) = (events.clone(), commands.clone());
+        tokio::spawn(read_request(peer, stream, permit, events, commands));
     }
 }
 
@@ -171,6 +176,7 @@ async fn read_request(
     mut stream: libp2p::Stream,
     permit: OwnedSemaphorePermit,
     events: mpsc::Sender<NetworkEvent>,
+    commands: mpsc::WeakSender<super::handle::Command>,
 ) {
     let request = match tokio::time::timeout(
         REQUEST_READ_TIMEOUT,
@@ -181,7 +187,20 @@ async fn read_request(
         Ok(Ok(Some(r))) => r,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "unreadable request on a token stream");
+            // Over the cap, malformed, or shorter than its length prefix
+            // (the opener closed its side mid-frame) is the sender's doing;
+            // a reset stream may not be.
+            if matches!(
+                e.kind(),
+                io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+            ) {
+                tracing::info!(%peer, error = %e, "unreadable request on a token stream");
+                if let Some(commands) = commands.upgrade() {
+                    let _ = commands.try_send(super::handle::Command::Penalise { peer });
+                }
+            } else {
+                tracing::debug!(%peer, error = %e, "token stream broke before its request");
+            }
             return;
         }
         Err(_) => {

@@ -37,6 +37,25 @@ struct Entry {
     rep: Reputation,
 }
 
+impl Entry {
+    fn info(&self, peer: PeerId) -> OrchestratorInfo {
+        OrchestratorInfo {
+            peer,
+            models: self.advert.models.clone(),
+            free_slots: self.advert.free_slots,
+            total_slots: self.advert.total_slots,
+            queued: self.advert.queued,
+            in_flight: self.in_flight,
+            rtt: self.rep.rtt_ms.map(Duration::from_millis),
+            reputation: self.rep.clone(),
+            price_per_token: self.advert.price_per_token,
+            account: self.advert.account,
+            stake: self.advert.stake,
+            eligible: self.eligible,
+        }
+    }
+}
+
 /// What the scheduler scores of an orchestrator asking `price` with `free`
 /// slots: the stake the chain holds and this router's record of it.
 fn candidate(e: &Entry, price: u64, free: u32) -> schedule::Candidate {
@@ -467,26 +486,14 @@ impl OrchestratorTable {
 
     /// Every known orchestrator.
     pub fn snapshot(&self) -> Vec<OrchestratorInfo> {
-        let mut v: Vec<OrchestratorInfo> = self
-            .entries
-            .iter()
-            .map(|(p, e)| OrchestratorInfo {
-                peer: *p,
-                models: e.advert.models.clone(),
-                free_slots: e.advert.free_slots,
-                total_slots: e.advert.total_slots,
-                queued: e.advert.queued,
-                in_flight: e.in_flight,
-                rtt: e.rep.rtt_ms.map(Duration::from_millis),
-                reputation: e.rep.clone(),
-                price_per_token: e.advert.price_per_token,
-                account: e.advert.account,
-                stake: e.advert.stake,
-                eligible: e.eligible,
-            })
-            .collect();
+        let mut v: Vec<OrchestratorInfo> = self.entries.iter().map(|(p, e)| e.info(*p)).collect();
         v.sort_by_key(|i| i.peer);
         v
+    }
+
+    /// What the table knows of one orchestrator (a lookup, not a snapshot).
+    pub fn get(&self, peer: &PeerId) -> Option<OrchestratorInfo> {
+        self.entries.get(peer).map(|e| e.info(*peer))
     }
 
     /// Number of orchestrators known.

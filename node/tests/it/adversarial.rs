@@ -679,3 +679,129 @@ async fn unreadable_task_requests_cost_their_sender_score() {
     assert!(score(&node, honest.local_peer_id()).await >= 0.0);
     shutdown.cancel();
 }
+
+/// The same for token streams: a request frame over its cap, one cut
+/// short (the opener closes its side mid-frame) and one that does not
+/// decode each cost their sender score; the node stays up for others.
+#[tokio::test]
+async fn unreadable_token_stream_requests_cost_their_sender_score() {
+    use futures::{AsyncWriteExt, StreamExt};
+    let shutdown = CancellationToken::new();
+    let config = NetworkConfig {
+        listen: loopback(),
+        ..NetworkConfig::default()
+    };
+    let (node, mut events, _) =
+        network::spawn(Keypair::generate_ed25519(), config, shutdown.clone()).unwrap();
+    let answering = node.clone();
+    tokio::spawn(async move {
+        while let Some(e) = events.recv().await {
+            if let network::NetworkEvent::InboundTask { channel, .. } = e {
+                let _ = answering
+                    .respond(channel, cactus_protocol::TaskResponse::Cancelled(false))
+                    .await;
+            }
+        }
+    });
+    let addr = within(async {
+        loop {
+            if let Some(a) = node.listen_addrs().await.unwrap().into_iter().next() {
+                break a;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    })
+    .await;
+
+    let mut attacker = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| {
+            network::StreamBehaviour::new(libp2p::StreamProtocol::new(
+                cactus_protocol::STREAM_PROTOCOL,
+            ))
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(LIMIT))
+        .build();
+    let attacker_id = *attacker.local_peer_id();
+    let control = attacker.behaviour().control();
+    attacker.dial(addr.clone()).unwrap();
+    tokio::spawn(async move {
+        loop {
+            attacker.select_next_some().await;
+        }
+    });
+
+    let valid = cactus_protocol::TaskRequest::Submit(TaskSpec {
+        model: None,
+        prompt: "hello".into(),
+        format: PromptFormat::Raw,
+        sampling: SamplingParams::default(),
+        max_price_per_unit: None,
+    })
+    .encode()
+    .unwrap();
+    let frame = |len: usize, body: &[u8]| {
+        let mut f = (len as u32).to_le_bytes().to_vec();
+        f.extend_from_slice(body);
+        f
+    };
+    let mut malformed = valid.clone();
+    let last = malformed.len() - 1;
+    malformed[last] ^= 0xff;
+    let mut before = score(&node, attacker_id).await;
+    for (what, bytes) in [
+        (
+            "oversize",
+            frame(cactus_protocol::TaskRequest::MAX_BYTES + 1, &[]),
+        ),
+        ("truncated", frame(valid.len(), &valid[..valid.len() / 2])),
+        ("malformed", frame(malformed.len(), &malformed)),
+    ] {
+        let mut stream = within(control.open(node.local_peer_id())).await.unwrap();
+        stream.write_all(&bytes).await.unwrap();
+        stream.close().await.unwrap();
+        let now = within(async {
+            loop {
+                let now = score(&node, attacker_id).await;
+                if now < before {
+                    break now;
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        })
+        .await;
+        println!("{what} stream request: the sender's score went from {before} to {now}");
+        before = now;
+    }
+
+    // A well-formed request on a token stream is still answered.
+    let honest = bare_peer(Keypair::generate_ed25519(), &addr, &shutdown).await;
+    let mut stream = within(honest.open_stream(
+        node.local_peer_id(),
+        &cactus_protocol::TaskRequest::Submit(TaskSpec {
+            model: None,
+            prompt: "hello".into(),
+            format: PromptFormat::Raw,
+            sampling: SamplingParams::default(),
+            max_price_per_unit: None,
+        }),
+    ))
+    .await
+    .unwrap();
+    let end = within(stream.next()).await.unwrap();
+    assert_eq!(
+        end,
+        Some(cactus_protocol::StreamFrame::End(
+            cactus_protocol::TaskResponse::Cancelled(false)
+        ))
+    );
+    assert!(score(&node, honest.local_peer_id()).await >= 0.0);
+    shutdown.cancel();
+}
