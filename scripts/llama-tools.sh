@@ -9,7 +9,17 @@ set -euo pipefail
 VERSION=0.3.36
 ROOT="${LLAMA_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cactus/llama-tools}"
 OUT="$ROOT/llama-cpp-python-$VERSION"
-BIN="$OUT/build/bin"
+# Native SIMD, as Cactus's own llama.cpp is built, but no AMX: GCC's
+# -march=native turns AMX on where the CPU lists it, and on a VM that lists it
+# without granting it llama-server dies of SIGILL in its first batched matmul.
+# Explicit -mno-* flags win over -march=native whatever their order. The
+# flags name the build directory, so changing them rebuilds.
+FLAGS=""
+case "$(uname -m)" in
+  x86_64) FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" ;;
+esac
+BUILD="$OUT/build-$(printf '%s' "$FLAGS" | cksum | cut -d' ' -f1)"
+BIN="$BUILD/bin"
 if [ -x "$BIN/llama-bench" ] && [ -x "$BIN/llama-server" ]; then
   echo "$BIN"
   exit 0
@@ -36,7 +46,8 @@ if [ ! -d "$OUT/vendor/llama.cpp" ]; then
 fi
 cd "$OUT/vendor/llama.cpp"
 echo "building llama-bench and llama-server (10-20 minutes on 2 cores)" >&2
-cmake -B "$OUT/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
-  -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_TESTS=OFF >&2
-cmake --build "$OUT/build" -j"${LLAMA_TOOLS_JOBS:-$(nproc)}" --target llama-bench llama-server >&2
+cmake -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
+  -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_TESTS=OFF \
+  -DCMAKE_C_FLAGS="$FLAGS" -DCMAKE_CXX_FLAGS="$FLAGS" >&2
+cmake --build "$BUILD" -j"${LLAMA_TOOLS_JOBS:-$(nproc)}" --target llama-bench llama-server >&2
 echo "$BIN"

@@ -33,7 +33,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use support::{PROMPTS, env_or, median, model_path};
+use support::{PROMPTS, env_or, log_from_env, median, model_path};
 
 const CTX_PER_SLOT: u32 = 1024;
 
@@ -98,6 +98,7 @@ fn load(path: &Path, threads: u32, slots: usize) -> Arc<LlamaEngine> {
 }
 
 fn main() {
+    log_from_env();
     let path = model_path();
     assert!(
         path.exists(),

@@ -55,3 +55,17 @@ pub const PROMPTS: [&str; 8] = [
     "Tell the history of the Roman Empire from its founding to its fall.",
     "Write a long poem about the sea, the wind and the stars.",
 ];
+
+/// Logs to stderr with the filter `BENCH_LOG` names (`debug`,
+/// `cactus_node=debug`...), microsecond timestamps, to see where a figure's
+/// time goes; nothing when it is unset.
+#[allow(dead_code)] // Not every bench logs.
+pub fn log_from_env() {
+    if let Ok(filter) = std::env::var("BENCH_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_timer(tracing_subscriber::fmt::time::uptime())
+            .try_init();
+    }
+}

@@ -136,6 +136,14 @@ pub(super) fn step_gen(
     }
     let id = token.0 as u32;
     g.ids.push(id);
+    if g.ids.len() == 1 {
+        tracing::debug!(
+            prompt_tokens = g.tokens.len(),
+            cached_tokens = g.cached_tokens,
+            since_admitted_us = g.started.elapsed().as_micros() as u64,
+            "first token sampled"
+        );
+    }
     stats.generated_tokens += 1;
     let lp = logprobs.map(|l| {
         let mut lp = sampler::logprobs(l, id as usize, g.n_probs);
