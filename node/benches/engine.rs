@@ -219,7 +219,6 @@ fn main() {
         "SUMMARY|single-stream tokens/s through the mesh vs llama-bench tg{long}|{o:.1}|{t:.1}|{:.3}|≥ 0.97",
         o / t
     );
-    mesh.stop();
 
     // 3. A chat's second turn, prompt cache on and off.
     let model = engine.models()[0].sha256;
@@ -277,6 +276,8 @@ fn main() {
         m * 1e3,
         h / m
     );
+    // Stopping the orchestrator stops its engine: last.
+    mesh.stop();
     let stats = engine.stats();
     println!(
         "\nengine: {} decode steps, {} shared by several sequences, at most {} sequences in one step",

@@ -18,7 +18,8 @@
 //!     past 30 s the shortfall is reported instead (admitted pairs of
 //!     router × orchestrator), and the bench fails only if some router has
 //!     not even heard of every orchestrator;
-//!   - *advert propagation*: after that (and a settling pause), K
+//!   - *advert propagation*: after that, a settling pause and until the
+//!     process is quiet (`QUIET_SHARE` of a core, both meshes), K
 //!     orchestrators (`BENCH_MESSAGES`, default 20) one after another
 //!     publish a fresh capability advert through their own node
 //!     (`Network::publish_advert`: the advert the role would send, with a
@@ -93,6 +94,14 @@ const LOST_AFTER: Duration = Duration::from_secs(5);
 /// Pause between convergence and the first message (gossipsub heartbeats
 /// are 1 s in both meshes).
 const SETTLE: Duration = Duration::from_millis(1500);
+/// After [`SETTLE`], a mesh is measured once it is quiet: the process used
+/// less than this share of one core over a [`QUIET_WINDOW`] (forming a
+/// mesh of 100 nodes keeps a 2-core machine busy for seconds after
+/// convergence: subscriptions, DHT bootstrap, adverts to new peers), or
+/// after [`QUIET_LIMIT`]. The time it took is printed as its own figure.
+const QUIET_SHARE: f64 = 0.5;
+const QUIET_WINDOW: Duration = Duration::from_millis(500);
+const QUIET_LIMIT: Duration = Duration::from_secs(30);
 /// Pause between two messages.
 const GAP: Duration = Duration::from_millis(20);
 /// How often a router's table is looked at for a new advert.
@@ -156,13 +165,15 @@ struct Run {
     wall_s: f64,
     /// Connected peers per node, on average.
     conns: f64,
+    /// From the end of [`SETTLE`] until the mesh was quiet (ms).
+    quiet_ms: f64,
 }
 
 impl Run {
     fn to_line(&self) -> String {
         let delays: Vec<String> = self.delays.iter().map(|d| format!("{d:.4}")).collect();
         format!(
-            "CHILD|{}|{}|{:.3}|{:.3}|{}|{}|{}|{}|{}|{}|{:.1}|{:.4}|{:.2}|{}",
+            "CHILD|{}|{}|{:.3}|{:.3}|{}|{}|{}|{}|{}|{}|{:.1}|{:.4}|{:.2}|{:.0}|{}",
             self.n,
             self.routers,
             self.start_ms,
@@ -176,13 +187,14 @@ impl Run {
             self.cpu_ms,
             self.wall_s,
             self.conns,
+            self.quiet_ms,
             delays.join(",")
         )
     }
 
     fn parse(line: &str) -> Option<Self> {
         let f: Vec<&str> = line.strip_prefix("CHILD|")?.split('|').collect();
-        if f.len() != 14 {
+        if f.len() != 15 {
             return None;
         }
         Some(Self {
@@ -199,7 +211,8 @@ impl Run {
             cpu_ms: f[10].parse().ok()?,
             wall_s: f[11].parse().ok()?,
             conns: f[12].parse().ok()?,
-            delays: f[13]
+            quiet_ms: f[13].parse().ok()?,
+            delays: f[14]
                 .split(',')
                 .filter(|s| !s.is_empty())
                 .map(|s| s.parse().ok())
@@ -273,9 +286,9 @@ fn print_size(ours: &Run, bare: &Run) {
         ours.n - ours.routers
     );
     println!(
-        "| mesh | started in (ms) | converged (ms) | conns / node | pairs | p50 (ms) | mean (ms) | p99 (ms) | max (ms) | lost | RSS / node (MB) | CPU ms / node·s |"
+        "| mesh | started in (ms) | converged (ms) | quiet after (ms) | conns / node | pairs | p50 (ms) | mean (ms) | p99 (ms) | max (ms) | lost | RSS / node (MB) | CPU ms / node·s |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (name, r) in [
         (
             "Cactus: routers admitted every orchestrator; advert seen in router tables",
@@ -287,9 +300,10 @@ fn print_size(ours: &Run, bare: &Run) {
         ),
     ] {
         println!(
-            "| {name} | {:.0} | {} | {:.1} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {:.2} | {:.1} |",
+            "| {name} | {:.0} | {} | {:.0} | {:.1} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {:.2} | {:.1} |",
             r.start_ms,
             r.converged(),
+            r.quiet_ms,
             r.conns,
             r.pairs,
             r.p(0.5),
@@ -372,6 +386,10 @@ fn print_summary(rows: &[(Run, Run)]) {
             "SUMMARY|every router admitted every orchestrator at N={n} (ms)|{}|{:.0}|-|-",
             o.converged(),
             b.converge_ms
+        );
+        println!(
+            "SUMMARY|quiet after forming, before adverts are timed, at N={n} (ms)|{:.0}|{:.0}|-|-",
+            o.quiet_ms, b.quiet_ms
         );
         println!(
             "SUMMARY|memory per node at N={n} (MB)|{:.2}|{:.2}|-|≤ 20",
@@ -515,6 +533,7 @@ fn cactus(rt: &tokio::runtime::Runtime, n: usize, messages: usize, rss_before_kb
         );
     }
     std::thread::sleep(SETTLE);
+    let quiet_ms = rt.block_on(quiet());
 
     // Adverts, one after another, from distinct orchestrators while there
     // are enough.
@@ -598,6 +617,7 @@ fn cactus(rt: &tokio::runtime::Runtime, n: usize, messages: usize, rss_before_kb
         cpu_ms: cpu,
         wall_s,
         conns,
+        quiet_ms,
     }
 }
 
@@ -726,6 +746,7 @@ async fn bare(n: usize, messages: usize, rss_before_kb: u64) -> Run {
     );
     let converge_ms = ms(t_last.elapsed());
     tokio::time::sleep(SETTLE).await;
+    let quiet_ms = quiet().await;
 
     let mut delays: Vec<f64> = Vec::new();
     let mut lost = 0;
@@ -782,6 +803,7 @@ async fn bare(n: usize, messages: usize, rss_before_kb: u64) -> Run {
         cpu_ms: cpu,
         wall_s,
         conns: conns as f64 / n as f64,
+        quiet_ms,
     }
 }
 
@@ -800,6 +822,20 @@ fn rss_kb() -> u64 {
 }
 
 /// This process's CPU time (user + system), ms; clock ticks of 10 ms.
+/// Waits until this process used less than [`QUIET_SHARE`] of a core over
+/// one [`QUIET_WINDOW`], at most [`QUIET_LIMIT`]; returns the wait (ms).
+async fn quiet() -> f64 {
+    let t = Instant::now();
+    let most = QUIET_SHARE * QUIET_WINDOW.as_secs_f64() * 1e3;
+    loop {
+        let c0 = cpu_ms();
+        tokio::time::sleep(QUIET_WINDOW).await;
+        if cpu_ms() - c0 < most || t.elapsed() >= QUIET_LIMIT {
+            return ms(t.elapsed());
+        }
+    }
+}
+
 fn cpu_ms() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command name, which may hold spaces: state is the
