@@ -221,7 +221,7 @@ impl LlamaEngine {
                     .with_n_ctx(NonZeroU32::new(n_ctx))
                     .with_n_batch(cfg.batch_size.max(1))
                     .with_n_seq_max(slots as u32)
-                    .with_kv_unified(false)
+                    .with_kv_unified(true)
                     .with_n_threads(threads)
                     .with_n_threads_batch(threads);
                 let ctx = match loaded.model.new_context(backend, params) {

@@ -1,7 +1,14 @@
 //! One model's decode loop: continuous batching over one llama.cpp context.
 //!
-//! The context holds `slots` sequences, each with its own `ctx_size` tokens
-//! of KV cache (llama.cpp's non-unified cache: `n_ctx = slots × ctx_size`).
+//! The context holds `slots` sequences in one unified KV cache of
+//! `n_ctx = slots × ctx_size` cells, each sequence held to `ctx_size` by
+//! this loop. Unified, because llama.cpp splits a batch over a non-unified
+//! cache into micro-batches with as many tokens of every sequence
+//! (`split_equal`): the prompts of six tasks arriving together then took
+//! some twenty decodes instead of one, and their first tokens came 350 ms
+//! late. The price: a token attends over the cells of every sequence the
+//! cache holds, idle slots' cached prompts included (masked), which costs a
+//! lone stream a few per cent with short prompts cached.
 //! Every step builds one `llama_batch` from the next token of every
 //! generating sequence and prompt chunks of new ones (at most `n_batch`
 //! tokens in all, generating sequences first, so that a long prompt cannot
