@@ -7,10 +7,8 @@
 //!   ≥ 1.0 at 8 streams), with the engine driven directly (no mesh) beside
 //!   them, which splits the gap between the engine and the mesh;
 //! - single-stream generation tokens/s through the mesh ÷ `llama-bench` tg
-//!   (target ≥ 0.97) on an orchestrator with one slot, and (informative) on
-//!   the 8-slot one with its other slots' prompts cached: the mesh figure
-//!   is (n − 1) tokens over the time of an n-token task less a 1-token
-//!   one, so prefill and round trips cancel out;
+//!   (target ≥ 0.97): the mesh figure is (n − 1) tokens over the time of an
+//!   n-token task less a 1-token one, so prefill and round trips cancel out;
 //! - time to first token of a chat's second turn with the prompt cache ÷
 //!   without (target ≤ 0.3), through the engine's token stream.
 //!
@@ -124,23 +122,6 @@ fn direct(engine: &LlamaEngine, n: usize, tokens: u32) -> (u64, f64) {
     (total, started.elapsed().as_secs_f64())
 }
 
-fn load(path: &std::path::Path, threads: u32, slots: usize) -> Arc<LlamaEngine> {
-    LlamaEngine::load(
-        &[ModelSpec {
-            path: path.to_path_buf(),
-            expected_sha256: None,
-        }],
-        LlamaConfig {
-            threads,
-            ctx_size: CTX_PER_SLOT,
-            slots,
-            queue: slots,
-            ..LlamaConfig::default()
-        },
-    )
-    .unwrap()
-}
-
 /// Time to the first token event of `job`, in seconds.
 fn ttft(engine: &LlamaEngine, job: Job) -> (f64, String) {
     let started = Instant::now();
@@ -167,7 +148,20 @@ fn main() {
     let threads: u32 = env_or("BENCH_THREADS", 2);
     let tokens: u32 = env_or("BENCH_TOKENS", 64);
     let runs: usize = env_or("BENCH_RUNS", 3);
-    let engine = load(&path, threads, SLOTS);
+    let engine = LlamaEngine::load(
+        &[ModelSpec {
+            path: path.clone(),
+            expected_sha256: None,
+        }],
+        LlamaConfig {
+            threads,
+            ctx_size: CTX_PER_SLOT,
+            slots: SLOTS,
+            queue: SLOTS,
+            ..LlamaConfig::default()
+        },
+    )
+    .unwrap();
     println!(
         "model {}, {threads} threads, {tokens} tokens per request, median of {runs} runs",
         path.display()
@@ -205,45 +199,25 @@ fn main() {
         );
     }
 
-    // 2. Single stream through the mesh against llama-bench's tg: on an
-    // orchestrator with one slot, as llama-bench runs one sequence in a
-    // context of its own; and on the 8-slot one, whose cached prompts share
-    // the unified KV cache (a lone stream attends over their cells too).
+    // 2. Single stream through the mesh against llama-bench's tg.
     let long = tokens.max(64) * 2;
-    let lone = Mesh::start(load(&path, threads, 1));
-    let single = |m: &Mesh| {
-        let (_, one) = m.concurrent(1, 1);
-        let (n, all) = m.concurrent(1, long);
-        (n - 1) as f64 / (all - one)
-    };
-    let (mut ours, mut shared, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
     for _ in 0..runs {
-        ours.push(single(&lone));
-        shared.push(single(&mesh));
+        let (_, one) = mesh.concurrent(1, 1);
+        let (n, all) = mesh.concurrent(1, long);
+        ours.push((n - 1) as f64 / (all - one));
         theirs.push(llama::llama_bench(&tools, &path, threads, long));
     }
-    lone.stop();
-    let (o, sh, t) = (median(ours), median(shared), median(theirs));
+    let (o, t) = (median(ours), median(theirs));
     println!(
         "\n| single stream, {long} tokens | mesh tokens/s | llama-bench tg{long} tokens/s | ratio | target |"
     );
     println!("|---|---|---|---|---|");
+    println!("| 1 | {o:.1} | {t:.1} | {:.3} | ≥ 0.97 |", o / t);
     println!(
-        "| orchestrator --slots 1 | {o:.1} | {t:.1} | {:.3} | ≥ 0.97 |",
+        "SUMMARY|single-stream tokens/s through the mesh vs llama-bench tg{long}|{o:.1}|{t:.1}|{:.3}|≥ 0.97",
         o / t
-    );
-    println!(
-        "| orchestrator --slots {SLOTS}, its other slots' prompts cached | {sh:.1} | {t:.1} | {:.3} | |",
-        sh / t
-    );
-    println!(
-        "SUMMARY|single-stream tokens/s through the mesh (--slots 1) vs llama-bench tg{long}|{o:.1}|{t:.1}|{:.3}|≥ 0.97",
-        o / t
-    );
-    println!(
-        "SUMMARY|single stream, --slots {SLOTS} with {} other cached prompts, vs llama-bench tg{long}|{sh:.1}|{t:.1}|{:.3}|-",
-        SLOTS - 1,
-        sh / t
     );
 
     // 3. A chat's second turn, prompt cache on and off.
