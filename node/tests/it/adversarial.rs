@@ -549,13 +549,9 @@ impl libp2p::request_response::Codec for RawCodec {
     }
 }
 
-/// A task request the node's codec cannot read (cut short, over the cap,
-/// or not a frame at all) costs its sender score each time, and the node
-/// keeps answering a well-formed request from another peer.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unreadable_task_requests_cost_their_sender_score() {
-    use futures::StreamExt;
-    use libp2p::request_response::{self, ProtocolSupport};
+/// A bare mesh node that answers every readable task request, as a role
+/// would (`Cancelled(false)`), its address once it listens, and what stops it.
+async fn answering_node() -> (Network, Multiaddr, CancellationToken) {
     let shutdown = CancellationToken::new();
     let config = NetworkConfig {
         listen: loopback(),
@@ -563,7 +559,6 @@ async fn unreadable_task_requests_cost_their_sender_score() {
     };
     let (node, mut events, _) =
         network::spawn(Keypair::generate_ed25519(), config, shutdown.clone()).unwrap();
-    // The node answers every readable request, as a role would.
     let answering = node.clone();
     tokio::spawn(async move {
         while let Some(e) = events.recv().await {
@@ -583,6 +578,17 @@ async fn unreadable_task_requests_cost_their_sender_score() {
         }
     })
     .await;
+    (node, addr, shutdown)
+}
+
+/// A task request the node's codec cannot read (cut short, over the cap,
+/// or not a frame at all) costs its sender score each time, and the node
+/// keeps answering a well-formed request from another peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_task_requests_cost_their_sender_score() {
+    use futures::StreamExt;
+    use libp2p::request_response::{self, ProtocolSupport};
+    let (node, addr, shutdown) = answering_node().await;
 
     let mut attacker = libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
@@ -686,32 +692,7 @@ async fn unreadable_task_requests_cost_their_sender_score() {
 #[tokio::test]
 async fn unreadable_token_stream_requests_cost_their_sender_score() {
     use futures::{AsyncWriteExt, StreamExt};
-    let shutdown = CancellationToken::new();
-    let config = NetworkConfig {
-        listen: loopback(),
-        ..NetworkConfig::default()
-    };
-    let (node, mut events, _) =
-        network::spawn(Keypair::generate_ed25519(), config, shutdown.clone()).unwrap();
-    let answering = node.clone();
-    tokio::spawn(async move {
-        while let Some(e) = events.recv().await {
-            if let network::NetworkEvent::InboundTask { channel, .. } = e {
-                let _ = answering
-                    .respond(channel, cactus_protocol::TaskResponse::Cancelled(false))
-                    .await;
-            }
-        }
-    });
-    let addr = within(async {
-        loop {
-            if let Some(a) = node.listen_addrs().await.unwrap().into_iter().next() {
-                break a;
-            }
-            tokio::time::sleep(POLL).await;
-        }
-    })
-    .await;
+    let (node, addr, shutdown) = answering_node().await;
 
     let mut attacker = libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
