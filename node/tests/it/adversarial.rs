@@ -549,6 +549,23 @@ impl libp2p::request_response::Codec for RawCodec {
     }
 }
 
+/// A bare libp2p swarm (TCP + Noise + Yamux) speaking only `behaviour`,
+/// for a peer that writes what it likes.
+fn attacker_swarm<B: libp2p::swarm::NetworkBehaviour>(behaviour: B) -> libp2p::Swarm<B> {
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| behaviour)
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(LIMIT))
+        .build()
+}
+
 /// A bare mesh node that answers every readable task request, as a role
 /// would (`Cancelled(false)`), its address once it listens, and what stops it.
 async fn answering_node() -> (Network, Multiaddr, CancellationToken) {
@@ -590,26 +607,13 @@ async fn unreadable_task_requests_cost_their_sender_score() {
     use libp2p::request_response::{self, ProtocolSupport};
     let (node, addr, shutdown) = answering_node().await;
 
-    let mut attacker = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            libp2p::tcp::Config::default(),
-            libp2p::noise::Config::new,
-            libp2p::yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|_| {
-            request_response::Behaviour::<RawCodec>::new(
-                [(
-                    libp2p::StreamProtocol::new(cactus_protocol::TASK_PROTOCOL),
-                    ProtocolSupport::Outbound,
-                )],
-                request_response::Config::default(),
-            )
-        })
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(LIMIT))
-        .build();
+    let mut attacker = attacker_swarm(request_response::Behaviour::<RawCodec>::new(
+        [(
+            libp2p::StreamProtocol::new(cactus_protocol::TASK_PROTOCOL),
+            ProtocolSupport::Outbound,
+        )],
+        request_response::Config::default(),
+    ));
     let attacker_id = *attacker.local_peer_id();
     attacker.dial(addr.clone()).unwrap();
 
@@ -694,22 +698,9 @@ async fn unreadable_token_stream_requests_cost_their_sender_score() {
     use futures::{AsyncWriteExt, StreamExt};
     let (node, addr, shutdown) = answering_node().await;
 
-    let mut attacker = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            libp2p::tcp::Config::default(),
-            libp2p::noise::Config::new,
-            libp2p::yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|_| {
-            network::StreamBehaviour::new(libp2p::StreamProtocol::new(
-                cactus_protocol::STREAM_PROTOCOL,
-            ))
-        })
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(LIMIT))
-        .build();
+    let mut attacker = attacker_swarm(network::StreamBehaviour::new(libp2p::StreamProtocol::new(
+        cactus_protocol::STREAM_PROTOCOL,
+    )));
     let attacker_id = *attacker.local_peer_id();
     let control = attacker.behaviour().control();
     attacker.dial(addr.clone()).unwrap();
