@@ -821,7 +821,6 @@ fn rss_kb() -> u64 {
         .unwrap_or(0)
 }
 
-/// This process's CPU time (user + system), ms; clock ticks of 10 ms.
 /// Waits until this process used less than [`QUIET_SHARE`] of a core over
 /// one [`QUIET_WINDOW`], at most [`QUIET_LIMIT`]; returns the wait (ms).
 async fn quiet() -> f64 {
@@ -836,6 +835,7 @@ async fn quiet() -> f64 {
     }
 }
 
+/// This process's CPU time (user + system), ms; clock ticks of 10 ms.
 fn cpu_ms() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command name, which may hold spaces: state is the
