@@ -8,6 +8,7 @@
 
 use cactus_protocol::fraud::FraudEvidence;
 use cactus_protocol::merkle::AnchorProof;
+use cactus_protocol::reputation::Reputation;
 use cactus_protocol::wire::SourceError;
 use cactus_protocol::{Receipt, TaskId, Wire};
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -183,9 +184,22 @@ impl ReceiptLog {
 
     /// Appends a receipt; durable when this returns.
     pub fn append(&self, receipt: &Receipt) -> Result<(), ReceiptLogError> {
+        self.append_with(receipt, None)
+    }
+
+    /// Appends a receipt and, in the same durable commit, the router's
+    /// updated record of the orchestrator that answered for it.
+    pub fn append_with(
+        &self,
+        receipt: &Receipt,
+        reputation: Option<(&libp2p::PeerId, &Reputation)>,
+    ) -> Result<(), ReceiptLogError> {
         let id = receipt.body.task_id;
         let bytes = receipt.encode().map_err(|e| self.encode_err(e))?;
         let tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        if let Some((peer, rep)) = reputation {
+            self.put_reputation(&tx, peer, rep)?;
+        }
         {
             let mut receipts = tx.open_table(RECEIPTS).map_err(|e| self.db_err(e))?;
             if receipts.get(&id.0).map_err(|e| self.db_err(e))?.is_some() {
@@ -478,6 +492,30 @@ mod tests {
         let l = ReceiptLog::open(dir.path()).unwrap();
         assert_eq!(l.reputation(&peer).unwrap(), Some(rep.clone()));
         assert_eq!(l.reputations(10).unwrap(), vec![(peer, rep)]);
+    }
+
+    #[test]
+    fn a_receipt_and_its_orchestrators_record_are_one_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let peer = Keypair::generate_ed25519().public().to_peer_id();
+        let mut rep = Reputation::default();
+        rep.record_success(1_000, 10_000, Some(12));
+        let (a, b) = (receipt(1), receipt(2));
+        {
+            let l = ReceiptLog::open(dir.path()).unwrap();
+            l.append_with(&a, Some((&peer, &rep))).unwrap();
+            // A duplicate receipt is refused, and its record with it.
+            let mut later = rep.clone();
+            later.record_success(2_000, 10_000, Some(99));
+            assert!(matches!(
+                l.append_with(&a, Some((&peer, &later))),
+                Err(ReceiptLogError::Duplicate(_))
+            ));
+            l.append_with(&b, None).unwrap();
+        }
+        let l = ReceiptLog::open(dir.path()).unwrap();
+        assert_eq!(l.list(0, 10).unwrap(), vec![a, b]);
+        assert_eq!(l.reputation(&peer).unwrap(), Some(rep));
     }
 
     #[test]

@@ -22,6 +22,7 @@ use cactus_protocol::wire::SourceError;
 use futures::future::{BoxFuture, FutureExt};
 use redb::{Database, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -115,7 +116,13 @@ struct Inner {
     db: Database,
     state: State,
     next_seq: u64,
+    /// The last [`RECENTLY_SETTLED`] tasks settled, newest last: a router
+    /// reads back what it just paid without a trip to the settled table.
+    recent: VecDeque<([u8; 16], Task)>,
 }
+
+/// How many just-settled tasks [`Inner::recent`] keeps.
+const RECENTLY_SETTLED: usize = 256;
 
 /// The embedded chain.
 pub struct EmbeddedChain {
@@ -156,6 +163,7 @@ impl EmbeddedChain {
                 db,
                 state,
                 next_seq,
+                recent: VecDeque::new(),
             }),
             account,
             path: path.clone(),
@@ -195,6 +203,7 @@ impl EmbeddedChain {
                 db,
                 state,
                 next_seq,
+                recent: VecDeque::new(),
             }),
             account,
             path,
@@ -307,9 +316,18 @@ impl EmbeddedChain {
         f(&inner.state)
     }
 
-    /// Applies `op` signed by `signer` now, and logs it durably. Blocking.
+    /// Applies `op` signed by `signer` now, and logs it. Blocking.
+    ///
+    /// Every operation is durable when this returns except an escrow
+    /// (`create_client_task`): the router hands the task over while that
+    /// commit is still unsynced, and the task's own settlement or refund,
+    /// a later durable commit, makes both durable in order. A crash in
+    /// between loses the escrow with the hand-over, which is what a refund
+    /// would have done: nothing is paid and the deposit is whole. That
+    /// keeps one disk sync per task off the dispatch path.
     pub fn apply(&self, signer: Address, op: Op) -> Result<(), ChainError> {
         let now = now_secs();
+        let durable = !matches!(op, Op::CreateClientTask { .. });
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         // A settled task's id stays taken, as the contract's task table
         // keeps it.
@@ -335,7 +353,10 @@ impl EmbeddedChain {
         } else {
             None
         };
-        let tx = inner.db.begin_write().map_err(db_err(&self.path))?;
+        let mut tx = inner.db.begin_write().map_err(db_err(&self.path))?;
+        if !durable {
+            tx.set_durability(redb::Durability::None);
+        }
         {
             let mut ops = tx.open_table(OPS).map_err(db_err(&self.path))?;
             ops.insert(seq, record.as_slice())
@@ -358,7 +379,20 @@ impl EmbeddedChain {
         tx.commit().map_err(db_err(&self.path))?;
         inner.state = next;
         inner.next_seq = seq + 1;
+        for done in settled {
+            if inner.recent.len() == RECENTLY_SETTLED {
+                inner.recent.pop_front();
+            }
+            inner.recent.push_back(done);
+        }
         Ok(())
+    }
+
+    /// Task `id` if it was among the last tasks settled here.
+    fn recently_settled(&self, id: &[u8; 16]) -> Option<Task> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let found = inner.recent.iter().rev().find(|(i, _)| i == id);
+        found.map(|(_, t)| t.clone())
     }
 
     /// A copy of the whole state.

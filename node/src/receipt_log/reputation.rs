@@ -42,17 +42,26 @@ impl ReceiptLog {
         peer: &libp2p::PeerId,
         rep: &Reputation,
     ) -> Result<(), ReceiptLogError> {
-        let bytes = cbor4ii::serde::to_vec(Vec::new(), rep).map_err(|e| self.encode_err(e))?;
         let mut tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
         tx.set_durability(redb::Durability::None);
-        {
-            let mut table = tx.open_table(REPUTATION).map_err(|e| self.db_err(e))?;
-            let key = peer.to_bytes();
-            table
-                .insert(key.as_slice(), bytes.as_slice())
-                .map_err(|e| self.db_err(e))?;
-        }
+        self.put_reputation(&tx, peer, rep)?;
         tx.commit().map_err(|e| self.db_err(e))
+    }
+
+    /// Writes `peer`'s record in `tx`.
+    pub(super) fn put_reputation(
+        &self,
+        tx: &redb::WriteTransaction,
+        peer: &libp2p::PeerId,
+        rep: &Reputation,
+    ) -> Result<(), ReceiptLogError> {
+        let bytes = cbor4ii::serde::to_vec(Vec::new(), rep).map_err(|e| self.encode_err(e))?;
+        let mut table = tx.open_table(REPUTATION).map_err(|e| self.db_err(e))?;
+        let key = peer.to_bytes();
+        table
+            .insert(key.as_slice(), bytes.as_slice())
+            .map_err(|e| self.db_err(e))?;
+        Ok(())
     }
 
     /// Up to `limit` stored records, by PeerId.

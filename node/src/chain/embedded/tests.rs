@@ -297,3 +297,85 @@ async fn a_million_settled_tasks_stay_out_of_the_state() {
     let (stake, escrow, vault) = c.totals().await.unwrap();
     assert_eq!(stake + escrow, vault);
 }
+
+/// A router reads back what it just settled from memory, the last
+/// `RECENTLY_SETTLED` tasks only, and what it reads there is what the
+/// settled table holds; an escrow settled after it is durable with it.
+#[tokio::test]
+async fn just_settled_tasks_are_read_from_memory_as_the_table_holds_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (router, orch, client) = (Address([1; 32]), Address([2; 32]), Address([3; 32]));
+    let c = EmbeddedChain::open(dir.path(), router, &LocalSettings::default()).unwrap();
+    let setup = [
+        (
+            router,
+            Op::Mint {
+                to: orch,
+                amount: 5_000,
+            },
+        ),
+        (
+            router,
+            Op::Mint {
+                to: client,
+                amount: 1_000_000,
+            },
+        ),
+        (
+            orch,
+            Op::RegisterOrchestrator {
+                peer_id: vec![9; 38],
+                amount: 2_000,
+            },
+        ),
+        (
+            client,
+            Op::Deposit {
+                server: router,
+                amount: 1_000_000,
+            },
+        ),
+    ];
+    for (who, op) in setup {
+        c.apply(who, op).unwrap();
+    }
+    let id = |i: usize| {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        id
+    };
+    let n = RECENTLY_SETTLED + 10;
+    for i in 0..n {
+        let create = Op::CreateClientTask {
+            client,
+            task_id: id(i).to_vec(),
+            orchestrator: orch,
+            price_per_unit: 1,
+            max_payment: 100,
+        };
+        c.apply(router, create).unwrap();
+        let fail = Op::FailTask {
+            task_id: id(i).to_vec(),
+            reason: 1,
+        };
+        c.apply(router, fail).unwrap();
+    }
+    assert_eq!(c.recently_settled(&id(0)), None, "the oldest left memory");
+    let last = c
+        .recently_settled(&id(n - 1))
+        .expect("the newest is in memory");
+    assert_eq!(c.settled(&id(n - 1)).unwrap(), Some(last.clone()));
+    assert_eq!(last.status, TaskStatus::Failed);
+    let expected = c.state();
+    drop(c);
+    let c = Embedded(EmbeddedChain::open(dir.path(), router, &LocalSettings::default()).unwrap());
+    assert_eq!(c.0.state(), expected);
+    assert_eq!(c.task(TaskId(id(n - 1))).await.unwrap(), Some(last));
+    assert_eq!(
+        c.task(TaskId(id(0))).await.unwrap().unwrap().status,
+        TaskStatus::Failed
+    );
+    let (stake, escrow, vault) = c.totals().await.unwrap();
+    assert_eq!(escrow, 0, "every escrow went back");
+    assert_eq!(stake + escrow + c.0.state().deposits_held(), vault);
+}

@@ -138,18 +138,21 @@ impl RouterCtx {
         }
         result.receipt.countersign(&self.key).map_err(|e| bad(&e))?;
         let receipt_hash = result.receipt.hash().map_err(|e| bad(&e))?;
-        let receipts = Arc::clone(&self.receipts);
-        let receipt = result.receipt.clone();
-        tokio::task::spawn_blocking(move || receipts.append(&receipt))
-            .await
-            .map_err(|e| TaskError::new(TaskErrorKind::Unavailable, e.to_string()))?
-            .map_err(|e| TaskError::new(TaskErrorKind::Unavailable, format!("receipt log: {e}")))?;
-        self.appended.notify_one();
         let body = &result.receipt.body;
         // The assigned orchestrator answers for the task, delegated or not:
-        // the outcome is its record.
+        // the outcome is its record, stored in the receipt's own commit.
         let per_token = body.compute_ms.checked_div(u64::from(body.output_tokens));
-        self.record_outcome(peer, Ok(per_token)).await;
+        let now = crate::time::now_ms();
+        let rep = self.with_table(|t| t.record_outcome(&peer, Ok(per_token), now));
+        let receipts = Arc::clone(&self.receipts);
+        let receipt = result.receipt.clone();
+        tokio::task::spawn_blocking(move || {
+            receipts.append_with(&receipt, rep.as_ref().map(|r| (&peer, r)))
+        })
+        .await
+        .map_err(|e| TaskError::new(TaskErrorKind::Unavailable, e.to_string()))?
+        .map_err(|e| TaskError::new(TaskErrorKind::Unavailable, format!("receipt log: {e}")))?;
+        self.appended.notify_one();
         self.metrics.task_outcome(crate::metrics::Outcome::Done);
         self.metrics
             .output_tokens(body.output_tokens, crate::time::now_ms());
