@@ -6,6 +6,8 @@
 #              time to first token (node/benches/api.rs)
 #   engine     single stream through the mesh vs llama-bench tg, the engine
 #              alone, the prompt cache (node/benches/engine.rs)
+#   models     two models on one orchestrator: the first's speed after the
+#              second ran, vs alone (node/benches/models.rs)
 #   dispatch   a 1-token task vs plain TCP and bare libp2p request-response
 #              (node/benches/dispatch.rs)
 #   scale      meshes of 10/30/100 nodes vs bare gossipsub swarms
@@ -26,7 +28,7 @@
 # $BENCH_OUT (default target/bench.out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ONLY="${BENCH_ONLY:-api engine dispatch scale replay anchoring}"
+ONLY="${BENCH_ONLY:-api engine models dispatch scale replay anchoring}"
 OUT="${BENCH_OUT:-${CARGO_TARGET_DIR:-target}/bench.out}"
 mkdir -p "$(dirname "$OUT")"
 : >"$OUT"
@@ -37,7 +39,7 @@ if [ -n "${BENCH_QUICK:-}" ]; then
 fi
 needs_model=""
 for b in $ONLY; do
-  case "$b" in api | engine | replay) needs_model=1 ;; esac
+  case "$b" in api | engine | models | replay) needs_model=1 ;; esac
 done
 if [ -n "$needs_model" ]; then
   scripts/setup.sh

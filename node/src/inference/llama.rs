@@ -1,12 +1,15 @@
 //! The llama.cpp engine (llama-cpp-2): one decode loop per model, batching
-//! every running sequence into shared llama.cpp batches (see [`batch`]).
+//! every running sequence into shared llama.cpp batches (see [`batch`]),
+//! all stepped in turn by the engine's one decode thread (see [`driver`]
+//! for why one).
 //!
 //! llama.cpp's backend can be initialised once per process, so every engine
 //! in a process shares one [`LlamaBackend`]. Creating contexts from one model
 //! concurrently is unsound; each model gets exactly one context, created by
-//! its loop thread while [`LlamaEngine::load`] waits.
+//! the decode thread while [`LlamaEngine::load`] waits.
 
 mod batch;
+mod driver;
 mod sampler;
 
 use super::model_file::{self, ModelFileError, ModelSpec};
@@ -16,12 +19,11 @@ use super::{
 use batch::{Shared, Work};
 use cactus_protocol::fraud::ReplayRequest;
 use cactus_protocol::{CachedPrefix, ModelId, PromptFormat};
+use driver::Doorbell;
 use llama_cpp_2::LlamaCppError;
-use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
-use std::num::NonZeroU32;
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
@@ -30,8 +32,8 @@ use tokio::sync::oneshot;
 /// Settings of the llama.cpp engine.
 #[derive(Debug, Clone)]
 pub struct LlamaConfig {
-    /// CPU threads of each model's decode loop (shared by all its
-    /// sequences).
+    /// CPU threads that compute each batch (every model's in turn, all
+    /// its sequences together).
     pub threads: u32,
     /// Context of each sequence slot in tokens (prompt + output); a model's
     /// KV cache holds `slots × ctx_size` tokens.
@@ -107,13 +109,15 @@ struct Worker {
     tx: Mutex<Option<SyncSender<Work>>>,
     admission: Arc<Admission>,
     shared: Arc<Shared>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// Serves GGUF models through llama.cpp.
 pub struct LlamaEngine {
     workers: Vec<Worker>,
     config: LlamaConfig,
+    /// Wakes the decode thread.
+    bell: Arc<Doorbell>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for LlamaEngine {
@@ -164,10 +168,10 @@ impl LlamaEngine {
     pub fn load(specs: &[ModelSpec], config: LlamaConfig) -> Result<Arc<Self>, LoadError> {
         let backend = backend().map_err(LoadError::Backend)?;
         log_devices();
-        let mut workers: Vec<Worker> = Vec::with_capacity(specs.len());
+        let mut loaded: Vec<Loaded> = Vec::with_capacity(specs.len());
         for spec in specs {
             let id = model_file::verify(spec)?;
-            if workers.iter().any(|m| m.id.sha256 == id.sha256) {
+            if loaded.iter().any(|m| m.id.sha256 == id.sha256) {
                 return Err(LoadError::Duplicate(spec.path.display().to_string()));
             }
             let started = Instant::now();
@@ -190,75 +194,36 @@ impl LlamaEngine {
                     }
                 })?;
             tracing::info!(model = %id.name, sha256 = %id.sha256, load_ms = started.elapsed().as_millis() as u64, gpu_layers = config.gpu_layers, "model loaded");
-            workers.push(Self::spawn(Loaded { id, model }, &config, backend)?);
+            loaded.push(Loaded { id, model });
         }
-        Ok(Arc::new(Self { workers, config }))
-    }
-
-    /// Starts `loaded`'s decode loop and waits until its context exists.
-    fn spawn(
-        loaded: Loaded,
-        config: &LlamaConfig,
-        backend: &'static LlamaBackend,
-    ) -> Result<Worker, LoadError> {
-        let admission = Arc::new(Admission::new(config.slots, config.queue));
-        let slots = admission.slots();
-        let shared = Arc::new(Shared::default());
-        let (tx, rx) = mpsc::sync_channel::<Work>(slots + config.queue);
-        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
-        let id = loaded.id.clone();
-        let (cfg, adm, sh) = (config.clone(), Arc::clone(&admission), Arc::clone(&shared));
-        let thread = std::thread::Builder::new()
-            .name(format!("cactus-decode-{}", id.name))
-            .spawn(move || {
-                let threads = cfg.threads.max(1) as i32;
-                let n_ctx = cfg
-                    .ctx_size
-                    .min(loaded.model.n_ctx_train())
-                    .max(16)
-                    .saturating_mul(slots as u32);
-                let params = LlamaContextParams::default()
-                    .with_n_ctx(NonZeroU32::new(n_ctx))
-                    .with_n_batch(cfg.batch_size.max(1))
-                    .with_n_seq_max(slots as u32)
-                    .with_kv_unified(true)
-                    .with_n_threads(threads)
-                    .with_n_threads_batch(threads);
-                let ctx = match loaded.model.new_context(backend, params) {
-                    Ok(c) => c,
-                    Err(source) => {
-                        let _ = ready_tx.send(Err(LoadError::Context {
-                            model: loaded.id.name.clone(),
-                            source,
-                        }));
-                        return;
-                    }
-                };
-                tracing::info!(
-                    model = %loaded.id.name,
-                    slots,
-                    ctx_per_slot = ctx.n_ctx() / slots as u32,
-                    threads,
-                    batch = cfg.batch_size,
-                    "decode loop started"
-                );
-                let _ = ready_tx.send(Ok(()));
-                batch::Loop::new(&loaded, ctx, cfg, rx, adm, sh).run();
-            })
-            .map_err(LoadError::Thread)?;
-        match ready_rx.recv() {
-            Ok(Ok(())) => Ok(Worker {
-                id,
+        // Each model's queue and gauges, then the one thread that decodes
+        // them all.
+        let bell = Arc::new(Doorbell::default());
+        let mut workers = Vec::with_capacity(loaded.len());
+        let mut inputs = Vec::with_capacity(loaded.len());
+        for model in &loaded {
+            let admission = Arc::new(Admission::new(config.slots, config.queue));
+            let shared = Arc::new(Shared::default());
+            let (tx, rx) = mpsc::sync_channel::<Work>(admission.slots() + config.queue);
+            workers.push(Worker {
+                id: model.id.clone(),
                 tx: Mutex::new(Some(tx)),
+                admission: Arc::clone(&admission),
+                shared: Arc::clone(&shared),
+            });
+            inputs.push(driver::Input {
+                rx,
                 admission,
                 shared,
-                thread: Mutex::new(Some(thread)),
-            }),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(LoadError::Thread(std::io::Error::other(
-                "the decode thread ended while starting",
-            ))),
+            });
         }
+        let thread = driver::spawn(loaded, inputs, &config, backend, Arc::clone(&bell))?;
+        Ok(Arc::new(Self {
+            workers,
+            config,
+            bell,
+            thread: Mutex::new(Some(thread)),
+        }))
     }
 
     fn worker(&self, model: &cactus_protocol::ModelHash) -> Option<&Worker> {
@@ -275,7 +240,9 @@ impl LlamaEngine {
                 TrySendError::Full(_) => Rejected::Busy,
                 TrySendError::Disconnected(_) => Rejected::Stopped,
             }
-        })
+        })?;
+        self.bell.ring();
+        Ok(())
     }
 }
 
@@ -394,9 +361,10 @@ impl Engine for LlamaEngine {
             if let Ok(mut tx) = w.tx.lock() {
                 tx.take();
             }
-            if let Some(t) = w.thread.lock().ok().and_then(|mut t| t.take()) {
-                let _ = t.join();
-            }
+        }
+        self.bell.ring();
+        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = t.join();
         }
     }
 }

@@ -488,3 +488,49 @@ fn a_resumed_generation_continues_from_the_tokens_it_is_given() {
     });
     assert!(matches!(bad, Err(InferenceError::BadPrompt(_))), "{bad:?}");
 }
+
+/// Two models on one engine: its one decode thread takes turns between
+/// them, and each answers while the other generates exactly what it
+/// answers alone; stopping the engine ends its thread.
+#[test]
+fn two_models_on_one_engine_take_turns_and_answer_as_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let second = dir.path().join("second-q2_k.gguf");
+    cactus_node::inference::llama::quantize_q2k(&super::model_path(), &second, 2).unwrap();
+    let spec = |path| ModelSpec {
+        path,
+        expected_sha256: None,
+    };
+    let e = LlamaEngine::load(
+        &[spec(super::model_path()), spec(second)],
+        LlamaConfig {
+            threads: 2,
+            ctx_size: 512,
+            gpu_layers: 0,
+            slots: 2,
+            queue: 2,
+            batch_size: 512,
+        },
+    )
+    .unwrap();
+    let models: Vec<_> = e.models().iter().map(|m| m.sha256).collect();
+    assert_eq!(models.len(), 2);
+    let on = |i: usize| Job {
+        model: models[i],
+        ..raw(&e, "The capital of France is", 24)
+    };
+    let alone: Vec<Generation> = (0..2).map(|i| e.generate(&on(i)).unwrap()).collect();
+    assert_ne!(alone[0].tokens, alone[1].tokens, "two different models");
+    // Both at once, each with a second task of its own.
+    let streams: Vec<Stream> = [0, 1, 0, 1]
+        .iter()
+        .map(|&i| e.submit(on(i)).unwrap())
+        .collect();
+    for (k, s) in streams.into_iter().enumerate() {
+        let g = drain(s).1.unwrap();
+        assert_eq!(g.tokens, alone[k % 2].tokens, "model {}", k % 2);
+    }
+    assert_eq!(e.free_slots(), 4);
+    e.shutdown();
+    assert_eq!(e.submit(on(0)).unwrap_err(), Rejected::Stopped);
+}

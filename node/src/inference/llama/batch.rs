@@ -1,4 +1,5 @@
-//! One model's decode loop: continuous batching over one llama.cpp context.
+//! One model's decode loop: continuous batching over one llama.cpp context,
+//! stepped by the engine's decode thread ([`super::driver`]).
 //!
 //! The context holds `slots` sequences in one unified KV cache of
 //! `n_ctx = slots × ctx_size` cells, each sequence held to `ctx_size` by
@@ -28,7 +29,7 @@ use cactus_protocol::{CachedPrefix, Digest, FinishReason};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -58,9 +59,6 @@ pub(super) struct Shared {
 /// Output positions whose logits one replay keeps per step: the output
 /// layer over a large vocabulary makes logits the large buffer.
 const REPLAY_CHUNK: usize = 64;
-/// How long the loop waits for new work while every sequence is paused by
-/// its reader.
-const PAUSED_WAIT: Duration = Duration::from_millis(2);
 /// How often a busy loop logs what it does.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -90,6 +88,19 @@ impl Slot {
     }
 }
 
+/// What one [`Loop::step`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Step {
+    /// Decoded a batch (or failed one): step again.
+    Decoded,
+    /// Has tasks, but every one waits for its reader to take a token.
+    Paused,
+    /// No task; waits for work.
+    Idle,
+    /// The engine stopped and every task has ended.
+    Closed,
+}
+
 pub(super) struct Loop<'m> {
     loaded: &'m Loaded,
     ctx: LlamaContext<'m>,
@@ -100,6 +111,8 @@ pub(super) struct Loop<'m> {
     slots: Vec<Slot>,
     batch: LlamaBatch<'static>,
     rx: Receiver<Work>,
+    /// Whether the engine may still send work (its sender is alive).
+    open: bool,
     admission: Arc<Admission>,
     shared: Arc<Shared>,
     eog: Arc<Vec<usize>>,
@@ -146,6 +159,7 @@ impl<'m> Loop<'m> {
             slots,
             batch: LlamaBatch::new(batch_tokens, 1),
             rx,
+            open: true,
             admission,
             shared,
             eog: Arc::new(eog),
@@ -158,67 +172,47 @@ impl<'m> Loop<'m> {
         }
     }
 
-    /// Runs until the engine is dropped and every task has ended.
-    pub(super) fn run(mut self) {
-        let mut open = true;
-        loop {
-            let active = self.slots.iter().filter(|s| s.task.is_some()).count();
-            if !open && active == 0 {
-                return;
+    /// One step of this model's loop, never blocking: takes new work while
+    /// a slot is free, ends expired tasks, and decodes one batch. The
+    /// engine's decode thread steps every model's loop in turn
+    /// ([`super::driver`]).
+    ///
+    /// It reports [`Step::Idle`] only after finding the queue empty with
+    /// every slot free, so that work sent later rings the doorbell after
+    /// the thread looked: ended tasks leave before the queue is read.
+    pub(super) fn step(&mut self) -> Step {
+        self.expire();
+        while self.open && self.slots.iter().any(|s| s.task.is_none()) {
+            match self.rx.try_recv() {
+                Ok(work) => self.admit(work),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => self.open = false,
             }
-            // Take new work while a slot is free; wait for it when idle.
-            while open && self.slots.iter().any(|s| s.task.is_none()) {
-                let busy = self.slots.iter().any(|s| s.task.is_some());
-                let next = if busy {
-                    match self.rx.try_recv() {
-                        Ok(w) => Some(w),
-                        Err(TryRecvError::Empty) => None,
-                        Err(TryRecvError::Disconnected) => {
-                            open = false;
-                            None
-                        }
-                    }
-                } else {
-                    match self.rx.recv() {
-                        Ok(w) => Some(w),
-                        Err(_) => {
-                            open = false;
-                            None
-                        }
-                    }
-                };
-                let Some(work) = next else { break };
-                self.admit(work);
-            }
-            self.expire();
-            let fed = match self.build() {
-                Ok(n) => n,
-                Err(e) => {
-                    self.fail_batch(&e);
-                    continue;
-                }
-            };
-            if fed == 0 {
-                if self.slots.iter().any(|s| s.task.is_some()) && open {
-                    // Every sequence waits for its reader: wait for them or
-                    // for new work, whichever comes first.
-                    match self.rx.recv_timeout(PAUSED_WAIT) {
-                        Ok(w) => self.admit(w),
-                        Err(RecvTimeoutError::Timeout) => {}
-                        Err(RecvTimeoutError::Disconnected) => open = false,
-                    }
-                } else if !open && self.slots.iter().any(|s| s.task.is_some()) {
-                    std::thread::park_timeout(PAUSED_WAIT);
-                }
-                continue;
-            }
-            if let Err(e) = self.ctx.decode(&mut self.batch) {
-                self.fail_batch(&InferenceError::engine(e));
-                continue;
-            }
-            self.after_decode();
-            self.publish();
         }
+        let fed = match self.build() {
+            Ok(n) => n,
+            Err(e) => {
+                self.fail_batch(&e);
+                return Step::Decoded;
+            }
+        };
+        if fed == 0 {
+            return if self.slots.iter().any(|s| s.task.is_some()) {
+                // Every sequence waits for its reader.
+                Step::Paused
+            } else if self.open {
+                Step::Idle
+            } else {
+                Step::Closed
+            };
+        }
+        if let Err(e) = self.ctx.decode(&mut self.batch) {
+            self.fail_batch(&InferenceError::engine(e));
+            return Step::Decoded;
+        }
+        self.after_decode();
+        self.publish();
+        Step::Decoded
     }
 
     fn admit(&mut self, work: Work) {
