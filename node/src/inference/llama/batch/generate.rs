@@ -23,6 +23,9 @@ pub(super) struct Gen {
     pub(super) before: String,
     pub(super) tokens: Vec<LlamaToken>,
     pub(super) sampler: LlamaSampler,
+    /// Greedy with nothing shaping the logits: sampled by
+    /// [`sampler::argmax`] on the logits themselves.
+    pub(super) plain_greedy: bool,
     pub(super) out: Output,
     pub(super) ids: Vec<u32>,
     pub(super) logprobs: Vec<TokenLogprobs>,
@@ -103,6 +106,7 @@ impl Loop<'_> {
             format: job.format,
             prompt: job.prompt,
             sampler,
+            plain_greedy: sampler::plain_greedy(&job.sampling),
             out,
             ids: Vec::new(),
             logprobs: Vec::new(),
@@ -129,7 +133,13 @@ pub(super) fn step_gen(
     stats: &mut EngineStats,
 ) -> Option<Result<FinishReason, InferenceError>> {
     let logprobs = (g.n_probs > 0).then(|| ctx.get_logits_ith(at));
-    let token = g.sampler.sample(ctx, at);
+    let token = if g.plain_greedy {
+        let token = LlamaToken::new(sampler::argmax(ctx.get_logits_ith(at)) as i32);
+        g.sampler.accept(token);
+        token
+    } else {
+        g.sampler.sample(ctx, at)
+    };
     let vocab = model.vocab();
     if vocab.is_eog(token) {
         return Some(Ok(FinishReason::EndOfGeneration));
