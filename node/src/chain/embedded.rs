@@ -316,18 +316,15 @@ impl EmbeddedChain {
         f(&inner.state)
     }
 
-    /// Applies `op` signed by `signer` now, and logs it. Blocking.
+    /// Applies `op` signed by `signer` now, and logs it durably. Blocking.
     ///
-    /// Every operation is durable when this returns except an escrow
-    /// (`create_client_task`): the router hands the task over while that
-    /// commit is still unsynced, and the task's own settlement or refund,
-    /// a later durable commit, makes both durable in order. A crash in
-    /// between loses the escrow with the hand-over, which is what a refund
-    /// would have done: nothing is paid and the deposit is whole. That
-    /// keeps one disk sync per task off the dispatch path.
+    /// An escrow is durable too, though the task's settlement or refund
+    /// would sync it anyway: a router killed mid-task must find the task
+    /// pending when it starts again, reconcile it, and mark the attempt on
+    /// the orchestrator's record (redb keeps an unsynced commit in memory,
+    /// so a kill would lose it).
     pub fn apply(&self, signer: Address, op: Op) -> Result<(), ChainError> {
         let now = now_secs();
-        let durable = !matches!(op, Op::CreateClientTask { .. });
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         // A settled task's id stays taken, as the contract's task table
         // keeps it.
@@ -353,10 +350,7 @@ impl EmbeddedChain {
         } else {
             None
         };
-        let mut tx = inner.db.begin_write().map_err(db_err(&self.path))?;
-        if !durable {
-            tx.set_durability(redb::Durability::None);
-        }
+        let tx = inner.db.begin_write().map_err(db_err(&self.path))?;
         {
             let mut ops = tx.open_table(OPS).map_err(db_err(&self.path))?;
             ops.insert(seq, record.as_slice())

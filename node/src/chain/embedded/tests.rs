@@ -300,7 +300,7 @@ async fn a_million_settled_tasks_stay_out_of_the_state() {
 
 /// A router reads back what it just settled from memory, the last
 /// `RECENTLY_SETTLED` tasks only, and what it reads there is what the
-/// settled table holds; an escrow settled after it is durable with it.
+/// settled table holds, before and after a reopen.
 #[tokio::test]
 async fn just_settled_tasks_are_read_from_memory_as_the_table_holds_them() {
     let dir = tempfile::tempdir().unwrap();
