@@ -476,13 +476,19 @@ mod tests {
         assert_eq!(l.get(&TaskId([9; 16])).unwrap(), None);
     }
 
+    /// An orchestrator and a record of one success from it.
+    fn one_success() -> (libp2p::PeerId, Reputation) {
+        let peer = Keypair::generate_ed25519().public().to_peer_id();
+        let mut rep = Reputation::default();
+        rep.record_success(1_000, 10_000, Some(12));
+        (peer, rep)
+    }
+
     #[test]
     fn reputation_survives_reopen() {
         use cactus_protocol::reputation::FailureKind;
         let dir = tempfile::tempdir().unwrap();
-        let peer = Keypair::generate_ed25519().public().to_peer_id();
-        let mut rep = Reputation::default();
-        rep.record_success(1_000, 10_000, Some(12));
+        let (peer, mut rep) = one_success();
         rep.record_failure(1_000, 10_000, FailureKind::Disconnected);
         {
             let l = ReceiptLog::open(dir.path()).unwrap();
@@ -497,9 +503,7 @@ mod tests {
     #[test]
     fn a_receipt_and_its_orchestrators_record_are_one_commit() {
         let dir = tempfile::tempdir().unwrap();
-        let peer = Keypair::generate_ed25519().public().to_peer_id();
-        let mut rep = Reputation::default();
-        rep.record_success(1_000, 10_000, Some(12));
+        let (peer, rep) = one_success();
         let (a, b) = (receipt(1), receipt(2));
         {
             let l = ReceiptLog::open(dir.path()).unwrap();

@@ -315,14 +315,23 @@ impl OrchestratorTable {
         outcome: Result<Option<u64>, FailureKind>,
         now_ms: u64,
     ) -> Option<Reputation> {
+        let half_life_ms = self.half_life_ms;
         let e = self.entries.get_mut(peer)?;
-        match outcome {
-            Ok(ms_per_token) => e
-                .rep
-                .record_success(now_ms, self.half_life_ms, ms_per_token),
-            Err(kind) => e.rep.record_failure(now_ms, self.half_life_ms, kind),
-        }
+        apply_outcome(&mut e.rep, outcome, now_ms, half_life_ms);
         Some(e.rep.clone())
+    }
+
+    /// What `peer`'s record would be after `outcome`, not recorded yet:
+    /// what a router stores beside a receipt before the receipt is safe.
+    pub fn after_outcome(
+        &self,
+        peer: &PeerId,
+        outcome: Result<Option<u64>, FailureKind>,
+        now_ms: u64,
+    ) -> Option<Reputation> {
+        let mut rep = self.entries.get(peer)?.rep.clone();
+        apply_outcome(&mut rep, outcome, now_ms, self.half_life_ms);
+        Some(rep)
     }
 
     /// Counts a task sent to (`+1`) or finished by (`-1`) `peer`.
@@ -504,6 +513,19 @@ impl OrchestratorTable {
     /// Whether no orchestrator is known.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+}
+
+/// `outcome` counted into `rep`.
+fn apply_outcome(
+    rep: &mut Reputation,
+    outcome: Result<Option<u64>, FailureKind>,
+    now_ms: u64,
+    half_life_ms: u64,
+) {
+    match outcome {
+        Ok(ms_per_token) => rep.record_success(now_ms, half_life_ms, ms_per_token),
+        Err(kind) => rep.record_failure(now_ms, half_life_ms, kind),
     }
 }
 

@@ -140,10 +140,12 @@ impl RouterCtx {
         let receipt_hash = result.receipt.hash().map_err(|e| bad(&e))?;
         let body = &result.receipt.body;
         // The assigned orchestrator answers for the task, delegated or not:
-        // the outcome is its record, stored in the receipt's own commit.
+        // the outcome is its record, stored in the receipt's own commit and
+        // counted in the table once that commit holds (a receipt log that
+        // fails makes the attempt a failure instead).
         let per_token = body.compute_ms.checked_div(u64::from(body.output_tokens));
         let now = crate::time::now_ms();
-        let rep = self.with_table(|t| t.record_outcome(&peer, Ok(per_token), now));
+        let rep = self.with_table(|t| t.after_outcome(&peer, Ok(per_token), now));
         let receipts = Arc::clone(&self.receipts);
         let receipt = result.receipt.clone();
         tokio::task::spawn_blocking(move || {
@@ -153,6 +155,7 @@ impl RouterCtx {
         .map_err(|e| TaskError::new(TaskErrorKind::Unavailable, e.to_string()))?
         .map_err(|e| TaskError::new(TaskErrorKind::Unavailable, format!("receipt log: {e}")))?;
         self.appended.notify_one();
+        self.with_table(|t| t.record_outcome(&peer, Ok(per_token), now));
         self.metrics.task_outcome(crate::metrics::Outcome::Done);
         self.metrics
             .output_tokens(body.output_tokens, crate::time::now_ms());

@@ -57,7 +57,12 @@ fn picks_admitted_servers_of_the_model_by_score_and_resolves_models() {
     t.record_rtt(&a, Duration::from_millis(400));
     t.record_rtt(&b, Duration::from_millis(2));
     t.record_outcome(&a, Err(FailureKind::Timeout), 1);
+    // A record computed ahead changes nothing until it is recorded, and is
+    // then what was recorded.
+    let ahead = t.after_outcome(&b, Ok(Some(10)), 1).unwrap();
+    assert_eq!(t.after_outcome(&b, Ok(Some(10)), 1), Some(ahead.clone()));
     let rep = t.record_outcome(&b, Ok(Some(10)), 1).unwrap();
+    assert_eq!(rep, ahead);
     assert_eq!((rep.success_count(), rep.ms_per_token), (1, Some(10)));
     let m = t.resolve_model(Some("m")).unwrap();
     assert_eq!(t.resolve_model(Some(&m.sha256.to_hex())), Some(m.clone()));
