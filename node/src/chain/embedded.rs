@@ -382,11 +382,16 @@ impl EmbeddedChain {
         Ok(())
     }
 
-    /// Task `id` if it was among the last tasks settled here.
-    fn recently_settled(&self, id: &[u8; 16]) -> Option<Task> {
+    /// Task `id` if it is pending, or among the last tasks settled here.
+    fn task_in_memory(&self, id: &[u8; 16]) -> Option<Task> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let found = inner.recent.iter().rev().find(|(i, _)| i == id);
-        found.map(|(_, t)| t.clone())
+        let recent = || inner.recent.iter().rev().find(|(i, _)| i == id);
+        inner
+            .state
+            .tasks
+            .get(id)
+            .or_else(|| recent().map(|(_, t)| t))
+            .cloned()
     }
 
     /// A copy of the whole state.

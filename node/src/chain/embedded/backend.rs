@@ -42,8 +42,7 @@ impl ChainBackend for Embedded {
     }
 
     fn task(&self, id: TaskId) -> BoxFuture<'_, Result<Option<Task>, ChainError>> {
-        let found = self.0.with_state(|s| s.tasks.get(&id.0).cloned());
-        match found.or_else(|| self.0.recently_settled(&id.0)) {
+        match self.0.task_in_memory(&id.0) {
             Some(t) => async move { Ok(Some(t)) }.boxed(),
             None => self.0.blocking(move |c| c.settled(&id.0)),
         }

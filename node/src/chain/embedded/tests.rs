@@ -360,9 +360,9 @@ async fn just_settled_tasks_are_read_from_memory_as_the_table_holds_them() {
         };
         c.apply(router, fail).unwrap();
     }
-    assert_eq!(c.recently_settled(&id(0)), None, "the oldest left memory");
+    assert_eq!(c.task_in_memory(&id(0)), None, "the oldest left memory");
     let last = c
-        .recently_settled(&id(n - 1))
+        .task_in_memory(&id(n - 1))
         .expect("the newest is in memory");
     assert_eq!(c.settled(&id(n - 1)).unwrap(), Some(last.clone()));
     assert_eq!(last.status, TaskStatus::Failed);
