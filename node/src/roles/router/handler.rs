@@ -74,6 +74,7 @@ impl Handler for RouterRole {
     }
 
     fn on_advert(&self, advert: CapabilityAdvert, work: &mut Work<'_>) {
+        tracing::debug!(orchestrator = %advert.peer, queued = advert.queued, free_slots = advert.free_slots, "advert received");
         let joined = self.ctx.with_table(|t| {
             t.upsert(advert.clone(), Instant::now()) == crate::roles::table::Upsert::Joined
         });
