@@ -32,7 +32,7 @@ echo "== cargo clippy"
 cargo clippy --release --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --release --workspace --locked
-echo "== delegation across processes: two routers racing for one orchestrator (run alone: it is a race)"
+echo "== delegation across processes: two routers racing for one orchestrator (run alone: two orchestrators on the real model)"
 cargo test --release --locked -p cactus-node --test it -- --ignored --exact e2e::two_routers_racing_for_one_orchestrator_make_it_delegate_and_pay_along_the_chain
 echo "== chaos: kill -9 and restarts, cut connections, delayed and dropped packets under 324 tasks (scripts/chaos-test.sh; CHAOS_SEEDS for more seeds)"
 bash scripts/chaos-test.sh

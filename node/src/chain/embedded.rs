@@ -121,6 +121,16 @@ struct Inner {
     recent: VecDeque<([u8; 16], Task)>,
 }
 
+/// Whether a commit is synced to disk before it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durable {
+    /// Durable when the commit returns.
+    Now,
+    /// Durable with the next synced commit, or when the chain is closed
+    /// (redb writes it out on a clean close).
+    Later,
+}
+
 /// How many just-settled tasks [`Inner::recent`] keeps.
 const RECENTLY_SETTLED: usize = 256;
 
@@ -324,6 +334,14 @@ impl EmbeddedChain {
     /// the orchestrator's record (redb keeps an unsynced commit in memory,
     /// so a kill would lose it).
     pub fn apply(&self, signer: Address, op: Op) -> Result<(), ChainError> {
+        self.apply_with(signer, op, Durable::Now)
+    }
+
+    /// [`apply`](Self::apply), logged with or without a disk sync of its
+    /// own. An unsynced commit is visible at once and becomes durable, in
+    /// order, with the next synced one (or when the chain is closed); a
+    /// crash before then loses it whole, never in part.
+    pub fn apply_with(&self, signer: Address, op: Op, durable: Durable) -> Result<(), ChainError> {
         let now = now_secs();
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         // A settled task's id stays taken, as the contract's task table
@@ -350,7 +368,10 @@ impl EmbeddedChain {
         } else {
             None
         };
-        let tx = inner.db.begin_write().map_err(db_err(&self.path))?;
+        let mut tx = inner.db.begin_write().map_err(db_err(&self.path))?;
+        if durable == Durable::Later {
+            tx.set_durability(redb::Durability::None);
+        }
         {
             let mut ops = tx.open_table(OPS).map_err(db_err(&self.path))?;
             ops.insert(seq, record.as_slice())

@@ -118,6 +118,15 @@ pub trait ChainBackend: Send + Sync + std::fmt::Debug + 'static {
     /// Applies one operation, signed by [`Self::account`]; resolves when it is
     /// durable (committed locally, or executed on chain).
     fn submit(&self, op: Op) -> BoxFuture<'_, Result<(), ChainError>>;
+    /// Applies a task's settlement (`complete_task`) whose countersigned
+    /// receipt the caller already holds durably in its receipt log: a router
+    /// restarted after a crash settles a still-pending task again from that
+    /// receipt (`roles::router::reconcile`). A backend may therefore resolve
+    /// before the settlement is on disk, so long as a crash loses it whole.
+    /// By default, the same as [`submit`](Self::submit).
+    fn submit_settlement(&self, op: Op) -> BoxFuture<'_, Result<(), ChainError>> {
+        self.submit(op)
+    }
     /// The contract's configuration (`None` before `initialize`).
     fn config(&self) -> BoxFuture<'_, Result<Option<Config>, ChainError>>;
     /// An orchestrator's account (`None` if unregistered).

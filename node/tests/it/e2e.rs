@@ -138,6 +138,11 @@ impl Proc {
 impl Proc {
     /// SIGKILL: no chance to flush or clean up.
     fn kill9(mut self) {
+        self.kill9_in_place();
+    }
+
+    /// [`kill9`](Self::kill9), keeping the log; again once dead, nothing.
+    fn kill9_in_place(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
@@ -1351,6 +1356,98 @@ fn account_commands_move_money_on_the_ledger() {
     drop(plain);
 }
 
+/// A router keeping a dev ledger in `tmp/router`, with one orchestrator on
+/// the real model, and a funded client: for the tests that kill the router.
+struct LoneRouter {
+    dir: PathBuf,
+    args: Vec<String>,
+    router: Proc,
+    addr: String,
+    _orch: Proc,
+    orch_id: String,
+    client: PathBuf,
+}
+
+impl LoneRouter {
+    fn start(tmp: &Path) -> Self {
+        let dir = tmp.join("router");
+        let args: Vec<String> = ["--role", "router", "--dev-faucet", "--data-dir"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                path(&dir).to_owned(),
+                "--listen".into(),
+                "/ip4/127.0.0.1/tcp/0".into(),
+            ])
+            .collect();
+        let mut router = Self::spawn(&args);
+        let addr = router.listen_addr();
+        let model_arg = format!("{}:{}", super::model_path().display(), super::DEMO_SHA256);
+        let orch_dir = tmp.join("orch");
+        let orch = Proc::spawn(&[
+            "--data-dir",
+            path(&orch_dir),
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--bootstrap",
+            &addr,
+            "--model",
+            &model_arg,
+            "--threads",
+            "1",
+        ]);
+        router.wait_for("known=1");
+        let client = funded_client(&addr, &tmp.join("client"));
+        Self {
+            dir,
+            args,
+            router,
+            addr,
+            _orch: orch,
+            orch_id: id(&orch_dir),
+            client,
+        }
+    }
+
+    fn spawn(args: &[String]) -> Proc {
+        Proc::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// Kills the router with SIGKILL (no shutdown path runs), starts it
+    /// again on the same data dir, waits for it to reconcile what the last
+    /// run left pending and stops it; returns its reconcile log line and its
+    /// status from its files.
+    fn kill_restart_reconcile(&mut self) -> (String, serde_json::Value) {
+        self.router.kill9_in_place();
+        let mut router = Self::spawn(&self.args);
+        let line = router.wait_for("tasks left pending by the last run reconciled");
+        router.terminate();
+        (line, self.offline_status())
+    }
+
+    /// The router's status from its files (the router stopped).
+    fn offline_status(&self) -> serde_json::Value {
+        let out = run(&["status", "--data-dir", path(&self.dir), "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// The orchestrator's successes and failures in `status`.
+    fn record(&self, status: &serde_json::Value) -> (Option<u64>, Option<u64>) {
+        let o = status["orchestrators"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["peer"] == self.orch_id.as_str())
+            .unwrap_or_else(|| panic!("{status}"));
+        (o["successes"].as_u64(), o["failures"].as_u64())
+    }
+}
+
 /// A router killed with SIGKILL mid-task leaves the task's escrow pending on
 /// its chain; started again on the same data dir, it reconciles before
 /// taking any task: nothing stays escrowed, and the attempt counts as the
@@ -1358,45 +1455,14 @@ fn account_commands_move_money_on_the_ledger() {
 #[test]
 fn a_router_killed_mid_task_leaves_no_pending_escrow_after_restart() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("router");
-    let router_args = |dir: &Path| -> Vec<String> {
-        ["--role", "router", "--dev-faucet", "--data-dir"]
-            .iter()
-            .map(|s| s.to_string())
-            .chain([
-                path(dir).to_owned(),
-                "--listen".into(),
-                "/ip4/127.0.0.1/tcp/0".into(),
-            ])
-            .collect()
-    };
-    let args = router_args(&dir);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut router = Proc::spawn(&args);
-    let addr = router.listen_addr();
-    let model_arg = format!("{}:{}", super::model_path().display(), super::DEMO_SHA256);
-    let orch_dir = tmp.path().join("orch");
-    let _orch = Proc::spawn(&[
-        "--data-dir",
-        path(&orch_dir),
-        "--listen",
-        "/ip4/127.0.0.1/tcp/0",
-        "--bootstrap",
-        &addr,
-        "--model",
-        &model_arg,
-        "--threads",
-        "1",
-    ]);
-    router.wait_for("known=1");
-    let me = funded_client(&addr, &tmp.path().join("client"));
+    let mut lone = LoneRouter::start(tmp.path());
     let mut client = Command::new(BIN)
         .args([
             "infer",
             "--data-dir",
-            path(&me),
+            path(&lone.client),
             "--router",
-            &addr,
+            &lone.addr,
             "--prompt",
             "Write a long story about a cactus in the desert.",
             "--max-tokens",
@@ -1406,34 +1472,37 @@ fn a_router_killed_mid_task_leaves_no_pending_escrow_after_restart() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    router.wait_for("handing task over");
-    // SIGKILL: no shutdown path runs.
-    drop(router);
+    lone.router.wait_for("handing task over");
+    let (line, status) = lone.kill_restart_reconcile();
     let _ = client.wait();
+    assert!(line.contains("refunded=1"), "{line}");
+    assert_eq!(status["pending_payments"], 0, "{status}");
+    assert_eq!(lone.record(&status), (Some(0), Some(1)), "{status}");
+}
 
-    let mut router = Proc::spawn(&args);
-    let reconciled = "tasks left pending by the last run reconciled";
-    router.wait_for(reconciled);
-    // The chain as the restarted router left it (its files, once stopped).
-    router.terminate();
-    let out = run(&["status", "--data-dir", path(&dir), "--json"]);
+/// A task's settlement is committed without a disk sync of its own (its
+/// receipt, synced before the answer, is the durable record): a router
+/// killed right after answering loses the settlement, and on restart pays
+/// the task from its receipt, once, as the orchestrator's success.
+#[test]
+fn a_router_killed_after_answering_pays_the_task_from_its_receipt_after_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut lone = LoneRouter::start(tmp.path());
+    let answer = infer_json(&lone.addr, &lone.client, "Name a cactus.");
+    let task = answer["receipt"]["task_id"].as_str().unwrap().to_owned();
+    let paid = lone.router.wait_for("receipt recorded");
+    assert!(paid.contains(&task) && paid.contains("paid=true"), "{paid}");
+    // Killed before any later synced commit of its chain (the next escrow,
+    // or an anchor, 30 s on): the settlement is lost with the process.
+    lone.router.kill9_in_place();
+    let lost = lone.offline_status();
+    assert!(lost["pending_payments"].as_u64() > Some(0), "{lost}");
+    assert_eq!(lone.record(&lost), (Some(0), Some(0)), "{lost}");
+    let (line, status) = lone.kill_restart_reconcile();
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        line.contains("settled=1") && line.contains("refunded=0"),
+        "{line}"
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["pending_payments"], 0, "{v}");
-    let orch_id = id(&orch_dir);
-    let o = v["orchestrators"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|o| o["peer"] == orch_id.as_str())
-        .unwrap_or_else(|| panic!("{v}"));
-    assert_eq!(
-        (o["successes"].as_u64(), o["failures"].as_u64()),
-        (Some(0), Some(1)),
-        "{v}"
-    );
+    assert_eq!(status["pending_payments"], 0, "{status}");
+    assert_eq!(lone.record(&status), (Some(1), Some(0)), "{status}");
 }

@@ -3,7 +3,7 @@
 //! ledger node's side of [`Transaction`]s (each applied as the sender's own
 //! account).
 
-use super::Embedded;
+use super::{Durable, Embedded};
 use crate::chain::{ChainBackend, ChainError};
 use cactus_protocol::TaskId;
 use cactus_protocol::contract::{
@@ -21,6 +21,22 @@ impl ChainBackend for Embedded {
     fn submit(&self, op: Op) -> BoxFuture<'_, Result<(), ChainError>> {
         let account = self.0.account;
         self.0.blocking(move |c| c.apply(account, op))
+    }
+
+    /// A settlement paying the assigned orchestrator alone is committed
+    /// without a disk sync of its own: the next synced commit (the next
+    /// escrow, at the latest the chain's close) makes it durable in order,
+    /// and a crash before then loses it whole, which leaves the task pending
+    /// for reconcile to pay from the receipt, the same way. One paying
+    /// delegates too is synced: reconcile would pay the assigned
+    /// orchestrator alone (the receipt names no delegates).
+    fn submit_settlement(&self, op: Op) -> BoxFuture<'_, Result<(), ChainError>> {
+        let account = self.0.account;
+        let durable = match &op {
+            Op::CompleteTask { delegates, .. } if delegates.is_empty() => Durable::Later,
+            _ => Durable::Now,
+        };
+        self.0.blocking(move |c| c.apply_with(account, op, durable))
     }
 
     fn config(&self) -> BoxFuture<'_, Result<Option<Config>, ChainError>> {

@@ -298,14 +298,11 @@ async fn a_million_settled_tasks_stay_out_of_the_state() {
     assert_eq!(stake + escrow, vault);
 }
 
-/// A router reads back what it just settled from memory, the last
-/// `RECENTLY_SETTLED` tasks only, and what it reads there is what the
-/// settled table holds, before and after a reopen.
-#[tokio::test]
-async fn just_settled_tasks_are_read_from_memory_as_the_table_holds_them() {
-    let dir = tempfile::tempdir().unwrap();
+/// A chain in `dir` whose router (the first address) serves a registered
+/// orchestrator (the second) and a client (the third) with a deposit.
+fn funded_chain(dir: &Path) -> (Arc<EmbeddedChain>, [Address; 3]) {
     let (router, orch, client) = (Address([1; 32]), Address([2; 32]), Address([3; 32]));
-    let c = EmbeddedChain::open(dir.path(), router, &LocalSettings::default()).unwrap();
+    let c = EmbeddedChain::open(dir, router, &LocalSettings::default()).unwrap();
     let setup = [
         (
             router,
@@ -339,6 +336,16 @@ async fn just_settled_tasks_are_read_from_memory_as_the_table_holds_them() {
     for (who, op) in setup {
         c.apply(who, op).unwrap();
     }
+    (c, [router, orch, client])
+}
+
+/// A router reads back what it just settled from memory, the last
+/// `RECENTLY_SETTLED` tasks only, and what it reads there is what the
+/// settled table holds, before and after a reopen.
+#[tokio::test]
+async fn just_settled_tasks_are_read_from_memory_as_the_table_holds_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, [router, orch, client]) = funded_chain(dir.path());
     let id = |i: usize| {
         let mut id = [0u8; 16];
         id[..8].copy_from_slice(&(i as u64).to_le_bytes());
@@ -378,4 +385,38 @@ async fn just_settled_tasks_are_read_from_memory_as_the_table_holds_them() {
     let (stake, escrow, vault) = c.totals().await.unwrap();
     assert_eq!(escrow, 0, "every escrow went back");
     assert_eq!(stake + escrow + c.0.state().deposits_held(), vault);
+}
+
+/// A settlement paying the assigned orchestrator alone is committed without
+/// a sync of its own: visible at once, and durable once the chain is closed.
+#[tokio::test]
+async fn a_settlement_committed_unsynced_is_seen_at_once_and_kept_on_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, [router, orch, client]) = funded_chain(dir.path());
+    let id = [7u8; 16];
+    let create = Op::CreateClientTask {
+        client,
+        task_id: id.to_vec(),
+        orchestrator: orch,
+        price_per_unit: 1,
+        max_payment: 100,
+    };
+    c.apply(router, create).unwrap();
+    let complete = Op::CompleteTask {
+        task_id: id.to_vec(),
+        prompt_tokens: 3,
+        output_tokens: 4,
+        compute_ms: 10,
+        delegates: vec![],
+        receipt_hash: vec![1; 32],
+    };
+    let chain = Embedded(c);
+    chain.submit_settlement(complete).await.unwrap();
+    let done = chain.task(TaskId(id)).await.unwrap().unwrap();
+    assert_eq!(done.status, TaskStatus::Completed);
+    let expected = chain.0.state();
+    drop(chain);
+    let c = Embedded(EmbeddedChain::open(dir.path(), router, &LocalSettings::default()).unwrap());
+    assert_eq!(c.0.state(), expected);
+    assert_eq!(c.task(TaskId(id)).await.unwrap(), Some(done));
 }

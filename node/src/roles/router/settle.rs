@@ -173,7 +173,7 @@ impl RouterCtx {
         // refund would count as the orchestrator's failure.
         let mut settled = false;
         for attempt in 0..3u32 {
-            match self.chain.submit(complete.clone()).await {
+            match self.chain.submit_settlement(complete.clone()).await {
                 Ok(()) => {
                     settled = true;
                     break;
