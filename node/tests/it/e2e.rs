@@ -215,13 +215,32 @@ fn infer_json(bootstrap: &str, client: &Path, prompt: &str) -> serde_json::Value
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// An orchestrator on the real model with one thread, in `dir`, joining
+/// through `bootstrap`; `extra` flags after those.
+fn model_orchestrator(dir: &Path, bootstrap: &str, extra: &[&str]) -> Proc {
+    let model = format!("{}:{}", super::model_path().display(), super::DEMO_SHA256);
+    let mut args = vec![
+        "--data-dir",
+        path(dir),
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--bootstrap",
+        bootstrap,
+        "--model",
+        &model,
+        "--threads",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    Proc::spawn(&args)
+}
+
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
 #[test]
 fn three_processes_answer_on_the_real_model_with_a_logged_receipt() {
-    let model = super::model_path();
     let tmp = tempfile::tempdir().unwrap();
     let dirs: Vec<PathBuf> = ["router", "orch1", "orch2"]
         .iter()
@@ -246,23 +265,9 @@ fn three_processes_answer_on_the_real_model_with_a_logged_receipt() {
     assert!(addr.contains("/p2p/"), "{addr}");
 
     let orch_ids: Vec<String> = dirs[1..].iter().map(|d| id(d)).collect();
-    let model_arg = format!("{}:{}", model.display(), super::DEMO_SHA256);
     let orchs: Vec<Proc> = dirs[1..]
         .iter()
-        .map(|d| {
-            Proc::spawn(&[
-                "--data-dir",
-                path(d),
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-                "--bootstrap",
-                &addr,
-                "--model",
-                &model_arg,
-                "--threads",
-                "1",
-            ])
-        })
+        .map(|d| model_orchestrator(d, &addr, &[]))
         .collect();
     router.wait_for("known=2");
 
@@ -514,23 +519,9 @@ impl Pair {
         ]);
         let addr = router.listen_addr();
         let ids: Vec<String> = dirs[1..].iter().map(|d| id(d)).collect();
-        let model_arg = format!("{}:{}", super::model_path().display(), super::DEMO_SHA256);
         let orchs = dirs[1..]
             .iter()
-            .map(|d| {
-                Some(Proc::spawn(&[
-                    "--data-dir",
-                    path(d),
-                    "--listen",
-                    "/ip4/127.0.0.1/tcp/0",
-                    "--bootstrap",
-                    &addr,
-                    "--model",
-                    &model_arg,
-                    "--threads",
-                    "1",
-                ]))
-            })
+            .map(|d| Some(model_orchestrator(d, &addr, &[])))
             .collect();
         router.wait_for("known=2");
         let client = funded_client(&addr, &dir.join("client"));
@@ -755,7 +746,6 @@ fn killing_the_orchestrator_mid_stream_resumes_the_stream_on_another() {
 
 #[test]
 fn a_call_for_bids_places_a_task_when_every_orchestrator_is_busy() {
-    let model = super::model_path();
     let tmp = tempfile::tempdir().unwrap();
     let mut router = Proc::spawn(&[
         "--role",
@@ -768,25 +758,13 @@ fn a_call_for_bids_places_a_task_when_every_orchestrator_is_busy() {
     ]);
     let addr = router.listen_addr();
     let orch_id = id(&tmp.path().join("orch"));
-    let model_arg = format!("{}:{}", model.display(), super::DEMO_SHA256);
     // One worker slot and a queue: busy by its advert while it generates,
     // yet able to take one more task.
-    let orch = Proc::spawn(&[
-        "--data-dir",
-        path(&tmp.path().join("orch")),
-        "--listen",
-        "/ip4/127.0.0.1/tcp/0",
-        "--bootstrap",
+    let orch = model_orchestrator(
+        &tmp.path().join("orch"),
         &addr,
-        "--model",
-        &model_arg,
-        "--threads",
-        "1",
-        "--slots",
-        "1",
-        "--queue",
-        "2",
-    ]);
+        &["--slots", "1", "--queue", "2"],
+    );
     router.wait_for("known=1");
     // The first task takes the only slot; for the second, sent once the
     // first is handed over, the router's table has no free slot, so it
@@ -853,25 +831,9 @@ fn a_process_serving_a_substituted_model_is_caught_and_slashed() {
         "100",
     ]);
     let addr = router.listen_addr();
-    let model_arg = format!("{}:{}", model.display(), super::DEMO_SHA256);
     let honest: Vec<Proc> = ["h1", "h2"]
         .iter()
-        .map(|d| {
-            Proc::spawn(&[
-                "--data-dir",
-                path(&tmp.path().join(d)),
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-                "--bootstrap",
-                &addr,
-                "--model",
-                &model_arg,
-                "--threads",
-                "1",
-                "--price-per-token",
-                "10",
-            ])
-        })
+        .map(|d| model_orchestrator(&tmp.path().join(d), &addr, &["--price-per-token", "10"]))
         .collect();
     let cheater_dir = tmp.path().join("cheater");
     let cheater_id = id(&cheater_dir);
@@ -991,7 +953,6 @@ fn a_process_serving_a_substituted_model_is_caught_and_slashed() {
 #[test]
 #[ignore = "heavy: two orchestrators on the real model; run alone, as scripts/test.sh does"]
 fn two_routers_racing_for_one_orchestrator_make_it_delegate_and_pay_along_the_chain() {
-    let model = super::model_path();
     let tmp = tempfile::tempdir().unwrap();
     // The orchestrators follow the first router's ledger, which authorizes
     // the second router too.
@@ -1027,30 +988,16 @@ fn two_routers_racing_for_one_orchestrator_make_it_delegate_and_pay_along_the_ch
         &r1_id,
     ]);
     let addr2 = r2.listen_addr();
-    let model_arg = format!("{}:{}", model.display(), super::DEMO_SHA256);
     // A: cheap, so both routers prefer it, with one slot and no queue. B:
     // dearer, with room.
     let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("b"));
     let (a_id, b_id) = (id(&a_dir), id(&b_dir));
     let orch = |dir: &Path, price: &str, queue: &str| {
-        Proc::spawn(&[
-            "--data-dir",
-            path(dir),
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--bootstrap",
+        model_orchestrator(
+            dir,
             &addr1,
-            "--model",
-            &model_arg,
-            "--threads",
-            "1",
-            "--price-per-token",
-            price,
-            "--slots",
-            "1",
-            "--queue",
-            queue,
-        ])
+            &["--price-per-token", price, "--slots", "1", "--queue", queue],
+        )
     };
     let mut a = orch(&a_dir, "1", "0");
     let b = orch(&b_dir, "100", "2");
@@ -1197,7 +1144,6 @@ fn two_routers_racing_for_one_orchestrator_make_it_delegate_and_pay_along_the_ch
 /// ledger's own router is served.
 #[test]
 fn a_router_the_ledger_has_not_authorized_gets_no_work() {
-    let model = super::model_path();
     let tmp = tempfile::tempdir().unwrap();
     let mut ledger = Proc::spawn(&[
         "--role",
@@ -1223,19 +1169,7 @@ fn a_router_the_ledger_has_not_authorized_gets_no_work() {
         &ledger_id,
     ]);
     let other_addr = other.listen_addr();
-    let model_arg = format!("{}:{}", model.display(), super::DEMO_SHA256);
-    let mut orch = Proc::spawn(&[
-        "--data-dir",
-        path(&tmp.path().join("orch")),
-        "--listen",
-        "/ip4/127.0.0.1/tcp/0",
-        "--bootstrap",
-        &addr,
-        "--model",
-        &model_arg,
-        "--threads",
-        "1",
-    ]);
+    let mut orch = model_orchestrator(&tmp.path().join("orch"), &addr, &[]);
     orch.wait_for("registered on the ledger");
     ledger.wait_for("known=1");
     other.wait_for("known=1");
@@ -1382,20 +1316,8 @@ impl LoneRouter {
             .collect();
         let mut router = Self::spawn(&args);
         let addr = router.listen_addr();
-        let model_arg = format!("{}:{}", super::model_path().display(), super::DEMO_SHA256);
         let orch_dir = tmp.join("orch");
-        let orch = Proc::spawn(&[
-            "--data-dir",
-            path(&orch_dir),
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--bootstrap",
-            &addr,
-            "--model",
-            &model_arg,
-            "--threads",
-            "1",
-        ]);
+        let orch = model_orchestrator(&orch_dir, &addr, &[]);
         router.wait_for("known=1");
         let client = funded_client(&addr, &tmp.join("client"));
         Self {
