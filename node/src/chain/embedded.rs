@@ -328,11 +328,12 @@ impl EmbeddedChain {
 
     /// Applies `op` signed by `signer` now, and logs it durably. Blocking.
     ///
-    /// An escrow is durable too, though the task's settlement or refund
-    /// would sync it anyway: a router killed mid-task must find the task
-    /// pending when it starts again, reconcile it, and mark the attempt on
-    /// the orchestrator's record (redb keeps an unsynced commit in memory,
-    /// so a kill would lose it).
+    /// An escrow is synced like the rest, though a later synced commit
+    /// would carry it: a router killed mid-task must find the task pending
+    /// when it starts again, reconcile it, and mark the attempt on the
+    /// orchestrator's record (redb keeps an unsynced commit in memory, so a
+    /// kill would lose it). The one unsynced commit is a settlement:
+    /// `Embedded::submit_settlement`.
     pub fn apply(&self, signer: Address, op: Op) -> Result<(), ChainError> {
         self.apply_with(signer, op, Durable::Now)
     }
