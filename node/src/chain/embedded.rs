@@ -119,6 +119,8 @@ struct Inner {
     /// The last [`RECENTLY_SETTLED`] tasks settled, newest last: a router
     /// reads back what it just paid without a trip to the settled table.
     recent: VecDeque<([u8; 16], Task)>,
+    /// Whether a commit since the last synced one was made without a sync.
+    unsynced: bool,
 }
 
 /// Whether a commit is synced to disk before it returns.
@@ -174,6 +176,7 @@ impl EmbeddedChain {
                 state,
                 next_seq,
                 recent: VecDeque::new(),
+                unsynced: false,
             }),
             account,
             path: path.clone(),
@@ -214,6 +217,7 @@ impl EmbeddedChain {
                 state,
                 next_seq,
                 recent: VecDeque::new(),
+                unsynced: false,
             }),
             account,
             path,
@@ -327,13 +331,9 @@ impl EmbeddedChain {
     }
 
     /// Applies `op` signed by `signer` now, and logs it durably. Blocking.
-    ///
-    /// An escrow is synced like the rest, though a later synced commit
-    /// would carry it: a router killed mid-task must find the task pending
-    /// when it starts again, reconcile it, and mark the attempt on the
-    /// orchestrator's record (redb keeps an unsynced commit in memory, so a
-    /// kill would lose it). The one unsynced commit is a settlement:
-    /// `Embedded::submit_settlement`.
+    /// (The local router's escrows and most of its settlements are
+    /// committed unsynced instead: see `Embedded::submit_escrow` and
+    /// `Embedded::submit_settlement`.)
     pub fn apply(&self, signer: Address, op: Op) -> Result<(), ChainError> {
         self.apply_with(signer, op, Durable::Now)
     }
@@ -393,6 +393,7 @@ impl EmbeddedChain {
             }
         }
         tx.commit().map_err(db_err(&self.path))?;
+        inner.unsynced = durable == Durable::Later;
         inner.state = next;
         inner.next_seq = seq + 1;
         for done in settled {
@@ -400,6 +401,18 @@ impl EmbeddedChain {
                 inner.recent.pop_front();
             }
             inner.recent.push_back(done);
+        }
+        Ok(())
+    }
+
+    /// Makes every commit so far durable: an empty synced commit, when a
+    /// commit since the last synced one was made without a sync. Blocking.
+    pub fn sync(&self) -> Result<(), ChainError> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.unsynced {
+            let tx = inner.db.begin_write().map_err(db_err(&self.path))?;
+            tx.commit().map_err(db_err(&self.path))?;
+            inner.unsynced = false;
         }
         Ok(())
     }

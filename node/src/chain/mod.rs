@@ -127,6 +127,19 @@ pub trait ChainBackend: Send + Sync + std::fmt::Debug + 'static {
     fn submit_settlement(&self, op: Op) -> BoxFuture<'_, Result<(), ChainError>> {
         self.submit(op)
     }
+    /// Applies a task's escrow (`create_client_task`) and resolves once it
+    /// is applied, perhaps before it is on disk: the caller hands the task
+    /// over meanwhile and waits for [`sync`](Self::sync) before it counts
+    /// on the escrow (before it says the task was handed over, or accepts
+    /// its result). By default, the same as [`submit`](Self::submit).
+    fn submit_escrow(&self, op: Op) -> BoxFuture<'_, Result<(), ChainError>> {
+        self.submit(op)
+    }
+    /// Resolves once every operation this node submitted is durable. By
+    /// default at once: [`submit`](Self::submit) resolves when durable.
+    fn sync(&self) -> BoxFuture<'_, Result<(), ChainError>> {
+        futures::future::ready(Ok(())).boxed()
+    }
     /// The contract's configuration (`None` before `initialize`).
     fn config(&self) -> BoxFuture<'_, Result<Option<Config>, ChainError>>;
     /// An orchestrator's account (`None` if unregistered).

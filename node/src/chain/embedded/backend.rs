@@ -39,6 +39,18 @@ impl ChainBackend for Embedded {
         self.0.blocking(move |c| c.apply_with(account, op, durable))
     }
 
+    /// An escrow is committed without a sync; [`sync`](Self::sync) makes it
+    /// durable (one sync covers every task escrowed since the last one).
+    fn submit_escrow(&self, op: Op) -> BoxFuture<'_, Result<(), ChainError>> {
+        let account = self.0.account;
+        self.0
+            .blocking(move |c| c.apply_with(account, op, Durable::Later))
+    }
+
+    fn sync(&self) -> BoxFuture<'_, Result<(), ChainError>> {
+        self.0.blocking(|c| c.sync())
+    }
+
     fn config(&self) -> BoxFuture<'_, Result<Option<Config>, ChainError>> {
         let c = self.0.with_state(|s| s.config.clone());
         async move { Ok(c) }.boxed()

@@ -420,3 +420,26 @@ async fn a_settlement_committed_unsynced_is_seen_at_once_and_kept_on_close() {
     assert_eq!(c.0.state(), expected);
     assert_eq!(c.task(TaskId(id)).await.unwrap(), Some(done));
 }
+
+/// An escrow is committed without a sync and made durable by `sync`, which
+/// has nothing to do when no unsynced commit waits.
+#[tokio::test]
+async fn an_escrow_is_durable_once_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, [_, orch, client]) = funded_chain(dir.path());
+    let chain = Embedded(c);
+    let create = Op::CreateClientTask {
+        client,
+        task_id: vec![5; 16],
+        orchestrator: orch,
+        price_per_unit: 1,
+        max_payment: 100,
+    };
+    chain.submit_escrow(create).await.unwrap();
+    assert!(chain.0.inner.lock().unwrap().unsynced);
+    let pending = chain.task(TaskId([5; 16])).await.unwrap().unwrap();
+    assert_eq!(pending.status, TaskStatus::Pending);
+    chain.sync().await.unwrap();
+    assert!(!chain.0.inner.lock().unwrap().unsynced);
+    chain.sync().await.unwrap();
+}

@@ -337,7 +337,7 @@ impl RouterCtx {
                 format!("the router's escrow journal: {e}"),
             ));
         }
-        if let Err(e) = self.chain.submit(create).await {
+        if let Err(e) = self.chain.submit_escrow(create).await {
             tracing::warn!(orchestrator = %peer, error = %e, "the chain refused to escrow the task");
             if matches!(e, ChainError::Abort(_)) {
                 // Refused: nothing was escrowed.
@@ -370,15 +370,35 @@ impl RouterCtx {
             Ok(Some(kind)) => kind.to_string(),
             _ => "new".to_owned(),
         };
-        tracing::info!(task_id = %assignment.task_id, orchestrator = %peer, %connection, "handing task over");
         self.with_table(|t| t.adjust_in_flight(&peer, true));
         let handed = std::time::Instant::now();
-        let streamed =
-            tokio::time::timeout(timeout, self.stream_attempt(peer, assignment, sent)).await;
+        // The escrow is synced to disk while the orchestrator works, and
+        // the hand-over is logged once it is: a router killed after that
+        // line finds the task pending when it starts again. Killed before,
+        // it has neither escrow nor result to account for.
+        let durable = async {
+            let synced = self.chain.sync().await;
+            if synced.is_ok() {
+                tracing::info!(task_id = %assignment.task_id, orchestrator = %peer, %connection, "handing task over");
+            }
+            synced
+        };
+        let (streamed, durable) = tokio::join!(
+            tokio::time::timeout(timeout, self.stream_attempt(peer, assignment, sent)),
+            durable
+        );
         // The most compute time the result may claim: it was made between
         // the hand-off and its arrival.
         let observed = handed.elapsed();
         self.with_table(|t| t.adjust_in_flight(&peer, false));
+        if let Err(e) = durable {
+            tracing::error!(task_id = %assignment.task_id, error = %e, "the escrow could not be synced: the task's result is not accepted");
+            self.refund(assignment, AttemptFailure::Refused).await;
+            return Attempt::Stop(TaskError::new(
+                TaskErrorKind::Unavailable,
+                format!("the router's ledger could not sync: {e}"),
+            ));
+        }
 
         let (error, failure) = match streamed {
             Ok(Ok(Streamed::Done(result, this))) => {
