@@ -25,10 +25,10 @@ impl ChainBackend for Embedded {
 
     /// A settlement paying the assigned orchestrator alone is committed
     /// without a disk sync of its own: the next synced commit (the next
-    /// escrow, at the latest the chain's close) makes it durable in order,
-    /// and a crash before then loses it whole, which leaves the task pending
-    /// for reconcile to pay from the receipt, the same way. One paying
-    /// delegates too is synced: reconcile would pay the assigned
+    /// task's escrow sync, at the latest the chain's close) makes it durable
+    /// in order, and a crash before then loses it whole, which leaves the
+    /// task pending for reconcile to pay from the receipt, the same way. One
+    /// paying delegates too is synced: reconcile would pay the assigned
     /// orchestrator alone (the receipt names no delegates).
     fn submit_settlement(&self, op: Op) -> BoxFuture<'_, Result<(), ChainError>> {
         let account = self.0.account;
