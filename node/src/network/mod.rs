@@ -235,7 +235,19 @@ pub fn spawn(
                 .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
         })
         .map_err(NetworkError::build)?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
+        // Lazy multistream-select: the opener of a substream sends its one
+        // protocol and its first bytes together instead of waiting a round
+        // trip for the protocol to be confirmed. Every request and token
+        // stream is a new substream, so this takes a round trip off each
+        // hop (about 0.4 ms off a task's dispatch here). Every protocol
+        // here is opened only towards peers that speak it (identify tells
+        // which; relays are chosen by their hop protocol), so the cost of
+        // lazy negotiation, a refusal seen as a broken stream instead of
+        // `UnsupportedProtocols`, does not arise between Cactus nodes.
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(config.idle_timeout)
+                .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy)
+        })
         .build();
     drop(node_registry);
     for addr in &config.external {
