@@ -147,6 +147,27 @@ pub struct Diagnostics {
     pub connections: Vec<(PeerId, ConnectionKind)>,
 }
 
+/// A token stream opened to a peer, its request not sent yet (see
+/// [`Network::prepare_stream`]).
+#[derive(Debug)]
+pub struct OpenedStream {
+    peer: PeerId,
+    stream: libp2p::Stream,
+}
+
+impl OpenedStream {
+    /// Sends `request`; the answer comes back frame by frame.
+    pub async fn send(self, request: &TaskRequest) -> Result<TaskStream, NetworkError> {
+        let peer = self.peer;
+        TaskStream::start(self.stream, request)
+            .await
+            .map_err(|e| NetworkError::Stream {
+                peer,
+                message: e.to_string(),
+            })
+    }
+}
+
 /// A cheap, cloneable handle to the event loop.
 #[derive(Clone)]
 pub struct Network {
@@ -251,11 +272,20 @@ impl Network {
         peer: PeerId,
         request: &TaskRequest,
     ) -> Result<TaskStream, NetworkError> {
-        let failed = |message: String| NetworkError::Stream { peer, message };
-        let stream = self.streams.open(peer).await.map_err(failed)?;
-        TaskStream::start(stream, request)
+        self.prepare_stream(peer).await?.send(request).await
+    }
+
+    /// Opens a token stream to `peer` (dialling it if needed) without
+    /// sending anything yet: the opening can run while the request is
+    /// still being made ready (a router's escrow). Dropped unsent, the
+    /// stream is reset and the peer was asked nothing.
+    pub async fn prepare_stream(&self, peer: PeerId) -> Result<OpenedStream, NetworkError> {
+        let stream = self
+            .streams
+            .open(peer)
             .await
-            .map_err(|e| failed(e.to_string()))
+            .map_err(|message| NetworkError::Stream { peer, message })?;
+        Ok(OpenedStream { peer, stream })
     }
 
     /// Publishes an encoded advert on the capability topic.

@@ -46,7 +46,7 @@ mod reachability;
 mod stream_behaviour;
 mod streams;
 
-pub use handle::{ConnectionKind, Diagnostics, Network, NetworkEvent};
+pub use handle::{ConnectionKind, Diagnostics, Network, NetworkEvent, OpenedStream};
 pub use stream_behaviour::{Behaviour as StreamBehaviour, Control as StreamControl};
 pub use streams::{MAX_INBOUND_STREAMS, Reply, StreamReply, TaskStream};
 

@@ -331,42 +331,31 @@ impl RouterCtx {
             price_per_unit: price,
             max_payment,
         };
-        if let Err(e) = self.journal_escrow(assignment.task_id).await {
-            return Attempt::Stop(TaskError::new(
-                TaskErrorKind::Unavailable,
-                format!("the router's escrow journal: {e}"),
-            ));
+        // The stream to the orchestrator opens, and the path it takes is
+        // looked up, while the escrow is made; the task goes on the stream
+        // only once the escrow holds (dropped unsent, the stream asked the
+        // orchestrator nothing).
+        let open = async {
+            tokio::time::timeout(timeout, self.network.prepare_stream(peer))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(crate::network::NetworkError::Stream {
+                        peer,
+                        message: format!("no stream opened in {timeout:?}"),
+                    })
+                })
+        };
+        let (opened, escrowed, connection) = tokio::join!(
+            open,
+            self.escrow(payer, peer, assignment.task_id, create, max_payment),
+            self.network.connection_kind(peer),
+        );
+        if let Err(stop) = escrowed {
+            return stop;
         }
-        if let Err(e) = self.chain.submit_escrow(create).await {
-            tracing::warn!(orchestrator = %peer, error = %e, "the chain refused to escrow the task");
-            if matches!(e, ChainError::Abort(_)) {
-                // Refused: nothing was escrowed.
-                self.journal_settled(assignment.task_id).await;
-            }
-            if e == ChainError::Abort(Abort::NotAuthorizedServer) {
-                // No orchestrator would take it from this router.
-                return Attempt::Stop(TaskError::new(
-                    TaskErrorKind::Unauthorized,
-                    format!("this router is not an authorized server on its ledger: {e}"),
-                ));
-            }
-            if e == ChainError::Abort(Abort::InsufficientDeposit) {
-                return Attempt::Stop(TaskError::new(
-                    TaskErrorKind::PaymentRequired,
-                    format!(
-                        "the deposit of account {payer} at this router does not cover the task's escrow of {max_payment} plus the router's fee: deposit more with `cactus-node account deposit <amount>`"
-                    ),
-                ));
-            }
-            return Attempt::Retry(TaskError::new(
-                TaskErrorKind::Unavailable,
-                format!("chain: {e}"),
-            ));
-        }
-
         // Which path the task takes: direct, or through a relay when the
         // orchestrator is behind a NAT and hole punching has not (yet) worked.
-        let connection = match self.network.connection_kind(peer).await {
+        let connection = match connection {
             Ok(Some(kind)) => kind.to_string(),
             _ => "new".to_owned(),
         };
@@ -384,7 +373,7 @@ impl RouterCtx {
             synced
         };
         let (streamed, durable) = tokio::join!(
-            tokio::time::timeout(timeout, self.stream_attempt(peer, assignment, sent)),
+            tokio::time::timeout(timeout, self.stream_attempt(peer, opened, assignment, sent)),
             durable
         );
         // The most compute time the result may claim: it was made between
@@ -461,6 +450,51 @@ impl RouterCtx {
         } else {
             Attempt::Stop(error)
         }
+    }
+
+    /// Escrows `create` from `payer`'s deposit (journalled first where the
+    /// chain keeps no list of pending tasks); what to return when it fails.
+    async fn escrow(
+        &self,
+        payer: Address,
+        peer: PeerId,
+        task_id: TaskId,
+        create: Op,
+        max_payment: u64,
+    ) -> Result<(), Attempt> {
+        if let Err(e) = self.journal_escrow(task_id).await {
+            return Err(Attempt::Stop(TaskError::new(
+                TaskErrorKind::Unavailable,
+                format!("the router's escrow journal: {e}"),
+            )));
+        }
+        if let Err(e) = self.chain.submit_escrow(create).await {
+            tracing::warn!(orchestrator = %peer, error = %e, "the chain refused to escrow the task");
+            if matches!(e, ChainError::Abort(_)) {
+                // Refused: nothing was escrowed.
+                self.journal_settled(task_id).await;
+            }
+            if e == ChainError::Abort(Abort::NotAuthorizedServer) {
+                // No orchestrator would take it from this router.
+                return Err(Attempt::Stop(TaskError::new(
+                    TaskErrorKind::Unauthorized,
+                    format!("this router is not an authorized server on its ledger: {e}"),
+                )));
+            }
+            if e == ChainError::Abort(Abort::InsufficientDeposit) {
+                return Err(Attempt::Stop(TaskError::new(
+                    TaskErrorKind::PaymentRequired,
+                    format!(
+                        "the deposit of account {payer} at this router does not cover the task's escrow of {max_payment} plus the router's fee: deposit more with `cactus-node account deposit <amount>`"
+                    ),
+                )));
+            }
+            return Err(Attempt::Retry(TaskError::new(
+                TaskErrorKind::Unavailable,
+                format!("chain: {e}"),
+            )));
+        }
+        Ok(())
     }
 
     /// Tells `peer`, which may still be generating, to stop and free the

@@ -4,6 +4,7 @@
 
 use super::RouterCtx;
 use crate::roles::TokenSink;
+use crate::network::{NetworkError, OpenedStream};
 use cactus_protocol::attempt::AttemptFailure;
 use cactus_protocol::messages::MAX_OUTPUT_BYTES;
 use cactus_protocol::stream::{MAX_CHUNK_TEXT_BYTES, MAX_CHUNK_TOKENS};
@@ -186,6 +187,7 @@ impl RouterCtx {
     pub(super) async fn stream_attempt(
         &self,
         peer: PeerId,
+        opened: Result<OpenedStream, NetworkError>,
         assignment: &Assignment,
         sent: &mut Sent,
     ) -> Result<Streamed, Failure> {
@@ -195,9 +197,9 @@ impl RouterCtx {
                 AttemptFailure::Unreachable,
             )
         };
-        let mut stream = self
-            .network
-            .open_stream(peer, &TaskRequest::Execute(assignment.clone()))
+        let mut stream = opened
+            .map_err(|e| broke(e.to_string()))?
+            .send(&TaskRequest::Execute(assignment.clone()))
             .await
             .map_err(|e| broke(e.to_string()))?;
         let max = assignment.sampling.max_tokens as usize;
