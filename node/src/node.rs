@@ -167,7 +167,13 @@ impl Node {
                     tracing::error!(error = %e, "could not reconcile the tasks left pending");
                 }
                 crate::roles::router::set_fee(chain.as_ref(), config.fee_bps).await;
-                chain_handle = Some(Arc::clone(&chain));
+                // What the node hands out reads the chain after the
+                // payments of the tasks it answered.
+                let settling = Arc::new(crate::roles::router::Settling::default());
+                chain_handle = Some(Arc::new(crate::roles::router::AfterPayments::new(
+                    Arc::clone(&chain),
+                    Arc::clone(&settling),
+                )));
                 let appended = Arc::new(tokio::sync::Notify::new());
                 anchor_task = Some(tokio::spawn(anchor::run(
                     Arc::clone(&receipts),
@@ -214,6 +220,7 @@ impl Node {
                         config.max_price_per_unit,
                     ),
                     metrics: Arc::clone(&metrics),
+                    settling,
                     started_at: std::time::Instant::now(),
                 });
                 router_handle = Some(Arc::clone(&ctx));
@@ -419,6 +426,10 @@ impl Node {
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         let _ = self.role_task.await;
+        // Answered tasks are paid before the chain closes.
+        if let Some(router) = &self.router {
+            router.settling.drained().await;
+        }
         if let Some((_, t)) = self.api {
             let _ = t.await;
         }

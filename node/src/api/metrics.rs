@@ -9,6 +9,8 @@ use axum::response::Response;
 /// `GET /metrics`.
 pub(super) async fn metrics(State(api): State<Api>) -> Response {
     let router = &api.router;
+    // The payments of the tasks answered before the scrape are in it.
+    router.settling.drained().await;
     router
         .metrics
         .set_orchestrators(router.orchestrator_loads());

@@ -1120,7 +1120,9 @@ fn two_routers_racing_for_one_orchestrator_make_it_delegate_and_pay_along_the_ch
     };
     assert!(settled.contains("paid=true"), "{settled}");
     a.wait_for("delegating task");
-    for addr in [&addr1, &addr2] {
+    // The second router first: its answer to a status query comes after
+    // its payments, which it makes on the first router's ledger.
+    for addr in [&addr2, &addr1] {
         let out = run(&["status", "--bootstrap", addr, "--json"]);
         assert!(
             out.status.success(),

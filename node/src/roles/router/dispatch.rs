@@ -278,11 +278,19 @@ impl RouterCtx {
     /// here is told so before any work is done.
     async fn price_cap(&self, payer: &Payer, asked: Option<u64>) -> Result<u64, TaskError> {
         let server = self.chain.account();
-        let (deposit, cap) = self
-            .chain
-            .client(payer.account, server)
-            .await
-            .map_err(|e| TaskError::new(TaskErrorKind::Unavailable, format!("chain: {e}")))?;
+        let read = || async {
+            self.chain
+                .client(payer.account, server)
+                .await
+                .map_err(|e| TaskError::new(TaskErrorKind::Unavailable, format!("chain: {e}")))
+        };
+        let (mut deposit, mut cap) = read().await?;
+        if deposit == 0 {
+            // All of it may be held by tasks answered but not paid yet:
+            // what their payments leave is what counts.
+            self.settling.drained().await;
+            (deposit, cap) = read().await?;
+        }
         if deposit == 0 {
             // Nobody can deposit at a router its ledger does not authorize:
             // say that, not what the client cannot fix.
@@ -468,7 +476,14 @@ impl RouterCtx {
                 format!("the router's escrow journal: {e}"),
             )));
         }
-        if let Err(e) = self.chain.submit_escrow(create).await {
+        let mut escrowed = self.chain.submit_escrow(create.clone()).await;
+        if escrowed == Err(ChainError::Abort(Abort::InsufficientDeposit)) {
+            // Tasks answered but not paid yet may hold what this one needs:
+            // try again once their payments are made.
+            self.settling.drained().await;
+            escrowed = self.chain.submit_escrow(create).await;
+        }
+        if let Err(e) = escrowed {
             tracing::warn!(orchestrator = %peer, error = %e, "the chain refused to escrow the task");
             if matches!(e, ChainError::Abort(_)) {
                 // Refused: nothing was escrowed.

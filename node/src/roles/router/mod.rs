@@ -30,6 +30,7 @@
 //! [`cactus_protocol::vote`] tallies the verifiers, `schedule` scores and draws.
 
 mod admit;
+mod after_payments;
 mod dispatch;
 mod handler;
 mod market;
@@ -40,11 +41,12 @@ mod slash;
 mod spot_check;
 mod stream;
 
+pub use after_payments::AfterPayments;
 pub use dispatch::Payer;
 pub use handler::RouterRole;
 pub use market::Market;
 pub use reconcile::{MAX_RECONCILED, Reconciled, reconcile};
-pub use settle::{DEFAULT_FEE_BPS, set_fee};
+pub use settle::{DEFAULT_FEE_BPS, MAX_SETTLING, Settling, set_fee};
 pub use spot_check::Verification;
 pub use stream::{Delivery, STALL_TIMEOUT};
 
@@ -92,6 +94,8 @@ pub struct RouterCtx {
     /// Calls for bids open now, for tasks no orchestrator in the table can
     /// take.
     pub market: Market,
+    /// Payments of answered tasks still under way.
+    pub settling: Arc<Settling>,
     /// The node's metrics: outcomes, payments and spot checks are counted
     /// where they are decided.
     pub metrics: Arc<crate::metrics::Metrics>,

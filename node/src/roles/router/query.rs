@@ -54,6 +54,8 @@ impl RouterCtx {
     }
 
     async fn try_answer(&self, query: Query) -> Result<QueryAnswer, QueryError> {
+        // Every task answered before the question is paid in the answer.
+        self.settling.drained().await;
         match query {
             Query::Receipt(id) => {
                 let l = Arc::clone(&self.receipts);

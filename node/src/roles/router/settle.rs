@@ -1,15 +1,19 @@
 //! What happens to a result that comes back: it is checked, spot-checked
-//! when drawn, countersigned, written to the receipt log and paid for on the
-//! chain, with the payment retried on transient errors.
+//! when drawn, countersigned and written to the receipt log; once the
+//! client has its answer, it is paid for on the chain, with the payment
+//! retried on transient errors.
 
 use super::RouterCtx;
 use super::spot_check::Check;
+use crate::chain::ChainBackend;
+use crate::receipt_log::ReceiptLog;
 use cactus_protocol::contract::Op;
 use cactus_protocol::verify::check_result;
-use cactus_protocol::{Assignment, TaskError, TaskErrorKind, TaskResult};
+use cactus_protocol::{Assignment, TaskError, TaskErrorKind, TaskId, TaskResult};
 use libp2p::PeerId;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// How much more compute time than the router saw pass between hand-off
 /// and result a receipt may claim: timer granularity on both sides.
@@ -31,7 +35,7 @@ pub const DEFAULT_FEE_BPS: u64 = 100;
 /// Sets this router's fee on the chain when it differs: what clients pay
 /// it on top of each payment, from the tasks it opens from now on. A chain
 /// that refuses (this router is not authorized yet) is logged, not fatal.
-pub async fn set_fee(chain: &dyn crate::chain::ChainBackend, fee_bps: u64) {
+pub async fn set_fee(chain: &dyn ChainBackend, fee_bps: u64) {
     match chain.server_fee(chain.account()).await {
         Ok(now) if now == fee_bps => {}
         Ok(_) => match chain.submit(Op::SetServerFee { fee_bps }).await {
@@ -159,60 +163,147 @@ impl RouterCtx {
         self.metrics.task_outcome(crate::metrics::Outcome::Done);
         self.metrics
             .output_tokens(body.output_tokens, crate::time::now_ms());
-        let complete = Op::CompleteTask {
-            task_id: assignment.task_id.0.to_vec(),
-            prompt_tokens: u64::from(body.prompt_tokens),
-            output_tokens: u64::from(body.output_tokens),
+        let settle = Settlement {
+            chain: Arc::clone(&self.chain),
+            receipts: Arc::clone(&self.receipts),
+            metrics: Arc::clone(&self.metrics),
+            complete: Op::CompleteTask {
+                task_id: assignment.task_id.0.to_vec(),
+                prompt_tokens: u64::from(body.prompt_tokens),
+                output_tokens: u64::from(body.output_tokens),
+                compute_ms: body.compute_ms,
+                delegates,
+                receipt_hash: receipt_hash.0.to_vec(),
+            },
+            task_id: assignment.task_id,
+            orchestrator: peer,
+            output_tokens: body.output_tokens,
             compute_ms: body.compute_ms,
-            delegates,
-            receipt_hash: receipt_hash.0.to_vec(),
+            connection: connection.to_owned(),
         };
-        // The work is done and the receipt recorded: the client gets its
-        // answer whatever happens to settlement. A transient chain error is retried; the task stays escrowed (and
-        // its receipt recorded) for the operator if it persists, since a
-        // refund would count as the orchestrator's failure.
+        // The work is done and the receipt durable: the client gets its
+        // answer now and the payment follows it (a router killed in
+        // between pays it from the receipt when it starts again, see
+        // `reconcile`).
+        let place = self.settling.place().await;
+        tokio::spawn(async move {
+            settle.run().await;
+            drop(place);
+        });
+        Ok(result)
+    }
+}
+
+/// Settlements of answered tasks still under way: at most
+/// [`MAX_SETTLING`] at once (a result that would be one more waits for a
+/// place before its answer goes out).
+#[derive(Debug)]
+pub struct Settling(Arc<Semaphore>);
+
+/// Settlements under way at once, at most.
+pub const MAX_SETTLING: u32 = 1024;
+
+impl Default for Settling {
+    fn default() -> Self {
+        Self(Arc::new(Semaphore::new(MAX_SETTLING as usize)))
+    }
+}
+
+impl Settling {
+    /// A place for one settlement, held until it ends.
+    async fn place(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.0).acquire_owned().await.ok()
+    }
+
+    /// Returns once every settlement started before the call has ended:
+    /// what reads balances or payments (a client's query, a refused escrow
+    /// about to be retried, a metrics scrape, shutdown) waits for this so
+    /// that it sees every task answered before it as paid.
+    pub async fn drained(&self) {
+        // The semaphore is fair: settlements started after this call wait
+        // behind it, so this cannot be starved.
+        let _all = self.0.acquire_many(MAX_SETTLING).await;
+    }
+}
+
+/// The payment of one answered task, run after its answer went out.
+struct Settlement {
+    chain: Arc<dyn ChainBackend>,
+    receipts: Arc<ReceiptLog>,
+    metrics: Arc<crate::metrics::Metrics>,
+    complete: Op,
+    task_id: TaskId,
+    orchestrator: PeerId,
+    output_tokens: u32,
+    compute_ms: u64,
+    connection: String,
+}
+
+impl Settlement {
+    /// Pays the task on the chain. A transient chain error is retried; the
+    /// task stays escrowed (and its receipt recorded) for the operator if
+    /// it persists, since a refund would count as the orchestrator's
+    /// failure.
+    async fn run(self) {
         let mut settled = false;
         for attempt in 0..3u32 {
-            match self.chain.submit_settlement(complete.clone()).await {
+            match self.chain.submit_settlement(self.complete.clone()).await {
                 Ok(()) => {
                     settled = true;
                     break;
                 }
                 Err(e) => {
-                    tracing::error!(task_id = %assignment.task_id, error = %e, attempt, "could not settle a completed task on the chain");
+                    tracing::error!(task_id = %self.task_id, error = %e, attempt, "could not settle a completed task on the chain");
                     tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
                 }
             }
         }
         if settled {
-            self.journal_settled(assignment.task_id).await;
+            if !self.chain.lists_pending() {
+                super::reconcile::forget(&self.receipts, self.task_id).await;
+            }
             // What the contract paid (it may be less than the escrow): read
             // back, since the chain applies the orchestrator's reputation.
-            let paid = match self.chain.task(assignment.task_id).await {
+            let paid = match self.chain.task(self.task_id).await {
                 Ok(Some(task)) => Some(task.payment),
                 _ => None,
             };
             self.metrics.payment(paid);
         } else {
             self.metrics.payment_failed();
-            tracing::error!(task_id = %assignment.task_id, "the task stays escrowed on the chain: settle it by hand");
+            tracing::error!(task_id = %self.task_id, "the task stays escrowed on the chain: settle it by hand");
         }
         tracing::info!(
-            task_id = %assignment.task_id,
-            orchestrator = %peer,
-            output_tokens = body.output_tokens,
-            compute_ms = body.compute_ms,
-            %connection,
+            task_id = %self.task_id,
+            orchestrator = %self.orchestrator,
+            output_tokens = self.output_tokens,
+            compute_ms = self.compute_ms,
+            connection = %self.connection,
             paid = settled,
             "task done; receipt recorded"
         );
-        Ok(result)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::FutureExt;
+
+    #[tokio::test]
+    async fn reads_wait_for_the_payments_under_way_and_no_longer() {
+        let settling = Settling::default();
+        let place = settling.place().await.unwrap();
+        let mut drained = std::pin::pin!(settling.drained());
+        assert!(futures::poll!(drained.as_mut()).is_pending());
+        // A payment started after the read waits behind it.
+        let mut later = std::pin::pin!(settling.place());
+        assert!(futures::poll!(later.as_mut()).is_pending());
+        drop(place);
+        drained.await;
+        drop(later.await);
+        assert!(settling.drained().now_or_never().is_some());
+    }
 
     #[test]
     fn compute_time_fits_in_what_the_router_saw_plus_the_slack() {

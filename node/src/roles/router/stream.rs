@@ -3,8 +3,8 @@
 //! is kept so that a failure mid-stream can resume elsewhere.
 
 use super::RouterCtx;
-use crate::roles::TokenSink;
 use crate::network::{NetworkError, OpenedStream};
+use crate::roles::TokenSink;
 use cactus_protocol::attempt::AttemptFailure;
 use cactus_protocol::messages::MAX_OUTPUT_BYTES;
 use cactus_protocol::stream::{MAX_CHUNK_TEXT_BYTES, MAX_CHUNK_TOKENS};
