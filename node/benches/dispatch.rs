@@ -7,6 +7,10 @@
 //! - a bare libp2p request-response round trip (TCP + Noise + Yamux, the
 //!   task protocol's own codec, a small request and answer), the anchor: a
 //!   task crosses two such hops, client → router and router → orchestrator;
+//! - the same request through Cactus's network layer alone: two nodes'
+//!   `Network` handles and event loops, their whole libp2p behaviour
+//!   (gossipsub, Kademlia, identify, relay, ...), no role: where the time
+//!   of a hop goes between libp2p's composed behaviour and our own work;
 //! - a 1-token task through Cactus: a client submits to a router, which
 //!   escrows on its embedded ledger, hands the task to an orchestrator (the
 //!   stub engine, which costs nothing), checks and countersigns the receipt,
@@ -30,11 +34,13 @@ use cactus_node::inference::Engine;
 use cactus_node::inference::pool::ThreadPool;
 use cactus_node::inference::stub::StubEngine;
 use cactus_node::network::codec::TaskCodec;
+use cactus_node::network::{self, Network, NetworkConfig, NetworkEvent};
 use cactus_protocol::{
     PromptFormat, SamplingParams, TASK_PROTOCOL, TaskId, TaskRequest, TaskResponse, TaskSpec,
 };
 use cluster::Cluster;
 use futures::StreamExt;
+use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{Swarm, SwarmEvent};
@@ -44,6 +50,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{env_or, percentile};
+use tokio_util::sync::CancellationToken;
 
 /// Rounds of each measurement per batch; batches alternate between the
 /// three.
@@ -55,19 +62,23 @@ fn main() {
 
     let tcp = TcpEcho::start();
     let mut bare = rt.block_on(BareRequestResponse::start());
+    let layer = rt.block_on(NetworkLayer::start());
     let mesh = rt.block_on(Mesh::start());
     // Warm up every path (connections, caches, the ledger's first pages).
     tcp.round_trips(BATCH);
     rt.block_on(bare.round_trips(BATCH));
+    rt.block_on(layer.round_trips(BATCH));
     rt.block_on(mesh.tasks(BATCH));
 
-    let (mut t, mut b, mut m) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut t, mut b, mut l, mut m) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds / BATCH {
         t.extend(tcp.round_trips(BATCH));
         b.extend(rt.block_on(bare.round_trips(BATCH)));
+        l.extend(rt.block_on(layer.round_trips(BATCH)));
         m.extend(rt.block_on(mesh.tasks(BATCH)));
     }
     rt.block_on(mesh.stop());
+    layer.stop.cancel();
 
     let ms = |v: &[f64], q: f64| percentile(v, q) * 1e3;
     println!("{rounds} round trips each, loopback, one process\n");
@@ -82,6 +93,11 @@ fn main() {
         "| bare libp2p request-response (TCP + Noise + Yamux) | {:.3} | {:.3} |",
         ms(&b, 0.5),
         ms(&b, 0.99)
+    );
+    println!(
+        "| the same through Cactus's network layer (whole behaviour, event loops) | {:.3} | {:.3} |",
+        ms(&l, 0.5),
+        ms(&l, 0.99)
     );
     println!(
         "| two bare request-response hops | {:.3} | {:.3} |",
@@ -106,6 +122,12 @@ fn main() {
     println!(
         "SUMMARY|plain TCP round trip p50, the floor (ms)|{:.3}|-|-|-",
         ms(&t, 0.5)
+    );
+    println!(
+        "SUMMARY|one request-response round trip p50, Cactus network layer vs bare libp2p (ms)|{:.3}|{:.3}|{:.2}|-",
+        ms(&l, 0.5),
+        ms(&b, 0.5),
+        ms(&l, 0.5) / ms(&b, 0.5)
     );
     // What one durable commit costs on this disk: a task makes several
     // (the escrow, the receipt log, the settlement).
@@ -253,6 +275,60 @@ impl BareRequestResponse {
                 }
             }
             out.push(t.elapsed().as_secs_f64());
+        }
+        out
+    }
+}
+
+/// Two nodes' network layers (`cactus_node::network::spawn`, no role):
+/// one asks, the other's event consumer answers at once.
+struct NetworkLayer {
+    client: Network,
+    server: libp2p::PeerId,
+    stop: CancellationToken,
+}
+
+impl NetworkLayer {
+    async fn start() -> Self {
+        let stop = CancellationToken::new();
+        let config = || NetworkConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            ..NetworkConfig::default()
+        };
+        let (server, mut events, _) =
+            network::spawn(Keypair::generate_ed25519(), config(), stop.child_token()).unwrap();
+        let addr = server.listen_addrs().await.unwrap()[0].clone();
+        let answering = server.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                if let NetworkEvent::InboundTask { channel, .. } = event {
+                    let _ = answering
+                        .respond(channel, TaskResponse::Cancelled(false))
+                        .await;
+                }
+            }
+        });
+        let (client, _events, _) =
+            network::spawn(Keypair::generate_ed25519(), config(), stop.child_token()).unwrap();
+        let peer = client.dial(addr).await.unwrap();
+        Self {
+            client,
+            server: peer,
+            stop,
+        }
+    }
+
+    async fn round_trips(&self, n: usize) -> Vec<f64> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            let answer = self
+                .client
+                .send_task(self.server, TaskRequest::Cancel(TaskId([1; 16])))
+                .await
+                .unwrap();
+            out.push(t.elapsed().as_secs_f64());
+            assert!(matches!(answer, TaskResponse::Cancelled(false)));
         }
         out
     }
