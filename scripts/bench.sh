@@ -8,7 +8,8 @@
 #              alone, the prompt cache (node/benches/engine.rs)
 #   models     two models on one orchestrator: the first's speed after the
 #              second ran, vs alone (node/benches/models.rs)
-#   dispatch   a 1-token task vs plain TCP and bare libp2p request-response
+#   dispatch   a 1-token task vs plain TCP, bare libp2p request-response
+#              and the same through Cactus's network layer
 #              (node/benches/dispatch.rs)
 #   scale      meshes of 10/30/100 nodes vs bare gossipsub swarms
 #              (node/benches/scale.rs)
