@@ -121,6 +121,9 @@ struct Inner {
     recent: VecDeque<([u8; 16], Task)>,
     /// Whether a commit since the last synced one was made without a sync.
     unsynced: bool,
+    /// Why an escrow said valid before its commit ([`EmbeddedChain::apply_escrow`])
+    /// was then not committed: the next [`EmbeddedChain::sync`] fails with it.
+    lost: Option<String>,
 }
 
 /// Whether a commit is synced to disk before it returns.
@@ -177,6 +180,7 @@ impl EmbeddedChain {
                 next_seq,
                 recent: VecDeque::new(),
                 unsynced: false,
+                lost: None,
             }),
             account,
             path: path.clone(),
@@ -218,6 +222,7 @@ impl EmbeddedChain {
                 next_seq,
                 recent: VecDeque::new(),
                 unsynced: false,
+                lost: None,
             }),
             account,
             path,
@@ -343,6 +348,31 @@ impl EmbeddedChain {
     /// order, with the next synced one (or when the chain is closed); a
     /// crash before then loses it whole, never in part.
     pub fn apply_with(&self, signer: Address, op: Op, durable: Durable) -> Result<(), ChainError> {
+        self.apply_then(signer, op, durable, None)
+    }
+
+    /// A task's escrow, committed with a disk sync, with `valid` told as
+    /// soon as the contract accepted it (before the commit): the router
+    /// hands the task over meanwhile. Readers see the escrow once it is
+    /// committed (they wait for the lock held until then), and
+    /// [`sync`](Self::sync) returns once it is durable, or fails if its
+    /// commit failed after `valid` was told. Blocking.
+    pub fn apply_escrow(
+        &self,
+        signer: Address,
+        op: Op,
+        valid: tokio::sync::oneshot::Sender<()>,
+    ) -> Result<(), ChainError> {
+        self.apply_then(signer, op, Durable::Now, Some(valid))
+    }
+
+    fn apply_then(
+        &self,
+        signer: Address,
+        op: Op,
+        durable: Durable,
+        valid: Option<tokio::sync::oneshot::Sender<()>>,
+    ) -> Result<(), ChainError> {
         let now = now_secs();
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         // A settled task's id stays taken, as the contract's task table
@@ -358,6 +388,32 @@ impl EmbeddedChain {
         }
         let mut next = inner.state.clone();
         next.apply(signer, &op, now)?;
+        let told = match valid {
+            Some(v) => {
+                // The router may have gone: the escrow stands regardless.
+                let _ = v.send(());
+                true
+            }
+            None => false,
+        };
+        let committed = self.commit(&mut inner, signer, now, op, next, durable);
+        if told && let Err(e) = &committed {
+            inner.lost = Some(e.to_string());
+        }
+        committed
+    }
+
+    /// Logs `op` and installs `next`, the state it leads to, under the
+    /// lock `inner` holds.
+    fn commit(
+        &self,
+        inner: &mut Inner,
+        signer: Address,
+        now: u64,
+        op: Op,
+        mut next: State,
+        durable: Durable,
+    ) -> Result<(), ChainError> {
         let settled = take_settled(&mut next);
         let seq = inner.next_seq;
         let record = encode(&Record { signer, now, op })?;
@@ -409,6 +465,9 @@ impl EmbeddedChain {
     /// commit since the last synced one was made without a sync. Blocking.
     pub fn sync(&self) -> Result<(), ChainError> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(why) = inner.lost.take() {
+            return Err(ChainError::Uncommitted(why));
+        }
         if inner.unsynced {
             let tx = inner.db.begin_write().map_err(db_err(&self.path))?;
             tx.commit().map_err(db_err(&self.path))?;

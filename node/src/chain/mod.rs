@@ -89,6 +89,10 @@ pub enum ChainError {
     /// This backend cannot do what was asked.
     #[error("chain backend: {0}")]
     Unsupported(&'static str),
+    /// An operation the contract accepted, and whose caller went on, was
+    /// then not committed (the disk failed).
+    #[error("chain backend: an operation the contract accepted was not committed: {0}")]
+    Uncommitted(String),
     /// The Aptos node or SDK failed.
     #[cfg(feature = "aptos")]
     #[error("chain backend: {0}")]
@@ -127,11 +131,12 @@ pub trait ChainBackend: Send + Sync + std::fmt::Debug + 'static {
     fn submit_settlement(&self, op: Op) -> BoxFuture<'_, Result<(), ChainError>> {
         self.submit(op)
     }
-    /// Applies a task's escrow (`create_client_task`) and resolves once it
-    /// is applied, perhaps before it is on disk: the caller hands the task
-    /// over meanwhile and waits for [`sync`](Self::sync) before it counts
-    /// on the escrow (before it says the task was handed over, or accepts
-    /// its result). By default, the same as [`submit`](Self::submit).
+    /// Applies a task's escrow (`create_client_task`) and resolves once the
+    /// contract accepted it (a refusal is its abort), perhaps before it is
+    /// committed and on disk: the caller hands the task over meanwhile and
+    /// waits for [`sync`](Self::sync) before it counts on the escrow
+    /// (before it says the task was handed over, or accepts its result).
+    /// By default, the same as [`submit`](Self::submit).
     fn submit_escrow(&self, op: Op) -> BoxFuture<'_, Result<(), ChainError>> {
         self.submit(op)
     }

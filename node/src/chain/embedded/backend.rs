@@ -12,6 +12,7 @@ use cactus_protocol::contract::{
 use cactus_protocol::messages::Transaction;
 use futures::future::{BoxFuture, FutureExt};
 use libp2p::PeerId;
+use std::sync::Arc;
 
 impl ChainBackend for Embedded {
     fn account(&self) -> Address {
@@ -39,12 +40,20 @@ impl ChainBackend for Embedded {
         self.0.blocking(move |c| c.apply_with(account, op, durable))
     }
 
-    /// An escrow is committed without a sync; [`sync`](Self::sync) makes it
-    /// durable (one sync covers every task escrowed since the last one).
+    /// Resolves as soon as the contract accepted the escrow; its synced
+    /// commit goes on meanwhile, and [`sync`](Self::sync) waits for it.
     fn submit_escrow(&self, op: Op) -> BoxFuture<'_, Result<(), ChainError>> {
-        let account = self.0.account;
-        self.0
-            .blocking(move |c| c.apply_with(account, op, Durable::Later))
+        let (account, chain) = (self.0.account, Arc::clone(&self.0));
+        let (valid, accepted) = tokio::sync::oneshot::channel();
+        let committed = tokio::task::spawn_blocking(move || chain.apply_escrow(account, op, valid));
+        async move {
+            if accepted.await.is_ok() {
+                return Ok(());
+            }
+            // Refused (or the blocking task died): why.
+            committed.await.map_err(ChainError::Join)?
+        }
+        .boxed()
     }
 
     fn sync(&self) -> BoxFuture<'_, Result<(), ChainError>> {

@@ -421,25 +421,33 @@ async fn a_settlement_committed_unsynced_is_seen_at_once_and_kept_on_close() {
     assert_eq!(c.task(TaskId(id)).await.unwrap(), Some(done));
 }
 
-/// An escrow is committed without a sync and made durable by `sync`, which
-/// has nothing to do when no unsynced commit waits.
+/// An escrow is told accepted before its commit and made durable by it:
+/// a read after it sees the task pending, `sync` returns once it is on
+/// disk, and one the deposit does not cover is refused with its abort.
 #[tokio::test]
-async fn an_escrow_is_durable_once_synced() {
+async fn an_escrow_is_accepted_then_durable_and_refused_with_its_abort() {
     let dir = tempfile::tempdir().unwrap();
     let (c, [_, orch, client]) = funded_chain(dir.path());
     let chain = Embedded(c);
-    let create = Op::CreateClientTask {
+    let create = |id: u8, max_payment| Op::CreateClientTask {
         client,
-        task_id: vec![5; 16],
+        task_id: vec![id; 16],
         orchestrator: orch,
         price_per_unit: 1,
-        max_payment: 100,
+        max_payment,
     };
-    chain.submit_escrow(create).await.unwrap();
-    assert!(chain.0.inner.lock().unwrap().unsynced);
+    // A settlement left unsynced before it is made durable with the
+    // escrow's commit.
+    chain.0.inner.lock().unwrap().unsynced = true;
+    chain.submit_escrow(create(5, 100)).await.unwrap();
     let pending = chain.task(TaskId([5; 16])).await.unwrap().unwrap();
     assert_eq!(pending.status, TaskStatus::Pending);
     chain.sync().await.unwrap();
     assert!(!chain.0.inner.lock().unwrap().unsynced);
+    assert_eq!(
+        chain.submit_escrow(create(6, 10_000_000)).await,
+        Err(ChainError::Abort(Abort::InsufficientDeposit))
+    );
+    assert_eq!(chain.task(TaskId([6; 16])).await.unwrap(), None);
     chain.sync().await.unwrap();
 }
