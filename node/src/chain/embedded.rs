@@ -351,19 +351,20 @@ impl EmbeddedChain {
         self.apply_then(signer, op, durable, None)
     }
 
-    /// A task's escrow, committed with a disk sync, with `valid` told as
+    /// A task's escrow, committed without a disk sync, with `valid` told as
     /// soon as the contract accepted it (before the commit): the router
     /// hands the task over meanwhile. Readers see the escrow once it is
     /// committed (they wait for the lock held until then), and
-    /// [`sync`](Self::sync) returns once it is durable, or fails if its
-    /// commit failed after `valid` was told. Blocking.
+    /// [`sync`](Self::sync) makes it durable (one sync covers every escrow
+    /// committed before it, so escrows under load share their syncs), or
+    /// fails if its commit failed after `valid` was told. Blocking.
     pub fn apply_escrow(
         &self,
         signer: Address,
         op: Op,
         valid: tokio::sync::oneshot::Sender<()>,
     ) -> Result<(), ChainError> {
-        self.apply_then(signer, op, Durable::Now, Some(valid))
+        self.apply_then(signer, op, Durable::Later, Some(valid))
     }
 
     fn apply_then(

@@ -40,8 +40,9 @@ impl ChainBackend for Embedded {
         self.0.blocking(move |c| c.apply_with(account, op, durable))
     }
 
-    /// Resolves as soon as the contract accepted the escrow; its synced
-    /// commit goes on meanwhile, and [`sync`](Self::sync) waits for it.
+    /// Resolves as soon as the contract accepted the escrow; its commit,
+    /// without a sync, goes on meanwhile, and [`sync`](Self::sync) makes it
+    /// durable (one sync covers every escrow committed before it).
     fn submit_escrow(&self, op: Op) -> BoxFuture<'_, Result<(), ChainError>> {
         let (account, chain) = (self.0.account, Arc::clone(&self.0));
         let (valid, accepted) = tokio::sync::oneshot::channel();

@@ -421,9 +421,9 @@ async fn a_settlement_committed_unsynced_is_seen_at_once_and_kept_on_close() {
     assert_eq!(c.task(TaskId(id)).await.unwrap(), Some(done));
 }
 
-/// An escrow is told accepted before its commit and made durable by it:
-/// a read after it sees the task pending, `sync` returns once it is on
-/// disk, and one the deposit does not cover is refused with its abort.
+/// An escrow is told accepted before its commit, committed without a
+/// sync and made durable by `sync`; a read after it sees the task pending,
+/// and one the deposit does not cover is refused with its abort.
 #[tokio::test]
 async fn an_escrow_is_accepted_then_durable_and_refused_with_its_abort() {
     let dir = tempfile::tempdir().unwrap();
@@ -436,11 +436,9 @@ async fn an_escrow_is_accepted_then_durable_and_refused_with_its_abort() {
         price_per_unit: 1,
         max_payment,
     };
-    // A settlement left unsynced before it is made durable with the
-    // escrow's commit.
-    chain.0.inner.lock().unwrap().unsynced = true;
     chain.submit_escrow(create(5, 100)).await.unwrap();
     let pending = chain.task(TaskId([5; 16])).await.unwrap().unwrap();
+    assert!(chain.0.inner.lock().unwrap().unsynced);
     assert_eq!(pending.status, TaskStatus::Pending);
     chain.sync().await.unwrap();
     assert!(!chain.0.inner.lock().unwrap().unsynced);
