@@ -384,6 +384,17 @@ impl Node {
         }
     }
 
+    /// Returns once a router has made the payments of every task it
+    /// answered before the call (a task is paid just after its answer goes
+    /// out); at once on other roles. What reads this router's own chain
+    /// ([`Self::chain`]) waits for this by itself; what reads the ledger of
+    /// another node this router settles on does not.
+    pub async fn payments_made(&self) {
+        if let Some(router) = &self.router {
+            router.settling.drained().await;
+        }
+    }
+
     /// The chain a router settles on (`None` on other roles).
     pub fn chain(&self) -> Option<&Arc<dyn ChainBackend>> {
         self.chain.as_ref()

@@ -122,7 +122,8 @@ struct Inner {
     /// Whether a commit since the last synced one was made without a sync.
     unsynced: bool,
     /// Why an escrow said valid before its commit ([`EmbeddedChain::apply_escrow`])
-    /// was then not committed: the next [`EmbeddedChain::sync`] fails with it.
+    /// was then not committed: every [`EmbeddedChain::sync`] from then on
+    /// fails with it.
     lost: Option<String>,
 }
 
@@ -356,8 +357,8 @@ impl EmbeddedChain {
     /// hands the task over meanwhile. Readers see the escrow once it is
     /// committed (they wait for the lock held until then), and
     /// [`sync`](Self::sync) makes it durable (one sync covers every escrow
-    /// committed before it, so escrows under load share their syncs), or
-    /// fails if its commit failed after `valid` was told. Blocking.
+    /// committed before it, so escrows under load share their syncs), or,
+    /// once a commit failed after `valid` was told, fails. Blocking.
     pub fn apply_escrow(
         &self,
         signer: Address,
@@ -466,8 +467,11 @@ impl EmbeddedChain {
     /// commit since the last synced one was made without a sync. Blocking.
     pub fn sync(&self) -> Result<(), ChainError> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(why) = inner.lost.take() {
-            return Err(ChainError::Uncommitted(why));
+        // Sticky: which task's sync would have to fail is not known, so
+        // every one does; a chain that failed a commit is not trusted
+        // until it is reopened.
+        if let Some(why) = &inner.lost {
+            return Err(ChainError::Uncommitted(why.clone()));
         }
         if inner.unsynced {
             let tx = inner.db.begin_write().map_err(db_err(&self.path))?;

@@ -1658,6 +1658,8 @@ async fn a_router_settles_on_the_ledger_it_follows() {
     .await
     .unwrap();
     assert_eq!(done.receipt.body.router, second.peer_id());
+    // The second router pays just after it answers, on the ledger's chain.
+    second.payments_made().await;
     let task = chain
         .task(done.receipt.body.task_id)
         .await
