@@ -285,7 +285,7 @@ impl RouterCtx {
                 .map_err(|e| TaskError::new(TaskErrorKind::Unavailable, format!("chain: {e}")))
         };
         let (mut deposit, mut cap) = read().await?;
-        if deposit == 0 {
+        if deposit == 0 && self.settling.owes(&payer.account) {
             // All of it may be held by tasks answered but not paid yet:
             // what their payments leave is what counts.
             self.settling.drained().await;
@@ -403,7 +403,8 @@ impl RouterCtx {
                     .accept(peer, assignment, *result, observed, &connection, deadline)
                     .await
                 {
-                    Ok(mut result) => {
+                    Ok((mut result, settlement)) => {
+                        self.pay_after_answer(payer, settlement).await;
                         // What the stream held back (the end of the text) or
                         // never carried (a delegate's tokens) goes out now.
                         sent.finish(&result, &this).await;
@@ -477,7 +478,9 @@ impl RouterCtx {
             )));
         }
         let mut escrowed = self.chain.submit_escrow(create.clone()).await;
-        if escrowed == Err(ChainError::Abort(Abort::InsufficientDeposit)) {
+        if escrowed == Err(ChainError::Abort(Abort::InsufficientDeposit))
+            && self.settling.owes(&payer)
+        {
             // Tasks answered but not paid yet may hold what this one needs:
             // try again once their payments are made.
             self.settling.drained().await;

@@ -7,11 +7,12 @@ use super::RouterCtx;
 use super::spot_check::Check;
 use crate::chain::ChainBackend;
 use crate::receipt_log::ReceiptLog;
-use cactus_protocol::contract::Op;
+use cactus_protocol::contract::{Address, Op};
 use cactus_protocol::verify::check_result;
 use cactus_protocol::{Assignment, TaskError, TaskErrorKind, TaskId, TaskResult};
 use libp2p::PeerId;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -71,7 +72,7 @@ impl RouterCtx {
         observed: Duration,
         connection: &str,
         deadline: tokio::time::Instant,
-    ) -> Result<TaskResult, TaskError> {
+    ) -> Result<(TaskResult, Settlement), TaskError> {
         let router = self.network.local_peer_id();
         if let Err(e) = check_result(assignment, &router, &peer, &result) {
             tracing::warn!(orchestrator = %peer, error = %e, "result failed verification");
@@ -181,53 +182,104 @@ impl RouterCtx {
             compute_ms: body.compute_ms,
             connection: connection.to_owned(),
         };
-        // The work is done and the receipt durable: the client gets its
-        // answer now and the payment follows it (a router killed in
-        // between pays it from the receipt when it starts again, see
-        // `reconcile`).
-        let place = self.settling.place().await;
+        Ok((result, settle))
+    }
+
+    /// Pays an accepted task from `payer`'s deposit in a task of its own:
+    /// the work is done and the receipt durable, so the client gets its
+    /// answer now and the payment follows it (a router killed in between
+    /// pays it from the receipt when it starts again, see `reconcile`).
+    pub(super) async fn pay_after_answer(&self, payer: Address, settle: Settlement) {
+        let place = self.settling.place(payer).await;
         tokio::spawn(async move {
             settle.run().await;
             drop(place);
         });
-        Ok(result)
     }
 }
 
 /// Settlements of answered tasks still under way: at most
 /// [`MAX_SETTLING`] at once (a result that would be one more waits for a
-/// place before its answer goes out).
+/// place before its answer goes out), counted per paying account.
 #[derive(Debug)]
-pub struct Settling(Arc<Semaphore>);
+pub struct Settling {
+    places: Arc<Semaphore>,
+    /// Settlements under way per paying account (at most [`MAX_SETTLING`]
+    /// entries: one place each).
+    payers: Arc<Mutex<HashMap<Address, u32>>>,
+}
 
 /// Settlements under way at once, at most.
 pub const MAX_SETTLING: u32 = 1024;
 
 impl Default for Settling {
     fn default() -> Self {
-        Self(Arc::new(Semaphore::new(MAX_SETTLING as usize)))
+        Self {
+            places: Arc::new(Semaphore::new(MAX_SETTLING as usize)),
+            payers: Arc::default(),
+        }
+    }
+}
+
+/// One settlement's place, and its count against its payer, until dropped.
+pub(super) struct Place {
+    _permit: OwnedSemaphorePermit,
+    payer: Address,
+    payers: Arc<Mutex<HashMap<Address, u32>>>,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut payers = self.payers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = payers.get_mut(&self.payer) {
+            *n -= 1;
+            if *n == 0 {
+                payers.remove(&self.payer);
+            }
+        }
     }
 }
 
 impl Settling {
-    /// A place for one settlement, held until it ends.
-    async fn place(&self) -> Option<OwnedSemaphorePermit> {
-        Arc::clone(&self.0).acquire_owned().await.ok()
+    /// A place for one settlement paid by `payer`, held until it ends.
+    async fn place(&self, payer: Address) -> Option<Place> {
+        let permit = Arc::clone(&self.places).acquire_owned().await.ok()?;
+        *self
+            .payers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(payer)
+            .or_default() += 1;
+        Some(Place {
+            _permit: permit,
+            payer,
+            payers: Arc::clone(&self.payers),
+        })
+    }
+
+    /// Whether a settlement paid by `payer` is under way: only then can
+    /// its deposit be held by a task already answered.
+    pub fn owes(&self, payer: &Address) -> bool {
+        self.payers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(payer)
     }
 
     /// Returns once every settlement started before the call has ended:
-    /// what reads balances or payments (a client's query, a refused escrow
-    /// about to be retried, a metrics scrape, shutdown) waits for this so
-    /// that it sees every task answered before it as paid.
+    /// what reads balances or payments (a client's query, a metrics
+    /// scrape, shutdown; a refused escrow about to be retried, when its
+    /// payer [`owes`](Self::owes)) waits for this so that it sees every
+    /// task answered before it as paid.
     pub async fn drained(&self) {
         // The semaphore is fair: settlements started after this call wait
         // behind it, so this cannot be starved.
-        let _all = self.0.acquire_many(MAX_SETTLING).await;
+        let _all = self.places.acquire_many(MAX_SETTLING).await;
     }
 }
 
 /// The payment of one answered task, run after its answer went out.
-struct Settlement {
+pub(super) struct Settlement {
     chain: Arc<dyn ChainBackend>,
     receipts: Arc<ReceiptLog>,
     metrics: Arc<crate::metrics::Metrics>,
@@ -293,15 +345,25 @@ mod tests {
     #[tokio::test]
     async fn reads_wait_for_the_payments_under_way_and_no_longer() {
         let settling = Settling::default();
-        let place = settling.place().await.unwrap();
+        let (payer, other) = (Address([1; 32]), Address([2; 32]));
+        let place = settling.place(payer).await.unwrap();
+        let again = settling.place(payer).await.unwrap();
+        assert!(settling.owes(&payer) && !settling.owes(&other));
         let mut drained = std::pin::pin!(settling.drained());
         assert!(futures::poll!(drained.as_mut()).is_pending());
         // A payment started after the read waits behind it.
-        let mut later = std::pin::pin!(settling.place());
+        let mut later = std::pin::pin!(settling.place(other));
         assert!(futures::poll!(later.as_mut()).is_pending());
         drop(place);
+        assert!(settling.owes(&payer));
+        assert!(futures::poll!(drained.as_mut()).is_pending());
+        drop(again);
+        assert!(!settling.owes(&payer));
         drained.await;
-        drop(later.await);
+        let later = later.await.unwrap();
+        assert!(settling.owes(&other));
+        drop(later);
+        assert!(!settling.owes(&other));
         assert!(settling.drained().now_or_never().is_some());
     }
 
