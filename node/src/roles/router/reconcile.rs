@@ -146,6 +146,18 @@ pub(super) async fn forget(receipts: &Arc<ReceiptLog>, id: TaskId) {
     }
 }
 
+/// Drops task `id`, settled (or never escrowed), from the escrow journal
+/// of a router whose chain cannot list pending tasks; nothing otherwise.
+pub(super) async fn journal_settled(
+    chain: &dyn ChainBackend,
+    receipts: &Arc<ReceiptLog>,
+    id: TaskId,
+) {
+    if !chain.lists_pending() {
+        forget(receipts, id).await;
+    }
+}
+
 impl super::RouterCtx {
     /// Notes task `id` in the escrow journal before it is escrowed, on a
     /// chain that cannot list pending tasks; durable when this returns.
@@ -164,9 +176,7 @@ impl super::RouterCtx {
     /// Drops task `id` from the escrow journal once it is settled (or was
     /// never escrowed).
     pub(super) async fn journal_settled(&self, id: TaskId) {
-        if !self.chain.lists_pending() {
-            forget(&self.receipts, id).await;
-        }
+        journal_settled(self.chain.as_ref(), &self.receipts, id).await;
     }
 }
 

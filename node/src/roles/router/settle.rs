@@ -311,9 +311,8 @@ impl Settlement {
             }
         }
         if settled {
-            if !self.chain.lists_pending() {
-                super::reconcile::forget(&self.receipts, self.task_id).await;
-            }
+            super::reconcile::journal_settled(self.chain.as_ref(), &self.receipts, self.task_id)
+                .await;
             // What the contract paid (it may be less than the escrow): read
             // back, since the chain applies the orchestrator's reputation.
             let paid = match self.chain.task(self.task_id).await {
