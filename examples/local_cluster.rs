@@ -140,6 +140,7 @@ async fn main() -> Result<()> {
             ..SamplingParams::default()
         },
         max_price_per_unit: None,
+        request_id: None,
     };
     println!("\nprompt: {prompt}");
     print!("answer: ");

@@ -37,6 +37,7 @@ fn spec() -> TaskSpec {
             ..SamplingParams::default()
         },
         max_price_per_unit: Some(10),
+        request_id: None,
     }
 }
 

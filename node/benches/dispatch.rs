@@ -362,6 +362,7 @@ impl Mesh {
                     ..SamplingParams::default()
                 },
                 max_price_per_unit: None,
+                request_id: None,
             };
             let t = Instant::now();
             let result = client::submit_to(

@@ -107,6 +107,7 @@ fn spec(prompt: &str, max_tokens: u32) -> TaskSpec {
             ..SamplingParams::default()
         },
         max_price_per_unit: None,
+        request_id: None,
     }
 }
 

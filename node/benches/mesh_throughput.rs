@@ -150,6 +150,7 @@ fn main() {
         format: PromptFormat::Raw,
         sampling: sampling.clone(),
         max_price_per_unit: None,
+        request_id: None,
     };
 
     // Warm-up: one of each, not counted.

@@ -83,6 +83,7 @@ async fn chat(client: &Node, router: PeerId, n: usize) -> Vec<f64> {
                 ..SamplingParams::default()
             },
             max_price_per_unit: None,
+            request_id: None,
         };
         let started = Instant::now();
         let mut first = None;

@@ -470,6 +470,7 @@ async fn infer(args: InferArgs) -> Result<()> {
             grammar,
         },
         max_price_per_unit: args.max_price,
+        request_id: None,
     };
     spec.validate().context("invalid request")?;
     let key = cactus_node::identity::load_or_create(&args.data.resolve())?;

@@ -141,6 +141,9 @@ impl Node {
                     })
                     .await??
                 };
+                // A router that logged receipts before has orchestrators to
+                // wait for as they rejoin.
+                let restarted = receipts.len()? > 0;
                 let receipts = Arc::new(receipts);
                 receipts_handle = Some(Arc::clone(&receipts));
                 let chain: Arc<dyn ChainBackend> = match &config.chain {
@@ -221,7 +224,9 @@ impl Node {
                     ),
                     metrics: Arc::clone(&metrics),
                     settling,
+                    requests: Arc::default(),
                     started_at: std::time::Instant::now(),
+                    restarted,
                 });
                 router_handle = Some(Arc::clone(&ctx));
                 Arc::new(RouterRole::new(ctx, size_tx))

@@ -20,8 +20,10 @@ pub const RECEIPT_LOG_FILE: &str = "receipts.redb";
 /// dir that still has it is moved to the new name when the log opens.
 const OLD_RECEIPT_LOG_FILE: &str = "ledger.redb";
 
+mod answers;
 mod journal;
 mod reputation;
+pub use answers::{KeptAnswer, MAX_ANSWERS};
 pub use journal::MAX_JOURNALED;
 
 /// Receipt frames by task id.
@@ -149,6 +151,9 @@ impl ReceiptLog {
             tx.open_table(BANS).map_err(|e| log.db_err(e))?;
             tx.open_table(journal::ESCROWED)
                 .map_err(|e| log.db_err(e))?;
+            tx.open_table(answers::ANSWERS).map_err(|e| log.db_err(e))?;
+            tx.open_table(answers::ANSWER_ORDER)
+                .map_err(|e| log.db_err(e))?;
         }
         tx.commit().map_err(|e| log.db_err(e))?;
         Ok(log)
@@ -194,11 +199,26 @@ impl ReceiptLog {
         receipt: &Receipt,
         reputation: Option<(&libp2p::PeerId, &Reputation)>,
     ) -> Result<(), ReceiptLogError> {
+        self.append_kept(receipt, reputation, None)
+    }
+
+    /// Appends a receipt and, in the same durable commit, the router's
+    /// updated record of the orchestrator that answered for it and the
+    /// answer to keep for a client that asks again (see [`KeptAnswer`]).
+    pub fn append_kept(
+        &self,
+        receipt: &Receipt,
+        reputation: Option<(&libp2p::PeerId, &Reputation)>,
+        answer: Option<&KeptAnswer<'_>>,
+    ) -> Result<(), ReceiptLogError> {
         let id = receipt.body.task_id;
         let bytes = receipt.encode().map_err(|e| self.encode_err(e))?;
         let tx = self.db.begin_write().map_err(|e| self.db_err(e))?;
         if let Some((peer, rep)) = reputation {
             self.put_reputation(&tx, peer, rep)?;
+        }
+        if let Some(answer) = answer {
+            self.put_answer(&tx, answer)?;
         }
         {
             let mut receipts = tx.open_table(RECEIPTS).map_err(|e| self.db_err(e))?;

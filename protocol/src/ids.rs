@@ -91,6 +91,33 @@ impl fmt::Display for TaskId {
     }
 }
 
+/// A client's name for one request, chosen at random by the client and
+/// sent again with the same request when the first try's answer was lost
+/// (a connection cut, a router restart): the router answers a request it
+/// has answered before with the same answer, and charges once.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RequestId(#[serde(with = "serde_bytes")] pub [u8; 16]);
+
+impl RequestId {
+    /// The id as lowercase hex.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RequestId({})", self.to_hex())
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
 #[cfg(test)]
 mod module_graph;
 

@@ -45,7 +45,7 @@ pub mod wire;
 mod proptests;
 
 pub use delegation::{Delegation, DelegationBody, DelegationError};
-pub use ids::{Digest, ModelHash, TaskId};
+pub use ids::{Digest, ModelHash, RequestId, TaskId};
 pub use libp2p_identity::{Keypair, PeerId};
 pub use market::{Bid, BidBody, MarketError, TaskAdvert, TaskAdvertBody};
 pub use messages::{

@@ -10,7 +10,7 @@
 //! Limits are constants next to the types; [`validate`](TaskSpec::validate)
 //! methods check them on receipt, before any work is done.
 
-use crate::ids::{ModelHash, TaskId};
+use crate::ids::{ModelHash, RequestId, TaskId};
 use crate::params::check_len;
 pub use crate::params::*;
 use crate::receipt::Receipt;
@@ -39,6 +39,12 @@ pub struct TaskSpec {
     /// is picked. `None`: the cap the client set on the ledger, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_price_per_unit: Option<u64>,
+    /// The client's name for this request: sent again after a lost answer,
+    /// the router gives back the answer it gave, once paid, instead of
+    /// running (and charging for) the task again. `None`: every submission
+    /// is a new task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<RequestId>,
 }
 
 impl TaskSpec {

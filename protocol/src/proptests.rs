@@ -91,6 +91,7 @@ fn arb_spec() -> impl Strategy<Value = TaskSpec> {
             format,
             sampling,
             max_price_per_unit: None,
+            request_id: None,
         })
 }
 
@@ -528,6 +529,7 @@ fn oversized_messages_are_refused_when_encoding() {
         format: PromptFormat::Raw,
         sampling: SamplingParams::default(),
         max_price_per_unit: None,
+        request_id: None,
     };
     assert!(matches!(
         TaskRequest::Submit(spec.clone()).encode(),
@@ -547,6 +549,7 @@ fn one_type_is_not_decoded_as_another() {
         format: PromptFormat::Chat,
         sampling: SamplingParams::default(),
         max_price_per_unit: None,
+        request_id: None,
     });
     let bytes = req.encode().unwrap();
     assert!(matches!(

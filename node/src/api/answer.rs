@@ -68,6 +68,9 @@ fn run_choices(
         let mut spec = prepared.spec.clone();
         // Choices differ by seed.
         spec.sampling.seed = spec.sampling.seed.wrapping_add(index as u64);
+        spec.request_id = spec
+            .request_id
+            .map(|first| super::choice_request_id(first, index as u32));
         let router = Arc::clone(&api.router);
         let tx = tx.clone();
         let permit = Arc::clone(permit);

@@ -200,7 +200,58 @@ fn request(
     let payer = payer(api, headers)?;
     let b = body(b)?;
     let sampling = openai::parse::<Sampling>(&b)?;
-    Ok((payer, prepare(&b, &sampling)?))
+    let mut prepared = prepare(&b, &sampling)?;
+    // A request sent again under the same key gets the answer the first
+    // got, paid once (kept answers carry no log-probabilities: with them,
+    // the key is not used).
+    if let Some(key) = headers.get(IDEMPOTENCY_KEY) {
+        let key = key.as_bytes();
+        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
+            return Err(ApiError::invalid(
+                IDEMPOTENCY_KEY,
+                format!("an Idempotency-Key is 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes"),
+            ));
+        }
+        if prepared.logprobs.is_none() {
+            let id = request_id_of(key, 0);
+            prepared.spec.request_id = Some(id);
+            // Without a seed of its own the request draws one; sent again,
+            // it must be the same request, so the key draws it.
+            if sampling.seed.is_none() {
+                let mut seed = [0u8; 8];
+                seed.copy_from_slice(&id.0[..8]);
+                prepared.spec.sampling.seed = u64::from_le_bytes(seed);
+            }
+        }
+    }
+    Ok((payer, prepared))
+}
+
+/// The header that names a request (as Stripe's and others' APIs do).
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Longest Idempotency-Key.
+const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
+
+/// The mesh's name for choice `index` of the request named `key`.
+fn request_id_of(key: &[u8], index: u32) -> cactus_protocol::RequestId {
+    let mut bytes = key.to_vec();
+    bytes.extend_from_slice(&index.to_le_bytes());
+    let digest = cactus_protocol::Digest::of(&bytes);
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest.0[..16]);
+    cactus_protocol::RequestId(id)
+}
+
+/// The name of choice `index` of a request named `first` (its choice 0).
+pub(crate) fn choice_request_id(
+    first: cactus_protocol::RequestId,
+    index: u32,
+) -> cactus_protocol::RequestId {
+    if index == 0 {
+        first
+    } else {
+        request_id_of(&first.0, index)
+    }
 }
 
 async fn completions(

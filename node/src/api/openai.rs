@@ -29,7 +29,7 @@ pub struct Sampling {
     top_p: Option<f32>,
     top_k: Option<u32>,
     min_p: Option<f32>,
-    seed: Option<u64>,
+    pub(super) seed: Option<u64>,
     stop: Option<OneOrMany>,
     presence_penalty: Option<f32>,
     frequency_penalty: Option<f32>,
@@ -262,6 +262,7 @@ impl Sampling {
             format,
             sampling,
             max_price_per_unit: self.max_price_per_unit,
+            request_id: None,
         };
         spec.validate()?;
         Ok(Prepared {

@@ -210,6 +210,7 @@ mod tests {
             format: PromptFormat::Chat,
             sampling: SamplingParams::default(),
             max_price_per_unit: None,
+            request_id: None,
         });
         let mut out = Cursor::new(Vec::new());
         TaskCodec

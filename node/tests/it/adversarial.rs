@@ -307,6 +307,7 @@ async fn gossip_spam_from_many_keys_sinks_the_spammers_and_spares_honest_adverts
         format: PromptFormat::Raw,
         sampling: SamplingParams::default(),
         max_price_per_unit: None,
+        request_id: None,
     };
     let result = within(client::submit_to(client.network(), router.peer_id(), spec))
         .await
@@ -624,6 +625,7 @@ async fn unreadable_task_requests_cost_their_sender_score() {
             format: PromptFormat::Raw,
             sampling: SamplingParams::default(),
             max_price_per_unit: None,
+            request_id: None,
         })
     };
     let valid = hello().encode().unwrap();
@@ -716,6 +718,7 @@ async fn unreadable_token_stream_requests_cost_their_sender_score() {
         format: PromptFormat::Raw,
         sampling: SamplingParams::default(),
         max_price_per_unit: None,
+        request_id: None,
     })
     .encode()
     .unwrap();
@@ -763,6 +766,7 @@ async fn unreadable_token_stream_requests_cost_their_sender_score() {
             format: PromptFormat::Raw,
             sampling: SamplingParams::default(),
             max_price_per_unit: None,
+            request_id: None,
         }),
     ))
     .await

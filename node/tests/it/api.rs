@@ -141,11 +141,23 @@ pub(super) async fn http_as(
     path: &str,
     body: &[u8],
 ) -> (u16, String, String) {
+    http_with(addr, key, "", method, path, body).await
+}
+
+/// [`http_as`] with `extra` header lines (each ending in CRLF).
+async fn http_with(
+    addr: SocketAddr,
+    key: Option<&str>,
+    extra: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> (u16, String, String) {
     let exchange = async {
         let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
         let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
         );
         c.write_all(head.as_bytes()).await.unwrap();
@@ -353,6 +365,60 @@ async fn requests_are_charged_to_the_account_their_key_names() {
     assert_eq!(status, 402, "{text}");
     assert!(text.contains("most this client pays"), "{text}");
     assert_eq!(chain.totals().await.unwrap().1, 0, "nothing in escrow");
+}
+
+/// A client that lost its answer sends the request again under the same
+/// `Idempotency-Key`: the same answer, charged once. The same key with
+/// another body is a 400; another key is another task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_sent_again_under_its_idempotency_key_is_answered_and_charged_once() {
+    let s = setup(Arc::new(StubEngine::new("stub-a")), 4).await;
+    let (key, account) = client_key(&s.router, &s._dir.path().join("router"), 50_000).await;
+    let call = |idempotency: String, body: Value| {
+        let key = key.clone();
+        async move {
+            let (status, _, text) = http_with(
+                s.api,
+                Some(&key),
+                &format!("Idempotency-Key: {idempotency}\r\n"),
+                "POST",
+                "/v1/completions",
+                body.to_string().as_bytes(),
+            )
+            .await;
+            (
+                status,
+                serde_json::from_str::<Value>(&text).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let chain = s.router.chain().unwrap();
+    let deposit = || async {
+        s.router.payments_made().await;
+        chain.client(account, chain.account()).await.unwrap().0
+    };
+    let body = json!({"model": "stub-a", "prompt": "hello", "max_tokens": 4});
+    let (status, first) = call("order-1".into(), body.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    let charged = deposit().await;
+    assert!(charged < 50_000);
+    let (status, again) = call("order-1".into(), body.clone()).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(
+        again["cactus"], first["cactus"],
+        "the same task, receipt and all"
+    );
+    assert_eq!(again["choices"], first["choices"]);
+    assert_eq!(deposit().await, charged, "charged once");
+    let other = json!({"model": "stub-a", "prompt": "another", "max_tokens": 4});
+    let (status, e) = call("order-1".into(), other).await;
+    assert_eq!(status, 400, "{e}");
+    let (status, e) = call("x".repeat(256), body.clone()).await;
+    assert_eq!(status, 400, "{e}");
+    assert_eq!(e["error"]["param"], "idempotency-key", "{e}");
+    let (status, _) = call("order-2".into(), body).await;
+    assert_eq!(status, 200);
+    assert!(deposit().await < charged, "another key, another task");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

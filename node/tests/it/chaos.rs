@@ -531,6 +531,7 @@ fn stub_spec(seed: u64, i: usize) -> TaskSpec {
             ..Default::default()
         },
         max_price_per_unit: None,
+        request_id: None,
     }
 }
 
@@ -544,6 +545,7 @@ fn real_spec(i: usize) -> TaskSpec {
             ..Default::default()
         },
         max_price_per_unit: None,
+        request_id: None,
     }
 }
 
@@ -561,12 +563,14 @@ async fn one_task(
     }
     let expected = (spec.model.as_deref() == Some(STUB_MODEL))
         .then(|| spec.prompt.chars().rev().collect::<String>());
+    // As `cactus-node infer` does: the request is named, and an answer
+    // lost on the way (a cut, the router killed after its receipt) is
+    // asked for again.
     let submit = async {
-        if streamed {
-            client::submit_streaming(&network, router, spec, |_| {}).await
-        } else {
-            client::submit_to(&network, router, spec).await
-        }
+        let mut shown = |_: &cactus_protocol::TokenChunk| {};
+        let on_tokens: Option<&mut (dyn FnMut(&cactus_protocol::TokenChunk) + Send)> =
+            if streamed { Some(&mut shown) } else { None };
+        client::submit_named(&network, router, spec, on_tokens, client::ASK_AGAIN_FOR).await
     };
     match tokio::time::timeout(LOST_AFTER, submit).await {
         Err(_) => Outcome::Lost,

@@ -1047,6 +1047,7 @@ fn two_routers_racing_for_one_orchestrator_make_it_delegate_and_pay_along_the_ch
             ..Default::default()
         },
         max_price_per_unit: None,
+        request_id: None,
     };
     let mut delegated = None;
     // Each router picks A by a seeded draw that explores others now and

@@ -110,6 +110,7 @@ fn spec(model: Option<&str>, prompt: &str) -> TaskSpec {
         format: PromptFormat::Raw,
         sampling: SamplingParams::default(),
         max_price_per_unit: None,
+        request_id: None,
     }
 }
 
@@ -1007,6 +1008,98 @@ async fn a_router_restarted_mid_task_refunds_the_escrow_it_left_pending() {
     gated.open_gate();
     client.shutdown().await;
     orch.shutdown().await;
+    router.shutdown().await;
+}
+
+/// A client that lost its answer asks again under the request's name: it
+/// gets the same answer, whole or streamed, from the router that kept it
+/// with the receipt (after a restart too, before any orchestrator is
+/// back), and the task is paid once. The same name with another request is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_asked_again_gets_its_kept_answer_paid_once_even_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = Keypair::generate_ed25519();
+    let router = Node::start(config(Role::Router, dir.path(), vec![]), key.clone(), None)
+        .await
+        .unwrap();
+    let addr = first_addr(&router).await;
+    let engine = Arc::new(StubEngine::new("stub"));
+    let orch = start(
+        Role::Orchestrator,
+        dir.path(),
+        vec![addr.clone()],
+        Some(engine),
+    )
+    .await;
+    within(router.wait_for_orchestrators(1)).await.unwrap();
+    let client = start(Role::Client, dir.path(), vec![], None).await;
+    within(client.network().dial(addr)).await.unwrap();
+    fund(&client, &router).await;
+    let account = default_account(&orch.peer_id());
+    let mut named = spec(None, "asked twice");
+    named.request_id = Some(cactus_protocol::RequestId([9; 16]));
+    let first = within(client::submit_to(
+        client.network(),
+        router.peer_id(),
+        named.clone(),
+    ))
+    .await
+    .unwrap();
+    let again = within(client::submit_to(
+        client.network(),
+        router.peer_id(),
+        named.clone(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(again, first, "the kept answer, receipt and all");
+    let streamed = within(client::submit_streaming(
+        client.network(),
+        router.peer_id(),
+        named.clone(),
+        |_| {},
+    ))
+    .await
+    .unwrap();
+    assert_eq!(streamed, first);
+    let mut other = named.clone();
+    other.prompt = "another request under the same name".into();
+    let refused = within(client::submit_to(client.network(), router.peer_id(), other)).await;
+    assert!(
+        matches!(&refused, Err(ClientError::Task(e)) if e.kind == TaskErrorKind::InvalidRequest),
+        "{refused:?}"
+    );
+    router.payments_made().await;
+    let successes = |chain: Arc<dyn cactus_node::chain::ChainBackend>| async move {
+        chain
+            .orchestrator(account)
+            .await
+            .unwrap()
+            .unwrap()
+            .successes
+    };
+    assert_eq!(successes(router.chain().unwrap().clone()).await, 1);
+
+    // The router restarts: the orchestrator is not back yet, the answer is.
+    orch.shutdown().await;
+    router.shutdown().await;
+    let router = Node::start(config(Role::Router, dir.path(), vec![]), key, None)
+        .await
+        .unwrap();
+    let addr = first_addr(&router).await;
+    within(client.network().dial(addr)).await.unwrap();
+    let after = within(client::submit_to(client.network(), router.peer_id(), named))
+        .await
+        .unwrap();
+    assert_eq!(after, first);
+    router.payments_made().await;
+    assert_eq!(
+        successes(router.chain().unwrap().clone()).await,
+        1,
+        "paid once"
+    );
+    client.shutdown().await;
     router.shutdown().await;
 }
 

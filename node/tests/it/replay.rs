@@ -289,6 +289,7 @@ async fn a_mesh_catches_and_slashes_a_substituted_model() {
                 ..SamplingParams::default()
             },
             max_price_per_unit: None,
+            request_id: None,
         };
         let result = tokio::time::timeout(
             limit,

@@ -67,6 +67,7 @@ fn a_maximal_sampling_fits_every_message_that_carries_it() {
         format: PromptFormat::Raw,
         sampling: s,
         max_price_per_unit: None,
+        request_id: None,
     };
     spec.validate().unwrap();
     TaskRequest::Submit(spec).encode().unwrap();

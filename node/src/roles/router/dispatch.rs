@@ -4,21 +4,23 @@
 //! another, within the client's deadline.
 
 use super::RouterCtx;
+use super::again::Named;
 use super::stream::{Delivery, Sent, Streamed};
 use crate::chain::ChainError;
 use cactus_protocol::attempt::AttemptFailure;
 use cactus_protocol::contract::{Abort, Address, Op};
 use cactus_protocol::messages::cache_key;
 use cactus_protocol::{
-    Assignment, TaskError, TaskErrorKind, TaskId, TaskRequest, TaskResponse, TaskResult, TaskSpec,
+    Assignment, Digest, RequestId, TaskError, TaskErrorKind, TaskId, TaskRequest, TaskResponse,
+    TaskResult, TaskSpec,
 };
 use libp2p::PeerId;
 use std::collections::HashSet;
 use std::time::Duration;
 
-/// How long after a start, while no orchestrator at all has joined, a model
-/// nobody serves counts as one whose orchestrators have not rejoined yet
-/// (Unavailable, not NoSuchModel).
+/// How long after a start, while no orchestrator at all has joined (or at
+/// all after a restart), a model nobody serves counts as one whose
+/// orchestrators have not rejoined yet (Unavailable, not NoSuchModel).
 const WARM_UP: Duration = Duration::from_secs(30);
 /// Time kept back from an attempt for replaying its result.
 const REPLAY_RESERVE: Duration = Duration::from_secs(60);
@@ -35,6 +37,13 @@ pub struct Payer {
     /// the account that bound its PeerId, else the one its PeerId derives;
     /// for an HTTP request, the one its API key names.
     pub account: Address,
+}
+
+/// A named request's answer is kept with its receipt (see `again`).
+pub(super) struct Keep {
+    pub(super) request: RequestId,
+    /// What it asked.
+    pub(super) asked: Digest,
 }
 
 /// How one attempt ended.
@@ -71,7 +80,21 @@ impl RouterCtx {
         spec: TaskSpec,
         tokens: Option<Delivery>,
     ) -> TaskResponse {
-        match self.try_serve(payer, spec, tokens).await {
+        let served = match spec.request_id {
+            None => self.try_serve(payer, spec, tokens, None).await,
+            Some(request) => match self.named(&payer, request, &spec).await {
+                Ok(Named::Answered(result)) => {
+                    Self::deliver_again(&result, tokens).await;
+                    return TaskResponse::Done(*result);
+                }
+                Ok(Named::New(asked, _serving)) => {
+                    let keep = Keep { request, asked };
+                    self.try_serve(payer, spec, tokens, Some(keep)).await
+                }
+                Err(e) => Err(e),
+            },
+        };
+        match served {
             Ok(r) => TaskResponse::Done(r),
             Err(e) => {
                 self.metrics
@@ -87,13 +110,14 @@ impl RouterCtx {
         payer: Payer,
         spec: TaskSpec,
         delivery: Option<Delivery>,
+        keep: Option<Keep>,
     ) -> Result<TaskResult, TaskError> {
         spec.validate()
             .map_err(|e| TaskError::new(TaskErrorKind::InvalidRequest, e.to_string()))?;
         let what = spec.model.as_deref().unwrap_or("any model").to_owned();
         let unserved = || {
             let up = self.started_at.elapsed();
-            if up < WARM_UP && self.with_table(|t| t.is_empty()) {
+            if up < WARM_UP && (self.restarted || self.with_table(|t| t.is_empty())) {
                 // Its orchestrators redial a restarted router within
                 // seconds: ask the client to come back, not to give up.
                 return TaskError::new(
@@ -114,11 +138,7 @@ impl RouterCtx {
         let (model, advertised) = match self.with_table(|t| t.resolve_model(spec.model.as_deref()))
         {
             Some(m) => (m.sha256, true),
-            None => match spec
-                .model
-                .as_deref()
-                .and_then(|m| m.parse::<cactus_protocol::Digest>().ok())
-            {
+            None => match spec.model.as_deref().and_then(|m| m.parse::<Digest>().ok()) {
                 Some(hash) => (hash, false),
                 None => return Err(unserved()),
             },
@@ -249,7 +269,15 @@ impl RouterCtx {
             tried.insert(peer);
             tracing::info!(task_id = %assignment.task_id, orchestrator = %peer, attempt, by_bid = terms.is_some(), resumed = assignment.resume.as_ref().map(|r| r.tokens.len()), "dispatching task");
             match self
-                .attempt(payer.account, peer, terms, &assignment, deadline, &mut sent)
+                .attempt(
+                    payer.account,
+                    peer,
+                    terms,
+                    &assignment,
+                    deadline,
+                    &mut sent,
+                    keep.as_ref(),
+                )
                 .await
             {
                 Attempt::Done(result) => return Ok(*result),
@@ -314,6 +342,7 @@ impl RouterCtx {
     /// One hand-off to one orchestrator, escrowed from `payer`'s deposit and
     /// settled on the chain. The deadline of the attempt is the
     /// assignment's.
+    #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
         payer: Address,
@@ -322,6 +351,7 @@ impl RouterCtx {
         assignment: &Assignment,
         deadline: tokio::time::Instant,
         sent: &mut Sent,
+        keep: Option<&Keep>,
     ) -> Attempt {
         let timeout =
             Duration::from_millis(assignment.deadline_ms.saturating_sub(crate::time::now_ms()));
@@ -399,16 +429,24 @@ impl RouterCtx {
 
         let (error, failure) = match streamed {
             Ok(Ok(Streamed::Done(result, this))) => {
+                let kept = keep.map(|k| (payer, k));
                 match self
-                    .accept(peer, assignment, *result, observed, &connection, deadline)
+                    .accept(
+                        peer,
+                        assignment,
+                        *result,
+                        observed,
+                        &connection,
+                        deadline,
+                        kept,
+                    )
                     .await
                 {
-                    Ok((mut result, settlement)) => {
+                    Ok((result, settlement)) => {
                         self.pay_after_answer(payer, settlement).await;
                         // What the stream held back (the end of the text) or
                         // never carried (a delegate's tokens) goes out now.
                         sent.finish(&result, &this).await;
-                        result.resumed = assignment.resume.clone();
                         return Attempt::Done(Box::new(result));
                     }
                     Err(e) => (e, AttemptFailure::BadResult),

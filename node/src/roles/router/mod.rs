@@ -31,6 +31,7 @@
 
 mod admit;
 mod after_payments;
+mod again;
 mod dispatch;
 mod handler;
 mod market;
@@ -42,6 +43,7 @@ mod spot_check;
 mod stream;
 
 pub use after_payments::AfterPayments;
+pub use again::{MAX_NAMED_IN_FLIGHT, Requests};
 pub use dispatch::Payer;
 pub use handler::RouterRole;
 pub use market::Market;
@@ -96,6 +98,8 @@ pub struct RouterCtx {
     pub market: Market,
     /// Payments of answered tasks still under way.
     pub settling: Arc<Settling>,
+    /// Named requests being served now (see `again`).
+    pub requests: Arc<Requests>,
     /// The node's metrics: outcomes, payments and spot checks are counted
     /// where they are decided.
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -103,6 +107,11 @@ pub struct RouterCtx {
     /// orchestrator at all, a model nobody serves is one whose orchestrators
     /// have not rejoined, not an unknown one.
     pub started_at: std::time::Instant,
+    /// Whether this router had served before this start (its receipt log
+    /// holds receipts): for a while after such a start, a model no
+    /// orchestrator that rejoined serves may be one whose orchestrators
+    /// have not rejoined yet.
+    pub restarted: bool,
 }
 
 impl std::fmt::Debug for RouterCtx {

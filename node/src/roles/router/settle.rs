@@ -4,9 +4,10 @@
 //! retried on transient errors.
 
 use super::RouterCtx;
+use super::dispatch::Keep;
 use super::spot_check::Check;
 use crate::chain::ChainBackend;
-use crate::receipt_log::ReceiptLog;
+use crate::receipt_log::{KeptAnswer, ReceiptLog};
 use cactus_protocol::contract::{Address, Op};
 use cactus_protocol::verify::check_result;
 use cactus_protocol::{Assignment, TaskError, TaskErrorKind, TaskId, TaskResult};
@@ -63,7 +64,10 @@ impl RouterCtx {
         u64::try_from(most).unwrap_or(u64::MAX).max(1)
     }
 
-    /// Checks, countersigns, records and pays for a result.
+    /// Checks, countersigns and records a result, ready to go to the client
+    /// (with what it resumed from); what pays for it. A named request's
+    /// answer is kept with the receipt, under the account that pays.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn accept(
         &self,
         peer: PeerId,
@@ -72,6 +76,7 @@ impl RouterCtx {
         observed: Duration,
         connection: &str,
         deadline: tokio::time::Instant,
+        keep: Option<(Address, &Keep)>,
     ) -> Result<(TaskResult, Settlement), TaskError> {
         let router = self.network.local_peer_id();
         if let Err(e) = check_result(assignment, &router, &peer, &result) {
@@ -151,10 +156,20 @@ impl RouterCtx {
         let per_token = body.compute_ms.checked_div(u64::from(body.output_tokens));
         let now = crate::time::now_ms();
         let rep = self.with_table(|t| t.after_outcome(&peer, Ok(per_token), now));
+        result.resumed = assignment.resume.clone();
         let receipts = Arc::clone(&self.receipts);
         let receipt = result.receipt.clone();
+        let kept = keep.map(|(account, k)| (account, k.request, k.asked, result.clone()));
         tokio::task::spawn_blocking(move || {
-            receipts.append_with(&receipt, rep.as_ref().map(|r| (&peer, r)))
+            let kept = kept
+                .as_ref()
+                .map(|(account, request, asked, result)| KeptAnswer {
+                    account,
+                    request,
+                    asked,
+                    result,
+                });
+            receipts.append_kept(&receipt, rep.as_ref().map(|r| (&peer, r)), kept.as_ref())
         })
         .await
         .map_err(|e| TaskError::new(TaskErrorKind::Unavailable, e.to_string()))?

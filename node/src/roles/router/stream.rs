@@ -140,13 +140,30 @@ impl Sent {
         }
         let tokens = result.tokens.get(this.tokens.len()..).unwrap_or_default();
         let text = result.text.get(this.text.len()..).unwrap_or_default();
+        self.send_all(tokens, text).await;
+    }
+
+    /// Sends a whole answer given before (a request asked again): what it
+    /// resumed from, then its own tokens and text.
+    pub(super) async fn replay(&mut self, result: &TaskResult) {
+        if let Some(r) = &result.resumed
+            && !self.send_all(&r.tokens, &r.shown).await
+        {
+            return;
+        }
+        self.finish(result, &This::default()).await;
+    }
+
+    /// Sends `tokens`, then `text`, in chunks within the stream's caps;
+    /// `false` when the client is gone.
+    async fn send_all(&mut self, tokens: &[u32], text: &str) -> bool {
         for group in tokens.chunks(MAX_CHUNK_TOKENS) {
             let chunk = TokenChunk {
                 tokens: group.to_vec(),
                 ..TokenChunk::default()
             };
             if !self.send(chunk).await {
-                return;
+                return false;
             }
         }
         let mut rest = text;
@@ -160,10 +177,11 @@ impl Sent {
                 ..TokenChunk::default()
             };
             if !self.send(chunk).await {
-                return;
+                return false;
             }
             rest = &rest[end..];
         }
+        true
     }
 }
 
