@@ -23,7 +23,7 @@ const OLD_RECEIPT_LOG_FILE: &str = "ledger.redb";
 mod answers;
 mod journal;
 mod reputation;
-pub use answers::{KeptAnswer, MAX_ANSWERS};
+pub use answers::{KeptAnswer, MAX_ANSWER_BYTES, MAX_ANSWERS};
 pub use journal::MAX_JOURNALED;
 
 /// Receipt frames by task id.
@@ -153,6 +153,8 @@ impl ReceiptLog {
                 .map_err(|e| log.db_err(e))?;
             tx.open_table(answers::ANSWERS).map_err(|e| log.db_err(e))?;
             tx.open_table(answers::ANSWER_ORDER)
+                .map_err(|e| log.db_err(e))?;
+            tx.open_table(answers::ANSWER_BYTES)
                 .map_err(|e| log.db_err(e))?;
         }
         tx.commit().map_err(|e| log.db_err(e))?;

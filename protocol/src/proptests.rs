@@ -84,14 +84,15 @@ fn arb_spec() -> impl Strategy<Value = TaskSpec> {
         "\\PC{1,200}",
         arb_format(),
         arb_sampling(),
+        proptest::option::of(any::<[u8; 16]>()),
     )
-        .prop_map(|(model, prompt, format, sampling)| TaskSpec {
+        .prop_map(|(model, prompt, format, sampling, request)| TaskSpec {
             model,
             prompt,
             format,
             sampling,
             max_price_per_unit: None,
-            request_id: None,
+            request_id: request.map(crate::RequestId),
         })
 }
 

@@ -3,7 +3,8 @@
 //! under the paying account and the request's id, so that the same request
 //! sent again after its answer was lost (a connection cut, a router killed
 //! between the receipt and the answer) gets that answer back instead of a
-//! second task and a second charge. The last [`MAX_ANSWERS`] are kept.
+//! second task and a second charge. The latest are kept, within
+//! [`MAX_ANSWERS`] and [`MAX_ANSWER_BYTES`].
 
 use super::{ReceiptLog, ReceiptLogError};
 use cactus_protocol::contract::Address;
@@ -18,10 +19,15 @@ pub(super) const ANSWERS: TableDefinition<&[u8; 48], &[u8]> = TableDefinition::n
 pub(super) const ANSWER_ORDER: TableDefinition<u64, &[u8; 48]> =
     TableDefinition::new("answer_order");
 
-/// Answers kept at most; past it the oldest goes. An answer is at most a
-/// task response frame (its output is capped by `MAX_OUTPUT_BYTES`), and
-/// each was paid for.
-pub const MAX_ANSWERS: u64 = 1024;
+/// The bytes the kept answers take, under key 0.
+pub(super) const ANSWER_BYTES: TableDefinition<u8, u64> = TableDefinition::new("answer_bytes");
+
+/// Answers kept at most; past it, or past [`MAX_ANSWER_BYTES`], the oldest
+/// go. At a hundred tasks a second that is still ten minutes of them.
+pub const MAX_ANSWERS: u64 = 65_536;
+/// Bytes of kept answers at most (an answer is at most a task response
+/// frame, its output capped by `MAX_OUTPUT_BYTES`, and each was paid for).
+pub const MAX_ANSWER_BYTES: u64 = 64 * 1024 * 1024;
 
 /// An answer to keep with its receipt.
 #[derive(Debug, Clone, Copy)]
@@ -52,9 +58,16 @@ impl ReceiptLog {
         answer: &KeptAnswer<'_>,
     ) -> Result<(), ReceiptLogError> {
         let key = key(answer.account, answer.request);
-        let frame = TaskResponse::Done(answer.result.clone())
-            .encode()
-            .map_err(|e| self.encode_err(e))?;
+        let frame = match TaskResponse::Done(answer.result.clone()).encode() {
+            Ok(frame) => frame,
+            Err(e) => {
+                // Over a frame (a long answer with what it resumed from):
+                // the receipt is what must be logged; the client can still
+                // ask again, as a new task.
+                tracing::warn!(request = %answer.request, error = %e, "answer not kept");
+                return Ok(());
+            }
+        };
         let mut answers = tx.open_table(ANSWERS).map_err(|e| self.db_err(e))?;
         if answers.get(&key).map_err(|e| self.db_err(e))?.is_some() {
             return Ok(());
@@ -65,18 +78,27 @@ impl ReceiptLog {
         answers
             .insert(&key, value.as_slice())
             .map_err(|e| self.db_err(e))?;
+        let mut bytes = tx.open_table(ANSWER_BYTES).map_err(|e| self.db_err(e))?;
+        let mut total = bytes
+            .get(0)
+            .map_err(|e| self.db_err(e))?
+            .map_or(0, |v| v.value())
+            + value.len() as u64;
         let mut order = tx.open_table(ANSWER_ORDER).map_err(|e| self.db_err(e))?;
         let next = order
             .last()
             .map_err(|e| self.db_err(e))?
             .map_or(0, |(k, _)| k.value() + 1);
         order.insert(next, &key).map_err(|e| self.db_err(e))?;
-        while order.len().map_err(|e| self.db_err(e))? > MAX_ANSWERS {
+        while total > MAX_ANSWER_BYTES || order.len().map_err(|e| self.db_err(e))? > MAX_ANSWERS {
             let Some((_, oldest)) = order.pop_first().map_err(|e| self.db_err(e))? else {
                 break;
             };
-            answers.remove(oldest.value()).map_err(|e| self.db_err(e))?;
+            if let Some(gone) = answers.remove(oldest.value()).map_err(|e| self.db_err(e))? {
+                total = total.saturating_sub(gone.value().len() as u64);
+            }
         }
+        bytes.insert(0, total).map_err(|e| self.db_err(e))?;
         Ok(())
     }
 
@@ -156,9 +178,12 @@ mod tests {
         assert_eq!((digest, kept), (asked, first));
         // Keyed by the paying account: another account's same id is not it.
         assert!(log.answer(&bob, &RequestId([7; 16])).unwrap().is_none());
-        // Past the cap the oldest answer goes, receipts stay.
-        for i in 0..MAX_ANSWERS {
+        // Past the byte cap the oldest answers go, receipts stay.
+        let big = "x".repeat(512 * 1024);
+        let fit = MAX_ANSWER_BYTES / (big.len() as u64 + 1024);
+        for i in 0..=fit {
             let mut r = result(2);
+            r.text.clone_from(&big);
             r.receipt.body.task_id = TaskId((u128::from(i) + 1000).to_le_bytes());
             let mut id = [0u8; 16];
             id[..8].copy_from_slice(&i.to_le_bytes());
@@ -171,7 +196,10 @@ mod tests {
             log.append_kept(&r.receipt, None, Some(&kept)).unwrap();
         }
         assert!(log.answer(&alice, &RequestId([7; 16])).unwrap().is_none());
-        assert!(log.answer(&bob, &RequestId([0; 16])).unwrap().is_some());
+        assert!(log.answer(&bob, &RequestId([0; 16])).unwrap().is_none());
+        let mut last = [0u8; 16];
+        last[..8].copy_from_slice(&fit.to_le_bytes());
+        assert!(log.answer(&bob, &RequestId(last)).unwrap().is_some());
         assert!(log.get(&TaskId([1; 16])).unwrap().is_some());
     }
 }
