@@ -72,24 +72,32 @@ pub type ModelHash = Digest;
 #[serde(transparent)]
 pub struct TaskId(#[serde(with = "serde_bytes")] pub [u8; 16]);
 
-impl TaskId {
-    /// The id as lowercase hex.
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
+/// `to_hex`, `Debug` as `Name(hex)` and `Display` as hex, for an id type
+/// wrapping bytes.
+macro_rules! hex_id {
+    ($name:ident) => {
+        impl $name {
+            /// The id as lowercase hex.
+            pub fn to_hex(&self) -> String {
+                hex::encode(self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.to_hex())
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.to_hex())
+            }
+        }
+    };
 }
 
-impl fmt::Debug for TaskId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "TaskId({})", self.to_hex())
-    }
-}
-
-impl fmt::Display for TaskId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
+hex_id!(TaskId);
 
 /// A client's name for one request, chosen at random by the client and
 /// sent again with the same request when the first try's answer was lost
@@ -99,24 +107,7 @@ impl fmt::Display for TaskId {
 #[serde(transparent)]
 pub struct RequestId(#[serde(with = "serde_bytes")] pub [u8; 16]);
 
-impl RequestId {
-    /// The id as lowercase hex.
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
-}
-
-impl fmt::Debug for RequestId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RequestId({})", self.to_hex())
-    }
-}
-
-impl fmt::Display for RequestId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
+hex_id!(RequestId);
 
 #[cfg(test)]
 mod module_graph;

@@ -15,8 +15,8 @@ use cactus_node::{Node, NodeConfig, Role};
 use cactus_protocol::contract::TaskStatus;
 use cactus_protocol::messages::{Query, QueryAnswer};
 use cactus_protocol::{PromptFormat, SamplingParams, StreamFrame, TaskErrorKind, TaskSpec};
-use libp2p::Multiaddr;
 use libp2p::identity::Keypair;
+use libp2p::{Multiaddr, PeerId};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -399,8 +399,7 @@ async fn an_orchestrator_that_stalls_mid_stream_is_resumed_on_another() {
     )
     .await;
     let chain = Arc::clone(c.router.chain().unwrap());
-    let balances = |chain: Arc<dyn cactus_node::chain::ChainBackend>,
-                    peers: Vec<libp2p::PeerId>| async move {
+    let balances = |chain: Arc<dyn cactus_node::chain::ChainBackend>, peers: Vec<PeerId>| async move {
         let mut out = Vec::new();
         for p in peers {
             out.push(chain.balance(default_account(&p)).await.unwrap());
@@ -1039,20 +1038,12 @@ async fn a_request_asked_again_gets_its_kept_answer_paid_once_even_after_a_resta
     let account = default_account(&orch.peer_id());
     let mut named = spec(None, "asked twice");
     named.request_id = Some(cactus_protocol::RequestId([9; 16]));
-    let first = within(client::submit_to(
-        client.network(),
-        router.peer_id(),
-        named.clone(),
-    ))
-    .await
-    .unwrap();
-    let again = within(client::submit_to(
-        client.network(),
-        router.peer_id(),
-        named.clone(),
-    ))
-    .await
-    .unwrap();
+    let ask = |router: PeerId| {
+        let (network, named) = (client.network().clone(), named.clone());
+        async move { within(client::submit_to(&network, router, named)).await }
+    };
+    let first = ask(router.peer_id()).await.unwrap();
+    let again = ask(router.peer_id()).await.unwrap();
     assert_eq!(again, first, "the kept answer, receipt and all");
     let streamed = within(client::submit_streaming(
         client.network(),
@@ -1089,9 +1080,7 @@ async fn a_request_asked_again_gets_its_kept_answer_paid_once_even_after_a_resta
         .unwrap();
     let addr = first_addr(&router).await;
     within(client.network().dial(addr)).await.unwrap();
-    let after = within(client::submit_to(client.network(), router.peer_id(), named))
-        .await
-        .unwrap();
+    let after = ask(router.peer_id()).await.unwrap();
     assert_eq!(after, first);
     router.payments_made().await;
     assert_eq!(
