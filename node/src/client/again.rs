@@ -7,7 +7,7 @@ use cactus_protocol::{RequestId, TaskErrorKind, TaskResult, TaskSpec, TokenChunk
 use libp2p::PeerId;
 use std::time::Duration;
 
-/// How long [`submit`] keeps asking again for an answer lost on the way (a
+/// How long [`submit`](super::submit) keeps asking again for an answer lost on the way (a
 /// restarted router is back within seconds).
 pub const ASK_AGAIN_FOR: Duration = Duration::from_secs(10);
 
