@@ -76,6 +76,16 @@ const DEPOSIT: u64 = 500_000;
 /// Funds `client` (connected to `router`, which keeps the ledger) from the
 /// dev faucet and deposits [`DEPOSIT`] at the router, which its tasks are
 /// escrowed from.
+/// A router with identity `key` and its data in `dir` (start it again the
+/// same way to restart it), and its address.
+async fn start_router(dir: &std::path::Path, key: Keypair) -> (Node, Multiaddr) {
+    let router = Node::start(config(Role::Router, dir, vec![]), key, None)
+        .await
+        .unwrap();
+    let addr = first_addr(&router).await;
+    (router, addr)
+}
+
 async fn fund(client: &Node, router: &Node) {
     let (ledger, server) = (router.peer_id(), router.peer_id());
     within(client::fund_from_faucet(
@@ -965,10 +975,7 @@ async fn a_router_restarted_mid_task_refunds_the_escrow_it_left_pending() {
     let gated = Arc::new(StubEngine::new("stub").gated());
     let dir = tempfile::tempdir().unwrap();
     let key = Keypair::generate_ed25519();
-    let router = Node::start(config(Role::Router, dir.path(), vec![]), key.clone(), None)
-        .await
-        .unwrap();
-    let addr = first_addr(&router).await;
+    let (router, addr) = start_router(dir.path(), key.clone()).await;
     let orch = start_with(
         config(Role::Orchestrator, dir.path(), vec![addr.clone()]),
         Some(gated.clone()),
@@ -1019,10 +1026,7 @@ async fn a_router_restarted_mid_task_refunds_the_escrow_it_left_pending() {
 async fn a_request_asked_again_gets_its_kept_answer_paid_once_even_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let key = Keypair::generate_ed25519();
-    let router = Node::start(config(Role::Router, dir.path(), vec![]), key.clone(), None)
-        .await
-        .unwrap();
-    let addr = first_addr(&router).await;
+    let (router, addr) = start_router(dir.path(), key.clone()).await;
     let engine = Arc::new(StubEngine::new("stub"));
     let orch = start(
         Role::Orchestrator,
@@ -1075,10 +1079,7 @@ async fn a_request_asked_again_gets_its_kept_answer_paid_once_even_after_a_resta
     // The router restarts: the orchestrator is not back yet, the answer is.
     orch.shutdown().await;
     router.shutdown().await;
-    let router = Node::start(config(Role::Router, dir.path(), vec![]), key, None)
-        .await
-        .unwrap();
-    let addr = first_addr(&router).await;
+    let (router, addr) = start_router(dir.path(), key).await;
     within(client.network().dial(addr)).await.unwrap();
     let after = ask(router.peer_id()).await.unwrap();
     assert_eq!(after, first);
