@@ -229,7 +229,7 @@ impl Node {
                     restarted,
                 });
                 router_handle = Some(Arc::clone(&ctx));
-                Arc::new(RouterRole::new(ctx, size_tx))
+                Arc::new(RouterRole::new(ctx, size_tx, shutdown.child_token()))
             }
             Role::Bootstrap | Role::Client => Arc::new(NoRole),
         };

@@ -14,7 +14,7 @@ use cactus_protocol::contract::{Address, Anchor, Config, Op, Orchestrator, Task,
 use cactus_protocol::messages::{
     LedgerAnswer, LedgerView, MAX_PENDING_LISTED, Query, QueryAnswer, Transaction,
 };
-use cactus_protocol::{TaskRequest, TaskResponse};
+use cactus_protocol::{TaskErrorKind, TaskRequest, TaskResponse};
 use futures::future::{BoxFuture, FutureExt};
 use libp2p::PeerId;
 use std::time::Duration;
@@ -29,6 +29,12 @@ pub const LEDGER_CALL_TIMEOUT: Duration = Duration::from_secs(20);
 /// that a burst (a hundred orchestrators to admit at start-up) never
 /// exceeds the streams the ledger accepts on one connection (64).
 pub const MAX_LEDGER_CALLS: usize = 32;
+
+/// First pause before asking a busy ledger again.
+pub const BUSY_FIRST_WAIT: Duration = Duration::from_millis(50);
+
+/// Longest pause between two askings of a busy ledger.
+pub const BUSY_MOST_WAIT: Duration = Duration::from_secs(2);
 
 /// The ledger of the node `ledger`, used as this node's chain.
 #[derive(Debug, Clone)]
@@ -83,6 +89,13 @@ impl RemoteLedger {
         Ok(me)
     }
 
+    /// Sends `request` to the ledger within [`LEDGER_CALL_TIMEOUT`]. A
+    /// ledger that answers `Busy` refused the request before running any
+    /// of it (its node was at its budget of tasks), so it is asked again,
+    /// after a pause that doubles from [`BUSY_FIRST_WAIT`] up to
+    /// [`BUSY_MOST_WAIT`], a random share of it added so that the nodes it
+    /// turned away do not all come back at once. This node's turn is held
+    /// meanwhile: its other calls wait here, not at the ledger.
     async fn call(&self, request: TaskRequest) -> Result<QueryAnswer, ChainError> {
         let unavailable =
             |why: String| ChainError::Remote(format!("the ledger {}: {why}", self.ledger));
@@ -91,13 +104,26 @@ impl RemoteLedger {
             .acquire()
             .await
             .map_err(|_| unavailable("closed".into()))?;
-        let sent = self.network.send_task(self.ledger, request);
-        match tokio::time::timeout(LEDGER_CALL_TIMEOUT, sent).await {
-            Ok(Ok(TaskResponse::Answer(a))) => Ok(a),
-            Ok(Ok(TaskResponse::Failed(e))) => Err(unavailable(e.message)),
-            Ok(Ok(_)) => Err(unavailable("an answer of the wrong kind".into())),
-            Ok(Err(e)) => Err(unavailable(e.to_string())),
-            Err(_) => Err(unavailable("no answer in time".into())),
+        let deadline = tokio::time::Instant::now() + LEDGER_CALL_TIMEOUT;
+        let mut wait = BUSY_FIRST_WAIT;
+        loop {
+            let sent = self.network.send_task(self.ledger, request.clone());
+            match tokio::time::timeout_at(deadline, sent).await {
+                Ok(Ok(TaskResponse::Answer(a))) => return Ok(a),
+                Ok(Ok(TaskResponse::Failed(e))) if e.kind == TaskErrorKind::Busy => {
+                    let pause = wait + wait.mul_f64(rand::random::<f64>() / 2.0);
+                    if tokio::time::Instant::now() + pause >= deadline {
+                        return Err(unavailable(e.message));
+                    }
+                    tracing::debug!(ledger = %self.ledger, ?pause, "the ledger is busy; asking again");
+                    tokio::time::sleep(pause).await;
+                    wait = (wait * 2).min(BUSY_MOST_WAIT);
+                }
+                Ok(Ok(TaskResponse::Failed(e))) => return Err(unavailable(e.message)),
+                Ok(Ok(_)) => return Err(unavailable("an answer of the wrong kind".into())),
+                Ok(Err(e)) => return Err(unavailable(e.to_string())),
+                Err(_) => return Err(unavailable("no answer in time".into())),
+            }
         }
     }
 

@@ -16,6 +16,9 @@ pub const MAX_ORCHESTRATORS: usize = 4096;
 /// Soonest the chain is asked again about an orchestrator whose advert
 /// changed its account or stake.
 pub const READMIT_MIN_GAP: Duration = Duration::from_secs(10);
+/// How long the chain's refusal of an orchestrator stands before one of its
+/// later adverts has the chain asked again: what it holds may have changed.
+pub const REJUDGE_REFUSED: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -168,9 +171,13 @@ impl OrchestratorTable {
             // could not answer (an overloaded or restarting ledger), so a
             // later advert asks again.
             let unjudged = e.eligible.is_none() && since >= READMIT_MIN_GAP;
+            // Refused (not registered, or staked below the minimum) a while
+            // ago: its operator may have registered it or staked more since,
+            // and restarted it with the same advert. Banned is for good.
+            let refused_then = e.eligible == Some(false) && !e.banned && since >= REJUDGE_REFUSED;
             e.advert = advert;
             e.seen = now;
-            if changed || unjudged {
+            if changed || unjudged || refused_then {
                 e.eligible = None;
                 e.admitted = None;
                 e.judged_at = now;
@@ -210,6 +217,16 @@ impl OrchestratorTable {
             },
         );
         Upsert::Joined
+    }
+
+    /// Has `peer`, whose check never started, checked on its next advert
+    /// rather than [`READMIT_MIN_GAP`] after this one.
+    pub fn ask_again(&mut self, peer: &PeerId) {
+        if let Some(e) = self.entries.get_mut(peer)
+            && let Some(then) = e.judged_at.checked_sub(READMIT_MIN_GAP)
+        {
+            e.judged_at = then;
+        }
     }
 
     /// Records the chain's verdict on an orchestrator; returns whether the

@@ -73,9 +73,6 @@ async fn first_addr(node: &Node) -> Multiaddr {
 /// What a test client deposits at its router, from the dev faucet.
 const DEPOSIT: u64 = 500_000;
 
-/// Funds `client` (connected to `router`, which keeps the ledger) from the
-/// dev faucet and deposits [`DEPOSIT`] at the router, which its tasks are
-/// escrowed from.
 /// A router with identity `key` and its data in `dir` (start it again the
 /// same way to restart it), and its address.
 async fn start_router(dir: &std::path::Path, key: Keypair) -> (Node, Multiaddr) {
@@ -86,6 +83,9 @@ async fn start_router(dir: &std::path::Path, key: Keypair) -> (Node, Multiaddr) 
     (router, addr)
 }
 
+/// Funds `client` (connected to `router`, which keeps the ledger) from the
+/// dev faucet and deposits [`DEPOSIT`] at the router, which its tasks are
+/// escrowed from.
 async fn fund(client: &Node, router: &Node) {
     let (ledger, server) = (router.peer_id(), router.peer_id());
     within(client::fund_from_faucet(
@@ -1829,4 +1829,52 @@ async fn two_unstaked_verifiers_cannot_get_an_honest_orchestrator_slashed() {
     assert_eq!(record.stake, NodeConfig::default().stake, "not slashed");
     assert_eq!(record.successes, 4);
     c.stop().await;
+}
+
+/// A ledger at its budget of tasks turns requests away as `Busy` before
+/// running any of them. The orchestrators registering on it and the router
+/// settling on it ask again until it has room: an orchestrator that gave up
+/// would advertise unregistered, and every router would refuse it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_ledger_is_asked_again_not_given_up_on() {
+    const ORCHESTRATORS: usize = 10;
+    let dir = tempfile::tempdir().unwrap();
+    // One request at a time.
+    let ledger = start_with(
+        NodeConfig {
+            max_tasks: 1,
+            ..config(Role::Router, &dir.path().join("ledger"), vec![])
+        },
+        None,
+    )
+    .await;
+    let addr = first_addr(&ledger).await;
+    let router = start_with(
+        NodeConfig {
+            chain: ChainChoice::Remote(ledger.peer_id()),
+            ..config(Role::Router, &dir.path().join("router"), vec![addr.clone()])
+        },
+        None,
+    )
+    .await;
+    // All at once: each registers (three requests to the ledger), and the
+    // router asks the ledger about each as its advert arrives.
+    let orchestrators = futures::future::join_all((0..ORCHESTRATORS).map(|i| {
+        let engine = Some(Arc::new(StubEngine::new("stub-a")));
+        let home = dir.path().join(format!("orchestrator-{i}"));
+        let bootstrap = vec![addr.clone()];
+        async move { start(Role::Orchestrator, &home, bootstrap, engine).await }
+    }))
+    .await;
+    within(ledger.wait_for_orchestrators(ORCHESTRATORS))
+        .await
+        .unwrap();
+    within(router.wait_for_orchestrators(ORCHESTRATORS))
+        .await
+        .unwrap();
+    for o in orchestrators {
+        o.shutdown().await;
+    }
+    router.shutdown().await;
+    ledger.shutdown().await;
 }

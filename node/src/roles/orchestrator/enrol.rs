@@ -39,8 +39,10 @@ pub async fn ask_ledger(
 
 /// Registers this node as an orchestrator on `ledger` with `stake`, unless
 /// it is registered there already; retries while the ledger is out of
-/// reach, until `shutdown`. Returns the account as it stands, or the
-/// ledger's refusal (no faucet and no funds, a stake below the minimum).
+/// reach or busy (a node at its budget of tasks refuses a request before
+/// running any of it), until `shutdown`. Returns the account as it stands,
+/// or the ledger's refusal (no faucet and no funds, a stake below the
+/// minimum).
 pub async fn enrol(
     network: &Network,
     ledger: PeerId,
@@ -49,9 +51,10 @@ pub async fn enrol(
 ) -> Result<AccountView, TaskError> {
     let me = network.local_peer_id();
     let mut tries = 0u32;
+    let mut busy_wait = crate::chain::remote::BUSY_FIRST_WAIT;
     loop {
         match enrol_once(network, ledger, me, stake).await {
-            Err(e) if e.kind == TaskErrorKind::Unavailable => {
+            Err(e) if matches!(e.kind, TaskErrorKind::Unavailable | TaskErrorKind::Busy) => {
                 // Said once at info level: adverts wait until this succeeds.
                 if tries == 0 {
                     tracing::info!(%ledger, error = %e.message, "ledger not reached yet; adverts wait for it");
@@ -59,9 +62,20 @@ pub async fn enrol(
                     tracing::debug!(%ledger, error = %e.message, "ledger not reached yet");
                 }
                 tries = tries.saturating_add(1);
+                // A busy ledger is there, at its budget of tasks: asked
+                // again soon, then less often. Up to half as long again, at
+                // random: orchestrators turned away together come back apart.
+                let wait = if e.kind == TaskErrorKind::Busy {
+                    let w = busy_wait;
+                    busy_wait = (busy_wait * 2).min(ENROL_RETRY);
+                    w
+                } else {
+                    ENROL_RETRY
+                };
+                let pause = wait + wait.mul_f64(rand::random::<f64>() / 2.0);
                 tokio::select! {
                     _ = shutdown.cancelled() => return Err(e),
-                    _ = tokio::time::sleep(ENROL_RETRY) => {}
+                    _ = tokio::time::sleep(pause) => {}
                 }
             }
             done => return done,
@@ -89,7 +103,7 @@ async fn enrol_once(
         ask_ledger(network, ledger, TaskRequest::Transact(Transaction::Faucet))
             .await
             .map_err(|e| match e.kind {
-                TaskErrorKind::Unavailable => e,
+                TaskErrorKind::Unavailable | TaskErrorKind::Busy => e,
                 _ => TaskError::new(
                     e.kind,
                     format!(

@@ -6,13 +6,54 @@
 use super::RouterCtx;
 use cactus_protocol::CapabilityAdvert;
 use std::sync::Arc;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Orchestrators waiting for the chain's verdict, at most; one whose advert
+/// finds the queue full is asked about on a later advert.
+pub const ADMISSION_QUEUE: usize = 1024;
+
+/// Orchestrators the chain is asked about at once.
+pub const ADMISSIONS_AT_ONCE: usize = 16;
+
+/// Admits the orchestrators `queue` brings, [`ADMISSIONS_AT_ONCE`] at a
+/// time, until `stop`. Admission has this lane of its own rather than a
+/// share of the dispatcher's task budget: under a burst of client tasks a
+/// new orchestrator is still judged at once, and a flood of adverts from
+/// strangers takes no room from client tasks.
+pub async fn run_admissions(
+    ctx: Arc<RouterCtx>,
+    mut queue: mpsc::Receiver<CapabilityAdvert>,
+    sizes: Arc<watch::Sender<(usize, usize)>>,
+    stop: CancellationToken,
+) {
+    let mut running = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                if let Err(e) = done && e.is_panic() {
+                    tracing::error!(error = %e, "an admission panicked");
+                }
+            }
+            advert = queue.recv(), if running.len() < ADMISSIONS_AT_ONCE => match advert {
+                Some(advert) => {
+                    let (ctx, sizes) = (Arc::clone(&ctx), Arc::clone(&sizes));
+                    running.spawn(async move { ctx.admit(advert, &sizes).await });
+                }
+                None => break,
+            },
+        }
+    }
+    running.shutdown().await;
+}
 
 impl RouterCtx {
     /// Admits (or refuses) the orchestrator of a first advert and publishes
     /// the table's new sizes.
     pub(super) async fn admit(
-        self: Arc<Self>,
+        &self,
         advert: CapabilityAdvert,
         sizes: &watch::Sender<(usize, usize)>,
     ) {

@@ -6,7 +6,8 @@ use cactus_protocol::{CapabilityAdvert, ROUTER_PROVIDER_KEY, TaskRequest};
 use libp2p::PeerId;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 /// The router role as the dispatcher sees it.
 #[derive(Debug)]
@@ -15,14 +16,30 @@ pub struct RouterRole {
     /// Publishes `(admitted, judged)` orchestrator counts for
     /// [`crate::Node::wait_for_orchestrators`]-style waits.
     sizes: Arc<watch::Sender<(usize, usize)>>,
+    /// First adverts, to the admission lane ([`super::admit::run_admissions`]).
+    admissions: mpsc::Sender<CapabilityAdvert>,
 }
 
 impl RouterRole {
-    /// A role serving `ctx`, publishing table sizes on `sizes`.
-    pub fn new(ctx: Arc<RouterCtx>, sizes: watch::Sender<(usize, usize)>) -> Self {
+    /// A role serving `ctx`, publishing table sizes on `sizes`; its
+    /// admission lane runs until `stop`.
+    pub fn new(
+        ctx: Arc<RouterCtx>,
+        sizes: watch::Sender<(usize, usize)>,
+        stop: CancellationToken,
+    ) -> Self {
+        let sizes = Arc::new(sizes);
+        let (admissions, queue) = mpsc::channel(super::admit::ADMISSION_QUEUE);
+        tokio::spawn(super::admit::run_admissions(
+            Arc::clone(&ctx),
+            queue,
+            Arc::clone(&sizes),
+            stop,
+        ));
         Self {
             ctx,
-            sizes: Arc::new(sizes),
+            sizes,
+            admissions,
         }
     }
 }
@@ -35,7 +52,7 @@ impl Handler for RouterRole {
             // On a token stream, the tokens go out as they come.
             TaskRequest::Submit(spec) => match reply {
                 Reply::Stream(stream) => {
-                    let (tx, rx) = tokio::sync::mpsc::channel(TOKEN_SINK_CHUNKS);
+                    let (tx, rx) = mpsc::channel(TOKEN_SINK_CHUNKS);
                     work.spawn(async move {
                         let live = Some(super::Delivery::Live(tx));
                         let payer = r.payer_of(peer).await;
@@ -73,17 +90,18 @@ impl Handler for RouterRole {
         }
     }
 
-    fn on_advert(&self, advert: CapabilityAdvert, work: &mut Work<'_>) {
+    fn on_advert(&self, advert: CapabilityAdvert, _work: &mut Work<'_>) {
         tracing::debug!(orchestrator = %advert.peer, queued = advert.queued, free_slots = advert.free_slots, "advert received");
+        let peer = advert.peer;
         let joined = self.ctx.with_table(|t| {
             t.upsert(advert.clone(), Instant::now()) == crate::roles::table::Upsert::Joined
         });
         // A new orchestrator is admitted by the chain (stake, identity)
-        // before it gets any task; that is I/O, so it runs in a task.
-        if joined {
-            let r = Arc::clone(&self.ctx);
-            let sizes = Arc::clone(&self.sizes);
-            work.spawn(async move { r.admit(advert, &sizes).await });
+        // before it gets any task; that is I/O, so it goes to the
+        // admission lane.
+        if joined && self.admissions.try_send(advert).is_err() {
+            tracing::debug!(orchestrator = %peer, "admission queue full; asked about on a later advert");
+            self.ctx.with_table(|t| t.ask_again(&peer));
         }
     }
 

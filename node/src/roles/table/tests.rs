@@ -204,6 +204,48 @@ fn an_orchestrator_the_chain_could_not_judge_is_asked_about_again() {
 }
 
 #[test]
+fn a_refusal_is_asked_about_again_after_a_while_an_admission_and_a_ban_are_not() {
+    let t0 = Instant::now();
+    let mut t = OrchestratorTable::new(Duration::from_secs(3600));
+    let (refused, admitted, banned) = (PeerId::random(), PeerId::random(), PeerId::random());
+    for p in [refused, admitted, banned] {
+        assert_eq!(t.upsert(advert(p, 1, 1, &["a"]), t0), Upsert::Joined);
+    }
+    t.set_eligible(&refused, false);
+    t.set_eligible(&admitted, true);
+    t.set_eligible(&banned, false);
+    t.ban(&banned);
+    let before = t0 + REJUDGE_REFUSED - Duration::from_secs(1);
+    let after = t0 + REJUDGE_REFUSED;
+    assert_eq!(
+        t.upsert(advert(refused, 2, 1, &["a"]), before),
+        Upsert::Updated
+    );
+    // Registered since, say: the chain is asked again, and meanwhile it
+    // gets no task.
+    assert_eq!(
+        t.upsert(advert(refused, 3, 1, &["a"]), after),
+        Upsert::Joined
+    );
+    assert_eq!(t.get(&refused).unwrap().eligible, None);
+    assert_eq!(
+        t.upsert(advert(admitted, 2, 1, &["a"]), after),
+        Upsert::Updated
+    );
+    assert_eq!(
+        t.upsert(advert(banned, 2, 1, &["a"]), after),
+        Upsert::Updated
+    );
+    // Asked again, it is not asked again at once.
+    t.set_eligible(&refused, false);
+    let soon = after + Duration::from_secs(1);
+    assert_eq!(
+        t.upsert(advert(refused, 4, 1, &["a"]), soon),
+        Upsert::Updated
+    );
+}
+
+#[test]
 fn strangers_never_push_an_admitted_orchestrator_out() {
     let t0 = Instant::now();
     let mut t = OrchestratorTable::new(Duration::from_secs(3600));
