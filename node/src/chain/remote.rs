@@ -36,6 +36,32 @@ pub const BUSY_FIRST_WAIT: Duration = Duration::from_millis(50);
 /// Longest pause between two askings of a busy ledger.
 pub const BUSY_MOST_WAIT: Duration = Duration::from_secs(2);
 
+/// Pauses between askings of a busy ledger: from [`BUSY_FIRST_WAIT`],
+/// doubling up to a ceiling, each with up to half as long again at random,
+/// so that the nodes it turned away together do not all come back at once.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    most: Duration,
+}
+
+impl Backoff {
+    /// Pauses that grow up to `most`.
+    pub fn up_to(most: Duration) -> Self {
+        Self {
+            next: BUSY_FIRST_WAIT.min(most),
+            most,
+        }
+    }
+
+    /// The next pause.
+    pub fn pause(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (wait * 2).min(self.most);
+        wait + wait.mul_f64(rand::random::<f64>() / 2.0)
+    }
+}
+
 /// The ledger of the node `ledger`, used as this node's chain.
 #[derive(Debug, Clone)]
 pub struct RemoteLedger {
@@ -91,11 +117,9 @@ impl RemoteLedger {
 
     /// Sends `request` to the ledger within [`LEDGER_CALL_TIMEOUT`]. A
     /// ledger that answers `Busy` refused the request before running any
-    /// of it (its node was at its budget of tasks), so it is asked again,
-    /// after a pause that doubles from [`BUSY_FIRST_WAIT`] up to
-    /// [`BUSY_MOST_WAIT`], a random share of it added so that the nodes it
-    /// turned away do not all come back at once. This node's turn is held
-    /// meanwhile: its other calls wait here, not at the ledger.
+    /// of it (its node was at its budget of tasks), so it is asked again
+    /// after a [`Backoff`] pause, up to [`BUSY_MOST_WAIT`]. This node's turn
+    /// is held meanwhile: its other calls wait here, not at the ledger.
     async fn call(&self, request: TaskRequest) -> Result<QueryAnswer, ChainError> {
         let unavailable =
             |why: String| ChainError::Remote(format!("the ledger {}: {why}", self.ledger));
@@ -105,19 +129,18 @@ impl RemoteLedger {
             .await
             .map_err(|_| unavailable("closed".into()))?;
         let deadline = tokio::time::Instant::now() + LEDGER_CALL_TIMEOUT;
-        let mut wait = BUSY_FIRST_WAIT;
+        let mut backoff = Backoff::up_to(BUSY_MOST_WAIT);
         loop {
             let sent = self.network.send_task(self.ledger, request.clone());
             match tokio::time::timeout_at(deadline, sent).await {
                 Ok(Ok(TaskResponse::Answer(a))) => return Ok(a),
                 Ok(Ok(TaskResponse::Failed(e))) if e.kind == TaskErrorKind::Busy => {
-                    let pause = wait + wait.mul_f64(rand::random::<f64>() / 2.0);
+                    let pause = backoff.pause();
                     if tokio::time::Instant::now() + pause >= deadline {
                         return Err(unavailable(e.message));
                     }
                     tracing::debug!(ledger = %self.ledger, ?pause, "the ledger is busy; asking again");
                     tokio::time::sleep(pause).await;
-                    wait = (wait * 2).min(BUSY_MOST_WAIT);
                 }
                 Ok(Ok(TaskResponse::Failed(e))) => return Err(unavailable(e.message)),
                 Ok(Ok(_)) => return Err(unavailable("an answer of the wrong kind".into())),
@@ -309,5 +332,29 @@ impl ChainBackend for RemoteLedger {
             Ok(record.admits(&peer, config.min_stake))
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_pauses_double_up_to_their_ceiling_with_at_most_half_again_at_random() {
+        let most = Duration::from_millis(400);
+        let mut backoff = Backoff::up_to(most);
+        let mut base = BUSY_FIRST_WAIT;
+        for _ in 0..8 {
+            let pause = backoff.pause();
+            assert!(
+                pause >= base && pause <= base.mul_f64(1.5),
+                "{pause:?} for {base:?}"
+            );
+            base = (base * 2).min(most);
+        }
+        assert_eq!(base, most);
+        // A ceiling below the first pause is the first pause.
+        let short = Duration::from_millis(10);
+        assert!(Backoff::up_to(short).pause() <= short.mul_f64(1.5));
     }
 }

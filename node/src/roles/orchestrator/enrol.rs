@@ -7,6 +7,7 @@
 //! tops its balance up from the faucet; elsewhere the balance must have
 //! been funded (`cactus-node account`).
 
+use crate::chain::remote::Backoff;
 use crate::network::Network;
 use cactus_protocol::messages::{AccountView, Query, QueryAnswer, Transaction};
 use cactus_protocol::{TaskError, TaskErrorKind, TaskRequest, TaskResponse};
@@ -51,7 +52,7 @@ pub async fn enrol(
 ) -> Result<AccountView, TaskError> {
     let me = network.local_peer_id();
     let mut tries = 0u32;
-    let mut busy_wait = crate::chain::remote::BUSY_FIRST_WAIT;
+    let mut busy = Backoff::up_to(ENROL_RETRY);
     loop {
         match enrol_once(network, ledger, me, stake).await {
             Err(e) if matches!(e.kind, TaskErrorKind::Unavailable | TaskErrorKind::Busy) => {
@@ -63,16 +64,12 @@ pub async fn enrol(
                 }
                 tries = tries.saturating_add(1);
                 // A busy ledger is there, at its budget of tasks: asked
-                // again soon, then less often. Up to half as long again, at
-                // random: orchestrators turned away together come back apart.
-                let wait = if e.kind == TaskErrorKind::Busy {
-                    let w = busy_wait;
-                    busy_wait = (busy_wait * 2).min(ENROL_RETRY);
-                    w
+                // again soon, then less often.
+                let pause = if e.kind == TaskErrorKind::Busy {
+                    busy.pause()
                 } else {
                     ENROL_RETRY
                 };
-                let pause = wait + wait.mul_f64(rand::random::<f64>() / 2.0);
                 tokio::select! {
                     _ = shutdown.cancelled() => return Err(e),
                     _ = tokio::time::sleep(pause) => {}

@@ -9,6 +9,7 @@
 //! peer with [`Query::Standing`] and believed for [`STANDING_TTL`]; a peer it
 //! refuses is refused without asking again for [`REFUSAL_TTL`].
 
+use crate::chain::remote::Backoff;
 use crate::network::Network;
 use cactus_protocol::messages::{Query, QueryAnswer, Standing};
 use cactus_protocol::{TaskError, TaskErrorKind, TaskRequest, TaskResponse};
@@ -26,6 +27,10 @@ pub const REFUSAL_TTL: Duration = Duration::from_secs(300);
 pub const MAX_STANDINGS: usize = 4096;
 /// How long the ledger has to answer.
 pub const LEDGER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a ledger that answers `Busy` is asked again about a peer: the
+/// request that needs the answer waits meanwhile.
+pub const BUSY_PATIENCE: Duration = Duration::from_secs(2);
 
 /// The peer of the first address that names one (`/p2p/<id>`): by default,
 /// the ledger a node follows.
@@ -148,13 +153,27 @@ impl Gate {
                 format!("the ledger {ledger} cannot say who {peer} is: {why}"),
             )
         };
-        let ask = network.send_task(ledger, TaskRequest::Query(Query::Standing(peer)));
-        let standing = match tokio::time::timeout(LEDGER_TIMEOUT, ask).await {
-            Ok(Ok(TaskResponse::Answer(QueryAnswer::Standing(s)))) => s,
-            Ok(Ok(TaskResponse::Failed(e))) => return Err(unavailable(e.message)),
-            Ok(Ok(_)) => return Err(unavailable("an answer of the wrong kind".into())),
-            Ok(Err(e)) => return Err(unavailable(e.to_string())),
-            Err(_) => return Err(unavailable("no answer in time".into())),
+        // A busy ledger refused before running anything: asked again for
+        // a while (a task waits on this answer).
+        let deadline = tokio::time::Instant::now() + LEDGER_TIMEOUT;
+        let patience = tokio::time::Instant::now() + BUSY_PATIENCE;
+        let mut backoff = Backoff::up_to(BUSY_PATIENCE / 4);
+        let standing = loop {
+            let ask = network.send_task(ledger, TaskRequest::Query(Query::Standing(peer)));
+            match tokio::time::timeout_at(deadline, ask).await {
+                Ok(Ok(TaskResponse::Answer(QueryAnswer::Standing(s)))) => break s,
+                Ok(Ok(TaskResponse::Failed(e))) if e.kind == TaskErrorKind::Busy => {
+                    let pause = backoff.pause();
+                    if tokio::time::Instant::now() + pause >= patience {
+                        return Err(unavailable(e.message));
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+                Ok(Ok(TaskResponse::Failed(e))) => return Err(unavailable(e.message)),
+                Ok(Ok(_)) => return Err(unavailable("an answer of the wrong kind".into())),
+                Ok(Err(e)) => return Err(unavailable(e.to_string())),
+                Err(_) => return Err(unavailable("no answer in time".into())),
+            }
         };
         self.remember(peer, standing);
         Ok(standing)
