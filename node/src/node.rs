@@ -39,6 +39,8 @@ pub struct Node {
     receipts: Option<Arc<ReceiptLog>>,
     chain: Option<Arc<dyn ChainBackend>>,
     anchor_task: Option<JoinHandle<()>>,
+    /// A router's admission lane (it holds the router's state).
+    admission_task: Option<JoinHandle<()>>,
     api: Option<(std::net::SocketAddr, JoinHandle<()>)>,
     router: Option<Arc<RouterCtx>>,
     metrics: Arc<Metrics>,
@@ -118,6 +120,7 @@ impl Node {
         let mut receipts_handle = None;
         let mut chain_handle: Option<Arc<dyn ChainBackend>> = None;
         let mut anchor_task = None;
+        let mut admission_task = None;
         let mut router_handle = None;
         let local_peer = key.public().to_peer_id();
         let role: Arc<dyn Handler> = match config.role {
@@ -229,7 +232,9 @@ impl Node {
                     restarted,
                 });
                 router_handle = Some(Arc::clone(&ctx));
-                Arc::new(RouterRole::new(ctx, size_tx, shutdown.child_token()))
+                let (role, lane) = RouterRole::start(ctx, size_tx, shutdown.child_token());
+                admission_task = Some(lane);
+                Arc::new(role)
             }
             Role::Bootstrap | Role::Client => Arc::new(NoRole),
         };
@@ -286,6 +291,7 @@ impl Node {
             receipts: receipts_handle,
             chain: chain_handle,
             anchor_task,
+            admission_task,
             router: router_handle,
         })
     }
@@ -442,6 +448,9 @@ impl Node {
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         let _ = self.role_task.await;
+        if let Some(t) = self.admission_task {
+            let _ = t.await;
+        }
         // Answered tasks are paid before the chain closes.
         if let Some(router) = &self.router {
             router.settling.drained().await;

@@ -7,6 +7,7 @@ use libp2p::PeerId;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// The router role as the dispatcher sees it.
@@ -21,26 +22,28 @@ pub struct RouterRole {
 }
 
 impl RouterRole {
-    /// A role serving `ctx`, publishing table sizes on `sizes`; its
-    /// admission lane runs until `stop`.
-    pub fn new(
+    /// A role serving `ctx`, publishing table sizes on `sizes`, and its
+    /// admission lane, which runs until `stop` (await it after the
+    /// dispatcher: it holds `ctx` until it ends).
+    pub fn start(
         ctx: Arc<RouterCtx>,
         sizes: watch::Sender<(usize, usize)>,
         stop: CancellationToken,
-    ) -> Self {
+    ) -> (Self, JoinHandle<()>) {
         let sizes = Arc::new(sizes);
         let (admissions, queue) = mpsc::channel(super::admit::ADMISSION_QUEUE);
-        tokio::spawn(super::admit::run_admissions(
+        let lane = tokio::spawn(super::admit::run_admissions(
             Arc::clone(&ctx),
             queue,
             Arc::clone(&sizes),
             stop,
         ));
-        Self {
+        let role = Self {
             ctx,
             sizes,
             admissions,
-        }
+        };
+        (role, lane)
     }
 }
 
