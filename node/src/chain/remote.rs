@@ -62,6 +62,40 @@ impl Backoff {
     }
 }
 
+/// Sends `request` to the ledger node `ledger` and waits up to `timeout`
+/// for its answer. A ledger that answers `Busy` refused the request before
+/// running any of it (its node was at its budget of tasks), so it is asked
+/// again after a [`Backoff`] pause, for up to `patience`; then its `Busy` is
+/// the answer. `Err` says why no answer came.
+pub async fn ask_ledger_patiently(
+    network: &Network,
+    ledger: PeerId,
+    request: &TaskRequest,
+    timeout: Duration,
+    patience: Duration,
+) -> Result<TaskResponse, String> {
+    let started = tokio::time::Instant::now();
+    let deadline = started + timeout;
+    let last_try = started + patience.min(timeout);
+    let mut backoff = Backoff::up_to((patience / 4).min(BUSY_MOST_WAIT));
+    loop {
+        let sent = network.send_task(ledger, request.clone());
+        match tokio::time::timeout_at(deadline, sent).await {
+            Ok(Ok(TaskResponse::Failed(e))) if e.kind == TaskErrorKind::Busy => {
+                let pause = backoff.pause();
+                if tokio::time::Instant::now() + pause >= last_try {
+                    return Ok(TaskResponse::Failed(e));
+                }
+                tracing::debug!(%ledger, ?pause, "the ledger is busy; asking again");
+                tokio::time::sleep(pause).await;
+            }
+            Ok(Ok(answer)) => return Ok(answer),
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err("no answer in time".into()),
+        }
+    }
+}
+
 /// The ledger of the node `ledger`, used as this node's chain.
 #[derive(Debug, Clone)]
 pub struct RemoteLedger {
@@ -115,10 +149,8 @@ impl RemoteLedger {
         Ok(me)
     }
 
-    /// Sends `request` to the ledger within [`LEDGER_CALL_TIMEOUT`]. A
-    /// ledger that answers `Busy` refused the request before running any
-    /// of it (its node was at its budget of tasks), so it is asked again
-    /// after a [`Backoff`] pause, up to [`BUSY_MOST_WAIT`]. This node's turn
+    /// Sends `request` to the ledger within [`LEDGER_CALL_TIMEOUT`], asked
+    /// again while it is busy ([`ask_ledger_patiently`]). This node's turn
     /// is held meanwhile: its other calls wait here, not at the ledger.
     async fn call(&self, request: TaskRequest) -> Result<QueryAnswer, ChainError> {
         let unavailable =
@@ -128,25 +160,17 @@ impl RemoteLedger {
             .acquire()
             .await
             .map_err(|_| unavailable("closed".into()))?;
-        let deadline = tokio::time::Instant::now() + LEDGER_CALL_TIMEOUT;
-        let mut backoff = Backoff::up_to(BUSY_MOST_WAIT);
-        loop {
-            let sent = self.network.send_task(self.ledger, request.clone());
-            match tokio::time::timeout_at(deadline, sent).await {
-                Ok(Ok(TaskResponse::Answer(a))) => return Ok(a),
-                Ok(Ok(TaskResponse::Failed(e))) if e.kind == TaskErrorKind::Busy => {
-                    let pause = backoff.pause();
-                    if tokio::time::Instant::now() + pause >= deadline {
-                        return Err(unavailable(e.message));
-                    }
-                    tracing::debug!(ledger = %self.ledger, ?pause, "the ledger is busy; asking again");
-                    tokio::time::sleep(pause).await;
-                }
-                Ok(Ok(TaskResponse::Failed(e))) => return Err(unavailable(e.message)),
-                Ok(Ok(_)) => return Err(unavailable("an answer of the wrong kind".into())),
-                Ok(Err(e)) => return Err(unavailable(e.to_string())),
-                Err(_) => return Err(unavailable("no answer in time".into())),
-            }
+        let asked = ask_ledger_patiently(
+            &self.network,
+            self.ledger,
+            &request,
+            LEDGER_CALL_TIMEOUT,
+            LEDGER_CALL_TIMEOUT,
+        );
+        match asked.await.map_err(unavailable)? {
+            TaskResponse::Answer(a) => Ok(a),
+            TaskResponse::Failed(e) => Err(unavailable(e.message)),
+            _ => Err(unavailable("an answer of the wrong kind".into())),
         }
     }
 

@@ -9,7 +9,7 @@
 //! peer with [`Query::Standing`] and believed for [`STANDING_TTL`]; a peer it
 //! refuses is refused without asking again for [`REFUSAL_TTL`].
 
-use crate::chain::remote::Backoff;
+use crate::chain::remote::ask_ledger_patiently;
 use crate::network::Network;
 use cactus_protocol::messages::{Query, QueryAnswer, Standing};
 use cactus_protocol::{TaskError, TaskErrorKind, TaskRequest, TaskResponse};
@@ -153,27 +153,13 @@ impl Gate {
                 format!("the ledger {ledger} cannot say who {peer} is: {why}"),
             )
         };
-        // A busy ledger refused before running anything: asked again for
-        // a while (a task waits on this answer).
-        let deadline = tokio::time::Instant::now() + LEDGER_TIMEOUT;
-        let patience = tokio::time::Instant::now() + BUSY_PATIENCE;
-        let mut backoff = Backoff::up_to(BUSY_PATIENCE / 4);
-        let standing = loop {
-            let ask = network.send_task(ledger, TaskRequest::Query(Query::Standing(peer)));
-            match tokio::time::timeout_at(deadline, ask).await {
-                Ok(Ok(TaskResponse::Answer(QueryAnswer::Standing(s)))) => break s,
-                Ok(Ok(TaskResponse::Failed(e))) if e.kind == TaskErrorKind::Busy => {
-                    let pause = backoff.pause();
-                    if tokio::time::Instant::now() + pause >= patience {
-                        return Err(unavailable(e.message));
-                    }
-                    tokio::time::sleep(pause).await;
-                }
-                Ok(Ok(TaskResponse::Failed(e))) => return Err(unavailable(e.message)),
-                Ok(Ok(_)) => return Err(unavailable("an answer of the wrong kind".into())),
-                Ok(Err(e)) => return Err(unavailable(e.to_string())),
-                Err(_) => return Err(unavailable("no answer in time".into())),
-            }
+        // A busy ledger is asked again only briefly: a task waits on this.
+        let request = TaskRequest::Query(Query::Standing(peer));
+        let asked = ask_ledger_patiently(network, ledger, &request, LEDGER_TIMEOUT, BUSY_PATIENCE);
+        let standing = match asked.await.map_err(unavailable)? {
+            TaskResponse::Answer(QueryAnswer::Standing(s)) => s,
+            TaskResponse::Failed(e) => return Err(unavailable(e.message)),
+            _ => return Err(unavailable("an answer of the wrong kind".into())),
         };
         self.remember(peer, standing);
         Ok(standing)
