@@ -12,9 +12,9 @@
 //!
 //! The router keeping it is the module admin and an authorized server. It
 //! registers nobody: other peers act on their own accounts through
-//! [`ChainBackend::transact`] (the account derived from their PeerId), and
-//! money is created only at initialization (the router's funds) and, on a
-//! development ledger, by its faucet.
+//! [`ChainBackend::transact`](super::ChainBackend::transact) (the account
+//! derived from their PeerId), and money is created only at initialization
+//! (the router's funds) and, on a development ledger, by its faucet.
 
 use super::ChainError;
 use cactus_protocol::contract::{Abort, Address, Config, Op, State, Task, TaskStatus};
