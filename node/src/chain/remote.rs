@@ -377,7 +377,7 @@ mod tests {
             base = (base * 2).min(most);
         }
         assert_eq!(base, most);
-        // A ceiling below the first pause is the first pause.
+        // A ceiling below the first wait is the first wait.
         let short = Duration::from_millis(10);
         assert!(Backoff::up_to(short).pause() <= short.mul_f64(1.5));
     }

@@ -194,6 +194,13 @@ fn an_orchestrator_the_chain_could_not_judge_is_asked_about_again() {
     // Later, it is judged again.
     let later = t0 + READMIT_MIN_GAP;
     assert_eq!(t.upsert(advert(p, 3, 1, &["a"]), later), Upsert::Joined);
+    // A check that never started (the admission queue was full) is asked
+    // about on the next advert, not a gap later.
+    let q = PeerId::random();
+    assert_eq!(t.upsert(advert(q, 1, 1, &["a"]), later), Upsert::Joined);
+    t.ask_again(&q);
+    let next = later + Duration::from_secs(1);
+    assert_eq!(t.upsert(advert(q, 2, 1, &["a"]), next), Upsert::Joined);
     // A verdict given, refused or not, stands.
     t.set_eligible(&p, false);
     let much_later = later + READMIT_MIN_GAP * 3;
